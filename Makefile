@@ -1,0 +1,15 @@
+# The two commands a fresh machine needs (see README):
+#   make serve   install into .venv and run the service on its embedded defaults
+#   make test    install into .venv (with the test servers) and run the test suite
+.PHONY: serve test lint
+
+serve:
+	bash scripts/setup.sh run
+	.venv/bin/cace serve
+
+test:
+	bash scripts/setup.sh test
+	.venv/bin/python -m pytest -q $(PYTEST_ARGS)
+
+lint:
+	.venv/bin/ruff check .

@@ -1,0 +1,34 @@
+"""The `cace` command line: one entry point that hands each subcommand to its own module.
+
+Each subcommand module owns its argparse, so the library's commands (bench, training)
+live beside the code they run and this file stays a table.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "serve": ("app.server", "run the explanation service (uvicorn)"),
+    "bench": ("explainers.bench.cli", "run benchmarks, e.g. `cace bench cebab --model tfidf-lr`"),
+    "classifiers": ("explainers.reference", "train or serve the reference classifiers"),
+    "taggers": ("explainers.taggers", "train or evaluate concept taggers"),
+    "spaces": ("explainers.matching.cli", "train, list or delete concept spaces"),
+    "generate": ("explainers.generation.cli", "generate counterfactuals with an LLM"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print("usage: cace COMMAND [ARGS...]\n\ncommands:")
+        for name, (_, help_) in COMMANDS.items():
+            print(f"  {name:<12} {help_}")
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    module = importlib.import_module(COMMANDS[argv[0]][0])
+    return int(module.main(argv[1:]) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,66 @@
+"""All service configuration, in one place: environment variables with the prefix CACE_.
+
+Defaults are the embedded setup a fresh machine runs with (SQLite job store, artifacts
+under ./var, the reference tfidf-lr classifier and a CEBaB concept space).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CACE_", env_file=".env", extra="ignore")
+
+    # Where artifacts (reference classifiers, taggers, spaces) and the SQLite store live.
+    data_dir: Path = Path("var")
+    # SQLAlchemy URL of the job store; None means SQLite at data_dir/jobs.sqlite.
+    database_url: str | None = None
+    # Directory of the CEBaB split files; None means the library's default lookup.
+    cebab_dir: Path | None = None
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    # Embedded defaults on start-up.
+    default_classifier: str = "tfidf-lr"
+    default_space: bool = True
+
+    # Work limits (each gives a clear 4xx when exceeded).
+    max_text_chars: int = 5000
+    max_top_k: int = 50
+    max_inline_texts: int = 50
+    max_effect_texts: int = 10000
+    max_body_bytes: int = 10 * 1024 * 1024
+    request_timeout_s: float = 60.0
+
+    # Jobs.
+    job_workers: int = 2
+    job_queue_limit: int = 100
+
+    # Default LLM for the generate route (an OpenAI-compatible server), if any.
+    llm_base_url: str | None = None
+    llm_model: str | None = None
+    llm_api_key: str | None = None
+
+    # Security: comma-separated hosts/CIDRs that outbound calls may reach despite the policy.
+    outbound_allow: list[str] = Field(default_factory=list)
+    # API keys are off when no key is configured (the embedded default is a local tool).
+    auth_enabled: bool = False
+
+    @property
+    def sqlite_url(self) -> str:
+        return f"sqlite:///{(self.data_dir / 'jobs.sqlite').resolve()}"
+
+    @property
+    def job_store_url(self) -> str:
+        return self.database_url or self.sqlite_url
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
