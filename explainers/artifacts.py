@@ -1,0 +1,56 @@
+"""Self-describing artifact directories.
+
+Every artifact (reference classifier, tagger, concept space) is a directory with a
+`meta.json` saying what it is, how it was made, from which data (a content hash) and with
+which library versions, so `load(path)` needs nothing else and a stale one is easy to spot.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import time
+from collections.abc import Iterable
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+META = "meta.json"
+_VERSIONED = ("numpy", "scikit-learn", "torch", "transformers", "sentence-transformers", "faiss-cpu")
+
+
+def library_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in _VERSIONED:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def data_hash(items: Iterable[str]) -> str:
+    h = hashlib.sha256()
+    for s in items:
+        h.update(s.encode("utf-8"))
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+def write_meta(directory: Path, kind: str, **fields: Any) -> dict[str, Any]:
+    directory.mkdir(parents=True, exist_ok=True)
+    meta = {"kind": kind, "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "library_versions": library_versions(), **fields}
+    (directory / META).write_text(json.dumps(meta, indent=2, default=str))
+    return meta
+
+
+def read_meta(directory: Path, kind: str | None = None) -> dict[str, Any]:
+    path = Path(directory) / META
+    if not path.exists():
+        raise FileNotFoundError(f"{directory} is not an artifact directory (no {META})")
+    meta = json.loads(path.read_text())
+    if kind is not None and meta.get("kind") != kind:
+        raise ValueError(f"{directory} holds a {meta.get('kind')!r}, not a {kind!r}")
+    return meta

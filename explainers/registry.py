@@ -1,0 +1,117 @@
+"""Explainers by name, built from shared resources.
+
+The benchmark (`--explainers zero,approx,match`) and the service (`"method": "match"`)
+both ask for an explainer by name. Each method module registers a factory here with
+`@register("name")`; a factory takes the `Resources` a deployment has (a labelled pool,
+an encoder, a trained space, an LLM, taggers) plus options, and raises
+`MissingResource` if something it needs is absent, so callers can say what is missing.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from explainers.concepts import ConceptSchema
+from explainers.types import Explainer
+
+# Modules that register factories when imported; missing optional ones are skipped.
+PLUGIN_MODULES = (
+    "explainers.baselines",
+    "explainers.matching.plugin",
+    "explainers.generation.plugin",
+)
+
+
+class MissingResource(ValueError):
+    """The method needs a resource (pool, space, LLM, ...) this deployment does not have."""
+
+
+@dataclass
+class Pool:
+    """A labelled corpus that matching methods search: texts, concept labels, and origins.
+
+    `origins[i]` groups texts that are counterfactuals of each other (CEBaB's original_id);
+    `pairs` lists counterfactual pairs inside the pool as (base index, counterfactual index,
+    concept), used by pair-transfer and space training.
+    """
+
+    texts: list[str]
+    labels: list[dict[str, str]]
+    schema: ConceptSchema
+    ids: list[str] | None = None
+    origins: list[str] | None = None
+    pairs: list[tuple[int, int, str]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if len(self.texts) != len(self.labels):
+            raise ValueError("pool texts and labels differ in length")
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def indices_with(self, concept: str, value: str) -> list[int]:
+        return [i for i, lab in enumerate(self.labels) if lab.get(concept) == value]
+
+
+@dataclass
+class Resources:
+    schema: ConceptSchema
+    pool: Pool | None = None
+    encoder: Any | None = None  # explainers.embeddings.Encoder
+    space: Any | None = None  # a trained concept space (explainers.matching)
+    llm: Any | None = None  # an LLM backend (explainers.generation)
+    taggers: Any | None = None  # concept taggers (explainers.taggers)
+    seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def need(self, name: str, method: str) -> Any:
+        value = getattr(self, name, None)
+        if value is None:
+            raise MissingResource(f"method {method!r} needs a {name}, and none is configured")
+        return value
+
+
+Factory = Callable[..., Explainer]
+_FACTORIES: dict[str, tuple[Factory, str]] = {}
+_loaded = False
+
+
+def register(name: str, description: str = "") -> Callable[[Factory], Factory]:
+    def deco(factory: Factory) -> Factory:
+        _FACTORIES[name] = (factory, description or (factory.__doc__ or "").strip().split("\n")[0])
+        return factory
+
+    return deco
+
+
+def _load_plugins() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for mod in PLUGIN_MODULES:
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as e:
+            if e.name != mod:  # a real import error inside the plugin must not be hidden
+                raise
+
+
+def available() -> dict[str, str]:
+    """Registered method names and one-line descriptions."""
+    _load_plugins()
+    return {name: desc for name, (_, desc) in sorted(_FACTORIES.items())}
+
+
+def build_explainer(name: str, resources: Resources, **options: Any) -> Explainer:
+    _load_plugins()
+    if name not in _FACTORIES:
+        raise KeyError(f"unknown method {name!r}; available: {sorted(_FACTORIES)}")
+    return _FACTORIES[name][0](resources, **options)
+
+
+def build_many(names: Sequence[str], resources: Resources, **options: Any) -> dict[str, Explainer]:
+    return {n: build_explainer(n, resources, **options) for n in names}
