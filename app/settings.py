@@ -40,7 +40,25 @@ class Settings(BaseSettings):
 
     # Jobs.
     job_workers: int = 2
+    # Jobs waiting or running at once; beyond it POSTs get 429 with Retry-After.
     job_queue_limit: int = 100
+    # Items a worker leases per claim, and how long a lease lasts before another worker may take it over.
+    job_claim_batch: int = 8
+    job_lease_s: float = 30.0
+    # How often idle workers look for work.
+    job_poll_s: float = 0.25
+    # Attempts per item before it is marked failed (retryable upstream errors only).
+    job_max_attempts: int = 3
+    # Table-name prefix in the job store: lets several deployments (or test runs) share one database.
+    table_prefix: str = "cace_"
+    # This replica's name in leases; None means host-pid-random.
+    instance_id: str | None = None
+    # Bootstrap resamples for CaCE confidence intervals.
+    effects_n_boot: int = 1000
+    # Load the CEBaB pool, taggers and concept space as embedded defaults.
+    default_pool: str | None = "train_inclusive"
+    default_taggers: bool = True
+    # Effects requests above max_inline_texts become jobs; `mode` in the request can force either way.
 
     # Default LLM for the generate route (an OpenAI-compatible server), if any.
     llm_base_url: str | None = None

@@ -1,0 +1,163 @@
+"""The job kinds: effects (one item per text) and space training (one item).
+
+Both inline effects requests and effects jobs run `EffectsHandler`, so a job's result
+equals what the same request would return inline, and a resumed job equals an
+uninterrupted one: each item is a pure function of (request, text), and CaCE's
+bootstrap is seeded by the request.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import httpx
+import numpy as np
+
+from app import explain
+from app.jobs.worker import RetryableError
+from app.problems import ApiError, is_llm_error
+from app.resources import Runtime
+from app.schemas import EffectsParams
+from explainers.classifiers.base import ClassifierUnavailable, MalformedResponse
+from explainers.concepts import ConceptSchema
+from explainers.estimate import cace
+from explainers.registry import Pool
+
+
+class EffectsHandler:
+    """ICaCE per text, then CaCE with a bootstrap CI over the texts the intervention changes."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self._resolved: dict[str, explain.Resolved] = {}
+
+    def resolved(self, job_id: str, params: EffectsParams) -> explain.Resolved:
+        r = self._resolved.get(job_id)
+        if r is None:
+            r = explain.resolve(self.rt, params)
+            if len(self._resolved) > 32:
+                self._resolved.clear()
+            self._resolved[job_id] = r
+        return r
+
+    def process(self, job_id: str, request: dict[str, Any], payload: Any, index: int) -> dict[str, Any]:
+        params = EffectsParams.model_validate(request)
+        try:
+            r = self.resolved(job_id, params)
+            return self.row(r, params, payload)
+        except (ClassifierUnavailable, httpx.TransportError) as e:
+            raise RetryableError(f"{type(e).__name__}: {e}") from e
+        except ApiError as e:
+            raise ValueError(e.detail) from e
+        except Exception as e:
+            if is_llm_error(e):
+                raise RetryableError(f"{type(e).__name__}: {e}") from e
+            raise
+
+    def row(self, r: explain.Resolved, params: EffectsParams, payload: dict[str, Any]) -> dict[str, Any]:
+        iv = params.intervention
+        try:
+            exp, intervention, inferred, _ = explain.run(self.rt, r, params.method, payload["text"], iv.concept,
+                                                         iv.target, iv.source, payload.get("labels"))
+        except MalformedResponse:
+            raise
+        unchanged = bool(exp.details.get("unchanged"))
+        return {
+            "id": payload.get("id"), "status": "unchanged" if unchanged else "done",
+            "source": intervention.source, "source_inferred": inferred,
+            "labels": list(exp.labels), "icace": [float(x) for x in exp.icace],
+            "base_prediction": [float(x) for x in exp.base_prediction],
+            "n_counterfactuals": int(exp.details.get("used", len(exp.counterfactuals))),
+        }
+
+    def finalize(self, job_id: str, request: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
+        self._resolved.pop(job_id, None)
+        params = EffectsParams.model_validate(request)
+        return summarize(params, rows)
+
+
+def summarize(params: EffectsParams, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """CaCE + CI over changed texts; raises ValueError if no text was changed."""
+    results = [r["result"] for r in rows if r["status"] == "done" and r.get("result")]
+    changed = [x for x in results if x["status"] == "done"]
+    failed = sum(1 for r in rows if r["status"] == "failed")
+    if not changed:
+        raise ValueError(f"no text could be explained: {len(results)} already had "
+                         f"{params.intervention.concept}={params.intervention.target}, {failed} failed")
+    labels = changed[0]["labels"]
+    icaces = np.array([x["icace"] for x in changed], dtype=float)
+    est = cace(icaces, confidence=params.confidence, seed=params.seed)
+    sources = Counter(x["source"] for x in results)
+    mean_abs = np.abs(icaces).mean(axis=0)
+    return {
+        "labels": labels,
+        "cace": explain.as_map(labels, est.cace),
+        "ci_low": explain.as_map(labels, est.ci_low),
+        "ci_high": explain.as_map(labels, est.ci_high),
+        "confidence": params.confidence,
+        "summary": {
+            "n_texts": len(rows), "n_changed": len(changed), "n_unchanged": len(results) - len(changed),
+            "n_failed": failed, "sources": dict(sources),
+            "mean_abs_icace": explain.as_map(labels, mean_abs),
+            "most_increased": labels[int(np.argmax(est.cace))], "most_decreased": labels[int(np.argmin(est.cace))],
+            "method": params.method, "top_k": params.top_k,
+            "intervention": params.intervention.model_dump(),
+        },
+    }
+
+
+def row_out(row: dict[str, Any]) -> dict[str, Any]:
+    """A stored item as an EffectRow."""
+    res = row.get("result") or {}
+    labels = res.get("labels")
+    status = res.get("status", row["status"]) if row["status"] == "done" else row["status"]
+    payload = row.get("payload") or {}
+    return {
+        "index": row["index"], "id": res.get("id", payload.get("id")), "status": status, "source": res.get("source"),
+        "icace": explain.as_map(labels, res["icace"]) if labels else None,
+        "base_prediction": explain.as_map(labels, res["base_prediction"]) if labels else None,
+        "n_counterfactuals": res.get("n_counterfactuals"), "error": row.get("error"),
+        "attempts": row.get("attempts"), "finished_at": row.get("finished_at"),
+    }
+
+
+def pool_from_corpus(corpus: list[dict[str, Any]], schema: ConceptSchema) -> Pool:
+    """A Pool from uploaded rows {text, labels, origin?}; texts of one origin differing in one concept are pairs."""
+    texts = [r["text"] for r in corpus]
+    labels = [{c: r["labels"].get(c, "unknown") for c in schema.names} for r in corpus]
+    origins = [str(r.get("origin") or r.get("id") or i) for i, r in enumerate(corpus)]
+    groups: dict[str, list[int]] = {}
+    for i, o in enumerate(origins):
+        groups.setdefault(o, []).append(i)
+    pairs: list[tuple[int, int, str]] = []
+    for members in groups.values():
+        for i in members:
+            for j in members:
+                if i == j:
+                    continue
+                diff = [c for c in schema.names if labels[i][c] != labels[j][c]]
+                if len(diff) == 1:
+                    pairs.append((i, j, diff[0]))
+    ids = [str(r.get("id") or i) for i, r in enumerate(corpus)]
+    return Pool(texts=texts, labels=labels, schema=schema, ids=ids, origins=origins, pairs=pairs)
+
+
+class SpaceHandler:
+    """Train a concept space from an uploaded corpus (one item; the lease heartbeat covers long training)."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+
+    def process(self, job_id: str, request: dict[str, Any], payload: Any, index: int) -> dict[str, Any]:
+        schema = ConceptSchema.from_dict(request["schema"]) if request.get("schema") else self.rt.schema
+        pool = pool_from_corpus(payload["corpus"], schema)
+        info = self.rt.spaces.train(request["space_id"], pool, request.get("options") or {})
+        return {"space_id": request["space_id"], "n_texts": len(pool), "n_pairs": len(pool.pairs),
+                "meta": explain.plain(info.get("meta", {}))}
+
+    def finalize(self, job_id: str, request: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
+        row = rows[0]
+        if row["status"] != "done":
+            raise ValueError(row.get("error") or "space training failed")
+        return row["result"]

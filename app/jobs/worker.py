@@ -1,0 +1,173 @@
+"""Job workers: threads that lease items from the store, run them, and finalize jobs.
+
+Each job kind has a handler with two steps: `process` one item (one text of an effects
+job, the single training step of a space job) and `finalize` the job from all item
+results (CaCE with its bootstrap CI, say). Items are leased, so a crash (SIGKILL, OOM,
+a lost replica) costs at most the items in flight: their leases expire and any worker,
+here or in another replica, picks them up. Finished items are never redone because
+`finish_item` only counts while the lease is held, and `claim` never hands out done items.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import traceback
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from app.store import Claimed, Store
+
+log = logging.getLogger("cace.jobs")
+
+
+class RetryableError(RuntimeError):
+    """An item failed for a reason worth another attempt (an upstream outage)."""
+
+
+class JobHandler(Protocol):
+    """What a job kind must provide."""
+
+    def process(self, job_id: str, request: dict[str, Any], payload: Any, index: int) -> Any:
+        """Do one item; return a JSON-able result. Raise RetryableError to try it again later."""
+        ...
+
+    def finalize(self, job_id: str, request: dict[str, Any], rows: list[dict[str, Any]]) -> Any:
+        """Combine all item rows (ordered by index) into the job's result."""
+        ...
+
+
+class Workers:
+    """A small pool of threads sharing one lease owner name (this replica)."""
+
+    def __init__(self, store: Store, handlers: Mapping[str, JobHandler], *, owner: str, threads: int = 2,
+                 lease_s: float = 30.0, batch: int = 8, poll_s: float = 0.25, max_attempts: int = 3) -> None:
+        self.store = store
+        self.handlers = dict(handlers)
+        self.owner = owner
+        self.n_threads = max(0, threads)
+        self.lease_s = lease_s
+        self.batch = batch
+        self.poll_s = poll_s
+        self.max_attempts = max_attempts
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._held: set[tuple[str, int]] = set()
+        self._held_lock = threading.Lock()
+        self._requests: dict[str, tuple[str, dict[str, Any]]] = {}
+        self.processed = 0
+
+    def start(self) -> None:
+        for i in range(self.n_threads):
+            t = threading.Thread(target=self._loop, name=f"cace-worker-{i}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        if self.n_threads:
+            hb = threading.Thread(target=self._heartbeat, name="cace-lease-heartbeat", daemon=True)
+            hb.start()
+            self._threads.append(hb)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout)
+        self._threads.clear()
+
+    # ---- internals ------------------------------------------------------------------------
+    def _job(self, job_id: str) -> tuple[str, dict[str, Any]] | None:
+        if job_id not in self._requests:
+            job = self.store.get_job(job_id)
+            if job is None:
+                return None
+            self._requests[job_id] = (job["kind"], job["request"])
+        return self._requests[job_id]
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(max(0.5, self.lease_s / 3)):
+            with self._held_lock:
+                keys = list(self._held)
+            if keys:
+                try:
+                    self.store.renew(self.owner, keys, self.lease_s)
+                except Exception:  # the store may blink; the next beat retries
+                    log.exception("lease renewal failed")
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                claimed = self.store.claim(self.owner, self.lease_s, self.batch)
+                if not claimed:
+                    for job_id in self.store.jobs_to_finalize():
+                        self._finalize(job_id)
+                    self._stop.wait(self.poll_s)
+                    continue
+                touched = set()
+                for item in claimed:
+                    if self._stop.is_set():
+                        break  # leave the rest to expire and be re-claimed
+                    self._run(item)
+                    touched.add(item.job_id)
+                for job_id in touched:
+                    if self.store.open_items(job_id) == 0:
+                        self._finalize(job_id)
+            except Exception:
+                log.exception("job worker loop error")
+                self._stop.wait(1.0)
+
+    def _run(self, item: Claimed) -> None:
+        job = self._job(item.job_id)
+        if job is None or self.store.job_status(item.job_id) not in ("queued", "running"):
+            return  # cancelled: the item keeps its lease until it expires; nobody claims items of final jobs
+        kind, request = job
+        handler = self.handlers.get(kind)
+        key = (item.job_id, item.idx)
+        with self._held_lock:
+            self._held.add(key)
+        try:
+            if handler is None:
+                raise ValueError(f"no handler for job kind {kind!r} in this server")
+            result = handler.process(item.job_id, request, item.payload, item.idx)
+            self.store.finish_item(self.owner, item.job_id, item.idx, result=result)
+            self.processed += 1
+        except RetryableError as e:
+            retry = item.attempts < self.max_attempts
+            self.store.finish_item(self.owner, item.job_id, item.idx, error=str(e), retry=retry)
+        except Exception as e:
+            log.warning("job %s item %s failed: %s", item.job_id, item.idx, e)
+            msg = f"{type(e).__name__}: {e}"
+            if not str(e):
+                msg += " " + traceback.format_exc(limit=2)
+            self.store.finish_item(self.owner, item.job_id, item.idx, error=msg)
+        finally:
+            with self._held_lock:
+                self._held.discard(key)
+
+    def _finalize(self, job_id: str) -> None:
+        job = self._job(job_id)
+        if job is None:
+            return
+        kind, request = job
+        handler = self.handlers.get(kind)
+        if handler is None:
+            return
+        rows = self.store.item_rows(job_id)
+        try:
+            result = handler.finalize(job_id, request, rows)
+        except Exception as e:
+            log.exception("finalizing job %s failed", job_id)
+            self.store.finalize_job(job_id, error=f"{type(e).__name__}: {e}")
+            return
+        self.store.finalize_job(job_id, result=result)
+        self._requests.pop(job_id, None)
+
+
+def wait_for(store: Store, job_id: str, timeout: float = 60.0, poll: float = 0.05) -> dict[str, Any]:
+    """Block until a job is final (used by in-process callers and tests)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = store.get_job(job_id)
+        if job and job["status"] in ("succeeded", "failed", "cancelled"):
+            return job
+        time.sleep(poll)
+    raise TimeoutError(f"job {job_id} not final after {timeout}s")

@@ -1,0 +1,118 @@
+"""POST /v1/effects (JSON) and /v1/effects/upload (JSONL file): CaCE over many texts.
+
+Small requests are answered inline; large ones (or `mode: job`) become durable jobs
+whose items are stored per text, answered with 202 and a Location to poll.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter, Depends, File, Form, UploadFile
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+
+from app import explain
+from app.jobs.handlers import row_out, summarize
+from app.problems import ApiError, field_error
+from app.resources import Runtime
+from app.routes.common import problems, queue_full, runtime
+from app.routes.jobs import job_out
+from app.schemas import EffectsInlineResponse, EffectsParams, EffectsRequest, EffectText, JobOut
+
+router = APIRouter(tags=["effects"])
+
+
+def _payloads(rt: Runtime, texts: list[Any], where: str) -> list[dict[str, Any]]:
+    s = rt.settings
+    if len(texts) > s.max_effect_texts:
+        raise field_error(where, f"at most {s.max_effect_texts} texts per request, got {len(texts)}", status=413)
+    out = []
+    for i, t in enumerate(texts):
+        item = EffectText(text=t) if isinstance(t, str) else t
+        if not item.text.strip():
+            raise field_error(f"{where}.{i}", "empty text")
+        if len(item.text) > s.max_text_chars:
+            raise field_error(f"{where}.{i}", f"at most {s.max_text_chars} characters")
+        out.append(item.model_dump(exclude_none=True))
+    return out
+
+
+def _submit(rt: Runtime, params: EffectsParams, payloads: list[dict[str, Any]]) -> JSONResponse:
+    s = rt.settings
+    if params.mode == "inline" and len(payloads) > s.max_inline_texts:
+        raise field_error("body.mode", f"inline runs take at most {s.max_inline_texts} texts; use mode=job")
+    r = explain.resolve(rt, params)  # 4xx for bad classifier/method/intervention before anything is queued
+    inline = params.mode == "inline" or (params.mode == "auto" and len(payloads) <= s.max_inline_texts)
+    request = params.model_dump(mode="json")
+    if inline:
+        rows = []
+        for i, p in enumerate(payloads):
+            result = rt_handler(rt).row(r, params, p)
+            rows.append({"index": i, "status": "done", "result": result, "payload": p, "attempts": 1})
+        try:
+            result = summarize(params, rows)
+        except ValueError as e:
+            raise ApiError(422, "Nothing to estimate", str(e), kind="no-effect") from e
+        body = EffectsInlineResponse(result=result, rows=[row_out(x) for x in rows])
+        return JSONResponse(body.model_dump(mode="json"))
+    job_id = rt.store.create_job("effects", request, payloads, limit=s.job_queue_limit)
+    if job_id is None:
+        raise queue_full(s.job_queue_limit)
+    job = rt.store.get_job(job_id, with_request=False)
+    return JSONResponse(job_out(job).model_dump(mode="json"), status_code=202,
+                        headers={"Location": f"/v1/jobs/{job_id}"})
+
+
+def rt_handler(rt: Runtime) -> Any:
+    return rt.handlers["effects"]
+
+
+@router.post("/v1/effects", operation_id="estimate_effects", status_code=200,
+             response_model=EffectsInlineResponse,
+             responses={202: {"model": JobOut, "description": "Accepted as a job; poll Location"},
+                        **problems(409, 413, 422, 429, 502, 504)})
+def estimate_effects(req: EffectsRequest, rt: Runtime = Depends(runtime)) -> JSONResponse:
+    """CaCE of one intervention over a list of texts, with a bootstrap CI and per-text ICaCE rows."""
+    params = EffectsParams.model_validate(req.model_dump(exclude={"texts"}))
+    return _submit(rt, params, _payloads(rt, list(req.texts), "body.texts"))
+
+
+@router.post("/v1/effects/upload", operation_id="upload_effects", status_code=200,
+             response_model=EffectsInlineResponse,
+             responses={202: {"model": JobOut, "description": "Accepted as a job; poll Location"},
+                        **problems(409, 413, 422, 429, 502, 504)})
+def upload_effects(
+    file: UploadFile = File(..., description="JSONL: one JSON string or {text, id?, labels?} per line"),
+    params: str = Form(..., description="EffectsParams as a JSON string",
+                       examples=['{"intervention": {"concept": "food", "target": "Negative"}, "method": "pt_match"}']),
+    rt: Runtime = Depends(runtime),
+) -> JSONResponse:
+    """Like /v1/effects, with the texts in an uploaded JSONL file (large inputs usually become jobs)."""
+    try:
+        p = EffectsParams.model_validate_json(params)
+    except ValidationError as e:
+        errors = [{"field": ".".join(["params", *map(str, x["loc"])]), "message": x["msg"]} for x in e.errors()]
+        raise ApiError(422, "Request validation failed", "; ".join(f"{x['field']}: {x['message']}" for x in errors),
+                       kind="validation", errors=errors) from e
+    texts = parse_jsonl(file, rt.settings.max_body_bytes)
+    return _submit(rt, p, _payloads(rt, texts, "file"))
+
+
+def parse_jsonl(file: UploadFile, max_bytes: int) -> list[Any]:
+    raw = file.file.read(max_bytes + 1)
+    if len(raw) > max_bytes:
+        raise field_error("file", f"larger than {max_bytes} bytes", status=413)
+    items: list[Any] = []
+    for n, line in enumerate(raw.decode("utf-8", errors="replace").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+            items.append(obj if isinstance(obj, str) else EffectText.model_validate(obj))
+        except (json.JSONDecodeError, ValidationError) as e:
+            raise field_error(f"file.line{n}", f"not a JSON string or {{text, id, labels}} object: {e}") from e
+    if not items:
+        raise field_error("file", "no texts in the file")
+    return items

@@ -1,0 +1,31 @@
+"""POST /v1/explanations: the ICaCE of one intervention on one text."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+
+from app import explain
+from app.problems import field_error
+from app.resources import Runtime
+from app.routes.common import problems, runtime
+from app.schemas import ExplanationRequest, ExplanationResponse
+
+router = APIRouter(tags=["explanations"])
+
+
+@router.post("/v1/explanations", operation_id="create_explanation", response_model=ExplanationResponse,
+             responses=problems(409, 422, 502, 504))
+def create_explanation(req: ExplanationRequest, rt: Runtime = Depends(runtime)) -> dict:
+    """How would the classifier's output change if only `intervention.concept` were `intervention.target`?
+
+    Finds counterfactuals by the chosen method (a trained concept space for `match`, an LLM
+    for `generate`, a baseline otherwise), scores them with the classifier, and returns the
+    per-label ICaCE with the counterfactuals used.
+    """
+    if len(req.text) > rt.settings.max_text_chars:
+        raise field_error("body.text", f"at most {rt.settings.max_text_chars} characters")
+    r = explain.resolve(rt, req)
+    iv = req.intervention
+    exp, intervention, inferred, timings = explain.run(rt, r, req.method, req.text, iv.concept, iv.target, iv.source,
+                                                       req.base_labels)
+    return explain.response(exp, r, req.method, intervention, inferred, timings)

@@ -1,0 +1,39 @@
+"""Liveness, readiness and the method list."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse
+
+from app.resources import Runtime
+from app.routes.common import runtime
+from app.schemas import Health, MethodsOut
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", operation_id="healthz", response_model=Health)
+def healthz(rt: Runtime = Depends(runtime)) -> Health:
+    """Alive: answers as soon as the process serves HTTP, even while defaults load."""
+    return Health(status="ok", ready=rt.ready, instance=rt.instance_id)
+
+
+@router.get("/readyz", operation_id="readyz", response_model=Health, responses={503: {"model": Health}})
+def readyz(rt: Runtime = Depends(runtime)) -> JSONResponse:
+    """Ready once the embedded defaults are loaded and the job store answers (503 until then)."""
+    components = {k: c.to_dict() for k, c in rt.components.items()}
+    try:
+        rt.store.ping()
+        components["store"] = {"status": "ready", "detail": rt.store.url.split("@")[-1], "required": True}
+    except Exception as e:  # the database is down: not ready
+        components["store"] = {"status": "failed", "detail": f"{type(e).__name__}: {e}", "required": True}
+    ready = rt.ready and components["store"]["status"] == "ready"
+    body = Health(status="ready" if ready else "loading" if not rt.loaded.is_set() else "degraded",
+                  ready=ready, components=components, instance=rt.instance_id)
+    return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
+
+
+@router.get("/v1/methods", operation_id="list_methods", response_model=MethodsOut, tags=["explanations"])
+def list_methods(rt: Runtime = Depends(runtime)) -> MethodsOut:
+    """Explanation methods this server can run (generate, match, baselines), with one-line descriptions."""
+    return MethodsOut(methods=rt.methods())

@@ -1,0 +1,88 @@
+"""Jobs: status, list, cancel, and the per-text rows (paginated or JSONL)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query
+from fastapi.responses import StreamingResponse
+
+from app.jobs.handlers import row_out
+from app.problems import ApiError, not_found
+from app.resources import Runtime
+from app.routes.common import problems, runtime
+from app.schemas import JobList, JobOut, RowsPage
+
+router = APIRouter(tags=["jobs"])
+
+
+def job_out(job: dict[str, Any]) -> JobOut:
+    counts = job.get("counts") or {}
+    total = job["total"] or 1
+    progress = (counts.get("done", 0) + counts.get("failed", 0)) / total
+    links = {"self": f"/v1/jobs/{job['id']}"}
+    if job["kind"] == "effects":
+        links.update(rows=f"/v1/jobs/{job['id']}/rows", download=f"/v1/jobs/{job['id']}/rows.jsonl")
+    return JobOut(**{k: v for k, v in job.items() if k in JobOut.model_fields and k != "links"},
+                  progress=round(progress, 4), links=links)
+
+
+def _job(rt: Runtime, job_id: str) -> dict[str, Any]:
+    job = rt.store.get_job(job_id, with_request=False)
+    if job is None:
+        raise not_found("job", job_id)
+    return job
+
+
+@router.get("/v1/jobs", operation_id="list_jobs", response_model=JobList)
+def list_jobs(status: str | None = Query(None, pattern="^(queued|running|succeeded|failed|cancelled)$"),
+              kind: str | None = None, limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0),
+              rt: Runtime = Depends(runtime)) -> JobList:
+    """Jobs, newest first (without results; GET one job for its result)."""
+    jobs, total = rt.store.list_jobs(status=status, kind=kind, limit=limit, offset=offset)
+    return JobList(jobs=[job_out(j) for j in jobs], total=total)
+
+
+@router.get("/v1/jobs/{job_id}", operation_id="get_job", response_model=JobOut, responses=problems(404))
+def get_job(job_id: str, rt: Runtime = Depends(runtime)) -> JobOut:
+    """Status, progress, item counts, errors, and (once succeeded) the result."""
+    return job_out(_job(rt, job_id))
+
+
+@router.post("/v1/jobs/{job_id}/cancel", operation_id="cancel_job", response_model=JobOut,
+             responses=problems(404, 409))
+def cancel_job(job_id: str, rt: Runtime = Depends(runtime)) -> JobOut:
+    """Cancel a queued or running job; finished items are kept, the rest are never started."""
+    job = _job(rt, job_id)
+    if not rt.store.cancel_job(job_id):
+        raise ApiError(409, "Job already finished", f"job {job_id} is {job['status']}", kind="job-final")
+    return job_out(_job(rt, job_id))
+
+
+@router.get("/v1/jobs/{job_id}/rows", operation_id="list_job_rows", response_model=RowsPage,
+            responses=problems(404))
+def list_job_rows(job_id: str, offset: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000),
+                  rt: Runtime = Depends(runtime)) -> RowsPage:
+    """Per-text ICaCE rows of an effects job, in input order, a page at a time."""
+    job = _job(rt, job_id)
+    rows = rt.store.item_rows(job_id, offset=offset, limit=limit)
+    nxt = offset + len(rows)
+    return RowsPage(rows=[row_out(r) for r in rows], offset=offset, limit=limit, total=job["total"],
+                    next_offset=nxt if nxt < job["total"] else None)
+
+
+@router.get("/v1/jobs/{job_id}/rows.jsonl", operation_id="download_job_rows", responses={
+    200: {"content": {"application/x-ndjson": {}}, "description": "One EffectRow per line"}, **problems(404)})
+def download_job_rows(job_id: str, rt: Runtime = Depends(runtime)) -> StreamingResponse:
+    """All per-text rows as JSON Lines (streamed in pages)."""
+    job = _job(rt, job_id)
+
+    def lines() -> Iterator[bytes]:
+        for start in range(0, job["total"], 1000):
+            for r in rt.store.item_rows(job_id, offset=start, limit=1000):
+                yield (json.dumps(row_out(r)) + "\n").encode()
+
+    return StreamingResponse(lines(), media_type="application/x-ndjson",
+                             headers={"Content-Disposition": f'attachment; filename="{job_id}.jsonl"'})

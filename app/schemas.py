@@ -1,0 +1,247 @@
+"""Request and response models of the HTTP API (what the OpenAPI spec and generated clients see).
+
+Kept apart from the routes so the wire format is read in one place and stays stable:
+field names here are the public contract, and every model carries an example.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Aggregation = Literal["mean", "similarity_weighted"]
+
+EXAMPLE_TEXT = "The food was delicious but the waiter ignored us for twenty minutes."
+CLASSIFIER_FIELD = Field(
+    "tfidf-lr",
+    description="A registered classifier name (see /v1/classifiers), or an inline endpoint spec "
+    "(e.g. {\"protocol\": \"hf\", \"url\": \"http://host:8080/predict\", \"labels\": [\"1\",\"2\",\"3\",\"4\",\"5\"]}).",
+    examples=["tfidf-lr"],
+)
+
+
+class InterventionIn(BaseModel):
+    """Set `concept` to `target`. Leave `source` out to have the concept taggers infer it."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"concept": "service", "target": "Positive"}]})
+    concept: str = Field(min_length=1, max_length=64, examples=["service"])
+    target: str = Field(min_length=1, max_length=64, examples=["Positive"])
+    source: str | None = Field(None, max_length=64, examples=["Negative"])
+
+
+class ExplanationRequest(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "text": EXAMPLE_TEXT, "intervention": {"concept": "service", "target": "Positive"},
+        "classifier": "tfidf-lr", "method": "match", "top_k": 5}]})
+
+    text: str = Field(min_length=1, description="The text to explain.", examples=[EXAMPLE_TEXT])
+    intervention: InterventionIn
+    classifier: str | dict[str, Any] = CLASSIFIER_FIELD
+    method: str = Field("match", description="generate, match, or a baseline (see GET /v1/methods).",
+                        examples=["match"])
+    top_k: int = Field(5, ge=1, description="Counterfactuals to average over (K).", examples=[5])
+    aggregation: Aggregation = Field("mean", description="How the K counterfactual predictions are combined.")
+    similarity_threshold: float | None = Field(
+        None, ge=-1.0, le=1.0, description="Drop matches below this cosine similarity (matching methods).")
+    space: str | None = Field(None, description="Concept space id for match (default: the embedded CEBaB space).")
+    llm: str | dict[str, Any] | None = Field(
+        None, description="Registered LLM name or inline LLM spec for generate (default: CACE_LLM_* settings).")
+    base_labels: dict[str, str] | None = Field(
+        None, description="The text's concept labels, if known (else the taggers infer what a method needs).",
+        examples=[{"food": "Positive", "service": "Negative", "ambiance": "unknown", "noise": "unknown"}])
+
+
+class CounterfactualOut(BaseModel):
+    text: str
+    prediction: dict[str, float] | None = Field(None, description="Classifier probabilities per label.")
+    similarity: float | None = Field(None, description="Cosine similarity to the query (matching methods).")
+    verification: dict[str, Any] | None = Field(None, description="Verification result (generated texts).")
+    source_id: str | None = None
+
+
+class InterventionOut(BaseModel):
+    concept: str
+    target: str
+    source: str
+    source_inferred: bool = Field(description="True when the taggers inferred the source value.")
+
+
+class Uncertainty(BaseModel):
+    spread: dict[str, float] = Field(description="Per-label std of the counterfactual predictions (0 if K < 2).")
+    n_counterfactuals: int = Field(description="Counterfactuals the estimate used.")
+
+
+class Timings(BaseModel):
+    total_ms: float
+    source_inference_ms: float
+    explain_ms: float
+
+
+class ExplanationResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "method": "match", "classifier": "tfidf-lr", "labels": ["1", "2", "3", "4", "5"],
+        "base_prediction": {"1": 0.05, "2": 0.3, "3": 0.4, "4": 0.2, "5": 0.05},
+        "icace": {"1": -0.03, "2": -0.2, "3": -0.05, "4": 0.18, "5": 0.1},
+        "intervention": {"concept": "service", "target": "Positive", "source": "Negative", "source_inferred": True},
+        "uncertainty": {"spread": {"1": 0.01, "2": 0.05, "3": 0.06, "4": 0.07, "5": 0.04}, "n_counterfactuals": 5},
+        "counterfactuals": [], "cost": {"classifier_calls": 1}, "timings": {"total_ms": 12.0,
+                                                                            "source_inference_ms": 3.0,
+                                                                            "explain_ms": 9.0},
+        "space_id": "cebab-head", "details": {}}]})
+
+    method: str
+    classifier: str
+    labels: list[str]
+    base_prediction: dict[str, float]
+    icace: dict[str, float] = Field(description="Estimated change of each label's probability under the intervention.")
+    intervention: InterventionOut
+    uncertainty: Uncertainty
+    counterfactuals: list[CounterfactualOut]
+    cost: dict[str, Any]
+    timings: Timings
+    space_id: str | None = None
+    llm: str | None = None
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class EffectText(BaseModel):
+    """One text of an effects request (a JSONL line may also be a bare JSON string)."""
+
+    text: str = Field(min_length=1)
+    id: str | None = None
+    labels: dict[str, str] | None = Field(None, description="Known concept labels of this text.")
+
+
+class EffectsParams(BaseModel):
+    """Everything of an effects request but the texts (the JSON part of an upload)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "intervention": {"concept": "food", "target": "Negative"}, "classifier": "tfidf-lr", "method": "pt_match"}]})
+
+    intervention: InterventionIn
+    classifier: str | dict[str, Any] = CLASSIFIER_FIELD
+    method: str = Field("match", examples=["pt_match"])
+    top_k: int = Field(5, ge=1)
+    aggregation: Aggregation = "mean"
+    similarity_threshold: float | None = Field(None, ge=-1.0, le=1.0)
+    space: str | None = None
+    llm: str | dict[str, Any] | None = None
+    confidence: float = Field(0.95, gt=0.0, lt=1.0, description="Bootstrap CI level.")
+    seed: int = Field(0, description="Bootstrap seed (results are reproducible for a seed).")
+    mode: Literal["auto", "inline", "job"] = Field(
+        "auto", description="auto: inline up to the server's max_inline_texts, else a job.")
+
+
+class EffectsRequest(EffectsParams):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "texts": [EXAMPLE_TEXT, "Great pasta, rude staff."],
+        "intervention": {"concept": "food", "target": "Negative"}, "classifier": "tfidf-lr", "method": "pt_match"}]})
+
+    texts: list[str | EffectText] = Field(min_length=1, description="Texts (strings or {text, id, labels}).")
+
+
+class EffectRow(BaseModel):
+    index: int
+    id: str | None = None
+    status: str = Field(description="done, unchanged (already at target), failed, pending or running.")
+    source: str | None = None
+    icace: dict[str, float] | None = None
+    base_prediction: dict[str, float] | None = None
+    n_counterfactuals: int | None = None
+    error: str | None = None
+    attempts: int | None = None
+    finished_at: float | None = None
+
+
+class CaceResult(BaseModel):
+    labels: list[str]
+    cace: dict[str, float] = Field(description="Mean ICaCE over the changed texts.")
+    ci_low: dict[str, float]
+    ci_high: dict[str, float]
+    confidence: float
+    summary: dict[str, Any]
+
+
+class EffectsInlineResponse(BaseModel):
+    status: Literal["succeeded"] = "succeeded"
+    result: CaceResult
+    rows: list[EffectRow]
+
+
+class JobOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "id": "4f1c...", "kind": "effects", "status": "running", "total": 500,
+        "counts": {"pending": 300, "running": 8, "done": 190, "failed": 2}, "progress": 0.384}]})
+
+    id: str
+    kind: str
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    total: int
+    counts: dict[str, int] = Field(default_factory=dict)
+    progress: float = 0.0
+    error: str | None = None
+    item_errors: list[dict[str, Any]] = Field(default_factory=list)
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    result: dict[str, Any] | None = None
+    links: dict[str, str] = Field(default_factory=dict)
+
+
+class JobList(BaseModel):
+    jobs: list[JobOut]
+    total: int
+
+
+class RowsPage(BaseModel):
+    rows: list[EffectRow]
+    offset: int
+    limit: int
+    total: int
+    next_offset: int | None
+
+
+class Registration(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "name": "sentiment-v2", "spec": {"protocol": "v2", "url": "http://mlserver:8080", "model": "sentiment",
+                                         "labels": ["1", "2", "3", "4", "5"]}}]})
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$", examples=["sentiment-v2"])
+    spec: dict[str, Any] = Field(description="Endpoint spec (classifier: explainers.classifiers.spec; "
+                                             "LLM: explainers.generation.backends.BackendSpec).")
+    description: str | None = None
+
+
+class RegistrationOut(BaseModel):
+    name: str
+    kind: str
+    spec: dict[str, Any]
+    description: str | None = None
+    builtin: bool = False
+    created_at: float | None = None
+
+
+class RegistrationList(BaseModel):
+    items: list[RegistrationOut]
+
+
+class SpaceOut(BaseModel):
+    id: str
+    meta: dict[str, Any] = Field(default_factory=dict)
+    default: bool = False
+
+
+class SpaceList(BaseModel):
+    spaces: list[SpaceOut]
+
+
+class MethodsOut(BaseModel):
+    methods: dict[str, str]
+
+
+class Health(BaseModel):
+    status: str
+    ready: bool = False
+    components: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    instance: str | None = None
