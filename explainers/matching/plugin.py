@@ -1,0 +1,126 @@
+"""Registers the concept-space methods with `explainers.registry`, and a benchmark resource hook.
+
+Methods: `match`, `match_dr`, `pair_transfer`, `stacked`. `match`, `match_dr` and `stacked`
+need a trained space (`resources.space`); `pair_transfer` falls back to the pretrained
+encoder over the pool when no space is configured (it then ranks pairs by plain MiniLM
+cosine), since its gain comes from the pairs more than from the space.
+
+Stacking weights come from the `stack_weights` option ("match=0.4,pair_transfer=0.5" or a
+mapping), else from the space's metadata under `stacking[<stack_key>]` (stack_key: the
+option, else the benchmark's model name), else equal weights (said in the details).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from explainers.matching.explainers import (
+    MatchDRExplainer,
+    MatchingExplainer,
+    PairTransferExplainer,
+    StackedExplainer,
+)
+from explainers.matching.space import ConceptSpace
+from explainers.registry import MissingResource, Resources, build_explainer, register
+
+DEFAULT_COMPONENTS = ("match", "pair_transfer", "s_learner")
+
+
+def _space(resources: Resources, method: str) -> ConceptSpace:
+    space = resources.need("space", method)
+    if not isinstance(space, ConceptSpace):
+        raise MissingResource(f"method {method!r} needs a concept space (explainers.matching.ConceptSpace)")
+    return space
+
+
+def _pretrained_space(resources: Resources) -> ConceptSpace:
+    cached = resources.extra.get("_pretrained_space")
+    if cached is None:
+        cached = ConceptSpace(resources.need("pool", "pair_transfer"), resources.need("encoder", "pair_transfer"),
+                              meta={"name": "pretrained"})
+        cached.build_indices()
+        resources.extra["_pretrained_space"] = cached
+    return cached
+
+
+def _matching_kw(options: Mapping[str, Any]) -> dict[str, Any]:
+    kw: dict[str, Any] = {}
+    for k in ("aggregation", "similarity_threshold"):
+        if k in options:
+            kw[k] = options[k] if k == "aggregation" else float(options[k])
+    if "confounders" in options:
+        kw["confounders"] = str(options["confounders"])
+    return kw
+
+
+@register("match", "Top-K nearest pool texts with the target value in the trained concept space")
+def make_match(resources: Resources, **options: Any) -> MatchingExplainer:
+    return MatchingExplainer(_space(resources, "match"), taggers=resources.taggers, **_matching_kw(options))
+
+
+@register("match_dr", "Concept-space matching plus a regression adjustment for label mismatches (doubly robust)")
+def make_match_dr(resources: Resources, **options: Any) -> MatchDRExplainer:
+    return MatchDRExplainer(_space(resources, "match_dr"), taggers=resources.taggers, **_matching_kw(options))
+
+
+@register("pair_transfer", "Mean output change over the K nearest pool counterfactual pairs, same concept and direction")
+def make_pair_transfer(resources: Resources, **options: Any) -> PairTransferExplainer:
+    space = resources.space if isinstance(resources.space, ConceptSpace) else _pretrained_space(resources)
+    if not space.pool.pairs:
+        raise MissingResource("method 'pair_transfer' needs counterfactual pairs in the pool, and it has none")
+    return PairTransferExplainer(space, taggers=resources.taggers,
+                                 weighting=str(options.get("pair_weighting", "mean")))
+
+
+def parse_weights(value: Any) -> dict[str, float]:
+    if isinstance(value, Mapping):
+        return {str(k): float(v) for k, v in value.items()}
+    out = {}
+    for part in str(value).split(","):
+        if part.strip():
+            k, _, v = part.partition("=")
+            out[k.strip()] = float(v)
+    return out
+
+
+@register("stacked", "Weighted sum of match, pair_transfer and s_learner, weights cross-fit on dev")
+def make_stacked(resources: Resources, **options: Any) -> StackedExplainer:
+    space = _space(resources, "stacked")
+    info: dict[str, Any]
+    if "stack_weights" in options:
+        weights, info = parse_weights(options["stack_weights"]), {"source": "option"}
+    else:
+        key = str(options.get("stack_key") or resources.extra.get("model") or "")
+        fitted = space.meta.get("stacking", {}).get(key)
+        if fitted:
+            weights, info = dict(fitted["weights"]), {"source": f"space meta stacking[{key}]", **fitted}
+        else:
+            weights = {n: 1.0 / len(DEFAULT_COMPONENTS) for n in DEFAULT_COMPONENTS}
+            info = {"source": "equal weights: none fit for this classifier", "stack_key": key}
+    sub = {k: v for k, v in options.items() if k not in ("stack_weights",)}
+    components = {n: build_explainer(n, resources, **sub) for n in weights if weights[n] != 0.0}
+    return StackedExplainer(components, {n: w for n, w in weights.items() if n in components}, info)
+
+
+def _bench_hook(resources: Resources, options: Mapping[str, Any]) -> None:
+    """`--resource space=PATH` loads a saved space; texts missing from the run's pool are dropped from it."""
+    path = options.get("space")
+    if not path or resources.space is not None:
+        return
+    from explainers.matching.cebab import without_texts
+
+    space = ConceptSpace.load(Path(str(path)), encoder=resources.encoder)
+    if resources.pool is not None:
+        keep = set(resources.pool.texts)
+        space = without_texts(space, [t for t in space.pool.texts if t not in keep])
+    resources.space = space
+
+
+try:
+    from explainers.bench.runner import register_resource_hook
+
+    register_resource_hook(_bench_hook)
+except ImportError:  # the benchmark package is optional for the library
+    pass

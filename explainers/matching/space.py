@@ -1,0 +1,268 @@
+"""A concept space: the self-describing artifact matching explainers search.
+
+Layout of a space directory:
+
+    meta.json            kind "concept_space": encoder, trainer, config, data hash, versions,
+                         diagnostics (nearest-counterfactual hit rate), stacking weights
+    schema.json          the ConceptSchema
+    pool.jsonl           pool texts, labels, ids, origins
+    pairs.json           counterfactual pairs in the pool (base, cf, concept)
+    heads/<c>.npz        projection head of concept c (trainer "head")
+    encoders/<c>/        a fine-tuned sentence-transformers model (trainer "full")
+    index/<c>/<v>.faiss  FAISS index over the pool texts with c = v, in c's space (+ .json, .rows.npy)
+
+One space per treated concept, as in the paper: matching for an intervention on c embeds
+the query with c's projection and searches the partition of pool texts whose c equals the
+target value, optionally only among those whose confounders equal the query's.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from explainers.artifacts import data_hash, read_meta, write_meta
+from explainers.concepts import ConceptSchema
+from explainers.embeddings import Encoder
+from explainers.matching.index import DEFAULT_APPROX_THRESHOLD, PartitionIndex
+from explainers.matching.trainers import HeadProjection, project
+from explainers.registry import Pool
+
+KIND = "concept_space"
+
+
+@dataclass
+class Match:
+    """One pool text found for a query: its pool row, similarity and text."""
+
+    row: int
+    score: float
+    text: str
+
+
+def pool_hash(pool: Pool) -> str:
+    return data_hash(t + "\t" + json.dumps(lab, sort_keys=True) for t, lab in zip(pool.texts, pool.labels, strict=True))
+
+
+class ConceptSpace:
+    """Pool + per-concept projections + per-(concept, value) FAISS partitions."""
+
+    def __init__(
+        self,
+        pool: Pool,
+        encoder: Encoder,
+        *,
+        heads: Mapping[str, HeadProjection] | None = None,
+        encoders: Mapping[str, Encoder] | None = None,
+        meta: dict[str, Any] | None = None,
+        index_kind: str = "auto",
+        approx_threshold: int = DEFAULT_APPROX_THRESHOLD,
+        base_vectors: np.ndarray | None = None,
+    ) -> None:
+        self.pool = pool
+        self.schema: ConceptSchema = pool.schema
+        self.encoder = encoder
+        self.heads = dict(heads or {})
+        self.encoders = dict(encoders or {})
+        self.meta = dict(meta or {})
+        self.index_kind = index_kind
+        self.approx_threshold = approx_threshold
+        self._base = base_vectors
+        self.vectors: dict[str, np.ndarray] = {}
+        self.indices: dict[tuple[str, str], PartitionIndex] = {}
+        self.rows: dict[tuple[str, str], np.ndarray] = {}
+        self._conf_cache: dict[tuple, np.ndarray] = {}
+
+    # -- embedding --------------------------------------------------------------------------
+    def base_vectors(self) -> np.ndarray:
+        if self._base is None:
+            self._base = self.encoder.encode(self.pool.texts)
+        return self._base
+
+    def embed(self, texts: Sequence[str], concept: str) -> np.ndarray:
+        """Unit vectors of `texts` in concept `concept`'s space."""
+        if concept in self.encoders:
+            return self.encoders[concept].encode(texts)
+        return project(self.encoder.encode(texts), self.heads.get(concept))
+
+    def pool_vectors(self, concept: str) -> np.ndarray:
+        if concept not in self.vectors:
+            if concept in self.encoders:
+                self.vectors[concept] = self.encoders[concept].encode(self.pool.texts)
+            else:
+                self.vectors[concept] = project(self.base_vectors(), self.heads.get(concept))
+        return self.vectors[concept]
+
+    # -- indexing ---------------------------------------------------------------------------
+    def build_indices(self) -> None:
+        for c in self.schema.names:
+            vecs = self.pool_vectors(c)
+            for v in self.schema[c].values:
+                rows = np.asarray(self.pool.indices_with(c, v), dtype=np.int64)
+                self.rows[(c, v)] = rows
+                self.indices[(c, v)] = PartitionIndex.build(
+                    vecs[rows] if len(rows) else np.zeros((0, vecs.shape[1]), np.float32),
+                    kind=self.index_kind, approx_threshold=self.approx_threshold)
+        self._conf_cache.clear()
+
+    def _allowed(self, concept: str, value: str, confounders: Mapping[str, str]) -> np.ndarray:
+        key = (concept, value, tuple(sorted(confounders.items())))
+        if key not in self._conf_cache:
+            rows = self.rows[(concept, value)]
+            ok = [k for k, r in enumerate(rows)
+                  if all(self.pool.labels[r].get(c) == v for c, v in confounders.items())]
+            self._conf_cache[key] = np.asarray(ok, dtype=np.int64)
+        return self._conf_cache[key]
+
+    def search(
+        self,
+        query: str | np.ndarray,
+        concept: str,
+        value: str,
+        k: int,
+        *,
+        confounders: Mapping[str, str] | None = None,
+        threshold: float | None = None,
+        exclude_above: float | None = 0.995,
+    ) -> list[Match]:
+        """Top-k pool texts with `concept` = `value` nearest the query in the concept's space."""
+        if (concept, value) not in self.indices:
+            raise KeyError(f"no partition for {concept}={value}; the schema has {self.schema.names}")
+        vec = self.embed([query], concept)[0] if isinstance(query, str) else np.asarray(query, np.float32)
+        allowed = self._allowed(concept, value, confounders) if confounders else None
+        hits = self.indices[(concept, value)].search(vec, k, allowed=allowed, threshold=threshold,
+                                                     exclude_above=exclude_above)
+        rows = self.rows[(concept, value)][hits.ids]
+        return [Match(int(r), float(s), self.pool.texts[r]) for r, s in zip(rows, hits.scores, strict=True)]
+
+    # -- diagnostics ------------------------------------------------------------------------
+    def nearest_counterfactual_hit_rate(self, concept: str) -> float | None:
+        """Share of pool pairs on `concept` whose counterfactual is the base's nearest text in the target partition.
+
+        Searched among texts with the target value and the base's confounders, the query itself
+        and its exact duplicates excluded. A diagnostic: does the space rank true edits first?
+        """
+        pairs = [(b, c) for b, c, con in self.pool.pairs if con == concept]
+        if not pairs:
+            return None
+        vecs = self.pool_vectors(concept)
+        conf = self.schema.confounders(concept)
+        hits = 0
+        for b, cf in pairs:
+            lab = self.pool.labels[b]
+            target = self.pool.labels[cf][concept]
+            found = self.search(vecs[b], concept, target, 1, confounders={c: lab[c] for c in conf},
+                                exclude_above=0.9999)
+            hits += bool(found) and (found[0].row == cf or self.pool.texts[found[0].row] == self.pool.texts[cf])
+        return round(hits / len(pairs), 4)
+
+    # -- persistence ------------------------------------------------------------------------
+    def save(self, directory: Path, **meta_fields: Any) -> dict[str, Any]:
+        directory = Path(directory)
+        tmp = directory.with_name(directory.name + ".tmp")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        (tmp / "schema.json").write_text(json.dumps(self.schema.to_dict(), indent=1))
+        with open(tmp / "pool.jsonl", "w", encoding="utf-8") as f:
+            for i, (t, lab) in enumerate(zip(self.pool.texts, self.pool.labels, strict=True)):
+                f.write(json.dumps({"text": t, "labels": lab,
+                                    "id": self.pool.ids[i] if self.pool.ids else str(i),
+                                    "origin": self.pool.origins[i] if self.pool.origins else str(i)}) + "\n")
+        (tmp / "pairs.json").write_text(json.dumps(self.pool.pairs))
+        for c, h in self.heads.items():
+            (tmp / "heads").mkdir(exist_ok=True)
+            h.save(tmp / "heads" / f"{c}.npz")
+        for c, enc in self.encoders.items():
+            shutil.copytree(enc.path, tmp / "encoders" / c)
+        if not self.indices:
+            self.build_indices()
+        index_info = {}
+        for (c, v), idx in self.indices.items():
+            idx.save(tmp / "index" / c / f"{v}.faiss")
+            np.save(tmp / "index" / c / f"{v}.rows.npy", self.rows[(c, v)])
+            index_info[f"{c}={v}"] = {"kind": idx.kind, **idx.info}
+        fields = {**self.meta, **meta_fields, "pool_size": len(self.pool), "pool_hash": pool_hash(self.pool),
+                  "encoder": self.encoder.model_name, "index": index_info,
+                  "index_kind": self.index_kind, "approx_threshold": self.approx_threshold}
+        fields.pop("kind", None)
+        fields.pop("created_at", None)
+        fields.pop("library_versions", None)
+        meta = write_meta(tmp, KIND, **fields)
+        if directory.exists():
+            shutil.rmtree(directory)
+        tmp.rename(directory)
+        self.meta = meta
+        return meta
+
+    def update_meta(self, directory: Path, **fields: Any) -> None:
+        """Add fields (e.g. stacking weights fit later) to a saved space's meta.json."""
+        path = Path(directory) / "meta.json"
+        meta = json.loads(path.read_text())
+        meta.update(fields)
+        path.write_text(json.dumps(meta, indent=2, default=str))
+        self.meta = meta
+
+    @classmethod
+    def load(cls, directory: Path, encoder: Encoder | None = None) -> ConceptSpace:
+        directory = Path(directory)
+        meta = read_meta(directory, KIND)
+        schema = ConceptSchema.from_dict(json.loads((directory / "schema.json").read_text()))
+        texts, labels, ids, origins = [], [], [], []
+        with open(directory / "pool.jsonl", encoding="utf-8") as f:
+            for line in f:
+                row = json.loads(line)
+                texts.append(row["text"])
+                labels.append(row["labels"])
+                ids.append(row["id"])
+                origins.append(row["origin"])
+        pairs = [tuple(p) for p in json.loads((directory / "pairs.json").read_text())]
+        pool = Pool(texts, labels, schema, ids=ids, origins=origins, pairs=pairs)  # type: ignore[arg-type]
+        heads = {p.stem: HeadProjection.load(p) for p in sorted((directory / "heads").glob("*.npz"))}
+        encoders = {p.name: Encoder(str(p)) for p in sorted((directory / "encoders").glob("*")) if p.is_dir()}
+        space = cls(pool, encoder or Encoder(meta.get("encoder", "sentence-transformers/all-MiniLM-L6-v2")),
+                    heads=heads, encoders=encoders, meta=meta, index_kind=meta.get("index_kind", "auto"),
+                    approx_threshold=meta.get("approx_threshold", DEFAULT_APPROX_THRESHOLD))
+        for c in schema.names:
+            for v in schema[c].values:
+                path = directory / "index" / c / f"{v}.faiss"
+                space.indices[(c, v)] = PartitionIndex.load(path)
+                space.rows[(c, v)] = np.load(directory / "index" / c / f"{v}.rows.npy")
+        space.directory = directory
+        return space
+
+    directory: Path | None = None
+
+
+def list_spaces(root: Path) -> list[dict[str, Any]]:
+    """Every space under root (one directory each) with the headline facts of its meta.json."""
+    out = []
+    for d in sorted(Path(root).glob("*")):
+        if (d / "meta.json").exists():
+            try:
+                meta = read_meta(d, KIND)
+            except ValueError:
+                continue
+            out.append({"name": d.name, "path": str(d), "created_at": meta.get("created_at"),
+                        "trainer": meta.get("trainer"), "pool_size": meta.get("pool_size"),
+                        "train_split": meta.get("train_split"), "hit_rate": meta.get("diagnostics", {}).get("hit_rate")})
+    return out
+
+
+def delete_space(root: Path, name: str) -> bool:
+    """Remove a space directory; False if there was none. Refuses paths outside root."""
+    root = Path(root).resolve()
+    d = (root / name).resolve()
+    if d.parent != root:
+        raise ValueError(f"space name {name!r} escapes {root}")
+    if not (d / "meta.json").exists():
+        return False
+    read_meta(d, KIND)
+    shutil.rmtree(d)
+    return True
