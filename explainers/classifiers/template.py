@@ -5,8 +5,8 @@ request template is any JSON value; a string equal to `"{{texts}}"` is replaced 
 batch of texts (batch mode), and `"{{text}}"` (whole value or inside a string) by one
 text (one request per text). `scores_path` is a small JSON path (`data.results[*].probs`,
 `outputs[0].data`, `$.predictions`) that must select, for a batch of n texts, n score
-rows (lists in `endpoint_labels` order, label->score mappings, or label/score entries),
-or in per-text mode the one row. `labels_path` optionally selects the class names the
+rows (lists in `endpoint_labels` order, label->score mappings, or label/score entries)
+or a flat row-major list of n * C numbers; in per-text mode, the one row. `labels_path` optionally selects the class names the
 endpoint used: one list for all rows, or one list per row.
 """
 
@@ -130,7 +130,15 @@ class TemplateClassifier(HttpClassifier):
             row_labels = select(body, self._labels_steps, path=self.labels_path or "", source=self.name)
             if not isinstance(row_labels, list):
                 raise MalformedResponse(f"{self.name}: labels_path {self.labels_path!r} did not select a list")
-        if not self.batch:
+        c = len(self.labels)
+        if isinstance(rows, list) and rows and all(isinstance(x, int | float) and not isinstance(x, bool)
+                                                   for x in rows):
+            # A flat tensor (e.g. V2 `outputs[0].data`): n * C numbers, row-major.
+            if len(rows) != n * c:
+                raise MalformedResponse(f"{self.name}: {self.scores_path!r} selected {len(rows)} numbers; "
+                                        f"expected {n} rows x {c} labels = {n * c}")
+            rows = [rows[i * c:(i + 1) * c] for i in range(n)]
+        elif not self.batch:
             rows = [rows]
             if row_labels is not None and row_labels and isinstance(row_labels[0], list):
                 row_labels = row_labels[0] if len(row_labels) == 1 else row_labels
