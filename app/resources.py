@@ -121,6 +121,8 @@ class Runtime:
             try:
                 comp.detail = fn()
                 comp.status = "ready"
+                with self._lock:
+                    self._explainers.clear()  # rebuild with the newly loaded resource
             except ModuleNotFoundError as e:
                 comp.status, comp.detail = "unavailable", f"library module missing: {e.name}"
             except Exception as e:  # keep serving what did load

@@ -1,0 +1,145 @@
+"""The durable job store and workers, against real SQLite and real PostgreSQL.
+
+What must hold for restarts and replicas: an item is leased by one owner at a time,
+a dead owner's leases expire and are taken over, finished items are never redone, and
+the queue bound is enforced in the same transaction that creates a job.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.jobs.worker import RetryableError, Workers, wait_for
+from app.store import Store
+
+PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    if request.param == "sqlite":
+        s = Store(f"sqlite:///{tmp_path / 'jobs.sqlite'}", prefix="t_")
+    else:
+        s = Store(PG_URL, prefix=f"t{uuid.uuid4().hex[:10]}_")
+    yield s
+    s.drop_all()
+
+
+class SquareHandler:
+    """A real job kind for these tests: squares numbers and sums them, recording what it ran."""
+
+    def __init__(self, fail_on: set[int] | None = None, flaky_on: set[int] | None = None) -> None:
+        self.calls: list[tuple[str, int]] = []
+        self.fail_on = fail_on or set()
+        self.flaky_on = set(flaky_on or ())
+        self.lock = threading.Lock()
+
+    def process(self, job_id: str, request: dict[str, Any], payload: Any, index: int) -> Any:
+        with self.lock:
+            self.calls.append((job_id, index))
+        if index in self.fail_on:
+            raise ValueError(f"bad item {index}")
+        if index in self.flaky_on:
+            self.flaky_on.discard(index)
+            raise RetryableError("upstream blinked")
+        return {"sq": payload["x"] ** 2}
+
+    def finalize(self, job_id: str, request: dict[str, Any], rows: list[dict[str, Any]]) -> Any:
+        return {"sum": sum(r["result"]["sq"] for r in rows if r["status"] == "done"),
+                "failed": [r["index"] for r in rows if r["status"] == "failed"]}
+
+
+def test_two_owners_never_share_an_item(store: Store) -> None:
+    job = store.create_job("square", {}, [{"x": i} for i in range(60)])
+    seen: dict[int, str] = {}
+    dupes: list[int] = []
+    lock = threading.Lock()
+
+    def owner(name: str) -> None:
+        while True:
+            got = store.claim(name, 30.0, 4)
+            if not got:
+                return
+            for c in got:
+                with lock:
+                    if c.idx in seen:
+                        dupes.append(c.idx)
+                    seen[c.idx] = name
+                assert store.finish_item(name, job, c.idx, result={"sq": c.payload["x"] ** 2})
+
+    threads = [threading.Thread(target=owner, args=(f"replica-{i}",)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert dupes == []
+    assert sorted(seen) == list(range(60))
+    assert store.get_job(job)["counts"] == {"pending": 0, "running": 0, "done": 60, "failed": 0}
+    assert store.jobs_to_finalize() == [job]
+
+
+def test_expired_lease_is_taken_over_and_the_old_owner_loses_it(store: Store) -> None:
+    job = store.create_job("square", {}, [{"x": 1}, {"x": 2}])
+    first = store.claim("dead", 2.0, 10)
+    assert [c.idx for c in first] == [0, 1]
+    assert store.claim("alive", 30.0, 10) == []  # leases still valid
+    time.sleep(2.1)
+    second = store.claim("alive", 30.0, 10)
+    assert [(c.idx, c.attempts) for c in second] == [(0, 2), (1, 2)]
+    assert not store.finish_item("dead", job, 0, result={"sq": 1})  # too late
+    assert store.finish_item("alive", job, 0, result={"sq": 1})
+
+
+def test_queue_bound_and_cancel(store: Store) -> None:
+    a = store.create_job("square", {}, [{"x": 1}], limit=2)
+    b = store.create_job("square", {}, [{"x": 2}], limit=2)
+    assert a and b
+    assert store.create_job("square", {}, [{"x": 3}], limit=2) is None
+    assert store.cancel_job(a)
+    assert not store.cancel_job(a)  # already final
+    assert store.create_job("square", {}, [{"x": 3}], limit=2) is not None
+    claimed = store.claim("w", 30.0, 10)
+    assert a not in {c.job_id for c in claimed}  # a cancelled job's items are never handed out
+
+
+def test_workers_resume_without_redoing_finished_items(store: Store) -> None:
+    job = store.create_job("square", {}, [{"x": i} for i in range(20)])
+    # A replica that died: it finished items 0-4 and held leases on 5-7 when it was killed.
+    for c in store.claim("dead", 0.5, 8):
+        if c.idx < 5:
+            store.finish_item("dead", job, c.idx, result={"sq": c.payload["x"] ** 2})
+    handler = SquareHandler()
+    workers = Workers(store, {"square": handler}, owner="restarted", threads=2, lease_s=5, batch=3, poll_s=0.05)
+    workers.start()
+    try:
+        final = wait_for(store, job, timeout=30)
+    finally:
+        workers.stop()
+    assert final["status"] == "succeeded"
+    assert final["result"] == {"sum": sum(i * i for i in range(20)), "failed": []}
+    assert sorted(i for _, i in handler.calls) == list(range(5, 20))  # 0-4 were not redone
+    rows = store.item_rows(job)
+    assert all(r["lease_owner"] == "dead" for r in rows[:5])
+    assert [r["attempts"] for r in rows[5:8]] == [2, 2, 2]
+
+
+def test_failures_are_recorded_and_retryable_errors_retried(store: Store) -> None:
+    job = store.create_job("square", {}, [{"x": i} for i in range(6)])
+    handler = SquareHandler(fail_on={2}, flaky_on={4})
+    workers = Workers(store, {"square": handler}, owner="w", threads=1, lease_s=5, batch=2, poll_s=0.05)
+    workers.start()
+    try:
+        final = wait_for(store, job, timeout=30)
+    finally:
+        workers.stop()
+    assert final["status"] == "succeeded"
+    assert final["result"] == {"sum": 0 + 1 + 9 + 16 + 25, "failed": [2]}
+    assert final["counts"]["failed"] == 1
+    assert final["item_errors"][0]["index"] == 2 and "bad item 2" in final["item_errors"][0]["error"]
+    assert handler.calls.count((job, 4)) == 2  # retried once after RetryableError
