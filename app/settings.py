@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -66,9 +67,36 @@ class Settings(BaseSettings):
     llm_api_key: str | None = None
 
     # Security: comma-separated hosts/CIDRs that outbound calls may reach despite the policy.
-    outbound_allow: list[str] = Field(default_factory=list)
+    outbound_allow: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # API keys are off when no key is configured (the embedded default is a local tool).
     auth_enabled: bool = False
+    # JSON list of {"name", "sha256", "scopes"} (e.g. a mounted Secret); keys can also live in the store.
+    api_keys_file: Path | None = None
+    # Per-key token bucket (a key's own rate_per_s overrides it); 0 disables.
+    rate_limit_per_s: float = 50.0
+    rate_limit_burst: int = 100
+    # Per-client-address bucket for requests without a key while auth is off; 0 disables (embedded default).
+    rate_limit_anonymous_per_s: float = 0.0
+    # Requests running at once before new ones are shed with 503 + Retry-After; 0 disables.
+    max_inflight: int = 32
+    # Observability: "json" (one object per line, with request ids) or "text" logs.
+    log_format: str = "json"
+    # KServe explainer slot: the predictor's host[:port]; `:explain` on an unregistered model
+    # name then calls http://<host>/v1/models/<name>:predict (it must be allow-listed).
+    kserve_predictor_host: str | None = None
+    kserve_labels: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    @field_validator("outbound_allow", "kserve_labels", mode="before")
+    @classmethod
+    def _comma_list(cls, v: object) -> object:
+        if isinstance(v, str):
+            v = v.strip()
+            if v.startswith("["):
+                import json
+
+                return json.loads(v)
+            return [p.strip() for p in v.split(",") if p.strip()]
+        return v
 
     @property
     def sqlite_url(self) -> str:

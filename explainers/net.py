@@ -29,6 +29,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -303,11 +304,26 @@ def _install_backend(transport: httpx.HTTPTransport | httpx.AsyncHTTPTransport, 
     pool._network_backend = backend
 
 
+# Called after every outbound request: (request, seconds, response or None, error or None).
+# The service hangs its metrics here; the library never imports a metrics package.
+Observer = Callable[[httpx.Request, float, "httpx.Response | None", "BaseException | None"], None]
+
+
+def _notify(observers: Sequence[Observer], request: httpx.Request, seconds: float,
+            response: httpx.Response | None, error: BaseException | None) -> None:
+    for fn in observers:
+        try:
+            fn(request, seconds, response, error)
+        except Exception:  # an observer must never break the call it observes
+            pass
+
+
 class PolicyTransport(httpx.HTTPTransport):
     """An httpx transport that enforces an `OutboundPolicy` on every request and connection.
 
     Use as ``httpx.Client(transport=PolicyTransport(policy))``. Proxies are not supported: a
-    proxy would make the policy check the proxy's address instead of the target's.
+    proxy would make the policy check the proxy's address instead of the target's. Functions
+    appended to `observers` see every request's outcome and latency (denials included).
     """
 
     def __init__(self, policy: OutboundPolicy | None = None, **kwargs: Any) -> None:
@@ -315,15 +331,23 @@ class PolicyTransport(httpx.HTTPTransport):
             raise ValueError("PolicyTransport does not support proxies")
         super().__init__(**kwargs)
         self.policy = policy or OutboundPolicy()
+        self.observers: list[Observer] = []
         self._backend = _PinnedBackend(self.policy)
         _install_backend(self, self._backend)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
+        started = time.perf_counter()
         try:
-            self.policy.check_url(request.url)
-        except OutboundDenied as e:
-            raise OutboundDenied(str(e), request=request) from None
-        return super().handle_request(request)
+            try:
+                self.policy.check_url(request.url)
+            except OutboundDenied as e:
+                raise OutboundDenied(str(e), request=request) from None
+            response = super().handle_request(request)
+        except BaseException as e:
+            _notify(self.observers, request, time.perf_counter() - started, None, e)
+            raise
+        _notify(self.observers, request, time.perf_counter() - started, response, None)
+        return response
 
 
 class AsyncPolicyTransport(httpx.AsyncHTTPTransport):

@@ -1,0 +1,163 @@
+"""Request limits as ASGI middleware: body size (413), load shedding (503), per-request timeout (504).
+
+Why middleware and not route code: these limits must hold for every route, including ones
+added later, and must answer before any work starts (a 50 MB body is refused from its
+Content-Length, a request over the in-flight cap is refused without touching the model).
+Each refusal is a problem+json document that says which limit and its value, so a client
+can tell a too-large request (fix the request) from an overloaded server (retry after
+Retry-After). Field-level limits (text length, K, batch sizes) live in the request
+schemas and routes, where the field's name is known.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from typing import Any
+
+import anyio
+from fastapi import HTTPException
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+PROBLEM_TYPE = "https://cace.dev/problems/"
+# Probes and scrapes must keep answering when the service is saturated.
+EXEMPT_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+async def send_problem(
+    send: Send, status: int, title: str, detail: str, *, kind: str, path: str = "",
+    headers: Iterable[tuple[str, str]] = (), extra: dict[str, Any] | None = None,
+) -> None:
+    """Write a complete RFC 7807 response straight to the ASGI `send`."""
+    body = {"type": PROBLEM_TYPE + kind, "title": title, "status": status, "detail": detail}
+    if path:
+        body["instance"] = path
+    body.update(extra or {})
+    raw = json.dumps(body).encode()
+    hdrs = [(b"content-type", b"application/problem+json"), (b"content-length", str(len(raw)).encode())]
+    hdrs += [(k.lower().encode(), v.encode()) for k, v in headers]
+    await send({"type": "http.response.start", "status": status, "headers": hdrs})
+    await send({"type": "http.response.body", "body": raw})
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for k, v in scope.get("headers", ()):
+        if k.lower() == name:
+            return v.decode("latin-1")
+    return None
+
+
+class BodyTooLarge(HTTPException):
+    """Raised from `receive` when a body without (or lying about) Content-Length grows past the limit.
+
+    An HTTPException so that FastAPI's body reader re-raises it instead of turning it into a 400,
+    and the app's problem handler renders it as 413.
+    """
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body exceeds {limit} bytes (CACE_MAX_BODY_BYTES)")
+
+
+class BodyLimitMiddleware:
+    """413 for bodies over `max_bytes`: from Content-Length up front, or while streaming."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self.max_bytes <= 0:
+            await self.app(scope, receive, send)
+            return
+        declared = _header(scope, b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await send_problem(send, 413, "Request too large",
+                               f"request body is {declared} bytes; the limit is {self.max_bytes} (CACE_MAX_BODY_BYTES)",
+                               kind="request-too-large", path=scope.get("path", ""),
+                               extra={"limit_bytes": self.max_bytes})
+            return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            msg = await receive()
+            if msg["type"] == "http.request":
+                seen += len(msg.get("body", b""))
+                if seen > self.max_bytes:
+                    raise BodyTooLarge(self.max_bytes)
+            return msg
+
+        await self.app(scope, counted, send)
+
+
+class InflightLimitMiddleware:
+    """Shed load: when `max_inflight` requests are already running, answer 503 + Retry-After at once.
+
+    Refusing immediately keeps latency bounded for the requests that are admitted; queueing
+    them instead would turn overload into client timeouts.
+    """
+
+    def __init__(self, app: ASGIApp, max_inflight: int, retry_after_s: int = 1) -> None:
+        self.app = app
+        self.max_inflight = max_inflight
+        self.retry_after_s = retry_after_s
+        self.inflight = 0
+        self.shed = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self.max_inflight <= 0 or scope.get("path") in EXEMPT_PATHS:
+            await self.app(scope, receive, send)
+            return
+        if self.inflight >= self.max_inflight:
+            self.shed += 1
+            await send_problem(send, 503, "Service overloaded",
+                               f"{self.inflight} requests are in progress (limit {self.max_inflight}); retry later",
+                               kind="overloaded", path=scope.get("path", ""),
+                               headers=[("Retry-After", str(self.retry_after_s))])
+            return
+        self.inflight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.inflight -= 1
+
+
+class TimeoutMiddleware:
+    """504 when no response has started within `timeout_s`.
+
+    The deadline stops counting once the response starts, so a long streamed download is not
+    cut off mid-body. Work running in a thread cannot be killed; it finishes in the background
+    and its result is dropped, which is why the in-flight cap sits outside this middleware.
+    """
+
+    def __init__(self, app: ASGIApp, timeout_s: float) -> None:
+        self.app = app
+        self.timeout_s = timeout_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self.timeout_s <= 0 or scope.get("path") in EXEMPT_PATHS:
+            await self.app(scope, receive, send)
+            return
+        started = False
+        with anyio.CancelScope() as cs:
+            cs.deadline = anyio.current_time() + self.timeout_s
+
+            async def tracked(msg: Message) -> None:
+                nonlocal started
+                if msg["type"] == "http.response.start":
+                    started = True
+                    cs.deadline = math.inf
+                await send(msg)
+
+            await self.app(scope, receive, tracked)
+        if cs.cancelled_caught and not started:
+            await send_problem(send, 504, "Request timed out",
+                               f"no response within {self.timeout_s:g} s (CACE_REQUEST_TIMEOUT_S)",
+                               kind="request-timeout", path=scope.get("path", ""),
+                               extra={"timeout_s": self.timeout_s})

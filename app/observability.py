@@ -1,0 +1,255 @@
+"""Observability: Prometheus `/metrics`, request ids, and structured JSON logs.
+
+`install(app, settings)` is called by `app.main.create_app` after the security layer, so its
+middleware is the outermost: latencies and status codes include requests that the limits
+refused (413/429/503/504), which is what an operator needs to see overload.
+
+What is measured and where:
+* HTTP requests: latency histogram and counts by method, route template and status.
+* Outbound classifier and LLM calls: every HTTP call goes through the outbound
+  `PolicyTransport`; an observer records latency and errors (LLM calls are told apart by
+  their OpenAI/llama.cpp paths). The library itself never imports prometheus.
+* Cache hit rate, in-process classifier calls, job queue depth: read from the runtime at
+  scrape time by a custom collector (CachingClassifier stats, the job store), so nothing in
+  the request path pays for them.
+
+Each app gets its own CollectorRegistry, so tests can build many apps in one process.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import re
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+from fastapi import FastAPI, Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from app.limits import ASGIApp, Message, Receive, Scope, Send, _header
+from app.settings import Settings
+
+request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("cace_request_id", default=None)
+access_log = logging.getLogger("cace.access")
+_VALID_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+LLM_PATHS = ("/chat/completions", "/completions", "/completion", "/generate", "/v1/embeddings")
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, with the request id of the request being served (if any)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        rid = getattr(record, "request_id", None) or request_id.get()
+        if rid:
+            out["request_id"] = rid
+        for k in ("method", "path", "route", "status", "duration_ms", "api_key_id", "client"):
+            v = getattr(record, k, None)
+            if v is not None:
+                out[k] = v
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+def configure_logging(fmt: str) -> None:
+    """Route the root and uvicorn loggers through one stderr handler in the chosen format."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.set_name("cace")
+    handler.setFormatter(JsonFormatter() if fmt == "json" else
+                         logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    # Replace plain stderr handlers (basicConfig's, ours from an earlier app); keep capture
+    # handlers such as pytest's, which are subclasses.
+    for h in list(root.handlers):
+        if type(h) is logging.StreamHandler or h.get_name() == "cace":
+            root.removeHandler(h)
+    root.addHandler(handler)
+    if root.level == logging.NOTSET or root.level > logging.INFO:
+        root.setLevel(logging.INFO)
+    for name in ("uvicorn", "uvicorn.error"):
+        lg = logging.getLogger(name)
+        lg.handlers = []
+        lg.propagate = True
+    # The access middleware logs every request with its id; uvicorn's own access log would duplicate it.
+    logging.getLogger("uvicorn.access").disabled = True
+
+
+class Metrics:
+    """The service's Prometheus metrics, on one registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("cace_http_requests_total", "HTTP requests by route and status",
+                                ["method", "route", "status"], registry=r)
+        self.latency = Histogram("cace_http_request_duration_seconds", "HTTP request latency",
+                                 ["method", "route"], buckets=LATENCY_BUCKETS, registry=r)
+        self.inflight = Gauge("cace_http_requests_in_progress", "HTTP requests being served", registry=r)
+        self.outbound_latency = Histogram("cace_outbound_request_duration_seconds",
+                                          "Latency of outbound classifier/LLM HTTP calls (to response headers)",
+                                          ["kind", "host"], buckets=LATENCY_BUCKETS, registry=r)
+        self.outbound_errors = Counter("cace_outbound_errors_total",
+                                       "Outbound classifier/LLM calls that failed (transport error, denial or 5xx)",
+                                       ["kind", "host", "error"], registry=r)
+
+    def observe_outbound(self, request: httpx.Request, seconds: float, response: httpx.Response | None,
+                         error: BaseException | None) -> None:
+        path = request.url.path
+        kind = "llm" if path.endswith(LLM_PATHS) else "classifier"
+        host = request.url.host
+        self.outbound_latency.labels(kind, host).observe(seconds)
+        if error is not None:
+            self.outbound_errors.labels(kind, host, type(error).__name__).inc()
+        elif response is not None and response.status_code >= 500:
+            self.outbound_errors.labels(kind, host, f"http_{response.status_code}").inc()
+
+
+class RuntimeCollector(Collector):
+    """Scrape-time view of the runtime: classifier caches, in-process calls, job queue, shed requests."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+
+    def _classifiers(self) -> Iterator[tuple[str, Any]]:
+        rt = getattr(self.app.state, "runtime", None)
+        if rt is None:
+            return
+        seen: set[int] = set()
+        for mapping in (getattr(rt, "builtin_classifiers", {}), getattr(rt, "_classifiers", {})):
+            for name, clf in list(mapping.items()):
+                if id(clf) not in seen:
+                    seen.add(id(clf))
+                    yield str(name), clf
+
+    def collect(self) -> Iterator[Any]:
+        hits = CounterMetricFamily("cace_classifier_cache_hits", "Texts answered from the prediction cache",
+                                   labels=["classifier"])
+        misses = CounterMetricFamily("cace_classifier_cache_misses",
+                                     "Texts sent to the classifier (cache misses)", labels=["classifier"])
+        rate = GaugeMetricFamily("cace_classifier_cache_hit_ratio", "Cache hits / lookups since start",
+                                 labels=["classifier"])
+        calls = CounterMetricFamily("cace_classifier_http_requests", "HTTP requests sent by classifier adapters",
+                                    labels=["classifier"])
+        fails = CounterMetricFamily("cace_classifier_http_failures", "Classifier adapter calls that failed",
+                                    labels=["classifier"])
+        for name, clf in self._classifiers():
+            stats = getattr(clf, "stats", None)
+            st = stats() if callable(stats) else None
+            if st is not None and hasattr(st, "hits"):
+                hits.add_metric([name], st.hits)
+                misses.add_metric([name], st.misses)
+                rate.add_metric([name], st.hit_rate)
+            inner = getattr(clf, "inner", None) or getattr(clf, "classifier", None)
+            ist = getattr(inner, "stats", None)
+            ist = ist() if callable(ist) else None
+            if ist is not None and hasattr(ist, "requests"):
+                calls.add_metric([name], ist.requests)
+                fails.add_metric([name], getattr(ist, "failures", 0))
+        yield from (hits, misses, rate, calls, fails)
+        rt = getattr(self.app.state, "runtime", None)
+        store = getattr(rt, "store", None)
+        if store is not None and hasattr(store, "active_jobs"):
+            depth = GaugeMetricFamily("cace_job_queue_depth", "Jobs queued or running")
+            try:
+                depth.add_metric([], store.active_jobs())
+            except Exception:  # a scrape must not fail because the database blinked
+                depth.add_metric([], float("nan"))
+            yield depth
+        shed = CounterMetricFamily("cace_requests_shed", "Requests refused with 503 by the in-flight cap")
+        shed.add_metric([], sum(getattr(m, "shed", 0) for m in _middleware_instances(self.app)))
+        yield shed
+
+
+def _middleware_instances(app: FastAPI) -> Iterator[Any]:
+    node: Any = getattr(app, "middleware_stack", None)
+    while node is not None:
+        yield node
+        node = getattr(node, "app", None)
+
+
+def _route_template(scope: Scope) -> str:
+    route = scope.get("route")
+    path = getattr(route, "path_format", None) or getattr(route, "path", None)
+    return path or "unmatched"
+
+
+class ObservabilityMiddleware:
+    """Request id in/out (X-Request-ID), a JSON access log line, and the HTTP metrics."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = _header(scope, b"x-request-id")
+        rid = given if given and _VALID_ID.match(given) else uuid.uuid4().hex
+        token = request_id.set(rid)
+        scope.setdefault("state", {})["request_id"] = rid
+        status = 500
+        started = time.perf_counter()
+
+        async def tagged(msg: Message) -> None:
+            nonlocal status
+            if msg["type"] == "http.response.start":
+                status = msg["status"]
+                msg["headers"] = [*msg.get("headers", []), (b"x-request-id", rid.encode())]
+            await send(msg)
+
+        self.metrics.inflight.inc()
+        try:
+            await self.app(scope, receive, tagged)
+        finally:
+            self.metrics.inflight.dec()
+            took = time.perf_counter() - started
+            method, route = scope.get("method", ""), _route_template(scope)
+            self.metrics.requests.labels(method, route, str(status)).inc()
+            self.metrics.latency.labels(method, route).observe(took)
+            client = scope.get("client")
+            access_log.info("%s %s %s", method, scope.get("path", ""), status, extra={
+                "request_id": rid, "method": method, "path": scope.get("path", ""), "route": route,
+                "status": status, "duration_ms": round(took * 1000, 2),
+                "api_key_id": scope.get("state", {}).get("api_key_id"),
+                "client": client[0] if client else None})
+            request_id.reset(token)
+
+
+def install(app: FastAPI, settings: Settings) -> None:
+    """Add /metrics, request ids and JSON logs; hook the outbound transport's observer."""
+    metrics = Metrics()
+    metrics.registry.register(RuntimeCollector(app))
+    app.state.metrics = metrics
+    transport = getattr(app.state, "outbound_transport", None)
+    if transport is not None and hasattr(transport, "observers"):
+        transport.observers.append(metrics.observe_outbound)
+    configure_logging(settings.log_format)
+
+    @app.get("/metrics", include_in_schema=False)
+    def prometheus_metrics() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    app.add_middleware(ObservabilityMiddleware, metrics=metrics)

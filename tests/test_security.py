@@ -1,0 +1,129 @@
+"""API keys, scopes and per-key rate limits against the real service (uvicorn subprocess, HTTP).
+
+The service starts with no key, so auth is off (the embedded default); creating the first
+admin key through `/v1/keys` turns it on. Keys must be stored hashed: the test reads the
+SQLite store and checks the plaintext is nowhere in it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.servers import ROOT, Server, free_port, python, running
+
+
+@contextlib.contextmanager
+def service(tmp: Path, test_data_dir: Path, **env: str) -> Iterator[Server]:
+    """The real service on a free port: reference tfidf-lr classifier only (no pool, taggers or space)."""
+    port = free_port()
+    base = {
+        "CACE_DATA_DIR": str(test_data_dir),
+        "CACE_DATABASE_URL": f"sqlite:///{tmp / 'store.sqlite'}",
+        "CACE_DEFAULT_POOL": "",
+        "CACE_DEFAULT_TAGGERS": "false",
+        "CACE_DEFAULT_SPACE": "false",
+        "CACE_LOG_FORMAT": "json",
+    }
+    cmd = [python(), "-m", "app.cli", "serve", "--port", str(port)]
+    with running(cmd, port=port, health_path="/healthz", env={**base, **env}, log_dir=tmp, timeout=120) as srv:
+        deadline = time.monotonic() + 180
+        while httpx.get(srv.base_url + "/readyz", timeout=5).status_code != 200:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"service not ready:\n{srv.log_text()[-3000:]}")
+            time.sleep(0.3)
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def svc(tmp_path_factory: pytest.TempPathFactory, tfidf_lr_dir: Path, test_data_dir: Path) -> Iterator[Server]:
+    tmp = tmp_path_factory.mktemp("security")
+    with service(tmp, test_data_dir, CACE_RATE_LIMIT_PER_S="5", CACE_RATE_LIMIT_BURST="5") as srv:
+        srv.tmp = tmp  # type: ignore[attr-defined]
+        yield srv
+
+
+def _bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def test_keys_scopes_revocation_and_rate_limits(svc: Server) -> None:
+    url = svc.base_url
+    with httpx.Client(base_url=url, timeout=30) as c:
+        # Embedded default: no key exists, so the API is open.
+        assert c.get("/v1/jobs").status_code == 200
+        r = c.post("/v1/keys", json={"name": "root", "scopes": ["admin"], "rate_limit_per_s": 1000})
+        assert r.status_code == 201, r.text
+        admin = r.json()["key"]
+        # Now auth is on: no key, a wrong key -> 401 problem+json with WWW-Authenticate.
+        r = c.get("/v1/jobs")
+        assert r.status_code == 401
+        assert r.headers["content-type"].startswith("application/problem+json")
+        assert r.headers["www-authenticate"] == "Bearer"
+        assert c.get("/v1/jobs", headers=_bearer("cace_not-a-key")).status_code == 401
+        # Probes and metrics stay public.
+        assert c.get("/healthz").status_code == 200
+        assert c.get("/metrics").status_code == 200
+
+        r = c.post("/v1/keys", json={"name": "reader", "scopes": ["explain"]}, headers=_bearer(admin))
+        assert r.status_code == 201
+        reader, reader_id = r.json()["key"], r.json()["id"]
+        assert c.post("/v1/keys", json={"name": "x", "scopes": ["root"]}, headers=_bearer(admin)).status_code == 422
+
+        # Scopes: explain can predict and read, but cannot register classifiers or manage keys.
+        r = c.post("/v1/models/tfidf-lr:predict", json={"instances": ["great food"]}, headers={"X-API-Key": reader})
+        assert r.status_code == 200, r.text
+        assert set(r.json()["predictions"][0]) == {"1", "2", "3", "4", "5"}
+        r = c.post("/v1/classifiers", json={"name": "x", "spec": {}}, headers=_bearer(reader))
+        assert r.status_code == 403
+        assert "admin" in r.json()["detail"]
+        assert c.get("/v1/keys", headers=_bearer(reader)).status_code == 403
+        listed = c.get("/v1/keys", headers=_bearer(admin)).json()
+        assert {k["name"] for k in listed} >= {"root", "reader"}
+        assert all("key" not in k for k in listed)
+
+        # Per-key token bucket: 5/s with burst 5, so a quick burst of 12 gets 429s with Retry-After.
+        codes = [c.get("/v1/jobs", headers=_bearer(reader)) for _ in range(12)]
+        limited = [r for r in codes if r.status_code == 429]
+        assert limited and all(r.status_code in (200, 429) for r in codes)
+        assert int(limited[0].headers["retry-after"]) >= 1
+        assert limited[0].json()["type"].endswith("/rate-limited")
+        # The admin key has its own bucket (1000/s) and is not affected.
+        assert c.get("/v1/jobs", headers=_bearer(admin)).status_code == 200
+        time.sleep(1.2)
+        assert c.get("/v1/jobs", headers=_bearer(reader)).status_code == 200
+
+        # Revocation takes effect at once on this replica.
+        assert c.delete(f"/v1/keys/{reader_id}", headers=_bearer(admin)).status_code == 204
+        assert c.get("/v1/jobs", headers=_bearer(reader)).status_code == 401
+        assert c.delete(f"/v1/keys/{reader_id}", headers=_bearer(admin)).status_code == 404
+
+    # Stored hashed: the plaintext is nowhere in the database, its sha256 is.
+    db = sqlite3.connect(svc.tmp / "store.sqlite")  # type: ignore[attr-defined]
+    rows = db.execute("SELECT hash, name FROM cace_api_keys").fetchall()
+    db.close()
+    dump = json.dumps(rows)
+    assert admin not in dump and reader not in dump
+    assert hashlib.sha256(admin.encode()).hexdigest() in dump
+
+
+def test_keys_file_turns_auth_on(tmp_path: Path, tfidf_lr_dir: Path, test_data_dir: Path) -> None:
+    """A mounted keys file (hashes only) enables auth from the first request."""
+    key = "cace_from-a-secret-0123456789abcdef"
+    keys_file = tmp_path / "keys.json"
+    keys_file.write_text(json.dumps([{"name": "ci", "sha256": hashlib.sha256(key.encode()).hexdigest(),
+                                      "scopes": ["explain"]}]))
+    with service(tmp_path, test_data_dir, CACE_API_KEYS_FILE=str(keys_file)) as srv:
+        with httpx.Client(base_url=srv.base_url, timeout=30) as c:
+            assert c.get("/v1/jobs").status_code == 401
+            assert c.get("/v1/jobs", headers=_bearer(key)).status_code == 200
+            assert c.post("/v1/keys", json={"name": "y"}, headers=_bearer(key)).status_code == 403
+    assert ROOT.exists()
