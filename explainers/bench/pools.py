@@ -50,10 +50,13 @@ def pool_from_reviews(
     pairs: list[tuple[int, int, str]] = []
     seen: set[tuple[int, int, str]] = set()
     for p in build_pairs(reviews):
-        key = (index_of_review[p.base.id], index_of_review[p.counterfactual.id], p.concept)
-        if key[0] != key[1] and key not in seen:  # a duplicate text cannot be its own counterfactual
-            seen.add(key)
-            pairs.append(key)
+        b, c = index_of_review[p.base.id], index_of_review[p.counterfactual.id]
+        key = (b, c, p.concept)
+        # A duplicate text keeps its first labels; drop pairs that no longer change the concept.
+        if labels[b][p.concept] == labels[c][p.concept] or key in seen:
+            continue
+        seen.add(key)
+        pairs.append(key)
     return Pool(texts=texts, labels=labels, schema=schema, ids=ids, origins=origins, pairs=pairs)
 
 
