@@ -110,7 +110,7 @@ def train_head(
             opt.zero_grad()
             loss.backward()
             opt.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         curve.append(round(float(np.mean(losses)), 4))
         if log:
             log(f"[{treated}] epoch {epoch + 1}/{cfg.epochs} loss {curve[-1]}")
@@ -169,7 +169,7 @@ def train_full(
             opt.zero_grad()
             loss.backward()
             opt.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             steps += 1
         if losses:
             curve.append(round(float(np.mean(losses)), 4))
