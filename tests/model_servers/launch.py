@@ -75,10 +75,15 @@ def mlserver(artifact: Path, workdir: Path, name: str = "tfidf-lr") -> Iterator[
 
 @contextlib.contextmanager
 def kserve_server(artifact: Path, name: str = "tfidf-lr") -> Iterator[Server]:
-    """The KServe model server with two V1 models: `name` (score lists) and `name`-dict (label->score)."""
+    """The KServe model server with two V1 models: `name` (score lists) and `name`-dict (label->score).
+
+    kserve has no bind-address option and listens on all interfaces; the port is a fresh
+    free one and the server lives only for the test module.
+    """
     bin_dir = _need(KSERVE_VENV, "21-kserve.sh")
     port, grpc_port = free_port(), free_port()
     cmd = [str(bin_dir / "python"), str(HERE / "kserve_sklearn.py"), "--model_dir", str(artifact),
-           "--model_name", name, "--http_port", str(port), "--grpc_port", str(grpc_port), "--workers", "1"]
+           "--model_name", name, "--http_port", str(port), "--grpc_port", str(grpc_port), "--workers", "1",
+           "--enable_grpc", "false"]
     with running(cmd, port=port, health_path=f"/v1/models/{name}", env=QUIET_ENV, cwd=ROOT, timeout=180) as server:
         yield server
