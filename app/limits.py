@@ -12,7 +12,6 @@ schemas and routes, where the field's name is known.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
@@ -131,9 +130,12 @@ class InflightLimitMiddleware:
 class TimeoutMiddleware:
     """504 when no response has started within `timeout_s`.
 
-    The deadline stops counting once the response starts, so a long streamed download is not
-    cut off mid-body. Work running in a thread cannot be killed; it finishes in the background
-    and its result is dropped, which is why the in-flight cap sits outside this middleware.
+    The route runs in its own task; this middleware waits for its response to start, up to
+    the deadline. Sync routes run in worker threads that cannot be cancelled, so on timeout the
+    504 goes out at once and whatever the route sends later is dropped (its thread still
+    finishes, and still counts against the in-flight cap, which is why that cap sits outside
+    this middleware). The deadline stops counting once the response starts, so a long streamed
+    download is not cut off mid-body.
     """
 
     def __init__(self, app: ASGIApp, timeout_s: float) -> None:
@@ -144,20 +146,32 @@ class TimeoutMiddleware:
         if scope["type"] != "http" or self.timeout_s <= 0 or scope.get("path") in EXEMPT_PATHS:
             await self.app(scope, receive, send)
             return
-        started = False
-        with anyio.CancelScope() as cs:
-            cs.deadline = anyio.current_time() + self.timeout_s
+        responded = anyio.Event()
+        timed_out = False
 
-            async def tracked(msg: Message) -> None:
-                nonlocal started
-                if msg["type"] == "http.response.start":
-                    started = True
-                    cs.deadline = math.inf
-                await send(msg)
+        async def guarded(msg: Message) -> None:
+            if timed_out:
+                return
+            if msg["type"] == "http.response.start":
+                responded.set()
+            await send(msg)
 
-            await self.app(scope, receive, tracked)
-        if cs.cancelled_caught and not started:
-            await send_problem(send, 504, "Request timed out",
-                               f"no response within {self.timeout_s:g} s (CACE_REQUEST_TIMEOUT_S)",
-                               kind="request-timeout", path=scope.get("path", ""),
-                               extra={"timeout_s": self.timeout_s})
+        async def run() -> None:
+            try:
+                await self.app(scope, receive, guarded)
+            except Exception:
+                if not timed_out:
+                    raise
+            finally:
+                responded.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run)
+            with anyio.move_on_after(self.timeout_s):
+                await responded.wait()
+            if not responded.is_set():
+                timed_out = True
+                await send_problem(send, 504, "Request timed out",
+                                   f"no response within {self.timeout_s:g} s (CACE_REQUEST_TIMEOUT_S)",
+                                   kind="request-timeout", path=scope.get("path", ""),
+                                   extra={"timeout_s": self.timeout_s})
