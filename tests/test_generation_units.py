@@ -17,13 +17,18 @@ SRC = "The food was great and the waiter was friendly."
 NEG_FOOD = Intervention("food", "Negative", "Positive")
 
 
-@pytest.fixture(scope="module")
-def tfidf_taggers():
-    """Real CEBaB concept taggers (tf-idf features only, so they train in seconds)."""
+@pytest.fixture(scope="session")
+def tfidf_taggers(test_data_dir: Path):
+    """Real CEBaB concept taggers: tf-idf only, on a third of train_inclusive, kept on disk between runs."""
     from explainers.taggers import TaggerSet, cebab_corpus
 
+    path = test_data_dir / "generation-taggers-tfidf"
+    if (path / "meta.json").exists():
+        return TaggerSet.load(path)
     texts, labels = cebab_corpus("train_inclusive")
-    return TaggerSet(CEBAB_SCHEMA, features=("tfidf",)).fit(texts, labels)
+    ts = TaggerSet(CEBAB_SCHEMA, features=("tfidf",)).fit(texts[::3], labels[::3])
+    ts.save(path, name="generation-test-taggers")
+    return ts
 
 
 def test_prompt_names_target_and_keeps_confounders() -> None:
@@ -96,7 +101,7 @@ def test_verifier_truncation_by_finish_reason_and_meta_in_source_allowed() -> No
 def test_verifier_uses_tagger_for_target_and_confounders(tfidf_taggers) -> None:
     src = "The food was delicious and the service was excellent."
     labels = {"food": "Positive", "service": "Positive", "ambiance": "unknown", "noise": "unknown"}
-    good = "The food was terrible and tasteless, but the service was excellent."
+    good = "The food was terrible, bland and cold. The service was excellent and the staff were friendly."
     unchanged_food = "The food was delicious and the service was slow and rude."
     both = "The food was terrible and tasteless and the service was slow, rude and awful."
     strict = Verifier(CEBAB_SCHEMA, tfidf_taggers, check_confounders=True)
