@@ -38,6 +38,9 @@ from explainers.registry import MissingResource, Resources, available, build_exp
 log = logging.getLogger("cace.resources")
 
 BUILTIN = "builtin"
+# Methods that search a trained concept space, and those that use one when there is one.
+SPACE_METHODS = ("match", "match_dr", "stacked")
+OPTIONAL_SPACE_METHODS = ("pair_transfer",)
 
 
 def build_classifier_from_spec(spec: dict[str, Any], transport: httpx.BaseTransport | None = None) -> Classifier:
@@ -160,6 +163,7 @@ class Runtime:
         enc = Encoder()
         enc.encode(self.pool.texts)  # warm the cache so the first pt_match request is fast
         self.encoder = enc
+        self.spaces._encoder = enc  # one encoder (and embedding cache) for pool, baselines and spaces
         return enc.model_name
 
     def _load_taggers(self) -> str:
@@ -255,8 +259,8 @@ class Runtime:
             raise KeyError(method)
         info: dict[str, Any] = {}
         space = None
-        needs_space = method in ("match", "stacked", "pair_transfer")
-        if needs_space:
+        needs_space = method in SPACE_METHODS
+        if needs_space or (method in OPTIONAL_SPACE_METHODS and (space_id or self.default_space_id)):
             space_id = space_id or self.default_space_id
             if space_id is None:
                 state = self.components.get("space")
@@ -264,6 +268,7 @@ class Runtime:
                 raise MissingResource(f"method {method!r} needs a concept space, and none is loaded{why}")
             space = self.spaces.load(space_id)
             info["space_id"] = space_id
+            needs_space = True
         backend, llm_name = (None, None)
         if method == "generate":
             backend, llm_name = self.llm(llm)

@@ -12,6 +12,7 @@ import importlib
 import re
 import shutil
 import threading
+import time
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -24,21 +25,9 @@ SPACE_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
 def _matching() -> Any:
     try:
-        return importlib.import_module("explainers.matching")
+        return importlib.import_module("explainers.matching.space")
     except ModuleNotFoundError as e:  # pragma: no cover - the library ships with the service
         raise MissingResource("the matching library (explainers.matching) is not installed") from e
-
-
-def _space_api() -> Any:
-    """The module holding the space artifact API (save/load/list/delete)."""
-    for name in ("explainers.matching.space", "explainers.matching"):
-        try:
-            mod = importlib.import_module(name)
-        except ModuleNotFoundError:
-            continue
-        if hasattr(mod, "load_space"):
-            return mod
-    raise MissingResource("the matching library has no space API (explainers.matching.space.load_space)")
 
 
 class SpaceCatalog:
@@ -49,6 +38,7 @@ class SpaceCatalog:
         self.keep = keep
         self._loaded: OrderedDict[str, Any] = OrderedDict()
         self._lock = threading.Lock()
+        self._encoder: Any = None
 
     def path(self, space_id: str) -> Path:
         if not SPACE_ID.match(space_id):
@@ -68,6 +58,13 @@ class SpaceCatalog:
         return [self.describe(p.name) for p in sorted(self.root.iterdir())
                 if (p / "meta.json").exists() and SPACE_ID.match(p.name)]
 
+    def encoder(self) -> Any:
+        if self._encoder is None:
+            from explainers.embeddings import Encoder
+
+            self._encoder = Encoder()
+        return self._encoder
+
     def load(self, space_id: str) -> Any:
         with self._lock:
             if space_id in self._loaded:
@@ -75,44 +72,65 @@ class SpaceCatalog:
                 return self._loaded[space_id]
         if not self.exists(space_id):
             raise LookupError(f"space {space_id!r} does not exist")
-        space = _space_api().load_space(self.path(space_id))
+        space = _matching().ConceptSpace.load(self.path(space_id), encoder=self.encoder())
+        self._remember(space_id, space)
+        return space
+
+    def _remember(self, space_id: str, space: Any) -> None:
         with self._lock:
             self._loaded[space_id] = space
             while len(self._loaded) > self.keep:
                 self._loaded.popitem(last=False)
-        return space
 
     def delete(self, space_id: str) -> bool:
         with self._lock:
             self._loaded.pop(space_id, None)
         p = self.path(space_id)
-        if not p.exists():
+        if not (p / "meta.json").exists():
             return False
         shutil.rmtree(p)
         return True
 
     def ensure_default(self, data_root: Path, cebab_dir: Path | None) -> str:
-        """Train the CEBaB space on first start, or load it from the cache; returns its id."""
-        lib = _matching()
-        result = lib.ensure_cebab_space(self.root, data_dir=cebab_dir)
-        path = Path(getattr(result, "path", result))
-        space_id = path.name
-        if not isinstance(result, (str, Path)):
-            with self._lock:
-                self._loaded[space_id] = result
-        else:
-            self.load(space_id)
+        """Train the CEBaB space on first start, or load it from the cache; returns its id.
+
+        The matching library keeps spaces under <data_root>/spaces/<name>, which is `self.root`.
+        """
+        from explainers.matching.cebab import ensure_cebab_space
+
+        space = ensure_cebab_space(data_root, data_dir=cebab_dir, encoder=self.encoder())
+        space_id = Path(space.directory).name
+        self._remember(space_id, space)
         return space_id
 
     def train(self, space_id: str, pool: Pool, options: dict[str, Any]) -> dict[str, Any]:
-        """Train a space from a labelled corpus into root/space_id."""
+        """Train one projection head per concept on `pool` and save the space as root/space_id.
+
+        Same recipe as the CEBaB default (frozen MiniLM + contrastive head per concept);
+        `options` may override TrainConfig fields (epochs, lr, tau, ...). Saving is atomic
+        (written to a temporary directory, then renamed), so a killed job leaves no half space.
+        """
+        from dataclasses import fields
+
+        from explainers.matching.trainers import TrainConfig, train_head
+
+        known = {f.name for f in fields(TrainConfig)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ValueError(f"unknown training options {unknown}; known: {sorted(known)}")
+        cfg = TrainConfig(**options)
+        started = time.perf_counter()
+        enc = self.encoder()
+        base = enc.encode(pool.texts)
+        origins = pool.origins or [str(i) for i in range(len(pool))]
+        heads, training = {}, {}
+        for c in pool.schema.names:
+            heads[c], training[c] = train_head(base, pool.labels, origins, c, pool.schema.names, cfg, log=None)
         api = _matching()
-        out = self.path(space_id)
-        tmp = out.with_name(out.name + ".partial")
-        if tmp.exists():
-            shutil.rmtree(tmp)  # a previous attempt died mid-way
-        api.build_space(pool, tmp, **options)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+        space = api.ConceptSpace(pool, enc, heads=heads, base_vectors=base)
+        space.build_indices()
+        diagnostics = {"hit_rate": {c: space.nearest_counterfactual_hit_rate(c) for c in pool.schema.names}}
+        space.save(self.path(space_id), name=space_id, trainer="head", train_split="uploaded corpus",
+                   config=cfg.to_dict(), training=training, diagnostics=diagnostics, n_pairs=len(pool.pairs),
+                   build_seconds=round(time.perf_counter() - started, 2))
         return self.describe(space_id)
