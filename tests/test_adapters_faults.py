@@ -72,7 +72,7 @@ def test_timeout_on_slow_endpoint_is_retried_then_unavailable(server: Server) ->
     started = time.monotonic()
     with pytest.raises(ClassifierUnavailable, match="timed out") as e:
         clf.predict_proba(TEXTS)
-    assert time.monotonic() - started < 2.5  # two 0.4 s attempts, not two 3 s waits
+    assert time.monotonic() - started < 5  # two 0.4 s attempts, not two 3 s waits
     assert "read 0.4s" in str(e.value)
     assert calls(server, key)["count"] == 2
 
@@ -179,8 +179,9 @@ def test_concurrency_is_bounded(server: Server) -> None:
     elapsed = time.monotonic() - started
     np.testing.assert_allclose(out, expected(texts), atol=1e-12)
     rec = calls(server, key)
+    # Two batches in flight at once at the server, never more; 4 x 0.5 s two at a time takes >= 1 s.
     assert rec["count"] == 4 and rec["max_inflight"] == 2
-    assert 0.9 <= elapsed < 1.9  # 4 batches of 0.5 s, two at a time
+    assert elapsed >= 0.9
 
 
 def test_per_text_requests_when_endpoint_takes_one_string(server: Server) -> None:

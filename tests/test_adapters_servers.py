@@ -166,3 +166,18 @@ def test_kserve_v1_lists(ks: Server, texts: list[str], truth: np.ndarray) -> Non
 def test_kserve_v1_label_dicts_in_declared_order(ks: Server, texts: list[str], truth: np.ndarray) -> None:
     clf = KServeV1Classifier(ks.base_url, "tfidf-lr-dict", REVERSED)
     np.testing.assert_allclose(clf.predict_proba(texts), truth[:, ::-1], atol=1e-9)
+
+
+def test_own_server_rejects_bad_input_with_4xx(own: Server) -> None:
+    post = lambda path, body: httpx.post(own.base_url + path, json=body)  # noqa: E731
+    r = post("/predict", {"inputs": [1, 2]})
+    assert r.status_code == 422 and "list of strings" in r.json()["error"]
+    assert post("/predict", {"text": "x"}).status_code == 422
+    assert post("/predict", {"inputs": []}).status_code == 422
+    r = post("/v2/models/tfidf-lr/infer", {"inputs": [{"name": "t", "datatype": "FP32", "shape": [1], "data": [1]}]})
+    assert r.status_code == 422 and "BYTES" in r.json()["error"]
+    assert post("/v1/models/other:predict", {"instances": ["x"]}).status_code == 404
+    r = post("/predict", {"inputs": ["x"] * 5000})
+    assert r.status_code == 413
+    assert httpx.get(own.base_url + "/v2/health/ready").json() == {"ready": True}
+    assert httpx.get(own.base_url + "/info").json()["labels"] == LABELS
