@@ -325,3 +325,37 @@ def test_space_training_options_are_validated_in_the_job(client: httpx.Client) -
     job = wait_job(client, r.json()["id"])
     assert job["status"] == "failed" and "nope" in job["error"]
     assert_problem(client.get("/v1/spaces/bad-options"), 404)
+
+
+# ---- a bare server (no embedded defaults, no workers) on both stores --------------------------
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_queue_bound_and_registry_persist_across_restarts(backend: str, tmp_path: Path, tfidf_lr_dir: Path) -> None:
+    from tests.service_server import drop_pg_prefix
+
+    env = {**store_env(backend, tmp_path), "CACE_DEFAULT_CLASSIFIER": "", "CACE_DEFAULT_POOL": "",
+           "CACE_DEFAULT_TAGGERS": "false", "CACE_DEFAULT_SPACE": "false", "CACE_JOB_WORKERS": "0",
+           "CACE_JOB_QUEUE_LIMIT": "1"}
+    spec = {"protocol": "sklearn", "path": str(tfidf_lr_dir)}
+    body = {"texts": ["Great pasta.", "Cold soup."], "intervention": {"concept": "food", "target": "Negative",
+                                                                      "source": "Positive"},
+            "classifier": "local-tfidf", "method": "zero", "mode": "job"}
+    try:
+        with service(env) as srv, httpx.Client(base_url=srv.base_url, timeout=60) as c:
+            assert c.post("/v1/classifiers", json={"name": "local-tfidf", "spec": spec}).status_code == 201
+            first = c.post("/v1/effects", json=body)
+            assert first.status_code == 202, first.text
+            full = assert_problem(c.post("/v1/effects", json=body), 429)
+            assert "1 jobs" in full["detail"]
+            assert int(c.post("/v1/effects", json=body).headers["retry-after"]) > 0
+            assert c.get(f"/v1/jobs/{first.json()['id']}").json()["status"] == "queued"  # no workers here
+        with service(env) as srv, httpx.Client(base_url=srv.base_url, timeout=60) as c:
+            assert c.get("/v1/classifiers/local-tfidf").json()["spec"] == spec
+            assert c.get(f"/v1/jobs/{first.json()['id']}").json()["status"] == "queued"
+            assert c.post(f"/v1/jobs/{first.json()['id']}/cancel").status_code == 200
+            r = c.post("/v1/effects", json={**body, "mode": "inline"})
+            assert r.status_code == 200 and r.json()["result"]["cace"] == {lab: 0.0 for lab in LABELS}
+            assert c.post("/v1/effects", json=body).status_code == 202  # room again after the cancel
+    finally:
+        if backend == "postgresql":
+            drop_pg_prefix(env["CACE_TABLE_PREFIX"])

@@ -88,7 +88,6 @@ def test_job_survives_sigkill_and_equals_an_uninterrupted_run(backend: str, tmp_
             for i, before in done_before.items():  # finished items were neither lost nor redone
                 assert resumed[i]["finished_at"] == before["finished_at"]
                 assert resumed[i]["attempts"] == before["attempts"] == 1
-            assert any(x["attempts"] == 2 for x in resumed) or job["counts"]["done"] == len(texts)
             # An uninterrupted run of the same request gives the same result.
             r = c.post("/v1/effects", json={**REQUEST, "texts": texts})
             clean = wait_job(c, r.json()["id"])
