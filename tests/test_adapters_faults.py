@@ -201,3 +201,15 @@ def test_spec_built_classifier_caches_predictions(server: Server) -> None:
     assert calls(server, key)["batch_sizes"] == [2, 1, 1]  # only the new text went out the second time
     s = clf.stats()
     assert (s.hits, s.misses) == (3, 4)
+
+
+def test_concurrency_bound_holds_across_callers(server: Server) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    url, key = route(server, "slow", s=0.3)
+    clf = HFClassifier(url, LABELS, options=HttpOptions(batch_size=4, max_concurrency=2))
+    with ThreadPoolExecutor(5) as pool:
+        outs = list(pool.map(lambda i: clf.predict_proba([f"caller {i}"]), range(5)))
+    np.testing.assert_allclose(np.vstack(outs), expected([f"caller {i}" for i in range(5)]), atol=1e-12)
+    rec = calls(server, key)
+    assert rec["count"] == 5 and rec["max_inflight"] == 2

@@ -228,6 +228,8 @@ class HttpClassifier:
         self._stats = CallStats()
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
+        # Bounds requests in flight to this endpoint across all callers, not just within one call.
+        self._slots = threading.BoundedSemaphore(o.max_concurrency)
 
     # -- protocol hooks -------------------------------------------------------------
     def request(self, texts: list[str]) -> tuple[str, Any]:
@@ -313,7 +315,8 @@ class HttpClassifier:
                     self._stats.retries += 1
             wait: float | None = None
             try:
-                resp = self._client.post(url, json=payload)
+                with self._slots:
+                    resp = self._client.post(url, json=payload)
             except httpx.TimeoutException as e:
                 last = f"timed out ({type(e).__name__}, connect {o.connect_timeout_s}s / read {o.timeout_s}s)"
             except httpx.TransportError as e:

@@ -209,6 +209,12 @@ class TransformersSpec(_Base):
 
     protocol: Literal["transformers"]
     path: str = Field(..., min_length=1)
+    labels: list[str] | None = Field(None, description="Defaults to the model config's id2label.")
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, v: list[str] | None) -> list[str] | None:
+        return _check_labels(v)
 
 
 ClassifierSpec = Annotated[
@@ -260,7 +266,7 @@ def build_classifier(spec: Any, *, transport: httpx.BaseTransport | None = None,
         else:
             from explainers.classifiers.transformers_local import TransformersClassifier
 
-            clf = TransformersClassifier.load(s.path)
+            clf = TransformersClassifier.load(s.path, labels=s.labels)
         if s.name:
             clf.name = s.name
     elif isinstance(s, V2Spec):
