@@ -213,3 +213,26 @@ def test_concurrency_bound_holds_across_callers(server: Server) -> None:
     np.testing.assert_allclose(np.vstack(outs), expected([f"caller {i}" for i in range(5)]), atol=1e-12)
     rec = calls(server, key)
     assert rec["count"] == 5 and rec["max_inflight"] == 2
+
+
+def test_auth_headers_from_spec_reach_the_server(server: Server) -> None:
+    url, key = route(server, "auth")
+    spec = {"protocol": "hf", "url": url, "labels": LABELS, "retries": 2}
+    with pytest.raises(EndpointRejected, match="HTTP 401.*bearer token"):
+        build_classifier(spec).predict_proba(TEXTS)
+    out = build_classifier({**spec, "headers": {"Authorization": "Bearer t0ken"}}).predict_proba(TEXTS)
+    np.testing.assert_allclose(out, expected(TEXTS), atol=1e-12)
+    assert calls(server, key)["count"] == 2  # the 401 was not retried
+
+
+def test_outbound_policy_transport_plugs_in(server: Server) -> None:
+    from explainers.net import OutboundDenied, OutboundPolicy, PolicyTransport
+
+    url, key = route(server, "ok")
+    spec = {"protocol": "hf", "url": url, "labels": LABELS, "retries": 3}
+    denied = build_classifier(spec, transport=PolicyTransport(OutboundPolicy()))
+    with pytest.raises(OutboundDenied):
+        denied.predict_proba(TEXTS)
+    allowed = build_classifier(spec, transport=PolicyTransport(OutboundPolicy.from_allow("127.0.0.1/32")))
+    np.testing.assert_allclose(allowed.predict_proba(TEXTS), expected(TEXTS), atol=1e-12)
+    assert calls(server, key)["count"] == 1  # the denied call never left the process, nor was retried

@@ -9,8 +9,9 @@ timeouts, retries with exponential backoff and jitter on connection errors, time
 declared `labels`, softmax for endpoints that return logits, and a `MalformedResponse`
 naming the endpoint and the defect whenever the answer is not n rows of C finite scores.
 
-The `transport` hook lets the service plug in an outbound-URL policy (it wraps the
-default transport) without this module knowing about it.
+The `transport` hook lets the service plug in its outbound-URL policy
+(`explainers.net.PolicyTransport`); a policy denial (`OutboundDenied`) is raised at once,
+never retried.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from explainers.classifiers.base import (
     check_proba,
     softmax,
 )
+from explainers.net import OutboundDenied
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
@@ -317,6 +319,8 @@ class HttpClassifier:
             try:
                 with self._slots:
                     resp = self._client.post(url, json=payload)
+            except OutboundDenied:
+                raise  # the outbound policy refuses this URL every time: no retry, the caller maps it (403)
             except httpx.TimeoutException as e:
                 last = f"timed out ({type(e).__name__}, connect {o.connect_timeout_s}s / read {o.timeout_s}s)"
             except httpx.TransportError as e:

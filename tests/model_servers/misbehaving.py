@@ -2,7 +2,7 @@
 
 Real faults that a healthy MLServer or KServe will not produce on demand: slowness, a 500
 before success, 429 with Retry-After, non-JSON, the wrong number of rows, NaN, unknown
-labels, top-1-only answers. Every route speaks Hugging Face text-classification JSON
+labels, top-1-only answers, a bearer-token check. Every route speaks Hugging Face text-classification JSON
 (`{"inputs": [...]}` -> nested label/score rows) for labels neg/neu/pos, and records per
 `key` how many requests arrived, their batch sizes, arrival times and peak concurrency,
 so tests can check retries, Retry-After and batching from the server's side
@@ -73,6 +73,8 @@ async def predict(request: Request) -> Response:
             value = (email.utils.formatdate(time.time() + after + 1, usegmt=True) if q.get("date")
                      else str(int(after)))
             return PlainTextResponse("slow down", status_code=429, headers={"Retry-After": value})
+        elif mode == "auth" and request.headers.get("authorization") != "Bearer t0ken":
+            return JSONResponse({"error": "missing or wrong bearer token"}, status_code=401)
         elif mode == "reject":
             return JSONResponse({"error": "inputs too long"}, status_code=400)
         elif mode == "badjson":
