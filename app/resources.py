@@ -43,11 +43,16 @@ SPACE_METHODS = ("match", "match_dr", "stacked")
 OPTIONAL_SPACE_METHODS = ("pair_transfer",)
 
 
-def build_classifier_from_spec(spec: dict[str, Any], transport: httpx.BaseTransport | None = None) -> Classifier:
-    """The one place the service turns an endpoint spec into a Classifier."""
+def build_classifier_from_spec(spec: dict[str, Any], transport: httpx.BaseTransport | None = None, *,
+                               allow_local: bool = True) -> Classifier:
+    """The one place the service turns an endpoint spec into a Classifier.
+
+    `allow_local=False` (inline specs in requests) refuses in-process protocols, which load
+    (unpickle) files from the server's disk; registered specs, an admin action, may use them.
+    """
     from explainers.classifiers.spec import build_classifier
 
-    return build_classifier(spec, transport=transport)
+    return build_classifier(spec, transport=transport, cache=False, allow_local=allow_local)
 
 
 def build_llm_from_spec(spec: dict[str, Any], transport: httpx.BaseTransport | None = None) -> Any:
@@ -194,7 +199,7 @@ class Runtime:
             with self._lock:
                 if key not in self._classifiers:
                     self._remember(self._classifiers, key, self._cached(
-                        build_classifier_from_spec(ref, self.outbound_transport), key))
+                        build_classifier_from_spec(ref, self.outbound_transport, allow_local=False), key))
                 return self._classifiers[key], key
         if ref in self.builtin_classifiers:
             return self.builtin_classifiers[ref], ref

@@ -158,6 +158,7 @@ def test_already_at_target_is_a_zero_effect(client: httpx.Client) -> None:
     ({"aggregation": "median"}, 422, "body.aggregation"),
     ({"space": "no-such-space", "method": "match"}, 422, "body.space"),
     ({"classifier": {"protocol": "hf", "url": "http://127.0.0.1:9/predict"}}, 422, "body.classifier.hf.labels"),
+    ({"classifier": {"protocol": "sklearn", "path": "var/test/classifiers/tfidf-lr"}}, 422, "body.classifier"),
 ])
 def test_bad_input_is_a_4xx_naming_the_field(client: httpx.Client, body: dict, status: int, field: str) -> None:
     assert_problem(explain(client, **body), status, field)

@@ -102,6 +102,8 @@ class Workers:
                         self._finalize(job_id)
                     self._stop.wait(self.poll_s)
                     continue
+                with self._held_lock:  # leases of queued items are renewed too
+                    self._held.update((c.job_id, c.idx) for c in claimed)
                 touched = set()
                 for item in claimed:
                     if self._stop.is_set():
@@ -116,14 +118,16 @@ class Workers:
                 self._stop.wait(1.0)
 
     def _run(self, item: Claimed) -> None:
+        key = (item.job_id, item.idx)
         job = self._job(item.job_id)
         if job is None or self.store.job_status(item.job_id) not in ("queued", "running"):
-            return  # cancelled: the item keeps its lease until it expires; nobody claims items of final jobs
+            # Cancelled meanwhile: hand the item back unprocessed (items of final jobs are never claimed).
+            self.store.finish_item(self.owner, item.job_id, item.idx, retry=True)
+            with self._held_lock:
+                self._held.discard(key)
+            return
         kind, request = job
         handler = self.handlers.get(kind)
-        key = (item.job_id, item.idx)
-        with self._held_lock:
-            self._held.add(key)
         try:
             if handler is None:
                 raise ValueError(f"no handler for job kind {kind!r} in this server")
