@@ -211,19 +211,31 @@ class StackedExplainer:
     name = "stacked"
 
     def __init__(self, components: Mapping[str, Explainer], weights: Mapping[str, float],
-                 weights_info: Mapping[str, Any] | None = None) -> None:
-        missing = set(weights) - set(components)
+                 weights_info: Mapping[str, Any] | None = None,
+                 weights_by_k: Mapping[int, Mapping[str, float]] | None = None) -> None:
+        named = set(weights).union(*(set(w) for w in (weights_by_k or {}).values()))
+        missing = {n for n in named if n not in components}
         if missing:
             raise ValueError(f"stacking weights name components that are not given: {sorted(missing)}")
         self.components = dict(components)
         self.weights = {k: float(v) for k, v in weights.items()}
+        self.weights_by_k = {int(k): {n: float(x) for n, x in w.items()} for k, w in (weights_by_k or {}).items()}
         self.weights_info = dict(weights_info or {})
+
+    def weights_for(self, top_k: int) -> dict[str, float]:
+        """Weights fit at the largest fitted K not above top_k (the smallest fitted K if none is)."""
+        if not self.weights_by_k:
+            return self.weights
+        ks = sorted(self.weights_by_k)
+        below = [k for k in ks if k <= top_k]
+        return self.weights_by_k[below[-1] if below else ks[0]]
 
     def explain(self, text: str, intervention: Intervention, classifier: Classifier, top_k: int = 5, *,
                 base_labels: Mapping[str, str] | None = None) -> Explanation:
         cost = Cost()
         parts: dict[str, Explanation] = {}
-        for name, w in self.weights.items():
+        weights = self.weights_for(top_k)
+        for name, w in weights.items():
             if w == 0.0:
                 continue
             parts[name] = self.components[name].explain(text, intervention, classifier, top_k, base_labels=base_labels)
@@ -233,9 +245,9 @@ class StackedExplainer:
             icace = np.zeros_like(base)
         else:
             base = next(iter(parts.values())).base_prediction
-            icace = sum(self.weights[n] * np.asarray(e.icace, float) for n, e in parts.items())
+            icace = sum(weights[n] * np.asarray(e.icace, float) for n, e in parts.items())
         cfs = [c for e in parts.values() for c in e.counterfactuals]
         return Explanation(self.name, list(classifier.labels), base, np.asarray(icace, float), np.zeros_like(base),
                            counterfactuals=cfs, intervention=intervention, cost=cost,
-                           details={"weights": self.weights, "weights_info": self.weights_info,
+                           details={"weights": weights, "weights_info": self.weights_info,
                                     "components": {n: [round(float(x), 5) for x in e.icace] for n, e in parts.items()}})

@@ -89,19 +89,23 @@ def parse_weights(value: Any) -> dict[str, float]:
 def make_stacked(resources: Resources, **options: Any) -> StackedExplainer:
     space = _space(resources, "stacked")
     info: dict[str, Any]
+    by_k: dict[int, dict[str, float]] = {}
     if "stack_weights" in options:
         weights, info = parse_weights(options["stack_weights"]), {"source": "option"}
     else:
         key = str(options.get("stack_key") or resources.extra.get("model") or "")
         fitted = space.meta.get("stacking", {}).get(key)
         if fitted:
-            weights, info = dict(fitted["weights"]), {"source": f"space meta stacking[{key}]", **fitted}
+            weights = dict(fitted["weights"])
+            by_k = {int(k): dict(w) for k, w in fitted.get("weights_by_k", {}).items()}
+            info = {"source": f"space meta stacking[{key}]", "procedure": fitted.get("procedure")}
         else:
             weights = {n: 1.0 / len(DEFAULT_COMPONENTS) for n in DEFAULT_COMPONENTS}
             info = {"source": "equal weights: none fit for this classifier", "stack_key": key}
     sub = {k: v for k, v in options.items() if k not in ("stack_weights",)}
-    components = {n: build_explainer(n, resources, **sub) for n in weights if weights[n] != 0.0}
-    return StackedExplainer(components, {n: w for n, w in weights.items() if n in components}, info)
+    names = set(weights).union(*(set(w) for w in by_k.values()))
+    components = {n: build_explainer(n, resources, **sub) for n in sorted(names)}
+    return StackedExplainer(components, weights, info, weights_by_k=by_k)
 
 
 def _bench_hook(resources: Resources, options: Mapping[str, Any]) -> None:

@@ -131,6 +131,8 @@ def train_full(
     base_model: str = "sentence-transformers/all-MiniLM-L6-v2",
     config: TrainConfig | None = None,
     log: Callable[[str], None] | None = None,
+    device: str = "cpu",
+    time_budget_s: float | None = None,
 ) -> dict:
     """Fine-tune every weight of a sentence-transformers model for one concept; saves it to out_dir."""
     from sentence_transformers import SentenceTransformer
@@ -141,7 +143,8 @@ def train_full(
     torch.manual_seed(cfg.seed)
     started = time.perf_counter()
     groups = build_groups(labels, origins, treated, concepts, max_a=cfg.max_a, max_n=cfg.max_n, seed=cfg.seed)
-    model = SentenceTransformer(resolve_model(base_model), device="cpu")
+    model = SentenceTransformer(resolve_model(base_model), device=device)
+    model.float()
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     rng = np.random.default_rng(cfg.seed)
@@ -154,17 +157,20 @@ def train_full(
         for s in range(0, len(order), cfg.batch_size):
             if cfg.max_steps is not None and steps >= cfg.max_steps:
                 break
+            if time_budget_s is not None and time.perf_counter() - started > time_budget_s:
+                break
             sel = order[s : s + cfg.batch_size]
-            batch = [{g: v[:4] for g, v in dgroups[i].items()} for i in sel]
+            batch = [dgroups[i] for i in sel]
             q_idx = [groups[i].query for i in sel]
             padded = padded_groups(batch)
             used = sorted(set(q_idx) | {int(j) for idx, m in padded.values() for j in idx[m].tolist()})
             pos = {j: k for k, j in enumerate(used)}
-            feats = model.tokenize([texts[j] for j in used])
+            prep = getattr(model, "preprocess", None) or model.tokenize  # tokenize is deprecated in v5+
+            feats = {k: v.to(device) if hasattr(v, "to") else v for k, v in prep([texts[j] for j in used]).items()}
             emb = model(feats)["sentence_embedding"]
             remap = torch.zeros(max(used) + 1, dtype=torch.long)
             remap[torch.tensor(used)] = torch.arange(len(used))
-            local = {g: (remap[idx.clamp(max=max(used))], m) for g, (idx, m) in padded.items()}
+            local = {g: (remap[idx.clamp(max=max(used))].to(device), m.to(device)) for g, (idx, m) in padded.items()}
             loss = padded_loss(emb[[pos[j] for j in q_idx]], emb, local, tau=cfg.tau, lambdas=cfg.lambdas)
             opt.zero_grad()
             loss.backward()
@@ -175,12 +181,13 @@ def train_full(
             curve.append(round(float(np.mean(losses)), 4))
             if log:
                 log(f"[{treated}] full epoch {epoch + 1} steps {steps} loss {curve[-1]}")
-        if cfg.max_steps is not None and steps >= cfg.max_steps:
+        if (cfg.max_steps is not None and steps >= cfg.max_steps) or (
+                time_budget_s is not None and time.perf_counter() - started > time_budget_s):
             break
     model.eval()
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save(str(out_dir))
-    return {"queries": len(groups), "group_sizes": group_sizes(groups), "loss_curve": curve, "steps": steps,
+    return {"epochs_done": len(curve), "queries": len(groups), "group_sizes": group_sizes(groups), "loss_curve": curve, "steps": steps,
             "train_seconds": round(time.perf_counter() - started, 2)}
 
 
