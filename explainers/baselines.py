@@ -303,8 +303,10 @@ class RandomExplainer(PoolMatcher):
                         base_labels: Mapping[str, str] | None = None) -> tuple[list[Counterfactual], dict[str, Any]]:
         rng = query_rng(self.seed, text, intervention)
         own = self._text_index.get(text)
-        order = [int(i) for i in rng.permutation(len(self.pool)) if i != own][:top_k]
-        return [self.counterfactual(i) for i in order], {"candidates": len(self.pool) - (own is not None)}
+        order = rng.permutation(len(self.pool))
+        if own is not None:
+            order = order[order != own]
+        return [self.counterfactual(int(i)) for i in order[:top_k]], {"candidates": len(order)}
 
 
 class RandomMatchingExplainer(PoolMatcher):
