@@ -47,6 +47,28 @@ def pair_key(p: Pair) -> str:
     return f"{p.base.id}->{p.counterfactual.id}:{p.concept}"
 
 
+def interleaved(pairs: list[Pair], seed: int) -> list[Pair]:
+    """Round-robin over (concept, direction) cells, shuffled within each, so any prefix stays stratified.
+
+    Generation on a shared CPU may not finish all pairs in time; scoring a prefix of this
+    order still covers every concept and direction in proportion.
+    """
+    rng = np.random.default_rng(seed)
+    cells: dict[tuple[str, str], list[Pair]] = {}
+    for p in pairs:
+        cells.setdefault((p.concept, p.direction), []).append(p)
+    queues = {k: [v[i] for i in rng.permutation(len(v))] for k, v in sorted(cells.items())}
+    sizes = {k: len(v) for k, v in queues.items()}
+    out: list[Pair] = []
+    taken = dict.fromkeys(queues, 0)
+    while len(out) < len(pairs):
+        # next from the cell furthest behind its share
+        k = min((k for k in queues if taken[k] < sizes[k]), key=lambda k: (taken[k] + 1) / sizes[k])
+        out.append(queues[k][taken[k]])
+        taken[k] += 1
+    return out
+
+
 def generate_phase(args: argparse.Namespace, pairs: list[Pair], backend: OpenAIBackend, llm_name: str) -> None:
     taggers = None
     if not args.no_taggers:
@@ -105,10 +127,7 @@ def load_log(path: Path, pairs: list[Pair]) -> list[dict[str, Any]]:
     for line in open(path):
         r = json.loads(line)
         recs[r["key"]] = r
-    missing = [pair_key(p) for p in pairs if pair_key(p) not in recs]
-    if missing:
-        raise SystemExit(f"{len(missing)} pairs have no generations yet; run the generate phase first")
-    return [recs[pair_key(p)] for p in pairs]
+    return [recs[pair_key(p)] for p in pairs if pair_key(p) in recs]
 
 
 def generation_estimates(recs: list[dict[str, Any]], pairs: list[Pair], clf: Any) -> np.ndarray:
@@ -170,9 +189,16 @@ def row(name: str, k: int, s: Any) -> str:
 def score_phase(args: argparse.Namespace, pairs: list[Pair], llm_name: str) -> str:
     from explainers.bench.runner import build_bench_resources, run_benchmark
 
+    planned = len(pairs)
     recs = load_log(Path(args.log), pairs)
+    done = {r["key"] for r in recs}
+    pairs = [p for p in pairs if pair_key(p) in done]
+    recs = load_log(Path(args.log), pairs)
+    if not pairs:
+        raise SystemExit("no pairs have generations yet; run the generate phase first")
+    partial = "" if len(pairs) == planned else f" (of {planned} planned: generation did not finish in time)"
     out = [
-        f"# Generate explainer on CEBaB {Path(str(args.split)).stem}: {len(pairs)} pairs",
+        f"# Generate explainer on CEBaB {Path(str(args.split)).stem}: {len(pairs)} pairs{partial}",
         "",
         f"- LLM: {llm_name}; K={args.k}, temperature {args.temperature}, max_tokens {args.max_tokens}, "
         f"sample budget {args.budget_factor}xK in at most {args.max_rounds} rounds; "
@@ -224,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-rounds", type=int, default=2)
     ap.add_argument("--shots", type=int, default=2)
     ap.add_argument("--concurrency", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1, help="llama.cpp threads (1 is faster on an oversubscribed CPU)")
     ap.add_argument("--fewshot-split", default="train_inclusive")
     ap.add_argument("--no-taggers", action="store_true")
     ap.add_argument("--gguf", type=Path, default=QWEN)
@@ -238,14 +265,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "generation_cebab_dev.md")
     args = ap.parse_args(argv)
     args.log.parent.mkdir(parents=True, exist_ok=True)
-    pairs = load_bench_pairs(args.split, limit=args.limit, seed=args.seed)
+    pairs = interleaved(load_bench_pairs(args.split, limit=args.limit, seed=args.seed), args.seed)
     llm_name = args.llm_name or (args.llm_model if args.base_url else QWEN_NAME)
     if args.phase in ("generate", "all"):
         if args.base_url:
             generate_phase(args, pairs, OpenAIBackend(args.base_url, args.llm_model or "default", timeout_s=600),
                            llm_name)
         else:
-            with LlamaServer(args.gguf, n_ctx=2048, n_threads=2, log=args.log.with_suffix(".server.log")) as srv:
+            with LlamaServer(args.gguf, n_ctx=2048, n_threads=args.threads, log=args.log.with_suffix(".server.log")) as srv:
                 backend = OpenAIBackend(srv.base_url, args.gguf.stem, timeout_s=600, max_retries=1)
                 generate_phase(args, pairs, backend, llm_name)
     if args.phase in ("score", "all"):

@@ -52,7 +52,7 @@ class PromptBuilder:
         concept = self.schema[intervention.concept]
         parts = [f"Edit this {self.schema.domain} so that {concept.describe(intervention.target)}."]
         if intervention.source:
-            parts.append(f"Now {concept.describe(intervention.source)}.")
+            parts.append(f"(Currently {concept.describe(intervention.source)}.)")
         keep = [
             self.schema[n].describe(labels[n])
             for n in self.schema.confounders(intervention.concept)
