@@ -11,6 +11,7 @@ Both predict the 5-way review rating (`review_majority`, "no majority" dropped) 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -90,6 +91,17 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--root", type=Path, default=Path("var"))
     t.add_argument("--data", type=Path, default=None)
     t.add_argument("--force", action="store_true")
+    e = sub.add_parser("eval", help="accuracy of a classifier on a CEBaB split (rated reviews)")
+    e.add_argument("classifier", help="reference name (trained under --root if missing) or artifact directory")
+    e.add_argument("--split", default="dev", help="split name or path to a split file")
+    e.add_argument("--root", type=Path, default=Path("var"))
+    e.add_argument("--data", type=Path, default=None)
+    s = sub.add_parser("serve", help="serve a classifier over HTTP (HF JSON, Open Inference V2, KServe V1)")
+    s.add_argument("classifier", help="artifact directory, .joblib file, or reference name (tfidf-lr, minilm-ft)")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8080)
+    s.add_argument("--name", help="model name in V2/V1 routes (default: the artifact's name)")
+    s.add_argument("--root", help="where reference classifiers are kept (default $CACE_DATA_DIR or var)")
     args = ap.parse_args(argv)
     if args.cmd == "train":
         out = Path(args.root) / "classifiers" / args.name
@@ -97,4 +109,32 @@ def main(argv: list[str] | None = None) -> int:
             (out / "meta.json").unlink()
         path = ensure_reference(args.name, args.root, args.data)
         print(read_meta(path))
+    elif args.cmd == "eval":
+        path = ensure_reference(args.classifier, args.root, args.data) if args.classifier in REFERENCE_MODELS \
+            else Path(args.classifier)
+        print(json.dumps(evaluate(load_reference(path), args.split, args.data), indent=2))
+    elif args.cmd == "serve":
+        from explainers.serving import serve
+
+        serve(args.classifier, args.host, args.port, name=args.name, root=args.root)
     return 0
+
+
+def evaluate(classifier: Classifier, split: str | Path = "dev", data_dir: Path | None = None) -> dict:
+    """Accuracy, macro-F1 and mean absolute rating error on a split's rated reviews, plus throughput."""
+    texts, y = rated(load_split(split, data_dir))
+    started = time.perf_counter()
+    proba = classifier.predict_proba(texts)
+    seconds = time.perf_counter() - started
+    pred = np.asarray(classifier.labels)[proba.argmax(axis=1)]
+    gold = np.asarray(y)
+    f1s = []
+    for lab in classifier.labels:
+        tp = float(np.sum((pred == lab) & (gold == lab)))
+        denom = float(np.sum(pred == lab) + np.sum(gold == lab))
+        f1s.append(2 * tp / denom if denom else 0.0)
+    mae = float(np.mean(np.abs(pred.astype(float) - gold.astype(float)))) if all(
+        lab.isdigit() for lab in classifier.labels) else None
+    return {"split": str(split), "n": len(texts), "accuracy": round(float(np.mean(pred == gold)), 4),
+            "macro_f1": round(float(np.mean(f1s)), 4), "mae": None if mae is None else round(mae, 4),
+            "texts_per_second": round(len(texts) / max(seconds, 1e-9), 1)}

