@@ -148,6 +148,7 @@ class TimeoutMiddleware:
             return
         responded = anyio.Event()
         timed_out = False
+        error: Exception | None = None
 
         async def guarded(msg: Message) -> None:
             if timed_out:
@@ -157,11 +158,12 @@ class TimeoutMiddleware:
             await send(msg)
 
         async def run() -> None:
+            nonlocal error
             try:
                 await self.app(scope, receive, guarded)
-            except Exception:
+            except Exception as e:  # re-raised below, outside the task group, so it is not wrapped
                 if not timed_out:
-                    raise
+                    error = e
             finally:
                 responded.set()
 
@@ -175,3 +177,5 @@ class TimeoutMiddleware:
                                    f"no response within {self.timeout_s:g} s (CACE_REQUEST_TIMEOUT_S)",
                                    kind="request-timeout", path=scope.get("path", ""),
                                    extra={"timeout_s": self.timeout_s})
+        if error is not None:
+            raise error

@@ -47,6 +47,7 @@ from app.limits import (
     send_problem,
 )
 from app.problems import ApiError, problem_response
+from app.routes.common import problems
 from app.settings import Settings
 from explainers.net import OutboundDenied, OutboundPolicy, PolicyTransport
 
@@ -306,7 +307,8 @@ class KeyCreated(KeyOut):
 def keys_router(store: KeyStore) -> APIRouter:
     router = APIRouter(tags=["keys"])
 
-    @router.post("/v1/keys", operation_id="create_key", response_model=KeyCreated, status_code=201)
+    @router.post("/v1/keys", operation_id="create_key", response_model=KeyCreated, status_code=201,
+                 responses=problems(401, 403, 422, 429))
     def create_key(body: KeyCreate) -> dict[str, Any]:
         """Create an API key (admin scope). The plaintext key is in this response only."""
         try:
@@ -316,12 +318,13 @@ def keys_router(store: KeyStore) -> APIRouter:
                            errors=[{"field": "body.scopes", "message": str(e)}]) from e
         return {**rec.public(), "key": plain}
 
-    @router.get("/v1/keys", operation_id="list_keys", response_model=list[KeyOut])
+    @router.get("/v1/keys", operation_id="list_keys", response_model=list[KeyOut], responses=problems(401, 403, 429))
     def list_keys() -> list[dict[str, Any]]:
         """List keys (never their secrets)."""
         return [k.public() for k in store.list()]
 
-    @router.delete("/v1/keys/{key_id}", operation_id="revoke_key", status_code=204)
+    @router.delete("/v1/keys/{key_id}", operation_id="revoke_key", status_code=204,
+                   responses=problems(401, 403, 404, 422, 429))
     def revoke_key(key_id: str) -> None:
         """Revoke a key; it stops working within seconds on every replica."""
         if not store.revoke(key_id):
@@ -344,8 +347,36 @@ def _engine(app: FastAPI, settings: Settings) -> tuple[sa.Engine, str]:
     return sa.create_engine(settings.job_store_url), getattr(settings, "table_prefix", "cace_")
 
 
+def document_problem_validation(app: FastAPI) -> None:
+    """Make the OpenAPI spec say what the service sends for 422: problem+json, not FastAPI's default.
+
+    FastAPI documents every validation error as `application/json` HTTPValidationError, but
+    `app.problems` answers them as RFC 7807 documents; a client generated from the spec (and
+    schemathesis) must see the real shape.
+    """
+    original = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        spec = original()
+        if "Problem" not in spec.get("components", {}).get("schemas", {}):
+            return spec
+        problem = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+        for item in spec.get("paths", {}).values():
+            for op in item.values():
+                resp = op.get("responses", {}).get("422") if isinstance(op, dict) else None
+                if resp and "HTTPValidationError" in json.dumps(resp.get("content", {})):
+                    resp["content"] = problem
+        app.openapi_schema = spec
+        return spec
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def install(app: FastAPI, settings: Settings) -> None:
     """Wire the security layer into a FastAPI app (see the module docstring)."""
+    document_problem_validation(app)
     app.state.outbound_policy = OutboundPolicy.from_allow(settings.outbound_allow)
     app.state.outbound_transport = PolicyTransport(app.state.outbound_policy)
     engine, prefix = _engine(app, settings)

@@ -110,7 +110,7 @@ def kserve_explain(name: str, body: KServeExplainRequest, rt: Runtime = Depends(
 
 
 @router.post("/v1/models/{name}:predict", operation_id="kserve_predict", response_model=KServePredictResponse,
-             responses=problems(404, 409, 413, 502, 504))
+             responses=problems(404, 409, 413, 422, 502, 504))
 def kserve_predict(name: str, body: KServePredictRequest, rt: Runtime = Depends(runtime)) -> dict[str, Any]:
     """KServe V1 predict: the classifier's probabilities per label, so the explainer can be probed alone."""
     s = rt.settings
@@ -125,7 +125,7 @@ def kserve_predict(name: str, body: KServePredictRequest, rt: Runtime = Depends(
 
 
 @router.get("/v1/models/{name}", operation_id="kserve_model_status", response_model=KServeModelStatus,
-            responses=problems(404))
+            responses=problems(404, 409, 422))
 def kserve_model_status(name: str, rt: Runtime = Depends(runtime)) -> dict[str, Any]:
     """KServe V1 model readiness."""
     ref = _classifier_ref(rt, name)
