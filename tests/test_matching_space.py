@@ -140,3 +140,33 @@ def test_registry_factories(space_dir, tfidf_lr) -> None:
     with pytest.raises(MissingResource):
         build_explainer("match", bare)
     assert build_explainer("pair_transfer", bare).space.meta["name"] == "pretrained"
+
+
+def test_without_texts_drops_rows_and_their_pairs(space_dir) -> None:
+    from explainers.matching.cebab import without_texts
+
+    space = ConceptSpace.load(space_dir)
+    gone = ROWS[1][1]
+    smaller = without_texts(space, [gone])
+    assert gone not in smaller.pool.texts and len(smaller.pool) == len(ROWS) - 1
+    assert len(smaller.pool.pairs) < len(space.pool.pairs)
+    for b, c, con in smaller.pool.pairs:  # every remapped pair still differs in exactly its concept
+        lb, lc = smaller.pool.labels[b], smaller.pool.labels[c]
+        assert [k for k in lb if lb[k] != lc[k]] == [con]
+    found = smaller.search(ROWS[0][1], "food", "Negative", 10)
+    assert gone not in [m.text for m in found]
+
+
+def test_cli_list_eval_delete(space_dir, tmp_path, capsys) -> None:
+    import shutil
+
+    from explainers.matching.cli import main
+
+    root = tmp_path / "root"
+    shutil.copytree(space_dir, root / "spaces" / "tiny")
+    assert main(["list", "--root", str(root)]) == 0
+    assert '"name": "tiny"' in capsys.readouterr().out
+    assert main(["eval", "tiny", "--root", str(root)]) == 0
+    assert '"trainer": "head"' in capsys.readouterr().out
+    assert main(["delete", "tiny", "--root", str(root)]) == 0
+    assert main(["delete", "tiny", "--root", str(root)]) == 1

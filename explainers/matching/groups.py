@@ -65,59 +65,65 @@ def build_groups(
     confounders = [c for c in concepts if c != treated]
     rng = np.random.default_rng(seed)
     n = len(labels)
-    by_origin: dict[str, list[int]] = defaultdict(list)
-    by_conf: dict[tuple[str, ...], list[int]] = defaultdict(list)
+    origin_code = {o: k for k, o in enumerate(dict.fromkeys(origins))}
+    org = np.array([origin_code[o] for o in origins], dtype=np.int64)
+    sigs = [_signature(lab, confounders) for lab in labels]
+    tvals = [lab.get(treated, "unknown") for lab in labels]
+    by_origin: dict[int, list[int]] = defaultdict(list)
+    by_cell: dict[tuple[tuple[str, ...], str], list[int]] = defaultdict(list)
     for i in range(n):
-        by_origin[origins[i]].append(i)
-        by_conf[_signature(labels[i], confounders)].append(i)
+        by_origin[int(org[i])].append(i)
+        by_cell[(sigs[i], tvals[i])].append(i)
+    cells = {k: np.asarray(v, dtype=np.int64) for k, v in by_cell.items()}
+    values_of: dict[tuple[str, ...], list[str]] = defaultdict(list)
+    for sig, tv in cells:
+        values_of[sig].append(tv)
     out: list[QueryGroups] = []
     for q in range(n) if queries is None else queries:
-        lq, oq = labels[q], origins[q]
-        tq, cq = lq.get(treated, "unknown"), _signature(lq, confounders)
+        tq, cq, oq = tvals[q], sigs[q], int(org[q])
         t_idx, c_idx = [], []
         for j in by_origin[oq]:
             if j == q:
                 continue
-            lj = labels[j]
-            changed = sum(a != b for a, b in zip(_signature(lj, confounders), cq, strict=True))
-            same_treated = lj.get(treated, "unknown") == tq
+            changed = sum(a != b for a, b in zip(sigs[j], cq, strict=True))
+            same_treated = tvals[j] == tq
             if not same_treated and changed == 0:
                 t_idx.append(j)
             elif same_treated and changed == 1:
                 c_idx.append(j)
         if not t_idx:
             continue
-        a_all = [j for j in by_conf[cq] if origins[j] != oq and labels[j].get(treated, "unknown") != tq]
-        a_idx = _sample(a_all, max_a, rng)
-        taken = set(t_idx) | set(c_idx) | set(a_all) | set(by_origin[oq])
-        n_idx = _sample_excluding(n, taken, max_n, rng)
-        out.append(QueryGroups(q, _arr(t_idx), _arr(c_idx), _arr(a_idx), _arr(n_idx)))
+        parts = [cells[(cq, tv)] for tv in values_of[cq] if tv != tq]
+        a_all = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+        a_all = a_all[org[a_all] != oq]
+        a_idx = a_all if len(a_all) <= max_a else a_all[rng.choice(len(a_all), size=max_a, replace=False)]
+        n_idx = _sample_n(n, org, oq, a_all, max_n, rng)
+        out.append(QueryGroups(q, _arr(t_idx), _arr(c_idx), np.sort(a_idx), n_idx))
     return out
+
+
+def _sample_n(n: int, org: np.ndarray, oq: int, a_all: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Up to k distinct texts of other origins that are not in A (all of them when few)."""
+    banned = np.zeros(n, dtype=bool)
+    banned[a_all] = True
+    banned |= org == oq
+    free = int(n - banned.sum())
+    if free <= k:
+        return np.flatnonzero(~banned).astype(np.int64)
+    got: list[int] = []
+    seen: set[int] = set()
+    while len(got) < k:
+        for i in rng.integers(0, n, size=4 * k).tolist():
+            if not banned[i] and i not in seen:
+                seen.add(i)
+                got.append(i)
+                if len(got) == k:
+                    break
+    return np.sort(np.asarray(got, dtype=np.int64))
 
 
 def _arr(xs: Sequence[int]) -> np.ndarray:
     return np.asarray(list(xs), dtype=np.int64)
-
-
-def _sample(xs: list[int], k: int, rng: np.random.Generator) -> list[int]:
-    if len(xs) <= k:
-        return xs
-    return [xs[i] for i in rng.choice(len(xs), size=k, replace=False)]
-
-
-def _sample_excluding(n: int, taken: set[int], k: int, rng: np.random.Generator) -> list[int]:
-    """Up to k distinct indices in [0, n) outside `taken`, by rejection (taken is small next to n)."""
-    free = n - len(taken)
-    if free <= k:
-        return [i for i in range(n) if i not in taken]
-    got: set[int] = set()
-    while len(got) < k:
-        for i in rng.integers(0, n, size=2 * k):
-            if int(i) not in taken:
-                got.add(int(i))
-                if len(got) == k:
-                    break
-    return sorted(got)
 
 
 def group_sizes(groups: Sequence[QueryGroups]) -> dict[str, float]:

@@ -90,11 +90,11 @@ class PartitionIndex:
             index.hnsw.efConstruction = 80
             index.add(x)
         else:
-            nlist = max(16, int(4 * np.sqrt(n)))
+            nlist = max(16, int(2 * np.sqrt(n)))
             quantizer = faiss.IndexFlatIP(d)
             index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
             rng = np.random.default_rng(seed)
-            train = x[rng.choice(n, size=min(n, 64 * nlist), replace=False)]
+            train = x[rng.choice(n, size=min(n, 32 * nlist), replace=False)]
             index.train(train)
             index.add(x)
         out = cls(index, kind, {"n": n})
