@@ -114,7 +114,8 @@ def test_generate_through_a_registered_llm(tmp_path: Path) -> None:
     cmd = [str(LLAMA_PY), "-m", "llama_cpp.server", "--model", str(GGUF), "--host", "127.0.0.1", "--port",
            str(port), "--n_ctx", "2048", "--n_threads", "2"]
     with running(cmd, port=port, health_path="/v1/models", timeout=120) as llm, \
-            service(store_env("sqlite", tmp_path)) as svc, httpx.Client(base_url=svc.base_url, timeout=300) as c:
+            service({**store_env("sqlite", tmp_path), "CACE_REQUEST_TIMEOUT_S": "300"}) as svc, \
+            httpx.Client(base_url=svc.base_url, timeout=300) as c:
         spec = {"kind": "openai", "base_url": llm.base_url + "/v1", "model": "smollm2", "timeout_s": 120}
         assert c.post("/v1/llms", json={"name": "smollm2", "spec": spec}).status_code == 201
         r = c.post("/v1/explanations", json={"text": TEXT, "intervention": IV, "method": "generate", "top_k": 2,
