@@ -264,6 +264,7 @@ class PoolMatcher(CounterfactualExplainer):
         )
         self._text_index = {t: i for i, t in enumerate(pool.texts)}
         self._embeddings: np.ndarray | None = None
+        self._recent: dict[str, np.ndarray] = {}
 
     @property
     def embeddings(self) -> np.ndarray:
@@ -271,12 +272,24 @@ class PoolMatcher(CounterfactualExplainer):
         if self._embeddings is None:
             if self.encoder is None:
                 raise MissingResource(f"method {self.name!r} needs an encoder")
-            self._embeddings = np.asarray(self.encoder.encode(self.pool.texts), dtype=np.float32)
+            self._embeddings = np.ascontiguousarray(self.encoder.encode(self.pool.texts), dtype=np.float32)
         return self._embeddings
 
     def similarities(self, text: str, idx: np.ndarray) -> np.ndarray:
-        q = np.asarray(self.encoder.encode([text]), dtype=np.float32)[0]
-        return self.embeddings[idx] @ q
+        """Cosine of the query to pool texts `idx` (unit vectors, so a dot product).
+
+        One product with the whole contiguous pool matrix is cheaper than gathering the
+        candidate rows first, and the last few queries' vectors are kept because a text
+        is usually explained for several interventions in a row.
+        """
+        sims = self._recent.get(text)
+        if sims is None:
+            q = np.asarray(self.encoder.encode([text]), dtype=np.float32)[0]
+            sims = self.embeddings @ q
+            if len(self._recent) >= 8:
+                self._recent.pop(next(iter(self._recent)))
+            self._recent[text] = sims
+        return sims[idx]
 
     def target_candidates(self, text: str, intervention: Intervention) -> np.ndarray:
         """Pool indices with the target value, the query text itself excluded."""
