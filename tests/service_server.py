@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TEST_DATA_DIR = Path(os.environ.get("CACE_TEST_DATA_DIR", ROOT / "var" / "test"))
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 # A fresh machine trains the taggers and the CEBaB space on the first start.
-READY_TIMEOUT = float(os.environ.get("CACE_TEST_READY_TIMEOUT", 900))
+READY_TIMEOUT = float(os.environ.get("CACE_TEST_READY_TIMEOUT", 1200))
 
 
 def wait_ready(base_url: str, timeout: float = READY_TIMEOUT, server: Server | None = None) -> dict:
