@@ -99,9 +99,11 @@ class KeyStore:
 
     CACHE_S = 2.0
 
-    def __init__(self, engine: sa.Engine, prefix: str = "cace_", keys_file: Path | None = None) -> None:
+    def __init__(self, engine: sa.Engine, prefix: str = "cace_", keys_file: Path | None = None,
+                 metadata: sa.MetaData | None = None) -> None:
         self.engine = engine
-        md = sa.MetaData()
+        # On the service store's own MetaData when given, so `Store.drop_all()` removes this table too.
+        md = metadata if metadata is not None else sa.MetaData()
         self.table = sa.Table(
             f"{prefix}api_keys", md,
             sa.Column("id", sa.String(32), primary_key=True),
@@ -111,8 +113,9 @@ class KeyStore:
             sa.Column("rate_per_s", sa.Float, nullable=True),
             sa.Column("created_at", sa.Float, nullable=False),
             sa.Column("revoked_at", sa.Float, nullable=True),
+            extend_existing=True,
         )
-        md.create_all(engine)
+        self.table.create(engine, checkfirst=True)
         self.file_keys: dict[str, KeyRecord] = self._read_file(keys_file) if keys_file else {}
         self._lock = threading.Lock()
         self._cache: dict[str, tuple[float, KeyRecord | None]] = {}
@@ -339,12 +342,13 @@ def outbound_transport(settings: Settings) -> PolicyTransport:
     return PolicyTransport(OutboundPolicy.from_allow(settings.outbound_allow))
 
 
-def _engine(app: FastAPI, settings: Settings) -> tuple[sa.Engine, str]:
-    rt = getattr(app.state, "runtime", None)
-    store = getattr(rt, "store", None)
+def _key_store(app: FastAPI, settings: Settings) -> KeyStore:
+    """Keys live in the service's store (shared by replicas), or in the job store URL's database."""
+    store = getattr(getattr(app.state, "runtime", None), "store", None)
     if store is not None:
-        return store.engine, store.prefix
-    return sa.create_engine(settings.job_store_url), getattr(settings, "table_prefix", "cace_")
+        return KeyStore(store.engine, store.prefix, settings.api_keys_file, getattr(store, "metadata", None))
+    return KeyStore(sa.create_engine(settings.job_store_url), getattr(settings, "table_prefix", "cace_"),
+                    settings.api_keys_file)
 
 
 def document_problem_validation(app: FastAPI) -> None:
@@ -379,8 +383,7 @@ def install(app: FastAPI, settings: Settings) -> None:
     document_problem_validation(app)
     app.state.outbound_policy = OutboundPolicy.from_allow(settings.outbound_allow)
     app.state.outbound_transport = PolicyTransport(app.state.outbound_policy)
-    engine, prefix = _engine(app, settings)
-    keys = KeyStore(engine, prefix, settings.api_keys_file)
+    keys = _key_store(app, settings)
     app.state.api_keys = keys
     app.include_router(keys_router(keys))
     if not any(getattr(r, "path", "") == "/v1/models/{name}:explain" for r in app.routes):

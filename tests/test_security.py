@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -127,3 +128,36 @@ def test_keys_file_turns_auth_on(tmp_path: Path, tfidf_lr_dir: Path, test_data_d
             assert c.get("/v1/jobs", headers=_bearer(key)).status_code == 200
             assert c.post("/v1/keys", json={"name": "y"}, headers=_bearer(key)).status_code == 403
     assert ROOT.exists()
+
+
+def test_keys_are_shared_and_revoked_across_replicas_on_postgresql() -> None:
+    """Two replicas (two KeyStores) on one PostgreSQL: a key made on one works on the other, and a
+    revocation on one reaches the other within the lookup cache's lifetime."""
+    import uuid
+
+    import sqlalchemy as sa
+
+    from app.security import KeyStore
+
+    url = os.environ.get("CACE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect():
+            pass
+    except Exception as e:  # the service's PostgreSQL is part of the test setup; say so if absent
+        pytest.skip(f"PostgreSQL not reachable at {url}: {e}")
+    prefix = f"t{uuid.uuid4().hex[:8]}_"
+    md = sa.MetaData()
+    a, b = KeyStore(engine, prefix, metadata=md), KeyStore(engine, prefix, metadata=md)
+    try:
+        rec, key = a.create("shared", ["explain"], rate_per_s=3.0)
+        got = b.lookup(key)
+        assert got is not None and got.id == rec.id and got.rate_per_s == 3.0 and got.scopes == ["explain"]
+        assert b.lookup(key + "x") is None
+        assert a.revoke(rec.id)
+        assert a.lookup(key) is None  # at once on the replica that revoked it
+        time.sleep(KeyStore.CACHE_S + 0.1)
+        assert b.lookup(key) is None  # within the cache lifetime on the other
+    finally:
+        md.drop_all(engine)
+        engine.dispose()
