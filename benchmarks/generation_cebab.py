@@ -130,6 +130,21 @@ def load_log(path: Path, pairs: list[Pair]) -> list[dict[str, Any]]:
     return [recs[pair_key(p)] for p in pairs if pair_key(p) in recs]
 
 
+def tagger_filter(recs: list[dict[str, Any]], pairs: list[Pair], taggers: Any) -> list[dict[str, Any]]:
+    """Keep only counterfactuals the tagger puts at the target value (the explainer's tagger check, post hoc).
+
+    Generation ran with text checks only, so the same cached samples can be scored with and
+    without the tagger check; rejected samples are not regenerated here.
+    """
+    texts = list(dict.fromkeys(t for r in recs for t in r["counterfactuals"]))
+    tags = dict(zip(texts, taggers.predict(texts), strict=True)) if texts else {}
+    out = []
+    for p, r in zip(pairs, recs, strict=True):
+        kept = [t for t in r["counterfactuals"] if tags[t].get(p.concept) == p.target]
+        out.append({**r, "counterfactuals": kept, "tag_rejected": len(r["counterfactuals"]) - len(kept)})
+    return out
+
+
 def generation_estimates(recs: list[dict[str, Any]], pairs: list[Pair], clf: Any) -> np.ndarray:
     """The ICaCE `GenerationExplainer.explain` gives: mean prediction of kept texts minus the base's."""
     texts = list(dict.fromkeys([p.base.text for p in pairs] + [t for r in recs for t in r["counterfactuals"]]))
@@ -210,6 +225,16 @@ def score_phase(args: argparse.Namespace, pairs: list[Pair], llm_name: str) -> s
         " (concept, direction) cells; baselines from the bench runner on the same pairs and K",
         "",
     ]
+    tagged = None
+    if args.taggers and Path(args.taggers).exists():
+        from explainers.taggers import TaggerSet
+
+        tagged = tagger_filter(recs, pairs, TaggerSet.load(Path(args.taggers)))
+        n_kept = sum(len(r["counterfactuals"]) for r in tagged)
+        n_rej = sum(r["tag_rejected"] for r in tagged)
+        out.insert(-2, f"- tagger check ({args.taggers}), applied after generation: {n_rej} more samples rejected as "
+                       f"concept_not_reached, {n_kept} kept; {sum(not r['counterfactuals'] for r in tagged)}/"
+                       f"{len(pairs)} pairs left with none (estimate zero)")
     head = "| method | K | L2 micro | Cos micro | ND micro | L2 macro | Cos macro | ND macro |"
     resources = None
     for model in args.classifiers.split(","):
@@ -222,7 +247,10 @@ def score_phase(args: argparse.Namespace, pairs: list[Pair], llm_name: str) -> s
         concepts, directions = [p.concept for p in pairs], [p.direction for p in pairs]
         est = generation_estimates(recs, pairs, clf)
         lines = [f"## classifier {name}", "", head, "|" + "---|" * 8]
-        lines.append(row("generate", args.k, summarize(est, truths, concepts, directions)))
+        lines.append(row("generate (text checks)", args.k, summarize(est, truths, concepts, directions)))
+        if tagged is not None:
+            est_t = generation_estimates(tagged, pairs, clf)
+            lines.append(row("generate (text checks + tagger)", args.k, summarize(est_t, truths, concepts, directions)))
         some = [i for i, r in enumerate(recs) if r["details"]["kept"] > 0]
         if some and len(some) < len(pairs):
             s = summarize(est[some], truths[some], [concepts[i] for i in some], [directions[i] for i in some])
@@ -252,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--concurrency", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1, help="llama.cpp threads (1 is faster on an oversubscribed CPU)")
     ap.add_argument("--fewshot-split", default="train_inclusive")
-    ap.add_argument("--no-taggers", action="store_true")
+    ap.add_argument("--no-taggers", action="store_true", help="generate with text checks only")
+    ap.add_argument("--taggers", default=None, help="score also with this TaggerSet's check applied post hoc")
     ap.add_argument("--gguf", type=Path, default=QWEN)
     ap.add_argument("--base-url", default=None, help="use a running OpenAI-compatible server instead")
     ap.add_argument("--llm-model", default=None)
