@@ -6,13 +6,14 @@ from pathlib import Path
 
 import pytest
 
+from explainers.bench.cebab import load_split, split_path
 from explainers.concepts import CEBAB_SCHEMA, Intervention
 from explainers.generation.backends import BackendSpec, Completion, OpenAIBackend, build_backend
 from explainers.generation.cache import GenerationCache, cache_key
 from explainers.generation.prompts import FewShot, PromptBuilder, clean_output, fewshot_from_cebab
 from explainers.generation.verify import Verifier
 
-TRAIN = Path("/work/shared/data/cebab/train_inclusive.json")
+TRAIN = split_path("train_inclusive")
 SRC = "The food was great and the waiter was friendly."
 NEG_FOOD = Intervention("food", "Negative", "Positive")
 
@@ -46,7 +47,7 @@ def test_fewshot_examples_from_train_only_and_ranked() -> None:
     ex = fewshot_from_cebab(TRAIN, CEBAB_SCHEMA, per_concept=2, seed=1)
     assert {e.intervention.concept for e in ex} == set(CEBAB_SCHEMA.names)
     assert all(e.source != e.edited for e in ex)
-    dev_texts = {r["description"] for r in __import__("json").load(open(TRAIN.parent / "dev.json"))}
+    dev_texts = {r.text for r in load_split("dev")}
     assert not any(e.source in dev_texts or e.edited in dev_texts for e in ex)
     own = FewShot("Great pasta.", "Awful pasta.", Intervention("food", "Negative", "Positive"))
     other = FewShot("Loud room.", "Quiet room.", Intervention("noise", "Positive", "Negative"))
