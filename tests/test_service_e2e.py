@@ -60,7 +60,7 @@ def all_rows(c: httpx.Client, job_id: str) -> list[dict]:
 def test_job_survives_sigkill_and_equals_an_uninterrupted_run(backend: str, tmp_path: Path) -> None:
     env = {**store_env(backend, tmp_path), "CACE_JOB_WORKERS": "1", "CACE_JOB_CLAIM_BATCH": "2",
            "CACE_JOB_LEASE_S": "3"}
-    texts = dev_texts(400)
+    texts = dev_texts(200)
     try:
         with service(env) as first, httpx.Client(base_url=first.base_url, timeout=120) as c:
             for method in ("match", "pt_match"):
