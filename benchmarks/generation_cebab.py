@@ -201,8 +201,23 @@ def row(name: str, k: int, s: Any) -> str:
     return "| " + " | ".join(c if isinstance(c, str) else f"{c:.4f}" for c in cells) + " |"
 
 
+def bench_resources(args: argparse.Namespace, pairs: list[Pair]) -> Any:
+    """The bench runner's resources (train pool without the pairs' texts), plus a trained space if given."""
+    from explainers.bench.runner import benchmark_texts, build_bench_resources
+
+    resources = build_bench_resources(seed=args.seed, exclude_texts=benchmark_texts(pairs))
+    if args.space and Path(args.space).exists():
+        from explainers.matching.cebab import without_texts
+        from explainers.matching.space import ConceptSpace
+
+        space = ConceptSpace.load(Path(args.space), encoder=resources.encoder)
+        keep = set(resources.pool.texts)
+        resources.space = without_texts(space, [t for t in space.pool.texts if t not in keep])
+    return resources
+
+
 def score_phase(args: argparse.Namespace, pairs: list[Pair], llm_name: str) -> str:
-    from explainers.bench.runner import build_bench_resources, run_benchmark
+    from explainers.bench.runner import run_benchmark
 
     planned = len(pairs)
     recs = load_log(Path(args.log), pairs)
@@ -255,9 +270,12 @@ def score_phase(args: argparse.Namespace, pairs: list[Pair], llm_name: str) -> s
         if some and len(some) < len(pairs):
             s = summarize(est[some], truths[some], [concepts[i] for i in some], [directions[i] for i in some])
             lines.append(row(f"generate (only the {len(some)} pairs with >=1 kept)", args.k, s))
-        if args.baselines:
+        if model not in args.baseline_classifiers.split(","):
+            zero = np.zeros_like(truths)
+            lines.append(row("zero", args.k, summarize(zero, truths, concepts, directions)))
+        elif args.baselines:
             if resources is None:
-                resources = build_bench_resources(seed=args.seed)
+                resources = bench_resources(args, pairs)
             res = run_benchmark(clf, pairs, resources, args.baselines.split(","), [args.k])
             lines += [row(r.explainer, r.k, r.summary) for r in res.rows]
             lines += [f"- `{n}` not run: {e}" for n, e in res.errors.items()]
@@ -289,6 +307,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--root", default="var")
     ap.add_argument("--cache", type=Path, default=ROOT / "var" / "generation" / "cache.sqlite")
     ap.add_argument("--log", type=Path, default=ROOT / "var" / "generation" / "bench_log.jsonl")
+    ap.add_argument("--baseline-classifiers", default="tfidf-lr",
+                    help="classifiers to run the baselines for (they score the whole pool: slow for transformers)")
+    ap.add_argument("--space", default="var/spaces/cebab-train_inclusive-head", help="concept space for match")
     ap.add_argument("--classifiers", default="tfidf-lr,var/classifiers/minilm-ft")
     ap.add_argument("--baselines", default="zero,random_matching,approx,conexp,pt_match,match")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "generation_cebab_dev.md")
