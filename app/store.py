@@ -206,11 +206,14 @@ class Store:
     def claim(self, owner: str, lease_s: float, limit: int) -> list[Claimed]:
         """Lease up to `limit` free items of active jobs (oldest job first) for `owner`.
 
-        Candidates are read first, then each is taken with an UPDATE guarded by the same
-        "still free" condition; only rows whose UPDATE hit exactly one row are ours, so two
+        Candidates are read first, then taken with one UPDATE per job guarded by the same
+        "still free" condition, stamping them with this claim's expiry; the rows that carry
+        our owner and that exact expiry afterwards are ours. PostgreSQL re-checks the guard
+        on rows another replica changed meanwhile, SQLite serializes writers, so two
         replicas racing for an item never both get it.
         """
         now = time.time()
+        until = now + lease_s
         it, jb = self.items, self.jobs
         free = sa.or_(it.c.status == "pending", sa.and_(it.c.status == "running", it.c.lease_until < now))
         with self.engine.connect() as c:
@@ -218,21 +221,24 @@ class Store:
                 sa.select(it.c.job_id, it.c.idx).join(jb, jb.c.id == it.c.job_id)
                 .where(jb.c.status.in_(ACTIVE), free)
                 .order_by(jb.c.created_at, it.c.idx).limit(limit)).all()
-        claimed: list[Claimed] = []
+        if not cands:
+            return []
+        by_job: dict[str, list[int]] = {}
         for job_id, idx in cands:
-            with self.engine.begin() as c:
-                res = c.execute(it.update().where(
-                    it.c.job_id == job_id, it.c.idx == idx,
-                    sa.or_(it.c.status == "pending", sa.and_(it.c.status == "running", it.c.lease_until < now)))
-                    .values(status="running", lease_owner=owner, lease_until=now + lease_s,
-                            attempts=it.c.attempts + 1))
-                if res.rowcount != 1:
-                    continue
-                row = c.execute(sa.select(it.c.payload, it.c.attempts).where(
-                    it.c.job_id == job_id, it.c.idx == idx)).first()
-                c.execute(jb.update().where(jb.c.id == job_id, jb.c.status == "queued")
-                          .values(status="running", started_at=now))
-            claimed.append(Claimed(job_id, idx, _load(row[0]), int(row[1])))
+            by_job.setdefault(job_id, []).append(idx)
+        claimed: list[Claimed] = []
+        with self.engine.begin() as c:
+            for job_id, idxs in by_job.items():
+                c.execute(it.update().where(it.c.job_id == job_id, it.c.idx.in_(idxs), free)
+                          .values(status="running", lease_owner=owner, lease_until=until,
+                                  attempts=it.c.attempts + 1))
+                rows = c.execute(sa.select(it.c.idx, it.c.payload, it.c.attempts).where(
+                    it.c.job_id == job_id, it.c.idx.in_(idxs), it.c.status == "running",
+                    it.c.lease_owner == owner, it.c.lease_until == until).order_by(it.c.idx)).all()
+                if rows:
+                    c.execute(jb.update().where(jb.c.id == job_id, jb.c.status == "queued")
+                              .values(status="running", started_at=now))
+                claimed += [Claimed(job_id, int(i), _load(p), int(a)) for i, p, a in rows]
         return claimed
 
     def renew(self, owner: str, keys: Iterable[tuple[str, int]], lease_s: float) -> None:

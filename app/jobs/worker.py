@@ -104,11 +104,12 @@ class Workers:
                     continue
                 with self._held_lock:  # leases of queued items are renewed too
                     self._held.update((c.job_id, c.idx) for c in claimed)
-                touched = set()
+                touched: set[str] = set()
+                active = {j: self.store.job_status(j) in ("queued", "running") for j in {c.job_id for c in claimed}}
                 for item in claimed:
                     if self._stop.is_set():
                         break  # leave the rest to expire and be re-claimed
-                    self._run(item)
+                    self._run(item, active[item.job_id])
                     touched.add(item.job_id)
                 for job_id in touched:
                     if self.store.open_items(job_id) == 0:
@@ -117,10 +118,10 @@ class Workers:
                 log.exception("job worker loop error")
                 self._stop.wait(1.0)
 
-    def _run(self, item: Claimed) -> None:
+    def _run(self, item: Claimed, active: bool = True) -> None:
         key = (item.job_id, item.idx)
         job = self._job(item.job_id)
-        if job is None or self.store.job_status(item.job_id) not in ("queued", "running"):
+        if job is None or not active:
             # Cancelled meanwhile: hand the item back unprocessed (items of final jobs are never claimed).
             self.store.finish_item(self.owner, item.job_id, item.idx, retry=True)
             with self._held_lock:
