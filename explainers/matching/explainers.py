@@ -43,7 +43,7 @@ class MatchingExplainer(CounterfactualExplainer):
         space: ConceptSpace,
         *,
         confounders: str = "fill",
-        exclude_above: float | None = 0.995,
+        exclude_above: float | None = None,
         taggers: Any | None = None,
         aggregation: str = "mean",
         similarity_threshold: float | None = None,
@@ -69,11 +69,12 @@ class MatchingExplainer(CounterfactualExplainer):
         c, v = intervention.concept, intervention.target
         vec = self.space.embed([text], c)[0]
         conf = self._confounder_labels(text, c, base_labels)
-        found = self.space.search(vec, c, v, top_k, confounders=conf or None, exclude_above=self.exclude_above)
+        found = self.space.search(vec, c, v, top_k, confounders=conf or None, exclude_above=self.exclude_above,
+                                  exclude_text=text)
         matched = len(found)
         if conf and matched < top_k and self.confounders == "fill":
             seen = {m.row for m in found}
-            extra = self.space.search(vec, c, v, top_k + matched, exclude_above=self.exclude_above)
+            extra = self.space.search(vec, c, v, top_k + matched, exclude_above=self.exclude_above, exclude_text=text)
             found += [m for m in extra if m.row not in seen][: top_k - matched]
         cfs = [Counterfactual(text=m.text, similarity=m.score, source_id=self._pool_id(m.row)) for m in found]
         details = {"space": self.space.meta.get("name"), "confounder_matched": matched if conf else None,

@@ -46,6 +46,10 @@ class Match:
     text: str
 
 
+def _norm(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
 def pool_hash(pool: Pool) -> str:
     return data_hash(t + "\t" + json.dumps(lab, sort_keys=True) for t, lab in zip(pool.texts, pool.labels, strict=True))
 
@@ -129,17 +133,30 @@ class ConceptSpace:
         *,
         confounders: Mapping[str, str] | None = None,
         threshold: float | None = None,
-        exclude_above: float | None = 0.995,
+        exclude_above: float | None = None,
+        exclude_text: str | None = None,
     ) -> list[Match]:
-        """Top-k pool texts with `concept` = `value` nearest the query in the concept's space."""
+        """Top-k pool texts with `concept` = `value` nearest the query in the concept's space.
+
+        A string query is never returned as its own match: pool texts equal to it (case and
+        whitespace aside) are dropped. `exclude_above` also drops anything at or above that
+        cosine; use it with care in a trained space, which pulls true counterfactuals close.
+        """
+        if isinstance(query, str) and exclude_text is None:
+            exclude_text = query
         if (concept, value) not in self.indices:
             raise KeyError(f"no partition for {concept}={value}; the schema has {self.schema.names}")
         vec = self.embed([query], concept)[0] if isinstance(query, str) else np.asarray(query, np.float32)
         allowed = self._allowed(concept, value, confounders) if confounders else None
-        hits = self.indices[(concept, value)].search(vec, k, allowed=allowed, threshold=threshold,
+        extra = 2 if exclude_text is not None else 0
+        hits = self.indices[(concept, value)].search(vec, k + extra, allowed=allowed, threshold=threshold,
                                                      exclude_above=exclude_above)
         rows = self.rows[(concept, value)][hits.ids]
-        return [Match(int(r), float(s), self.pool.texts[r]) for r, s in zip(rows, hits.scores, strict=True)]
+        out = [Match(int(r), float(s), self.pool.texts[r]) for r, s in zip(rows, hits.scores, strict=True)]
+        if exclude_text is not None:
+            key = _norm(exclude_text)
+            out = [m for m in out if _norm(m.text) != key]
+        return out[:k]
 
     # -- diagnostics ------------------------------------------------------------------------
     def nearest_counterfactual_hit_rate(self, concept: str) -> float | None:
@@ -158,7 +175,7 @@ class ConceptSpace:
             lab = self.pool.labels[b]
             target = self.pool.labels[cf][concept]
             found = self.search(vecs[b], concept, target, 1, confounders={c: lab[c] for c in conf},
-                                exclude_above=0.9999)
+                                exclude_text=self.pool.texts[b])
             hits += bool(found) and (found[0].row == cf or self.pool.texts[found[0].row] == self.pool.texts[cf])
         return round(hits / len(pairs), 4)
 
