@@ -79,7 +79,11 @@ def run_methods(classifier, pairs, resources, names, ks, prefix=""):
     def keep(est):
         got[(prefix + est.explainer, est.k)] = est
 
-    result = runner.run_benchmark(classifier, pairs, resources, names, ks, on_estimates=keep)
+    def show(row):
+        print(f"  {prefix}{row.explainer} K={row.k}: macro L2 {row.summary.macro['l2']:.4f} "
+              f"cos {row.summary.macro['cos']:.4f} ({row.wall_s:.0f} s)", file=sys.stderr, flush=True)
+
+    result = runner.run_benchmark(classifier, pairs, resources, names, ks, on_estimates=keep, on_row=show)
     for n, e in result.errors.items():
         print(f"  {prefix}{n} not run: {e}", file=sys.stderr)
     return got
@@ -171,6 +175,7 @@ def main(argv=None) -> int:
     p.add_argument("--curve-ks", default="1,2,3,5,7,10,15,20,30,40,50")
     p.add_argument("--curve-limit", type=int, default=800)
     p.add_argument("--no-curve", action="store_true")
+    p.add_argument("--curve-only", action="store_true", help="only the K-curve (the tables exist)")
     args = p.parse_args(argv)
     models = args.models.split(",") if args.models else ["tfidf-lr"] + (
         ["minilm-ft"] if (args.root / "classifiers" / "minilm-ft" / "meta.json").exists() else [])
@@ -190,6 +195,10 @@ def main(argv=None) -> int:
     for model in models:
         clf, name, meta = runner.load_model(model, args.root)
         cached = CachingClassifier(clf, key=name)
+        if args.curve_only:
+            kcurve(cached, pairs, res_head, res_pt, name, [int(k) for k in args.curve_ks.split(",")],
+                   args.curve_limit)
+            continue
         got = {}
         got.update(run_methods(cached, pairs, res_head, BASELINES + ("match", "match_dr", "pair_transfer"), ks))
         got.update(run_methods(cached, pairs, res_pt, ("pair_transfer",), ks, prefix="pt_"))
@@ -213,7 +222,8 @@ def main(argv=None) -> int:
             "cross_fit_macro": {str(k): got[("stacked", k)].summary().macro for k in fits}}
         head.update_meta(head_dir, stacking=stacking)
         lines = [f"# Concept-space methods vs baselines: {name} on CEBaB dev", "",
-                 f"- pairs: {len(pairs)}; pool: train_inclusive without dev texts ({len(resources.pool)} texts)",
+                 f"- pairs: {len(pairs)}" + (" (stratified subset of dev, seed 0)" if args.limit else " (all of dev)")
+                 + f"; pool: train_inclusive without dev texts ({len(resources.pool)} texts)",
                  f"- classifier: {name} (dev accuracy {meta.get('dev_accuracy', '?')})",
                  "- head space: `cebab-train_inclusive-head` (projection head on frozen MiniLM; "
                  f"hit rate {head.meta.get('diagnostics', {}).get('hit_rate')}, pretrained "
@@ -228,7 +238,8 @@ def main(argv=None) -> int:
                  "- macro = mean over (concept, direction) cells, then directions, then concepts (lower is better)",
                  "", "## Verdict", "", *verdict(got, ours, ks), "",
                  table(got, ks, list(BASELINES) + ours), ""]
-        out = RESULTS / f"matching_faithfulness_{name}.md"
+        suffix = f"_n{args.limit}" if args.limit else ""
+        out = RESULTS / f"matching_faithfulness_{name}{suffix}.md"
         out.write_text("\n".join(lines))
         out.with_suffix(".json").write_text(json.dumps(
             {f"{n}@{k}": e.summary().to_dict() for (n, k), e in got.items()}, indent=1, default=str))
