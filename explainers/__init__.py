@@ -7,7 +7,7 @@ It never imports `app`.
 """
 
 from explainers.concepts import CEBAB_SCHEMA, Concept, ConceptSchema, Intervention
-from explainers.types import Counterfactual, Cost, Explainer, Explanation
+from explainers.types import Cost, Counterfactual, Explainer, Explanation
 
 __all__ = [
     "CEBAB_SCHEMA",
