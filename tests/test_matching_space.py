@@ -170,3 +170,22 @@ def test_cli_list_eval_delete(space_dir, tmp_path, capsys) -> None:
     assert '"trainer": "head"' in capsys.readouterr().out
     assert main(["delete", "tiny", "--root", str(root)]) == 0
     assert main(["delete", "tiny", "--root", str(root)]) == 1
+
+
+def test_stacked_reads_weights_per_k_from_space_meta(space_dir, tfidf_lr) -> None:
+    space = ConceptSpace.load(space_dir)
+    space.meta["stacking"] = {"tfidf-lr": {
+        "weights": {"match": 0.5, "pair_transfer": 0.5},
+        "weights_by_k": {"1": {"match": 1.0, "pair_transfer": 0.0}, "5": {"match": 0.0, "pair_transfer": 0.8}},
+        "procedure": {"method": "test"}}}
+    res = Resources(schema=CEBAB_SCHEMA, pool=space.pool, encoder=space.encoder, space=space)
+    st = build_explainer("stacked", res, stack_key="tfidf-lr")
+    assert st.weights_for(1) == {"match": 1.0, "pair_transfer": 0.0}
+    assert st.weights_for(3) == st.weights_for(1) and st.weights_for(10) == st.weights_for(5)
+    text, iv = ROWS[0][1], Intervention("food", "Negative", "Positive")
+    labels = {"food": "Positive", "service": "Positive", "ambiance": U, "noise": U}
+    got = st.explain(text, iv, tfidf_lr, top_k=5, base_labels=labels)
+    pt = PairTransferExplainer(space).explain(text, iv, tfidf_lr, top_k=5, base_labels=labels)
+    assert np.allclose(got.icace, 0.8 * pt.icace) and set(got.details["components"]) == {"pair_transfer"}
+    fallback = build_explainer("stacked", res, stack_key="unknown-model")
+    assert fallback.weights_info["source"].startswith("equal weights")
