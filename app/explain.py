@@ -73,7 +73,8 @@ def resolve(rt: Runtime, params: Any, prefix: str = "body") -> Resolved:
     try:
         explainer, lock, info = rt.explainer(params.method, space_id=params.space, llm=params.llm,
                                              aggregation=params.aggregation,
-                                             similarity_threshold=params.similarity_threshold)
+                                             similarity_threshold=params.similarity_threshold,
+                                             classifier_name=clf_name)
     except KeyError as e:
         raise field_error(f"{prefix}.method", f"unknown method {params.method!r}; available: "
                                               f"{sorted(rt.methods())}") from e

@@ -257,9 +257,13 @@ class Runtime:
         return available()
 
     def explainer(self, method: str, *, space_id: str | None = None, llm: str | dict[str, Any] | None = None,
-                  aggregation: str = "mean", similarity_threshold: float | None = None
-                  ) -> tuple[Any, threading.Lock, dict[str, Any]]:
-        """A built explainer (cached), its lock, and facts to report (space id, LLM name)."""
+                  aggregation: str = "mean", similarity_threshold: float | None = None,
+                  classifier_name: str | None = None) -> tuple[Any, threading.Lock, dict[str, Any]]:
+        """A built explainer (cached), its lock, and facts to report (space id, LLM name).
+
+        `classifier_name` picks the stacking weights a space holds for that classifier
+        (`stacked` falls back to equal weights, and says so, when none were fit for it).
+        """
         if method not in available():
             raise KeyError(method)
         info: dict[str, Any] = {}
@@ -281,7 +285,8 @@ class Runtime:
                 raise MissingResource("method 'generate' needs an LLM: pass `llm` (a registered name or spec), "
                                       "or set CACE_LLM_BASE_URL and CACE_LLM_MODEL")
             info["llm"] = llm_name
-        key = (method, space_id if needs_space else None, aggregation, llm_name, similarity_threshold)
+        stack_key = classifier_name if method.startswith("stacked") else None
+        key = (method, space_id if needs_space else None, aggregation, llm_name, similarity_threshold, stack_key)
         with self._lock:
             hit = self._explainers.get(key)
             if hit is None:
@@ -290,6 +295,8 @@ class Runtime:
                 options: dict[str, Any] = {"aggregation": aggregation}
                 if similarity_threshold is not None:
                     options["similarity_threshold"] = similarity_threshold
+                if stack_key:
+                    options["stack_key"] = stack_key
                 hit = (build_explainer(method, res, **options), threading.Lock())
                 self._remember(self._explainers, key, hit, limit=16)
         return hit[0], hit[1], info
