@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -55,6 +56,9 @@ def _install_hooks(app: FastAPI, settings: Settings) -> None:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
+    if settings.cache_dir is not None:
+        # The library reads its cache location from the environment (it never imports app).
+        os.environ["CACE_CACHE_DIR"] = str(settings.cache_dir)
     store = Store(settings.job_store_url, settings.table_prefix)
     rt = Runtime(settings, store)
     rt.handlers = {"effects": EffectsHandler(rt), "space": SpaceHandler(rt)}

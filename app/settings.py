@@ -23,6 +23,9 @@ class Settings(BaseSettings):
     database_url: str | None = None
     # Directory of the CEBaB split files; None means the library's default lookup.
     cebab_dir: Path | None = None
+    # Machine-wide caches (embeddings, LLM generations, built wheels). The library reads the
+    # same variable, CACE_CACHE_DIR, directly; default ~/.cache/cace.
+    cache_dir: Path | None = None
 
     host: str = "127.0.0.1"
     port: int = 8000
