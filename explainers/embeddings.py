@@ -35,6 +35,25 @@ def resolve_model(name_or_path: str = DEFAULT_ENCODER) -> str:
     return name_or_path
 
 
+def model_fingerprint(path: str) -> str:
+    """Identify a model by its content, not its location.
+
+    The same packaged model sits at a different path in every virtual environment (a CI
+    clone, a container); keying the cache by its config and file sizes lets them share it.
+    """
+    h = hashlib.sha1()
+    folder = Path(path)
+    if folder.is_dir():
+        for f in sorted(folder.rglob("*")):
+            if f.is_file() and not f.name.startswith("."):
+                h.update(f"{f.relative_to(folder)}:{f.stat().st_size}".encode())
+                if f.name == "config.json":
+                    h.update(f.read_bytes())
+    else:
+        h.update(path.encode())  # a hub id
+    return h.hexdigest()[:16]
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("CACE_CACHE_DIR", Path.home() / ".cache" / "cace"))
 
@@ -51,7 +70,7 @@ class Encoder:
         self.batch_size = batch_size
         self.use_disk_cache = use_disk_cache
         self._memory: dict[str, np.ndarray] = {}
-        self._cache_file = cache_dir() / "embeddings" / f"{hashlib.sha1(self.path.encode()).hexdigest()[:16]}.npz"
+        self._cache_file = cache_dir() / "embeddings" / f"{model_fingerprint(self.path)}.npz"
         self._loaded_disk = False
 
     @property
