@@ -140,7 +140,13 @@ def test_overload_is_shed_with_503_and_retry_after(svc: Server) -> None:
 def test_denied_classifier_url_is_never_called(svc: Server) -> None:
     spec = {"protocol": "kserve-v1", "url": "http://169.254.169.254", "model": "m", "labels": ["neg", "pos"],
             "retries": 0}
-    r = httpx.post(svc.base_url + "/v1/classifiers", json={"name": "metadata-probe", "spec": spec})
+    # The shedding test before this one may still hold slow requests in flight: wait them out.
+    deadline = time.monotonic() + SLOW_S * 3
+    while True:
+        r = httpx.post(svc.base_url + "/v1/classifiers", json={"name": "metadata-probe", "spec": spec})
+        if r.status_code != 503 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     if r.status_code == 201:  # registration may refuse it up front; if not, the call must be refused
         started = time.monotonic()
         r = httpx.post(svc.base_url + "/v1/models/metadata-probe:predict", json={"instances": ["x"]}, timeout=30)
