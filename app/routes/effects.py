@@ -30,7 +30,12 @@ def _payloads(rt: Runtime, texts: list[Any], where: str) -> list[dict[str, Any]]
         raise field_error(where, f"at most {s.max_effect_texts} texts per request, got {len(texts)}", status=413)
     out = []
     for i, t in enumerate(texts):
-        item = EffectText(text=t) if isinstance(t, str) else t
+        if isinstance(t, str):
+            if not t.strip():
+                raise field_error(f"{where}.{i}", "empty text")
+            item = EffectText(text=t)
+        else:
+            item = t
         if not item.text.strip():
             raise field_error(f"{where}.{i}", "empty text")
         if len(item.text) > s.max_text_chars:
