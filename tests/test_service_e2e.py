@@ -87,7 +87,9 @@ def test_job_survives_sigkill_and_equals_an_uninterrupted_run(backend: str, tmp_
             resumed = all_rows(c, job_id)
             for i, before in done_before.items():  # finished items were neither lost nor redone
                 assert resumed[i]["finished_at"] == before["finished_at"]
-                assert resumed[i]["attempts"] == before["attempts"] == 1
+                # Not redone after the restart. (On an idle machine an item can show 2 attempts from
+                # before the kill: the test's 3 s lease may lapse during the first, slow item.)
+                assert resumed[i]["attempts"] == before["attempts"]
             # An uninterrupted run of the same request gives the same result.
             r = c.post("/v1/effects", json={**REQUEST, "texts": texts})
             clean = wait_job(c, r.json()["id"])
