@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 import time
 from collections.abc import Iterator
 from http.server import ThreadingHTTPServer
@@ -14,24 +13,15 @@ import httpx
 import pytest
 
 from tests.servers import Server
-from tests.test_limits import _Predictor
+
+# The KServe V1 predictor fixture is shared with the limit tests (one module-scoped server per module).
+from tests.test_limits import predictor  # noqa: F401
 from tests.test_security import service
 
 
 @pytest.fixture(scope="module")
-def predictor() -> Iterator[ThreadingHTTPServer]:
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Predictor)
-    srv.daemon_threads = True
-    srv.hits = []  # type: ignore[attr-defined]
-    threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True).start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
-
-
-@pytest.fixture(scope="module")
 def svc(tmp_path_factory: pytest.TempPathFactory, tfidf_lr_dir: Path, test_data_dir: Path,
-        predictor: ThreadingHTTPServer) -> Iterator[Server]:
+        predictor: ThreadingHTTPServer) -> Iterator[Server]:  # noqa: F811 (the imported fixture)
     tmp = tmp_path_factory.mktemp("obs")
     with service(tmp, test_data_dir, CACE_OUTBOUND_ALLOW="127.0.0.1/32",
                  CACE_KSERVE_PREDICTOR_HOST=f"127.0.0.1:{predictor.server_address[1]}",
