@@ -241,14 +241,22 @@ class Store:
                 claimed += [Claimed(job_id, int(i), _load(p), int(a)) for i, p, a in rows]
         return claimed
 
-    def renew(self, owner: str, keys: Iterable[tuple[str, int]], lease_s: float) -> None:
-        """Extend leases this owner still holds (long items, e.g. training a space)."""
+    def renew(self, owner: str, keys: Iterable[tuple[str, int]], lease_s: float) -> set[tuple[str, int]]:
+        """Extend leases this owner still holds (long items, e.g. training a space).
+
+        Returns the keys still held: a key missing from it was re-claimed by another worker
+        after its lease lapsed (a stalled replica), so this owner must not process it.
+        """
         until = time.time() + lease_s
+        held: set[tuple[str, int]] = set()
         with self.engine.begin() as c:
             for job_id, idx in keys:
-                c.execute(self.items.update().where(
+                res = c.execute(self.items.update().where(
                     self.items.c.job_id == job_id, self.items.c.idx == idx,
                     self.items.c.lease_owner == owner, self.items.c.status == "running").values(lease_until=until))
+                if res.rowcount == 1:
+                    held.add((job_id, idx))
+        return held
 
     def finish_item(self, owner: str, job_id: str, idx: int, *, result: Any = None, error: str | None = None,
                     retry: bool = False) -> bool:

@@ -92,8 +92,35 @@ def test_expired_lease_is_taken_over_and_the_old_owner_loses_it(store: Store) ->
     time.sleep(2.1)
     second = store.claim("alive", 30.0, 10)
     assert [(c.idx, c.attempts) for c in second] == [(0, 2), (1, 2)]
+    assert store.renew("dead", [(job, 0), (job, 1)], 30.0) == set()  # the old owner learns it lost both
+    assert store.renew("alive", [(job, 0), (job, 1)], 30.0) == {(job, 0), (job, 1)}
     assert not store.finish_item("dead", job, 0, result={"sq": 1})  # too late
     assert store.finish_item("alive", job, 0, result={"sq": 1})
+
+
+def test_a_stalled_worker_does_not_run_an_item_another_worker_took_over(store: Store) -> None:
+    calls: list[int] = []
+
+    class Square:
+        def process(self, job_id, request, payload, idx):
+            calls.append(idx)
+            return {"sq": payload["x"] ** 2}
+
+        def finalize(self, job_id, request, rows):
+            return {}
+
+    job = store.create_job("square", {}, [{"x": 1}, {"x": 2}])
+    stalled = Workers(store, {"square": Square()}, owner="stalled", threads=0, lease_s=1.0)
+    batch = store.claim("stalled", 1.0, 10)
+    time.sleep(1.1)  # its lease lapses while item 1 waits behind a slow item 0
+    taken = store.claim("other", 30.0, 1)
+    assert [c.idx for c in taken] == [0]
+    stalled._run(batch[0])  # item 0 now belongs to "other": not run here
+    stalled._run(batch[1])  # item 1 lapsed but nobody took it: still ours to run
+    assert calls == [1]
+    rows = store.item_rows(job)
+    assert rows[0]["status"] == "running" and rows[0]["lease_owner"] == "other"
+    assert rows[1]["status"] == "done" and rows[1]["lease_owner"] == "stalled"
 
 
 def test_queue_bound_and_cancel(store: Store) -> None:

@@ -84,7 +84,7 @@ class Workers:
         return self._requests[job_id]
 
     def _heartbeat(self) -> None:
-        while not self._stop.wait(max(0.5, self.lease_s / 3)):
+        while not self._stop.wait(max(0.25, self.lease_s / 4)):
             with self._held_lock:
                 keys = list(self._held)
             if keys:
@@ -129,6 +129,13 @@ class Workers:
             return
         kind, request = job
         handler = self.handlers.get(kind)
+        if not self.store.renew(self.owner, [key], self.lease_s):
+            # The lease lapsed while the item waited in this batch (a slow item before it, a
+            # stalled store) and another worker took it: running it here would duplicate work.
+            log.warning("job %s item %s: lease lost before it started; left to its new holder", *key)
+            with self._held_lock:
+                self._held.discard(key)
+            return
         try:
             if handler is None:
                 raise ValueError(f"no handler for job kind {kind!r} in this server")
