@@ -115,3 +115,58 @@ def test_in_process_llamacpp_backend() -> None:
     b = build_backend({"kind": "llamacpp", "model": "smollm2", "model_path": str(GGUF), "n_threads": 1})
     comp = b.chat(MSGS, n=2, temperature=0.7, max_tokens=16, seed=3)
     assert len(comp.texts) == 2 and comp.calls == 2 and comp.completion_tokens > 0
+
+
+# -- augmenting a corpus without human edits (the realistic setting for concept spaces) ------
+
+_CORPUS = [
+    ("The pasta was delicious and fresh. Our waiter was friendly and quick.", LABELS),
+    ("Cold soup, rude staff, and it was far too loud to talk.",
+     {"food": "Negative", "service": "Negative", "ambiance": "unknown", "noise": "Negative"}),
+    ("Lovely candle-lit room and the steak was perfect.",
+     {"food": "Positive", "service": "unknown", "ambiance": "Positive", "noise": "unknown"}),
+]  # fmt: skip
+
+
+def _corpus_pool():
+    from explainers.registry import Pool
+
+    return Pool(texts=[t for t, _ in _CORPUS], labels=[dict(lab) for _, lab in _CORPUS], schema=CEBAB_SCHEMA,
+                ids=[f"r{i}" for i in range(3)], origins=[f"o{i}" for i in range(3)])  # fmt: skip
+
+
+def test_augmented_pool_from_llm_edits_has_groups_and_resumes(llama_url: str, tmp_path: Path) -> None:
+    from explainers.matching.augment import llm_augmenter
+    from explainers.matching.groups import build_groups
+
+    pool = _corpus_pool()
+    augment = llm_augmenter(llama_url, "smollm2", concepts_per_source=2, cache=tmp_path / "gen.sqlite",
+                            max_tokens=60)  # fmt: skip
+    out, report = augment(pool)
+    assert report["planned_edits"] == 6 and report["sources"] == 3 and report["errors"] == 0
+    # Every planned edit is either kept or rejected for a named reason (one sample each).
+    assert report["kept_edits"] + sum(report["rejections"].values()) == 6
+    assert report["llm_calls"] == 6 and report["prompt_tokens"] > 0
+    assert out.texts[:3] == pool.texts and len(out.pairs) == report["kept_edits"]
+    for src, row, concept in out.pairs:
+        assert out.origins[row] == out.origins[src]  # an edit shares its source's origin
+        assert out.labels[row][concept] != out.labels[src][concept]  # labelled with the intended target
+        assert {c: v for c, v in out.labels[row].items() if c != concept} == {
+            c: v for c, v in out.labels[src].items() if c != concept
+        }
+        if row >= 3:  # a new text (not a duplicate of the corpus): the source now has a T group
+            groups = {g.query: g for g in build_groups(out.labels, out.origins, concept, CEBAB_SCHEMA.names)}
+            assert row in groups[src].T
+    # Rerun over the same cache: nothing asked of the LLM, the same pool comes back.
+    again, report2 = augment(pool)
+    assert report2["cache_hits"] == 6 and again.texts == out.texts and again.pairs == out.pairs
+
+
+def test_augmenting_with_llm_down_reports_errors_and_keeps_the_corpus(tmp_path: Path) -> None:
+    from explainers.matching.augment import llm_augmenter
+
+    pool = _corpus_pool()
+    augment = llm_augmenter(f"http://127.0.0.1:{free_port()}/v1", "nobody", n_sources=2, concepts_per_source=1)
+    out, report = augment(pool)
+    assert report["errors"] == 2 and report["kept_edits"] == 0 and report["rejections"] == {"error:LLMUnavailable": 2}
+    assert out.texts == pool.texts and out.pairs == []

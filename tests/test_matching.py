@@ -159,3 +159,27 @@ def test_stacking_recovers_weights_and_cross_fits_by_group() -> None:
     cf = cross_fit({"a": a, "b": b}, truth, groups, folds=2)
     assert len(cf.fold_weights) == 2 and all(fw for fw in cf.fold_weights)
     assert np.mean(np.linalg.norm(cf.predictions - truth, axis=1)) < 0.1
+
+
+def test_plan_edits_gives_each_source_distinct_concepts_and_new_targets() -> None:
+    from explainers.concepts import CEBAB_SCHEMA
+    from explainers.matching.augment import plan_edits
+    from explainers.registry import Pool
+
+    labels = [{"food": "Positive", "service": "Negative", "ambiance": "unknown", "noise": "odd"},
+              {"food": "Negative", "service": "unknown", "ambiance": "Positive", "noise": "Negative"},
+              {"food": "unknown", "service": "Positive", "ambiance": "Negative", "noise": "Positive"}]  # fmt: skip
+    pool = Pool(texts=["a", "b", "c"], labels=labels, schema=CEBAB_SCHEMA, origins=["1", "2", "3"])
+    plan = plan_edits(pool, concepts_per_source=2, seed=3)
+    assert len(plan) == 6 and plan == plan_edits(pool, concepts_per_source=2, seed=3)  # seeded
+    for src in range(3):
+        concepts = [e.intervention.concept for e in plan if e.source == src]
+        assert len(concepts) == 2 and len(set(concepts)) == 2
+    for e in plan:
+        label = labels[e.source][e.intervention.concept]
+        assert e.intervention.target != label and e.intervention.target in CEBAB_SCHEMA[e.intervention.concept].values
+        # A label outside the schema ("odd") is not passed on as the current value.
+        assert e.intervention.source == (label if label in CEBAB_SCHEMA[e.intervention.concept].values else None)
+    keys = [(e.intervention.concept, e.intervention.target) for e in plan]
+    assert keys == sorted(keys)  # consecutive prompts share their prefix (llama.cpp KV reuse)
+    assert {e.source for e in plan_edits(pool, n_sources=2)} <= {0, 1, 2} and len(plan_edits(pool, n_sources=2)) == 4

@@ -25,6 +25,7 @@ from explainers.bench.pools import cebab_pool
 from explainers.embeddings import Encoder
 from explainers.matching.space import ConceptSpace
 from explainers.matching.trainers import HeadProjection, TrainConfig, train_full, train_head
+from explainers.registry import Pool
 
 TRAINERS = ("head", "full", "none")
 
@@ -44,6 +45,7 @@ def build_cebab_space(
     encoder: Encoder | None = None,
     exclude_texts: Collection[str] = (),
     concepts: Collection[str] | None = None,
+    augment: Callable[[Pool], tuple[Pool, dict[str, Any]]] | None = None,
     log: Callable[[str], None] | None = print,
 ) -> Path:
     """Train one space per CEBaB concept on `train_split` and save it under root/spaces/<name>.
@@ -51,13 +53,18 @@ def build_cebab_space(
     `trainer="none"` keeps pretrained MiniLM (identity projection): the baseline a trained
     space must beat on the nearest-counterfactual hit rate. `concepts` restricts which
     concepts are trained (the rest stay pretrained), e.g. to budget a full fine-tune.
+    `augment` adds counterfactual groups to a pool that has none (`train_exclusive`): it
+    returns the augmented pool and a report kept in the space's metadata (see `augment.py`).
     """
     if trainer not in TRAINERS:
         raise ValueError(f"unknown trainer {trainer!r}; choose one of {TRAINERS}")
-    started = time.perf_counter()
     pool = cebab_pool(train_split, data_dir, exclude_texts=exclude_texts)
+    augmentation = None
+    if augment is not None:
+        pool, augmentation = augment(pool)  # generation time is in its report, not in build_seconds
     if pool.origins is None:
         raise ValueError("a CEBaB pool must carry origins")
+    started = time.perf_counter()
     encoder = encoder or Encoder()
     base = encoder.encode(pool.texts)
     embed_s = time.perf_counter() - started
@@ -94,6 +101,7 @@ def build_cebab_space(
     }
     meta = space.save(out, name=out.name, trainer=trainer, train_split=str(train_split), config=cfg.to_dict(),
                       training=training, diagnostics=diagnostics, n_pairs=len(pool.pairs),
+                      **({"augmentation": augmentation} if augmentation is not None else {}),
                       embed_seconds=round(embed_s, 2), build_seconds=round(time.perf_counter() - started, 2))
     if full_dir.exists():
         import shutil

@@ -1,6 +1,8 @@
 """`cace spaces train|list|delete|eval`: manage concept spaces from the command line.
 
     cace spaces train --split train_inclusive --trainer head --root var
+    cace spaces train --split train_exclusive --generate-base-url http://127.0.0.1:8080/v1 \
+        --generate-model qwen --generate-sources 400 --root var   # + LLM-generated counterfactuals
     cace spaces list --root var
     cace spaces eval cebab-train_inclusive-head --root var     # hit rates, trained vs pretrained
     cace spaces delete cebab-train_inclusive-head --root var
@@ -30,6 +32,13 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--tau", type=float, default=0.1)
     t.add_argument("--lambdas", default=None, help='e.g. "TC=1,TA=1,AC=1" (the paper) ; default TC=1,TA=1,AN=1')
     t.add_argument("--max-steps", type=int, default=None, help="full trainer: stop after this many steps")
+    g = t.add_argument_group("LLM-generated counterfactual groups (for a split without human edits)")
+    g.add_argument("--generate-base-url", default=None, help="OpenAI-compatible /v1 URL of the LLM")
+    g.add_argument("--generate-model", default=None)
+    g.add_argument("--generate-sources", type=int, default=None, help="texts to edit (default: all)")
+    g.add_argument("--generate-concepts", type=int, default=2, help="concepts edited per text")
+    g.add_argument("--generate-cache", type=Path, default=None, help="SQLite cache (makes a rerun resume)")
+    g.add_argument("--generate-taggers", type=Path, default=None, help="verify edits with these taggers")
     for name in ("list", "delete", "eval"):
         s = sub.add_parser(name)
         s.add_argument("--root", type=Path, default=Path("var"))
@@ -50,8 +59,16 @@ def main(argv: list[str] | None = None) -> int:
             cfg.max_steps = args.max_steps
         if args.lambdas:
             cfg.lambdas = {k.strip(): float(v) for k, _, v in (x.partition("=") for x in args.lambdas.split(","))}
+        augment = None
+        if args.generate_base_url:
+            from explainers.matching.augment import llm_augmenter
+
+            augment = llm_augmenter(
+                args.generate_base_url, args.generate_model or "default", n_sources=args.generate_sources,
+                concepts_per_source=args.generate_concepts, cache=args.generate_cache,
+                taggers=args.generate_taggers, log=lambda m: print(m, file=sys.stderr))
         out = build_cebab_space(args.root, args.split, args.trainer, args.data, name=args.name, config=cfg,
-                                log=lambda m: print(m, file=sys.stderr))
+                                augment=augment, log=lambda m: print(m, file=sys.stderr))
         print(out)
         return 0
     if args.cmd == "list":
