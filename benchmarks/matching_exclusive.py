@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from generation_model import DEFAULT_OUT as QWEN_GGUF  # noqa: E402
 from generation_model import assemble  # noqa: E402
-from matching_faithfulness import BASELINES, RESULTS, run_methods, stacked, table  # noqa: E402
+from matching_faithfulness import BASELINES, RESULTS, STACK, run_methods, stacked, table  # noqa: E402
 
 from explainers.bench import runner  # noqa: E402
 from explainers.bench.pools import cebab_pool  # noqa: E402
@@ -47,21 +47,31 @@ from explainers.matching.cebab import build_cebab_space, ensure_cebab_space, wit
 from explainers.matching.space import ConceptSpace  # noqa: E402
 
 SPACE = "cebab-train_exclusive-gen-head"
+TAGGED = "cebab-train_exclusive-gentagged-head"
 METHODS = ("match", "pair_transfer")
 
 
-def build_space(root: Path, args, exclude: set[str], encoder) -> ConceptSpace:
-    path = root / "spaces" / SPACE
+def build_space(root: Path, args, exclude: set[str], encoder, *, tagged: bool = False) -> ConceptSpace:
+    """Train (or load) the space; `tagged` replays the same cached generations, keeping only
+    edits that taggers trained on train_exclusive read as reaching the target value."""
+    name = TAGGED if tagged else SPACE
+    path = root / "spaces" / name
     if not (path / "meta.json").exists() or args.retrain:
         from explainers.generation.server import LlamaServer
+        from explainers.taggers import train_cebab_taggers
 
+        taggers = None
+        if tagged:
+            taggers = root / "taggers" / "cebab-train_exclusive"
+            if not (taggers / "meta.json").exists():
+                train_cebab_taggers(taggers, split="train_exclusive")
         gguf = assemble(QWEN_GGUF)
         (root / "gen").mkdir(parents=True, exist_ok=True)
         with LlamaServer(gguf, n_ctx=2048, n_threads=args.threads, log=root / "gen" / "llama.log") as srv:
             augment = llm_augmenter(srv.base_url, "qwen2.5-coder-1.5b-instruct-q4_k_m", n_sources=args.sources,
                                     concepts_per_source=args.concepts, cache=root / "gen" / "train_exclusive.sqlite",
-                                    log=lambda m: print(m, file=sys.stderr, flush=True))  # fmt: skip
-            build_cebab_space(root, "train_exclusive", "head", name=SPACE, augment=augment, encoder=encoder,
+                                    taggers=taggers, log=lambda m: print(m, file=sys.stderr, flush=True))  # fmt: skip
+            build_cebab_space(root, "train_exclusive", "head", name=name, augment=augment, encoder=encoder,
                               exclude_texts=exclude, log=lambda m: print(m, file=sys.stderr))  # fmt: skip
     return ConceptSpace.load(path, encoder=encoder)
 
@@ -98,12 +108,71 @@ def main(argv=None) -> int:
     resources = runner.build_bench_resources("train_inclusive", exclude_texts=dev_texts)
     encoder = resources.encoder
     excl = build_space(args.root, args, set(dev_texts), encoder)
+    tagged = build_space(args.root, args, set(dev_texts), encoder, tagged=True)
     incl = ensure_cebab_space(args.root, encoder=encoder, log=print)
     incl = without_texts(incl, [t for t in incl.pool.texts if t not in set(resources.pool.texts)])
-    aug = excl.meta.get("augmentation", {})
-    hits = dev_hit_rates({"head on train_inclusive (human edits)": incl,
-                          "head on train_exclusive + generated": excl}, encoder)  # fmt: skip
+    # prefix -> (label, space, pool the setting's methods and baselines search)
+    settings = {
+        "": ("train_inclusive human edits", incl, resources.pool),
+        "excl_": ("train_exclusive + generated", excl, excl.pool),
+        "excltag_": ("train_exclusive + generated, tagger-checked", tagged, tagged.pool),
+    }
+    write_space_report(settings, args, encoder)
+    if args.space_only:
+        return 0
+    for model in args.models.split(","):
+        clf, name, meta = runner.load_model(model, args.root)
+        cached = CachingClassifier(clf, key=name)
+        started = time.perf_counter()
+        got, rows, verdicts, fitted = {}, [], [], {}
+        for prefix, (_, space, pool) in settings.items():
+            res = replace(resources, pool=pool, space=space, extra=dict(resources.extra) if not prefix else {})
+            got.update(run_methods(cached, pairs, res, BASELINES + METHODS, ks, prefix=prefix))
+            st, fits = stacked(got, pairs, ks, components=tuple(prefix + n for n in STACK), label=prefix + "stacked")
+            got.update(st)
+            fitted[prefix] = {k: f.weights for k, f in fits.items()}
+            rows += [prefix + n for n in (*BASELINES, *METHODS, "stacked")]
+        for metric in ("l2", "cos"):
+            for prefix, (label, _, _) in settings.items():
+                base = min((got[(prefix + n, k)].summary().macro[metric], prefix + n, k) for n in BASELINES
+                           for k in ks if (prefix + n, k) in got)  # fmt: skip
+                best = min((got[(prefix + n, k)].summary().macro[metric], prefix + n, k)
+                           for n in (*METHODS, "stacked") for k in ks if (prefix + n, k) in got)  # fmt: skip
+                gain = 100 * (base[0] - best[0]) / base[0]
+                verdicts.append(f"- {label}, macro {metric.upper()}: best space method **{best[1]} K={best[2]} "
+                                f"{best[0]:.4f}** vs best baseline of the same setting {base[1]} K={base[2]} "
+                                f"{base[0]:.4f}: {gain:+.1f}%")  # fmt: skip
+        out = [f"# Realistic setting (train_exclusive + generated) vs human edits: {name} on CEBaB dev", "",
+               f"- pairs: {len(pairs)}" + (" (stratified subset, seed 0)" if args.limit else " (all of dev)"),
+               f"- classifier: {name} (dev accuracy {meta.get('dev_accuracy', '?')})",
+               f"- rows without prefix: pool train_inclusive without dev texts ({len(resources.pool)} texts, "
+               f"{len(resources.pool.pairs)} human pairs), space `cebab-train_inclusive-head`",
+               f"- excl_ rows: pool train_exclusive + every verified generation ({len(excl.pool)} texts, "
+               f"{len(excl.pool.pairs)} generated pairs), space `{SPACE}`",
+               f"- excltag_ rows: the same generations, kept only where taggers trained on train_exclusive read the "
+               f"target value ({len(tagged.pool)} texts, {len(tagged.pool.pairs)} pairs), space `{TAGGED}`",
+               "- in each setting the baselines search the same pool as the space methods",
+               "- stacked: match + pair_transfer + s_learner of the same setting, non-negative weights cross-fit "
+               f"on dev (2 folds by original_id); weights fit on all dev: {fitted}",
+               f"- wall time {time.perf_counter() - started:.0f} s", "", "## Verdict", "", *verdicts, "",
+               table(got, ks, rows), "", "Space and generation details: "
+               "[matching_exclusive_space.md](matching_exclusive_space.md)", ""]  # fmt: skip
+        suffix = f"_n{args.limit}" if args.limit else ""
+        md = RESULTS / f"matching_exclusive_{name}{suffix}.md"
+        md.write_text("\n".join(out))
+        md.with_suffix(".json").write_text(json.dumps(
+            {f"{n}@{k}": e.summary().to_dict() for (n, k), e in got.items()}, indent=1, default=str))  # fmt: skip
+        print("\n".join(out))
+    return 0
+
+
+def write_space_report(settings, args, encoder) -> None:
+    """matching_exclusive_space.md: what generation cost and kept, and each space's dev hit rate."""
+    excl = settings["excl_"][1]
     names = list(excl.schema.names)
+    hits = dev_hit_rates({f"head on {label}": space for label, space, _ in settings.values()}, encoder)
+    aug = excl.meta.get("augmentation", {})
+    tag = settings["excltag_"][1].meta.get("augmentation", {})
     lines = ["# Concept space from train_exclusive + LLM-generated counterfactuals", "",
              f"- corpus: train_exclusive without dev texts ({len(excl.pool) - aug.get('kept_edits', 0)} texts), "
              f"{aug.get('sources')} sources edited on {aug.get('concepts_per_source')} concepts each "
@@ -115,8 +184,11 @@ def main(argv=None) -> int:
              f"- cost: {aug.get('llm_calls')} LLM calls, {aug.get('prompt_tokens')} prompt + "
              f"{aug.get('completion_tokens')} completion tokens, {aug.get('wall_s')} s "
              f"({aug.get('cache_hits')} answered from the generation cache)",
-             f"- space: {excl.meta.get('n_pairs')} pairs; head training {excl.meta.get('build_seconds')} s; "
-             f"in-pool hit rate {excl.meta.get('diagnostics', {}).get('hit_rate')}",
+             f"- tagger-checked variant (taggers trained on train_exclusive only): kept {tag.get('kept_edits')} "
+             f"(keep rate {tag.get('keep_rate')}); rejections {tag.get('rejections')}",
+             *[f"- space `{space.meta.get('name')}`: {space.meta.get('n_pairs')} pairs, built in "
+               f"{space.meta.get('build_seconds')} s; in-pool hit rate {space.meta.get('diagnostics', {}).get('hit_rate')}"
+               for space in (excl, settings["excltag_"][1])],
              "", "## Nearest-counterfactual hit rate on CEBaB dev (held out for every space)", "",
              "| space | " + " | ".join(names) + " | mean |", "|---|" + "---|" * (len(names) + 1)]  # fmt: skip
     for label, r in hits.items():
@@ -124,55 +196,6 @@ def main(argv=None) -> int:
         lines.append(f"| {label} | " + " | ".join(f"{v:.3f}" for v in vals) + f" | {np.mean(vals):.3f} |")
     (RESULTS / "matching_exclusive_space.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    if args.space_only:
-        return 0
-    res_incl = replace(resources, space=incl, extra=dict(resources.extra))
-    res_excl = replace(resources, pool=excl.pool, space=excl, extra={})
-    for model in args.models.split(","):
-        clf, name, meta = runner.load_model(model, args.root)
-        cached = CachingClassifier(clf, key=name)
-        started = time.perf_counter()
-        got = {}
-        got.update(run_methods(cached, pairs, res_incl, BASELINES + METHODS, ks))
-        got.update(run_methods(cached, pairs, res_excl, BASELINES + METHODS, ks, prefix="excl_"))
-        st, _ = stacked(got, pairs, ks, label="stacked")
-        got.update(st)
-        st, fits = stacked(got, pairs, ks, components=tuple(f"excl_{n}" for n in ("match", "pair_transfer",
-                                                                                   "s_learner")), label="excl_stacked")
-        got.update(st)
-        rows = ([*BASELINES, "match", "pair_transfer", "stacked"]
-                + [f"excl_{n}" for n in (*BASELINES, "match", "pair_transfer", "stacked")])  # fmt: skip
-        verdicts = []
-        for metric in ("l2", "cos"):
-            for setting, prefix in (("inclusive (human edits)", ""), ("exclusive + generated", "excl_")):
-                base = min((got[(prefix + n, k)].summary().macro[metric], prefix + n, k) for n in BASELINES
-                           for k in ks if (prefix + n, k) in got)  # fmt: skip
-                best = min((got[(prefix + n, k)].summary().macro[metric], prefix + n, k)
-                           for n in (*METHODS, "stacked") for k in ks if (prefix + n, k) in got)  # fmt: skip
-                gain = 100 * (base[0] - best[0]) / base[0]
-                verdicts.append(f"- {setting}, macro {metric.upper()}: best space method {best[1]} K={best[2]} "
-                                f"{best[0]:.4f} vs best baseline of the same setting {base[1]} K={base[2]} "
-                                f"{base[0]:.4f}: {gain:+.1f}%")  # fmt: skip
-        out = [f"# Realistic setting (train_exclusive + generated) vs human edits: {name} on CEBaB dev", "",
-               f"- pairs: {len(pairs)}" + (" (stratified subset, seed 0)" if args.limit else " (all of dev)"),
-               f"- classifier: {name} (dev accuracy {meta.get('dev_accuracy', '?')})",
-               f"- rows without prefix: pool train_inclusive without dev texts ({len(resources.pool)} texts), "
-               "space `cebab-train_inclusive-head`",
-               f"- excl_ rows: pool train_exclusive + kept generations ({len(excl.pool)} texts, "
-               f"{len(excl.pool.pairs)} generated pairs), space `{SPACE}`; baselines see the same pool",
-               "- stacked: match + pair_transfer + s_learner of the same setting, weights cross-fit on dev "
-               f"(2 folds by original_id); excl_stacked weights fit on all dev: "
-               f"{ {k: f.weights for k, f in fits.items()} }",
-               f"- wall time {time.perf_counter() - started:.0f} s", "", "## Verdict", "", *verdicts, "",
-               table(got, ks, rows), "", "Space and generation details: "
-               "[matching_exclusive_space.md](matching_exclusive_space.md)", ""]  # fmt: skip
-        suffix = f"_n{args.limit}" if args.limit else ""
-        md = RESULTS / f"matching_exclusive_{name}{suffix}.md"
-        md.write_text("\n".join(out))
-        md.with_suffix(".json").write_text(json.dumps(
-            {f"{n}@{k}": e.summary().to_dict() for (n, k), e in got.items()}, indent=1, default=str))  # fmt: skip
-        print("\n".join(out))
-    return 0
 
 
 if __name__ == "__main__":

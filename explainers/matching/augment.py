@@ -19,27 +19,14 @@ from __future__ import annotations
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from explainers.concepts import Intervention
 from explainers.registry import Pool
-from explainers.types import Counterfactual
-
-
-class CounterfactualGenerator(Protocol):
-    """What augmentation needs of a generator: `GenerationExplainer.counterfactuals`."""
-
-    def counterfactuals(
-        self,
-        text: str,
-        intervention: Intervention,
-        top_k: int,
-        *,
-        base_labels: Mapping[str, str] | None = None,
-    ) -> tuple[list[Counterfactual], dict[str, Any]]: ...
+from explainers.types import Cost, CounterfactualExplainer
 
 
 @dataclass(frozen=True)
@@ -58,9 +45,7 @@ class AugmentReport:
     duplicates_of_pool: int = 0
     rejections: Counter[str] = field(default_factory=Counter)
     kept_by_concept: Counter[str] = field(default_factory=Counter)
-    llm_calls: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
+    cost: Cost = field(default_factory=Cost)  # LLM calls and tokens actually spent (cache hits excluded)
     cache_hits: int = 0
     errors: int = 0
     wall_s: float = 0.0
@@ -74,9 +59,9 @@ class AugmentReport:
             "duplicates_of_pool": self.duplicates_of_pool,
             "rejections": dict(self.rejections),
             "kept_by_concept": dict(self.kept_by_concept),
-            "llm_calls": self.llm_calls,
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
+            "llm_calls": self.cost.llm_calls,
+            "prompt_tokens": self.cost.prompt_tokens,
+            "completion_tokens": self.cost.completion_tokens,
             "cache_hits": self.cache_hits,
             "errors": self.errors,
             "wall_s": round(self.wall_s, 1),
@@ -118,7 +103,7 @@ def plan_edits(
 
 def augment_pool(
     pool: Pool,
-    generator: CounterfactualGenerator,
+    generator: CounterfactualExplainer,
     plan: list[PlannedEdit],
     *,
     per_edit: int = 1,
@@ -151,11 +136,8 @@ def augment_pool(
             report.rejections[f"error:{type(e).__name__}"] += per_edit
             continue
         report.rejections.update({k: v for k, v in details.get("rejections", {}).items()})
-        cost = details.get("cost")
-        if cost is not None:
-            report.llm_calls += cost.llm_calls
-            report.prompt_tokens += cost.prompt_tokens
-            report.completion_tokens += cost.completion_tokens
+        if details.get("cost") is not None:
+            report.cost.add(details["cost"])
         report.cache_hits += int(details.get("cache_hits", 0))
         for cf in kept:
             new_labels = dict(pool.labels[src], **{edit.intervention.concept: edit.intervention.target})
