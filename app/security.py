@@ -12,9 +12,9 @@ Auth is off in the embedded setup (a local tool on 127.0.0.1) and turns on as so
 exists (created through `/v1/keys`, `python -m app.security create-key`, or listed in
 `CACE_API_KEYS_FILE`), or when `CACE_AUTH_ENABLED=true`. Keys are 256-bit random tokens, so
 storing their SHA-256 is enough: there is nothing to brute-force, and a lookup is one indexed
-query. Rate limits are token buckets per key (per client address while auth is off), kept in
-each replica's memory: with N replicas a key gets up to N times its rate, which the HPA's
-replica bounds make explicit.
+query. Rate limits are token buckets per key (per client address while auth is off), in
+each replica's memory by default, or shared by all replicas through Redis when
+`CACE_RATE_LIMIT_REDIS_URL` is set (`app.ratelimit`).
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ from app.limits import (
     send_problem,
 )
 from app.problems import ApiError, problem_response
+from app.ratelimit import RateLimiter, build_rate_limiter
 from app.routes.common import problems
 from app.settings import Settings
 from explainers.net import OutboundDenied, OutboundPolicy, PolicyTransport
@@ -200,34 +201,6 @@ class KeyStore:
         self._active = (-math.inf, 0)
 
 
-class TokenBuckets:
-    """One token bucket per identity: `rate` tokens/s, bursts up to `burst`."""
-
-    def __init__(self, rate: float, burst: int) -> None:
-        self.rate = rate
-        self.burst = max(1, burst)
-        self._buckets: dict[str, tuple[float, float]] = {}
-        self._lock = threading.Lock()
-
-    def take(self, who: str, rate: float | None = None) -> float:
-        """0.0 when a request may go now, else the seconds until it could."""
-        rate = self.rate if rate is None else rate
-        if rate <= 0:
-            return 0.0
-        burst = max(self.burst, math.ceil(rate))
-        now = time.monotonic()
-        with self._lock:
-            tokens, last = self._buckets.get(who, (float(burst), now))
-            tokens = min(float(burst), tokens + (now - last) * rate)
-            if tokens >= 1.0:
-                self._buckets[who] = (tokens - 1.0, now)
-                return 0.0
-            self._buckets[who] = (tokens, now)
-            if len(self._buckets) > 100000:  # forget idle identities rather than grow without bound
-                self._buckets = {k: v for k, v in self._buckets.items() if now - v[1] < 60}
-            return (1.0 - tokens) / rate
-
-
 def presented_key(scope: Scope) -> str | None:
     auth = _header(scope, b"authorization")
     if auth and auth[:7].lower() == "bearer ":
@@ -238,7 +211,7 @@ def presented_key(scope: Scope) -> str | None:
 class AuthMiddleware:
     """401/403 by key and scope, then 429 + Retry-After from the key's token bucket."""
 
-    def __init__(self, app: ASGIApp, keys: KeyStore, buckets: TokenBuckets, always_on: bool,
+    def __init__(self, app: ASGIApp, keys: KeyStore, buckets: RateLimiter, always_on: bool,
                  anonymous_rate: float = 0.0) -> None:
         self.app = app
         self.keys = keys
@@ -399,8 +372,8 @@ def install(app: FastAPI, settings: Settings) -> None:
     # add_middleware puts each new layer outside the previous: the order below runs
     # body limit -> in-flight cap -> auth + rate limit -> timeout -> routes.
     app.add_middleware(TimeoutMiddleware, timeout_s=settings.request_timeout_s)
-    app.add_middleware(AuthMiddleware, keys=keys, buckets=TokenBuckets(settings.rate_limit_per_s,
-                                                                       settings.rate_limit_burst),
+    buckets = build_rate_limiter(settings.rate_limit_per_s, settings.rate_limit_burst, settings.rate_limit_redis_url)
+    app.add_middleware(AuthMiddleware, keys=keys, buckets=buckets,
                        always_on=settings.auth_enabled, anonymous_rate=settings.rate_limit_anonymous_per_s)
     app.add_middleware(InflightLimitMiddleware, max_inflight=settings.max_inflight)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)

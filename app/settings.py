@@ -80,6 +80,8 @@ class Settings(BaseSettings):
     rate_limit_burst: int = 100
     # Per-client-address bucket for requests without a key while auth is off; 0 disables (embedded default).
     rate_limit_anonymous_per_s: float = 0.0
+    # Share the buckets between replicas through Redis (e.g. redis://redis:6379/0); unset = per replica.
+    rate_limit_redis_url: str | None = None
     # Requests running at once before new ones are shed with 503 + Retry-After; 0 disables.
     max_inflight: int = 32
     # Observability: "json" (one object per line, with request ids) or "text" logs.

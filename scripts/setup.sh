@@ -23,7 +23,8 @@ if [[ ! -f $stamp ]]; then
   if [[ ${1:-run} == test ]]; then
     .venv/bin/pip install -q -e ".[test]"
   else
-    .venv/bin/pip install -q -e .
+    # The production stores' drivers (PostgreSQL jobs/keys, Redis rate limits) ship in the image.
+    .venv/bin/pip install -q -e ".[postgres,redis]"
   fi
   touch "$stamp"
 fi
