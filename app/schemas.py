@@ -226,6 +226,19 @@ class RegistrationList(BaseModel):
     items: list[RegistrationOut]
 
 
+class SpaceGenerate(BaseModel):
+    """Generate counterfactual groups with an LLM before training (for a corpus without edits)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    llm: str | None = Field(None, description="A registered LLM name; null = the server's default LLM")
+    sources: int | None = Field(None, ge=1, le=100000, description="How many corpus texts to edit (null = all)")
+    concepts_per_source: int = Field(2, ge=1, le=16, description="Concepts edited per text (2 gives T and C groups)")
+    verify_with_taggers: bool = Field(True, description="Drop edits the concept taggers read as missing the target")
+    temperature: float = Field(0.7, ge=0.0, le=2.0)
+    max_tokens: int = Field(160, ge=16, le=2048)
+
+
 class SpaceOut(BaseModel):
     id: str
     meta: dict[str, Any] = Field(default_factory=dict)

@@ -103,7 +103,8 @@ class SpaceCatalog:
         self._remember(space_id, space)
         return space_id
 
-    def train(self, space_id: str, pool: Pool, options: dict[str, Any]) -> dict[str, Any]:
+    def train(self, space_id: str, pool: Pool, options: dict[str, Any], *,
+              augmentation: dict[str, Any] | None = None) -> dict[str, Any]:
         """Train one projection head per concept on `pool` and save the space as root/space_id.
 
         Same recipe as the CEBaB default (frozen MiniLM + contrastive head per concept);
@@ -132,5 +133,6 @@ class SpaceCatalog:
         diagnostics = {"hit_rate": {c: space.nearest_counterfactual_hit_rate(c) for c in pool.schema.names}}
         space.save(self.path(space_id), name=space_id, trainer="head", train_split="uploaded corpus",
                    config=cfg.to_dict(), training=training, diagnostics=diagnostics, n_pairs=len(pool.pairs),
-                   build_seconds=round(time.perf_counter() - started, 2))
+                   build_seconds=round(time.perf_counter() - started, 2),
+                   **({"augmentation": augmentation} if augmentation else {}))
         return self.describe(space_id)

@@ -319,6 +319,22 @@ def test_train_a_space_from_an_uploaded_corpus_and_use_it(client: httpx.Client) 
     assert_problem(bad, 422, "body.id")
 
 
+def test_space_generate_options_are_checked_before_a_job_starts(client: httpx.Client) -> None:
+    corpus = "\n".join(json.dumps({"text": f"text {i}", "labels": {"food": "Positive"}}) for i in range(3))
+    files = {"file": ("c.jsonl", corpus.encode(), "application/x-ndjson")}
+
+    def post(generate: str) -> httpx.Response:
+        return client.post("/v1/spaces", files=files, data={"id": "gen-check", "generate": generate})
+
+    assert_problem(post("{not json"), 422, "body.generate")
+    assert_problem(post(json.dumps({"sources": 0})), 422, "body.generate.sources")
+    assert_problem(post(json.dumps({"typo": 1})), 422, "body.generate.typo")
+    assert "not registered" in assert_problem(post(json.dumps({"llm": "nobody"})), 422, "body.generate.llm")["detail"]
+    # This server has no default LLM configured: say so instead of queuing a job that must fail.
+    assert "no default LLM" in assert_problem(post(json.dumps({})), 422, "body.generate.llm")["detail"]
+    assert_problem(client.get("/v1/spaces/gen-check"), 404)
+
+
 def test_space_training_options_are_validated_in_the_job(client: httpx.Client) -> None:
     corpus = "\n".join(json.dumps({"text": f"text {i}", "labels": {"food": "Positive"}}) for i in range(3))
     files = {"file": ("c.jsonl", corpus.encode(), "application/x-ndjson")}

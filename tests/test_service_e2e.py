@@ -6,6 +6,7 @@ the items finished before the kill. Runs against PostgreSQL and SQLite.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -128,3 +129,19 @@ def test_generate_through_a_registered_llm(tmp_path: Path) -> None:
         assert e["cost"]["llm_calls"] >= 1 and e["cost"]["completion_tokens"] > 0
         for cf in e["counterfactuals"]:
             assert cf["text"] and cf["prediction"] is not None
+        # A corpus without edits (one text per origin) gets its groups from the same LLM before training.
+        corpus = [{"text": t, "labels": {"food": "Negative", "service": "Positive", "ambiance": "unknown",
+                                         "noise": "unknown"}} for t in dev_texts(3)]  # fmt: skip
+        files = {"file": ("c.jsonl", "\n".join(json.dumps(x) for x in corpus).encode(), "application/x-ndjson")}
+        gen = {"llm": "smollm2", "concepts_per_source": 2, "verify_with_taggers": False, "max_tokens": 60}
+        r = c.post("/v1/spaces", files=files, data={"id": "generated", "generate": json.dumps(gen)})
+        assert r.status_code == 202, r.text
+        job = wait_job(c, r.json()["id"])
+        assert job["status"] == "succeeded", job
+        aug = c.get("/v1/spaces/generated").json()["meta"]["augmentation"]
+        assert aug["planned_edits"] == 6 and aug["llm_name"] == "smollm2" and aug["llm_calls"] == 6
+        assert aug["kept_edits"] + sum(aug["rejections"].values()) == 6
+        assert job["result"]["n_pairs"] == aug["kept_edits"]
+        assert job["result"]["n_texts"] == 3 + aug["kept_edits"] - aug["duplicates_of_pool"]
+        bad = c.post("/v1/spaces", files=files, data={"id": "g2", "generate": json.dumps({"llm": "nobody"})})
+        assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "body.generate.llm"

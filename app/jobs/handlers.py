@@ -9,6 +9,7 @@ bootstrap is seeded by the request.
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -152,9 +153,33 @@ class SpaceHandler:
     def process(self, job_id: str, request: dict[str, Any], payload: Any, index: int) -> dict[str, Any]:
         schema = ConceptSchema.from_dict(request["schema"]) if request.get("schema") else self.rt.schema
         pool = pool_from_corpus(payload["corpus"], schema)
-        info = self.rt.spaces.train(request["space_id"], pool, request.get("options") or {})
+        augmentation = None
+        if request.get("generate"):
+            pool, augmentation = self._augment(job_id, pool, request["generate"])
+        info = self.rt.spaces.train(request["space_id"], pool, request.get("options") or {},
+                                    augmentation=augmentation)
         return {"space_id": request["space_id"], "n_texts": len(pool), "n_pairs": len(pool.pairs),
                 "meta": explain.plain(info.get("meta", {}))}
+
+    def _augment(self, job_id: str, pool: Pool, gen: dict[str, Any]) -> tuple[Pool, dict[str, Any]]:
+        """Add LLM-generated counterfactuals, cached per job so a re-run item resumes, not restarts."""
+        from explainers.matching.augment import generation_augmenter
+
+        backend, name = self.rt.llm(gen.get("llm"))
+        if backend is None:
+            raise ValueError("generate needs an LLM and none is configured")
+        taggers = self.rt.taggers if gen.get("verify_with_taggers", True) else None
+        cache = Path(self.rt.settings.data_dir) / "generations" / f"space-{job_id}.sqlite"
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        augment = generation_augmenter(
+            backend, n_sources=gen.get("sources"), concepts_per_source=gen.get("concepts_per_source", 2),
+            cache=cache, taggers=taggers, temperature=gen.get("temperature", 0.7),
+            max_tokens=gen.get("max_tokens", 160),
+        )  # fmt: skip
+        out, report = augment(pool)
+        if report["kept_edits"] == 0 and report["errors"]:
+            raise RetryableError(f"the LLM {name!r} produced no counterfactual ({report['errors']} failed requests)")
+        return out, {**report, "llm_name": name}
 
     def finalize(self, job_id: str, request: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
         row = rows[0]

@@ -7,12 +7,13 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, File, Form, Response, UploadFile
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 
 from app.problems import ApiError, field_error, not_found
 from app.resources import Runtime
 from app.routes.common import problems, queue_full, runtime
 from app.routes.jobs import job_out
-from app.schemas import JobOut, SpaceList, SpaceOut
+from app.schemas import JobOut, SpaceGenerate, SpaceList, SpaceOut
 from app.spaces import SPACE_ID
 from explainers.concepts import ConceptSchema
 
@@ -58,9 +59,16 @@ def create_space(
     file: UploadFile = File(..., description="JSONL corpus: {text, labels: {concept: value}, origin?} per line"),
     options: str = Form("{}", description="Training options for the matching library, as JSON"),
     concept_schema: str | None = Form(None, description="Concept schema as JSON (default: the CEBaB schema)"),
+    generate: str | None = Form(None, description="SpaceGenerate as JSON: first add LLM-generated counterfactuals "
+                                "(groups for a corpus without human edits), e.g. {\"sources\": 200}"),
     rt: Runtime = Depends(runtime),
 ) -> JSONResponse:
-    """Train a concept space from a labelled corpus, as a job (poll the returned job)."""
+    """Train a concept space from a labelled corpus, as a job (poll the returned job).
+
+    Texts sharing an `origin` that differ in one concept are counterfactual pairs. A corpus
+    without them (one text per origin) can ask for `generate`: an LLM edits `sources` texts
+    on `concepts_per_source` concepts each before training (the paper's realistic setting).
+    """
     if not SPACE_ID.match(id):
         raise field_error("body.id", "must match [a-z0-9][a-z0-9._-]{0,63}")
     if rt.spaces.exists(id):
@@ -75,13 +83,34 @@ def create_space(
         sch = ConceptSchema.from_dict(json.loads(concept_schema)) if concept_schema else rt.schema
     except (ValueError, KeyError, TypeError) as e:
         raise field_error("body.concept_schema", f"invalid concept schema: {e}") from e
+    gen = _generate_options(rt, generate)
     corpus = _corpus(file, sch, rt.settings.max_body_bytes)
-    request = {"space_id": id, "options": opts, "schema": sch.to_dict() if concept_schema else None}
+    request = {"space_id": id, "options": opts, "schema": sch.to_dict() if concept_schema else None,
+               "generate": gen.model_dump() if gen else None}
     job_id = rt.store.create_job("space", request, [{"corpus": corpus}], limit=rt.settings.job_queue_limit)
     if job_id is None:
         raise queue_full(rt.settings.job_queue_limit)
     return JSONResponse(job_out(rt.store.get_job(job_id, with_request=False)).model_dump(mode="json"),
                         status_code=202, headers={"Location": f"/v1/jobs/{job_id}"})
+
+
+def _generate_options(rt: Runtime, raw: str | None) -> SpaceGenerate | None:
+    if not raw:
+        return None
+    try:
+        gen = SpaceGenerate.model_validate_json(raw)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(x) for x in first["loc"])
+        raise field_error("body.generate" + (f".{where}" if where else ""), first["msg"]) from e
+    try:
+        backend, _ = rt.llm(gen.llm)
+    except LookupError as e:
+        raise field_error("body.generate.llm", str(e)) from e
+    if backend is None:
+        raise field_error("body.generate.llm", "no default LLM is configured (CACE_LLM_BASE_URL, CACE_LLM_MODEL); "
+                          "name a registered LLM")
+    return gen
 
 
 def _corpus(file: UploadFile, schema: ConceptSchema, max_bytes: int) -> list[dict[str, Any]]:

@@ -162,39 +162,32 @@ def augment_pool(
     return out, report
 
 
-def llm_augmenter(
-    base_url: str,
-    model: str,
+def generation_augmenter(
+    backend: Any,
     *,
     n_sources: int | None = None,
     concepts_per_source: int = 2,
     cache: str | Path | None = None,
-    taggers: str | Path | None = None,
+    taggers: Any | None = None,
     temperature: float = 0.7,
     max_tokens: int = 160,
     seed: int = 0,
     log: Callable[[str], None] | None = None,
 ) -> Callable[[Pool], tuple[Pool, dict[str, Any]]]:
-    """An `augment` hook for `build_cebab_space`: zero-shot edits from an OpenAI-compatible LLM.
+    """An `augment` hook (for `build_cebab_space` or the service's space jobs) over an LLM backend.
 
-    Zero-shot because a corpus without human edits has no worked examples to show (the
-    realistic setting). One sample per planned edit, verified (and checked with `taggers`
-    when given); the SQLite `cache` lets an interrupted run pick up where it stopped.
+    Zero-shot prompts, because a corpus without human edits has no worked examples to show
+    (the realistic setting). One sample per planned edit, verified, and checked with
+    `taggers` (a `TaggerSet`) when given; the SQLite `cache` lets an interrupted run pick up
+    where it stopped.
     """
 
     def augment(pool: Pool) -> tuple[Pool, dict[str, Any]]:
-        from explainers.generation.backends import BackendSpec, build_backend
         from explainers.generation.cache import GenerationCache
         from explainers.generation.explainer import GenerationExplainer
 
-        tagger_set = None
-        if taggers is not None:
-            from explainers.taggers import TaggerSet
-
-            tagger_set = TaggerSet.load(Path(taggers))
-        backend = build_backend(BackendSpec(kind="openai", base_url=base_url, model=model, timeout_s=300.0))
         generator = GenerationExplainer(
-            backend, pool.schema, taggers=tagger_set, cache=GenerationCache(cache) if cache else None,
+            backend, pool.schema, taggers=taggers, cache=GenerationCache(cache) if cache else None,
             temperature=temperature, max_tokens=max_tokens, sample_budget=1, max_rounds=1, max_concurrency=1,
             seed=seed,
         )  # fmt: skip
@@ -205,7 +198,7 @@ def llm_augmenter(
             generator.close()
         return out, {
             **report.to_dict(),
-            "llm": {"base_url": base_url, "model": model},
+            "llm": {"kind": backend.kind, "model": backend.model},
             "prompting": "zero-shot",
             "temperature": temperature,
             "max_tokens": max_tokens,
@@ -215,3 +208,22 @@ def llm_augmenter(
         }
 
     return augment
+
+
+def llm_augmenter(
+    base_url: str,
+    model: str,
+    *,
+    taggers: str | Path | None = None,
+    **options: Any,
+) -> Callable[[Pool], tuple[Pool, dict[str, Any]]]:
+    """`generation_augmenter` for an OpenAI-compatible server at `base_url`, taggers from a folder."""
+    from explainers.generation.backends import BackendSpec, build_backend
+
+    tagger_set = None
+    if taggers is not None:
+        from explainers.taggers import TaggerSet
+
+        tagger_set = TaggerSet.load(Path(taggers))
+    backend = build_backend(BackendSpec(kind="openai", base_url=base_url, model=model, timeout_s=300.0))
+    return generation_augmenter(backend, taggers=tagger_set, **options)
