@@ -189,3 +189,29 @@ def test_stacked_reads_weights_per_k_from_space_meta(space_dir, tfidf_lr) -> Non
     assert np.allclose(got.icace, 0.8 * pt.icace) and set(got.details["components"]) == {"pair_transfer"}
     fallback = build_explainer("stacked", res, stack_key="unknown-model")
     assert fallback.weights_info["source"].startswith("equal weights")
+
+
+def test_full_fine_tune_space_is_self_contained_and_explains(tmp_path, tfidf_lr) -> None:
+    """The full trainer's space carries its fine-tuned encoder: it loads and explains from its folder alone."""
+    from explainers.matching.trainers import train_full
+
+    pool = tiny_pool()
+    enc = Encoder()
+    facts = train_full(pool.texts, pool.labels, pool.origins, "food", CEBAB_SCHEMA.names, tmp_path / "ft-food",
+                       base_model=enc.model_name, config=TrainConfig(lr=5e-6, batch_size=2, max_a=2, max_n=2,
+                                                                     epochs=1, max_steps=2))  # fmt: skip
+    assert facts["steps"] == 2 and all(np.isfinite(facts["loss_curve"]))
+    space = ConceptSpace(pool, enc, encoders={"food": Encoder(str(tmp_path / "ft-food"))})
+    space.build_indices()
+    space.save(tmp_path / "spaces" / "full", name="full", trainer="full")
+    (tmp_path / "ft-food").rename(tmp_path / "moved")  # the space must not point back at the training folder
+    loaded = ConceptSpace.load(tmp_path / "spaces" / "full")
+    assert set(loaded.encoders) == {"food"}
+    text = "The pasta was delicious and the waiter was friendly."
+    # Its fine-tuned encoder gives other vectors than the frozen one it started from.
+    assert not np.allclose(loaded.encoders["food"].encode([text]), enc.encode([text]), atol=1e-6)
+    labels = {"food": "Positive", "service": "Positive", "ambiance": U, "noise": U}
+    m = MatchingExplainer(loaded).explain(text, Intervention("food", "Negative", "Positive"), tfidf_lr, top_k=2,
+                                          base_labels=labels)  # fmt: skip
+    assert len(m.counterfactuals) == 2 and all(loaded.pool.labels[loaded.pool.texts.index(c.text)]["food"] ==
+                                               "Negative" for c in m.counterfactuals)  # fmt: skip
