@@ -113,8 +113,9 @@ def augment_pool(
     """`pool` plus the kept generations of `plan`, with their pairs; see the module docstring.
 
     A failed generation (LLM error) counts in the report and the run goes on: one bad
-    request must not lose hours of generated work. Edits identical to a text already in the
-    pool are not added twice (the pair then points at the existing text).
+    request must not lose hours of generated work. An edit identical to a text already in the
+    pool is not added twice; the pair points at that text only when it has the same origin
+    and exactly the intended labels.
     """
     if pool.origins is None:
         raise ValueError("augmenting needs a pool with origins")
@@ -150,8 +151,10 @@ def augment_pool(
                 origins.append(origins[src])
             else:
                 report.duplicates_of_pool += 1
-                if origins[row] != origins[src]:
-                    continue  # an existing text of another origin: not a counterfactual of src
+                if origins[row] != origins[src] or labels[row] != new_labels:
+                    # Another origin's text, or an earlier edit of src that stands for other labels:
+                    # either way not this intervention's counterfactual.
+                    continue
             pairs.append((src, row, edit.intervention.concept))
             report.kept += 1
             report.kept_by_concept[edit.intervention.concept] += 1
