@@ -174,16 +174,19 @@ def write_space_report(settings, args, encoder) -> None:
     aug = excl.meta.get("augmentation", {})
     tag = settings["excltag_"][1].meta.get("augmentation", {})
     lines = ["# Concept space from train_exclusive + LLM-generated counterfactuals", "",
-             f"- corpus: train_exclusive without dev texts ({len(excl.pool) - aug.get('kept_edits', 0)} texts), "
+             f"- corpus: train_exclusive without dev texts ({aug.get('corpus_texts')} texts), "
              f"{aug.get('sources')} sources edited on {aug.get('concepts_per_source')} concepts each "
              f"({aug.get('planned_edits')} edits asked, one sample each, zero-shot)",
              f"- LLM: {aug.get('llm', {}).get('model')} on llama.cpp's server (CPU, {args.threads} threads); "
              f"temperature {aug.get('temperature')}, max_tokens {aug.get('max_tokens')}",
              f"- kept {aug.get('kept_edits')} edits (keep rate {aug.get('keep_rate')}); by concept "
-             f"{aug.get('kept_by_concept')}; rejections {aug.get('rejections')}",
-             f"- cost: {aug.get('llm_calls')} LLM calls, {aug.get('prompt_tokens')} prompt + "
-             f"{aug.get('completion_tokens')} completion tokens, {aug.get('wall_s')} s "
-             f"({aug.get('cache_hits')} answered from the generation cache)",
+             f"{aug.get('kept_by_concept')}; rejections {aug.get('rejections')}; "
+             f"{aug.get('duplicates_of_pool')} duplicated a text already there",
+             f"- cost of the generations: {aug.get('llm_calls', 0) + aug.get('cached_llm_calls', 0)} LLM calls, "
+             f"{aug.get('prompt_tokens', 0) + aug.get('cached_prompt_tokens', 0)} prompt + "
+             f"{aug.get('completion_tokens', 0) + aug.get('cached_completion_tokens', 0)} completion tokens "
+             f"({aug.get('cached_llm_calls', 0)} calls replayed from the generation cache, made by an earlier "
+             f"run: {aug.get('cached_llm_time_s', 0)} s of LLM time; this run {aug.get('wall_s')} s)",
              f"- tagger-checked variant (taggers trained on train_exclusive only): kept {tag.get('kept_edits')} "
              f"(keep rate {tag.get('keep_rate')}); rejections {tag.get('rejections')}",
              *[f"- space `{space.meta.get('name')}`: {space.meta.get('n_pairs')} pairs, built in "

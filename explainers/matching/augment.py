@@ -39,19 +39,22 @@ class PlannedEdit:
 class AugmentReport:
     """What an augmentation run asked for, kept, rejected and cost; stored in the space meta."""
 
+    corpus: int = 0  # texts before augmenting
     sources: int = 0
     planned: int = 0
     kept: int = 0
     duplicates_of_pool: int = 0
     rejections: Counter[str] = field(default_factory=Counter)
     kept_by_concept: Counter[str] = field(default_factory=Counter)
-    cost: Cost = field(default_factory=Cost)  # LLM calls and tokens actually spent (cache hits excluded)
+    cost: Cost = field(default_factory=Cost)  # LLM calls and tokens spent by this run
+    cached: Cost = field(default_factory=Cost)  # what the generations replayed from the cache once cost
     cache_hits: int = 0
     errors: int = 0
     wall_s: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "corpus_texts": self.corpus,
             "sources": self.sources,
             "planned_edits": self.planned,
             "kept_edits": self.kept,
@@ -63,6 +66,10 @@ class AugmentReport:
             "prompt_tokens": self.cost.prompt_tokens,
             "completion_tokens": self.cost.completion_tokens,
             "cache_hits": self.cache_hits,
+            "cached_llm_calls": self.cached.llm_calls,
+            "cached_prompt_tokens": self.cached.prompt_tokens,
+            "cached_completion_tokens": self.cached.completion_tokens,
+            "cached_llm_time_s": round(self.cached.wall_time_s, 1),
             "errors": self.errors,
             "wall_s": round(self.wall_s, 1),
         }
@@ -125,7 +132,7 @@ def augment_pool(
     origins = list(pool.origins)
     pairs = list(pool.pairs)
     row_of = {t: i for i, t in enumerate(texts)}
-    report = AugmentReport(sources=len({e.source for e in plan}), planned=len(plan))
+    report = AugmentReport(corpus=len(pool), sources=len({e.source for e in plan}), planned=len(plan))
     for n, edit in enumerate(plan, 1):
         src = edit.source
         try:
@@ -140,6 +147,10 @@ def augment_pool(
         if details.get("cost") is not None:
             report.cost.add(details["cost"])
         report.cache_hits += int(details.get("cache_hits", 0))
+        cached = details.get("cached_cost") or {}
+        report.cached.add(Cost(llm_calls=cached.get("llm_calls", 0), prompt_tokens=cached.get("prompt_tokens", 0),
+                               completion_tokens=cached.get("completion_tokens", 0),
+                               wall_time_s=cached.get("llm_time_s", 0.0)))  # fmt: skip
         for cf in kept:
             new_labels = dict(pool.labels[src], **{edit.intervention.concept: edit.intervention.target})
             row = row_of.get(cf.text)
