@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import uuid
 from pathlib import Path
 
 import httpx
@@ -134,11 +135,13 @@ def test_generate_through_a_registered_llm(tmp_path: Path) -> None:
                                          "noise": "unknown"}} for t in dev_texts(3)]  # fmt: skip
         files = {"file": ("c.jsonl", "\n".join(json.dumps(x) for x in corpus).encode(), "application/x-ndjson")}
         gen = {"llm": "smollm2", "concepts_per_source": 2, "verify_with_taggers": False, "max_tokens": 60}
-        r = c.post("/v1/spaces", files=files, data={"id": "generated", "generate": json.dumps(gen)})
+        space_id = f"generated-{uuid.uuid4().hex[:8]}"  # spaces live in the shared test data dir
+        r = c.post("/v1/spaces", files=files, data={"id": space_id, "generate": json.dumps(gen)})
         assert r.status_code == 202, r.text
         job = wait_job(c, r.json()["id"])
         assert job["status"] == "succeeded", job
-        aug = c.get("/v1/spaces/generated").json()["meta"]["augmentation"]
+        aug = c.get(f"/v1/spaces/{space_id}").json()["meta"]["augmentation"]
+        assert c.delete(f"/v1/spaces/{space_id}").status_code == 204
         assert aug["planned_edits"] == 6 and aug["llm_name"] == "smollm2" and aug["llm_calls"] == 6
         assert aug["kept_edits"] + sum(aug["rejections"].values()) == 6
         assert job["result"]["n_pairs"] == aug["kept_edits"]

@@ -19,7 +19,7 @@ from app import explain
 from app.jobs.worker import RetryableError
 from app.problems import ApiError, is_llm_error
 from app.resources import Runtime
-from app.schemas import EffectsParams
+from app.schemas import EffectsParams, SpaceGenerate
 from explainers.classifiers.base import ClassifierUnavailable, MalformedResponse
 from explainers.concepts import ConceptSchema
 from explainers.estimate import cace
@@ -165,16 +165,16 @@ class SpaceHandler:
         """Add LLM-generated counterfactuals, cached per job so a re-run item resumes, not restarts."""
         from explainers.matching.augment import generation_augmenter
 
-        backend, name = self.rt.llm(gen.get("llm"))
+        opts = SpaceGenerate.model_validate(gen)  # the stored request, with the API's defaults
+        backend, name = self.rt.llm(opts.llm)
         if backend is None:
             raise ValueError("generate needs an LLM and none is configured")
-        taggers = self.rt.taggers if gen.get("verify_with_taggers", True) else None
+        taggers = self.rt.taggers if opts.verify_with_taggers else None
         cache = Path(self.rt.settings.data_dir) / "generations" / f"space-{job_id}.sqlite"
         cache.parent.mkdir(parents=True, exist_ok=True)
         augment = generation_augmenter(
-            backend, n_sources=gen.get("sources"), concepts_per_source=gen.get("concepts_per_source", 2),
-            cache=cache, taggers=taggers, temperature=gen.get("temperature", 0.7),
-            max_tokens=gen.get("max_tokens", 160),
+            backend, n_sources=opts.sources, concepts_per_source=opts.concepts_per_source, cache=cache,
+            taggers=taggers, temperature=opts.temperature, max_tokens=opts.max_tokens,
         )  # fmt: skip
         out, report = augment(pool)
         if report["kept_edits"] == 0 and report["errors"]:
