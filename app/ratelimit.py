@@ -84,7 +84,11 @@ class RedisTokenBuckets:
 
     def __init__(self, url: str, rate: float, burst: int, *, prefix: str = "cace:rl:", timeout_s: float = 0.25,
                  retry_after_s: float = 5.0) -> None:  # fmt: skip
-        import redis
+        try:
+            import redis
+        except ImportError as e:  # a setting that cannot work must stop start-up with the fix in the message
+            raise RuntimeError("CACE_RATE_LIMIT_REDIS_URL needs the redis client: "
+                               "pip install 'cace-service[redis]'") from e
 
         self.rate = rate
         self.burst = max(1, burst)
