@@ -29,8 +29,6 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -38,6 +36,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from generation_model import DEFAULT_OUT as QWEN_GGUF  # noqa: E402
 from generation_model import assemble  # noqa: E402
 from matching_faithfulness import BASELINES, RESULTS, STACK, run_methods, stacked, table  # noqa: E402
+from matching_hit_rate import hit_rate_table  # noqa: E402
 
 from explainers.bench import runner  # noqa: E402
 from explainers.bench.pools import cebab_pool  # noqa: E402
@@ -193,10 +192,7 @@ def write_space_report(settings, args, encoder) -> None:
                f"{space.meta.get('build_seconds')} s; in-pool hit rate {space.meta.get('diagnostics', {}).get('hit_rate')}"
                for space in (excl, settings["excltag_"][1])],
              "", "## Nearest-counterfactual hit rate on CEBaB dev (held out for every space)", "",
-             "| space | " + " | ".join(names) + " | mean |", "|---|" + "---|" * (len(names) + 1)]  # fmt: skip
-    for label, r in hits.items():
-        vals = [r[c] for c in names]
-        lines.append(f"| {label} | " + " | ".join(f"{v:.3f}" for v in vals) + f" | {np.mean(vals):.3f} |")
+             *hit_rate_table(hits, names)]  # fmt: skip
     (RESULTS / "matching_exclusive_space.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -30,6 +30,15 @@ from explainers.matching.space import ConceptSpace  # noqa: E402
 from explainers.matching.trainers import TrainConfig, train_head  # noqa: E402
 
 
+def hit_rate_table(rows: dict[str, dict[str, float]], names: list[str]) -> list[str]:
+    """Markdown rows: one line per space, a column per concept and their mean."""
+    lines = ["| space | " + " | ".join(names) + " | mean |", "|---|" + "---|" * (len(names) + 1)]
+    for label, r in rows.items():
+        vals = [r[c] for c in names]
+        lines.append(f"| {label} | " + " | ".join(f"{v:.3f}" for v in vals) + f" | {np.mean(vals):.3f} |")
+    return lines
+
+
 def main() -> int:
     enc = Encoder()
     train = cebab_pool("train_inclusive")
@@ -69,10 +78,7 @@ def main() -> int:
              f"- dev pool: {len(dev)} texts, {len(dev.pairs)} pairs; spaces trained on train_inclusive only",
              "- hit = the pair's counterfactual is the base's nearest dev text with the target value and the "
              "base's confounder labels", "",
-             "| space | " + " | ".join(names) + " | mean |", "|---|" + "---|" * (len(names) + 1)]
-    for label, r in rows.items():
-        vals = [r[c] for c in names]
-        lines.append(f"| {label} | " + " | ".join(f"{v:.3f}" for v in vals) + f" | {np.mean(vals):.3f} |")
+             *hit_rate_table(rows, names)]
     out = ROOT / "benchmarks" / "results" / "matching_hit_rate.md"
     out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -30,16 +30,13 @@ def _payloads(rt: Runtime, texts: list[Any], where: str) -> list[dict[str, Any]]
         raise field_error(where, f"at most {s.max_effect_texts} texts per request, got {len(texts)}", status=413)
     out = []
     for i, t in enumerate(texts):
-        if isinstance(t, str):
-            if not t.strip():
-                raise field_error(f"{where}.{i}", "empty text")
-            item = EffectText(text=t)
-        else:
-            item = t
-        if not item.text.strip():
+        text = t if isinstance(t, str) else t.text
+        # Checked before building EffectText: its min_length would raise outside the problem+json path.
+        if not text.strip():
             raise field_error(f"{where}.{i}", "empty text")
-        if len(item.text) > s.max_text_chars:
+        if len(text) > s.max_text_chars:
             raise field_error(f"{where}.{i}", f"at most {s.max_text_chars} characters")
+        item = EffectText(text=t) if isinstance(t, str) else t
         out.append(item.model_dump(exclude_none=True))
     return out
 
