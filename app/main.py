@@ -20,7 +20,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from app import problems
+from app import openapi, problems
 from app.jobs.handlers import DomainHandler, EffectsHandler
 from app.jobs.worker import Workers
 from app.resources import Runtime
@@ -96,4 +96,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (health, explanations, effects, jobs, registries, domains):
         app.include_router(module.router)
     _install_hooks(app, settings)
+    openapi.install(app)
     return app

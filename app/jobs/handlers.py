@@ -20,7 +20,7 @@ from app.jobs.worker import RetryableError
 from app.problems import ApiError, is_llm_error
 from app.resources import Runtime
 from app.schemas import DomainGenerate, EffectsParams
-from explainers.classifiers.base import ClassifierUnavailable, MalformedResponse
+from explainers.classifiers.base import ClassifierUnavailable
 from explainers.concepts import ConceptSchema
 from explainers.estimate import cace
 from explainers.registry import Pool

@@ -50,6 +50,7 @@ def _submit(rt: Runtime, params: EffectsParams, payloads: list[dict[str, Any]], 
     for i, p in enumerate(payloads):  # every text's labels fit the domain, and its source can be known
         q = explain.Query(p["text"], iv.concept, iv.target, iv.source, p.get("labels"))
         explain.check_query(r, q, f"{where}.{i}.labels", f"{where}.{i}.labels")
+    explain.check_available(r, iv.concept, iv.target, "body")
     inline = params.mode == "inline" or (params.mode == "auto" and len(payloads) <= s.max_inline_texts)
     request = params.model_dump(mode="json")
     if inline:
