@@ -67,6 +67,10 @@ def set_deadline(seconds: float) -> contextvars.Token[float | None]:
     return _deadline.set(until if current is None else min(current, until))
 
 
+def reset_deadline(token: contextvars.Token[float | None]) -> None:
+    _deadline.reset(token)
+
+
 def remaining() -> float | None:
     """Seconds left before the current request's deadline, or None when there is none."""
     until = _deadline.get()
@@ -197,4 +201,4 @@ def send(client: httpx.Client, method: str, url: str, *, policy: RetryPolicy, na
 
 
 __all__ = ["MAX_RETRIES", "RETRY_STATUSES", "Errors", "RetryPolicy", "deadline", "parse_retry_after",
-           "remaining", "send", "set_deadline"]
+           "remaining", "reset_deadline", "send", "set_deadline"]

@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from fastapi import APIRouter, Depends, File, Form, Response, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFile
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from app.problems import ApiError, field_error, not_found
 from app.resources import Runtime
 from app.routes.common import problems, queue_full, runtime
-from app.routes.jobs import job_out
+from app.routes.jobs import job_out, requester
 from app.schemas import JobOut, SpaceGenerate, SpaceList, SpaceOut
 from app.spaces import SPACE_ID
 from explainers.concepts import ConceptSchema
@@ -55,6 +55,7 @@ def delete_space(space_id: str, rt: Runtime = Depends(runtime)) -> Response:
 @router.post("/v1/spaces", operation_id="create_space", status_code=202, response_model=JobOut,
              responses=problems(409, 413, 422, 429))
 def create_space(
+    http_request: Request,
     id: str = Form(..., description="New space id: [a-z0-9][a-z0-9._-]*", examples=["my-reviews"]),
     file: UploadFile = File(..., description="JSONL corpus: {text, labels: {concept: value}, origin?} per line"),
     options: str = Form("{}", description="Training options for the matching library, as JSON"),
@@ -87,7 +88,8 @@ def create_space(
     corpus = _corpus(file, sch, rt.settings.max_body_bytes)
     request = {"space_id": id, "options": opts, "schema": sch.to_dict() if concept_schema else None,
                "generate": gen.model_dump() if gen else None}
-    job_id = rt.store.create_job("space", request, [{"corpus": corpus}], limit=rt.settings.job_queue_limit)
+    job_id = rt.store.create_job("space", request, [{"corpus": corpus}], limit=rt.settings.job_queue_limit,
+                                 owner=requester(http_request)[0])
     if job_id is None:
         raise queue_full(rt.settings.job_queue_limit)
     return JSONResponse(job_out(rt.store.get_job(job_id, with_request=False)).model_dump(mode="json"),
