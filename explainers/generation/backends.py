@@ -334,7 +334,8 @@ class BackendSpec(BaseModel):
     api_key: str | None = Field(default=None, repr=False, max_length=4096)
     api_key_env: str | None = Field(None, max_length=200)
     timeout_s: float = Field(60.0, gt=0, le=600)
-    max_retries: int = Field(2, ge=0, le=MAX_RETRIES, description=f"Retries per call, at most {MAX_RETRIES}.")
+    max_retries: int = Field(2, ge=0, le=MAX_RETRIES, strict=True,
+                             description=f"Retries per call, at most {MAX_RETRIES}.")
     model_path: str | None = Field(None, max_length=4096)
     n_ctx: int = Field(2048, ge=16, le=1_000_000)
     n_threads: int | None = Field(None, ge=1, le=1024)
