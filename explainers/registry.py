@@ -22,6 +22,7 @@ PLUGIN_MODULES = (
     "explainers.baselines",
     "explainers.matching.plugin",
     "explainers.generation.plugin",
+    "explainers.estimators.auto",
 )
 
 
