@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "taggers": ("explainers.taggers", "train or evaluate concept taggers"),
     "spaces": ("explainers.matching.cli", "train, list or delete concept spaces"),
     "generate": ("explainers.generation.cli", "generate counterfactuals with an LLM"),
+    "calibrate": ("explainers.estimators.cli", "fit the auto estimator to a classifier on a domain's own pairs"),
 }
 
 

@@ -16,7 +16,8 @@ FOOD = {"Positive": ["delicious", "tasty", "superb"], "Negative": ["bland", "sta
 SERVICE = {"Positive": ["friendly", "attentive", "quick"], "Negative": ["rude", "slow", "careless"]}
 DISHES = ["pasta", "burger", "sushi", "steak", "tacos", "curry", "salad", "soup", "pizza", "ramen"]
 STAFF = ["waiter", "server", "staff", "host", "bartender"]
-PLACES = ["downtown", "by the river", "near the station", "on the corner", "in the mall", "at the market"]
+PLACES = ["downtown", "by the lovely river", "near the dreary station", "on the corner", "in the grim mall",
+          "at the charming market", "up the hill"]
 
 
 class LexiconClassifier:
@@ -28,6 +29,8 @@ class LexiconClassifier:
         self.name = f"lexicon{shift}"
         self.weights = {w: 1.5 for w in FOOD["Positive"]} | {w: -1.7 for w in FOOD["Negative"]}
         self.weights |= {w: 0.9 for w in SERVICE["Positive"]} | {w: -1.1 for w in SERVICE["Negative"]}
+        # Words no concept controls: a matched text from another review differs in them.
+        self.weights |= {"lovely": 0.8, "dreary": -0.7, "grim": -0.5, "charming": 0.6}
         self.shift = shift
 
     def predict_proba(self, texts):
@@ -55,7 +58,7 @@ def synthetic_pool(n_origins: int = 60, seed: int = 0) -> Pool:
     texts, labels, origins, ids = [], [], [], []
     values = ["Positive", "Negative", U]
     for o in range(n_origins):
-        dish, staff, place = DISHES[o % 10], STAFF[(o // 10) % 5], PLACES[o % 6]
+        dish, staff, place = DISHES[o % 10], STAFF[(o // 10) % 5], PLACES[int(rng.integers(len(PLACES)))]
         food, service = values[rng.integers(3)], values[rng.integers(3)]
         r = int(rng.integers(9))
         variants = [(food, service)]
