@@ -173,4 +173,12 @@ def make_auto(resources: Resources, **options: Any) -> AutoExplainer:
     if cal is not None:
         resources.extra["calibration"] = cal
     sub = {k: v for k, v in options.items() if k not in ("stack_key", "stack_weights")}
-    return AutoExplainer(resources, cal, sub)
+    auto = AutoExplainer(resources, cal, sub)
+    # Build every component now, so a missing resource (no space) is an error when the method is asked for.
+    if cal is None:
+        needed = set(UNCALIBRATED_DEFAULT)
+    else:
+        needed = {c for est in {cal.default, *cal.choice.values()} for c in cal.required_components(est)}
+    for method in sorted({parse_component(c)[0] for c in needed}):
+        auto._explainer(method)
+    return auto
