@@ -177,6 +177,7 @@ def explain_one(rt: Runtime, req: Any, prefix: str = "body") -> dict[str, Any]:
     q = Query(req.text, iv.concept, iv.target, iv.source, req.base_labels)
     check_query(r, q, f"{prefix}.base_labels", f"{prefix}.intervention.source")
     check_available(r, iv.concept, iv.target, prefix)
+    rt.maybe_calibrate(r.domain, r.classifier_name)
     exp, intervention, inferred, timings = run(rt, r, q)
     return response(exp, r, intervention, inferred, timings)
 
@@ -199,13 +200,26 @@ def response(exp: Explanation, r: Resolved, intervention: Intervention, inferred
         "base_prediction": as_map(labels, exp.base_prediction), "icace": as_map(labels, exp.icace),
         "intervention": {"concept": intervention.concept, "target": intervention.target,
                          "source": intervention.source, "source_inferred": inferred},
-        "uncertainty": {"spread": as_map(labels, exp.spread),
-                        "n_counterfactuals": int(exp.details.get("used", len(exp.counterfactuals)))},
+        "uncertainty": uncertainty(exp, labels),
         "counterfactuals": cfs, "cost": asdict(exp.cost), "timings": timings,
         "domain": r.domain.id, "space_id": r.domain.space.meta.get("name"),
         "pool": {"texts": len(r.domain.pool), "pairs": len(r.domain.pool.pairs)}, "llm": r.info.get("llm"),
         "details": details,
     }
+
+
+def uncertainty(exp: Explanation, labels: list[str]) -> dict[str, Any]:
+    """Spread over the counterfactuals; for calibrated estimators also a per-label interval and expected error."""
+    out: dict[str, Any] = {"spread": as_map(labels, exp.spread),
+                           "n_counterfactuals": int(exp.details.get("used", len(exp.counterfactuals)))}
+    interval = exp.details.get("interval")
+    if interval:
+        out["interval"] = {lab: [lo, hi] for lab, lo, hi in zip(labels, interval["lower"], interval["upper"],
+                                                                 strict=True)}
+        out["coverage"] = interval.get("coverage")
+    if exp.details.get("expected_error"):
+        out["expected_error"] = exp.details["expected_error"]
+    return out
 
 
 def plain(value: Any) -> Any:

@@ -110,6 +110,11 @@ class InterventionOut(BaseModel):
 class Uncertainty(BaseModel):
     spread: dict[str, float] = Field(description="Per-label std of the counterfactual predictions (0 if K < 2).")
     n_counterfactuals: int = Field(description="Counterfactuals the estimate used.")
+    interval: dict[str, list[float]] | None = Field(
+        None, description="method auto, calibrated: per-label [lower, upper] of the ICaCE (split-conformal)")
+    coverage: float | None = Field(None, description="The interval's nominal coverage")
+    expected_error: dict[str, Any] | None = Field(
+        None, description="method auto, calibrated: held-out error (L2, Cos, NormDiff) for this concept and direction")
 
 
 class Timings(BaseModel):
@@ -295,6 +300,14 @@ class DomainParams(BaseModel):
     description: str | None = Field(None, max_length=500, description="What the domain's texts are")
     generate: DomainGenerate | None = Field(
         None, description="First add LLM-generated counterfactual groups (needs an LLM)")
+
+
+class CalibrationRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"classifier": "tfidf-lr"}]})
+
+    classifier: SafeText = Field(description="A registered (or built-in) classifier name", examples=["tfidf-lr"])
+    max_pairs: StrictInt | None = Field(None, ge=50, le=100000, description="Held-out pairs to score "
+                                        "(capped by CACE_CALIBRATION_MAX_PAIRS)")
 
 
 class DomainOut(BaseModel):

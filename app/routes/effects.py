@@ -52,6 +52,7 @@ def _submit(rt: Runtime, params: EffectsParams, payloads: list[dict[str, Any]], 
         q = explain.Query(p["text"], iv.concept, iv.target, iv.source, p.get("labels"))
         explain.check_query(r, q, f"{where}.{i}.labels", f"{where}.{i}.labels")
     explain.check_available(r, iv.concept, iv.target, "body")
+    rt.maybe_calibrate(r.domain, r.classifier_name)
     inline = params.mode == "inline" or (params.mode == "auto" and len(payloads) <= s.max_inline_texts)
     request = params.model_dump(mode="json")
     if inline:
