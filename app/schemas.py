@@ -133,7 +133,7 @@ class ExplanationResponse(BaseModel):
         "counterfactuals": [], "cost": {"classifier_calls": 1}, "timings": {"total_ms": 12.0,
                                                                             "source_inference_ms": 3.0,
                                                                             "explain_ms": 9.0},
-        "domain": "cebab", "space_id": "default", "pool": {"texts": 11701, "pairs": 26828}, "details": {}}]})
+        "domain": "cebab", "space_id": "default", "pool": {"texts": 11664, "pairs": 26862}, "details": {}}]})
 
     method: str
     classifier: str

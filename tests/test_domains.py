@@ -69,7 +69,7 @@ def test_a_movie_domain_end_to_end_without_cebab(tmp_path: Path, rating_server: 
     with service(env) as svc, httpx.Client(base_url=svc.base_url, timeout=300) as c:
         startup_s = time.monotonic() - started
         ready = c.get("/readyz").json()
-        assert set(ready["components"]) == {"store"}, ready  # nothing of CEBaB is loaded or built
+        assert not {"domain", "classifier"} & set(ready["components"]), ready  # nothing of CEBaB is loaded or built
         assert startup_s < 60, startup_s
         assert not (tmp_path / "data" / "domains" / "cebab").exists()
         # No default domain, no default classifier: a request must name both.
@@ -89,7 +89,7 @@ def test_a_movie_domain_end_to_end_without_cebab(tmp_path: Path, rating_server: 
         # Not calibrated yet: auto says so and uses the measured default; the first explanation
         # of this classifier on this domain queued its calibration.
         first = c.post("/v1/explanations", json={**QUERY, "method": "auto", "top_k": 3}).json()
-        assert first["details"]["calibrated"] is False and "interval" not in first["uncertainty"]
+        assert first["details"]["calibrated"] is False and first["uncertainty"]["interval"] is None
         jobs = c.get("/v1/jobs", params={"kind": "calibration"}).json()["jobs"]
         assert len(jobs) == 1, jobs
         cal_job = wait_job(c, jobs[0]["id"])
