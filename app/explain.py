@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
-from app.problems import ApiError, field_error
+from app.problems import ApiError, field_error, validation_error
 from app.resources import Runtime
 from explainers.concepts import ConceptSchema, Intervention
 from explainers.domains import Domain
@@ -98,10 +98,7 @@ def resolve(rt: Runtime, params: Any, prefix: str = "body") -> Resolved:
     except LookupError as e:
         raise field_error(f"{prefix}.classifier", str(e).strip("'\"")) from e
     except ValidationError as e:
-        errors = [{"field": ".".join([f"{prefix}.classifier", *map(str, err["loc"])]), "message": err["msg"]}
-                  for err in e.errors()]
-        raise ApiError(422, "Request validation failed", "; ".join(f"{x['field']}: {x['message']}" for x in errors),
-                       kind="validation", errors=errors) from e
+        raise validation_error(e.errors(), f"{prefix}.classifier") from e
     except ModuleNotFoundError as e:
         raise ApiError(409, "Missing resource", f"inline classifier specs need module {e.name}",
                        kind="missing-resource") from e

@@ -64,7 +64,7 @@ def rating_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 def test_a_movie_domain_end_to_end_without_cebab(tmp_path: Path, rating_server: str) -> None:
     env = {**store_env("sqlite", tmp_path), "CACE_DATA_DIR": str(tmp_path / "data"), "CACE_DEFAULT_DOMAIN": "none",
-           "CACE_AUTO_CALIBRATE": "true", "CACE_CALIBRATION_MAX_PAIRS": "150"}
+           "CACE_AUTO_CALIBRATE": "true", "CACE_CALIBRATION_MAX_PAIRS": "60"}
     started = time.monotonic()
     with service(env) as svc, httpx.Client(base_url=svc.base_url, timeout=300) as c:
         startup_s = time.monotonic() - started

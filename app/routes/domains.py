@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFil
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-from app.problems import ApiError, field_error, not_found
+from app.problems import ApiError, field_error, not_found, validation_error
 from app.resources import Runtime
 from app.routes.common import problems, queue_full, runtime
 from app.routes.jobs import job_out, requester
@@ -152,10 +152,7 @@ def _params(raw: str) -> DomainParams:
     try:
         return DomainParams.model_validate_json(raw)
     except ValidationError as e:
-        errors = [{"field": ".".join(["body.params", *map(str, err["loc"])]), "message": err["msg"]}
-                  for err in e.errors()]
-        raise ApiError(422, "Request validation failed", "; ".join(f"{x['field']}: {x['message']}" for x in errors),
-                       kind="validation", errors=errors) from e
+        raise validation_error(e.errors(), "body.params") from e
 
 
 def _schema(raw: dict[str, Any]) -> ConceptSchema:

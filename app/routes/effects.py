@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from app import explain
 from app.jobs.handlers import row_out, summarize
-from app.problems import ApiError, field_error
+from app.problems import ApiError, field_error, validation_error
 from app.resources import Runtime
 from app.routes.common import problems, queue_full, runtime
 from app.routes.jobs import job_out, requester
@@ -104,9 +104,7 @@ def upload_effects(
     try:
         p = EffectsParams.model_validate_json(params)
     except ValidationError as e:
-        errors = [{"field": ".".join(["params", *map(str, x["loc"])]), "message": x["msg"]} for x in e.errors()]
-        raise ApiError(422, "Request validation failed", "; ".join(f"{x['field']}: {x['message']}" for x in errors),
-                       kind="validation", errors=errors) from e
+        raise validation_error(e.errors(), "params") from e
     texts = parse_jsonl(file, rt.settings.max_body_bytes)
     return _submit(rt, p, _payloads(rt, texts, "file"), "file", owner=requester(request)[0])
 
