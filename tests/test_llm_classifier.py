@@ -209,3 +209,41 @@ def test_label_aliases_and_first_token_prefixes() -> None:
     assert np.allclose(row, [0.6 / 0.7, 0.1 / 0.7])
     assert clf._answer_label('{"label": "Negative"}') == 1 and clf._answer_label("Positive.") == 0
     assert clf._answer_label("good, I think") == 0 and clf._answer_label("maybe") is None
+
+
+# -- the service ------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_service_explains_a_registered_llm_classifier_with_its_token_cost(llama: str, tmp_path) -> None:
+    import httpx
+
+    from tests.service_server import service, store_env
+
+    spec = {"protocol": "openai-chat", "url": llama, "model": "smollm2", "labels": ["1", "2", "3", "4", "5"],
+            "prompt": "Rate this restaurant review from 1 to 5. Answer with one digit: {labels}.\n\n{text}",
+            "timeout_s": 120}
+    text = "The food was delicious but the waiter ignored us for twenty minutes."
+    iv = {"concept": "service", "target": "Positive"}
+    with service({**store_env("sqlite", tmp_path), "CACE_REQUEST_TIMEOUT_S": "300"}) as svc, \
+            httpx.Client(base_url=svc.base_url, timeout=300) as c:
+        r = c.post("/v1/classifiers", json={"name": "smollm2-rating", "spec": spec})
+        assert r.status_code == 201, r.text
+        r = c.post("/v1/explanations", json={"text": text, "intervention": iv, "method": "match", "top_k": 2,
+                                             "classifier": "smollm2-rating"})
+        assert r.status_code == 200, r.text
+        e = r.json()
+        assert e["method"] == "match" and len(e["base_prediction"]) == 5
+        cost = e["cost"]
+        assert cost["classifier_llm_calls"] == 1 + len(e["counterfactuals"]) >= 2
+        assert cost["classifier_prompt_tokens"] > 0 and cost["classifier_completion_tokens"] > 0
+        assert cost["llm_calls"] == 0 and cost["prompt_tokens"] == 0  # no generator in match
+        # Asked again: the service's prediction cache answers, and the bill says so.
+        again = c.post("/v1/explanations", json={"text": text, "intervention": iv, "method": "match", "top_k": 2,
+                                                 "classifier": "smollm2-rating"}).json()
+        assert again["cost"]["classifier_llm_calls"] == 0 and again["icace"] == e["icace"]
+        # Inline, under the same rules as the other HTTP specs; a bad spec is a 422 naming the field.
+        r = c.post("/v1/explanations", json={"text": text, "intervention": iv, "method": "match", "top_k": 1,
+                                             "classifier": spec})
+        assert r.status_code == 200, r.text
+        bad = c.post("/v1/explanations", json={"text": text, "intervention": iv, "method": "match",
+                                               "classifier": {**spec, "scoring": "sequence"}})
+        assert bad.status_code == 422, bad.text
