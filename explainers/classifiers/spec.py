@@ -295,8 +295,8 @@ class TransformersSpec(_Base):
 
 
 ClassifierSpec = Annotated[
-    V2Spec | KServeV1Spec | HFSpec | TemplateSpec | OpenAIChatSpec | OpenAICompletionsSpec | SklearnSpec
-    | TransformersSpec,
+    V2Spec | KServeV1Spec | HFSpec | TemplateSpec | SklearnSpec | TransformersSpec | OpenAIChatSpec
+    | OpenAICompletionsSpec,
     Field(discriminator="protocol"),
 ]
 
