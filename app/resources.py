@@ -100,6 +100,7 @@ class Runtime:
         self._llms: OrderedDict[str, Any] = OrderedDict()
         self._explainers: OrderedDict[tuple, tuple[Any, threading.Lock]] = OrderedDict()
         self._calibrating: set[tuple[str, str]] = set()
+        self.handlers: dict[str, Any] = {}  # job kind -> handler (set by the app factory)
         self._lock = threading.RLock()
         self.components: dict[str, Component] = {}
         self.loaded = threading.Event()
@@ -241,6 +242,7 @@ class Runtime:
             if row is None:
                 raise LookupError(f"LLM {ref!r} is not registered")
             name, ref = ref, row["spec"]
+        assert isinstance(ref, dict)
         key = name + ":" + spec_key(ref)
         with self._lock:
             if key not in self._llms:
@@ -254,10 +256,10 @@ class Runtime:
         with self._lock:
             cache = self._classifiers if kind == "classifier" else self._llms
             prefix = f"registered:{name}:" if kind == "classifier" else f"{name}:"
-            for k in [k for k in cache if k.startswith(prefix)]:
-                cache.pop(k)
-            for k in [k for k in self._explainers if name in (k[2], k[3])]:
-                self._explainers.pop(k)
+            for key in [k for k in cache if k.startswith(prefix)]:
+                cache.pop(key)
+            for built in [k for k in self._explainers if name in (k[2], k[3])]:
+                self._explainers.pop(built)
 
     def forget_domain(self, domain_id: str) -> None:
         with self._lock:

@@ -52,7 +52,9 @@ def _validate(kind: str, name: str, spec: dict[str, Any], rt: Runtime) -> None:
         raise field_error("body.spec", str(e)) from e
 
 
-def _out(row: dict[str, Any]) -> RegistrationOut:
+def _out(row: dict[str, Any] | None) -> RegistrationOut:
+    if row is None:  # deleted between its creation and this read
+        raise ApiError(404, "Not found", "the registration is gone", kind="not-found")
     return RegistrationOut(**{**row, "spec": redact(row["spec"])})
 
 

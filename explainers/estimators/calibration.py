@@ -121,7 +121,7 @@ class Calibration:
     default: str
     choice: dict[str, str]
     intervals: Intervals
-    expected: dict[str, dict[str, float]]
+    expected: dict[str, dict[str, Any]]
     report: dict[str, Any] = field(default_factory=dict)
     probe: dict[str, Any] = field(default_factory=dict)
 
@@ -163,7 +163,7 @@ class Calibration:
         chosen = [self.estimator_for(c, d) for c, d in zip(concepts, dirs, strict=True)]
         for est in set(chosen):
             rows = np.array([c == est for c in chosen])
-            idx = np.flatnonzero(rows)
+            idx = [int(i) for i in np.flatnonzero(rows)]
             out[rows] = self.estimate(est, {n: np.atleast_2d(np.asarray(v))[rows] for n, v in estimates.items()
                                             if n in self.required_components(est)},
                                       base[rows], [concepts[i] for i in idx], [sources[i] for i in idx],

@@ -105,7 +105,7 @@ def restrict_space(space: Any, pool: Pool, rows: Sequence[int]) -> Any:
     """
     from explainers.matching.space import ConceptSpace
 
-    rows = np.asarray(rows, dtype=np.int64)
+    rows = list(map(int, rows))
     out = ConceptSpace(pool, space.encoder, heads=space.heads, encoders=space.encoders, meta=dict(space.meta),
                        index_kind=space.index_kind, approx_threshold=space.approx_threshold,
                        base_vectors=space.base_vectors()[rows])

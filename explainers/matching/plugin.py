@@ -88,8 +88,8 @@ def make_pt_pair_transfer(resources: Resources, **options: Any) -> PairTransferE
 
 def _pair_transfer(resources: Resources, options: Mapping[str, Any], method: str, scale: str, *,
                    pretrained: bool) -> PairTransferExplainer:
-    trained = isinstance(resources.space, ConceptSpace) and not pretrained
-    space = resources.space if trained else _pretrained_space(resources)
+    given = resources.space
+    space = given if isinstance(given, ConceptSpace) and not pretrained else _pretrained_space(resources)
     if not space.pool.pairs:
         raise MissingResource(f"method {method!r} needs counterfactual pairs in the pool, and it has none")
     return PairTransferExplainer(space, taggers=resources.taggers, scale=scale,
