@@ -85,11 +85,6 @@ def resolve(rt: Runtime, params: Any, prefix: str = "body") -> Resolved:
         raise field_error(f"{prefix}.domain", f"{str(e).strip(chr(39) + chr(34))}; known: {rt.domains.ids()}") from e
     iv = params.intervention
     check_intervention(domain.schema, iv.concept, iv.target, iv.source, prefix)
-    if params.method not in rt.methods():
-        raise field_error(f"{prefix}.method", f"unknown method {params.method!r}; available: {sorted(rt.methods())}")
-    reason = domain.unavailable_reason(params.method, iv.concept)  # concept-level: no pairs to transfer
-    if reason:
-        raise field_error(f"{prefix}.method", reason)
     clf_ref = params.classifier if params.classifier is not None else rt.default_classifier_name()
     if clf_ref is None:
         raise field_error(f"{prefix}.classifier", "required: this server has no default classifier")
@@ -104,8 +99,14 @@ def resolve(rt: Runtime, params: Any, prefix: str = "body") -> Resolved:
                        kind="missing-resource") from e
     except ValueError as e:
         raise field_error(f"{prefix}.classifier", str(e)) from e
+    method = params.method or default_method(domain, clf_name)
+    if method not in rt.methods():
+        raise field_error(f"{prefix}.method", f"unknown method {method!r}; available: {sorted(rt.methods())}")
+    reason = domain.unavailable_reason(method, iv.concept)  # concept-level: no pairs to transfer
+    if reason:
+        raise field_error(f"{prefix}.method", reason)
     try:
-        explainer, lock, info = rt.explainer(params.method, domain, llm=params.llm, aggregation=params.aggregation,
+        explainer, lock, info = rt.explainer(method, domain, llm=params.llm, aggregation=params.aggregation,
                                              similarity_threshold=params.similarity_threshold,
                                              classifier_name=clf_name)
     except LookupError as e:
@@ -113,10 +114,19 @@ def resolve(rt: Runtime, params: Any, prefix: str = "body") -> Resolved:
     except ValidationError as e:
         raise field_error(f"{prefix}.llm", str(e)) from e
     if params.similarity_threshold is not None and not hasattr(explainer, "similarity_threshold"):
-        raise field_error(f"{prefix}.similarity_threshold", f"method {params.method!r} does not use it")
+        raise field_error(f"{prefix}.similarity_threshold", f"method {method!r} does not use it")
     if params.aggregation != "mean" and not hasattr(explainer, "aggregation"):
-        raise field_error(f"{prefix}.aggregation", f"method {params.method!r} does not aggregate counterfactuals")
-    return Resolved(clf, clf_name, domain, explainer, lock, info, params.top_k, params.method)
+        raise field_error(f"{prefix}.aggregation", f"method {method!r} does not aggregate counterfactuals")
+    return Resolved(clf, clf_name, domain, explainer, lock, info, params.top_k, method)
+
+
+def default_method(domain: Domain, classifier_name: str) -> str:
+    """`auto` once the classifier is calibrated on the domain, `match` before (measured the best single method)."""
+    try:
+        calibrated = (domain.calibration_dir(classifier_name) / "meta.json").exists()
+    except ValueError:  # an inline classifier has no calibration
+        calibrated = False
+    return "auto" if calibrated else "match"
 
 
 def check_query(r: Resolved, q: Query, labels_field: str, source_field: str) -> None:

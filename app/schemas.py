@@ -78,8 +78,9 @@ class ExplanationRequest(BaseModel):
     intervention: InterventionIn
     domain: str | None = DOMAIN_FIELD
     classifier: SafeText | dict[str, Any] | None = CLASSIFIER_FIELD
-    method: SafeText = Field("match", description="generate, match, or a baseline (see GET /v1/methods).",
-                             examples=["match"])
+    method: SafeText | None = Field(
+        None, description="auto, generate, match, or a baseline (see GET /v1/methods); default: auto once the "
+        "classifier is calibrated on the domain, else match.", examples=["match"])
     top_k: StrictInt = Field(5, ge=1, description="Counterfactuals to average over (K).", examples=[5])
     aggregation: Aggregation = Field("mean", description="How the K counterfactual predictions are combined.")
     similarity_threshold: StrictFloat | None = Field(
@@ -169,7 +170,8 @@ class EffectsParams(BaseModel):
     intervention: InterventionIn
     domain: str | None = DOMAIN_FIELD
     classifier: SafeText | dict[str, Any] | None = CLASSIFIER_FIELD
-    method: SafeText = Field("match", examples=["pt_match"])
+    method: SafeText | None = Field(None, description="As in ExplanationRequest (default: auto once calibrated, "
+                                    "else match).", examples=["pt_match"])
     top_k: StrictInt = Field(5, ge=1)
     aggregation: Aggregation = "mean"
     similarity_threshold: StrictFloat | None = Field(None, ge=-1.0, le=1.0)
