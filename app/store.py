@@ -45,6 +45,16 @@ class Claimed:
     attempts: int
 
 
+@dataclass
+class ItemOutcome:
+    """What became of one item of a batch: a result, an error, or (retry) back to pending."""
+
+    idx: int
+    result: Any = None
+    error: str | None = None
+    retry: bool = False
+
+
 class Store:
     """All persistence for the service; thread-safe (one engine, short transactions)."""
 
@@ -273,6 +283,30 @@ class Store:
                 self.items.c.job_id == job_id, self.items.c.idx == idx,
                 self.items.c.lease_owner == owner, self.items.c.status == "running").values(**values))
         return res.rowcount == 1
+
+    def finish_items(self, owner: str, job_id: str, outcomes: Sequence[ItemOutcome]) -> set[int]:
+        """Record a batch's outcomes in one transaction (one commit for the batch, not one per item).
+
+        Same rule as `finish_item` per row: only rows `owner` still holds are written.
+        Returns the indices written.
+        """
+        now = time.time()
+        written: set[int] = set()
+        it = self.items
+        with self.engine.begin() as c:
+            for o in outcomes:
+                values: dict[str, Any] = {"lease_owner": owner if not o.retry else None, "lease_until": None}
+                if o.retry:
+                    values.update(status="pending", error=o.error)
+                elif o.error is not None:
+                    values.update(status="failed", error=o.error, finished_at=now)
+                else:
+                    values.update(status="done", result=_dump(o.result), error=None, finished_at=now)
+                res = c.execute(it.update().where(it.c.job_id == job_id, it.c.idx == o.idx, it.c.lease_owner == owner,
+                                                  it.c.status == "running").values(**values))
+                if res.rowcount == 1:
+                    written.add(o.idx)
+        return written
 
     def open_items(self, job_id: str) -> int:
         with self.engine.connect() as c:

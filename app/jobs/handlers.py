@@ -20,10 +20,11 @@ from app.jobs.worker import RetryableError
 from app.problems import ApiError, is_llm_error
 from app.resources import Runtime
 from app.schemas import EffectsParams, SpaceGenerate
-from explainers.classifiers.base import ClassifierUnavailable, MalformedResponse
-from explainers.concepts import ConceptSchema
+from explainers.classifiers.base import ClassifierUnavailable
+from explainers.concepts import ConceptSchema, Intervention
 from explainers.estimate import cace
 from explainers.registry import Pool
+from explainers.types import Explanation, explain_batch, zero_explanation
 
 
 class EffectsHandler:
@@ -43,10 +44,19 @@ class EffectsHandler:
         return r
 
     def process(self, job_id: str, request: dict[str, Any], payload: Any, index: int) -> dict[str, Any]:
+        return self.process_batch(job_id, request, [(payload, index)])[0]
+
+    def process_batch(self, job_id: str, request: dict[str, Any], items: list[tuple[Any, int]]) -> list[dict[str, Any]]:
+        """Rows for a batch of items, each stage once for the batch (see `rows`).
+
+        Upstream outages become RetryableError (the worker retries the whole batch later);
+        any other error fails the batch, and the worker re-runs its items one by one so that
+        only the bad item fails.
+        """
         params = EffectsParams.model_validate(request)
         try:
             r = self.resolved(job_id, params)
-            return self.row(r, params, payload)
+            return self.rows(r, params, [payload for payload, _ in items])
         except (ClassifierUnavailable, httpx.TransportError) as e:
             raise RetryableError(f"{type(e).__name__}: {e}") from e
         except ApiError as e:
@@ -57,12 +67,43 @@ class EffectsHandler:
             raise
 
     def row(self, r: explain.Resolved, params: EffectsParams, payload: dict[str, Any]) -> dict[str, Any]:
+        return self.rows(r, params, [payload])[0]
+
+    def rows(self, r: explain.Resolved, params: EffectsParams, payloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """ICaCE rows for many texts, each stage once: one tagger call for the texts whose source
+        value is unknown, one batched explanation (encoder, search, one classifier call) for the
+        texts the intervention changes, one classifier call for the bases of those it does not.
+        Each row equals what explaining its text alone gives (`explain.run`)."""
         iv = params.intervention
-        try:
-            exp, intervention, inferred, _ = explain.run(self.rt, r, params.method, payload["text"], iv.concept,
-                                                         iv.target, iv.source, payload.get("labels"))
-        except MalformedResponse:
-            raise
+        texts = [p["text"] for p in payloads]
+        labels: list[dict[str, str] | None] = [p.get("labels") for p in payloads]
+        unknown = [i for i, lab in enumerate(labels) if iv.source is None and not (lab and iv.concept in lab)]
+        if unknown:
+            for i, tagged in zip(unknown, self.rt.infer_labels([texts[i] for i in unknown]), strict=True):
+                labels[i] = {**tagged, **(labels[i] or {})}
+        interventions = []
+        for i, text in enumerate(texts):
+            src, _, labels[i] = explain.source_for(self.rt, text, iv.concept, iv.source, labels[i])
+            interventions.append(Intervention(iv.concept, iv.target, src))
+        changed = [i for i, x in enumerate(interventions) if x.source != x.target]
+        same = [i for i, x in enumerate(interventions) if x.source == x.target]
+        exps: dict[int, Explanation] = {}
+        if changed:
+            with r.lock:
+                found = explain_batch(r.explainer, [texts[i] for i in changed], [interventions[i] for i in changed],
+                                      r.classifier, r.top_k, base_labels=[labels[i] for i in changed])
+            exps.update(zip(changed, found, strict=True))
+        if same:
+            bases = np.asarray(r.classifier.predict_proba([texts[i] for i in same]), float)
+            for i, base in zip(same, bases, strict=True):
+                exp = zero_explanation(params.method, r.classifier.labels, base, interventions[i])
+                exp.details["unchanged"] = True
+                exps[i] = exp
+        inferred = set(unknown)
+        return [self._row(payloads[i], exps[i], interventions[i], i in inferred) for i in range(len(payloads))]
+
+    @staticmethod
+    def _row(payload: dict[str, Any], exp: Explanation, intervention: Intervention, inferred: bool) -> dict[str, Any]:
         unchanged = bool(exp.details.get("unchanged"))
         return {
             "id": payload.get("id"), "status": "unchanged" if unchanged else "done",

@@ -49,10 +49,9 @@ def _submit(rt: Runtime, params: EffectsParams, payloads: list[dict[str, Any]]) 
     inline = params.mode == "inline" or (params.mode == "auto" and len(payloads) <= s.max_inline_texts)
     request = params.model_dump(mode="json")
     if inline:
-        rows = []
-        for i, p in enumerate(payloads):
-            result = rt_handler(rt).row(r, params, p)
-            rows.append({"index": i, "status": "done", "result": result, "payload": p, "attempts": 1})
+        results = rt_handler(rt).rows(r, params, payloads)  # the job's batch path, for the whole request
+        rows = [{"index": i, "status": "done", "result": result, "payload": p, "attempts": 1}
+                for i, (p, result) in enumerate(zip(payloads, results, strict=True))]
         try:
             result = summarize(params, rows)
         except ValueError as e:
