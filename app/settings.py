@@ -47,7 +47,8 @@ class Settings(BaseSettings):
     # Jobs waiting or running at once; beyond it POSTs get 429 with Retry-After.
     job_queue_limit: int = 100
     # Items a worker leases per claim, and how long a lease lasts before another worker may take it over.
-    job_claim_batch: int = 8
+    # An effects job runs a claim's items as one batch (one encoder call, one search, one classifier call).
+    job_claim_batch: int = 32
     job_lease_s: float = 30.0
     # How often idle workers look for work.
     job_poll_s: float = 0.25
