@@ -26,6 +26,9 @@ class Settings(BaseSettings):
     # Machine-wide caches (embeddings, LLM generations, built wheels). The library reads the
     # same variable, CACE_CACHE_DIR, directly; default ~/.cache/cace.
     cache_dir: Path | None = None
+    # Sentence-encoder backend: torch (sentence-transformers), onnx or onnx-int8 (ONNX Runtime,
+    # `pip install .[onnx]`). The library reads the same variable, CACE_ENCODER_BACKEND, directly.
+    encoder_backend: str = "torch"
 
     host: str = "127.0.0.1"
     port: int = 8000

@@ -19,6 +19,9 @@ from pathlib import Path
 import numpy as np
 
 DEFAULT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
+# How the model runs: sentence-transformers on torch, or the same model exported to ONNX Runtime
+# (fp32, or int8 weights). Chosen per Encoder or for the process by CACE_ENCODER_BACKEND.
+BACKENDS = ("torch", "onnx", "onnx-int8")
 _MINILM_ALIASES = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2", "minilm"}
 
 
@@ -90,7 +93,7 @@ class _SharedCache:
 
 
 class Encoder:
-    """A sentence-transformers model with a per-text embedding cache (L2-normalised vectors)."""
+    """A sentence encoder (torch or ONNX Runtime backend) with a per-text embedding cache (unit vectors)."""
 
     _models: dict[str, object] = {}
     _caches: dict[str, _SharedCache] = {}
@@ -98,24 +101,35 @@ class Encoder:
     # Texts kept in memory per model (about 1.6 KB each for a 384-d model).
     max_cached = int(os.environ.get("CACE_EMBEDDING_CACHE_ITEMS", 200_000))
 
-    def __init__(self, model: str = DEFAULT_ENCODER, *, use_disk_cache: bool = True, batch_size: int = 64) -> None:
+    def __init__(self, model: str = DEFAULT_ENCODER, *, use_disk_cache: bool = True, batch_size: int = 64,
+                 backend: str | None = None) -> None:
         self.model_name = model
         self.path = resolve_model(model)
         self.batch_size = batch_size
         self.use_disk_cache = use_disk_cache
-        fingerprint = model_fingerprint(self.path)
+        self.backend = backend or os.environ.get("CACE_ENCODER_BACKEND") or "torch"
+        if self.backend not in BACKENDS:
+            raise ValueError(f"unknown encoder backend {self.backend!r}; choose one of {BACKENDS}")
+        # fp32 ONNX gives torch's vectors (within ~1e-6), so they share a cache; int8 vectors differ.
+        fingerprint = model_fingerprint(self.path) + ("-int8" if self.backend == "onnx-int8" else "")
         with Encoder._lock:
             self._cache = Encoder._caches.setdefault(fingerprint, _SharedCache(self.max_cached))
         self._cache_file = cache_dir() / "embeddings" / f"{fingerprint}.npz"
 
     @property
     def model(self):
+        key = f"{self.backend}:{self.path}"
         with Encoder._lock:
-            if self.path not in Encoder._models:
-                from sentence_transformers import SentenceTransformer
+            if key not in Encoder._models:
+                if self.backend == "torch":
+                    from sentence_transformers import SentenceTransformer
 
-                Encoder._models[self.path] = SentenceTransformer(self.path, device="cpu")
-            return Encoder._models[self.path]
+                    Encoder._models[key] = SentenceTransformer(self.path, device="cpu")
+                else:
+                    from explainers.onnx_encoder import OnnxSentenceModel
+
+                    Encoder._models[key] = OnnxSentenceModel(self.path, self.backend)
+            return Encoder._models[key]
 
     @property
     def dim(self) -> int:
