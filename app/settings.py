@@ -57,6 +57,12 @@ class Settings(BaseSettings):
     job_poll_s: float = 0.25
     # Attempts per item before it is marked failed (retryable upstream errors only).
     job_max_attempts: int = 3
+    # Run effects batches on a Ray cluster ("auto", "ray://host:10001" or "host:6379"); None: in process.
+    # Needs `pip install .[ray]`. Each classifier gets its own pool of actors (bounded concurrency);
+    # set job_workers to at least the actors you want busy.
+    ray_address: str | None = None
+    ray_actors_per_classifier: int = 2
+    ray_actor_cpus: float = 1.0
     # Table-name prefix in the job store: lets several deployments (or test runs) share one database.
     table_prefix: str = "cace_"
     # This replica's name in leases; None means host-pid-random.

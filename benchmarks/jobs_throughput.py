@@ -117,6 +117,7 @@ def run_job(method: str, texts: list[str], backend: str, cache: Path, args: argp
 
     from tests.service_server import drop_pg_prefix, service, store_env
 
+    tmp.mkdir(parents=True, exist_ok=True)
     env = {**store_env(backend, tmp), "CACE_CACHE_DIR": str(cache), "OMP_NUM_THREADS": args.threads,
            "CACE_DATA_DIR": str(DATA_DIR)}
     if claim_batch is not None:
