@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -166,6 +166,55 @@ class Store:
             for start in range(0, len(rows), 1000):
                 c.execute(self.items.insert(), rows[start:start + 1000])
         return job_id
+
+    def create_job_stream(self, kind: str, request: dict[str, Any], payloads: Iterable[Any], *,
+                          limit: int | None = None, chunk: int = 1000) -> str | None:
+        """`create_job` for an iterator of payloads, inserted `chunk` at a time (bounded memory).
+
+        One transaction: if the iterator raises (a bad line deep in an upload), nothing is
+        kept and the error propagates. None if `limit` active jobs already exist.
+        """
+        job_id = uuid.uuid4().hex
+        with self.engine.begin() as c:
+            if limit is not None:
+                active = c.execute(sa.select(sa.func.count()).select_from(self.jobs)
+                                   .where(self.jobs.c.status.in_(ACTIVE))).scalar_one()
+                if active >= limit:
+                    return None
+            c.execute(self.jobs.insert().values(
+                id=job_id, kind=kind, status="queued", request=_dump(request), total=0, created_at=time.time()))
+            total = 0
+            rows: list[dict[str, Any]] = []
+            for p in payloads:
+                rows.append({"job_id": job_id, "idx": total, "payload": _dump(p), "status": "pending", "attempts": 0})
+                total += 1
+                if len(rows) == chunk:
+                    c.execute(self.items.insert(), rows)
+                    rows = []
+            if rows:
+                c.execute(self.items.insert(), rows)
+            c.execute(self.jobs.update().where(self.jobs.c.id == job_id).values(total=total))
+        return job_id
+
+    def iter_item_rows(self, job_id: str, *, page: int = 1000, with_payload: bool = True) -> Iterator[dict[str, Any]]:
+        """Every item row in index order, read a page at a time by index (keyset, not OFFSET: a
+        million rows stream in linear time and bounded memory)."""
+        it = self.items
+        cols = [it.c.idx, it.c.status, it.c.attempts, it.c.result, it.c.error, it.c.finished_at, it.c.lease_owner]
+        if with_payload:
+            cols.append(it.c.payload)
+        last = -1
+        while True:
+            with self.engine.connect() as c:
+                rows = c.execute(sa.select(*cols).where(it.c.job_id == job_id, it.c.idx > last)
+                                 .order_by(it.c.idx).limit(page)).mappings().all()
+            for r in rows:
+                yield {"index": r["idx"], "status": r["status"], "attempts": r["attempts"],
+                       "payload": _load(r["payload"]) if with_payload else None, "result": _load(r["result"]),
+                       "error": r["error"], "finished_at": r["finished_at"], "lease_owner": r["lease_owner"]}
+            if len(rows) < page:
+                return
+            last = rows[-1]["idx"]
 
     def active_jobs(self) -> int:
         with self.engine.connect() as c:

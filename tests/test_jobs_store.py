@@ -236,3 +236,37 @@ def test_a_cancelled_job_hands_its_batch_back_unprocessed(store: Store) -> None:
     workers._run_batch(job, batch, False)
     assert handler.batches == [] and handler.calls == []
     assert {r["status"] for r in store.item_rows(job)} == {"pending"}
+
+
+def test_a_streamed_job_is_inserted_in_chunks_and_all_or_nothing(store: Store) -> None:
+    job = store.create_job_stream("square", {}, ({"x": i} for i in range(2500)), chunk=1000)
+    assert store.get_job(job)["total"] == 2500
+    rows = list(store.iter_item_rows(job, page=700))
+    assert [r["index"] for r in rows] == list(range(2500))
+    assert rows[1234]["payload"] == {"x": 1234}
+    assert next(store.iter_item_rows(job, with_payload=False))["payload"] is None
+
+    def bad_upload():
+        for i in range(1500):
+            yield {"x": i}
+        raise ValueError("line 1501 is not JSON")
+
+    before, _ = store.list_jobs()
+    with pytest.raises(ValueError, match="1501"):
+        store.create_job_stream("square", {}, bad_upload(), chunk=1000)
+    after, _ = store.list_jobs()
+    assert [j["id"] for j in after] == [j["id"] for j in before]  # nothing of the failed upload was kept
+    assert store.create_job_stream("square", {}, iter([{"x": 1}]), limit=1) is None  # the queue bound holds
+
+
+def test_blockwise_bootstrap_equals_one_index_matrix() -> None:
+    import numpy as np
+
+    from explainers.estimate import cace
+
+    arr = np.random.default_rng(3).normal(size=(50_001, 3))
+    got = cace(arr, seed=9, n_boot=200)
+    rng = np.random.default_rng(9)
+    boots = arr[rng.integers(0, len(arr), size=(200, len(arr)))].mean(axis=1)
+    low, high = np.quantile(boots, [0.025, 0.975], axis=0)
+    assert np.allclose(got.ci_low, low, rtol=0, atol=1e-12) and np.allclose(got.ci_high, high, rtol=0, atol=1e-12)

@@ -9,6 +9,7 @@ bootstrap is seeded by the request.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -113,24 +114,49 @@ class EffectsHandler:
             "n_counterfactuals": int(exp.details.get("used", len(exp.counterfactuals))),
         }
 
-    def finalize(self, job_id: str, request: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    # The worker may pass `finalize` an iterator over the stored rows instead of a list (one pass).
+    finalize_streams = True
+
+    def finalize(self, job_id: str, request: dict[str, Any], rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
         self._resolved.pop(job_id, None)
         params = EffectsParams.model_validate(request)
         return summarize(params, rows)
 
 
-def summarize(params: EffectsParams, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """CaCE + CI over changed texts; raises ValueError if no text was changed."""
-    results = [r["result"] for r in rows if r["status"] == "done" and r.get("result")]
-    changed = [x for x in results if x["status"] == "done"]
-    failed = sum(1 for r in rows if r["status"] == "failed")
-    if not changed:
-        raise ValueError(f"no text could be explained: {len(results)} already had "
+def summarize(params: EffectsParams, rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """CaCE + CI over changed texts; raises ValueError if no text was changed.
+
+    One pass over `rows` (an iterator of a million stored rows is fine): counts and sources are
+    tallied as rows arrive and only the changed texts' ICaCE vectors are kept, as compact arrays,
+    for the bootstrap.
+    """
+    n_rows = n_results = failed = 0
+    sources: Counter[str] = Counter()
+    labels: list[str] | None = None
+    blocks: list[np.ndarray] = []
+    pending: list[list[float]] = []
+    for r in rows:
+        n_rows += 1
+        if r["status"] == "failed":
+            failed += 1
+        x = r.get("result") if r["status"] == "done" else None
+        if not x:
+            continue
+        n_results += 1
+        sources[x["source"]] += 1
+        if x["status"] == "done":
+            labels = labels or x["labels"]
+            pending.append(x["icace"])
+            if len(pending) == 4096:
+                blocks.append(np.asarray(pending, dtype=float))
+                pending = []
+    if pending:
+        blocks.append(np.asarray(pending, dtype=float))
+    if labels is None:
+        raise ValueError(f"no text could be explained: {n_results} already had "
                          f"{params.intervention.concept}={params.intervention.target}, {failed} failed")
-    labels = changed[0]["labels"]
-    icaces = np.array([x["icace"] for x in changed], dtype=float)
+    icaces = np.concatenate(blocks)
     est = cace(icaces, confidence=params.confidence, seed=params.seed)
-    sources = Counter(x["source"] for x in results)
     mean_abs = np.abs(icaces).mean(axis=0)
     return {
         "labels": labels,
@@ -139,7 +165,7 @@ def summarize(params: EffectsParams, rows: list[dict[str, Any]]) -> dict[str, An
         "ci_high": explain.as_map(labels, est.ci_high),
         "confidence": params.confidence,
         "summary": {
-            "n_texts": len(rows), "n_changed": len(changed), "n_unchanged": len(results) - len(changed),
+            "n_texts": n_rows, "n_changed": len(icaces), "n_unchanged": n_results - len(icaces),
             "n_failed": failed, "sources": dict(sources),
             "mean_abs_icace": explain.as_map(labels, mean_abs),
             "most_increased": labels[int(np.argmax(est.cace))], "most_decreased": labels[int(np.argmin(est.cace))],

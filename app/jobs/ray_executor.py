@@ -118,7 +118,9 @@ class RayEffectsHandler:
     def process(self, job_id: str, request: dict[str, Any], payload: Any, index: int) -> Any:
         return self.process_batch(job_id, request, [(payload, index)])[0]
 
-    def finalize(self, job_id: str, request: dict[str, Any], rows: list[dict[str, Any]]) -> Any:
+    finalize_streams = True
+
+    def finalize(self, job_id: str, request: dict[str, Any], rows: Any) -> Any:
         return self.local.finalize(job_id, request, rows)
 
     def rows(self, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:

@@ -224,7 +224,9 @@ class Workers:
         handler = self.handlers.get(kind)
         if handler is None:
             return
-        rows = self.store.item_rows(job_id)
+        # A handler that reads its rows once gets them streamed (a million-text job stays in bounded memory).
+        streams = getattr(handler, "finalize_streams", False)
+        rows = self.store.iter_item_rows(job_id, with_payload=False) if streams else self.store.item_rows(job_id)
         try:
             result = handler.finalize(job_id, request, rows)
         except Exception as e:

@@ -6,7 +6,9 @@ whose items are stored per text, answered with 202 and a Location to poll.
 
 from __future__ import annotations
 
+import itertools
 import json
+from collections.abc import Iterator
 from typing import Any
 
 from fastapi import APIRouter, Depends, File, Form, UploadFile
@@ -97,23 +99,51 @@ def upload_effects(
         errors = [{"field": ".".join(["params", *map(str, x["loc"])]), "message": x["msg"]} for x in e.errors()]
         raise ApiError(422, "Request validation failed", "; ".join(f"{x['field']}: {x['message']}" for x in errors),
                        kind="validation", errors=errors) from e
-    texts = parse_jsonl(file, rt.settings.max_body_bytes)
-    return _submit(rt, p, _payloads(rt, texts, "file"))
+    s = rt.settings
+    lines = iter_upload(file, max_bytes=s.max_body_bytes, max_texts=s.max_upload_texts,
+                        max_chars=s.max_text_chars)
+    head = list(itertools.islice(lines, s.max_inline_texts + 1))
+    if not head:
+        raise field_error("file", "no texts in the file")
+    if len(head) <= s.max_inline_texts or p.mode == "inline":
+        return _submit(rt, p, head)  # everything is in `head` (or an inline request too large: a 422)
+    # A large upload streams into the store a chunk at a time: memory stays bounded whatever its size.
+    explain.resolve(rt, p)  # 4xx for bad classifier/method/intervention before anything is stored
+    job_id = rt.store.create_job_stream("effects", p.model_dump(mode="json"), itertools.chain(head, lines),
+                                        limit=s.job_queue_limit)
+    if job_id is None:
+        raise queue_full(s.job_queue_limit)
+    job = rt.store.get_job(job_id, with_request=False)
+    return JSONResponse(job_out(job).model_dump(mode="json"), status_code=202,
+                        headers={"Location": f"/v1/jobs/{job_id}"})
 
 
-def parse_jsonl(file: UploadFile, max_bytes: int) -> list[Any]:
-    raw = file.file.read(max_bytes + 1)
-    if len(raw) > max_bytes:
-        raise field_error("file", f"larger than {max_bytes} bytes", status=413)
-    items: list[Any] = []
-    for n, line in enumerate(raw.decode("utf-8", errors="replace").splitlines(), start=1):
+def iter_upload(file: UploadFile, *, max_bytes: int, max_texts: int, max_chars: int) -> Iterator[dict[str, Any]]:
+    """Payloads of a JSONL upload, one line at a time (the file is spooled to disk by the server).
+
+    Each line is a JSON string or {text, id?, labels?}; problems name the line (JSON) or the
+    text's index (content), as the JSON body's checks do.
+    """
+    n_bytes = 0
+    index = 0
+    for n, raw in enumerate(file.file, start=1):
+        n_bytes += len(raw)
+        if n_bytes > max_bytes:
+            raise field_error("file", f"larger than {max_bytes} bytes", status=413)
+        line = raw.decode("utf-8", errors="replace")
         if not line.strip():
             continue
         try:
             obj = json.loads(line)
-            items.append(obj if isinstance(obj, str) else EffectText.model_validate(obj))
+            item = obj if isinstance(obj, str) else EffectText.model_validate(obj)
         except (json.JSONDecodeError, ValidationError) as e:
             raise field_error(f"file.line{n}", f"not a JSON string or {{text, id, labels}} object: {e}") from e
-    if not items:
-        raise field_error("file", "no texts in the file")
-    return items
+        if index >= max_texts:
+            raise field_error("file", f"at most {max_texts} texts per upload", status=413)
+        text = item if isinstance(item, str) else item.text
+        if not text.strip():
+            raise field_error(f"file.{index}", "empty text")
+        if len(text) > max_chars:
+            raise field_error(f"file.{index}", f"at most {max_chars} characters")
+        yield (EffectText(text=item) if isinstance(item, str) else item).model_dump(exclude_none=True)
+        index += 1
