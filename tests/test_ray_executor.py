@@ -87,7 +87,8 @@ def test_job_on_ray_survives_a_killed_actor(ray_cluster: str, tmp_path: Path) ->
         assert r.status_code == 202, r.text
         job_id = r.json()["id"]
         deadline = time.monotonic() + 600
-        while c.get(f"/v1/jobs/{job_id}").json()["counts"]["done"] < 8:
+        while (job := c.get(f"/v1/jobs/{job_id}").json())["counts"]["done"] < 8:
+            assert job["status"] in ("queued", "running") and not job["item_errors"], job
             assert time.monotonic() < deadline, "the Ray actors never finished a batch"
             time.sleep(0.05)
         actors = [ray.get_actor(f"effects-svc-tfidf-lr-{i}", namespace="cace") for i in range(2)]

@@ -90,12 +90,12 @@ class RayEffectsHandler:
             pool = self._pools.get(key)
             if pool is None:
                 pool = queue.Queue()
-                actor_cls = ray.remote(EffectsActor).options(
-                    num_cpus=self.settings.ray_actor_cpus, max_restarts=-1, max_task_retries=0,
-                    max_concurrency=1, lifetime=None)
+                actor_cls = ray.remote(EffectsActor)
                 for i in range(self.actors_per_pool):
                     name = f"effects-{self.settings.instance_id or os.getpid()}-{key}-{i}"
-                    pool.put(actor_cls.options(name=name).remote(self._env))
+                    pool.put(actor_cls.options(
+                        name=name, num_cpus=self.settings.ray_actor_cpus, max_restarts=-1, max_task_retries=0,
+                        max_concurrency=1).remote(self._env))
                 self._pools[key] = pool
         return pool
 
