@@ -20,6 +20,8 @@ COPY pyproject.toml README.md ./
 COPY scripts/setup.sh scripts/setup.sh
 COPY explainers explainers
 COPY app app
+# Optional extras baked into the image, e.g. --build-arg CACE_EXTRAS=ray,onnx (Ray worker pods need ray).
+ARG CACE_EXTRAS=""
 RUN bash scripts/setup.sh run
 
 FROM ${PYTHON_IMAGE} AS runtime

@@ -283,6 +283,27 @@ def test_effects_upload_jsonl(client: httpx.Client, dev_texts: list[str]) -> Non
                    "params.intervention")
 
 
+def test_a_large_upload_streams_into_a_job(client: httpx.Client, dev_texts: list[str]) -> None:
+    # More lines than max_inline_texts (5 here): the file goes into the store a chunk at a time.
+    lines = [json.dumps({"text": f"{dev_texts[i % len(dev_texts)]} ({i})", "id": f"u{i}"}) for i in range(2500)]
+    before = client.get("/v1/jobs", params={"limit": 1}).json()["total"]
+    bad = lines[:2100] + ["{not json"] + lines[2100:]  # a bad line far past the first chunk
+    r = client.post("/v1/effects/upload", data={"params": json.dumps(EFFECT)},
+                    files={"file": ("big.jsonl", "\n".join(bad).encode(), "application/x-ndjson")})
+    assert_problem(r, 422, "file.line2101")
+    assert client.get("/v1/jobs", params={"limit": 1}).json()["total"] == before  # nothing half-stored
+    r = client.post("/v1/effects/upload", data={"params": json.dumps(EFFECT)},
+                    files={"file": ("big.jsonl", "\n".join(lines).encode(), "application/x-ndjson")})
+    assert r.status_code == 202, r.text
+    job_id = r.json()["id"]
+    client.post(f"/v1/jobs/{job_id}/cancel")
+    assert client.get(f"/v1/jobs/{job_id}").json()["total"] == 2500
+    got = client.get(f"/v1/jobs/{job_id}/rows.jsonl")
+    rows = [json.loads(x) for x in got.text.splitlines()]
+    assert [x["index"] for x in rows] == list(range(2500))
+    assert [x["id"] for x in rows[:3]] == ["u0", "u1", "u2"] and rows[-1]["id"] == "u2499"
+
+
 def test_cancel_a_job(client: httpx.Client, dev_texts: list[str]) -> None:
     r = client.post("/v1/effects", json={**EFFECT, "texts": dev_texts * 5, "mode": "job"})
     job_id = r.json()["id"]
