@@ -33,7 +33,7 @@ ENV PATH=/app/.venv/bin:$PATH \
     CACE_HOST=0.0.0.0 \
     CACE_PORT=8000 \
     CACE_DATA_DIR=/data \
-    CACE_CEBAB_DIR=/data/cebab \
+    CACE_DATASETS_DIR=/data/cebab \
     CACE_CACHE_DIR=/data/cache \
     CACE_LOG_FORMAT=json
 RUN groupadd --system --gid 10001 cace \
