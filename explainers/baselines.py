@@ -25,6 +25,7 @@ progressively (texts matching more confounders first) and says so in `details`.
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -34,7 +35,7 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from explainers.classifiers.base import Classifier
 from explainers.concepts import ConceptSchema, Intervention
 from explainers.registry import MissingResource, Pool, Resources, register
-from explainers.types import Counterfactual, CounterfactualExplainer, Explanation
+from explainers.types import Cost, Counterfactual, CounterfactualExplainer, Explanation
 
 PREDICT_CHUNK = 1024
 
@@ -82,28 +83,35 @@ class PoolScores:
         self.max_classifiers = max_classifiers
         self._by_id: dict[int, tuple[Classifier, np.ndarray]] = {}
 
-    def get(self, classifier: Classifier) -> np.ndarray:
+    def get(self, classifier: Classifier, cost: Cost | None = None) -> np.ndarray:
+        """Scores every pool text on first use (counted in `cost`, when given), then from memory."""
         hit = self._by_id.get(id(classifier))
         if hit is not None and hit[0] is classifier:
             return hit[1]
         preds = predict_in_chunks(classifier, self.pool.texts)
+        if cost is not None:
+            cost.classifier_calls += -(-len(self.pool.texts) // PREDICT_CHUNK)
+            cost.classifier_texts += len(self.pool.texts)
         if len(self._by_id) >= self.max_classifiers:
             self._by_id.pop(next(iter(self._by_id)))
         self._by_id[id(classifier)] = (classifier, preds)  # holding the classifier keeps its id unique
         return preds
 
 
-def _base_prediction(classifier: Classifier, text: str) -> np.ndarray:
+def _base_prediction(classifier: Classifier, text: str, cost: Cost) -> np.ndarray:
+    cost.classifier_calls += 1
+    cost.classifier_texts += 1
     return np.asarray(classifier.predict_proba([text]), float)[0]
 
 
 def _explanation(
     method: str, classifier: Classifier, base: np.ndarray, icace: np.ndarray, intervention: Intervention,
-    details: dict[str, Any],
+    details: dict[str, Any], cost: Cost, started: float,
 ) -> Explanation:
+    cost.wall_time_s += time.perf_counter() - started
     return Explanation(
         method=method, labels=list(classifier.labels), base_prediction=base, icace=np.asarray(icace, float),
-        spread=np.zeros_like(base), intervention=intervention, details=details,
+        spread=np.zeros_like(base), intervention=intervention, details=details, cost=cost,
     )
 
 
@@ -114,8 +122,9 @@ class ZeroExplainer:
 
     def explain(self, text: str, intervention: Intervention, classifier: Classifier, top_k: int = 5, *,
                 base_labels: Mapping[str, str] | None = None) -> Explanation:
-        base = _base_prediction(classifier, text)
-        return _explanation(self.name, classifier, base, np.zeros_like(base), intervention, {"used": 0})
+        started, cost = time.perf_counter(), Cost()
+        base = _base_prediction(classifier, text, cost)
+        return _explanation(self.name, classifier, base, np.zeros_like(base), intervention, {"used": 0}, cost, started)
 
 
 class RandomProbaExplainer:
@@ -128,11 +137,12 @@ class RandomProbaExplainer:
 
     def explain(self, text: str, intervention: Intervention, classifier: Classifier, top_k: int = 5, *,
                 base_labels: Mapping[str, str] | None = None) -> Explanation:
-        base = _base_prediction(classifier, text)
+        started, cost = time.perf_counter(), Cost()
+        base = _base_prediction(classifier, text, cost)
         rng = query_rng(self.seed, text, intervention)
         p = rng.uniform(size=(2, len(base)))
         p /= p.sum(axis=1, keepdims=True)
-        return _explanation(self.name, classifier, base, p[1] - p[0], intervention, {"used": 0})
+        return _explanation(self.name, classifier, base, p[1] - p[0], intervention, {"used": 0}, cost, started)
 
 
 class ConexpExplainer:
@@ -146,8 +156,8 @@ class ConexpExplainer:
         self.scores = PoolScores(pool)
         self._means: dict[int, dict[tuple[str, str], np.ndarray]] = {}
 
-    def _conditional_means(self, classifier: Classifier) -> dict[tuple[str, str], np.ndarray]:
-        preds = self.scores.get(classifier)
+    def _conditional_means(self, classifier: Classifier, cost: Cost) -> dict[tuple[str, str], np.ndarray]:
+        preds = self.scores.get(classifier, cost)
         means = self._means.get(id(classifier))
         if means is None:
             means = {}
@@ -161,15 +171,18 @@ class ConexpExplainer:
 
     def explain(self, text: str, intervention: Intervention, classifier: Classifier, top_k: int = 5, *,
                 base_labels: Mapping[str, str] | None = None) -> Explanation:
+        started, cost = time.perf_counter(), Cost()
         source = resolve_source(text, intervention, base_labels, self.taggers, self.name)
-        base = _base_prediction(classifier, text)
-        means = self._conditional_means(classifier)
+        base = _base_prediction(classifier, text, cost)
+        means = self._conditional_means(classifier, cost)
         c = intervention.concept
         if (c, source) not in means or (c, intervention.target) not in means:
             return _explanation(self.name, classifier, base, np.zeros_like(base), intervention,
-                                {"used": 0, "note": "no pool text with the source or target value; effect zero"})
+                                {"used": 0, "note": "no pool text with the source or target value; effect zero"},
+                                cost, started)
         icace = means[(c, intervention.target)] - means[(c, source)]
-        return _explanation(self.name, classifier, base, icace, intervention, {"used": 0, "source": source})
+        return _explanation(self.name, classifier, base, icace, intervention, {"used": 0, "source": source}, cost,
+                            started)
 
 
 def one_hot(labels: Sequence[Mapping[str, str]], schema: ConceptSchema) -> np.ndarray:
@@ -204,10 +217,10 @@ class SLearnerExplainer:
         self.x_pool = one_hot(pool.labels, pool.schema)
         self._fitted: tuple[int, Any, np.ndarray | None] | None = None
 
-    def _model(self, classifier: Classifier) -> tuple[Any, np.ndarray | None]:
+    def _model(self, classifier: Classifier, cost: Cost | None = None) -> tuple[Any, np.ndarray | None]:
         if self._fitted is not None and self._fitted[0] == id(classifier):
             return self._fitted[1], self._fitted[2]
-        preds = self.scores.get(classifier)
+        preds = self.scores.get(classifier, cost)
         if self.target == "proba":
             model: Any = Ridge(alpha=1.0 / self.C).fit(self.x_pool, preds)
             classes = None
@@ -234,12 +247,13 @@ class SLearnerExplainer:
         if intervention.source is not None:
             labels[intervention.concept] = intervention.source
         after = dict(labels, **{intervention.concept: intervention.target})
-        base = _base_prediction(classifier, text)
-        model, classes = self._model(classifier)
+        started, cost = time.perf_counter(), Cost()
+        base = _base_prediction(classifier, text, cost)
+        model, classes = self._model(classifier, cost)
         x = one_hot([labels, after], self.pool.schema)
         y = self._predict(model, classes, x, len(base))
         return _explanation(self.name, classifier, base, y[1] - y[0], intervention,
-                            {"used": 0, "labels": labels, "target": self.target})
+                            {"used": 0, "labels": labels, "target": self.target}, cost, started)
 
 
 class PoolMatcher(CounterfactualExplainer):

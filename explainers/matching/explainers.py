@@ -346,7 +346,9 @@ class StackedExplainer:
         else:
             base = next(iter(parts.values())).base_prediction
             icace = sum(weights[n] * np.asarray(e.icace, float) for n, e in parts.items())
-        cfs = [c for e in parts.values() for c in e.counterfactuals]
+        # The K counterfactuals shown: the heaviest components' first, each text once.
+        ranked = sorted(parts, key=lambda n: -weights[n])
+        cfs = list({c.text: c for n in ranked for c in parts[n].counterfactuals}.values())[:top_k]
         return Explanation(self.name, list(classifier.labels), base, np.asarray(icace, float), np.zeros_like(base),
                            counterfactuals=cfs, intervention=intervention, cost=cost,
                            details={"weights": weights, "weights_info": self.weights_info,
