@@ -94,5 +94,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     problems.install(app)
     for module in (health, explanations, effects, jobs, registries, spaces):
         app.include_router(module.router)
+    app.include_router(importlib.import_module("app.ui").router)  # the web UI at /ui (public page, keyed API calls)
     _install_hooks(app, settings)
     return app

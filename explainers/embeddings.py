@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from explainers.progress import Progress
+
 DEFAULT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 _MINILM_ALIASES = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2", "minilm"}
 
@@ -118,12 +120,18 @@ class Encoder:
         keys = [self._key(t) for t in texts]
         missing = list(dict.fromkeys(t for t, k in zip(texts, keys, strict=True) if k not in self._memory))
         if missing:
-            vecs = self.model.encode(
-                missing, batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True,
-                show_progress_bar=False,
-            )
-            for t, v in zip(missing, vecs, strict=True):
-                self._memory[self._key(t)] = v.astype(np.float32)
+            # In chunks, so a long embedding run (a fresh pool) can report progress.
+            chunk = self.batch_size * 16
+            with Progress(len(missing), "embed", unit="text") as bar:
+                for start in range(0, len(missing), chunk):
+                    part = missing[start : start + chunk]
+                    vecs = self.model.encode(
+                        part, batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True,
+                        show_progress_bar=False,
+                    )
+                    for t, v in zip(part, vecs, strict=True):
+                        self._memory[self._key(t)] = v.astype(np.float32)
+                    bar.update(len(part))
             if len(missing) >= 32:
                 self._save_disk()
         if not texts:
