@@ -1,8 +1,8 @@
 """One explanation, as the API and the effects jobs both run it.
 
-Why here and not in a route: `POST /v1/explanations`, inline effects and effects job
-items must resolve the classifier, the intervention's source value and the explainer
-identically, and map library errors to the same problems. The library does the work
+Why here and not in a route: `POST /v1/explanations`, `:explain`, inline effects and effects
+job items must resolve the domain, the classifier, the intervention's source value and the
+explainer identically, and check requests against the domain's schema the same way. The library does the work
 (`Explainer.explain`); this module only wires requests to it.
 """
 
@@ -18,7 +18,8 @@ from pydantic import ValidationError
 
 from app.problems import ApiError, field_error
 from app.resources import Runtime
-from explainers.concepts import Intervention
+from explainers.concepts import ConceptSchema, Intervention
+from explainers.domains import Domain
 from explainers.types import Explanation, zero_explanation
 
 
@@ -28,14 +29,26 @@ class Resolved:
 
     classifier: Any
     classifier_name: str
+    domain: Domain
     explainer: Any
     lock: Any
     info: dict[str, Any]
     top_k: int
+    method: str
 
 
-def check_intervention(rt: Runtime, concept: str, target: str, source: str | None, prefix: str = "body") -> None:
-    schema = rt.schema
+@dataclass(frozen=True)
+class Query:
+    """One text to explain and what the caller knows about it."""
+
+    text: str
+    concept: str
+    target: str
+    source: str | None = None
+    labels: dict[str, str] | None = None
+
+
+def check_intervention(schema: ConceptSchema, concept: str, target: str, source: str | None, prefix: str) -> None:
     if concept not in schema:
         raise field_error(f"{prefix}.intervention.concept", f"unknown concept {concept!r}; known: {schema.names}")
     values = list(schema[concept].values)
@@ -47,15 +60,41 @@ def check_intervention(rt: Runtime, concept: str, target: str, source: str | Non
         raise field_error(f"{prefix}.intervention.source", "source equals target: the intervention changes nothing")
 
 
+def check_labels(schema: ConceptSchema, labels: dict[str, str] | None, where: str) -> None:
+    """Known labels must name the domain's concepts and values (a 422 naming the field otherwise)."""
+    for c, v in (labels or {}).items():
+        if c not in schema:
+            raise field_error(f"{where}.{c}", f"unknown concept {c!r}; known: {schema.names}")
+        if v not in schema[c].values:
+            raise field_error(f"{where}.{c}", f"{v!r} is not a value of {c!r}; allowed: {list(schema[c].values)}")
+
+
+def needs_labels(domain: Domain, concept: str) -> bool:
+    """True when the concept's current value cannot be inferred in this domain (no usable tagger)."""
+    return not domain.tagger_usable(concept)
+
+
 def resolve(rt: Runtime, params: Any, prefix: str = "body") -> Resolved:
-    """Classifier and explainer for a request (ExplanationRequest or EffectsParams), with 4xx on bad refs."""
+    """Domain, classifier and explainer for a request (ExplanationRequest or EffectsParams), with 4xx on bad refs."""
     s = rt.settings
     if params.top_k > s.max_top_k:
         raise field_error(f"{prefix}.top_k", f"at most {s.max_top_k}")
-    iv = params.intervention
-    check_intervention(rt, iv.concept, iv.target, iv.source, prefix)
     try:
-        clf, clf_name = rt.classifier(params.classifier)
+        domain = rt.domain(params.domain)
+    except LookupError as e:
+        raise field_error(f"{prefix}.domain", f"{str(e).strip(chr(39) + chr(34))}; known: {rt.domains.ids()}") from e
+    iv = params.intervention
+    check_intervention(domain.schema, iv.concept, iv.target, iv.source, prefix)
+    if params.method not in rt.methods():
+        raise field_error(f"{prefix}.method", f"unknown method {params.method!r}; available: {sorted(rt.methods())}")
+    reason = domain.unavailable_reason(params.method, iv.concept, iv.target)
+    if reason:
+        raise field_error(f"{prefix}.method", reason)
+    clf_ref = params.classifier if params.classifier is not None else rt.default_classifier_name()
+    if clf_ref is None:
+        raise field_error(f"{prefix}.classifier", "required: this server has no default classifier")
+    try:
+        clf, clf_name = rt.classifier(clf_ref)
     except LookupError as e:
         raise field_error(f"{prefix}.classifier", str(e).strip("'\"")) from e
     except ValidationError as e:
@@ -68,61 +107,77 @@ def resolve(rt: Runtime, params: Any, prefix: str = "body") -> Resolved:
                        kind="missing-resource") from e
     except ValueError as e:
         raise field_error(f"{prefix}.classifier", str(e)) from e
-    if params.space is not None and not rt.spaces.exists(params.space):
-        raise field_error(f"{prefix}.space", f"space {params.space!r} does not exist")
     try:
-        explainer, lock, info = rt.explainer(params.method, space_id=params.space, llm=params.llm,
-                                             aggregation=params.aggregation,
+        explainer, lock, info = rt.explainer(params.method, domain, llm=params.llm, aggregation=params.aggregation,
                                              similarity_threshold=params.similarity_threshold,
                                              classifier_name=clf_name)
-    except KeyError as e:
-        raise field_error(f"{prefix}.method", f"unknown method {params.method!r}; available: "
-                                              f"{sorted(rt.methods())}") from e
     except LookupError as e:
         raise field_error(f"{prefix}.llm", str(e).strip("'\"")) from e
     except ValidationError as e:
         raise field_error(f"{prefix}.llm", str(e)) from e
-    return Resolved(clf, clf_name, explainer, lock, info, params.top_k)
+    if params.similarity_threshold is not None and not hasattr(explainer, "similarity_threshold"):
+        raise field_error(f"{prefix}.similarity_threshold", f"method {params.method!r} does not use it")
+    if params.aggregation != "mean" and not hasattr(explainer, "aggregation"):
+        raise field_error(f"{prefix}.aggregation", f"method {params.method!r} does not aggregate counterfactuals")
+    return Resolved(clf, clf_name, domain, explainer, lock, info, params.top_k, params.method)
 
 
-def source_for(rt: Runtime, text: str, concept: str, source: str | None, labels: dict[str, str] | None
-               ) -> tuple[str, bool, dict[str, str] | None]:
-    """The concept's current value: given, else from known labels, else inferred by the taggers."""
-    if source is not None:
-        return source, False, labels
-    if labels and concept in labels:
-        return labels[concept], False, labels
-    inferred = rt.infer_labels([text])[0]
-    merged = {**inferred, **(labels or {})}
-    return merged[concept], True, merged
+def check_query(r: Resolved, q: Query, labels_field: str, source_field: str) -> None:
+    """A text's labels fit the domain, and its source is known or inferable (422 naming the field otherwise)."""
+    check_labels(r.domain.schema, q.labels, labels_field)
+    if q.source is None and not (q.labels and q.concept in q.labels) and needs_labels(r.domain, q.concept):
+        raise field_error(source_field, f"domain {r.domain.id!r} has no usable tagger for {q.concept!r}: pass "
+                                        f"intervention.source or the text's {q.concept!r} label")
 
 
-def run(rt: Runtime, r: Resolved, method: str, text: str, concept: str, target: str, source: str | None,
-        labels: dict[str, str] | None) -> tuple[Explanation, Intervention, bool, dict[str, float]]:
+def source_for(rt: Runtime, domain: Domain, q: Query) -> tuple[str, bool, dict[str, str] | None]:
+    """The concept's current value: given, else from known labels, else inferred by the domain's taggers."""
+    if q.source is not None:
+        return q.source, False, q.labels
+    if q.labels and q.concept in q.labels:
+        return q.labels[q.concept], False, q.labels
+    inferred = rt.infer_labels(domain, [q.text])[0]
+    merged = {**inferred, **(q.labels or {})}
+    return merged[q.concept], True, merged
+
+
+def run(rt: Runtime, r: Resolved, q: Query) -> tuple[Explanation, Intervention, bool, dict[str, float]]:
     """Explain one text; returns the explanation, the full intervention, whether the source was inferred, timings."""
     started = time.perf_counter()
-    src, inferred, labels = source_for(rt, text, concept, source, labels)
+    src, inferred, labels = source_for(rt, r.domain, q)
     t_source = time.perf_counter()
-    intervention = Intervention(concept, target, src)
-    if src == target:
-        base = np.asarray(r.classifier.predict_proba([text]), float)[0]
-        exp = zero_explanation(method, r.classifier.labels, base, intervention)
-        exp.details["note"] = f"the text already has {concept}={target}; changing it to {target} changes nothing"
+    intervention = Intervention(q.concept, q.target, src)
+    if src == q.target:
+        base = np.asarray(r.classifier.predict_proba([q.text]), float)[0]
+        exp = zero_explanation(r.method, r.classifier.labels, base, intervention)
+        exp.details["note"] = f"the text already has {q.concept}={q.target}; changing it changes nothing"
         exp.details["unchanged"] = True
     else:
         with r.lock:
-            exp = r.explainer.explain(text, intervention, r.classifier, r.top_k, base_labels=labels)
+            exp = r.explainer.explain(q.text, intervention, r.classifier, r.top_k, base_labels=labels)
     done = time.perf_counter()
     timings = {"total_ms": round((done - started) * 1000, 3), "source_inference_ms": round((t_source - started) * 1000, 3),
                "explain_ms": round((done - t_source) * 1000, 3)}
     return exp, intervention, inferred, timings
 
 
+def explain_one(rt: Runtime, req: Any, prefix: str = "body") -> dict[str, Any]:
+    """The whole path of one ExplanationRequest: resolve, check, explain, answer (routes and `:explain`)."""
+    if len(req.text) > rt.settings.max_text_chars:
+        raise field_error(f"{prefix}.text", f"at most {rt.settings.max_text_chars} characters")
+    r = resolve(rt, req, prefix)
+    iv = req.intervention
+    q = Query(req.text, iv.concept, iv.target, iv.source, req.base_labels)
+    check_query(r, q, f"{prefix}.base_labels", f"{prefix}.intervention.source")
+    exp, intervention, inferred, timings = run(rt, r, q)
+    return response(exp, r, intervention, inferred, timings)
+
+
 def as_map(labels: list[str], values: Any) -> dict[str, float]:
     return {lab: float(v) for lab, v in zip(labels, values, strict=True)}
 
 
-def response(exp: Explanation, r: Resolved, method: str, intervention: Intervention, inferred: bool,
+def response(exp: Explanation, r: Resolved, intervention: Intervention, inferred: bool,
              timings: dict[str, float]) -> dict[str, Any]:
     labels = list(exp.labels)
     details = plain(exp.details)
@@ -132,14 +187,15 @@ def response(exp: Explanation, r: Resolved, method: str, intervention: Intervent
         d["prediction"] = as_map(labels, c.prediction) if c.prediction is not None else None
         cfs.append(d)
     return {
-        "method": method, "classifier": r.classifier_name, "labels": labels,
+        "method": r.method, "classifier": r.classifier_name, "labels": labels,
         "base_prediction": as_map(labels, exp.base_prediction), "icace": as_map(labels, exp.icace),
         "intervention": {"concept": intervention.concept, "target": intervention.target,
                          "source": intervention.source, "source_inferred": inferred},
         "uncertainty": {"spread": as_map(labels, exp.spread),
                         "n_counterfactuals": int(exp.details.get("used", len(exp.counterfactuals)))},
         "counterfactuals": cfs, "cost": asdict(exp.cost), "timings": timings,
-        "space_id": r.info.get("space_id") or exp.details.get("space_id"), "llm": r.info.get("llm"),
+        "domain": r.domain.id, "space_id": r.domain.space.meta.get("name"),
+        "pool": {"texts": len(r.domain.pool), "pairs": len(r.domain.pool.pairs)}, "llm": r.info.get("llm"),
         "details": details,
     }
 

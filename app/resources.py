@@ -1,4 +1,4 @@
-"""What a running service holds: the store, classifiers, LLMs, pool, taggers, spaces, explainers.
+"""What a running service holds: the store, classifiers, LLMs, domains, explainers.
 
 Why one object: routes and job workers must build classifiers, LLM backends and
 explainers the same way, and other layers hook in here. In particular every outbound
@@ -6,9 +6,10 @@ client (classifier or LLM endpoint) is built by `build_classifier_from_spec` /
 `build_llm_from_spec`, which pass `outbound_transport` (a URL-policy httpx transport the
 security layer may set on `app.state`) to the library, so no code path can bypass it.
 
-The embedded defaults (reference tfidf-lr classifier, CEBaB pool, taggers, concept
-space) load in a background thread so `/healthz` answers at once; each component's
-state is kept in `components` and `/readyz` reports it.
+The embedded defaults (the default domain: schema, pool, taggers, concept space; and its
+reference classifier) load in a background thread so `/healthz` answers at once; each
+component's state is kept in `components` and `/readyz` reports it. Every explainer is
+built from one domain's data (`Domain.resources`) and cached per domain.
 """
 
 from __future__ import annotations
@@ -28,19 +29,17 @@ from typing import Any
 
 import httpx
 
+from app.domains import DomainCatalog
 from app.settings import Settings
-from app.spaces import SpaceCatalog
 from app.store import Store
 from explainers.classifiers.base import Classifier
-from explainers.concepts import CEBAB_SCHEMA, ConceptSchema
-from explainers.registry import MissingResource, Resources, available, build_explainer
+from explainers.domains import BUILTIN as BUILTIN_DOMAINS
+from explainers.domains import Domain
+from explainers.registry import MissingResource, available, build_explainer
 
 log = logging.getLogger("cace.resources")
 
 BUILTIN = "builtin"
-# Methods that search a trained concept space, and those that use one when there is one.
-SPACE_METHODS = ("match", "match_dr", "stacked")
-OPTIONAL_SPACE_METHODS = ("pair_transfer",)
 
 
 def build_classifier_from_spec(spec: dict[str, Any], transport: httpx.BaseTransport | None = None, *,
@@ -86,16 +85,13 @@ class Runtime:
     def __init__(self, settings: Settings, store: Store) -> None:
         self.settings = settings
         self.store = store
-        self.schema: ConceptSchema = CEBAB_SCHEMA
         self.instance_id = settings.instance_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.outbound_transport: httpx.BaseTransport | None = None
         self.builtin_classifiers: dict[str, Classifier] = {}
         self.builtin_meta: dict[str, dict[str, Any]] = {}
-        self.pool: Any = None
-        self.encoder: Any = None
-        self.taggers: Any = None
-        self.spaces = SpaceCatalog(Path(settings.data_dir) / "spaces")
-        self.default_space_id: str | None = None
+        self._encoder: Any = None
+        self.domains = DomainCatalog(Path(settings.data_dir) / "domains", self.encoder)
+        self.default_domain_id: str | None = None
         self._classifiers: OrderedDict[str, Classifier] = OrderedDict()
         self._llms: OrderedDict[str, Any] = OrderedDict()
         self._explainers: OrderedDict[tuple, tuple[Any, threading.Lock]] = OrderedDict()
@@ -104,18 +100,19 @@ class Runtime:
         self.loaded = threading.Event()
 
     # ---- embedded defaults ----------------------------------------------------------------
-    def plan_defaults(self) -> list[tuple[str, bool, Callable[[], str]]]:
+    def default_classifier_name(self) -> str | None:
+        """The configured default classifier, else the default built-in domain's reference classifier."""
         s = self.settings
-        steps: list[tuple[str, bool, Callable[[], str]]] = []
         if s.default_classifier:
+            return None if s.default_classifier == "none" else s.default_classifier
+        return BUILTIN_DOMAINS[s.default_domain][1] if s.default_domain in BUILTIN_DOMAINS else None
+
+    def plan_defaults(self) -> list[tuple[str, bool, Callable[[], str]]]:
+        steps: list[tuple[str, bool, Callable[[], str]]] = []
+        if self.default_classifier_name():
             steps.append(("classifier", True, self._load_default_classifier))
-        if s.default_pool:
-            steps.append(("pool", True, self._load_pool))
-            steps.append(("encoder", False, self._load_encoder))
-        if s.default_taggers:
-            steps.append(("taggers", False, self._load_taggers))
-        if s.default_space and s.default_pool:
-            steps.append(("space", False, self._load_space))
+        if self.settings.default_domain != "none":
+            steps.append(("domain", True, self._load_default_domain))
         for name, required, _ in steps:
             self.components[name] = Component(name, required)
         return steps
@@ -147,8 +144,9 @@ class Runtime:
         from explainers.artifacts import read_meta
         from explainers.reference import ensure_reference, load_reference
 
-        name = self.settings.default_classifier
-        path = ensure_reference(name, self.settings.data_dir, self.settings.cebab_dir)
+        name = self.default_classifier_name()
+        assert name is not None
+        path = ensure_reference(name, self.settings.data_dir, self.settings.datasets_dir)
         clf = self._cached(load_reference(path), f"{BUILTIN}:{name}")
         meta = read_meta(path)
         self.builtin_classifiers[name] = clf
@@ -156,32 +154,39 @@ class Runtime:
                                    "dev_accuracy": meta.get("dev_accuracy")}
         return f"{name} from {path}"
 
-    def _load_pool(self) -> str:
-        from explainers.bench.pools import cebab_pool
+    def encoder(self) -> Any:
+        """The one MiniLM encoder (and embedding cache) every domain, space and tagger shares."""
+        with self._lock:
+            if self._encoder is None:
+                from explainers.embeddings import Encoder
 
-        self.pool = cebab_pool(self.settings.default_pool, self.settings.cebab_dir)
-        return f"CEBaB {self.settings.default_pool}: {len(self.pool)} texts, {len(self.pool.pairs)} pairs"
+                self._encoder = Encoder()
+            return self._encoder
 
-    def _load_encoder(self) -> str:
-        from explainers.embeddings import Encoder
+    def _load_default_domain(self) -> str:
+        """A built-in domain by name (built on first start), or an operator's domain folder."""
+        from explainers.domains import ensure_builtin, load_domain
 
-        enc = Encoder()
-        enc.encode(self.pool.texts)  # warm the cache so the first pt_match request is fast
-        self.encoder = enc
-        self.spaces._encoder = enc  # one encoder (and embedding cache) for pool, baselines and spaces
-        return enc.model_name
+        name = self.settings.default_domain
+        if name in BUILTIN_DOMAINS:
+            domain = ensure_builtin(name, self.domains.root, self.settings.datasets_dir, encoder=self.encoder())
+        else:
+            domain = load_domain(Path(name), encoder=self.encoder())
+        domain.space.base_vectors()  # warm the embedding cache so the first request is fast
+        self.domains.pin(domain)
+        self.default_domain_id = domain.id
+        return f"domain {domain.id}: {len(domain.pool)} texts, {len(domain.pool.pairs)} pairs"
 
-    def _load_taggers(self) -> str:
-        from explainers.taggers import TaggerSet, ensure_taggers
-
-        path = ensure_taggers(self.settings.data_dir, data_dir=self.settings.cebab_dir)
-        self.taggers = TaggerSet.load(path)
-        return f"taggers from {path}"
-
-    def _load_space(self) -> str:
-        space_id = self.spaces.ensure_default(self.settings.data_dir, self.settings.cebab_dir)
-        self.default_space_id = space_id
-        return f"space {space_id}"
+    def domain(self, domain_id: str | None) -> Domain:
+        """The named domain, or the default; LookupError/MissingResource say what is missing."""
+        if domain_id is None:
+            if self.default_domain_id is None:
+                state = self.components.get("domain")
+                why = f" (default domain: {state.status}: {state.detail})" if state else \
+                    " (CACE_DEFAULT_DOMAIN=none: name a domain in the request)"
+                raise MissingResource(f"no default domain is loaded{why}")
+            domain_id = self.default_domain_id
+        return self.domains.get(domain_id)
 
     @staticmethod
     def _cached(clf: Classifier, key: str) -> Classifier:
@@ -205,7 +210,7 @@ class Runtime:
             return self.builtin_classifiers[ref], ref
         row = self.store.registry_get("classifier", ref)
         if row is None:
-            if ref == self.settings.default_classifier and not self.ready:
+            if ref == self.default_classifier_name() and not self.ready:
                 raise MissingResource(f"classifier {ref!r} is still loading; see /readyz")
             raise LookupError(f"classifier {ref!r} is not registered")
         key = f"registered:{ref}:{spec_key(row['spec'])}"
@@ -242,7 +247,12 @@ class Runtime:
             prefix = f"registered:{name}:" if kind == "classifier" else f"{name}:"
             for k in [k for k in cache if k.startswith(prefix)]:
                 cache.pop(k)
-            for k in [k for k in self._explainers if k[3] == name]:
+            for k in [k for k in self._explainers if name in (k[2], k[3])]:
+                self._explainers.pop(k)
+
+    def forget_domain(self, domain_id: str) -> None:
+        with self._lock:
+            for k in [k for k in self._explainers if k[0] == domain_id]:
                 self._explainers.pop(k)
 
     @staticmethod
@@ -256,28 +266,17 @@ class Runtime:
     def methods(self) -> dict[str, str]:
         return available()
 
-    def explainer(self, method: str, *, space_id: str | None = None, llm: str | dict[str, Any] | None = None,
+    def explainer(self, method: str, domain: Domain, *, llm: str | dict[str, Any] | None = None,
                   aggregation: str = "mean", similarity_threshold: float | None = None,
                   classifier_name: str | None = None) -> tuple[Any, threading.Lock, dict[str, Any]]:
-        """A built explainer (cached), its lock, and facts to report (space id, LLM name).
+        """A built explainer over `domain`'s data (cached), its lock, and facts to report (LLM name).
 
-        `classifier_name` picks the stacking weights a space holds for that classifier
+        `classifier_name` picks the stacking weights the domain's space holds for that classifier
         (`stacked` falls back to equal weights, and says so, when none were fit for it).
         """
         if method not in available():
             raise KeyError(method)
         info: dict[str, Any] = {}
-        space = None
-        needs_space = method in SPACE_METHODS
-        if needs_space or (method in OPTIONAL_SPACE_METHODS and (space_id or self.default_space_id)):
-            space_id = space_id or self.default_space_id
-            if space_id is None:
-                state = self.components.get("space")
-                why = f" (default space: {state.status}: {state.detail})" if state else ""
-                raise MissingResource(f"method {method!r} needs a concept space, and none is loaded{why}")
-            space = self.spaces.load(space_id)
-            info["space_id"] = space_id
-            needs_space = True
         backend, llm_name = (None, None)
         if method == "generate":
             backend, llm_name = self.llm(llm)
@@ -286,25 +285,22 @@ class Runtime:
                                       "or set CACE_LLM_BASE_URL and CACE_LLM_MODEL")
             info["llm"] = llm_name
         stack_key = classifier_name if method.startswith("stacked") else None
-        key = (method, space_id if needs_space else None, aggregation, llm_name, similarity_threshold, stack_key)
+        key = (domain.id, method, llm_name, stack_key, aggregation, similarity_threshold)
         with self._lock:
             hit = self._explainers.get(key)
             if hit is None:
-                res = Resources(schema=self.schema, pool=self.pool, encoder=self.encoder, space=space, llm=backend,
-                                taggers=self.taggers, seed=0)
                 options: dict[str, Any] = {"aggregation": aggregation}
                 if similarity_threshold is not None:
                     options["similarity_threshold"] = similarity_threshold
                 if stack_key:
                     options["stack_key"] = stack_key
+                res = domain.resources(encoder=self.encoder(), llm=backend)
                 hit = (build_explainer(method, res, **options), threading.Lock())
                 self._remember(self._explainers, key, hit, limit=16)
         return hit[0], hit[1], info
 
-    def infer_labels(self, texts: list[str]) -> list[dict[str, str]]:
-        if self.taggers is None:
-            state = self.components.get("taggers")
-            why = f" (taggers: {state.status}: {state.detail})" if state else ""
-            raise MissingResource("the intervention has no source value and no concept taggers are loaded to infer it;"
-                                  f" pass intervention.source{why}")
-        return [dict(x) for x in self.taggers.predict(texts)]
+    def infer_labels(self, domain: Domain, texts: list[str]) -> list[dict[str, str]]:
+        """Labels of the concepts whose tagger is usable in `domain` (others are absent)."""
+        if domain.taggers is None:
+            raise MissingResource(f"domain {domain.id!r} has no concept taggers; pass the labels")
+        return domain.taggers.predict(texts)

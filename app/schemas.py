@@ -14,11 +14,16 @@ Aggregation = Literal["mean", "similarity_weighted"]
 
 EXAMPLE_TEXT = "The food was delicious but the waiter ignored us for twenty minutes."
 CLASSIFIER_FIELD = Field(
-    "tfidf-lr",
+    None,
     description="A registered classifier name (see /v1/classifiers), or an inline endpoint spec "
-    "(e.g. {\"protocol\": \"hf\", \"url\": \"http://host:8080/predict\", \"labels\": [\"1\",\"2\",\"3\",\"4\",\"5\"]}).",
+    "(e.g. {\"protocol\": \"hf\", \"url\": \"http://host:8080/predict\", \"labels\": [\"neg\",\"pos\"]}); "
+    "default: the server's default classifier.",
     examples=["tfidf-lr"],
 )
+DOMAIN_FIELD = Field(
+    None, pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$",
+    description="The domain (concept schema, corpus, taggers, space) to explain in (see /v1/domains); "
+    "default: the server's default domain.", examples=["cebab"])
 
 
 class InterventionIn(BaseModel):
@@ -37,18 +42,19 @@ class ExplanationRequest(BaseModel):
 
     text: str = Field(min_length=1, description="The text to explain.", examples=[EXAMPLE_TEXT])
     intervention: InterventionIn
-    classifier: str | dict[str, Any] = CLASSIFIER_FIELD
+    domain: str | None = DOMAIN_FIELD
+    classifier: str | dict[str, Any] | None = CLASSIFIER_FIELD
     method: str = Field("match", description="generate, match, or a baseline (see GET /v1/methods).",
                         examples=["match"])
     top_k: int = Field(5, ge=1, description="Counterfactuals to average over (K).", examples=[5])
     aggregation: Aggregation = Field("mean", description="How the K counterfactual predictions are combined.")
     similarity_threshold: float | None = Field(
         None, ge=-1.0, le=1.0, description="Drop matches below this cosine similarity (matching methods).")
-    space: str | None = Field(None, description="Concept space id for match (default: the embedded CEBaB space).")
     llm: str | dict[str, Any] | None = Field(
         None, description="Registered LLM name or inline LLM spec for generate (default: CACE_LLM_* settings).")
     base_labels: dict[str, str] | None = Field(
-        None, description="The text's concept labels, if known (else the taggers infer what a method needs).",
+        None, description="The text's concept labels, if known (else the domain's taggers infer what a method "
+        "needs; a concept without a usable tagger must be given here or as intervention.source).",
         examples=[{"food": "Positive", "service": "Negative", "ambiance": "unknown", "noise": "unknown"}])
 
 
@@ -88,7 +94,7 @@ class ExplanationResponse(BaseModel):
         "counterfactuals": [], "cost": {"classifier_calls": 1}, "timings": {"total_ms": 12.0,
                                                                             "source_inference_ms": 3.0,
                                                                             "explain_ms": 9.0},
-        "space_id": "cebab-head", "details": {}}]})
+        "domain": "cebab", "space_id": "default", "pool": {"texts": 11701, "pairs": 26828}, "details": {}}]})
 
     method: str
     classifier: str
@@ -100,7 +106,9 @@ class ExplanationResponse(BaseModel):
     counterfactuals: list[CounterfactualOut]
     cost: dict[str, Any]
     timings: Timings
-    space_id: str | None = None
+    domain: str = Field(description="The domain whose corpus, space and taggers answered.")
+    space_id: str | None = Field(None, description="The domain's concept space that was searched.")
+    pool: dict[str, int] = Field(default_factory=dict, description="Size of the domain's pool (texts, pairs).")
     llm: str | None = None
     details: dict[str, Any] = Field(default_factory=dict)
 
@@ -120,12 +128,12 @@ class EffectsParams(BaseModel):
         "intervention": {"concept": "food", "target": "Negative"}, "classifier": "tfidf-lr", "method": "pt_match"}]})
 
     intervention: InterventionIn
-    classifier: str | dict[str, Any] = CLASSIFIER_FIELD
+    domain: str | None = DOMAIN_FIELD
+    classifier: str | dict[str, Any] | None = CLASSIFIER_FIELD
     method: str = Field("match", examples=["pt_match"])
     top_k: int = Field(5, ge=1)
     aggregation: Aggregation = "mean"
     similarity_threshold: float | None = Field(None, ge=-1.0, le=1.0)
-    space: str | None = None
     llm: str | dict[str, Any] | None = None
     confidence: float = Field(0.95, gt=0.0, lt=1.0, description="Bootstrap CI level.")
     seed: int = Field(0, description="Bootstrap seed (results are reproducible for a seed).")
@@ -226,27 +234,56 @@ class RegistrationList(BaseModel):
     items: list[RegistrationOut]
 
 
-class SpaceGenerate(BaseModel):
-    """Generate counterfactual groups with an LLM before training (for a corpus without edits)."""
+class DomainGenerate(BaseModel):
+    """Generate counterfactual groups with an LLM before building (for a corpus without edits)."""
 
     model_config = ConfigDict(extra="forbid")
 
     llm: str | None = Field(None, description="A registered LLM name; null = the server's default LLM")
     sources: int | None = Field(None, ge=1, le=100000, description="How many corpus texts to edit (null = all)")
     concepts_per_source: int = Field(2, ge=1, le=16, description="Concepts edited per text (2 gives T and C groups)")
-    verify_with_taggers: bool = Field(True, description="Drop edits the concept taggers read as missing the target")
+    verify_with_taggers: bool = Field(True, description="Drop edits the domain's taggers read as missing the target")
     temperature: float = Field(0.7, ge=0.0, le=2.0)
     max_tokens: int = Field(160, ge=16, le=2048)
 
 
-class SpaceOut(BaseModel):
+class DomainParams(BaseModel):
+    """The JSON part of POST /v1/domains (the corpus is the file part)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
+        "id": "movie-reviews", "schema": {"concepts": [{"name": "acting", "values": ["bad", "good", "unknown"]}]}}]})
+
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$", description="New domain id", examples=["movie-reviews"])
+    schema_: dict[str, Any] | None = Field(
+        None, alias="schema", description="Concept schema {concepts: [{name, values, description?}]}; "
+        "default: inferred from the labels seen (a concept some rows lack gets the value `unknown`)")
+    description: str | None = Field(None, max_length=500, description="What the domain's texts are")
+    generate: DomainGenerate | None = Field(
+        None, description="First add LLM-generated counterfactual groups (needs an LLM)")
+
+
+class DomainOut(BaseModel):
     id: str
-    meta: dict[str, Any] = Field(default_factory=dict)
     default: bool = False
+    status: str = "ready"
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    source: str | None = None
+    created_at: str | None = None
+    stats: dict[str, Any] = Field(default_factory=dict, description="texts, origins, groups, pairs per concept "
+                                  "and per direction, value counts")
+    taggers: dict[str, Any] = Field(default_factory=dict, description="Per concept: held-out accuracy, majority "
+                                    "rate, usable (a concept without a usable tagger needs labels in requests)")
+    space: dict[str, Any] = Field(default_factory=dict, description="The trained concept space: hit rates")
+    methods: dict[str, dict[str, str | None]] = Field(
+        default_factory=dict, description="Per concept, per method: null if available, else why not")
+    generation: dict[str, Any] | None = None
+    calibrations: dict[str, Any] = Field(default_factory=dict)
+
+    model_config = ConfigDict(populate_by_name=True)
 
 
-class SpaceList(BaseModel):
-    spaces: list[SpaceOut]
+class DomainList(BaseModel):
+    domains: list[DomainOut]
 
 
 class MethodsOut(BaseModel):

@@ -56,7 +56,7 @@ SCOPES = ("explain", "admin")
 KEY_PREFIX = "cace_"
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc",
                           "/openapi.json"})
-ADMIN_COLLECTIONS = ("/v1/classifiers", "/v1/llms", "/v1/spaces")
+ADMIN_COLLECTIONS = ("/v1/classifiers", "/v1/llms", "/v1/domains")
 
 
 def hash_key(key: str) -> str:

@@ -1,7 +1,7 @@
 """All service configuration, in one place: environment variables with the prefix CACE_.
 
 Defaults are the embedded setup a fresh machine runs with (SQLite job store, artifacts
-under ./var, the reference tfidf-lr classifier and a CEBaB concept space).
+under ./var, the built-in default domain and its reference classifier).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ class Settings(BaseSettings):
     data_dir: Path = Path("var")
     # SQLAlchemy URL of the job store; None means SQLite at data_dir/jobs.sqlite.
     database_url: str | None = None
-    # Directory of the CEBaB split files; None means the library's default lookup.
-    cebab_dir: Path | None = None
+    # Source data of the built-in domains (split files); None means the library's default lookup.
+    datasets_dir: Path | None = None
     # Machine-wide caches (embeddings, LLM generations, built wheels). The library reads the
     # same variable, CACE_CACHE_DIR, directly; default ~/.cache/cace.
     cache_dir: Path | None = None
@@ -30,9 +30,12 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
 
-    # Embedded defaults on start-up.
-    default_classifier: str = "tfidf-lr"
-    default_space: bool = True
+    # The default domain: a built-in name ("cebab"), an operator's domain folder, or "none"
+    # (the service then starts in seconds, and requests name their domain).
+    default_domain: str = "cebab"
+    # The default classifier: a built-in reference classifier name or "none"; unset means the
+    # default built-in domain's reference classifier (tfidf-lr for cebab), none otherwise.
+    default_classifier: str | None = None
 
     # Work limits (each gives a clear 4xx when exceeded).
     max_text_chars: int = 5000
@@ -59,9 +62,6 @@ class Settings(BaseSettings):
     instance_id: str | None = None
     # Bootstrap resamples for CaCE confidence intervals.
     effects_n_boot: int = 1000
-    # Load the CEBaB pool, taggers and concept space as embedded defaults.
-    default_pool: str | None = "train_inclusive"
-    default_taggers: bool = True
     # Effects requests above max_inline_texts become jobs; `mode` in the request can force either way.
 
     # Default LLM for the generate route (an OpenAI-compatible server), if any.

@@ -8,6 +8,7 @@ server (explainers.serving) is started to exercise a registered remote classifie
 from __future__ import annotations
 
 import json
+import uuid
 import time
 from pathlib import Path
 
@@ -78,7 +79,7 @@ def test_health_and_readiness(client: httpx.Client) -> None:
     assert client.get("/healthz").json()["status"] == "ok"
     ready = client.get("/readyz").json()
     assert ready["ready"] is True
-    for name in ("classifier", "pool", "taggers", "space", "store"):
+    for name in ("classifier", "domain", "store"):
         assert ready["components"][name]["status"] == "ready", ready
 
 
@@ -120,11 +121,11 @@ def test_explanation_with_a_baseline(client: httpx.Client) -> None:
     assert e["cost"]["classifier_texts"] == 5 and e["timings"]["total_ms"] > 0
 
 
-def test_explanation_with_match_reports_the_space(client: httpx.Client) -> None:
+def test_explanation_with_match_reports_the_domain_and_space(client: httpx.Client) -> None:
     r = explain(client, method="match", top_k=3, aggregation="similarity_weighted")
     assert r.status_code == 200, r.text
     e = r.json()
-    assert e["space_id"] == "cebab-train_inclusive-head"
+    assert e["domain"] == "cebab" and e["space_id"] == "default" and e["pool"]["pairs"] > 0
     assert 1 <= len(e["counterfactuals"]) <= 3
     assert all(c["similarity"] is not None for c in e["counterfactuals"])
 
@@ -156,7 +157,10 @@ def test_already_at_target_is_a_zero_effect(client: httpx.Client) -> None:
     ({"top_k": 0}, 422, "body.top_k"),
     ({"top_k": 500}, 422, "body.top_k"),
     ({"aggregation": "median"}, 422, "body.aggregation"),
-    ({"space": "no-such-space", "method": "match"}, 422, "body.space"),
+    ({"domain": "no-such-domain", "method": "match"}, 422, "body.domain"),
+    ({"base_labels": {"service": "Bogus"}}, 422, "body.base_labels.service"),
+    ({"base_labels": {"price": "high"}}, 422, "body.base_labels.price"),
+    ({"similarity_threshold": 0.5, "method": "zero"}, 422, "body.similarity_threshold"),
     ({"classifier": {"protocol": "hf", "url": "http://127.0.0.1:9/predict"}}, 422, "body.classifier.hf.labels"),
     ({"classifier": {"protocol": "sklearn", "path": "var/test/classifiers/tfidf-lr"}}, 422, "body.classifier"),
 ])
@@ -292,56 +296,68 @@ def test_cancel_a_job(client: httpx.Client, dev_texts: list[str]) -> None:
     assert job_id in [j["id"] for j in listed["jobs"]]
 
 
-# ---- spaces ----------------------------------------------------------------------------------
+# ---- domains ---------------------------------------------------------------------------------
 
-def test_train_a_space_from_an_uploaded_corpus_and_use_it(client: httpx.Client) -> None:
+def test_build_a_domain_from_an_uploaded_corpus_and_use_it(client: httpx.Client) -> None:
     reviews = [r for r in load_split("train_inclusive")][:300]
     corpus = "\n".join(json.dumps({"text": r.text, "labels": r.clean_labels(), "origin": r.original_id})
                        for r in reviews)
     files = {"file": ("corpus.jsonl", corpus.encode(), "application/x-ndjson")}
-    r = client.post("/v1/spaces", files=files, data={"id": "tiny-test", "options": json.dumps({"epochs": 1})})
-    if r.status_code == 409:  # left over from an interrupted run
-        client.delete("/v1/spaces/tiny-test")
-        r = client.post("/v1/spaces", files=files, data={"id": "tiny-test", "options": json.dumps({"epochs": 1})})
+    domain_id = f"tiny-{uuid.uuid4().hex[:8]}"  # domains live in the shared test data dir
+    r = client.post("/v1/domains", files=files, data={"params": json.dumps({"id": domain_id})})
     assert r.status_code == 202, r.text
     job = wait_job(client, r.json()["id"], timeout=600)
     assert job["status"] == "succeeded", job
-    assert job["result"]["n_texts"] == 300 and job["result"]["n_pairs"] > 0
-    got = client.get("/v1/spaces/tiny-test").json()
-    assert got["meta"]["pool_size"] == 300 and got["default"] is False
-    assert "tiny-test" in [s["id"] for s in client.get("/v1/spaces").json()["spaces"]]
-    e = explain(client, method="match", space="tiny-test", top_k=2)
-    assert e.status_code == 200 and e.json()["space_id"] == "tiny-test"
-    assert client.delete("/v1/spaces/tiny-test").status_code == 204
-    assert_problem(client.get("/v1/spaces/tiny-test"), 404)
-    assert_problem(client.delete("/v1/spaces/cebab-train_inclusive-head"), 409)
-    bad = client.post("/v1/spaces", files=files, data={"id": "Bad Id"})
-    assert_problem(bad, 422, "body.id")
+    assert job["result"]["stats"]["texts"] == 300 and sum(job["result"]["stats"]["pairs"].values()) > 0
+    got = client.get(f"/v1/domains/{domain_id}").json()
+    assert got["stats"]["texts"] == 300 and got["default"] is False
+    assert got["schema"]["concepts"][0]["name"] == "food"
+    assert domain_id in [d["id"] for d in client.get("/v1/domains").json()["domains"]]
+    e = explain(client, method="match", domain=domain_id, top_k=2)
+    assert e.status_code == 200 and e.json()["domain"] == domain_id and e.json()["pool"]["texts"] == 300
+    assert client.delete(f"/v1/domains/{domain_id}").status_code == 204
+    assert_problem(client.get(f"/v1/domains/{domain_id}"), 404)
+    assert_problem(client.delete("/v1/domains/cebab"), 409)
+    bad = client.post("/v1/domains", files=files, data={"params": json.dumps({"id": "Bad Id"})})
+    assert_problem(bad, 422, "body.params.id")
 
 
-def test_space_generate_options_are_checked_before_a_job_starts(client: httpx.Client) -> None:
+def test_domain_generate_options_are_checked_before_a_job_starts(client: httpx.Client) -> None:
     corpus = "\n".join(json.dumps({"text": f"text {i}", "labels": {"food": "Positive"}}) for i in range(3))
     files = {"file": ("c.jsonl", corpus.encode(), "application/x-ndjson")}
 
-    def post(generate: str) -> httpx.Response:
-        return client.post("/v1/spaces", files=files, data={"id": "gen-check", "generate": generate})
+    def post(generate: object) -> httpx.Response:
+        return client.post("/v1/domains", files=files, data={"params": json.dumps({"id": "gen-check",
+                                                                                    "generate": generate})})
 
-    assert_problem(post("{not json"), 422, "body.generate")
-    assert_problem(post(json.dumps({"sources": 0})), 422, "body.generate.sources")
-    assert_problem(post(json.dumps({"typo": 1})), 422, "body.generate.typo")
-    assert "not registered" in assert_problem(post(json.dumps({"llm": "nobody"})), 422, "body.generate.llm")["detail"]
+    assert_problem(client.post("/v1/domains", files=files, data={"params": "{not json"}), 422, "body.params")
+    assert_problem(post({"sources": 0}), 422, "body.params.generate.sources")
+    assert_problem(post({"typo": 1}), 422, "body.params.generate.typo")
+    assert "not registered" in assert_problem(post({"llm": "nobody"}), 422, "body.params.generate.llm")["detail"]
     # This server has no default LLM configured: say so instead of queuing a job that must fail.
-    assert "no default LLM" in assert_problem(post(json.dumps({})), 422, "body.generate.llm")["detail"]
-    assert_problem(client.get("/v1/spaces/gen-check"), 404)
+    assert "no default LLM" in assert_problem(post({}), 422, "body.params.generate.llm")["detail"]
+    assert_problem(client.get("/v1/domains/gen-check"), 404)
 
 
-def test_space_training_options_are_validated_in_the_job(client: httpx.Client) -> None:
-    corpus = "\n".join(json.dumps({"text": f"text {i}", "labels": {"food": "Positive"}}) for i in range(3))
-    files = {"file": ("c.jsonl", corpus.encode(), "application/x-ndjson")}
-    r = client.post("/v1/spaces", files=files, data={"id": "bad-options", "options": json.dumps({"nope": 1})})
-    job = wait_job(client, r.json()["id"])
-    assert job["status"] == "failed" and "nope" in job["error"]
-    assert_problem(client.get("/v1/spaces/bad-options"), 404)
+def test_domain_corpus_and_schema_are_validated_naming_the_line(client: httpx.Client) -> None:
+    schema = {"concepts": [{"name": "food", "values": ["Positive", "Negative"]}]}
+
+    def post(lines: list[object], params: dict) -> httpx.Response:
+        body = "\n".join(x if isinstance(x, str) else json.dumps(x) for x in lines).encode()
+        return client.post("/v1/domains", files={"file": ("c.jsonl", body, "application/x-ndjson")},
+                           data={"params": json.dumps({"id": "bad-corpus", **params})})
+
+    good = {"text": "fine food", "labels": {"food": "Positive"}}
+    assert_problem(post([good, {"text": "x", "labels": {"food": "Meh"}}], {"schema": schema}), 422,
+                   "body.file.line2.labels.food")
+    assert_problem(post([good, "{broken"], {}), 422, "body.file.line2")
+    assert_problem(post([good, {"text": "x", "labels": {"price": "high"}}], {"schema": schema}), 422,
+                   "body.file.line2.labels.price")
+    assert_problem(post([good], {}), 422, "body.file")
+    assert_problem(post([good, good], {"schema": {"concepts": [{"name": "food", "values": ["a"]}]}}), 422,
+                   "body.params.schema.concepts.0.values")
+    assert_problem(post([good, {"text": "\ud800", "labels": {}}], {}), 422, "body.file.line2")
+    assert_problem(client.get("/v1/domains/bad-corpus"), 404)
 
 
 # ---- a bare server (no embedded defaults, no workers) on both stores --------------------------

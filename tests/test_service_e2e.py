@@ -135,16 +135,16 @@ def test_generate_through_a_registered_llm(tmp_path: Path) -> None:
                                          "noise": "unknown"}} for t in dev_texts(3)]  # fmt: skip
         files = {"file": ("c.jsonl", "\n".join(json.dumps(x) for x in corpus).encode(), "application/x-ndjson")}
         gen = {"llm": "smollm2", "concepts_per_source": 2, "verify_with_taggers": False, "max_tokens": 60}
-        space_id = f"generated-{uuid.uuid4().hex[:8]}"  # spaces live in the shared test data dir
-        r = c.post("/v1/spaces", files=files, data={"id": space_id, "generate": json.dumps(gen)})
+        domain_id = f"generated-{uuid.uuid4().hex[:8]}"  # domains live in the shared test data dir
+        r = c.post("/v1/domains", files=files, data={"params": json.dumps({"id": domain_id, "generate": gen})})
         assert r.status_code == 202, r.text
         job = wait_job(c, r.json()["id"])
         assert job["status"] == "succeeded", job
-        aug = c.get(f"/v1/spaces/{space_id}").json()["meta"]["augmentation"]
-        assert c.delete(f"/v1/spaces/{space_id}").status_code == 204
+        aug = c.get(f"/v1/domains/{domain_id}").json()["generation"]
+        assert c.delete(f"/v1/domains/{domain_id}").status_code == 204
         assert aug["planned_edits"] == 6 and aug["llm_name"] == "smollm2" and aug["llm_calls"] == 6
         assert aug["kept_edits"] + sum(aug["rejections"].values()) == 6
-        assert job["result"]["n_pairs"] == aug["kept_edits"]
-        assert job["result"]["n_texts"] == 3 + aug["kept_edits"] - aug["duplicates_of_pool"]
-        bad = c.post("/v1/spaces", files=files, data={"id": "g2", "generate": json.dumps({"llm": "nobody"})})
-        assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "body.generate.llm"
+        assert sum(job["result"]["stats"]["pairs"].values()) == aug["kept_edits"]
+        assert job["result"]["stats"]["texts"] == 3 + aug["kept_edits"] - aug["duplicates_of_pool"]
+        bad = c.post("/v1/domains", files=files, data={"params": json.dumps({"id": "g2", "generate": {"llm": "nobody"}})})
+        assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "body.params.generate.llm"

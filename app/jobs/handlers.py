@@ -1,4 +1,4 @@
-"""The job kinds: effects (one item per text) and space training (one item).
+"""The job kinds: effects (one item per text) and domain builds (one item).
 
 Both inline effects requests and effects jobs run `EffectsHandler`, so a job's result
 equals what the same request would return inline, and a resumed job equals an
@@ -19,7 +19,7 @@ from app import explain
 from app.jobs.worker import RetryableError
 from app.problems import ApiError, is_llm_error
 from app.resources import Runtime
-from app.schemas import EffectsParams, SpaceGenerate
+from app.schemas import DomainGenerate, EffectsParams
 from explainers.classifiers.base import ClassifierUnavailable, MalformedResponse
 from explainers.concepts import ConceptSchema
 from explainers.estimate import cace
@@ -58,11 +58,8 @@ class EffectsHandler:
 
     def row(self, r: explain.Resolved, params: EffectsParams, payload: dict[str, Any]) -> dict[str, Any]:
         iv = params.intervention
-        try:
-            exp, intervention, inferred, _ = explain.run(self.rt, r, params.method, payload["text"], iv.concept,
-                                                         iv.target, iv.source, payload.get("labels"))
-        except MalformedResponse:
-            raise
+        q = explain.Query(payload["text"], iv.concept, iv.target, iv.source, payload.get("labels"))
+        exp, intervention, inferred, _ = explain.run(self.rt, r, q)
         unchanged = bool(exp.details.get("unchanged"))
         return {
             "id": payload.get("id"), "status": "unchanged" if unchanged else "done",
@@ -123,66 +120,56 @@ def row_out(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def pool_from_corpus(corpus: list[dict[str, Any]], schema: ConceptSchema) -> Pool:
-    """A Pool from uploaded rows {text, labels, origin?}; texts of one origin differing in one concept are pairs."""
-    texts = [r["text"] for r in corpus]
-    labels = [{c: r["labels"].get(c, "unknown") for c in schema.names} for r in corpus]
-    origins = [str(r.get("origin") or r.get("id") or i) for i, r in enumerate(corpus)]
-    groups: dict[str, list[int]] = {}
-    for i, o in enumerate(origins):
-        groups.setdefault(o, []).append(i)
-    pairs: list[tuple[int, int, str]] = []
-    for members in groups.values():
-        for i in members:
-            for j in members:
-                if i == j:
-                    continue
-                diff = [c for c in schema.names if labels[i][c] != labels[j][c]]
-                if len(diff) == 1:
-                    pairs.append((i, j, diff[0]))
-    ids = [str(r.get("id") or i) for i, r in enumerate(corpus)]
-    return Pool(texts=texts, labels=labels, schema=schema, ids=ids, origins=origins, pairs=pairs)
-
-
-class SpaceHandler:
-    """Train a concept space from an uploaded corpus (one item; the lease heartbeat covers long training)."""
+class DomainHandler:
+    """Build a domain from an uploaded corpus (one item; the lease heartbeat covers long training)."""
 
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
 
     def process(self, job_id: str, request: dict[str, Any], payload: Any, index: int) -> dict[str, Any]:
-        schema = ConceptSchema.from_dict(request["schema"]) if request.get("schema") else self.rt.schema
-        pool = pool_from_corpus(payload["corpus"], schema)
-        augmentation = None
-        if request.get("generate"):
-            pool, augmentation = self._augment(job_id, pool, request["generate"])
-        info = self.rt.spaces.train(request["space_id"], pool, request.get("options") or {},
-                                    augmentation=augmentation)
-        return {"space_id": request["space_id"], "n_texts": len(pool), "n_pairs": len(pool.pairs),
-                "meta": explain.plain(info.get("meta", {}))}
+        from explainers.domains import build_domain, pool_from_rows
 
-    def _augment(self, job_id: str, pool: Pool, gen: dict[str, Any]) -> tuple[Pool, dict[str, Any]]:
-        """Add LLM-generated counterfactuals, cached per job so a re-run item resumes, not restarts."""
+        schema = ConceptSchema.from_dict(request["schema"])
+        pool = pool_from_rows(payload["corpus"], schema)
+        augment = self._augmenter(job_id, pool, request["generate"]) if request.get("generate") else None
+        domain_id = request["domain_id"]
+        domain = build_domain(self.rt.domains.root, domain_id, pool, encoder=self.rt.encoder(), augment=augment)
+        self.rt.forget_domain(domain_id)
+        d = domain.describe()
+        return {"domain_id": domain_id, "stats": d["stats"], "taggers": d["taggers"], "space": d["space"],
+                "methods": d["methods"], "generation": d["generation"]}
+
+    def _augmenter(self, job_id: str, pool: Pool, gen: dict[str, Any]) -> Any:
+        """Add LLM-generated counterfactuals, cached per job so a re-run item resumes, not restarts.
+
+        Edits are checked by taggers fit on this corpus's own labels (never another domain's).
+        """
         from explainers.matching.augment import generation_augmenter
+        from explainers.taggers import TaggerSet
 
-        opts = SpaceGenerate.model_validate(gen)  # the stored request, with the API's defaults
+        opts = DomainGenerate.model_validate(gen)  # the stored request, with the API's defaults
         backend, name = self.rt.llm(opts.llm)
         if backend is None:
             raise ValueError("generate needs an LLM and none is configured")
-        taggers = self.rt.taggers if opts.verify_with_taggers else None
-        cache = Path(self.rt.settings.data_dir) / "generations" / f"space-{job_id}.sqlite"
+        taggers = TaggerSet(pool.schema).fit(pool.texts, pool.labels) if opts.verify_with_taggers else None
+        cache = Path(self.rt.settings.data_dir) / "generations" / f"domain-{job_id}.sqlite"
         cache.parent.mkdir(parents=True, exist_ok=True)
         augment = generation_augmenter(
             backend, n_sources=opts.sources, concepts_per_source=opts.concepts_per_source, cache=cache,
             taggers=taggers, temperature=opts.temperature, max_tokens=opts.max_tokens,
         )  # fmt: skip
-        out, report = augment(pool)
-        if report["kept_edits"] == 0 and report["errors"]:
-            raise RetryableError(f"the LLM {name!r} produced no counterfactual ({report['errors']} failed requests)")
-        return out, {**report, "llm_name": name}
+
+        def run(p: Pool) -> tuple[Pool, dict[str, Any]]:
+            out, report = augment(p)
+            if report["kept_edits"] == 0 and report["errors"]:
+                raise RetryableError(f"the LLM {name!r} produced no counterfactual ({report['errors']} failed "
+                                     "requests)")
+            return out, {**report, "llm_name": name}
+
+        return run
 
     def finalize(self, job_id: str, request: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
         row = rows[0]
         if row["status"] != "done":
-            raise ValueError(row.get("error") or "space training failed")
+            raise ValueError(row.get("error") or "domain build failed")
         return row["result"]

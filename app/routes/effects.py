@@ -41,11 +41,15 @@ def _payloads(rt: Runtime, texts: list[Any], where: str) -> list[dict[str, Any]]
     return out
 
 
-def _submit(rt: Runtime, params: EffectsParams, payloads: list[dict[str, Any]]) -> JSONResponse:
+def _submit(rt: Runtime, params: EffectsParams, payloads: list[dict[str, Any]], where: str) -> JSONResponse:
     s = rt.settings
     if params.mode == "inline" and len(payloads) > s.max_inline_texts:
         raise field_error("body.mode", f"inline runs take at most {s.max_inline_texts} texts; use mode=job")
-    r = explain.resolve(rt, params)  # 4xx for bad classifier/method/intervention before anything is queued
+    r = explain.resolve(rt, params)  # 4xx for bad domain/classifier/method/intervention before anything is queued
+    iv = params.intervention
+    for i, p in enumerate(payloads):  # every text's labels fit the domain, and its source can be known
+        q = explain.Query(p["text"], iv.concept, iv.target, iv.source, p.get("labels"))
+        explain.check_query(r, q, f"{where}.{i}.labels", f"{where}.{i}.labels")
     inline = params.mode == "inline" or (params.mode == "auto" and len(payloads) <= s.max_inline_texts)
     request = params.model_dump(mode="json")
     if inline:
@@ -78,7 +82,7 @@ def rt_handler(rt: Runtime) -> Any:
 def estimate_effects(req: EffectsRequest, rt: Runtime = Depends(runtime)) -> JSONResponse:
     """CaCE of one intervention over a list of texts, with a bootstrap CI and per-text ICaCE rows."""
     params = EffectsParams.model_validate(req.model_dump(exclude={"texts"}))
-    return _submit(rt, params, _payloads(rt, list(req.texts), "body.texts"))
+    return _submit(rt, params, _payloads(rt, list(req.texts), "body.texts"), "body.texts")
 
 
 @router.post("/v1/effects/upload", operation_id="upload_effects", status_code=200,
@@ -99,7 +103,7 @@ def upload_effects(
         raise ApiError(422, "Request validation failed", "; ".join(f"{x['field']}: {x['message']}" for x in errors),
                        kind="validation", errors=errors) from e
     texts = parse_jsonl(file, rt.settings.max_body_bytes)
-    return _submit(rt, p, _payloads(rt, texts, "file"))
+    return _submit(rt, p, _payloads(rt, texts, "file"), "file")
 
 
 def parse_jsonl(file: UploadFile, max_bytes: int) -> list[Any]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 
 from app import explain
-from app.problems import field_error
 from app.resources import Runtime
 from app.routes.common import problems, runtime
 from app.schemas import ExplanationRequest, ExplanationResponse
@@ -18,14 +17,9 @@ router = APIRouter(tags=["explanations"])
 def create_explanation(req: ExplanationRequest, rt: Runtime = Depends(runtime)) -> dict:
     """How would the classifier's output change if only `intervention.concept` were `intervention.target`?
 
-    Finds counterfactuals by the chosen method (a trained concept space for `match`, an LLM
-    for `generate`, a baseline otherwise), scores them with the classifier, and returns the
-    per-label ICaCE with the counterfactuals used.
+    Finds counterfactuals in the request's domain (default: the server's) by the chosen
+    method (its trained concept space for `match`, an LLM for `generate`, a baseline
+    otherwise), scores them with the classifier, and returns the per-label ICaCE with the
+    counterfactuals used and the domain, space and pool they came from.
     """
-    if len(req.text) > rt.settings.max_text_chars:
-        raise field_error("body.text", f"at most {rt.settings.max_text_chars} characters")
-    r = explain.resolve(rt, req)
-    iv = req.intervention
-    exp, intervention, inferred, timings = explain.run(rt, r, req.method, req.text, iv.concept, iv.target, iv.source,
-                                                       req.base_labels)
-    return explain.response(exp, r, req.method, intervention, inferred, timings)
+    return explain.explain_one(rt, req)

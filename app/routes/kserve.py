@@ -97,15 +97,7 @@ def kserve_explain(name: str, body: KServeExplainRequest, rt: Runtime = Depends(
         raise field_error("body.instances", f"at most {s.max_inline_texts} instances per request "
                                             "(use POST /v1/effects for more)", status=413)
     reqs = _requests(body, _classifier_ref(rt, name))
-    results = []
-    for i, req in enumerate(reqs):
-        if len(req.text) > s.max_text_chars:
-            raise field_error(f"body.instances.{i}.text", f"at most {s.max_text_chars} characters")
-        r = explain.resolve(rt, req, prefix=f"body.instances.{i}")
-        iv = req.intervention
-        exp, intervention, inferred, timings = explain.run(rt, r, req.method, req.text, iv.concept, iv.target,
-                                                           iv.source, req.base_labels)
-        results.append(explain.response(exp, r, req.method, intervention, inferred, timings))
+    results = [explain.explain_one(rt, req, prefix=f"body.instances.{i}") for i, req in enumerate(reqs)]
     return {"model_name": name, "explanations": results}
 
 

@@ -160,7 +160,8 @@ class Verifier:
     def _tag_reason(
         self, tag: Mapping[str, Any], intervention: Intervention, source_labels: Mapping[str, str] | None
     ) -> str | None:
-        if tag.get(intervention.concept) != intervention.target:
+        # A concept the taggers cannot read (no usable tagger in the domain) gets no tagger verdict.
+        if intervention.concept in tag and tag[intervention.concept] != intervention.target:
             return "concept_not_reached"
         if self.check_confounders and source_labels:
             for name in self.schema.confounders(intervention.concept):

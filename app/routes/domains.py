@@ -1,0 +1,155 @@
+"""/v1/domains: list, get, delete, and build one from an uploaded JSONL corpus (as a job)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter, Depends, File, Form, Response, UploadFile
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+
+from app.problems import ApiError, field_error, not_found
+from app.resources import Runtime
+from app.routes.common import problems, queue_full, runtime
+from app.routes.jobs import job_out
+from app.schemas import DomainList, DomainOut, DomainParams, JobOut
+from explainers.concepts import ConceptSchema
+from explainers.domains import DomainBuildError, infer_schema, validate_rows
+
+router = APIRouter(tags=["domains"])
+
+BUILDING = ("queued", "running")
+
+
+def _out(rt: Runtime, domain_id: str) -> DomainOut:
+    return DomainOut.model_validate({**rt.domains.summary(domain_id), "default": domain_id == rt.default_domain_id})
+
+
+def _building(rt: Runtime) -> list[DomainOut]:
+    """Domains whose build job has not finished yet (status `building`; listed so a client sees them)."""
+    out = []
+    for status in BUILDING:
+        jobs, _ = rt.store.list_jobs(kind="domain", status=status, limit=100)
+        for job in jobs:
+            req = (rt.store.get_job(job["id"]) or {}).get("request") or {}
+            if req.get("domain_id") and not rt.domains.exists(req["domain_id"]):
+                out.append(DomainOut.model_validate({"id": req["domain_id"], "status": "building",
+                                                     "schema": req.get("schema")}))
+    return out
+
+
+@router.get("/v1/domains", operation_id="list_domains", response_model=DomainList)
+def list_domains(rt: Runtime = Depends(runtime)) -> DomainList:
+    """Every domain on this server with its schema and status (the default one is marked)."""
+    return DomainList(domains=[_out(rt, d) for d in rt.domains.ids()] + _building(rt))
+
+
+@router.get("/v1/domains/{domain_id}", operation_id="get_domain", response_model=DomainOut, responses=problems(404))
+def get_domain(domain_id: str, rt: Runtime = Depends(runtime)) -> DomainOut:
+    """One domain: schema, corpus stats (pairs per concept and direction), tagger accuracy, methods per concept."""
+    if not rt.domains.exists(domain_id):
+        raise not_found("domain", domain_id)
+    return _out(rt, domain_id)
+
+
+@router.delete("/v1/domains/{domain_id}", operation_id="delete_domain", status_code=204,
+               responses=problems(404, 409))
+def delete_domain(domain_id: str, rt: Runtime = Depends(runtime)) -> Response:
+    """Delete a domain (not the server's default one)."""
+    if domain_id == rt.default_domain_id:
+        raise ApiError(409, "Domain in use", f"{domain_id!r} is this server's default domain", kind="conflict")
+    if not rt.domains.exists(domain_id):
+        raise not_found("domain", domain_id)
+    rt.domains.delete(domain_id)
+    rt.forget_domain(domain_id)
+    return Response(status_code=204)
+
+
+@router.post("/v1/domains", operation_id="create_domain", status_code=202, response_model=JobOut,
+             responses=problems(409, 413, 422, 429))
+def create_domain(
+    file: UploadFile = File(..., description='JSONL corpus: one {"text", "labels": {concept: value}, "origin"?, '
+                            '"id"?} per line; texts sharing an origin that differ in one concept are pairs'),
+    params: str = Form(..., description='DomainParams as JSON, e.g. {"id": "movie-reviews"}',
+                       examples=['{"id": "movie-reviews"}']),
+    rt: Runtime = Depends(runtime),
+) -> JSONResponse:
+    """Build a domain from a labelled corpus, as a job: schema, pairs, taggers, concept space.
+
+    The schema is given in `params.schema` or inferred from the labels. A corpus without
+    counterfactual pairs for a concept still builds; the domain then lists the methods that
+    cannot run for that concept (or ask for `generate` to add LLM-made edits first).
+    """
+    p = _params(params)
+    if rt.domains.exists(p.id) or any(d.id == p.id for d in _building(rt)):
+        raise ApiError(409, "Domain exists", f"domain {p.id!r} already exists; DELETE it first", kind="conflict")
+    schema = _schema(p.schema_) if p.schema_ is not None else None
+    if p.generate is not None:
+        try:
+            backend, _ = rt.llm(p.generate.llm)
+        except LookupError as e:
+            raise field_error("body.params.generate.llm", str(e).strip("'\"")) from e
+        if backend is None:
+            raise field_error("body.params.generate.llm", "no default LLM is configured (CACE_LLM_BASE_URL, "
+                                                          "CACE_LLM_MODEL); name a registered LLM")
+    rows = _corpus(file, schema, rt.settings.max_body_bytes, rt.settings.max_text_chars)
+    schema = schema or infer_schema(rows, name=p.description or p.id)
+    unlabelled = [c for c in schema.names if not any(c in r["labels"] for r in rows)]
+    if unlabelled:
+        raise field_error("body.file", f"no text carries a label for concept(s) {unlabelled}")
+    request = {"domain_id": p.id, "schema": schema.to_dict(),
+               "generate": p.generate.model_dump() if p.generate else None}
+    job_id = rt.store.create_job("domain", request, [{"corpus": rows}], limit=rt.settings.job_queue_limit)
+    if job_id is None:
+        raise queue_full(rt.settings.job_queue_limit)
+    return JSONResponse(job_out(rt.store.get_job(job_id, with_request=False)).model_dump(mode="json"),
+                        status_code=202, headers={"Location": f"/v1/jobs/{job_id}"})
+
+
+def _params(raw: str) -> DomainParams:
+    try:
+        return DomainParams.model_validate_json(raw)
+    except ValidationError as e:
+        errors = [{"field": ".".join(["body.params", *map(str, err["loc"])]), "message": err["msg"]}
+                  for err in e.errors()]
+        raise ApiError(422, "Request validation failed", "; ".join(f"{x['field']}: {x['message']}" for x in errors),
+                       kind="validation", errors=errors) from e
+
+
+def _schema(raw: dict[str, Any]) -> ConceptSchema:
+    """A given schema: concepts with unique names and 2+ unique values each."""
+    concepts = raw.get("concepts")
+    if not isinstance(concepts, list) or not concepts:
+        raise field_error("body.params.schema.concepts", "a non-empty list of {name, values, description?}")
+    for i, c in enumerate(concepts):
+        where = f"body.params.schema.concepts.{i}"
+        if not isinstance(c, dict) or not isinstance(c.get("name"), str) or not c["name"].strip():
+            raise field_error(f"{where}.name", "a non-empty string")
+        values = c.get("values")
+        if not isinstance(values, list) or len(values) < 2 or not all(isinstance(v, str) and v for v in values):
+            raise field_error(f"{where}.values", "a list of at least 2 non-empty strings")
+        if len(set(values)) != len(values):
+            raise field_error(f"{where}.values", "values must be unique")
+        if not isinstance(c.get("description", ""), str):
+            raise field_error(f"{where}.description", "a string")
+    try:
+        return ConceptSchema.from_dict({"concepts": concepts, "domain": str(raw.get("domain", "text"))})
+    except ValueError as e:
+        raise field_error("body.params.schema", str(e)) from e
+
+
+def _corpus(file: UploadFile, schema: ConceptSchema | None, max_bytes: int, max_chars: int) -> list[dict[str, Any]]:
+    raw = file.file.read(max_bytes + 1)
+    if len(raw) > max_bytes:
+        raise field_error("body.file", f"larger than {max_bytes} bytes", status=413)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise field_error("body.file", f"not UTF-8 (byte {e.start})") from e
+    try:
+        return validate_rows(text.splitlines(), schema, max_text_chars=max_chars)
+    except DomainBuildError as e:
+        raise field_error(e.where, e.message) from e
+    except json.JSONDecodeError as e:  # pragma: no cover - validate_rows wraps these
+        raise field_error("body.file", str(e)) from e

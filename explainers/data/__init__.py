@@ -1,0 +1,1 @@
+"""Corpora a domain can be built from (CEBaB's loader lives in explainers.bench.cebab)."""

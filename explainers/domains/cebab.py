@@ -1,0 +1,56 @@
+"""CEBaB (Abraham et al., 2022; CC BY 4.0) as a domain: the service's embedded default.
+
+Built by `build_domain` like any uploaded corpus, from `train_inclusive` (whose human edits
+give the counterfactual pairs); only two things are CEBaB's own: the taggers are trained
+on the raw per-concept majority labels and scored on `dev`, and the space carries the
+stacking weights fit for the reference classifiers (explainers/matching/cebab_stacking.json).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from explainers.domains.build import build_domain
+from explainers.domains.domain import Domain, load_domain, majority_rate
+
+DOMAIN_ID = "cebab"
+POOL_SPLIT = "train_inclusive"
+SHIPPED_STACKING = Path(__file__).resolve().parents[1] / "matching" / "cebab_stacking.json"
+
+
+def _taggers_builder(data_dir: str | os.PathLike[str] | None):
+    def build(out: Path) -> dict[str, dict[str, Any]]:
+        from explainers.concepts import CEBAB_SCHEMA
+        from explainers.taggers import cebab_corpus, train_cebab_taggers
+
+        meta = train_cebab_taggers(out, Path(data_dir) if data_dir else None, split=POOL_SPLIT)
+        _, dev_labels = cebab_corpus("dev", Path(data_dir) if data_dir else None)
+        report = {}
+        for c in CEBAB_SCHEMA.concepts:
+            acc = meta["dev_accuracy"][c.name]
+            majority = majority_rate(dev_labels, c.name, c.values)
+            report[c.name] = {"accuracy": acc["accuracy"], "majority": round(majority, 4), "n_eval": acc["n"],
+                              "usable": acc["accuracy"] > majority, "evaluated_on": "CEBaB dev"}
+        return report
+
+    return build
+
+
+def ensure_cebab_domain(root: Path, data_dir: str | os.PathLike[str] | None = None, *, encoder: Any,
+                        log: Any = None) -> Domain:
+    """Load root/cebab, building it from the CEBaB split files the first time (minutes on 2 cores)."""
+    from explainers.bench.pools import cebab_pool
+
+    path = Path(root) / DOMAIN_ID
+    if (path / "meta.json").exists():
+        return load_domain(path, encoder=encoder)
+    shipped = json.loads(SHIPPED_STACKING.read_text()) if SHIPPED_STACKING.exists() else {}
+    stacking = {k: {**v, "shipped_with_library": True} for k, v in shipped.get("stacking", {}).items()}
+    return build_domain(Path(root), DOMAIN_ID, cebab_pool(POOL_SPLIT, data_dir), encoder=encoder,
+                        source=f"CEBaB {POOL_SPLIT} (CC BY 4.0)", taggers_builder=_taggers_builder(data_dir),
+                        space_meta={"train_split": POOL_SPLIT, "stacking": stacking}, log=log)
+
+
