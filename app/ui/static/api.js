@@ -59,16 +59,6 @@ export async function api(path, { method = "GET", json, form, raw = false } = {}
   return resp.json();
 }
 
-// GET that answers null for 404 (an optional API this server may not have).
-export async function optional(path) {
-  try {
-    return await api(path);
-  } catch (e) {
-    if (e instanceof Problem && (e.status === 404 || e.status === 405)) return null;
-    throw e;
-  }
-}
-
 // Poll a job until it is final, calling onUpdate with every state.
 export async function pollJob(id, onUpdate, { intervalMs = 400, signal } = {}) {
   for (;;) {

@@ -1,12 +1,10 @@
-// The Domains page: each domain's schema, status, taggers, methods and calibration tables; create one from a file.
-// A server without the Domains API shows its concept spaces instead (and creates a space).
+// The Domains page: each domain's schema, status, corpus stats, taggers, methods and calibration tables;
+// build a new one from a JSONL file as a job with a progress bar.
 
-import { api, optional, pollJob } from "./api.js";
+import { api, pollJob } from "./api.js";
 import { $, fmt, h, keyValueTable, objectsTable, showProblem } from "./dom.js";
 import { progressUpdate } from "./effects.js";
 import { loadCatalog } from "./params.js";
-
-let domainsApi = true;
 
 export function initDomains() {
   $("domain-form").addEventListener("submit", (ev) => {
@@ -23,47 +21,57 @@ function schemaTable(schema) {
       h("td", {}, (c.values || []).join(", ")), h("td", {}, c.description || "")))));
 }
 
+const num = (v) => (typeof v === "number" ? (Number.isInteger(v) ? String(v) : fmt(v)) : v);
+
+// Nested stats (e.g. pairs per concept) as "key: value" lists inside one cell.
+function flat(v) {
+  if (v && typeof v === "object" && !Array.isArray(v)) {
+    return Object.entries(v).map(([k, x]) => `${k}: ${typeof x === "object" ? JSON.stringify(x) : num(x)}`).join(" · ");
+  }
+  return num(v);
+}
+
+function taggersTable(taggers) {
+  const rows = Object.entries(taggers).map(([concept, t]) => (t && typeof t === "object"
+    ? { concept, accuracy: t.accuracy, majority_rate: t.majority_rate, usable: t.usable === undefined ? "" : t.usable ? "yes" : "no" }
+    : { concept, accuracy: t }));
+  return objectsTable(rows, "Taggers (held-out accuracy)");
+}
+
+function methodsTable(methods) {
+  const rows = Object.entries(methods).map(([concept, ms]) => {
+    if (Array.isArray(ms)) return { concept, available: ms.join(", "), "not available": "" };
+    const ok = Object.entries(ms).filter(([, why]) => !why).map(([m]) => m);
+    const no = Object.entries(ms).filter(([, why]) => why).map(([m, why]) => `${m} (${why})`);
+    return { concept, available: ok.join(", "), "not available": no.join("; ") };
+  });
+  return objectsTable(rows, "Methods per concept");
+}
+
 function domainCard(d) {
-  const cal = Object.entries(d.calibrations || {});
+  const cal = Object.entries(d.calibrations || {}).filter(([, c]) => c && Array.isArray(c.table) && c.table.length);
+  const stats = Object.fromEntries(Object.entries(d.stats || {}).map(([k, v]) => [k, flat(v)]));
+  const space = Object.fromEntries(Object.entries(d.space || {}).map(([k, v]) => [k, flat(v)]));
   return h("article", { class: "domain", "data-id": d.id },
     h("h3", {}, d.id, d.default ? h("span", { class: "badge" }, "default") : null,
       h("span", { class: `badge status ${d.status || ""}` }, d.status || "unknown")),
+    d.source ? h("p", { class: "note" }, d.source) : null,
     schemaTable(d.schema),
     h("div", { class: "side-by-side" },
-      d.stats && Object.keys(d.stats).length ? keyValueTable(d.stats, "Corpus") : null,
-      d.taggers && Object.keys(d.taggers).length ? keyValueTable(
-        Object.fromEntries(Object.entries(d.taggers).map(([c, a]) => [c, typeof a === "number" ? fmt(a) : a])),
-        "Tagger accuracy") : null,
-      d.methods && Object.keys(d.methods).length ? keyValueTable(
-        Object.fromEntries(Object.entries(d.methods).map(([c, ms]) => [c, (ms || []).join(", ")])), "Methods per concept") : null),
-    cal.length ? h("div", { class: "calibrations" }, cal.map(([clf, c]) =>
-      (c && c.table && c.table.length ? objectsTable(c.table, `Calibration for ${clf}`) : null))) : null);
-}
-
-function spaceCard(sp) {
-  const m = sp.meta || {};
-  const stats = {};
-  for (const k of ["trainer", "train_split", "pool_size", "n_pairs", "build_seconds"]) if (m[k] !== undefined) stats[k] = m[k];
-  if (m.diagnostics && m.diagnostics.hit_rate !== undefined) stats.hit_rate = JSON.stringify(m.diagnostics.hit_rate);
-  return h("article", { class: "domain", "data-id": sp.id },
-    h("h3", {}, sp.id, sp.default ? h("span", { class: "badge" }, "default") : null, h("span", { class: "badge status ready" }, "space")),
-    m.concept_schema ? schemaTable(m.concept_schema) : null,
-    Object.keys(stats).length ? keyValueTable(stats, "Space") : null);
+      Object.keys(stats).length ? keyValueTable(stats, "Corpus") : null,
+      Object.keys(space).length ? keyValueTable(space, "Concept space") : null),
+    d.taggers && Object.keys(d.taggers).length ? taggersTable(d.taggers) : null,
+    d.methods && Object.keys(d.methods).length ? methodsTable(d.methods) : null,
+    cal.length ? h("div", { class: "calibrations" }, cal.map(([clf, c]) => objectsTable(c.table, `Calibration for ${clf}`)))
+      : null);
 }
 
 export async function refreshDomains() {
   const box = $("domains-list");
   showProblem($("domains-error"), null);
   try {
-    const res = await optional("/v1/domains");
-    domainsApi = res !== null;
-    if (domainsApi) {
-      box.replaceChildren(...(res.domains.length ? res.domains.map(domainCard) : [h("p", {}, "No domain yet.")]));
-    } else {
-      const spaces = (await api("/v1/spaces")).spaces;
-      box.replaceChildren(h("p", { class: "note" }, "This server has no Domains API; its concept spaces are listed instead."),
-        ...(spaces.length ? spaces.map(spaceCard) : [h("p", {}, "No space yet (the default one may still be loading).")]));
-    }
+    const res = await api("/v1/domains");
+    box.replaceChildren(...(res.domains.length ? res.domains.map(domainCard) : [h("p", {}, "No domain yet.")]));
   } catch (e) {
     showProblem($("domains-error"), e);
   }
@@ -78,11 +86,11 @@ async function create() {
     showProblem(err, { title: "Missing input", detail: !id ? "Give the new domain an id." : "Choose a JSONL corpus file." });
     return;
   }
-  let schema = null;
+  const params = { id };
   const raw = $("domain-schema").value.trim();
   if (raw) {
     try {
-      schema = JSON.parse(raw);
+      params.schema = JSON.parse(raw);
     } catch (e) {
       showProblem(err, { title: "Invalid schema", detail: `The concept schema is not JSON: ${e.message}` });
       return;
@@ -90,20 +98,17 @@ async function create() {
   }
   const form = new FormData();
   form.append("file", file);
-  if (domainsApi) {
-    form.append("params", JSON.stringify(schema ? { id, schema } : { id }));
-  } else {
-    form.append("id", id);
-    if (schema) form.append("concept_schema", JSON.stringify(schema));
-  }
+  form.append("params", JSON.stringify(params));
   const button = $("domain-submit");
   button.disabled = true;
   try {
-    const job = await api(domainsApi ? "/v1/domains" : "/v1/spaces", { method: "POST", form });
+    const job = await api("/v1/domains", { method: "POST", form });
     $("domain-progress").hidden = false;
-    const final = await pollJob(job.id, progressUpdate("domain", domainsApi ? "Domain job" : "Space job"), { intervalMs: 700 });
+    await refreshDomains(); // lists the new domain as "building"
+    const final = await pollJob(job.id, progressUpdate("domain", `Building ${id}:`), { intervalMs: 700 });
     if (final.status !== "succeeded") {
-      showProblem(err, { title: `The job ${final.status}`, detail: final.error || (final.item_errors || []).map((e) => e.error || JSON.stringify(e)).join("; ") });
+      const items = (final.item_errors || []).map((e) => e.error || JSON.stringify(e)).join("; ");
+      showProblem(err, { title: `The build ${final.status}`, detail: final.error || items });
     }
   } finally {
     button.disabled = false;

@@ -118,7 +118,7 @@ function renderResult() {
         h("thead", {}, h("tr", {}, ["label", "CaCE", "CI low", "CI high"].map((c) => h("th", { scope: "col" }, c)))),
         h("tbody", {}, res.labels.map((l) => h("tr", { "data-label": l }, h("th", { scope: "row" }, l),
           h("td", { class: "num cace" }, signed(res.cace[l])), h("td", { class: "num" }, signed(res.ci_low[l])),
-          h("td", { class: "num" }, signed(res.ci_high[l]))))))),
+          h("td", { class: "num" }, signed(res.ci_high[l])))))),
     sm.sources ? keyValueTable(sm.sources, "Source values of the texts") : null);
   }
   parts.push(h("h3", {}, "Per-text ICaCE"),

@@ -61,7 +61,8 @@ export function renderExplanation(box, text, res) {
     h("strong", {}, iv.concept), ": ", h("span", { id: "explain-source" }, iv.source),
     iv.source_inferred ? h("span", { class: "badge", title: "the concept taggers inferred the source value" }, "inferred") : null,
     " → ", h("strong", {}, iv.target), ` · ${res.method} · ${res.classifier}`,
-    res.space_id ? ` · space ${res.space_id}` : "", res.llm ? ` · LLM ${res.llm}` : "",
+    res.domain ? ` · domain ${res.domain}` : "", res.space_id ? ` · space ${res.space_id}` : "",
+    res.pool && res.pool.texts ? ` (${res.pool.texts} texts)` : "", res.llm ? ` · LLM ${res.llm}` : "",
     ` · ${res.uncertainty.n_counterfactuals} counterfactual${res.uncertainty.n_counterfactuals === 1 ? "" : "s"}`);
 
   const numbers = h("table", { class: "grid numbers", id: "explain-numbers" },

@@ -1,26 +1,18 @@
 // The intervention parameters shared by the Explain and Effects forms, and the catalog they pick from
 // (domains and their concept schemas, classifiers, methods).
 
-import { api, optional } from "./api.js";
+import { api } from "./api.js";
 import { $, h } from "./dom.js";
 
-export const catalog = { domains: [], domainsApi: false, classifiers: [], methods: {} };
+export const catalog = { domains: [], classifiers: [], methods: {} };
 
-// Domains from /v1/domains; a server without that API gets one pseudo-domain from its default space.
+// Domains (with their concept schemas), classifiers and methods; every form is refilled from them.
 export async function loadCatalog() {
   const [domains, classifiers, methods] = await Promise.all([
-    optional("/v1/domains"), api("/v1/classifiers"), api("/v1/methods")]);
+    api("/v1/domains"), api("/v1/classifiers"), api("/v1/methods")]);
+  catalog.domains = domains.domains;
   catalog.classifiers = classifiers.items.map((c) => c.name);
   catalog.methods = methods.methods;
-  if (domains) {
-    catalog.domainsApi = true;
-    catalog.domains = domains.domains;
-  } else {
-    const spaces = (await optional("/v1/spaces")) || { spaces: [] };
-    const withSchema = spaces.spaces.filter((sp) => sp.meta && sp.meta.concept_schema);
-    const def = withSchema.find((sp) => sp.default) || withSchema[0];
-    catalog.domains = def ? [{ id: "default", default: true, schema: def.meta.concept_schema }] : [];
-  }
   for (const prefix of Object.keys(built)) fill(prefix);
 }
 
@@ -112,6 +104,6 @@ export function readParams(p) {
   if (source) intervention.source = source;
   const out = { intervention, classifier: $(`${p}-classifier`).value, method: $(`${p}-method`).value,
     top_k: Number($(`${p}-k`).value) || 5 };
-  if (catalog.domainsApi && $(`${p}-domain`).value) out.domain = $(`${p}-domain`).value;
+  if ($(`${p}-domain`).value) out.domain = $(`${p}-domain`).value;
   return out;
 }
