@@ -2,7 +2,7 @@
 // build a new one from a JSONL file as a job with a progress bar.
 
 import { api, pollJob } from "./api.js";
-import { $, fmt, h, keyValueTable, objectsTable, showProblem } from "./dom.js";
+import { $, fmt, h, objectsTable, showProblem } from "./dom.js";
 import { progressUpdate } from "./effects.js";
 import { loadCatalog } from "./params.js";
 
@@ -23,19 +23,25 @@ function schemaTable(schema) {
 
 const num = (v) => (typeof v === "number" ? (Number.isInteger(v) ? String(v) : fmt(v)) : v);
 
-// Nested stats (e.g. pairs per concept) as "key: value" lists inside one cell.
+// Nested stats (e.g. pairs per concept) as "key: value" text; long ones fold away.
 function flat(v) {
   if (v && typeof v === "object" && !Array.isArray(v)) {
-    return Object.entries(v).map(([k, x]) => `${k}: ${typeof x === "object" ? JSON.stringify(x) : num(x)}`).join(" · ");
+    const text = Object.entries(v).map(([k, x]) => `${k}: ${typeof x === "object" ? flat(x) : num(x)}`).join(" · ");
+    const n = Object.keys(v).length;
+    return n > 6 ? h("details", {}, h("summary", {}, `${n} entries`), text) : text;
   }
   return num(v);
 }
 
+function statsTable(obj, caption) {
+  return h("table", { class: "kv" }, h("caption", {}, caption), h("tbody", {}, Object.entries(obj).map(([k, v]) =>
+    h("tr", {}, h("th", { scope: "row" }, k), h("td", {}, flat(v))))));
+}
+
 function taggersTable(taggers) {
   const rows = Object.entries(taggers).map(([concept, t]) => (t && typeof t === "object"
-    ? { concept, accuracy: t.accuracy, majority_rate: t.majority_rate, usable: t.usable === undefined ? "" : t.usable ? "yes" : "no" }
-    : { concept, accuracy: t }));
-  return objectsTable(rows, "Taggers (held-out accuracy)");
+    ? { concept, ...t, usable: t.usable === undefined ? "" : t.usable ? "yes" : "no" } : { concept, accuracy: t }));
+  return objectsTable(rows, "Concept taggers (held-out accuracy beside the majority-value rate)");
 }
 
 function methodsTable(methods) {
@@ -50,16 +56,14 @@ function methodsTable(methods) {
 
 function domainCard(d) {
   const cal = Object.entries(d.calibrations || {}).filter(([, c]) => c && Array.isArray(c.table) && c.table.length);
-  const stats = Object.fromEntries(Object.entries(d.stats || {}).map(([k, v]) => [k, flat(v)]));
-  const space = Object.fromEntries(Object.entries(d.space || {}).map(([k, v]) => [k, flat(v)]));
   return h("article", { class: "domain", "data-id": d.id },
     h("h3", {}, d.id, d.default ? h("span", { class: "badge" }, "default") : null,
       h("span", { class: `badge status ${d.status || ""}` }, d.status || "unknown")),
     d.source ? h("p", { class: "note" }, d.source) : null,
     schemaTable(d.schema),
     h("div", { class: "side-by-side" },
-      Object.keys(stats).length ? keyValueTable(stats, "Corpus") : null,
-      Object.keys(space).length ? keyValueTable(space, "Concept space") : null),
+      d.stats && Object.keys(d.stats).length ? statsTable(d.stats, "Corpus") : null,
+      d.space && Object.keys(d.space).length ? statsTable(d.space, "Concept space") : null),
     d.taggers && Object.keys(d.taggers).length ? taggersTable(d.taggers) : null,
     d.methods && Object.keys(d.methods).length ? methodsTable(d.methods) : null,
     cal.length ? h("div", { class: "calibrations" }, cal.map(([clf, c]) => objectsTable(c.table, `Calibration for ${clf}`)))

@@ -58,7 +58,7 @@ export function renderExplanation(box, text, res) {
   const top = (p) => labels.reduce((a, b) => (p[b] > p[a] ? b : a));
 
   const summary = h("p", { class: "summary", id: "explain-summary" },
-    h("strong", {}, iv.concept), ": ", h("span", { id: "explain-source" }, iv.source),
+    h("strong", {}, iv.concept), ": ", h("span", { id: "explain-inferred-source" }, iv.source),
     iv.source_inferred ? h("span", { class: "badge", title: "the concept taggers inferred the source value" }, "inferred") : null,
     " → ", h("strong", {}, iv.target), ` · ${res.method} · ${res.classifier}`,
     res.domain ? ` · domain ${res.domain}` : "", res.space_id ? ` · space ${res.space_id}` : "",
