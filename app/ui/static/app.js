@@ -55,6 +55,9 @@ function initKeys() {
       $("key-status").textContent = getKey() ? "Key saved; the service accepts it." : "No key set; the service answers without one.";
       await start();
     } catch (e) {
+      if (e instanceof Problem && (e.status === 401 || e.status === 403)) {
+        $("key-status").textContent = "The service did not accept this key.";
+      }
       showProblem($("key-error"), e);
     }
   });

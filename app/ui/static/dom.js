@@ -61,7 +61,8 @@ export function showProblem(box, err) {
 
 export function keyValueTable(obj, caption) {
   const rows = Object.entries(obj || {}).map(([k, v]) =>
-    h("tr", {}, h("th", { scope: "row" }, k), h("td", {}, typeof v === "object" ? JSON.stringify(v) : String(v))));
+    h("tr", {}, h("th", { scope: "row" }, k), h("td", {}, typeof v === "object" ? JSON.stringify(v) :
+      typeof v === "number" && !Number.isInteger(v) ? String(Number(v.toPrecision(4))) : String(v))));
   return h("table", { class: "kv" }, caption ? h("caption", {}, caption) : null, h("tbody", {}, rows));
 }
 
@@ -69,7 +70,7 @@ export function keyValueTable(obj, caption) {
 export function objectsTable(rows, caption) {
   const cols = [];
   for (const r of rows) for (const k of Object.keys(r)) if (!cols.includes(k)) cols.push(k);
-  const cell = (v) => (typeof v === "number" ? fmt(v) : v === null || v === undefined ? "" :
+  const cell = (v) => (typeof v === "number" ? (Number.isInteger(v) ? String(v) : fmt(v)) : v === null || v === undefined ? "" :
     typeof v === "object" ? JSON.stringify(v) : String(v));
   return h("table", { class: "grid" }, caption ? h("caption", {}, caption) : null,
     h("thead", {}, h("tr", {}, cols.map((c) => h("th", { scope: "col" }, c)))),

@@ -25,7 +25,8 @@ const num = (v) => (typeof v === "number" ? (Number.isInteger(v) ? String(v) : f
 
 // Nested stats (e.g. pairs per concept) as "key: value" text; long ones fold away.
 function flat(v) {
-  if (v && typeof v === "object" && !Array.isArray(v)) {
+  if (Array.isArray(v)) return v.join(", ");
+  if (v && typeof v === "object") {
     const text = Object.entries(v).map(([k, x]) => `${k}: ${typeof x === "object" ? flat(x) : num(x)}`).join(" · ");
     const n = Object.keys(v).length;
     return n > 6 ? h("details", {}, h("summary", {}, `${n} entries`), text) : text;
@@ -58,7 +59,7 @@ function domainCard(d) {
   const cal = Object.entries(d.calibrations || {}).filter(([, c]) => c && Array.isArray(c.table) && c.table.length);
   return h("article", { class: "domain", "data-id": d.id },
     h("h3", {}, d.id, d.default ? h("span", { class: "badge" }, "default") : null,
-      h("span", { class: `badge status ${d.status || ""}` }, d.status || "unknown")),
+      h("span", { class: `badge domain-status ${d.status || ""}` }, d.status || "unknown")),
     d.source ? h("p", { class: "note" }, d.source) : null,
     schemaTable(d.schema),
     h("div", { class: "side-by-side" },

@@ -5,7 +5,7 @@ import { effectChart } from "./charts.js";
 import { $, download, h, keyValueTable, showProblem, signed } from "./dom.js";
 import { readParams } from "./params.js";
 
-const PAGE = 50;
+const PAGE = 25;
 const MAX_ROWS = 50000;
 let current = null; // {job, texts, rows, labels, sort, filter, page}
 
@@ -112,14 +112,16 @@ function renderResult() {
         `${sm.n_changed} of ${sm.n_texts} texts changed by the intervention`,
         sm.n_unchanged ? `, ${sm.n_unchanged} already at the target` : "", sm.n_failed ? `, ${sm.n_failed} failed` : "",
         sm.most_increased ? ` · most increased: ${sm.most_increased}, most decreased: ${sm.most_decreased}` : ""),
-      h("figure", {}, effectChart(res.labels, res.cace, res.ci_low, res.ci_high, { name: "CaCE", interval: "CI" }),
-        h("figcaption", {}, "CaCE per label (bar) with its bootstrap confidence interval (whiskers)")),
-      h("table", { class: "grid numbers", id: "effects-cace" },
-        h("thead", {}, h("tr", {}, ["label", "CaCE", "CI low", "CI high"].map((c) => h("th", { scope: "col" }, c)))),
-        h("tbody", {}, res.labels.map((l) => h("tr", { "data-label": l }, h("th", { scope: "row" }, l),
-          h("td", { class: "num cace" }, signed(res.cace[l])), h("td", { class: "num" }, signed(res.ci_low[l])),
-          h("td", { class: "num" }, signed(res.ci_high[l])))))),
-    sm.sources ? keyValueTable(sm.sources, "Source values of the texts") : null);
+      h("div", { class: "charts" },
+        h("figure", {}, effectChart(res.labels, res.cace, res.ci_low, res.ci_high, { name: "CaCE", interval: "CI" }),
+          h("figcaption", {}, "CaCE per label (bar) with its bootstrap confidence interval (whiskers)")),
+        h("div", { class: "side-by-side" },
+          h("table", { class: "grid numbers", id: "effects-cace" },
+            h("thead", {}, h("tr", {}, ["label", "CaCE", "CI low", "CI high"].map((c) => h("th", { scope: "col" }, c)))),
+            h("tbody", {}, res.labels.map((l) => h("tr", { "data-label": l }, h("th", { scope: "row" }, l),
+              h("td", { class: "num cace" }, signed(res.cace[l])), h("td", { class: "num" }, signed(res.ci_low[l])),
+              h("td", { class: "num" }, signed(res.ci_high[l])))))),
+          sm.sources ? keyValueTable(sm.sources, "Source values of the texts") : null)));
   }
   parts.push(h("h3", {}, "Per-text ICaCE"),
     h("div", { class: "table-tools" },

@@ -74,7 +74,7 @@ export function renderExplanation(box, text, res) {
       h("td", { class: "num spread" }, fmt(spread[l]))))));
 
   const cfs = h("ol", { class: "counterfactuals", id: "explain-counterfactuals" }, res.counterfactuals.map((cf, i) =>
-    h("li", { class: "cf" },
+    h("li", { class: "cf-card" },
       h("div", { class: "cf-head" },
         h("span", { class: "cf-n" }, `#${i + 1}`),
         cf.similarity !== null && cf.similarity !== undefined ? h("span", { class: "sim" }, `similarity ${fmt(cf.similarity)}`) : null,
