@@ -332,3 +332,49 @@ def test_with_api_keys_on_the_page_asks_for_a_key(browser, tmp_path: Path) -> No
         assert other.evaluate("sessionStorage.getItem('cace.apiKey')") is None
         other.context.close()
         context.close()
+
+
+@pytest.mark.llm
+def test_generate_shows_verification_and_rejections(browser, tmp_path: Path) -> None:
+    """generate through llama.cpp (SmolLM2-135M, when set up): each kept rewrite's verdict and the rejection counts."""
+    from tests.servers import free_port, running
+    from tests.test_service_e2e import GGUF, LLAMA_PY
+
+    if not (GGUF.exists() and LLAMA_PY.exists()):
+        msg = "llama.cpp server not set up (scripts/setup.d/30-llama.sh)"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    port = free_port()
+    cmd = [str(LLAMA_PY), "-m", "llama_cpp.server", "--model", str(GGUF), "--host", "127.0.0.1", "--port",
+           str(port), "--n_ctx", "2048", "--n_threads", "2"]
+    env = {"CACE_DATABASE_URL": f"sqlite:///{tmp_path / 'jobs.sqlite'}", "CACE_REQUEST_TIMEOUT_S": "300"}
+    with running(cmd, port=port, health_path="/v1/models", timeout=120) as llm, service(env) as srv:
+        spec = {"kind": "openai", "base_url": llm.base_url + "/v1", "model": "smollm2", "timeout_s": 120}
+        assert httpx.post(srv.base_url + "/v1/llms", json={"name": "smollm2", "spec": spec}).status_code == 201
+        pg = browser.new_context(viewport={"width": 1280, "height": 800}).new_page()
+        pg.set_default_timeout(300_000)
+        pg.goto(srv.base_url + "/ui")
+        ready(pg)
+        pg.fill("#explain-text", "The pasta was delicious and fresh. Our waiter was friendly and quick.")
+        fill_params(pg, "explain", "food", "Negative", "generate", 2)
+        pg.select_option("#explain-llm", "smollm2")
+        with pg.expect_response(lambda r: r.url.endswith("/v1/explanations")) as resp:
+            pg.click("#explain-submit")
+        assert resp.value.status == 200, resp.value.text()
+        res = resp.value.json()
+        pg.wait_for_selector("#explain-generation")
+        d = res["details"]
+        gen = pg.inner_text("#explain-generation")
+        assert f"{d['generated']} generated, {d['kept']} kept of {d['requested']} wanted" in gen
+        for reason, n in d["rejections"].items():
+            row = pg.locator("#explain-generation table.kv tr", has=pg.locator(f'th:text-is("{reason}")'))
+            assert row.locator("td").inner_text() == str(n)
+        badges = pg.locator("#explain-counterfactuals .verification .badge")
+        assert badges.count() == len(res["counterfactuals"])
+        for i, cf in enumerate(res["counterfactuals"]):
+            read = (cf["verification"] or {}).get("tags", {}).get("food")
+            want = "verified" if read in (None, "Negative") else "kept, tagger disagrees"
+            assert badges.nth(i).inner_text() == want
+        assert pg.locator("#explain-result").inner_text().count("llm_calls") == 1
+        pg.context.close()

@@ -4,14 +4,15 @@
 import { api } from "./api.js";
 import { $, h } from "./dom.js";
 
-export const catalog = { domains: [], classifiers: [], methods: {} };
+export const catalog = { domains: [], classifiers: [], llms: [], methods: {} };
 
 // Domains (with their concept schemas), classifiers and methods; every form is refilled from them.
 export async function loadCatalog() {
-  const [domains, classifiers, methods] = await Promise.all([
-    api("/v1/domains"), api("/v1/classifiers"), api("/v1/methods")]);
+  const [domains, classifiers, llms, methods] = await Promise.all([
+    api("/v1/domains"), api("/v1/classifiers"), api("/v1/llms"), api("/v1/methods")]);
   catalog.domains = domains.domains;
   catalog.classifiers = classifiers.items.map((c) => c.name);
+  catalog.llms = llms.items.map((c) => c.name);
   catalog.methods = methods.methods;
   for (const prefix of Object.keys(built)) fill(prefix);
 }
@@ -41,6 +42,7 @@ export function buildParamFields() {
       "leave empty to infer it"),
       h("datalist", { id: `${p}-values` }),
       field(`${p}-method`, "Method", h("select", { id: `${p}-method`, "aria-describedby": `${p}-method-hint` }), ""),
+      field(`${p}-llm`, "LLM (for generate)", h("select", { id: `${p}-llm` })),
       field(`${p}-k`, "K (counterfactuals)", h("input", { id: `${p}-k`, type: "number", min: 1, step: 1, value: 5 })),
     );
     $(`${p}-domain`).addEventListener("change", () => fillConcepts(p));
@@ -61,6 +63,8 @@ function fill(p) {
   keep || (catalog.domains.find((d) => d.default) || {}).id);
   const clf = $(`${p}-classifier`);
   options(clf, catalog.classifiers.map((c) => [c, c]), clf.value || catalog.classifiers[0]);
+  const llm = $(`${p}-llm`);
+  options(llm, [["", "server default"], ...catalog.llms.map((n) => [n, n])], llm.value);
   const method = $(`${p}-method`);
   options(method, Object.keys(catalog.methods).sort().map((m) => [m, m]), method.value || "match");
   describeMethod(p);
@@ -105,5 +109,6 @@ export function readParams(p) {
   const out = { intervention, classifier: $(`${p}-classifier`).value, method: $(`${p}-method`).value,
     top_k: Number($(`${p}-k`).value) || 5 };
   if ($(`${p}-domain`).value) out.domain = $(`${p}-domain`).value;
+  if ($(`${p}-llm`).value) out.llm = $(`${p}-llm`).value;
   return out;
 }
