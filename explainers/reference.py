@@ -21,7 +21,6 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 
-from explainers import progress
 from explainers.artifacts import data_hash, read_meta, write_meta
 from explainers.bench.cebab import Review, load_split
 from explainers.classifiers.base import Classifier
@@ -104,7 +103,6 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--name", help="model name in V2/V1 routes (default: the artifact's name)")
     s.add_argument("--root", help="where reference classifiers are kept (default $CACE_DATA_DIR or var)")
     args = ap.parse_args(argv)
-    progress.enable()  # a bar with ETA on a terminal, periodic lines in a log
     if args.cmd == "train":
         out = Path(args.root) / "classifiers" / args.name
         if args.force and (out / "meta.json").exists():

@@ -217,9 +217,6 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--force", action="store_true")
     e.add_argument("--split", default="dev", help="split name or path to a split file")
     args = ap.parse_args(argv)
-    from explainers import progress
-
-    progress.enable()  # embedding the training texts shows a bar with ETA
     if args.cmd == "train":
         out = Path(args.root) / "taggers" / "cebab"
         if args.force and (out / "meta.json").exists():

@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from explainers import progress
 from explainers.bench import runner
 
 
@@ -97,7 +96,6 @@ def main(argv: list[str] | None = None) -> int:
     _cebab_parser(sub)
     sub.add_parser("list", help="registered explainers")
     args = ap.parse_args(argv)
-    progress.enable()  # per-explainer bars with ETA on a terminal, periodic lines in a log
     if args.cmd == "list":
         from explainers.registry import available
 

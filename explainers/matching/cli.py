@@ -15,7 +15,6 @@ import json
 import sys
 from pathlib import Path
 
-from explainers import progress
 from explainers.matching.trainers import TrainConfig
 
 
@@ -46,7 +45,6 @@ def main(argv: list[str] | None = None) -> int:
         if name != "list":
             s.add_argument("name")
     args = p.parse_args(argv)
-    progress.enable()  # embedding and training show a bar with ETA (periodic lines in a log)
     spaces_root = args.root / "spaces"
     if args.cmd == "train":
         from explainers.matching.cebab import build_cebab_space
