@@ -14,7 +14,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("explainers.bench.cli", "run benchmarks, e.g. `cace bench cebab --model tfidf-lr`"),
     "classifiers": ("explainers.reference", "train or serve the reference classifiers"),
     "taggers": ("explainers.taggers", "train or evaluate concept taggers"),
-    "spaces": ("explainers.matching.cli", "train, list or delete concept spaces"),
+    "domains": ("explainers.domains.cli", "build, list, show or delete domains (schema, corpus, taggers, space)"),
+    "spaces": ("explainers.matching.cli", "train, list or delete CEBaB concept spaces (benchmarks)"),
     "generate": ("explainers.generation.cli", "generate counterfactuals with an LLM"),
 }
 

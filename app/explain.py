@@ -87,7 +87,7 @@ def resolve(rt: Runtime, params: Any, prefix: str = "body") -> Resolved:
     check_intervention(domain.schema, iv.concept, iv.target, iv.source, prefix)
     if params.method not in rt.methods():
         raise field_error(f"{prefix}.method", f"unknown method {params.method!r}; available: {sorted(rt.methods())}")
-    reason = domain.unavailable_reason(params.method, iv.concept, iv.target)
+    reason = domain.unavailable_reason(params.method, iv.concept)  # concept-level: no pairs to transfer
     if reason:
         raise field_error(f"{prefix}.method", reason)
     clf_ref = params.classifier if params.classifier is not None else rt.default_classifier_name()
@@ -130,6 +130,13 @@ def check_query(r: Resolved, q: Query, labels_field: str, source_field: str) -> 
                                         f"intervention.source or the text's {q.concept!r} label")
 
 
+def check_available(r: Resolved, concept: str, target: str, prefix: str) -> None:
+    """The method can answer for this concept and target in this domain (422 on `method` saying why not)."""
+    reason = r.domain.unavailable_reason(r.method, concept, target)
+    if reason:
+        raise field_error(f"{prefix}.method", reason)
+
+
 def source_for(rt: Runtime, domain: Domain, q: Query) -> tuple[str, bool, dict[str, str] | None]:
     """The concept's current value: given, else from known labels, else inferred by the domain's taggers."""
     if q.source is not None:
@@ -169,6 +176,7 @@ def explain_one(rt: Runtime, req: Any, prefix: str = "body") -> dict[str, Any]:
     iv = req.intervention
     q = Query(req.text, iv.concept, iv.target, iv.source, req.base_labels)
     check_query(r, q, f"{prefix}.base_labels", f"{prefix}.intervention.source")
+    check_available(r, iv.concept, iv.target, prefix)
     exp, intervention, inferred, timings = run(rt, r, q)
     return response(exp, r, intervention, inferred, timings)
 

@@ -12,11 +12,14 @@ schemas and routes, where the field's name is known.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
 import anyio
 from fastapi import HTTPException
+
+from explainers import outbound
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -45,11 +48,63 @@ async def send_problem(
     await send({"type": "http.response.body", "body": raw})
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
+def header(scope: Scope, name: bytes) -> str | None:
+    """A request header's value (the first one), or None."""
     for k, v in scope.get("headers", ()):
         if k.lower() == name:
             return v.decode("latin-1")
     return None
+
+
+_header = header  # the old private name, for callers not yet moved
+
+
+class Slots:
+    """In-flight request slots, shared by the in-flight cap, the timeout and `/readyz`.
+
+    A request holds a slot from admission until it ends. When it times out, the client gets
+    its 504 and the slot is released at once; the route's thread (sync code cannot be
+    cancelled) keeps running, and is tracked as *overdue* until it returns. Outbound calls end
+    by the request's deadline (`explainers.outbound`), so overdue work should drain within
+    moments; `/readyz` reports degraded while any is still running `grace_s` past its deadline.
+    """
+
+    def __init__(self, max_inflight: int, grace_s: float = 5.0) -> None:
+        self.max_inflight = max_inflight
+        self.grace_s = grace_s
+        self._held: set[int] = set()
+        self._overdue: dict[int, float] = {}  # token -> monotonic deadline it passed
+        self._next = 0
+        self.shed = 0
+
+    @property
+    def inflight(self) -> int:
+        return len(self._held)
+
+    def acquire(self) -> int | None:
+        """A slot token, or None when the cap is reached (the caller sheds the request)."""
+        if self.max_inflight > 0 and len(self._held) >= self.max_inflight:
+            self.shed += 1
+            return None
+        self._next += 1
+        self._held.add(self._next)
+        return self._next
+
+    def abandon(self, token: int | None, deadline: float) -> None:
+        """The request timed out: free its slot now, and watch its still-running work."""
+        if token is not None and token in self._held:
+            self._held.discard(token)
+            self._overdue[token] = deadline
+
+    def finish(self, token: int | None) -> None:
+        if token is not None:
+            self._held.discard(token)
+            self._overdue.pop(token, None)
+
+    def stuck(self) -> int:
+        """Timed-out requests whose work still runs more than `grace_s` after their deadline."""
+        now = time.monotonic()
+        return sum(1 for d in list(self._overdue.values()) if now > d + self.grace_s)
 
 
 class BodyTooLarge(HTTPException):
@@ -102,29 +157,37 @@ class InflightLimitMiddleware:
     them instead would turn overload into client timeouts.
     """
 
-    def __init__(self, app: ASGIApp, max_inflight: int, retry_after_s: int = 1) -> None:
+    def __init__(self, app: ASGIApp, max_inflight: int = 0, retry_after_s: int = 1, slots: Slots | None = None
+                 ) -> None:
         self.app = app
-        self.max_inflight = max_inflight
+        self.slots = slots or Slots(max_inflight)
+        self.max_inflight = self.slots.max_inflight
         self.retry_after_s = retry_after_s
-        self.inflight = 0
-        self.shed = 0
+
+    @property
+    def inflight(self) -> int:
+        return self.slots.inflight
+
+    @property
+    def shed(self) -> int:
+        return self.slots.shed
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or self.max_inflight <= 0 or scope.get("path") in EXEMPT_PATHS:
+        if scope["type"] != "http" or scope.get("path") in EXEMPT_PATHS:
             await self.app(scope, receive, send)
             return
-        if self.inflight >= self.max_inflight:
-            self.shed += 1
+        token = self.slots.acquire()
+        if token is None:
             await send_problem(send, 503, "Service overloaded",
                                f"{self.inflight} requests are in progress (limit {self.max_inflight}); retry later",
                                kind="overloaded", path=scope.get("path", ""),
                                headers=[("Retry-After", str(self.retry_after_s))])
             return
-        self.inflight += 1
+        scope.setdefault("state", {})["cace_slot"] = (self.slots, token)
         try:
             await self.app(scope, receive, send)
         finally:
-            self.inflight -= 1
+            self.slots.finish(token)
 
 
 class TimeoutMiddleware:
@@ -132,10 +195,11 @@ class TimeoutMiddleware:
 
     The route runs in its own task; this middleware waits for its response to start, up to
     the deadline. Sync routes run in worker threads that cannot be cancelled, so on timeout the
-    504 goes out at once and whatever the route sends later is dropped (its thread still
-    finishes, and still counts against the in-flight cap, which is why that cap sits outside
-    this middleware). The deadline stops counting once the response starts, so a long streamed
-    download is not cut off mid-body.
+    504 goes out at once, whatever the route sends later is dropped, and the request's in-flight
+    slot is released (`Slots.abandon`; the still-running thread is watched as overdue). The same
+    deadline is set for the route's outbound calls (`explainers.outbound.deadline`), so retries
+    stop when the client has its answer. The deadline stops counting once the response starts,
+    so a long streamed download is not cut off mid-body.
     """
 
     def __init__(self, app: ASGIApp, timeout_s: float) -> None:
@@ -167,15 +231,23 @@ class TimeoutMiddleware:
             finally:
                 responded.set()
 
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(run)
-            with anyio.move_on_after(self.timeout_s):
-                await responded.wait()
-            if not responded.is_set():
-                timed_out = True
-                await send_problem(send, 504, "Request timed out",
-                                   f"no response within {self.timeout_s:g} s (CACE_REQUEST_TIMEOUT_S)",
-                                   kind="request-timeout", path=scope.get("path", ""),
-                                   extra={"timeout_s": self.timeout_s})
+        deadline = time.monotonic() + self.timeout_s
+        token = outbound.set_deadline(self.timeout_s)  # copied into the route's task and threads
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(run)
+                with anyio.move_on_after(self.timeout_s):
+                    await responded.wait()
+                if not responded.is_set():
+                    timed_out = True
+                    await send_problem(send, 504, "Request timed out",
+                                       f"no response within {self.timeout_s:g} s (CACE_REQUEST_TIMEOUT_S)",
+                                       kind="request-timeout", path=scope.get("path", ""),
+                                       extra={"timeout_s": self.timeout_s})
+                    slots, slot = scope.get("state", {}).get("cace_slot", (None, None))
+                    if slots is not None:
+                        slots.abandon(slot, deadline)
+        finally:
+            outbound.reset_deadline(token)
         if error is not None:
             raise error

@@ -1,14 +1,15 @@
 """Observability: Prometheus `/metrics`, request ids, and structured JSON logs.
 
-`install(app, settings)` is called by `app.main.create_app` after the security layer, so its
-middleware is the outermost: latencies and status codes include requests that the limits
-refused (413/429/503/504), which is what an operator needs to see overload.
+`app.main.create_app` builds the `Metrics`, mounts `router(metrics)` and installs
+`ObservabilityMiddleware` outermost, so latencies and status codes include requests that
+the limits refused (413/429/503/504), which is what an operator needs to see overload.
 
 What is measured and where:
 * HTTP requests: latency histogram and counts by method, route template and status.
 * Outbound classifier and LLM calls: every HTTP call goes through the outbound
-  `PolicyTransport`; an observer records latency and errors (LLM calls are told apart by
-  their OpenAI/llama.cpp paths). The library itself never imports prometheus.
+  `PolicyTransport`; an observer records latency and errors, labelled by the registered
+  name of the classifier/LLM or `inline` (never the caller's host: label values must stay
+  bounded whatever URLs requests carry). The library itself never imports prometheus.
 * Cache hit rate, in-process classifier calls, job queue depth: read from the runtime at
   scrape time by a custom collector (CachingClassifier stats, the job store), so nothing in
   the request path pays for them.
@@ -29,7 +30,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
-from fastapi import FastAPI, Response
+from fastapi import APIRouter, FastAPI, Response
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -41,8 +42,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from app.limits import ASGIApp, Message, Receive, Scope, Send, _header
-from app.settings import Settings
+from app.limits import ASGIApp, Message, Receive, Scope, Send, header
 
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("cace_request_id", default=None)
 access_log = logging.getLogger("cace.access")
@@ -109,21 +109,22 @@ class Metrics:
         self.inflight = Gauge("cace_http_requests_in_progress", "HTTP requests being served", registry=r)
         self.outbound_latency = Histogram("cace_outbound_request_duration_seconds",
                                           "Latency of outbound classifier/LLM HTTP calls (to response headers)",
-                                          ["kind", "host"], buckets=LATENCY_BUCKETS, registry=r)
+                                          ["kind", "target"], buckets=LATENCY_BUCKETS, registry=r)
         self.outbound_errors = Counter("cace_outbound_errors_total",
                                        "Outbound classifier/LLM calls that failed (transport error, denial or 5xx)",
-                                       ["kind", "host", "error"], registry=r)
+                                       ["kind", "target", "error"], registry=r)
 
     def observe_outbound(self, request: httpx.Request, seconds: float, response: httpx.Response | None,
                          error: BaseException | None) -> None:
-        path = request.url.path
-        kind = "llm" if path.endswith(LLM_PATHS) else "classifier"
-        host = request.url.host
-        self.outbound_latency.labels(kind, host).observe(seconds)
+        ext = request.extensions
+        kind = ext.get("cace_kind") or ("llm" if request.url.path.endswith(LLM_PATHS) else "classifier")
+        # The registered name or "inline" (set by app.specs); never the URL's host, which callers choose.
+        target = str(ext.get("cace_label") or "inline")
+        self.outbound_latency.labels(kind, target).observe(seconds)
         if error is not None:
-            self.outbound_errors.labels(kind, host, type(error).__name__).inc()
+            self.outbound_errors.labels(kind, target, type(error).__name__).inc()
         elif response is not None and response.status_code >= 500:
-            self.outbound_errors.labels(kind, host, f"http_{response.status_code}").inc()
+            self.outbound_errors.labels(kind, target, f"http_{response.status_code}").inc()
 
 
 class RuntimeCollector(Collector):
@@ -178,15 +179,8 @@ class RuntimeCollector(Collector):
                 depth.add_metric([], float("nan"))
             yield depth
         shed = CounterMetricFamily("cace_requests_shed", "Requests refused with 503 by the in-flight cap")
-        shed.add_metric([], sum(getattr(m, "shed", 0) for m in _middleware_instances(self.app)))
+        shed.add_metric([], getattr(getattr(self.app.state, "slots", None), "shed", 0))
         yield shed
-
-
-def _middleware_instances(app: FastAPI) -> Iterator[Any]:
-    node: Any = getattr(app, "middleware_stack", None)
-    while node is not None:
-        yield node
-        node = getattr(node, "app", None)
 
 
 def _route_template(scope: Scope) -> str:
@@ -206,7 +200,7 @@ class ObservabilityMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        given = _header(scope, b"x-request-id")
+        given = header(scope, b"x-request-id")
         rid = given if given and _VALID_ID.match(given) else uuid.uuid4().hex
         token = request_id.set(rid)
         scope.setdefault("state", {})["request_id"] = rid
@@ -238,18 +232,19 @@ class ObservabilityMiddleware:
             request_id.reset(token)
 
 
-def install(app: FastAPI, settings: Settings) -> None:
-    """Add /metrics, request ids and JSON logs; hook the outbound transport's observer."""
+def build_metrics(app: FastAPI) -> Metrics:
+    """The app's metrics registry, with the scrape-time runtime collector."""
     metrics = Metrics()
     metrics.registry.register(RuntimeCollector(app))
-    app.state.metrics = metrics
-    transport = getattr(app.state, "outbound_transport", None)
-    if transport is not None and hasattr(transport, "observers"):
-        transport.observers.append(metrics.observe_outbound)
-    configure_logging(settings.log_format)
+    return metrics
 
-    @app.get("/metrics", include_in_schema=False)
+
+def router(metrics: Metrics) -> APIRouter:
+    """`GET /metrics` (Prometheus text format; public, not in the OpenAPI spec)."""
+    r = APIRouter()
+
+    @r.get("/metrics", include_in_schema=False)
     def prometheus_metrics() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    app.add_middleware(ObservabilityMiddleware, metrics=metrics)
+    return r

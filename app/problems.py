@@ -10,6 +10,7 @@ lacks is a 409, bad input is a 4xx that says which field, and only real bugs are
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import httpx
@@ -19,8 +20,15 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from explainers.classifiers.base import ClassifierError, ClassifierUnavailable, MalformedResponse
-from explainers.registry import MissingResource
+from explainers.classifiers.base import ClassifierUnavailable
+from explainers.errors import (
+    MissingResource,
+    OutboundDenied,
+    UpstreamError,
+    UpstreamMalformed,
+    UpstreamRejected,
+    UpstreamTimeout,
+)
 
 log = logging.getLogger("cace.errors")
 PROBLEM = "application/problem+json"
@@ -81,21 +89,41 @@ def problem_response(request: Request | None, status: int, title: str, detail: s
     return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
 
 
-def upstream_error(exc: BaseException, what: str = "classifier") -> ApiError:
-    """Map a failure of a called endpoint (classifier or LLM) to 502/504."""
-    text = f"{type(exc).__name__}: {exc}"
-    timeout = isinstance(exc, httpx.TimeoutException) or "timeout" in text.lower() or "timed out" in text.lower()
-    if timeout:
-        return ApiError(504, f"{what.capitalize()} timed out", text, kind=f"{what}-timeout")
-    if isinstance(exc, MalformedResponse):
-        return ApiError(502, f"{what.capitalize()} answered malformed output", text, kind=f"{what}-malformed")
-    return ApiError(502, f"{what.capitalize()} unavailable", text, kind=f"{what}-unavailable")
+# Longest upstream error text a problem detail carries (printable ASCII only): enough to say
+# what failed, never enough to reflect an upstream body or a secret back to the caller.
+DETAIL_CHARS = 300
+_UNPRINTABLE = re.compile(r"[^\x20-\x7e]+")
+
+
+def sanitized(text: str, limit: int = DETAIL_CHARS) -> str:
+    clean = _UNPRINTABLE.sub(" ", text).strip()
+    return clean if len(clean) <= limit else clean[:limit] + "..."
+
+
+def upstream_error(exc: BaseException, what: str | None = None) -> ApiError:
+    """Map a failure of a called endpoint (classifier or LLM) to its problem, by class alone.
+
+    Denied -> 403; timeout -> 504; malformed, rejected or unavailable -> 502. A raw httpx
+    error (a client that bypassed the retry path) is classified the same way.
+    """
+    what = what or getattr(exc, "what", None) or "upstream"
+    name = what.upper() if what == "llm" else what.capitalize()
+    detail = sanitized(f"{type(exc).__name__}: {exc}")
+    if isinstance(exc, OutboundDenied):
+        return ApiError(403, "Outbound URL denied", sanitized(f"{exc} (allow-list it with CACE_OUTBOUND_ALLOW)"),
+                        kind="outbound-denied")
+    if isinstance(exc, UpstreamTimeout | httpx.TimeoutException):
+        return ApiError(504, f"{name} timed out", detail, kind=f"{what}-timeout")
+    if isinstance(exc, UpstreamRejected):
+        return ApiError(502, f"{name} rejected the request", detail, kind=f"{what}-rejected")
+    if isinstance(exc, UpstreamMalformed):
+        return ApiError(502, f"{name} answered malformed output", detail, kind=f"{what}-malformed")
+    return ApiError(502, f"{name} unavailable", detail, kind=f"{what}-unavailable")
 
 
 def is_llm_error(exc: BaseException) -> bool:
-    """Exceptions raised by LLM backends (explainers.generation), whatever their class names."""
-    mod = type(exc).__module__ or ""
-    return mod.startswith("explainers.generation") and not isinstance(exc, ValueError)
+    """An upstream error raised by an LLM backend (by class: `UpstreamError` with what == "llm")."""
+    return isinstance(exc, UpstreamError) and getattr(exc, "what", None) == "llm"
 
 
 def install(app: FastAPI) -> None:
@@ -124,9 +152,13 @@ def install(app: FastAPI) -> None:
     async def _missing(request: Request, exc: MissingResource) -> JSONResponse:
         return problem_response(request, 409, "Missing resource", str(exc), kind="missing-resource")
 
-    @app.exception_handler(ClassifierError)
-    async def _classifier(request: Request, exc: ClassifierError) -> JSONResponse:
-        e = upstream_error(exc, "classifier")
+    # Every upstream failure (classifier or LLM, denial included) is mapped here, by class. These
+    # handlers are exception handlers (not the catch-all), so the connection stays open and the
+    # metrics see the status the client saw.
+    @app.exception_handler(UpstreamError)
+    async def _upstream(request: Request, exc: UpstreamError) -> JSONResponse:
+        e = upstream_error(exc)
+        log.warning("upstream error on %s: %s", request.url.path, e.detail)
         return problem_response(request, e.status, e.title, e.detail, kind=e.kind)
 
     @app.exception_handler(httpx.HTTPError)
@@ -136,11 +168,13 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _bug(request: Request, exc: Exception) -> JSONResponse:
-        if is_llm_error(exc):
-            e = upstream_error(exc, "llm")
-            return problem_response(request, e.status, e.title, e.detail, kind=e.kind)
+        # A bug: the traceback goes to the log under the request id; the client gets no exception
+        # text (it can hold SQL, paths or data), only the id to quote.
         log.exception("unhandled error on %s", request.url.path)
-        return problem_response(request, 500, "Internal error", f"{type(exc).__name__}: {exc}", kind="internal")
+        rid = request.scope.get("state", {}).get("request_id")
+        return problem_response(request, 500, "Internal error",
+                                "the server failed to handle this request" + (f" (request id {rid})" if rid else ""),
+                                kind="internal")
 
 
 __all__ = ["ApiError", "ClassifierUnavailable", "Problem", "field_error", "install", "not_found", "upstream_error"]

@@ -43,22 +43,26 @@ BUILTIN = "builtin"
 
 
 def build_classifier_from_spec(spec: dict[str, Any], transport: httpx.BaseTransport | None = None, *,
-                               allow_local: bool = True) -> Classifier:
-    """The one place the service turns an endpoint spec into a Classifier.
+                               allow_local: bool = True, settings: Any = None, label: str | None = None
+                               ) -> Classifier:
+    """The one place the service turns an endpoint spec into a Classifier (rules: `app.specs`).
 
     `allow_local=False` (inline specs in requests) refuses in-process protocols, which load
     (unpickle) files from the server's disk; registered specs, an admin action, may use them.
     """
-    from explainers.classifiers.spec import build_classifier
+    from app.specs import build_classifier
 
-    return build_classifier(spec, transport=transport, cache=False, allow_local=allow_local)
+    return build_classifier(spec, transport, inline=not allow_local, settings=settings,
+                            policy=getattr(transport, "policy", None), label=label)
 
 
-def build_llm_from_spec(spec: dict[str, Any], transport: httpx.BaseTransport | None = None) -> Any:
-    """The one place the service turns an LLM spec into a backend."""
-    from explainers.generation.backends import build_backend
+def build_llm_from_spec(spec: dict[str, Any], transport: httpx.BaseTransport | None = None, *, inline: bool = False,
+                        settings: Any = None, label: str | None = None) -> Any:
+    """The one place the service turns an LLM spec into a backend (rules: `app.specs`)."""
+    from app.specs import build_llm
 
-    return build_backend(spec, transport=transport)
+    return build_llm(spec, transport, inline=inline, settings=settings, policy=getattr(transport, "policy", None),
+                     label=label)
 
 
 def spec_key(spec: dict[str, Any]) -> str:
@@ -204,7 +208,8 @@ class Runtime:
             with self._lock:
                 if key not in self._classifiers:
                     self._remember(self._classifiers, key, self._cached(
-                        build_classifier_from_spec(ref, self.outbound_transport, allow_local=False), key))
+                        build_classifier_from_spec(ref, self.outbound_transport, allow_local=False,
+                                                   settings=self.settings), key))
                 return self._classifiers[key], key
         if ref in self.builtin_classifiers:
             return self.builtin_classifiers[ref], ref
@@ -217,7 +222,8 @@ class Runtime:
         with self._lock:
             if key not in self._classifiers:
                 self._remember(self._classifiers, key, self._cached(
-                    build_classifier_from_spec(row["spec"], self.outbound_transport), key))
+                    build_classifier_from_spec(row["spec"], self.outbound_transport, settings=self.settings,
+                                               label=ref), key))
             return self._classifiers[key], ref
 
     def llm(self, ref: str | dict[str, Any] | None) -> tuple[Any, str] | tuple[None, None]:
@@ -237,7 +243,9 @@ class Runtime:
         key = name + ":" + spec_key(ref)
         with self._lock:
             if key not in self._llms:
-                self._remember(self._llms, key, build_llm_from_spec(ref, self.outbound_transport))
+                self._remember(self._llms, key, build_llm_from_spec(
+                    ref, self.outbound_transport, inline=name.startswith("inline:"), settings=self.settings,
+                    label=name))
             return self._llms[key], name
 
     def forget(self, kind: str, name: str) -> None:

@@ -6,11 +6,45 @@ field names here are the public contract, and every model carries an example.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import re
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 Aggregation = Literal["mean", "similarity_weighted"]
+
+# Characters no text field may hold: NUL (PostgreSQL text cannot store it) and lone UTF-16
+# surrogates (not encodable as UTF-8: every later JSON response holding them would fail).
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def _storable(v: str) -> str:
+    if _UNSTORABLE.search(v):
+        raise ValueError("must not contain NUL characters or unpaired UTF-16 surrogates")
+    return v
+
+
+def _not_blank(v: str) -> str:
+    if not v.strip():
+        raise ValueError("must contain non-whitespace characters")
+    return v
+
+
+def _no_bool(v: Any) -> Any:
+    # JSON true/false are not numbers: lax validation would read `top_k: true` as 1.
+    if isinstance(v, bool):
+        raise ValueError("must be a number, not a boolean")
+    return v
+
+
+# Reusable field types: any text the service stores or echoes, and texts to explain.
+SafeText = Annotated[str, AfterValidator(_storable)]
+NonBlankText = Annotated[str, AfterValidator(_storable), AfterValidator(_not_blank)]
+Labels = dict[SafeText, SafeText]
+StrictInt = Annotated[int, BeforeValidator(_no_bool)]
+StrictFloat = Annotated[float, BeforeValidator(_no_bool)]
+# numpy's seed range.
+MAX_SEED = 2**32 - 1
 
 EXAMPLE_TEXT = "The food was delicious but the waiter ignored us for twenty minutes."
 CLASSIFIER_FIELD = Field(
@@ -30,9 +64,9 @@ class InterventionIn(BaseModel):
     """Set `concept` to `target`. Leave `source` out to have the concept taggers infer it."""
 
     model_config = ConfigDict(json_schema_extra={"examples": [{"concept": "service", "target": "Positive"}]})
-    concept: str = Field(min_length=1, max_length=64, examples=["service"])
-    target: str = Field(min_length=1, max_length=64, examples=["Positive"])
-    source: str | None = Field(None, max_length=64, examples=["Negative"])
+    concept: SafeText = Field(min_length=1, max_length=64, examples=["service"])
+    target: SafeText = Field(min_length=1, max_length=64, examples=["Positive"])
+    source: SafeText | None = Field(None, max_length=64, examples=["Negative"])
 
 
 class ExplanationRequest(BaseModel):
@@ -40,19 +74,19 @@ class ExplanationRequest(BaseModel):
         "text": EXAMPLE_TEXT, "intervention": {"concept": "service", "target": "Positive"},
         "classifier": "tfidf-lr", "method": "match", "top_k": 5}]})
 
-    text: str = Field(min_length=1, description="The text to explain.", examples=[EXAMPLE_TEXT])
+    text: NonBlankText = Field(min_length=1, description="The text to explain.", examples=[EXAMPLE_TEXT])
     intervention: InterventionIn
     domain: str | None = DOMAIN_FIELD
-    classifier: str | dict[str, Any] | None = CLASSIFIER_FIELD
-    method: str = Field("match", description="generate, match, or a baseline (see GET /v1/methods).",
-                        examples=["match"])
-    top_k: int = Field(5, ge=1, description="Counterfactuals to average over (K).", examples=[5])
+    classifier: SafeText | dict[str, Any] | None = CLASSIFIER_FIELD
+    method: SafeText = Field("match", description="generate, match, or a baseline (see GET /v1/methods).",
+                             examples=["match"])
+    top_k: StrictInt = Field(5, ge=1, description="Counterfactuals to average over (K).", examples=[5])
     aggregation: Aggregation = Field("mean", description="How the K counterfactual predictions are combined.")
-    similarity_threshold: float | None = Field(
+    similarity_threshold: StrictFloat | None = Field(
         None, ge=-1.0, le=1.0, description="Drop matches below this cosine similarity (matching methods).")
-    llm: str | dict[str, Any] | None = Field(
+    llm: SafeText | dict[str, Any] | None = Field(
         None, description="Registered LLM name or inline LLM spec for generate (default: CACE_LLM_* settings).")
-    base_labels: dict[str, str] | None = Field(
+    base_labels: Labels | None = Field(
         None, description="The text's concept labels, if known (else the domain's taggers infer what a method "
         "needs; a concept without a usable tagger must be given here or as intervention.source).",
         examples=[{"food": "Positive", "service": "Negative", "ambiance": "unknown", "noise": "unknown"}])
@@ -116,9 +150,9 @@ class ExplanationResponse(BaseModel):
 class EffectText(BaseModel):
     """One text of an effects request (a JSONL line may also be a bare JSON string)."""
 
-    text: str = Field(min_length=1)
-    id: str | None = None
-    labels: dict[str, str] | None = Field(None, description="Known concept labels of this text.")
+    text: NonBlankText = Field(min_length=1)
+    id: SafeText | None = Field(None, max_length=256)
+    labels: Labels | None = Field(None, description="Known concept labels of this text.")
 
 
 class EffectsParams(BaseModel):
@@ -129,14 +163,14 @@ class EffectsParams(BaseModel):
 
     intervention: InterventionIn
     domain: str | None = DOMAIN_FIELD
-    classifier: str | dict[str, Any] | None = CLASSIFIER_FIELD
-    method: str = Field("match", examples=["pt_match"])
-    top_k: int = Field(5, ge=1)
+    classifier: SafeText | dict[str, Any] | None = CLASSIFIER_FIELD
+    method: SafeText = Field("match", examples=["pt_match"])
+    top_k: StrictInt = Field(5, ge=1)
     aggregation: Aggregation = "mean"
-    similarity_threshold: float | None = Field(None, ge=-1.0, le=1.0)
-    llm: str | dict[str, Any] | None = None
-    confidence: float = Field(0.95, gt=0.0, lt=1.0, description="Bootstrap CI level.")
-    seed: int = Field(0, description="Bootstrap seed (results are reproducible for a seed).")
+    similarity_threshold: StrictFloat | None = Field(None, ge=-1.0, le=1.0)
+    llm: SafeText | dict[str, Any] | None = None
+    confidence: StrictFloat = Field(0.95, gt=0.0, lt=1.0, description="Bootstrap CI level.")
+    seed: StrictInt = Field(0, ge=0, le=MAX_SEED, description="Bootstrap seed (results are reproducible for a seed).")
     mode: Literal["auto", "inline", "job"] = Field(
         "auto", description="auto: inline up to the server's max_inline_texts, else a job.")
 
@@ -146,7 +180,8 @@ class EffectsRequest(EffectsParams):
         "texts": [EXAMPLE_TEXT, "Great pasta, rude staff."],
         "intervention": {"concept": "food", "target": "Negative"}, "classifier": "tfidf-lr", "method": "pt_match"}]})
 
-    texts: list[str | EffectText] = Field(min_length=1, description="Texts (strings or {text, id, labels}).")
+    texts: list[NonBlankText | EffectText] = Field(min_length=1,
+                                                   description="Texts (strings or {text, id, labels}).")
 
 
 class EffectRow(BaseModel):
@@ -218,7 +253,7 @@ class Registration(BaseModel):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$", examples=["sentiment-v2"])
     spec: dict[str, Any] = Field(description="Endpoint spec (classifier: explainers.classifiers.spec; "
                                              "LLM: explainers.generation.backends.BackendSpec).")
-    description: str | None = None
+    description: SafeText | None = Field(None, max_length=2000)
 
 
 class RegistrationOut(BaseModel):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
+import sys
 from pathlib import Path
 
 from app.settings import Settings
@@ -25,13 +27,56 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.prepare_only:
         return prepare(settings)
+    refusal = open_exposure(settings)
+    if refusal:
+        print(refusal, file=sys.stderr)
+        return 2
     import uvicorn
 
     from app.main import create_app
 
+    # X-Forwarded-For is believed only from the proxies the operator lists (uvicorn trusts
+    # 127.0.0.1 by default, which would let any local client pick its rate-limit identity).
+    proxies = ",".join(settings.trusted_proxies)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level,
-                timeout_graceful_shutdown=10)
+                timeout_graceful_shutdown=10, proxy_headers=bool(proxies), forwarded_allow_ips=proxies or None)
     return 0
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def open_exposure(settings: Settings) -> str | None:
+    """Why the service must not start: bound beyond loopback with no API key, unless CACE_ALLOW_OPEN=true.
+
+    With no key, every route is open, including registrations that load models and call
+    out; on a network address that is anyone's server.
+    """
+    if is_loopback(settings.host) or settings.allow_open:
+        return None
+    if settings.auth_enabled or settings.admin_key or settings.api_keys_file:
+        return None
+    import sqlalchemy as sa
+
+    from app.auth.keys import key_store
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(settings.job_store_url)
+    try:
+        if key_store(engine, settings).active_count() > 0:
+            return None
+    finally:
+        engine.dispose()
+    return (f"refusing to serve on {settings.host}:{settings.port} without API keys: anyone who can reach it "
+            "could register models and use the server's network. Create an admin key first "
+            "(`python -m app.security create-key --name admin --scopes admin`), or set CACE_ADMIN_KEY or "
+            "CACE_API_KEYS_FILE; or set CACE_ALLOW_OPEN=true if this network is trusted.")
 
 
 def prepare(settings: Settings) -> int:

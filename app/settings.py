@@ -76,7 +76,7 @@ class Settings(BaseSettings):
     # JSON list of {"name", "sha256", "scopes"} (e.g. a mounted Secret); keys can also live in the store.
     api_keys_file: Path | None = None
     # Per-key token bucket (a key's own rate_per_s overrides it); 0 disables.
-    rate_limit_per_s: float = 50.0
+    rate_limit_per_s: float = Field(50.0, ge=0)
     rate_limit_burst: int = 100
     # Per-client-address bucket for requests without a key while auth is off; 0 disables (embedded default).
     rate_limit_anonymous_per_s: float = 0.0
@@ -91,7 +91,21 @@ class Settings(BaseSettings):
     kserve_predictor_host: str | None = None
     kserve_labels: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
-    @field_validator("outbound_allow", "kserve_labels", mode="before")
+    # Hardening (see deploy/README.md, "Threat model").
+    # The only directory in-process models (sklearn/transformers classifiers, llamacpp/transformers
+    # LLMs) may be registered from; None: in-process registrations are refused.
+    models_dir: Path | None = None
+    # Environment variables a *registered* LLM may name as `api_key_env`: NAME, or NAME@host to
+    # bind the secret to the one host it may be sent to. Inline specs may never name one.
+    llm_secret_envs: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # A bootstrap admin key (e.g. from a Secret); turns auth on. Only its SHA-256 is kept in memory.
+    admin_key: str | None = Field(None, repr=False)
+    # `cace serve` on a non-loopback address with no API key refuses to start unless this is true.
+    allow_open: bool = False
+    # Proxies (IPs/CIDRs) whose X-Forwarded-For / X-Forwarded-Proto are believed; empty: none.
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    @field_validator("outbound_allow", "kserve_labels", "llm_secret_envs", "trusted_proxies", mode="before")
     @classmethod
     def _comma_list(cls, v: object) -> object:
         if isinstance(v, str):

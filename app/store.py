@@ -13,6 +13,7 @@ Every table name carries a prefix so test runs and deployments can share a datab
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import uuid
@@ -24,6 +25,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 ACTIVE = ("queued", "running")
+
+
+class _QueueFull(Exception):
+    """Rolls back a job whose admission would exceed the queue limit."""
 FINAL = ("succeeded", "failed", "cancelled")
 
 
@@ -78,6 +83,8 @@ class Store:
             sa.Column("created_at", sa.Float, nullable=False),
             sa.Column("started_at", sa.Float, nullable=True),
             sa.Column("finished_at", sa.Float, nullable=True),
+            # The API key that created the job (None: auth was off); only it, and admins, may see it.
+            sa.Column("owner", sa.String(64), nullable=True, index=True),
         )
         self.items = sa.Table(
             f"{prefix}job_items", md,
@@ -95,6 +102,14 @@ class Store:
         )
         self.metadata = md
         md.create_all(self.engine)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Add columns newer code expects to tables an older version created."""
+        cols = {c["name"] for c in sa.inspect(self.engine).get_columns(self.jobs.name)}
+        if "owner" not in cols:
+            with self.engine.begin() as c:
+                c.execute(sa.text(f'ALTER TABLE "{self.jobs.name}" ADD COLUMN owner VARCHAR(64)'))
 
     def close(self) -> None:
         self.engine.dispose()
@@ -138,24 +153,39 @@ class Store:
         return res.rowcount > 0
 
     # ---- jobs -----------------------------------------------------------------------------
-    def create_job(self, kind: str, request: dict[str, Any], payloads: Sequence[Any], *, limit: int | None = None
-                   ) -> str | None:
-        """Create a job and its items in one transaction; None if `limit` active jobs already exist."""
+    def create_job(self, kind: str, request: dict[str, Any], payloads: Sequence[Any], *, limit: int | None = None,
+                   owner: str | None = None) -> str | None:
+        """Create a job and its items in one transaction; None if `limit` active jobs already exist.
+
+        The limit is exact under concurrent submits: PostgreSQL serialises admissions with a
+        transaction-scoped advisory lock; on SQLite the job row is inserted first, which takes
+        the database's write lock before the count, and a transaction over the limit rolls back.
+        """
         job_id = uuid.uuid4().hex
         now = time.time()
-        with self.engine.begin() as c:
-            if limit is not None:
-                active = c.execute(sa.select(sa.func.count()).select_from(self.jobs)
-                                   .where(self.jobs.c.status.in_(ACTIVE))).scalar_one()
-                if active >= limit:
-                    return None
-            c.execute(self.jobs.insert().values(
-                id=job_id, kind=kind, status="queued", request=_dump(request), total=len(payloads), created_at=now))
-            rows = [{"job_id": job_id, "idx": i, "payload": _dump(p), "status": "pending", "attempts": 0}
-                    for i, p in enumerate(payloads)]
-            for start in range(0, len(rows), 1000):
-                c.execute(self.items.insert(), rows[start:start + 1000])
+        try:
+            with self.engine.begin() as c:
+                if limit is not None and self.engine.dialect.name == "postgresql":
+                    c.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": self._admission_lock_key()})
+                c.execute(self.jobs.insert().values(
+                    id=job_id, kind=kind, status="queued", request=_dump(request), total=len(payloads),
+                    created_at=now, owner=owner))
+                if limit is not None:
+                    active = c.execute(sa.select(sa.func.count()).select_from(self.jobs)
+                                       .where(self.jobs.c.status.in_(ACTIVE))).scalar_one()
+                    if active > limit:  # counts this job too
+                        raise _QueueFull
+                rows = [{"job_id": job_id, "idx": i, "payload": _dump(p), "status": "pending", "attempts": 0}
+                        for i, p in enumerate(payloads)]
+                for start in range(0, len(rows), 1000):
+                    c.execute(self.items.insert(), rows[start:start + 1000])
+        except _QueueFull:
+            return None
         return job_id
+
+    def _admission_lock_key(self) -> int:
+        """A stable 63-bit key per table prefix, so deployments sharing a database do not contend."""
+        return int.from_bytes(hashlib.sha256(f"{self.prefix}jobs-admission".encode()).digest()[:8], "big") >> 1
 
     def active_jobs(self) -> int:
         with self.engine.connect() as c:
@@ -179,10 +209,14 @@ class Store:
         job["item_errors"] = [{"index": i, "error": e} for i, e in errors]
         return job
 
-    def list_jobs(self, *, status: str | None = None, kind: str | None = None, limit: int = 50, offset: int = 0
-                  ) -> tuple[list[dict[str, Any]], int]:
+    def list_jobs(self, *, status: str | None = None, kind: str | None = None, limit: int = 50, offset: int = 0,
+                  owner: str | None = None, only_owner: bool = False) -> tuple[list[dict[str, Any]], int]:
+        """Jobs newest first; with `only_owner`, just those `owner` created (None: created without a key)."""
         q = self.jobs.select()
         cq = sa.select(sa.func.count()).select_from(self.jobs)
+        if only_owner:
+            cond = self.jobs.c.owner.is_(None) if owner is None else self.jobs.c.owner == owner
+            q, cq = q.where(cond), cq.where(cond)
         for col, val in ((self.jobs.c.status, status), (self.jobs.c.kind, kind)):
             if val is not None:
                 q, cq = q.where(col == val), cq.where(col == val)
@@ -322,7 +356,8 @@ def _registry_row(row: Any) -> dict[str, Any]:
 
 
 def _job_row(row: Any, with_request: bool) -> dict[str, Any]:
-    job = {k: row[k] for k in ("id", "kind", "status", "error", "total", "created_at", "started_at", "finished_at")}
+    job = {k: row[k] for k in ("id", "kind", "status", "error", "total", "created_at", "started_at", "finished_at",
+                               "owner")}
     job["result"] = _load(row["result"])
     if with_request:
         job["request"] = _load(row["request"])

@@ -37,6 +37,8 @@ from typing import Any
 import httpcore
 import httpx
 
+from explainers.errors import OutboundDenied
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 Resolver = Callable[[str, int], Sequence[str]]
@@ -75,10 +77,6 @@ _EXTRA_DENIED = tuple(
 )
 _NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)(?!-)[a-z0-9_-]{1,63}(?<!-)(\.(?!-)[a-z0-9_-]{1,63}(?<!-))*$")
-
-
-class OutboundDenied(httpx.TransportError):
-    """The outbound policy refused this URL. Not retryable: the same URL is refused every time."""
 
 
 def parse_ip_literal(host: str) -> IPAddress | None:
@@ -120,18 +118,49 @@ def embedded_ipv4(ip: IPAddress) -> list[ipaddress.IPv4Address]:
     return found
 
 
-def _parse_allow(entries: Iterable[str]) -> tuple[frozenset[str], tuple[IPNetwork, ...]]:
-    names: set[str] = set()
-    nets: list[IPNetwork] = []
+AllowedName = tuple[str, "int | None"]
+AllowedNet = tuple[IPNetwork, "int | None"]
+
+
+def _split_port(entry: str) -> tuple[str, int | None]:
+    """`host`, `host:port`, `a.b.c.d/n:port` or `[v6 or v6/n]:port` -> (host or network, port or None)."""
+    if entry.startswith("["):
+        inner, _, rest = entry[1:].partition("]")
+        if not rest:
+            return inner, None
+        if not (rest.startswith(":") and rest[1:].isdigit()):
+            raise ValueError(f"allow-list entry {entry!r}: expected [address]:port")
+        port = int(rest[1:])
+    elif entry.count(":") == 1:
+        entry, _, p = entry.partition(":")
+        if not p.isdigit():
+            raise ValueError(f"allow-list entry {entry!r}: the port must be a number")
+        inner, port = entry, int(p)
+    else:
+        return entry, None
+    if not 0 < port < 65536:
+        raise ValueError(f"allow-list entry {entry!r}: port {port} is out of range")
+    return inner, port
+
+
+def _parse_allow(entries: Iterable[str]) -> tuple[tuple[AllowedName, ...], tuple[AllowedNet, ...]]:
+    """Host names and networks, each with the one port it opens (None: every port)."""
+    names: list[AllowedName] = []
+    nets: list[AllowedNet] = []
     for raw in entries:
         e = raw.strip().lower().rstrip(".")
         if not e:
             continue
+        target, port = _split_port(e)
         try:
-            nets.append(ipaddress.ip_network(e.strip("[]"), strict=False))
+            nets.append((ipaddress.ip_network(target.strip("[]"), strict=False), port))
         except ValueError:
-            names.add(e)
-    return frozenset(names), tuple(nets)
+            names.append((target.rstrip("."), port))
+    return tuple(names), tuple(nets)
+
+
+def _default_port(u: httpx.URL) -> int | None:
+    return u.port or {"http": 80, "https": 443}.get(u.scheme)
 
 
 def _system_resolver(host: str, port: int) -> list[str]:
@@ -144,7 +173,9 @@ class OutboundPolicy:
     """Which outbound targets are allowed. Deny-by-default for everything that is not public.
 
     `allow` takes host names (``models.internal``; ``*.svc.cluster.local`` for a suffix) and
-    IPs/CIDRs (``127.0.0.1/32``, ``10.42.0.0/16``). An allow-listed name opens every address it
+    IPs/CIDRs (``127.0.0.1/32``, ``10.42.0.0/16``), each optionally with the one port it opens
+    (``models.internal:8080``, ``127.0.0.1/32:8301``, ``[fd00::/8]:443``); without a port an
+    entry opens every port of its targets. An allow-listed name opens every address it
     resolves to; an allow-listed network opens its addresses for any name. Cloud metadata
     addresses stay denied unless their exact network is allow-listed.
     """
@@ -166,14 +197,16 @@ class OutboundPolicy:
         return cls(allow=tuple(a.strip() for a in (allow or ()) if a.strip()), **kwargs)
 
     # --- decisions -------------------------------------------------------------------------
-    def host_allowed(self, host: str) -> bool:
+    def host_allowed(self, host: str, port: int | None = None) -> bool:
+        """Whether `host` is allow-listed by name (for `port`, when the entry names one)."""
         h = host.lower().rstrip(".")
-        names: frozenset[str] = self._names  # type: ignore[attr-defined]
-        return h in names or any(n.startswith("*.") and h.endswith(n[1:]) for n in names)
+        names: tuple[AllowedName, ...] = self._names  # type: ignore[attr-defined]
+        return any((h == n or (n.startswith("*.") and h.endswith(n[1:]))) and (p is None or p == port)
+                   for n, p in names)
 
-    def ip_denial(self, ip: IPAddress, *, host_allowed: bool = False) -> str | None:
-        """Why `ip` is denied, or None when it may be reached."""
-        nets: tuple[IPNetwork, ...] = self._nets  # type: ignore[attr-defined]
+    def ip_denial(self, ip: IPAddress, *, host_allowed: bool = False, port: int | None = None) -> str | None:
+        """Why `ip` is denied (on `port`, when allow-list entries name ports), or None when it may be reached."""
+        nets = [n for n, p in self._nets if p is None or p == port]  # type: ignore[attr-defined]
         if any(ip.version == n.version and ip in n for n in nets):
             if ip not in METADATA_IPS or any(n.num_addresses == 1 and ip in n for n in nets):
                 return None
@@ -182,7 +215,7 @@ class OutboundPolicy:
         if host_allowed:
             return None
         for v4 in embedded_ipv4(ip):
-            reason = self.ip_denial(v4)
+            reason = self.ip_denial(v4, port=port)
             if reason:
                 return f"{ip} embeds {v4}: {reason}"
         if ip.is_loopback:
@@ -216,19 +249,21 @@ class OutboundPolicy:
         host = u.host.lower()
         if not host:
             raise OutboundDenied("URL has no host")
+        port = _default_port(u)
         ip = parse_ip_literal(host)
         if ip is not None:
-            reason = self.ip_denial(ip, host_allowed=self.host_allowed(str(ip)))
+            reason = self.ip_denial(ip, host_allowed=self.host_allowed(str(ip), port), port=port)
             if reason:
                 raise OutboundDenied(f"{url}: {reason}")
             return str(ip), ip
         bare = host.rstrip(".")
         if not _HOSTNAME.match(bare):
             raise OutboundDenied(f"host {host!r} is not a valid DNS name")
-        if bare in METADATA_HOSTS and bare not in self._names:  # type: ignore[attr-defined]
+        if bare in METADATA_HOSTS and not any(bare == n for n, _ in self._names):  # type: ignore[attr-defined]
             raise OutboundDenied(f"host {host!r} is a cloud metadata endpoint")
         if bare == "localhost" or bare.endswith(".localhost"):  # RFC 6761: always loopback
-            reason = self.ip_denial(ipaddress.IPv4Address("127.0.0.1"), host_allowed=self.host_allowed(bare))
+            reason = self.ip_denial(ipaddress.IPv4Address("127.0.0.1"), host_allowed=self.host_allowed(bare, port),
+                                    port=port)
             if reason:
                 raise OutboundDenied(f"host {host!r}: {reason}")
         return bare, None
@@ -240,7 +275,7 @@ class OutboundPolicy:
         refused, since the caller cannot know which one a later lookup would pick.
         """
         ip = parse_ip_literal(host)
-        allowed_name = self.host_allowed(host)
+        allowed_name = self.host_allowed(host, port)
         if ip is not None:
             addrs = [ip]
         else:
@@ -251,7 +286,7 @@ class OutboundPolicy:
             if not addrs:
                 raise httpx.ConnectError(f"{host!r} resolved to no address")
         for a in addrs:
-            reason = self.ip_denial(a, host_allowed=allowed_name)
+            reason = self.ip_denial(a, host_allowed=allowed_name, port=port)
             if reason:
                 raise OutboundDenied(f"{host} resolves to a denied address: {reason}")
         return addrs[0]

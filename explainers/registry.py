@@ -10,11 +10,13 @@ an encoder, a trained space, an LLM, taggers) plus options, and raises
 from __future__ import annotations
 
 import importlib
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from explainers.concepts import ConceptSchema
+from explainers.errors import MissingResource
 from explainers.types import Explainer
 
 # Modules that register factories when imported; missing optional ones are skipped.
@@ -23,10 +25,6 @@ PLUGIN_MODULES = (
     "explainers.matching.plugin",
     "explainers.generation.plugin",
 )
-
-
-class MissingResource(ValueError):
-    """The method needs a resource (pool, space, LLM, ...) this deployment does not have."""
 
 
 @dataclass
@@ -77,6 +75,9 @@ class Resources:
 Factory = Callable[..., Explainer]
 _FACTORIES: dict[str, tuple[Factory, str]] = {}
 _loaded = False
+# Held while the plugins import: concurrent first callers wait for all factories instead of
+# seeing a half-filled registry ("unknown method 'match'; available: []").
+_load_lock = threading.RLock()
 
 
 def register(name: str, description: str = "") -> Callable[[Factory], Factory]:
@@ -91,13 +92,16 @@ def _load_plugins() -> None:
     global _loaded
     if _loaded:
         return
-    _loaded = True
-    for mod in PLUGIN_MODULES:
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name != mod:  # a real import error inside the plugin must not be hidden
-                raise
+    with _load_lock:
+        if _loaded:
+            return
+        for mod in PLUGIN_MODULES:
+            try:
+                importlib.import_module(mod)
+            except ModuleNotFoundError as e:
+                if e.name != mod:  # a real import error inside the plugin must not be hidden
+                    raise
+        _loaded = True  # only once every factory is registered
 
 
 def available() -> dict[str, str]:

@@ -1,6 +1,7 @@
-"""A Python client generated from the live OpenAPI spec drives an explanation and an effects job.
+"""A Python client generated from the live OpenAPI spec drives every kind of operation.
 
-This is what platform teams do with the service, so the spec must generate cleanly
+An explanation, an effects job, a domain built from an uploaded file, an effects upload, and
+4xx problems parsed into the Problem model. This is what platform teams do with the service, so the spec must generate cleanly
 (stable operationIds become the client's function names) and the client's models must
 parse real responses, 202 job answers included.
 """
@@ -8,14 +9,18 @@ parse real responses, 202 job answers included.
 from __future__ import annotations
 
 import importlib
+import io
+import json
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import httpx
 import pytest
 
+from explainers.data.movies import movie_corpus
 from tests.service_server import service, store_env
 
 GENERATOR = Path(sys.executable).parent / "openapi-python-client"
@@ -70,6 +75,40 @@ def test_generated_client_explains_and_runs_an_effects_job(tmp_path: Path) -> No
             page = job_rows.sync(job_id=job.id, client=client, limit=2)
             assert isinstance(page, models.RowsPage) and page.total == 4 and page.next_offset == 2
             assert [r.index for r in page.rows] == [0, 1]
+
+            # Multipart operations take a real file, and problems parse into the Problem model.
+            create_domain = importlib.import_module("cace_generated_client.api.domains.create_domain")
+            upload_effects = importlib.import_module("cace_generated_client.api.effects.upload_effects")
+            gen_types = importlib.import_module("cace_generated_client.types")
+
+            def jsonl(rows: list) -> object:
+                return gen_types.File(payload=io.BytesIO("\n".join(json.dumps(r) for r in rows).encode()),
+                                      file_name="data.jsonl", mime_type="application/x-ndjson")
+
+            corpus = [{k: v for k, v in r.items() if k != "rating"} for r in movie_corpus(8, seed=5)]
+            domain_id = f"client-{uuid.uuid4().hex[:8]}"
+            job = create_domain.sync(client=client, body=models.BodyCreateDomain(
+                file=jsonl(corpus), params=json.dumps({"id": domain_id})))
+            assert isinstance(job, models.JobOut), job
+            while str(job.status.value) not in ("succeeded", "failed", "cancelled"):
+                assert time.monotonic() < deadline + 300
+                time.sleep(0.5)
+                job = get_job.sync(job_id=job.id, client=client)
+            assert job.status.value == "succeeded", job
+            bad = create_domain.sync(client=client, body=models.BodyCreateDomain(
+                file=jsonl(corpus), params=json.dumps({"id": "Bad Id"})))
+            assert isinstance(bad, models.Problem) and bad.status == 422, bad
+            assert bad.errors[0].field == "body.params.id"
+            params = {"domain": domain_id, "intervention": {"concept": "plot", "target": "bad"},
+                      "method": "pt_match", "top_k": 2, "mode": "inline"}
+            texts = [r["text"] for r in movie_corpus(4, edits=False, seed=6)]
+            done = upload_effects.sync(client=client, body=models.BodyUploadEffects(
+                file=jsonl(texts), params=json.dumps(params)))
+            assert isinstance(done, models.EffectsInlineResponse), done
+            assert done.result.labels == ["1", "2", "3", "4", "5"] and len(done.rows) == 4
+            bad = upload_effects.sync(client=client, body=models.BodyUploadEffects(
+                file=jsonl(texts), params=json.dumps({**params, "intervention": {"concept": "food", "target": "x"}})))
+            assert isinstance(bad, models.Problem) and bad.errors[0].field == "body.intervention.concept", bad
         finally:
             sys.path.remove(str(out.parent))
             for name in [m for m in sys.modules if m.startswith("cace_generated_client")]:

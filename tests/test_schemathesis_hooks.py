@@ -12,8 +12,8 @@ from __future__ import annotations
 import schemathesis
 
 ALLOWED_5XX = {
-    502: ("classifier-unavailable", "classifier-malformed", "llm-unavailable", "llm-malformed",
-          "upstream-unavailable", "upstream-malformed"),
+    502: ("classifier-unavailable", "classifier-malformed", "classifier-rejected", "llm-unavailable",
+          "llm-malformed", "llm-rejected", "upstream-unavailable", "upstream-malformed", "upstream-rejected"),
     503: ("overloaded", "not-ready", "queue-full"),
     504: ("classifier-timeout", "llm-timeout", "upstream-timeout", "request-timeout"),
 }
@@ -31,3 +31,33 @@ def no_internal_error(ctx, response, case) -> None:  # noqa: ANN001 (schemathesi
     if kind not in ALLOWED_5XX.get(status, ()):
         raise AssertionError(f"server error {status} ({kind or 'no problem type'}): {response.text[:500]}")
     return None
+
+
+# Hostile text the fuzzer plants in generated bodies (issue #12): a lone surrogate (not
+# encodable as UTF-8, so any later response holding it would fail), NUL (PostgreSQL text
+# cannot store it), whitespace-only text, and look-alike unicode digits/hosts. Every one must
+# be answered with a 4xx or succeed; the checks above fail the run on any 500.
+HOSTILE_TEXT = ("\ud800", "tail \udfff", "nul\x00byte", " \t\n ", "\uff11\uff12\uff17.0.0.1", "\u2460\u2461")
+
+
+def _plant(body: object, value: str) -> object:
+    """`body` with its first string (depth-first) replaced by `value`; unchanged if it has none."""
+    if isinstance(body, dict):
+        for k, v in body.items():
+            new = value if isinstance(v, str) else _plant(v, value)
+            if new is not v:
+                return {**body, k: new}
+    elif isinstance(body, list):
+        for i, v in enumerate(body):
+            new = value if isinstance(v, str) else _plant(v, value)
+            if new is not v:
+                return [*body[:i], new, *body[i + 1:]]
+    return body
+
+
+@schemathesis.hook
+def before_generate_body(context, strategy):  # noqa: ANN001, ANN201 (schemathesis' hook signature)
+    from hypothesis import strategies as st
+
+    hostile = st.none() | st.sampled_from(HOSTILE_TEXT)
+    return st.tuples(strategy, hostile).map(lambda pair: pair[0] if pair[1] is None else _plant(*pair))

@@ -1,7 +1,8 @@
 """API keys, scopes and per-key rate limits against the real service (uvicorn subprocess, HTTP).
 
-The service starts with no key, so auth is off (the embedded default); creating the first
-admin key through `/v1/keys` turns it on. Keys must be stored hashed: the test reads the
+The service starts with no key, so auth is off (the embedded default) and `/v1/keys` refuses
+to mint one anonymously; the first admin key comes from the CLI (`python -m app.security
+create-key`), which turns auth on. Keys must be stored hashed: the test reads the
 SQLite store and checks the plaintext is nowhere in it.
 """
 
@@ -52,6 +53,18 @@ def svc(tmp_path_factory: pytest.TempPathFactory, tfidf_lr_dir: Path, test_data_
         yield srv
 
 
+def cli_key(svc: Server, name: str, scopes: str, rate: float | None = None) -> str:
+    """Bootstrap a key the documented way: `python -m app.security create-key` on the server's store."""
+    import subprocess
+
+    cmd = [python(), "-m", "app.security", "create-key", "--name", name, "--scopes", scopes]
+    if rate is not None:
+        cmd += ["--rate", str(rate)]
+    env = {**os.environ, "CACE_DATABASE_URL": f"sqlite:///{svc.tmp / 'store.sqlite'}"}  # type: ignore[attr-defined]
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])["key"]
+
+
 def _bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
@@ -59,11 +72,11 @@ def _bearer(key: str) -> dict[str, str]:
 def test_keys_scopes_revocation_and_rate_limits(svc: Server) -> None:
     url = svc.base_url
     with httpx.Client(base_url=url, timeout=30) as c:
-        # Embedded default: no key exists, so the API is open.
+        # Embedded default: no key exists, so the API is open, but keys are never minted anonymously.
         assert c.get("/v1/jobs").status_code == 200
         r = c.post("/v1/keys", json={"name": "root", "scopes": ["admin"], "rate_limit_per_s": 1000})
-        assert r.status_code == 201, r.text
-        admin = r.json()["key"]
+        assert r.status_code == 403 and "create-key" in r.json()["detail"], r.text
+        admin = cli_key(svc, "root", "admin", 1000)
         # Now auth is on: no key, a wrong key -> 401 problem+json with WWW-Authenticate.
         r = c.get("/v1/jobs")
         assert r.status_code == 401

@@ -8,8 +8,8 @@ server (explainers.serving) is started to exercise a registered remote classifie
 from __future__ import annotations
 
 import json
-import uuid
 import time
+import uuid
 from pathlib import Path
 
 import httpx

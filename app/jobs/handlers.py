@@ -17,11 +17,11 @@ import numpy as np
 
 from app import explain
 from app.jobs.worker import RetryableError
-from app.problems import ApiError, is_llm_error
+from app.problems import ApiError
 from app.resources import Runtime
 from app.schemas import DomainGenerate, EffectsParams
-from explainers.classifiers.base import ClassifierUnavailable, MalformedResponse
 from explainers.concepts import ConceptSchema
+from explainers.errors import UpstreamUnavailable
 from explainers.estimate import cace
 from explainers.registry import Pool
 
@@ -47,14 +47,10 @@ class EffectsHandler:
         try:
             r = self.resolved(job_id, params)
             return self.row(r, params, payload)
-        except (ClassifierUnavailable, httpx.TransportError) as e:
+        except (UpstreamUnavailable, httpx.TransportError) as e:  # classifier or LLM, timeouts included
             raise RetryableError(f"{type(e).__name__}: {e}") from e
         except ApiError as e:
             raise ValueError(e.detail) from e
-        except Exception as e:
-            if is_llm_error(e):
-                raise RetryableError(f"{type(e).__name__}: {e}") from e
-            raise
 
     def row(self, r: explain.Resolved, params: EffectsParams, payload: dict[str, Any]) -> dict[str, Any]:
         iv = params.intervention

@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from fastapi import APIRouter, Depends, File, Form, Response, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFile
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from app.problems import ApiError, field_error, not_found
 from app.resources import Runtime
 from app.routes.common import problems, queue_full, runtime
-from app.routes.jobs import job_out
+from app.routes.jobs import job_out, requester
 from app.schemas import DomainList, DomainOut, DomainParams, JobOut
 from explainers.concepts import ConceptSchema
 from explainers.domains import DomainBuildError, infer_schema, validate_rows
@@ -69,6 +69,7 @@ def delete_domain(domain_id: str, rt: Runtime = Depends(runtime)) -> Response:
 @router.post("/v1/domains", operation_id="create_domain", status_code=202, response_model=JobOut,
              responses=problems(409, 413, 422, 429))
 def create_domain(
+    http_request: Request,
     file: UploadFile = File(..., description='JSONL corpus: one {"text", "labels": {concept: value}, "origin"?, '
                             '"id"?} per line; texts sharing an origin that differ in one concept are pairs'),
     params: str = Form(..., description='DomainParams as JSON, e.g. {"id": "movie-reviews"}',
@@ -100,7 +101,8 @@ def create_domain(
         raise field_error("body.file", f"no text carries a label for concept(s) {unlabelled}")
     request = {"domain_id": p.id, "schema": schema.to_dict(),
                "generate": p.generate.model_dump() if p.generate else None}
-    job_id = rt.store.create_job("domain", request, [{"corpus": rows}], limit=rt.settings.job_queue_limit)
+    job_id = rt.store.create_job("domain", request, [{"corpus": rows}], limit=rt.settings.job_queue_limit,
+                                 owner=requester(http_request)[0])
     if job_id is None:
         raise queue_full(rt.settings.job_queue_limit)
     return JSONResponse(job_out(rt.store.get_job(job_id, with_request=False)).model_dump(mode="json"),

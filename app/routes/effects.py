@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from fastapi import APIRouter, Depends, File, Form, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
@@ -18,7 +18,7 @@ from app.jobs.handlers import row_out, summarize
 from app.problems import ApiError, field_error
 from app.resources import Runtime
 from app.routes.common import problems, queue_full, runtime
-from app.routes.jobs import job_out
+from app.routes.jobs import job_out, requester
 from app.schemas import EffectsInlineResponse, EffectsParams, EffectsRequest, EffectText, JobOut
 
 router = APIRouter(tags=["effects"])
@@ -41,7 +41,8 @@ def _payloads(rt: Runtime, texts: list[Any], where: str) -> list[dict[str, Any]]
     return out
 
 
-def _submit(rt: Runtime, params: EffectsParams, payloads: list[dict[str, Any]], where: str) -> JSONResponse:
+def _submit(rt: Runtime, params: EffectsParams, payloads: list[dict[str, Any]], where: str,
+            owner: str | None = None) -> JSONResponse:
     s = rt.settings
     if params.mode == "inline" and len(payloads) > s.max_inline_texts:
         raise field_error("body.mode", f"inline runs take at most {s.max_inline_texts} texts; use mode=job")
@@ -50,6 +51,7 @@ def _submit(rt: Runtime, params: EffectsParams, payloads: list[dict[str, Any]], 
     for i, p in enumerate(payloads):  # every text's labels fit the domain, and its source can be known
         q = explain.Query(p["text"], iv.concept, iv.target, iv.source, p.get("labels"))
         explain.check_query(r, q, f"{where}.{i}.labels", f"{where}.{i}.labels")
+    explain.check_available(r, iv.concept, iv.target, "body")
     inline = params.mode == "inline" or (params.mode == "auto" and len(payloads) <= s.max_inline_texts)
     request = params.model_dump(mode="json")
     if inline:
@@ -63,7 +65,7 @@ def _submit(rt: Runtime, params: EffectsParams, payloads: list[dict[str, Any]], 
             raise ApiError(422, "Nothing to estimate", str(e), kind="no-effect") from e
         body = EffectsInlineResponse(result=result, rows=[row_out(x) for x in rows])
         return JSONResponse(body.model_dump(mode="json"))
-    job_id = rt.store.create_job("effects", request, payloads, limit=s.job_queue_limit)
+    job_id = rt.store.create_job("effects", request, payloads, limit=s.job_queue_limit, owner=owner)
     if job_id is None:
         raise queue_full(s.job_queue_limit)
     job = rt.store.get_job(job_id, with_request=False)
@@ -79,10 +81,11 @@ def rt_handler(rt: Runtime) -> Any:
              response_model=EffectsInlineResponse,
              responses={202: {"model": JobOut, "description": "Accepted as a job; poll Location"},
                         **problems(409, 413, 422, 429, 502, 504)})
-def estimate_effects(req: EffectsRequest, rt: Runtime = Depends(runtime)) -> JSONResponse:
+def estimate_effects(req: EffectsRequest, request: Request, rt: Runtime = Depends(runtime)) -> JSONResponse:
     """CaCE of one intervention over a list of texts, with a bootstrap CI and per-text ICaCE rows."""
     params = EffectsParams.model_validate(req.model_dump(exclude={"texts"}))
-    return _submit(rt, params, _payloads(rt, list(req.texts), "body.texts"), "body.texts")
+    return _submit(rt, params, _payloads(rt, list(req.texts), "body.texts"), "body.texts",
+                   owner=requester(request)[0])
 
 
 @router.post("/v1/effects/upload", operation_id="upload_effects", status_code=200,
@@ -90,6 +93,7 @@ def estimate_effects(req: EffectsRequest, rt: Runtime = Depends(runtime)) -> JSO
              responses={202: {"model": JobOut, "description": "Accepted as a job; poll Location"},
                         **problems(409, 413, 422, 429, 502, 504)})
 def upload_effects(
+    request: Request,
     file: UploadFile = File(..., description="JSONL: one JSON string or {text, id?, labels?} per line"),
     params: str = Form(..., description="EffectsParams as a JSON string",
                        examples=['{"intervention": {"concept": "food", "target": "Negative"}, "method": "pt_match"}']),
@@ -103,7 +107,7 @@ def upload_effects(
         raise ApiError(422, "Request validation failed", "; ".join(f"{x['field']}: {x['message']}" for x in errors),
                        kind="validation", errors=errors) from e
     texts = parse_jsonl(file, rt.settings.max_body_bytes)
-    return _submit(rt, p, _payloads(rt, texts, "file"), "file")
+    return _submit(rt, p, _payloads(rt, texts, "file"), "file", owner=requester(request)[0])
 
 
 def parse_jsonl(file: UploadFile, max_bytes: int) -> list[Any]:
@@ -116,7 +120,7 @@ def parse_jsonl(file: UploadFile, max_bytes: int) -> list[Any]:
             continue
         try:
             obj = json.loads(line)
-            items.append(obj if isinstance(obj, str) else EffectText.model_validate(obj))
+            items.append(EffectText(text=obj) if isinstance(obj, str) else EffectText.model_validate(obj))
         except (json.JSONDecodeError, ValidationError) as e:
             raise field_error(f"file.line{n}", f"not a JSON string or {{text, id, labels}} object: {e}") from e
     if not items:

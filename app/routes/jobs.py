@@ -1,4 +1,8 @@
-"""Jobs: status, list, cancel, and the per-text rows (paginated or JSONL)."""
+"""Jobs: status, list, cancel, and the per-text rows (paginated or JSONL).
+
+A job belongs to the API key that created it: other keys get 404 (not 403, which would
+confirm the id exists), admin keys see every job. With auth off there is one user.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 
 from app.jobs.handlers import row_out
@@ -29,44 +33,58 @@ def job_out(job: dict[str, Any]) -> JobOut:
                   progress=round(progress, 4), links=links)
 
 
-def _job(rt: Runtime, job_id: str) -> dict[str, Any]:
+# Offsets beyond any real table; larger ones overflow the database's integer (PostgreSQL: bigint).
+MAX_OFFSET = 2**31 - 1
+
+
+def requester(request: Request) -> tuple[str | None, bool]:
+    """(API key id or None, whether it sees every job) from what the auth middleware stored."""
+    state = request.scope.get("state", {})
+    return state.get("api_key_id"), bool(state.get("api_key_admin", True))
+
+
+def _job(rt: Runtime, job_id: str, request: Request) -> dict[str, Any]:
     job = rt.store.get_job(job_id, with_request=False)
-    if job is None:
+    key_id, sees_all = requester(request)
+    if job is None or (not sees_all and job.get("owner") != key_id):
         raise not_found("job", job_id)
     return job
 
 
 @router.get("/v1/jobs", operation_id="list_jobs", response_model=JobList)
-def list_jobs(status: str | None = Query(None, pattern="^(queued|running|succeeded|failed|cancelled)$"),
-              kind: str | None = None, limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0),
-              rt: Runtime = Depends(runtime)) -> JobList:
-    """Jobs, newest first (without results; GET one job for its result)."""
-    jobs, total = rt.store.list_jobs(status=status, kind=kind, limit=limit, offset=offset)
+def list_jobs(request: Request,
+              status: str | None = Query(None, pattern="^(queued|running|succeeded|failed|cancelled)$"),
+              kind: str | None = Query(None, max_length=32), limit: int = Query(50, ge=1, le=500),
+              offset: int = Query(0, ge=0, le=MAX_OFFSET), rt: Runtime = Depends(runtime)) -> JobList:
+    """Jobs, newest first (without results; GET one job for its result). A key sees its own jobs; admin all."""
+    key_id, sees_all = requester(request)
+    jobs, total = rt.store.list_jobs(status=status, kind=kind, limit=limit, offset=offset, owner=key_id,
+                                     only_owner=not sees_all)
     return JobList(jobs=[job_out(j) for j in jobs], total=total)
 
 
 @router.get("/v1/jobs/{job_id}", operation_id="get_job", response_model=JobOut, responses=problems(404))
-def get_job(job_id: str, rt: Runtime = Depends(runtime)) -> JobOut:
+def get_job(job_id: str, request: Request, rt: Runtime = Depends(runtime)) -> JobOut:
     """Status, progress, item counts, errors, and (once succeeded) the result."""
-    return job_out(_job(rt, job_id))
+    return job_out(_job(rt, job_id, request))
 
 
 @router.post("/v1/jobs/{job_id}/cancel", operation_id="cancel_job", response_model=JobOut,
              responses=problems(404, 409))
-def cancel_job(job_id: str, rt: Runtime = Depends(runtime)) -> JobOut:
+def cancel_job(job_id: str, request: Request, rt: Runtime = Depends(runtime)) -> JobOut:
     """Cancel a queued or running job; finished items are kept, the rest are never started."""
-    job = _job(rt, job_id)
+    job = _job(rt, job_id, request)
     if not rt.store.cancel_job(job_id):
         raise ApiError(409, "Job already finished", f"job {job_id} is {job['status']}", kind="job-final")
-    return job_out(_job(rt, job_id))
+    return job_out(_job(rt, job_id, request))
 
 
 @router.get("/v1/jobs/{job_id}/rows", operation_id="list_job_rows", response_model=RowsPage,
             responses=problems(404))
-def list_job_rows(job_id: str, offset: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000),
-                  rt: Runtime = Depends(runtime)) -> RowsPage:
+def list_job_rows(job_id: str, request: Request, offset: int = Query(0, ge=0, le=MAX_OFFSET),
+                  limit: int = Query(100, ge=1, le=1000), rt: Runtime = Depends(runtime)) -> RowsPage:
     """Per-text ICaCE rows of an effects job, in input order, a page at a time."""
-    job = _job(rt, job_id)
+    job = _job(rt, job_id, request)
     rows = rt.store.item_rows(job_id, offset=offset, limit=limit)
     nxt = offset + len(rows)
     return RowsPage(rows=[row_out(r) for r in rows], offset=offset, limit=limit, total=job["total"],
@@ -75,9 +93,9 @@ def list_job_rows(job_id: str, offset: int = Query(0, ge=0), limit: int = Query(
 
 @router.get("/v1/jobs/{job_id}/rows.jsonl", operation_id="download_job_rows", responses={
     200: {"content": {"application/x-ndjson": {}}, "description": "One EffectRow per line"}, **problems(404)})
-def download_job_rows(job_id: str, rt: Runtime = Depends(runtime)) -> StreamingResponse:
+def download_job_rows(job_id: str, request: Request, rt: Runtime = Depends(runtime)) -> StreamingResponse:
     """All per-text rows as JSON Lines (streamed in pages)."""
-    job = _job(rt, job_id)
+    job = _job(rt, job_id, request)
 
     def lines() -> Iterator[bytes]:
         for start in range(0, job["total"], 1000):

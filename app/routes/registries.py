@@ -16,6 +16,7 @@ from app.problems import ApiError, field_error, not_found
 from app.resources import Runtime, build_classifier_from_spec, build_llm_from_spec
 from app.routes.common import problems, runtime
 from app.schemas import Registration, RegistrationList, RegistrationOut
+from app.specs import SpecRefused
 
 router = APIRouter()
 SECRET_KEYS = ("api_key", "authorization", "token", "password")
@@ -34,10 +35,15 @@ def redact(spec: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _validate(kind: str, spec: dict[str, Any], rt: Runtime) -> None:
-    build = build_classifier_from_spec if kind == "classifier" else build_llm_from_spec
+def _validate(kind: str, name: str, spec: dict[str, Any], rt: Runtime) -> None:
+    """Build the client the spec describes, under the rules for registered specs (`app.specs`)."""
     try:
-        build(spec, rt.outbound_transport)
+        if kind == "classifier":
+            build_classifier_from_spec(spec, rt.outbound_transport, settings=rt.settings, label=name)
+        else:
+            build_llm_from_spec(spec, rt.outbound_transport, settings=rt.settings, label=name)
+    except SpecRefused as e:
+        raise field_error(f"body.spec.{e.field}", e.message) from e
     except ValidationError as e:
         errors = [{"field": ".".join(["body", "spec", *map(str, x["loc"])]), "message": x["msg"]} for x in e.errors()]
         raise ApiError(422, "Request validation failed", "; ".join(f"{x['field']}: {x['message']}" for x in errors),
@@ -64,7 +70,7 @@ def _routes(kind: str, path: str, tag: str, plural: str) -> None:
     def register(reg: Registration, rt: Runtime = Depends(runtime)) -> JSONResponse:
         if kind == "classifier" and reg.name in rt.builtin_meta:
             raise ApiError(409, "Name taken", f"{reg.name!r} is a built-in classifier", kind="conflict")
-        _validate(kind, reg.spec, rt)
+        _validate(kind, reg.name, reg.spec, rt)
         if not rt.store.registry_add(kind, reg.name, reg.spec, reg.description):
             raise ApiError(409, "Name taken", f"{kind} {reg.name!r} is already registered; DELETE it first",
                            kind="conflict")

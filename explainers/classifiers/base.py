@@ -14,17 +14,35 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from explainers.errors import (
+    UpstreamError,
+    UpstreamMalformed,
+    UpstreamRejected,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 
-class ClassifierError(RuntimeError):
-    """The classifier could not be called, or answered something unusable."""
+
+class ClassifierError(UpstreamError, RuntimeError):
+    """The classifier could not be called, or answered something unusable (see `explainers.errors`)."""
+
+    what = "classifier"
 
 
-class MalformedResponse(ClassifierError):
+class MalformedResponse(ClassifierError, UpstreamMalformed):
     """The endpoint answered, but not with n rows of C finite scores for known labels."""
 
 
-class ClassifierUnavailable(ClassifierError):
+class ClassifierUnavailable(ClassifierError, UpstreamUnavailable):
     """The endpoint could not be reached or kept failing after retries."""
+
+
+class ClassifierTimeout(ClassifierUnavailable, UpstreamTimeout):
+    """The endpoint did not answer in time (a kind of unavailable, so retry logic treats it alike)."""
+
+
+class EndpointRejected(ClassifierError, UpstreamRejected):
+    """The endpoint refused the request with a 4xx other than 429: retrying will not help."""
 
 
 @runtime_checkable

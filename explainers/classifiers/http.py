@@ -16,34 +16,31 @@ never retried.
 
 from __future__ import annotations
 
-import email.utils
+import contextvars
 import json
-import random
 import threading
-import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import numpy as np
 
+from explainers import outbound
 from explainers.classifiers.base import (
-    ClassifierError,
+    ClassifierTimeout,
     ClassifierUnavailable,
+    EndpointRejected,
     MalformedResponse,
     check_proba,
     softmax,
 )
-from explainers.net import OutboundDenied
+from explainers.errors import excerpt
+from explainers.outbound import MAX_RETRIES, RETRY_STATUSES, parse_retry_after
 
-RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
-
-
-class EndpointRejected(ClassifierError):
-    """The endpoint refused the request with a 4xx other than 429: retrying will not help."""
+__all__ = ["RETRY_STATUSES", "CallStats", "EndpointRejected", "HttpClassifier", "HttpOptions", "LabelMapper",
+           "parse_retry_after"]
 
 
 @dataclass
@@ -59,16 +56,22 @@ class HttpOptions:
     backoff_max_s: float = 8.0
     retry_after_max_s: float = 30.0
     headers: dict[str, str] = field(default_factory=dict)
+    # Total seconds per request, retries included (None: timeouts x attempts, and the request's deadline).
+    total_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         if self.max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
-        if self.retries < 0:
-            raise ValueError("retries must be 0 or more")
+        if not 0 <= self.retries <= MAX_RETRIES:
+            raise ValueError(f"retries must be between 0 and {MAX_RETRIES}")
         if self.timeout_s <= 0 or self.connect_timeout_s <= 0:
             raise ValueError("timeouts must be positive")
+
+    def retry_policy(self) -> outbound.RetryPolicy:
+        return outbound.RetryPolicy(retries=self.retries, backoff_s=self.backoff_s, backoff_max_s=self.backoff_max_s,
+                                    retry_after_max_s=self.retry_after_max_s, total_s=self.total_s)
 
 
 @dataclass
@@ -84,26 +87,6 @@ class CallStats:
     def to_dict(self) -> dict[str, float]:
         return {"requests": self.requests, "retries": self.retries, "texts": self.texts,
                 "failures": self.failures, "waited_s": round(self.waited_s, 3)}
-
-
-def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date); None if absent/bad."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when is None:
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
 def _number(x: Any, where: str, source: str) -> float:
@@ -254,7 +237,8 @@ class HttpClassifier:
         if len(batches) == 1 or self.options.max_concurrency == 1:
             parts = [self._predict_batch(b) for b in batches]
         else:
-            parts = list(self._executor().map(self._predict_batch, batches))
+            ctx = contextvars.copy_context()  # the request's outbound deadline holds in the pool threads too
+            parts = list(self._executor().map(lambda b: ctx.copy().run(self._predict_batch, b), batches))
         return np.concatenate(parts, axis=0)
 
     def stats(self) -> CallStats:
@@ -301,55 +285,37 @@ class HttpClassifier:
     def _url(self, target: str) -> str:
         return target if target.startswith(("http://", "https://")) else self.url + target
 
-    def _backoff(self, attempt: int) -> float:
-        o = self.options
-        return min(o.backoff_max_s, o.backoff_s * (2 ** attempt)) * (0.5 + random.random() / 2)
+    def _attempt(self, attempt: int) -> None:
+        with self._lock:
+            self._stats.requests += 1
+            self._stats.retries += bool(attempt)
+
+    def _waited(self, seconds: float) -> None:
+        with self._lock:
+            self._stats.waited_s += seconds
 
     def post(self, target: str, payload: Any) -> Any:
-        """POST JSON with retries; return the decoded JSON body or raise a ClassifierError."""
+        """POST JSON through the shared retry path (`explainers.outbound`); return the decoded JSON body.
+
+        Raises `OutboundDenied` at once (never retried), `EndpointRejected` for a 4xx, and
+        `ClassifierTimeout` / `ClassifierUnavailable` when the bounded retries run out.
+        """
         url = self._url(target)
-        o = self.options
-        last = ""
-        for attempt in range(o.retries + 1):
+        errors = outbound.Errors(timeout=ClassifierTimeout, unavailable=ClassifierUnavailable,
+                                 rejected=EndpointRejected)
+        try:
+            with self._slots:
+                resp = outbound.send(self._client, "POST", url, json=payload, policy=self.options.retry_policy(),
+                                     name=self.name, errors=errors, on_attempt=self._attempt, on_wait=self._waited)
+        except ClassifierUnavailable:
             with self._lock:
-                self._stats.requests += 1
-                if attempt:
-                    self._stats.retries += 1
-            wait: float | None = None
-            try:
-                with self._slots:
-                    resp = self._client.post(url, json=payload)
-            except OutboundDenied:
-                raise  # the outbound policy refuses this URL every time: no retry, the caller maps it (403)
-            except httpx.TimeoutException as e:
-                last = f"timed out ({type(e).__name__}, connect {o.connect_timeout_s}s / read {o.timeout_s}s)"
-            except httpx.TransportError as e:
-                last = f"connection failed ({type(e).__name__}: {e})"
-            else:
-                if resp.status_code < 300:
-                    return self._json(resp, url)
-                snippet = resp.text[:300].replace("\n", " ")
-                if resp.status_code not in RETRY_STATUSES:
-                    raise EndpointRejected(f"{self.name}: POST {url} was rejected with HTTP {resp.status_code}: "
-                                           f"{snippet}")
-                last = f"HTTP {resp.status_code}: {snippet}"
-                after = parse_retry_after(resp.headers.get("retry-after"))
-                if after is not None:
-                    wait = min(after, o.retry_after_max_s)
-            if attempt == o.retries:
-                break
-            wait = self._backoff(attempt) if wait is None else wait
-            with self._lock:
-                self._stats.waited_s += wait
-            time.sleep(wait)
-        with self._lock:
-            self._stats.failures += 1
-        raise ClassifierUnavailable(f"{self.name}: POST {url} failed after {o.retries + 1} attempts; last: {last}")
+                self._stats.failures += 1
+            raise
+        return self._json(resp, url)
 
     def _json(self, resp: httpx.Response, url: str) -> Any:
         try:
             return json.loads(resp.content)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            snippet = resp.text[:200].replace("\n", " ")
             raise MalformedResponse(f"{self.name}: POST {url} answered HTTP {resp.status_code} with non-JSON "
-                                    f"body ({e.msg if hasattr(e, 'msg') else e}): {snippet!r}") from e
+                                    f"body ({type(e).__name__}): {excerpt(resp.text)!r}") from e

@@ -21,6 +21,7 @@ from explainers.classifiers.base import Classifier
 from explainers.classifiers.cache import CachingClassifier
 from explainers.classifiers.http import HttpOptions
 from explainers.classifiers.template import TEXT, TEXTS, _has, parse_path
+from explainers.outbound import MAX_RETRIES
 
 REDACTED = "***"
 
@@ -66,7 +67,7 @@ class _HttpSpec(_Base):
     max_concurrency: int = Field(4, ge=1, le=64)
     timeout_s: float = Field(30.0, gt=0, le=600)
     connect_timeout_s: float = Field(5.0, gt=0, le=120)
-    retries: int = Field(3, ge=0, le=10)
+    retries: int = Field(3, ge=0, le=MAX_RETRIES)
     backoff_s: float = Field(0.25, ge=0, le=60)
     retry_after_max_s: float = Field(30.0, ge=0, le=600)
     headers: dict[str, str] = Field(default_factory=dict, repr=False,

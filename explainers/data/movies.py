@@ -93,3 +93,31 @@ def train_rating_classifier(rows: list[dict[str, Any]]) -> Any:
 
     pipe = Pipeline([("tfidf", TfidfVectorizer(ngram_range=(1, 2))), ("lr", LogisticRegression(C=4.0, max_iter=2000))])
     return pipe.fit([r["text"] for r in rows], [r["rating"] for r in rows])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m explainers.data.movies corpus FILE` or `... classifier FILE`: the sample domain's files."""
+    import argparse
+    import json
+    from pathlib import Path
+
+    import joblib
+
+    ap = argparse.ArgumentParser(prog="python -m explainers.data.movies", description=main.__doc__)
+    ap.add_argument("what", choices=("corpus", "classifier"))
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--origins", type=int, default=300)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    if args.what == "corpus":
+        rows = movie_corpus(args.origins, seed=args.seed)
+        args.out.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "rating"}) + "\n" for r in rows))
+        print(f"{len(rows)} texts ({args.origins} origins with one edit per concept) -> {args.out}")
+    else:
+        joblib.dump(train_rating_classifier(movie_corpus(args.origins, edits=False, seed=args.seed + 7)), args.out)
+        print(f"rating classifier (labels neg, pos) -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

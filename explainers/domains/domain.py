@@ -79,9 +79,9 @@ class Domain:
     def unavailable_reason(self, method: str, concept: str, target: str | None = None) -> str | None:
         """Why `method` cannot explain `concept` -> `target` here, or None when it can."""
         if method in PAIR_METHODS and self.pairs_by_concept().get(concept, 0) == 0:
-            return (f"method {method!r} needs counterfactual pairs of concept {concept!r} in domain {self.id!r}, "
-                    "and its corpus has none (texts sharing an origin that differ only in this concept); "
-                    "add edits or rebuild the domain with generate")
+            return (f"domain {self.id!r} has no counterfactual pairs of concept {concept!r} (texts sharing an origin "
+                    f"that differ only in it), so method {method!r} cannot run for it; add edits or rebuild the "
+                    "domain with generate")
         if method in POOL_METHODS and target is not None and not self.pool.indices_with(concept, target):
             return f"domain {self.id!r} has no text with {concept}={target!r} for method {method!r} to use"
         return None

@@ -17,21 +17,42 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import httpx
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
+
+from explainers import outbound
+from explainers.errors import (
+    UpstreamError,
+    UpstreamMalformed,
+    UpstreamRejected,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+    excerpt,
+)
+from explainers.outbound import MAX_RETRIES
 
 Message = Mapping[str, str]
 
 
-class LLMError(RuntimeError):
-    """The LLM could not produce an answer; the message says why."""
+class LLMError(UpstreamError, RuntimeError):
+    """The LLM could not produce an answer; the message says why (see `explainers.errors`)."""
+
+    what = "llm"
 
 
-class LLMUnavailable(LLMError):
-    """The server could not be reached, timed out, or kept failing after retries."""
+class LLMUnavailable(LLMError, UpstreamUnavailable):
+    """The server could not be reached, or kept failing after retries."""
 
 
-class LLMBadResponse(LLMError):
+class LLMTimeout(LLMUnavailable, UpstreamTimeout):
+    """The server did not answer within the timeout or the call's deadline."""
+
+
+class LLMBadResponse(LLMError, UpstreamMalformed):
     """The server answered, but not with a chat completion we can read."""
+
+
+class LLMRejected(LLMBadResponse, UpstreamRejected):
+    """The server refused the request with a 4xx other than 429 (retrying cannot help)."""
 
 
 @dataclass
@@ -72,9 +93,10 @@ def _as_messages(messages: Sequence[Message]) -> list[dict[str, str]]:
 class OpenAIBackend:
     """OpenAI-compatible `/chat/completions` over httpx.
 
-    `base_url` includes the API prefix (e.g. http://127.0.0.1:8080/v1). Connection errors,
-    timeouts, 429 and 5xx are retried with exponential backoff; other 4xx fail at once
-    (retrying a bad request only wastes time). Servers that ignore `n` (llama.cpp's) get
+    `base_url` includes the API prefix (e.g. http://127.0.0.1:8080/v1). Calls go through the
+    shared retry path (`explainers.outbound`): connection errors, timeouts, 429 and 5xx are
+    retried at most `max_retries` (<= MAX_RETRIES) times with backoff, within `total_timeout_s`
+    and the serving request's deadline; other 4xx and policy denials fail at once. Servers that ignore `n` (llama.cpp's) get
     the missing samples as follow-up calls with shifted seeds, and are remembered as such.
     `transport` lets the service plug in an httpx transport that enforces its URL policy.
     """
@@ -91,6 +113,7 @@ class OpenAIBackend:
         connect_timeout_s: float = 5.0,
         max_retries: int = 2,
         backoff_s: float = 0.5,
+        total_timeout_s: float | None = None,
         transport: httpx.BaseTransport | None = None,
         extra_body: Mapping[str, Any] | None = None,
     ) -> None:
@@ -98,6 +121,9 @@ class OpenAIBackend:
         self.model = model
         self.max_retries = max_retries
         self.backoff_s = backoff_s
+        # Bounded: validates max_retries (ValueError above MAX_RETRIES) and caps the whole call.
+        self.retry = outbound.RetryPolicy(retries=max_retries, backoff_s=backoff_s, backoff_max_s=8.0,
+                                          total_s=total_timeout_s or timeout_s * (max_retries + 1))
         self.extra_body = dict(extra_body or {})
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.Client(
@@ -114,31 +140,16 @@ class OpenAIBackend:
         self._client.close()
 
     def _post(self, body: dict[str, Any]) -> dict[str, Any]:
-        last: str = ""
-        for attempt in range(self.max_retries + 1):
-            if attempt:
-                time.sleep(self.backoff_s * 2 ** (attempt - 1))
-            try:
-                r = self._client.post("/chat/completions", json=body)
-            except httpx.TimeoutException as e:
-                last = f"timed out ({type(e).__name__})"
-                continue
-            except httpx.TransportError as e:
-                last = f"cannot reach {self.base_url}: {type(e).__name__}: {e}"
-                continue
-            if r.status_code == 429 or r.status_code >= 500:
-                last = f"HTTP {r.status_code}: {r.text[:200]}"
-                continue
-            if r.status_code >= 400:
-                raise LLMBadResponse(f"LLM server refused the request: HTTP {r.status_code}: {r.text[:300]}")
-            try:
-                data = r.json()
-            except ValueError as e:
-                raise LLMBadResponse(f"LLM server sent non-JSON: {r.text[:200]!r}") from e
-            if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
-                raise LLMBadResponse(f"LLM server sent no 'choices': {str(data)[:200]}")
-            return data
-        raise LLMUnavailable(f"LLM {self.model!r} at {self.base_url} failed after {self.max_retries + 1} tries: {last}")
+        errors = outbound.Errors(timeout=LLMTimeout, unavailable=LLMUnavailable, rejected=LLMRejected)
+        r = outbound.send(self._client, "POST", "/chat/completions", json=body, policy=self.retry,
+                          name=f"LLM {self.model!r} at {self.base_url}", errors=errors)
+        try:
+            data = r.json()
+        except ValueError as e:
+            raise LLMBadResponse(f"LLM server sent non-JSON: {excerpt(r.text)!r}") from e
+        if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
+            raise LLMBadResponse(f"LLM server sent no 'choices': {excerpt(str(data))}")
+        return data
 
     @staticmethod
     def _parse(data: dict[str, Any]) -> tuple[list[str], list[str | None], int, int]:
@@ -148,7 +159,7 @@ class OpenAIBackend:
             msg = choice.get("message") if isinstance(choice, dict) else None
             content = msg.get("content") if isinstance(msg, dict) else None
             if content is not None and not isinstance(content, str):
-                raise LLMBadResponse(f"choice content is not text: {str(choice)[:200]}")
+                raise LLMBadResponse(f"choice content is not text: {excerpt(str(choice))}")
             texts.append(content or "")
             reasons.append(choice.get("finish_reason") if isinstance(choice, dict) else None)
         usage = data.get("usage") or {}
@@ -315,17 +326,20 @@ class BackendSpec(BaseModel):
     and logged without the secret.
     """
 
+    model_config = ConfigDict(extra="forbid")
+
     kind: Literal["openai", "llamacpp", "transformers"] = "openai"
-    model: str
-    base_url: str | None = None
-    api_key: str | None = Field(default=None, repr=False)
-    api_key_env: str | None = None
-    timeout_s: float = 60.0
-    max_retries: int = 2
-    model_path: str | None = None
-    n_ctx: int = 2048
-    n_threads: int | None = None
-    device: str = "cpu"
+    model: str = Field(min_length=1, max_length=500)
+    base_url: str | None = Field(None, max_length=2000)
+    api_key: str | None = Field(default=None, repr=False, max_length=4096)
+    api_key_env: str | None = Field(None, max_length=200)
+    timeout_s: float = Field(60.0, gt=0, le=600)
+    max_retries: int = Field(2, ge=0, le=MAX_RETRIES, strict=True,
+                             description=f"Retries per call, at most {MAX_RETRIES}.")
+    model_path: str | None = Field(None, max_length=4096)
+    n_ctx: int = Field(2048, ge=16, le=1_000_000)
+    n_threads: int | None = Field(None, ge=1, le=1024)
+    device: str = Field("cpu", max_length=32)
 
 
 def build_backend(spec: BackendSpec | Mapping[str, Any], *, transport: httpx.BaseTransport | None = None) -> LLMBackend:

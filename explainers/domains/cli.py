@@ -1,0 +1,77 @@
+"""`cace domains`: build a domain from a JSONL corpus, list domains, show or delete one.
+
+    cace domains build movies corpus.jsonl [--schema schema.json] [--root var/domains]
+    cace domains list [--root var/domains]
+    cace domains show movies
+    cace domains delete movies
+
+A service started with `CACE_DATA_DIR=var` serves what `--root var/domains` holds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+from explainers.artifacts import read_meta
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="cace domains", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("build", help="build a domain from a JSONL corpus ({text, labels, origin?, id?} per line)")
+    b.add_argument("id")
+    b.add_argument("corpus", type=Path)
+    b.add_argument("--schema", type=Path, help="concept schema JSON (default: inferred from the labels)")
+    for p in (b, sub.add_parser("list"), sub.add_parser("show"), sub.add_parser("delete")):
+        p.add_argument("--root", type=Path, default=Path("var/domains"))
+    for name in ("show", "delete"):
+        sub.choices[name].add_argument("id")
+    args = ap.parse_args(argv)
+
+    if args.cmd == "build":
+        from explainers.concepts import ConceptSchema
+        from explainers.domains import (
+            DOMAIN_ID,
+            DomainBuildError,
+            build_domain,
+            infer_schema,
+            pool_from_rows,
+            validate_rows,
+        )
+        from explainers.embeddings import Encoder
+
+        if not DOMAIN_ID.match(args.id):
+            ap.error(f"domain id must match {DOMAIN_ID.pattern}")
+        schema = ConceptSchema.from_dict(json.loads(args.schema.read_text())) if args.schema else None
+        try:
+            rows = validate_rows(args.corpus.read_text(encoding="utf-8").splitlines(), schema)
+        except DomainBuildError as e:
+            print(f"{args.corpus}: {e}")
+            return 2
+        schema = schema or infer_schema(rows, name=args.id)
+        domain = build_domain(args.root, args.id, pool_from_rows(rows, schema), encoder=Encoder(), log=print)
+        print(json.dumps({k: domain.meta[k] for k in ("stats", "taggers", "space", "methods")}, indent=1))
+        return 0
+    if args.cmd == "list":
+        for d in sorted(args.root.glob("*/meta.json")):
+            meta = read_meta(d.parent, "domain")
+            names = [c["name"] for c in meta["schema"]["concepts"]]
+            print(f"{d.parent.name:<24} {meta['stats']['texts']:>7} texts  concepts {names}")
+        return 0
+    path = args.root / args.id
+    if not (path / "meta.json").exists():
+        print(f"no domain {args.id!r} under {args.root}")
+        return 1
+    if args.cmd == "show":
+        print(json.dumps(read_meta(path, "domain"), indent=1))
+    else:
+        read_meta(path, "domain")  # refuse to delete a folder that is not a domain
+        shutil.rmtree(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
