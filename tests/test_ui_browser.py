@@ -165,9 +165,19 @@ def test_explain_draws_the_services_numbers(page, server: str) -> None:
 
 
 def test_unknown_concept_shows_the_problem(page) -> None:
+    """Keyboard only: arrow keys move between tabs, Enter in a field submits; the 422 reads as a message."""
     ready(page)
+    page.focus("#tab-explain")
+    page.keyboard.press("ArrowRight")
+    assert page.evaluate("document.activeElement.id") == "tab-effects" and page.locator("#page-effects").is_visible()
+    page.keyboard.press("ArrowLeft")
+    assert page.locator("#page-explain").is_visible() and page.locator("#page-effects").is_hidden()
+    labelled = page.eval_on_selector_all("#explain-form input, #explain-form select, #explain-form textarea",
+                                         "els => els.every(e => e.labels && e.labels.length === 1)")
+    assert labelled, "every form control has its label"
     fill_params(page, "explain", "price", "Positive", "match", 3)
-    page.click("#explain-submit")
+    page.focus("#explain-k")
+    page.keyboard.press("Enter")
     box = page.locator("#explain-error")
     box.wait_for(state="visible")
     text = box.inner_text()
