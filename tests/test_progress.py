@@ -87,3 +87,32 @@ def test_silent_unless_enabled(monkeypatch) -> None:
         assert not progress.enabled(), "CACE_PROGRESS=0 wins over enable()"
     finally:
         progress.enable(False)
+
+
+def test_cace_bench_reports_progress_on_a_terminal_and_in_a_pipe(tfidf_lr_dir) -> None:
+    """The `cace` entry point switches progress on: a bar on a pseudo-terminal, plain lines into a pipe."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(tfidf_lr_dir).parents[1]
+    cmd = [sys.executable, "-m", "app.cli", "bench", "cebab", "--root", str(root), "--limit", "12",
+           "--explainers", "zero", "--k", "1", "--no-write"]
+    env = {**os.environ, "CACE_PROGRESS": ""}
+    piped = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert piped.returncode == 0, piped.stderr[-2000:]
+    assert re.search(r"^zero K=1: 100% 12/12 pair \[", piped.stderr, re.M), piped.stderr
+    assert "\r" not in piped.stderr
+
+    master, slave = os.openpty()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=slave, env=env)
+    os.close(slave)
+    out = ""
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline:
+        out += _drain(master)
+    out += _drain(master)  # what is left after the process ended (then the pty reads EIO)
+    proc.wait(timeout=10)
+    os.close(master)
+    assert proc.returncode == 0
+    assert re.search(r"\r\x1b\[2Kzero K=1: 100% \|#{28}\| 12/12 pair \[", out), out[-2000:]
