@@ -387,4 +387,5 @@ def test_generate_shows_verification_and_rejections(browser, tmp_path: Path) -> 
             want = "verified" if read in (None, "Negative") else "kept, tagger disagrees"
             assert badges.nth(i).inner_text() == want
         assert pg.locator("#explain-result").inner_text().count("llm_calls") == 1
+        shot(pg, "explain-generate")
         pg.context.close()
