@@ -104,6 +104,9 @@ def test_page_and_assets_are_local_and_public(server: str) -> None:
         got = httpx.get(f"{server}/{a}")
         assert got.status_code == 200 and got.content
         assert httpx.get(f"{server}/{a}", headers={"If-None-Match": got.headers["etag"]}).status_code == 304
+    assert httpx.head(server + "/ui").status_code == 200
+    moved = httpx.get(server + "/ui/")
+    assert moved.status_code == 308 and httpx.get(server + "/ui/", follow_redirects=True).url.path == "/ui"
     for bad in ("/ui/static/..%2F__init__.py", "/ui/static/nothing.js"):
         r = httpx.get(server + bad)
         assert r.status_code == 404 and r.headers["content-type"] == "application/problem+json"

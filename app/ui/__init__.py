@@ -50,16 +50,17 @@ def _send(request: Request, name: str) -> Response:
     return Response(body, media_type=media_type, headers=headers)
 
 
-@router.get("/ui")
+@router.api_route("/ui", methods=["GET", "HEAD"])
 def page(request: Request) -> Response:
     return _send(request, "index.html")
 
 
 @router.get("/ui/")
 def page_slash() -> RedirectResponse:
-    return RedirectResponse("/ui", status_code=308)
+    # Relative, so it also works behind a path prefix; the page's own links are relative to /ui.
+    return RedirectResponse("../ui", status_code=308)
 
 
-@router.get("/ui/static/{name}")
+@router.api_route("/ui/static/{name}", methods=["GET", "HEAD"])
 def static(name: str, request: Request) -> Response:
     return _send(request, name)
