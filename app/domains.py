@@ -15,6 +15,7 @@ from typing import Any
 
 from explainers.artifacts import read_meta
 from explainers.domains import DOMAIN_ID, Domain, load_domain
+from explainers.domains.domain import calibration_summaries
 
 
 class DomainCatalog:
@@ -71,7 +72,7 @@ class DomainCatalog:
         return {"id": domain_id, "status": "ready", "schema": meta.get("schema"), "source": meta.get("source"),
                 "created_at": meta.get("created_at"), "stats": meta.get("stats", {}),
                 "taggers": meta.get("taggers", {}), "space": meta.get("space", {}), "methods": meta.get("methods", {}),
-                "generation": meta.get("generation"), "calibrations": {}}
+                "generation": meta.get("generation"), "calibrations": calibration_summaries(self.path(domain_id))}
 
     def delete(self, domain_id: str) -> bool:
         with self._lock:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
-from app.problems import ApiError, field_error
+from app.problems import ApiError, field_error, validation_error
 from app.resources import Runtime
 from explainers.concepts import ConceptSchema, Intervention
 from explainers.domains import Domain
@@ -85,11 +85,6 @@ def resolve(rt: Runtime, params: Any, prefix: str = "body") -> Resolved:
         raise field_error(f"{prefix}.domain", f"{str(e).strip(chr(39) + chr(34))}; known: {rt.domains.ids()}") from e
     iv = params.intervention
     check_intervention(domain.schema, iv.concept, iv.target, iv.source, prefix)
-    if params.method not in rt.methods():
-        raise field_error(f"{prefix}.method", f"unknown method {params.method!r}; available: {sorted(rt.methods())}")
-    reason = domain.unavailable_reason(params.method, iv.concept)  # concept-level: no pairs to transfer
-    if reason:
-        raise field_error(f"{prefix}.method", reason)
     clf_ref = params.classifier if params.classifier is not None else rt.default_classifier_name()
     if clf_ref is None:
         raise field_error(f"{prefix}.classifier", "required: this server has no default classifier")
@@ -98,17 +93,20 @@ def resolve(rt: Runtime, params: Any, prefix: str = "body") -> Resolved:
     except LookupError as e:
         raise field_error(f"{prefix}.classifier", str(e).strip("'\"")) from e
     except ValidationError as e:
-        errors = [{"field": ".".join([f"{prefix}.classifier", *map(str, err["loc"])]), "message": err["msg"]}
-                  for err in e.errors()]
-        raise ApiError(422, "Request validation failed", "; ".join(f"{x['field']}: {x['message']}" for x in errors),
-                       kind="validation", errors=errors) from e
+        raise validation_error(e.errors(), f"{prefix}.classifier") from e
     except ModuleNotFoundError as e:
         raise ApiError(409, "Missing resource", f"inline classifier specs need module {e.name}",
                        kind="missing-resource") from e
     except ValueError as e:
         raise field_error(f"{prefix}.classifier", str(e)) from e
+    method = params.method or default_method(domain, clf_name)
+    if method not in rt.methods():
+        raise field_error(f"{prefix}.method", f"unknown method {method!r}; available: {sorted(rt.methods())}")
+    reason = domain.unavailable_reason(method, iv.concept)  # concept-level: no pairs to transfer
+    if reason:
+        raise field_error(f"{prefix}.method", reason)
     try:
-        explainer, lock, info = rt.explainer(params.method, domain, llm=params.llm, aggregation=params.aggregation,
+        explainer, lock, info = rt.explainer(method, domain, llm=params.llm, aggregation=params.aggregation,
                                              similarity_threshold=params.similarity_threshold,
                                              classifier_name=clf_name)
     except LookupError as e:
@@ -116,10 +114,19 @@ def resolve(rt: Runtime, params: Any, prefix: str = "body") -> Resolved:
     except ValidationError as e:
         raise field_error(f"{prefix}.llm", str(e)) from e
     if params.similarity_threshold is not None and not hasattr(explainer, "similarity_threshold"):
-        raise field_error(f"{prefix}.similarity_threshold", f"method {params.method!r} does not use it")
+        raise field_error(f"{prefix}.similarity_threshold", f"method {method!r} does not use it")
     if params.aggregation != "mean" and not hasattr(explainer, "aggregation"):
-        raise field_error(f"{prefix}.aggregation", f"method {params.method!r} does not aggregate counterfactuals")
-    return Resolved(clf, clf_name, domain, explainer, lock, info, params.top_k, params.method)
+        raise field_error(f"{prefix}.aggregation", f"method {method!r} does not aggregate counterfactuals")
+    return Resolved(clf, clf_name, domain, explainer, lock, info, params.top_k, method)
+
+
+def default_method(domain: Domain, classifier_name: str) -> str:
+    """`auto` once the classifier is calibrated on the domain, `match` before (measured the best single method)."""
+    try:
+        calibrated = (domain.calibration_dir(classifier_name) / "meta.json").exists()
+    except ValueError:  # an inline classifier has no calibration
+        calibrated = False
+    return "auto" if calibrated else "match"
 
 
 def check_query(r: Resolved, q: Query, labels_field: str, source_field: str) -> None:
@@ -177,6 +184,7 @@ def explain_one(rt: Runtime, req: Any, prefix: str = "body") -> dict[str, Any]:
     q = Query(req.text, iv.concept, iv.target, iv.source, req.base_labels)
     check_query(r, q, f"{prefix}.base_labels", f"{prefix}.intervention.source")
     check_available(r, iv.concept, iv.target, prefix)
+    rt.maybe_calibrate(r.domain, r.classifier_name)
     exp, intervention, inferred, timings = run(rt, r, q)
     return response(exp, r, intervention, inferred, timings)
 
@@ -199,13 +207,26 @@ def response(exp: Explanation, r: Resolved, intervention: Intervention, inferred
         "base_prediction": as_map(labels, exp.base_prediction), "icace": as_map(labels, exp.icace),
         "intervention": {"concept": intervention.concept, "target": intervention.target,
                          "source": intervention.source, "source_inferred": inferred},
-        "uncertainty": {"spread": as_map(labels, exp.spread),
-                        "n_counterfactuals": int(exp.details.get("used", len(exp.counterfactuals)))},
+        "uncertainty": uncertainty(exp, labels),
         "counterfactuals": cfs, "cost": asdict(exp.cost), "timings": timings,
         "domain": r.domain.id, "space_id": r.domain.space.meta.get("name"),
         "pool": {"texts": len(r.domain.pool), "pairs": len(r.domain.pool.pairs)}, "llm": r.info.get("llm"),
         "details": details,
     }
+
+
+def uncertainty(exp: Explanation, labels: list[str]) -> dict[str, Any]:
+    """Spread over the counterfactuals; for calibrated estimators also a per-label interval and expected error."""
+    out: dict[str, Any] = {"spread": as_map(labels, exp.spread),
+                           "n_counterfactuals": int(exp.details.get("used", len(exp.counterfactuals)))}
+    interval = exp.details.get("interval")
+    if interval:
+        out["interval"] = {lab: [lo, hi] for lab, lo, hi in zip(labels, interval["lower"], interval["upper"],
+                                                                 strict=True)}
+        out["coverage"] = interval.get("coverage")
+    if exp.details.get("expected_error"):
+        out["expected_error"] = exp.details["expected_error"]
+    return out
 
 
 def plain(value: Any) -> Any:

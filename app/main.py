@@ -26,7 +26,7 @@ from app import observability, openapi, problems, ui
 from app.auth.keys import key_store
 from app.auth.middleware import AuthMiddleware
 from app.auth.router import keys_router
-from app.jobs.handlers import DomainHandler, EffectsHandler
+from app.jobs.handlers import CalibrationHandler, DomainHandler, EffectsHandler
 from app.jobs.worker import Workers
 from app.limits import BodyLimitMiddleware, InflightLimitMiddleware, Slots, TimeoutMiddleware
 from app.ratelimit import build_rate_limiter
@@ -57,7 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         os.environ["CACE_CACHE_DIR"] = str(settings.cache_dir)
     store = Store(settings.job_store_url, settings.table_prefix)
     rt = Runtime(settings, store)
-    rt.handlers = {"effects": EffectsHandler(rt), "domain": DomainHandler(rt)}
+    rt.handlers = {"effects": EffectsHandler(rt), "domain": DomainHandler(rt), "calibration": CalibrationHandler(rt)}
     workers = Workers(store, rt.handlers, owner=rt.instance_id, threads=settings.job_workers,
                       lease_s=settings.job_lease_s, batch=settings.job_claim_batch, poll_s=settings.job_poll_s,
                       max_attempts=settings.job_max_attempts)

@@ -73,6 +73,14 @@ def field_error(field: str, message: str, status: int = 422) -> ApiError:
                     errors=[{"field": field, "message": message}])
 
 
+def validation_error(errors: list[Any], prefix: str = "") -> ApiError:
+    """The 422 problem for pydantic errors (`exc.errors()`), each field named under `prefix`."""
+    fields = [{"field": ".".join([*([prefix] if prefix else []), *map(str, e.get("loc", ()))]),
+               "message": e.get("msg", "")} for e in errors]
+    detail = "; ".join(f"{x['field']}: {x['message']}" for x in fields) or "invalid request"
+    return ApiError(422, "Request validation failed", detail, kind="validation", errors=fields)
+
+
 def not_found(what: str, name: str) -> ApiError:
     return ApiError(404, "Not found", f"{what} {name!r} does not exist", kind="not-found")
 
@@ -136,10 +144,8 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [{"field": ".".join(str(p) for p in e.get("loc", ())), "message": e.get("msg", "")}
-                  for e in exc.errors()]
-        detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors) or "invalid request"
-        return problem_response(request, 422, "Request validation failed", detail, kind="validation", errors=errors)
+        e = validation_error(list(exc.errors()))
+        return problem_response(request, e.status, e.title, e.detail, kind=e.kind, errors=e.errors)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

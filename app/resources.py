@@ -99,6 +99,8 @@ class Runtime:
         self._classifiers: OrderedDict[str, Classifier] = OrderedDict()
         self._llms: OrderedDict[str, Any] = OrderedDict()
         self._explainers: OrderedDict[tuple, tuple[Any, threading.Lock]] = OrderedDict()
+        self._calibrating: set[tuple[str, str]] = set()
+        self.handlers: dict[str, Any] = {}  # job kind -> handler (set by the app factory)
         self._lock = threading.RLock()
         self.components: dict[str, Component] = {}
         self.loaded = threading.Event()
@@ -240,6 +242,7 @@ class Runtime:
             if row is None:
                 raise LookupError(f"LLM {ref!r} is not registered")
             name, ref = ref, row["spec"]
+        assert isinstance(ref, dict)
         key = name + ":" + spec_key(ref)
         with self._lock:
             if key not in self._llms:
@@ -253,10 +256,10 @@ class Runtime:
         with self._lock:
             cache = self._classifiers if kind == "classifier" else self._llms
             prefix = f"registered:{name}:" if kind == "classifier" else f"{name}:"
-            for k in [k for k in cache if k.startswith(prefix)]:
-                cache.pop(k)
-            for k in [k for k in self._explainers if name in (k[2], k[3])]:
-                self._explainers.pop(k)
+            for key in [k for k in cache if k.startswith(prefix)]:
+                cache.pop(key)
+            for built in [k for k in self._explainers if name in (k[2], k[3])]:
+                self._explainers.pop(built)
 
     def forget_domain(self, domain_id: str) -> None:
         with self._lock:
@@ -292,7 +295,8 @@ class Runtime:
                 raise MissingResource("method 'generate' needs an LLM: pass `llm` (a registered name or spec), "
                                       "or set CACE_LLM_BASE_URL and CACE_LLM_MODEL")
             info["llm"] = llm_name
-        stack_key = classifier_name if method.startswith("stacked") else None
+        # Methods fit per classifier: the stack's weights, and auto's calibration.
+        stack_key = classifier_name if method.startswith("stacked") or method == "auto" else None
         key = (domain.id, method, llm_name, stack_key, aggregation, similarity_threshold)
         with self._lock:
             hit = self._explainers.get(key)
@@ -300,12 +304,37 @@ class Runtime:
                 options: dict[str, Any] = {"aggregation": aggregation}
                 if similarity_threshold is not None:
                     options["similarity_threshold"] = similarity_threshold
-                if stack_key:
-                    options["stack_key"] = stack_key
                 res = domain.resources(encoder=self.encoder(), llm=backend)
+                if method == "auto":
+                    path = domain.calibration_dir(stack_key) if stack_key else None
+                    if path is not None and (path / "meta.json").exists():
+                        res.extra["calibration"] = path
+                elif stack_key:
+                    options["stack_key"] = stack_key
                 hit = (build_explainer(method, res, **options), threading.Lock())
                 self._remember(self._explainers, key, hit, limit=16)
         return hit[0], hit[1], info
+
+    def maybe_calibrate(self, domain: Domain, classifier_name: str) -> str | None:
+        """Queue the calibration of a named classifier on a domain the first time it is explained there.
+
+        Bounded by CACE_CALIBRATION_MAX_TEXTS classifier texts; off with CACE_AUTO_CALIBRATE=false.
+        Returns the job id when one was queued.
+        """
+        s = self.settings
+        if not s.auto_calibrate or classifier_name.startswith("inline:") or not domain.pool.pairs:
+            return None
+        key = (domain.id, classifier_name)
+        with self._lock:
+            if key in self._calibrating or (domain.calibration_dir(classifier_name) / "meta.json").exists():
+                return None
+            self._calibrating.add(key)
+        request = {"domain_id": domain.id, "classifier": classifier_name, "max_pairs": s.calibration_max_pairs}
+        return self.store.create_job("calibration", request, [{}], limit=s.job_queue_limit)
+
+    def calibration_finished(self, domain_id: str, classifier_name: str) -> None:
+        with self._lock:
+            self._calibrating.discard((domain_id, classifier_name))
 
     def infer_labels(self, domain: Domain, texts: list[str]) -> list[dict[str, str]]:
         """Labels of the concepts whose tagger is usable in `domain` (others are absent)."""

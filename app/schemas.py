@@ -78,8 +78,9 @@ class ExplanationRequest(BaseModel):
     intervention: InterventionIn
     domain: str | None = DOMAIN_FIELD
     classifier: SafeText | dict[str, Any] | None = CLASSIFIER_FIELD
-    method: SafeText = Field("match", description="generate, match, or a baseline (see GET /v1/methods).",
-                             examples=["match"])
+    method: SafeText | None = Field(
+        None, description="auto, generate, match, or a baseline (see GET /v1/methods); default: auto once the "
+        "classifier is calibrated on the domain, else match.", examples=["match"])
     top_k: StrictInt = Field(5, ge=1, description="Counterfactuals to average over (K).", examples=[5])
     aggregation: Aggregation = Field("mean", description="How the K counterfactual predictions are combined.")
     similarity_threshold: StrictFloat | None = Field(
@@ -110,6 +111,11 @@ class InterventionOut(BaseModel):
 class Uncertainty(BaseModel):
     spread: dict[str, float] = Field(description="Per-label std of the counterfactual predictions (0 if K < 2).")
     n_counterfactuals: int = Field(description="Counterfactuals the estimate used.")
+    interval: dict[str, list[float]] | None = Field(
+        None, description="method auto, calibrated: per-label [lower, upper] of the ICaCE (split-conformal)")
+    coverage: float | None = Field(None, description="The interval's nominal coverage")
+    expected_error: dict[str, Any] | None = Field(
+        None, description="method auto, calibrated: held-out error (L2, Cos, NormDiff) for this concept and direction")
 
 
 class Timings(BaseModel):
@@ -128,7 +134,7 @@ class ExplanationResponse(BaseModel):
         "counterfactuals": [], "cost": {"classifier_calls": 1}, "timings": {"total_ms": 12.0,
                                                                             "source_inference_ms": 3.0,
                                                                             "explain_ms": 9.0},
-        "domain": "cebab", "space_id": "default", "pool": {"texts": 11701, "pairs": 26828}, "details": {}}]})
+        "domain": "cebab", "space_id": "default", "pool": {"texts": 11664, "pairs": 26862}, "details": {}}]})
 
     method: str
     classifier: str
@@ -164,7 +170,8 @@ class EffectsParams(BaseModel):
     intervention: InterventionIn
     domain: str | None = DOMAIN_FIELD
     classifier: SafeText | dict[str, Any] | None = CLASSIFIER_FIELD
-    method: SafeText = Field("match", examples=["pt_match"])
+    method: SafeText | None = Field(None, description="As in ExplanationRequest (default: auto once calibrated, "
+                                    "else match).", examples=["pt_match"])
     top_k: StrictInt = Field(5, ge=1)
     aggregation: Aggregation = "mean"
     similarity_threshold: StrictFloat | None = Field(None, ge=-1.0, le=1.0)
@@ -295,6 +302,14 @@ class DomainParams(BaseModel):
     description: str | None = Field(None, max_length=500, description="What the domain's texts are")
     generate: DomainGenerate | None = Field(
         None, description="First add LLM-generated counterfactual groups (needs an LLM)")
+
+
+class CalibrationRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"classifier": "tfidf-lr"}]})
+
+    classifier: SafeText = Field(description="A registered (or built-in) classifier name", examples=["tfidf-lr"])
+    max_pairs: StrictInt | None = Field(None, ge=50, le=100000, description="Held-out pairs to score "
+                                        "(capped by CACE_CALIBRATION_MAX_PAIRS)")
 
 
 class DomainOut(BaseModel):

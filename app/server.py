@@ -82,7 +82,7 @@ def open_exposure(settings: Settings) -> str | None:
 def prepare(settings: Settings) -> int:
     """Train or load every embedded default once, outside the server.
 
-    A fresh machine's first start trains the taggers and the CEBaB space (minutes); doing it
+    A fresh machine's first start builds the default domain (taggers, space; minutes); doing it
     ahead (in an image build, an init container, or the test setup) makes start-up fast and
     keeps several processes from training the same artifacts at once.
     """

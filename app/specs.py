@@ -122,7 +122,7 @@ def check_classifier(spec: dict[str, Any], *, inline: bool, settings: Any, polic
 
     if not isinstance(spec, dict):
         raise SpecRefused("spec", "must be an object")
-    s = parse_spec(spec)
+    s: Any = parse_spec(spec)  # one of the spec models; the branches below read their own fields
     if s.protocol in IN_PROCESS_CLASSIFIERS:
         if inline:
             raise SpecRefused("protocol", f"{s.protocol!r} loads a model in-process and is operator-only: "

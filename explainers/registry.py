@@ -24,6 +24,7 @@ PLUGIN_MODULES = (
     "explainers.baselines",
     "explainers.matching.plugin",
     "explainers.generation.plugin",
+    "explainers.estimators.auto",
 )
 
 

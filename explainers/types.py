@@ -23,6 +23,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from explainers.classifiers.base import Classifier
+from explainers.classifiers.usage import metered, sampling_error
 from explainers.concepts import Intervention
 
 
@@ -50,6 +51,10 @@ class Cost:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     wall_time_s: float = 0.0
+    # The classifier's own LLM calls and tokens (a prompted-LLM classifier), apart from the generator's above.
+    classifier_llm_calls: int = 0
+    classifier_prompt_tokens: int = 0
+    classifier_completion_tokens: int = 0
 
     def add(self, other: Cost) -> None:
         for k, v in asdict(other).items():
@@ -144,9 +149,13 @@ class CounterfactualExplainer:
         cfs, details = self.counterfactuals(text, intervention, top_k, base_labels=base_labels)
         cost = details.pop("cost", None) or Cost()
         texts = [text] + [c.text for c in cfs]
-        proba = classifier.predict_proba(texts)
+        with metered() as usage:
+            proba = classifier.predict_proba(texts)
         cost.classifier_calls += 1
         cost.classifier_texts += len(texts)
+        cost.classifier_llm_calls += usage.calls
+        cost.classifier_prompt_tokens += usage.prompt_tokens
+        cost.classifier_completion_tokens += usage.completion_tokens
         base, cf_pred = proba[0], proba[1:]
         for c, p in zip(cfs, cf_pred, strict=True):
             c.prediction = [float(x) for x in p]
@@ -156,6 +165,9 @@ class CounterfactualExplainer:
         )
         cost.wall_time_s += time.perf_counter() - started
         details.setdefault("used", estimate.used)
+        sampling = sampling_error(classifier, base, cf_pred, usage)
+        if sampling:
+            details["classifier_sampling"] = sampling
         return Explanation(
             method=self.name,
             labels=list(classifier.labels),

@@ -66,7 +66,7 @@ def service(env: dict[str, str] | None = None, *, port: int | None = None, ready
     """A running service; waits for /readyz unless ready=False."""
     port = port or free_port()
     full = {"CACE_DATA_DIR": str(TEST_DATA_DIR), "CACE_HOST": "127.0.0.1", "CACE_PORT": str(port),
-            "CACE_OUTBOUND_ALLOW": "127.0.0.1/32",
+            "CACE_OUTBOUND_ALLOW": "127.0.0.1/32", "CACE_AUTO_CALIBRATE": "false",
             "OMP_NUM_THREADS": "2", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
     with running([python(), "-m", "app.server", "--log-level", "warning"], port=port, health_path="/healthz",
                  env=full, timeout=120) as srv:

@@ -56,16 +56,90 @@ def test_cli_small_run_writes_table_and_json(tfidf_lr_dir: Path, tfidf_lr, small
     assert conexp["macro"]["cos"] < 1.0
 
 
-def test_cli_reports_unknown_explainer_without_failing_the_rest(tfidf_lr_dir: Path, small_files,
-                                                                  capsys) -> None:
+def test_cli_unknown_explainer_is_an_error_before_scoring(tfidf_lr_dir: Path, small_files, tmp_path: Path,
+                                                         capsys) -> None:
+    pool, split = small_files
+    out = tmp_path / "never.md"
+    rc = main(["cebab", "--model", str(tfidf_lr_dir), "--split", str(split), "--pool", str(pool),
+               "--explainers", "zero,no_such_method", "--k", "1", "--limit", "10", "--out", str(out)])
+    assert rc == 2
+    assert "no_such_method" in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.fixture(scope="module")
+def small_space(small_files, tmp_path_factory) -> Path:
+    """A pretrained-encoder space (no heads) over the small pool file, saved like any trained space."""
+    from explainers.bench.pools import cebab_pool
+    from explainers.embeddings import Encoder
+    from explainers.matching.space import ConceptSpace
+
+    pool_file, _ = small_files
+    space = ConceptSpace(cebab_pool(pool_file), Encoder(), meta={"name": "small-test-space"})
+    space.build_indices()
+    out = tmp_path_factory.mktemp("spaces") / "small-test-space"
+    space.save(out, name="small-test-space")
+    return out
+
+
+def test_cli_space_resource_is_loaded_and_each_row_names_its_space(tfidf_lr_dir: Path, small_files, small_space,
+                                                                   tmp_path: Path, capsys) -> None:
+    pool, split = small_files
+    out = tmp_path / "spaces.md"
+    rc = main(["cebab", "--model", str(tfidf_lr_dir), "--split", str(split), "--pool", str(pool),
+               "--explainers", "match,pair_transfer,stacked,pt_match,conexp", "--k", "2", "--limit", "20",
+               "--resource", f"space={small_space}", "--out", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    table = out.read_text()
+    assert "| match | 2 | small-test-space |" in table
+    assert "| pair_transfer | 2 | small-test-space |" in table
+    assert "| stacked | 2 | small-test-space |" in table
+    assert "| pt_match | 2 | pretrained encoder" in table
+    assert "| conexp | 2 | - |" in table
+    # The stack's weights are printed with the table (none are fit for this classifier on this space: equal).
+    assert "`stacked` used:" in table and '"weights"' in table and "equal weights" in table
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert {r["space"] for r in data["rows"] if r["explainer"] == "match"} == {"small-test-space"}
+
+
+def test_cli_space_none_makes_a_space_method_an_error(tfidf_lr_dir: Path, small_files, capsys) -> None:
     pool, split = small_files
     rc = main(["cebab", "--model", str(tfidf_lr_dir), "--split", str(split), "--pool", str(pool),
-               "--explainers", "zero,no_such_method", "--k", "1", "--limit", "10", "--no-write"])
-    assert rc == 0
-    printed = capsys.readouterr().out
-    assert "| zero | 1 |" in printed and "`no_such_method` not run" in printed
+               "--explainers", "match", "--k", "1", "--limit", "5", "--resource", "space=none", "--no-write"])
+    assert rc == 2
+    assert "match" in capsys.readouterr().err
+
+
+def test_cli_missing_space_path_is_an_error(tfidf_lr_dir: Path, small_files, tmp_path: Path) -> None:
+    pool, split = small_files
+    with pytest.raises(SystemExit, match="no concept space"):
+        main(["cebab", "--model", str(tfidf_lr_dir), "--split", str(split), "--pool", str(pool),
+              "--explainers", "match", "--k", "1", "--limit", "5", "--resource", f"space={tmp_path / 'nope'}",
+              "--no-write"])
 
 
 def test_cli_list(capsys) -> None:
     assert main(["list"]) == 0
     assert "approx_match" in capsys.readouterr().out
+
+
+def test_cace_calibrate_writes_a_calibration_the_bench_auto_uses(tfidf_lr_dir: Path, small_files, small_space,
+                                                                 tmp_path: Path, capsys) -> None:
+    from app.cli import main as cace
+
+    out = tmp_path / "cal"
+    rc = cace(["calibrate", "--classifier", str(tfidf_lr_dir), "--space", str(small_space), "--out", str(out),
+               "--ks", "1,2", "--methods", "match,pair_transfer,s_learner,conexp", "--combiners", "ridge"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "| single:match@1 |" in printed and "fingerprint" in printed
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["kind"] == "calibration" and meta["classifier"]["name"] == "tfidf-lr"
+    pool, split = small_files
+    table_out = tmp_path / "auto.md"
+    rc = main(["cebab", "--model", str(tfidf_lr_dir), "--split", str(split), "--pool", str(pool),
+               "--explainers", "auto", "--k", "2", "--limit", "10", "--resource", f"space={small_space}",
+               "--resource", f"calibration={out}", "--out", str(table_out)])
+    assert rc == 0
+    table = table_out.read_text()
+    assert "| auto | 2 | small-test-space |" in table and '"calibrated": true' in table

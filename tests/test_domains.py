@@ -63,12 +63,13 @@ def rating_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def test_a_movie_domain_end_to_end_without_cebab(tmp_path: Path, rating_server: str) -> None:
-    env = {**store_env("sqlite", tmp_path), "CACE_DATA_DIR": str(tmp_path / "data"), "CACE_DEFAULT_DOMAIN": "none"}
+    env = {**store_env("sqlite", tmp_path), "CACE_DATA_DIR": str(tmp_path / "data"), "CACE_DEFAULT_DOMAIN": "none",
+           "CACE_AUTO_CALIBRATE": "true", "CACE_CALIBRATION_MAX_PAIRS": "60"}
     started = time.monotonic()
     with service(env) as svc, httpx.Client(base_url=svc.base_url, timeout=300) as c:
         startup_s = time.monotonic() - started
         ready = c.get("/readyz").json()
-        assert set(ready["components"]) == {"store"}, ready  # nothing of CEBaB is loaded or built
+        assert not {"domain", "classifier"} & set(ready["components"]), ready  # nothing of CEBaB is loaded or built
         assert startup_s < 60, startup_s
         assert not (tmp_path / "data" / "domains" / "cebab").exists()
         # No default domain, no default classifier: a request must name both.
@@ -84,6 +85,22 @@ def test_a_movie_domain_end_to_end_without_cebab(tmp_path: Path, rating_server: 
         assert [x["name"] for x in d["schema"]["concepts"]] == ["acting", "plot", "music"]
         assert d["stats"]["pairs"]["plot"] > 0 and d["taggers"]["plot"]["usable"] is True
         assert d["methods"]["plot"]["pair_transfer"] is None
+
+        # Not calibrated yet: auto says so and uses the measured default; the first explanation
+        # of this classifier on this domain queued its calibration.
+        first = c.post("/v1/explanations", json={**QUERY, "method": "auto", "top_k": 3}).json()
+        assert first["details"]["calibrated"] is False and first["uncertainty"]["interval"] is None
+        jobs = c.get("/v1/jobs", params={"kind": "calibration"}).json()["jobs"]
+        assert len(jobs) == 1, jobs
+        cal_job = wait_job(c, jobs[0]["id"])
+        assert cal_job["status"] == "succeeded", cal_job
+        cal = c.get("/v1/domains/movies/calibrations").json()["movie-rating"]
+        assert cal["auto"]["l2"] < cal["zero"]["l2"] and cal["cost"]["classifier_texts"] > 0
+        auto = c.post("/v1/explanations", json={**QUERY, "method": "auto", "top_k": 3}).json()
+        assert auto["details"]["calibrated"] is True, auto["details"]
+        lo, hi = auto["uncertainty"]["interval"]["pos"]
+        assert lo <= auto["icace"]["pos"] <= hi and auto["uncertainty"]["coverage"] == 0.9
+        assert "l2" in auto["uncertainty"]["expected_error"]
 
         for method in METHODS_WITHOUT_LLM:
             r = c.post("/v1/explanations", json={**QUERY, "method": method, "top_k": 3})

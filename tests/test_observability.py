@@ -64,7 +64,7 @@ def test_metrics_cover_requests_outbound_calls_cache_and_queue(svc: Server) -> N
     route = "/v1/models/{name}:predict"
     assert _metric(text, "cace_http_requests_total", method="POST", route=route, status="200") >= 4
     assert _metric(text, "cace_http_request_duration_seconds_count", method="POST", route=route) >= 4
-    assert _metric(text, "cace_outbound_request_duration_seconds_count", kind="classifier", host="127.0.0.1") >= 1
+    assert _metric(text, "cace_outbound_request_duration_seconds_count", kind="classifier", target="inline") >= 1
     # Same text three times: one miss, then hits, so the hit ratio is visible.
     assert _metric(text, "cace_classifier_cache_hits_total", classifier="tfidf-lr") >= 2
     assert 0 < _metric(text, "cace_classifier_cache_hit_ratio", classifier="tfidf-lr") < 1

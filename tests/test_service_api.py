@@ -368,8 +368,8 @@ def test_queue_bound_and_registry_persist_across_restarts(backend: str, tmp_path
 
     env = {**store_env(backend, tmp_path), "CACE_DEFAULT_CLASSIFIER": "", "CACE_DEFAULT_POOL": "",
            "CACE_DEFAULT_TAGGERS": "false", "CACE_DEFAULT_SPACE": "false", "CACE_JOB_WORKERS": "0",
-           "CACE_JOB_QUEUE_LIMIT": "1"}
-    spec = {"protocol": "sklearn", "path": str(tfidf_lr_dir)}
+           "CACE_JOB_QUEUE_LIMIT": "1", "CACE_MODELS_DIR": str(tfidf_lr_dir.parent)}
+    spec = {"protocol": "sklearn", "path": str(tfidf_lr_dir)}  # in-process: only from CACE_MODELS_DIR
     body = {"texts": ["Great pasta.", "Cold soup."], "intervention": {"concept": "food", "target": "Negative",
                                                                       "source": "Positive"},
             "classifier": "local-tfidf", "method": "zero", "mode": "job"}

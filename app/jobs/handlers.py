@@ -116,6 +116,36 @@ def row_out(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+class CalibrationHandler:
+    """Calibrate the estimators of one named classifier on one domain (one item), saved in the domain."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+
+    def process(self, job_id: str, request: dict[str, Any], payload: Any, index: int) -> dict[str, Any]:
+        from explainers.estimators.calibration import calibrate
+
+        domain = self.rt.domain(request["domain_id"])
+        name = request["classifier"]
+        clf, _ = self.rt.classifier(name)
+        try:
+            cal = calibrate(clf, domain.pool, domain.space, self.rt.encoder(), taggers=domain.taggers,
+                            max_pairs=request.get("max_pairs") or self.rt.settings.calibration_max_pairs,
+                            max_classifier_texts=self.rt.settings.calibration_max_texts, classifier_name=name)
+        except (UpstreamUnavailable, httpx.TransportError) as e:
+            raise RetryableError(f"{type(e).__name__}: {e}") from e
+        cal.save(domain.calibration_dir(name))
+        self.rt.forget_domain(domain.id)  # `auto` explainers rebuild with the calibration
+        return {"domain_id": domain.id, "classifier": name, **domain.calibrations()[name]}
+
+    def finalize(self, job_id: str, request: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
+        self.rt.calibration_finished(request["domain_id"], request["classifier"])
+        row = rows[0]
+        if row["status"] != "done":
+            raise ValueError(row.get("error") or "calibration failed")
+        return row["result"]
+
+
 class DomainHandler:
     """Build a domain from an uploaded corpus (one item; the lease heartbeat covers long training)."""
 

@@ -9,11 +9,11 @@ from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFil
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-from app.problems import ApiError, field_error, not_found
+from app.problems import ApiError, field_error, not_found, validation_error
 from app.resources import Runtime
 from app.routes.common import problems, queue_full, runtime
 from app.routes.jobs import job_out, requester
-from app.schemas import DomainList, DomainOut, DomainParams, JobOut
+from app.schemas import CalibrationRequest, DomainList, DomainOut, DomainParams, JobOut
 from explainers.concepts import ConceptSchema
 from explainers.domains import DomainBuildError, infer_schema, validate_rows
 
@@ -109,14 +109,50 @@ def create_domain(
                         status_code=202, headers={"Location": f"/v1/jobs/{job_id}"})
 
 
+@router.post("/v1/domains/{domain_id}/calibrations", operation_id="calibrate_domain", status_code=202,
+             response_model=JobOut, responses=problems(404, 409, 422, 429))
+def calibrate_domain(domain_id: str, body: CalibrationRequest, http_request: Request,
+                     rt: Runtime = Depends(runtime)) -> JSONResponse:
+    """Calibrate the estimators for a registered classifier on this domain's own held-out pairs (a job).
+
+    `method: auto` then uses, per (concept, direction), the estimator that erred least on those
+    pairs, and answers with its expected error and a conformal interval. The first explanation of
+    a classifier on a domain queues this by itself (CACE_AUTO_CALIBRATE).
+    """
+    if not rt.domains.exists(domain_id):
+        raise not_found("domain", domain_id)
+    domain = rt.domain(domain_id)
+    if not domain.pool.pairs:
+        raise ApiError(409, "Nothing to calibrate on", f"domain {domain_id!r} has no counterfactual pairs",
+                       kind="conflict")
+    try:
+        _, name = rt.classifier(body.classifier)
+    except LookupError as e:
+        raise field_error("body.classifier", str(e).strip("'\"")) from e
+    request = {"domain_id": domain_id, "classifier": name,
+               "max_pairs": min(body.max_pairs or rt.settings.calibration_max_pairs, rt.settings.calibration_max_pairs)}
+    job_id = rt.store.create_job("calibration", request, [{}], limit=rt.settings.job_queue_limit,
+                                 owner=requester(http_request)[0])
+    if job_id is None:
+        raise queue_full(rt.settings.job_queue_limit)
+    return JSONResponse(job_out(rt.store.get_job(job_id, with_request=False)).model_dump(mode="json"),
+                        status_code=202, headers={"Location": f"/v1/jobs/{job_id}"})
+
+
+@router.get("/v1/domains/{domain_id}/calibrations", operation_id="list_calibrations",
+            response_model=dict[str, dict[str, Any]], responses=problems(404))
+def list_calibrations(domain_id: str, rt: Runtime = Depends(runtime)) -> dict[str, dict[str, Any]]:
+    """Per calibrated classifier: its fingerprint, cost and the held-out error of every method (macro)."""
+    if not rt.domains.exists(domain_id):
+        raise not_found("domain", domain_id)
+    return rt.domains.summary(domain_id)["calibrations"]
+
+
 def _params(raw: str) -> DomainParams:
     try:
         return DomainParams.model_validate_json(raw)
     except ValidationError as e:
-        errors = [{"field": ".".join(["body.params", *map(str, err["loc"])]), "message": err["msg"]}
-                  for err in e.errors()]
-        raise ApiError(422, "Request validation failed", "; ".join(f"{x['field']}: {x['message']}" for x in errors),
-                       kind="validation", errors=errors) from e
+        raise validation_error(e.errors(), "body.params") from e
 
 
 def _schema(raw: dict[str, Any]) -> ConceptSchema:

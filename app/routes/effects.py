@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from app import explain
 from app.jobs.handlers import row_out, summarize
-from app.problems import ApiError, field_error
+from app.problems import ApiError, field_error, validation_error
 from app.resources import Runtime
 from app.routes.common import problems, queue_full, runtime
 from app.routes.jobs import job_out, requester
@@ -47,11 +47,14 @@ def _submit(rt: Runtime, params: EffectsParams, payloads: list[dict[str, Any]], 
     if params.mode == "inline" and len(payloads) > s.max_inline_texts:
         raise field_error("body.mode", f"inline runs take at most {s.max_inline_texts} texts; use mode=job")
     r = explain.resolve(rt, params)  # 4xx for bad domain/classifier/method/intervention before anything is queued
+    # Pin what the defaults resolved to, so every item of a job (and its summary) uses the same domain and method.
+    params = params.model_copy(update={"method": r.method, "domain": r.domain.id})
     iv = params.intervention
     for i, p in enumerate(payloads):  # every text's labels fit the domain, and its source can be known
         q = explain.Query(p["text"], iv.concept, iv.target, iv.source, p.get("labels"))
         explain.check_query(r, q, f"{where}.{i}.labels", f"{where}.{i}.labels")
     explain.check_available(r, iv.concept, iv.target, "body")
+    rt.maybe_calibrate(r.domain, r.classifier_name)
     inline = params.mode == "inline" or (params.mode == "auto" and len(payloads) <= s.max_inline_texts)
     request = params.model_dump(mode="json")
     if inline:
@@ -103,9 +106,7 @@ def upload_effects(
     try:
         p = EffectsParams.model_validate_json(params)
     except ValidationError as e:
-        errors = [{"field": ".".join(["params", *map(str, x["loc"])]), "message": x["msg"]} for x in e.errors()]
-        raise ApiError(422, "Request validation failed", "; ".join(f"{x['field']}: {x['message']}" for x in errors),
-                       kind="validation", errors=errors) from e
+        raise validation_error(e.errors(), "params") from e
     texts = parse_jsonl(file, rt.settings.max_body_bytes)
     return _submit(rt, p, _payloads(rt, texts, "file"), "file", owner=requester(request)[0])
 

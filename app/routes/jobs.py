@@ -22,7 +22,9 @@ from app.schemas import JobList, JobOut, RowsPage
 router = APIRouter(tags=["jobs"])
 
 
-def job_out(job: dict[str, Any]) -> JobOut:
+def job_out(job: dict[str, Any] | None) -> JobOut:
+    if job is None:  # deleted between its creation and this read
+        raise not_found("job", "?")
     counts = job.get("counts") or {}
     total = job["total"] or 1
     progress = (counts.get("done", 0) + counts.get("failed", 0)) / total

@@ -17,7 +17,7 @@ from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field, ValidationError
 
 from app import explain
-from app.problems import ApiError, field_error
+from app.problems import ApiError, field_error, validation_error
 from app.resources import Runtime
 from app.routes.common import problems, runtime
 from app.schemas import ExplanationRequest, ExplanationResponse
@@ -80,11 +80,7 @@ def _requests(body: KServeExplainRequest, ref: str | dict[str, Any]) -> list[Exp
         try:
             out.append(ExplanationRequest.model_validate(fields))
         except ValidationError as e:
-            errors = [{"field": f"body.instances.{i}." + ".".join(str(p) for p in err["loc"]), "message": err["msg"]}
-                      for err in e.errors()]
-            raise ApiError(422, "Request validation failed", "; ".join(f"{x['field']}: {x['message']}"
-                                                                       for x in errors),
-                           kind="validation", errors=errors) from None
+            raise validation_error(e.errors(), f"body.instances.{i}") from None
     return out
 
 

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, Response
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-from app.problems import ApiError, field_error, not_found
+from app.problems import ApiError, field_error, not_found, validation_error
 from app.resources import Runtime, build_classifier_from_spec, build_llm_from_spec
 from app.routes.common import problems, runtime
 from app.schemas import Registration, RegistrationList, RegistrationOut
@@ -45,16 +45,16 @@ def _validate(kind: str, name: str, spec: dict[str, Any], rt: Runtime) -> None:
     except SpecRefused as e:
         raise field_error(f"body.spec.{e.field}", e.message) from e
     except ValidationError as e:
-        errors = [{"field": ".".join(["body", "spec", *map(str, x["loc"])]), "message": x["msg"]} for x in e.errors()]
-        raise ApiError(422, "Request validation failed", "; ".join(f"{x['field']}: {x['message']}" for x in errors),
-                       kind="validation", errors=errors) from e
+        raise validation_error(e.errors(), "body.spec") from e
     except ModuleNotFoundError as e:
         raise ApiError(409, "Missing resource", f"{kind} specs need module {e.name}", kind="missing-resource") from e
     except (ValueError, TypeError) as e:
         raise field_error("body.spec", str(e)) from e
 
 
-def _out(row: dict[str, Any]) -> RegistrationOut:
+def _out(row: dict[str, Any] | None) -> RegistrationOut:
+    if row is None:  # deleted between its creation and this read
+        raise ApiError(404, "Not found", "the registration is gone", kind="not-found")
     return RegistrationOut(**{**row, "spec": redact(row["spec"])})
 
 

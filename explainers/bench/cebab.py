@@ -115,13 +115,13 @@ def build_pairs(reviews: Iterable[Review]) -> list[Pair]:
         edits = [r for r in group if not r.is_original and r.edit_type in CONCEPTS]
         for orig in originals:
             for e in edits:
-                pairs += _pair(e, orig, e.edit_type, "edit->original")
-                pairs += _pair(orig, e, e.edit_type, "original->edit")
+                pairs += _pair(e, orig, str(e.edit_type), "edit->original")
+                pairs += _pair(orig, e, str(e.edit_type), "original->edit")
         for i, a in enumerate(edits):
             for b in edits[i + 1 :]:
                 if a.edit_type == b.edit_type:
-                    pairs += _pair(a, b, a.edit_type, "edit->edit")
-                    pairs += _pair(b, a, a.edit_type, "edit->edit")
+                    pairs += _pair(a, b, str(a.edit_type), "edit->edit")
+                    pairs += _pair(b, a, str(a.edit_type), "edit->edit")
     return pairs
 
 

@@ -6,8 +6,16 @@
 
 `--limit N` runs a deterministic subset of N pairs stratified over (concept, direction).
 `--resource KEY=VALUE` (repeatable) passes options to resource hooks that method modules
-register (e.g. a trained space); `--option KEY=VALUE` passes options to every explainer
-factory (e.g. `aggregation=similarity_weighted`).
+register; `--option KEY=VALUE` passes options to every explainer factory (e.g.
+`aggregation=similarity_weighted`).
+
+Spaces: every method that searches a concept space uses the default trained space
+(<root>/spaces/cebab-train_inclusive-head, trained on first use) unless `--resource
+space=PATH` names another or `--resource space=none` asks for none; the table's `space`
+column says what each row used. `--resource calibration=PATH` gives `auto` a calibration
+(`cace calibrate`). `stacked` looks its weights up under the classifier's name; the
+weights each stack used are printed under the table. A requested method that cannot run
+is an error (exit status 2), before anything is scored.
 """
 
 from __future__ import annotations
@@ -20,6 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from explainers.bench import runner
+
+# Methods that search a trained concept space when one is given (pair_transfer: else the pretrained encoder).
+SPACE_METHODS = ("match", "match_dr", "pair_transfer", "pair_transfer_logit", "stacked", "auto")
 
 
 def _kv(items: list[str]) -> dict[str, Any]:
@@ -62,8 +73,16 @@ def run_cebab(args: argparse.Namespace) -> int:
     classifier, model_name, meta = runner.load_model(args.model, args.root, args.data)
     pairs = runner.load_bench_pairs(args.split, args.data, args.limit, args.seed)
     exclude = () if args.keep_overlap else runner.benchmark_texts(pairs)
+    res_opts = _kv(args.resource)
+    res_opts.setdefault("model", model_name)  # stacked's stack key: weights fit for this classifier
+    space_opt = str(res_opts.pop("space", "default"))
     resources = runner.build_bench_resources(args.pool, args.data, seed=args.seed, exclude_texts=exclude,
-                                             **_kv(args.resource))
+                                             **res_opts)
+    if space_opt not in ("none", "default"):
+        res_opts["space"] = space_opt
+        _attach_space(resources, space_opt)
+    elif space_opt == "default" and any(n in SPACE_METHODS for n in names):
+        _attach_space(resources, None, root=args.root, data=args.data)
     overlap = runner.check_overlap(pairs, resources)
     config = {
         "model": model_name, "model_path": str(args.model), "model_dev_accuracy": meta.get("dev_accuracy"),
@@ -78,8 +97,12 @@ def run_cebab(args: argparse.Namespace) -> int:
               f"Cos macro {s.macro['cos']:.4f} ({row.wall_s:.1f}s)", file=sys.stderr, flush=True)
 
     print(f"{len(pairs)} pairs, pool {len(resources.pool or [])} texts, model {model_name}", file=sys.stderr)
-    result = runner.run_benchmark(classifier, pairs, resources, names, ks, explainer_options=_kv(args.option),
-                                  on_row=progress, config=config)
+    try:
+        result = runner.run_benchmark(classifier, pairs, resources, names, ks, explainer_options=_kv(args.option),
+                                      on_row=progress, config=config, strict=True)
+    except runner.BenchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     result.config["total_s"] = round(time.perf_counter() - started, 1)
     print(runner.render_markdown(result))
     if not args.no_write:
@@ -87,6 +110,24 @@ def run_cebab(args: argparse.Namespace) -> int:
         md, js = runner.write_result(result, out)
         print(f"wrote {md} and {js}", file=sys.stderr)
     return 1 if result.errors and not result.rows else 0
+
+
+def _attach_space(resources: Any, path: str | None, root: Path = Path("var"), data: Path | None = None) -> None:
+    """Load a space (the default trained one when path is None) restricted to the run's pool texts."""
+    from explainers.matching.cebab import ensure_cebab_space, without_texts
+    from explainers.matching.space import ConceptSpace
+
+    if path is None:
+        space = ensure_cebab_space(root, data_dir=data, encoder=resources.encoder,
+                                   log=lambda m: print(m, file=sys.stderr))
+    else:
+        if not (Path(path) / "meta.json").exists():
+            raise SystemExit(f"--resource space={path}: no concept space there (no meta.json)")
+        space = ConceptSpace.load(Path(path), encoder=resources.encoder)
+    if resources.pool is not None:
+        keep = set(resources.pool.texts)
+        space = without_texts(space, [t for t in space.pool.texts if t not in keep])
+    resources.space = space
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -74,7 +74,12 @@ def build_bench_resources(
     the disk-cached pretrained MiniLM (loaded only when a method first encodes);
     `exclude_texts` (the benchmark's own texts) are kept out of the pool. Extra
     `options` land in `resources.extra` and are passed to registered resource hooks.
+    A `space` given as a path (`--resource space=PATH`) is such an option: the matching
+    module's hook loads it; only a loaded space object is used as is.
     """
+    if isinstance(space, (str, os.PathLike)):
+        options["space"] = str(space)
+        space = None
     from explainers.registry import available
 
     available()  # import plugin modules so their resource hooks are registered
@@ -204,9 +209,11 @@ class BenchRow:
     k: int
     summary: ErrorSummary
     wall_s: float
+    space: str = "-"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"explainer": self.explainer, "k": self.k, "wall_s": round(self.wall_s, 3), **self.summary.to_dict()}
+        return {"explainer": self.explainer, "k": self.k, "space": self.space, "wall_s": round(self.wall_s, 3),
+                **self.summary.to_dict()}
 
 
 @dataclass
@@ -214,9 +221,35 @@ class BenchResult:
     config: dict[str, Any]
     rows: list[BenchRow]
     errors: dict[str, str] = field(default_factory=dict)
+    # What a method used that the table cannot show: a stack's weights, auto's calibration.
+    notes: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"config": self.config, "rows": [r.to_dict() for r in self.rows], "errors": self.errors}
+        return {"config": self.config, "rows": [r.to_dict() for r in self.rows], "errors": self.errors,
+                "notes": self.notes}
+
+
+class BenchError(RuntimeError):
+    """A requested method cannot run (unknown name or a missing resource)."""
+
+
+def space_used(explainer: Any) -> str:
+    """Which space an explainer searches: a trained space's name, the pretrained encoder, or '-' (none)."""
+    parts = getattr(explainer, "components", None)
+    if isinstance(parts, dict):  # a stack: the spaces of its components
+        names = sorted({space_used(e) for e in parts.values()} - {"-"})
+        return ", ".join(names) or "-"
+    if hasattr(explainer, "_explainers") and hasattr(explainer, "calibration"):  # auto
+        names = sorted({space_used(e) for e in explainer._explainers.values()} - {"-"})
+        space = getattr(explainer.resources, "space", None)
+        return ", ".join(names) or (str(space.meta.get("name")) if space is not None else "-")
+    space = getattr(explainer, "space", None)
+    if space is not None and hasattr(space, "meta"):
+        name = str(space.meta.get("name") or "unnamed space")
+        return "pretrained encoder (no trained space)" if name == "pretrained" else name
+    if getattr(explainer, "encoder", None) is not None:
+        return f"pretrained encoder ({getattr(explainer.encoder, 'model_name', '?')})"
+    return "-"
 
 
 def run_benchmark(
@@ -230,8 +263,23 @@ def run_benchmark(
     on_row: Callable[[BenchRow], None] | None = None,
     on_estimates: Callable[[PairEstimates], None] | None = None,
     config: Mapping[str, Any] | None = None,
+    strict: bool = False,
 ) -> BenchResult:
-    """Score every explainer at every K on the pairs; a method that cannot be built is reported, not fatal."""
+    """Score every explainer at every K on the pairs.
+
+    Every explainer is built before anything is scored. With `strict` a method that cannot
+    be built (unknown, or a missing resource) raises `BenchError` naming each one; without
+    it, it is reported in `errors` and the others run.
+    """
+    built: dict[str, Explainer] = {}
+    errors: dict[str, str] = {}
+    for name in explainers:
+        try:
+            built[name] = build_explainer(name, resources, **dict(explainer_options or {}))
+        except (KeyError, ValueError) as e:  # MissingResource is a ValueError
+            errors[name] = f"{type(e).__name__}: {e}"
+    if strict and errors:
+        raise BenchError("requested methods cannot run: " + "; ".join(f"{n}: {e}" for n, e in errors.items()))
     cached = classifier if isinstance(classifier, CachingClassifier) else CachingClassifier(classifier, key="bench")
     started = time.perf_counter()
     needed = [p.base.text for p in pairs] + [p.counterfactual.text for p in pairs]
@@ -243,17 +291,14 @@ def run_benchmark(
         resources.encoder.encode(list(dict.fromkeys(p.base.text for p in pairs)))
     prep_s = time.perf_counter() - started
     rows: list[BenchRow] = []
-    errors: dict[str, str] = {}
-    for name in explainers:
-        try:
-            explainer = build_explainer(name, resources, **dict(explainer_options or {}))
-        except (KeyError, ValueError) as e:  # MissingResource is a ValueError
-            errors[name] = f"{type(e).__name__}: {e}"
-            continue
+    notes: dict[str, Any] = {}
+    for name, explainer in built.items():
+        if hasattr(explainer, "describe"):
+            notes[name] = explainer.describe()
         for k in ks:
             est = estimate_pairs(explainer, pairs, cached, k, truths=truths)
             est.explainer = name
-            row = BenchRow(name, k, est.summary(), est.wall_s)
+            row = BenchRow(name, k, est.summary(), est.wall_s, space_used(explainer))
             rows.append(row)
             if on_estimates:
                 on_estimates(est)
@@ -262,7 +307,7 @@ def run_benchmark(
     cfg = dict(config or {})
     cfg.update(n_pairs=len(pairs), prep_s=round(prep_s, 2), cache=cached.stats().to_dict(),
                pool_size=len(resources.pool) if resources.pool is not None else 0)
-    return BenchResult(cfg, rows, errors)
+    return BenchResult(cfg, rows, errors, notes)
 
 
 def _uses_encoder(names: Sequence[str]) -> bool:
@@ -279,18 +324,20 @@ def format_table(result: BenchResult) -> str:
     concepts = [c for c in CONCEPT_ORDER if any(c in r.summary.per_concept for r in result.rows)]
     extra = sorted({c for r in result.rows for c in r.summary.per_concept} - set(concepts))
     concepts += extra
-    head = (["explainer", "K", "L2 micro", "Cos micro", "ND micro", "L2 macro", "Cos macro", "ND macro"]
+    head = (["explainer", "K", "space", "L2 micro", "Cos micro", "ND micro", "L2 macro", "Cos macro", "ND macro"]
             + [f"L2 {c}" for c in concepts] + ["pairs", "wall s"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in result.rows:
         s = r.summary
-        cells = [r.explainer, str(r.k), _f(s.micro["l2"]), _f(s.micro["cos"]), _f(s.micro["normdiff"]),
+        cells = [r.explainer, str(r.k), r.space, _f(s.micro["l2"]), _f(s.micro["cos"]), _f(s.micro["normdiff"]),
                  _f(s.macro["l2"]), _f(s.macro["cos"]), _f(s.macro["normdiff"])]
         cells += [_f(s.per_concept[c]["l2"]) if c in s.per_concept else "-" for c in concepts]
         cells += [str(s.n), f"{r.wall_s:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     for name, err in result.errors.items():
         lines.append(f"\n- `{name}` not run: {err}")
+    for name, note in result.notes.items():
+        lines.append(f"\n- `{name}` used: {json.dumps(note, default=str)}")
     return "\n".join(lines)
 
 
@@ -343,7 +390,7 @@ def check_overlap(pairs: Sequence[Pair], resources: Resources) -> int:
 
 
 __all__ = [
-    "BenchResult", "BenchRow", "PairEstimates", "benchmark_texts", "build_bench_resources", "check_overlap", "default_out",
+    "BenchError", "BenchResult", "BenchRow", "PairEstimates", "benchmark_texts", "build_bench_resources", "check_overlap", "default_out",
     "estimate_pairs", "format_table", "load_bench_pairs", "load_model", "register_resource_hook", "render_markdown",
-    "run_benchmark", "select_pairs", "split_path", "true_icaces", "write_result",
+    "run_benchmark", "select_pairs", "space_used", "split_path", "true_icaces", "write_result",
 ]

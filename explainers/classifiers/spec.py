@@ -3,7 +3,8 @@
 The service accepts these inline in a request and as registrations, so a bad spec must
 fail at validation with a message naming the field, never later in the middle of an
 explanation. One pydantic model per protocol, discriminated on `protocol`:
-"v2" | "kserve-v1" | "hf" | "template" | "sklearn" | "transformers".
+"v2" | "kserve-v1" | "hf" | "template" | "openai-chat" | "openai-completions" | "sklearn" |
+"transformers".
 `build_classifier(spec)` turns a spec into a ready `Classifier`, wrapped in a prediction
 cache unless asked not to.
 """
@@ -20,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator, m
 from explainers.classifiers.base import Classifier
 from explainers.classifiers.cache import CachingClassifier
 from explainers.classifiers.http import HttpOptions
+from explainers.classifiers.openai_chat import DEFAULT_PROMPT
 from explainers.classifiers.template import TEXT, TEXTS, _has, parse_path
 from explainers.outbound import MAX_RETRIES
 
@@ -186,6 +188,81 @@ class TemplateSpec(_HttpSpec):
         return v
 
 
+class _OpenAISpec(_HttpSpec):
+    """A prompted LLM as a classifier (see explainers.classifiers.openai_chat); url is the API base, e.g. …/v1."""
+
+    model: str = Field(..., min_length=1, max_length=200, description="The model name sent with each request.")
+    prompt: str = Field(DEFAULT_PROMPT, min_length=1, max_length=20_000,
+                        description="Prompt template with {text} and optionally {labels} (comma-separated, in order).")
+    scoring: Literal["logprobs", "sequence", "sampling"] = Field(
+        "logprobs", description="logprobs: top_logprobs at the answer position; sequence (completions only): each "
+        "label's continuation log-probability via echo; sampling: label frequencies over n answers.")
+    top_logprobs: int = Field(20, ge=1, le=20)
+    n: int = Field(10, ge=1, le=100, description="Sampling: answers per text.")
+    temperature: float = Field(1.0, ge=0, le=2, description="Sampling: temperature of the answers.")
+    max_tokens: int = Field(8, ge=1, le=256, description="Sampling: longest answer.")
+    seed: int | None = Field(0, description="Sent as seed (shifted per follow-up sample) where servers honour it.")
+    max_invalid_fraction: float = Field(0.5, ge=0, le=1, description="Sampling: more answers naming no label "
+                                        "than this fraction make the prediction fail.")
+    extra_body: dict[str, Any] | None = Field(
+        None, description="Extra request fields, e.g. {'grammar': ...} (llama.cpp) or {'guided_choice': [...]} "
+        "(vLLM) to constrain sampled answers.")
+    batch_size: int = Field(1, ge=1, le=4096, description="Texts per work unit; one request per text either way.")
+
+    @model_validator(mode="after")
+    def _llm_fields(self) -> _OpenAISpec:
+        if "{text}" not in self.prompt:
+            raise ValueError("prompt must contain the placeholder {text}")
+        if self.logits or self.endpoint_labels is not None:
+            raise ValueError("logits and endpoint_labels do not apply to LLM classifiers (label_map may alias "
+                             "answers onto labels)")
+        for alias, lab in (self.label_map or {}).items():
+            if lab not in self.labels:
+                raise ValueError(f"label_map maps {alias!r} to {lab!r}, which is not in labels")
+        return self
+
+    def llm_kwargs(self) -> dict[str, Any]:
+        return {"prompt": self.prompt, "scoring": self.scoring, "top_logprobs": self.top_logprobs, "n": self.n,
+                "temperature": self.temperature, "max_tokens": self.max_tokens, "seed": self.seed,
+                "max_invalid_fraction": self.max_invalid_fraction, "extra_body": self.extra_body,
+                "label_map": self.label_map, "options": self.options(), "name": self.name}
+
+
+class OpenAIChatSpec(_OpenAISpec):
+    """A prompted LLM behind an OpenAI-compatible `/chat/completions` (vLLM, llama.cpp, Ollama, hosted)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "protocol": "openai-chat", "url": "http://127.0.0.1:8080/v1", "model": "qwen2.5-1.5b-instruct",
+        "labels": ["1", "2", "3", "4", "5"], "scoring": "logprobs",
+        "prompt": "Rate this restaurant review from 1 (worst) to 5 (best). Answer with one digit.\n\n{text}",
+    }, {
+        "protocol": "openai-chat", "url": "https://llm.example.com/v1", "model": "m", "labels": ["neg", "pos"],
+        "scoring": "sampling", "n": 20, "temperature": 0.7, "headers": {"Authorization": "Bearer ..."},
+    }]})
+
+    protocol: Literal["openai-chat"]
+    system: str | None = Field(None, max_length=20_000, description="Optional system message ({labels} filled).")
+
+    @model_validator(mode="after")
+    def _chat_scoring(self) -> OpenAIChatSpec:
+        if self.scoring == "sequence":
+            raise ValueError("scoring 'sequence' needs echoed prompt logprobs: use protocol openai-completions")
+        return self
+
+
+class OpenAICompletionsSpec(_OpenAISpec):
+    """A prompted LLM behind an OpenAI-compatible `/completions` (the prompt template includes any chat markup)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "protocol": "openai-completions", "url": "http://127.0.0.1:8080/v1", "model": "qwen2.5-1.5b-instruct",
+        "labels": ["1", "2", "3", "4", "5"], "scoring": "sequence", "label_prefix": " ",
+        "prompt": "Review: {text}\nRating (1-5):",
+    }]})
+
+    protocol: Literal["openai-completions"]
+    label_prefix: str = Field(" ", max_length=20, description="Sequence scoring: text between prompt and label.")
+
+
 class SklearnSpec(_Base):
     """An in-process scikit-learn pipeline (a joblib file or an artifact directory with model.joblib)."""
 
@@ -219,7 +296,8 @@ class TransformersSpec(_Base):
 
 
 ClassifierSpec = Annotated[
-    V2Spec | KServeV1Spec | HFSpec | TemplateSpec | SklearnSpec | TransformersSpec,
+    V2Spec | KServeV1Spec | HFSpec | TemplateSpec | SklearnSpec | TransformersSpec | OpenAIChatSpec
+    | OpenAICompletionsSpec,
     Field(discriminator="protocol"),
 ]
 
@@ -228,10 +306,11 @@ class ClassifierEndpoint(RootModel[ClassifierSpec]):
     """Any classifier spec; its name is what validation errors are titled with."""
 
 
-PROTOCOLS = ("v2", "kserve-v1", "hf", "template", "sklearn", "transformers")
+PROTOCOLS = ("v2", "kserve-v1", "hf", "template", "openai-chat", "openai-completions", "sklearn", "transformers")
 
 
-def parse_spec(data: Any) -> V2Spec | KServeV1Spec | HFSpec | TemplateSpec | SklearnSpec | TransformersSpec:
+def parse_spec(data: Any) -> (V2Spec | KServeV1Spec | HFSpec | TemplateSpec | OpenAIChatSpec | OpenAICompletionsSpec
+                             | SklearnSpec | TransformersSpec):
     """Validate a dict (or JSON string) as a classifier spec; raises pydantic.ValidationError naming fields."""
     if isinstance(data, ClassifierEndpoint):
         return data.root
@@ -282,6 +361,13 @@ def build_classifier(spec: Any, *, transport: httpx.BaseTransport | None = None,
 
         clf = KServeV1Classifier(s.url, s.model, s.labels, instance_key=s.instance_key,
                                  endpoint_labels=s.endpoint_labels, transport=transport, **s.common())
+    elif isinstance(s, OpenAIChatSpec | OpenAICompletionsSpec):
+        from explainers.classifiers.openai_chat import OpenAIChatClassifier
+
+        clf = OpenAIChatClassifier(s.url, s.model, s.labels, endpoint="chat" if s.protocol == "openai-chat"
+                                   else "completions", transport=transport, **s.llm_kwargs(),
+                                   **({"system": s.system} if isinstance(s, OpenAIChatSpec) else
+                                      {"label_prefix": s.label_prefix}))
     elif isinstance(s, HFSpec):
         from explainers.classifiers.hf import HFClassifier
 

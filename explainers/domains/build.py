@@ -18,8 +18,10 @@ The same steps build every domain, an uploaded corpus and CEBaB alike:
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -264,6 +266,7 @@ def build_domain(
     tagger_eval: tuple[list[str], list[dict[str, str]]] | None = None,
     taggers_builder: Callable[[Path], dict[str, dict[str, Any]]] | None = None,
     space_meta: Mapping[str, Any] | None = None,
+    replace: bool = False,
     log: Log = None,
 ) -> Domain:
     """Build root/domain_id atomically (a temporary folder renamed at the end) and load it."""
@@ -271,9 +274,9 @@ def build_domain(
 
     started = time.perf_counter()
     out = Path(root) / domain_id
-    tmp = out.with_name(out.name + ".building")
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    # A folder of its own per build: two processes building one domain (replicas starting on a
+    # shared volume) never write into each other's files; the first to finish wins.
+    tmp = out.with_name(f"{out.name}.building-{os.getpid()}-{uuid.uuid4().hex[:6]}")
     tmp.mkdir(parents=True)
     generation = None
     if augment is not None:
@@ -287,7 +290,10 @@ def build_domain(
                schema=pool.schema.to_dict(), data_hash=data_hash(pool.texts), stats=pair_stats(pool),
                taggers=taggers, space=space, methods=methods_by_concept(pool, available()),
                generation=generation, build_seconds=round(time.perf_counter() - started, 2))
-    if out.exists():
+    if replace and out.exists():
         shutil.rmtree(out)
-    tmp.rename(out)
+    try:
+        tmp.rename(out)
+    except OSError:  # another build of this domain finished first: keep it
+        shutil.rmtree(tmp, ignore_errors=True)
     return load_domain(out, encoder=encoder)

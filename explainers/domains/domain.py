@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ KIND = "domain"
 FORMAT_VERSION = 1
 DOMAIN_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 DEFAULT_SPACE = "default"
+CALIBRATION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 # Methods that transfer the output change of the pool's own counterfactual pairs of the
 # treated concept: without such pairs they have nothing to transfer.
@@ -91,6 +93,15 @@ class Domain:
         if reason:
             raise MethodUnavailable(reason)
 
+    def calibration_dir(self, classifier_name: str) -> Path:
+        """Where the calibration of a (named) classifier on this domain lives."""
+        if not CALIBRATION_NAME.match(classifier_name):
+            raise ValueError(f"classifier name {classifier_name!r} cannot name a calibration")
+        return self.directory / "calibrations" / classifier_name
+
+    def calibrations(self) -> dict[str, dict[str, Any]]:
+        return calibration_summaries(self.directory)
+
     def resources(self, *, encoder: Any, llm: Any | None = None, seed: int = 0) -> Resources:
         """What every explainer factory reads: this domain's data and nothing else."""
         return Resources(schema=self.schema, pool=self.pool, encoder=encoder, space=self.space, llm=llm,
@@ -102,7 +113,7 @@ class Domain:
         return {"id": self.id, "status": "ready", "schema": self.schema.to_dict(), "source": m.get("source"),
                 "created_at": m.get("created_at"), "stats": m.get("stats", {}), "taggers": m.get("taggers", {}),
                 "space": m.get("space", {}), "methods": m.get("methods", {}), "generation": m.get("generation"),
-                "calibrations": self.extra.get("calibrations", {})}
+                "calibrations": self.calibrations()}
 
 
 def load_domain(directory: Path, encoder: Any | None = None) -> Domain:
@@ -129,3 +140,18 @@ def majority_rate(labels: Sequence[Mapping[str, str]], concept: str, values: Seq
         return float("nan")
     _, counts = np.unique(np.array(seen), return_counts=True)
     return float(counts.max() / len(seen))
+
+
+def calibration_summaries(directory: Path) -> dict[str, dict[str, Any]]:
+    """Per calibrated classifier of the domain folder: when, fingerprint, cost, held-out error table (macro)."""
+    out: dict[str, dict[str, Any]] = {}
+    for d in sorted((Path(directory) / "calibrations").glob("*/meta.json")):
+        meta = read_meta(d.parent)
+        report = json.loads((d.parent / "report.json").read_text()) if (d.parent / "report.json").exists() else {}
+        out[d.parent.name] = {
+            "created_at": meta.get("created_at"), "fingerprint": meta.get("classifier", {}).get("fingerprint"),
+            "cost": meta.get("cost"), "heldout_pairs": meta.get("protocol", {}).get("heldout_pairs"),
+            "coverage": meta.get("coverage"), "default_estimator": meta.get("default_estimator"),
+            "auto": report.get("auto", {}).get("macro"), "zero": report.get("zero"),
+            "table": {name: row.get("macro") for name, row in report.get("methods", {}).items()}}
+    return out

@@ -271,9 +271,10 @@ class TransformersBackend:
 
         self.model = model
         self._torch = torch
-        self._tok = AutoTokenizer.from_pretrained(model)
+        self._tok: Any = AutoTokenizer.from_pretrained(model)
         torch_dtype = getattr(torch, dtype) if dtype else None
-        self._lm = AutoModelForCausalLM.from_pretrained(model, torch_dtype=torch_dtype).to(device).eval()
+        self._lm: Any = AutoModelForCausalLM.from_pretrained(model, torch_dtype=torch_dtype)
+        self._lm = self._lm.to(device).eval()  # type: ignore[arg-type]
         self._device = device
         self._lock = threading.Lock()
 
@@ -313,7 +314,7 @@ class TransformersBackend:
             texts=texts,
             prompt_tokens=int(ids.shape[1]),
             completion_tokens=completion,
-            finish_reasons=reasons,
+            finish_reasons=list[str | None](reasons),
             calls=1,
             wall_time_s=time.perf_counter() - started,
         )

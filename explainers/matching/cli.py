@@ -74,8 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "list":
         from explainers.matching.space import list_spaces
 
-        for s in list_spaces(spaces_root):
-            print(json.dumps(s))
+        for listed in list_spaces(spaces_root):
+            print(json.dumps(listed))
         return 0
     if args.cmd == "delete":
         from explainers.matching.space import delete_space

@@ -11,6 +11,11 @@
   pool counterfactual pairs (human edits, or generations made at training time) on the
   same concept and direction whose *source* text is nearest the query. It estimates the
   effect of the edit rather than the level after it, which is what ICaCE asks.
+  With `scale="logit"` ("pair_transfer_logit") the pairs' changes are averaged in
+  log-probability space and applied to the query's own prediction (softmax(log f(x) + mean
+  delta) - f(x)): for a classifier that is close to additive in its logits, an edit moves the
+  logits by about the same amount whatever the text, while the change in probability depends
+  on where the text starts (a text already at 5 stars cannot gain much 5-star probability).
 - `StackedExplainer` ("stacked"): a non-negative weighted sum of component estimates
   (match, pair_transfer, s_learner by default), weights fit by `stacking.py`.
 """
@@ -121,15 +126,29 @@ class MatchDRExplainer(MatchingExplainer):
         return exp
 
 
+def _log(p: np.ndarray) -> np.ndarray:
+    return np.log(np.clip(np.asarray(p, float), 1e-6, None))
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max())
+    return e / e.sum()
+
+
 class PairTransferExplainer:
     """Mean output change over the K pool pairs (same concept, same direction) nearest the query."""
 
     name = "pair_transfer"
 
     def __init__(self, space: ConceptSpace, *, weighting: str = "mean", taggers: Any | None = None,
-                 max_cached_classifiers: int = 4) -> None:
+                 max_cached_classifiers: int = 4, scale: str = "proba") -> None:
         if weighting not in ("mean", "similarity"):
             raise ValueError("weighting must be 'mean' or 'similarity'")
+        if scale not in ("proba", "logit"):
+            raise ValueError("scale must be 'proba' or 'logit'")
+        self.scale = scale
+        if scale == "logit":
+            self.name = "pair_transfer_logit"
         self.space = space
         self.weighting = weighting
         self.taggers = taggers
@@ -191,10 +210,16 @@ class PairTransferExplainer:
         chosen = pairs[ids[0][ids[0] >= 0]]
         sims = scores[0][: len(chosen)].astype(float)
         preds = self._predict_rows(classifier, chosen.flatten().tolist())
-        deltas = np.stack([preds[int(cf)] - preds[int(b)] for b, cf in chosen])
-        w = np.ones(len(deltas)) if self.weighting == "mean" else np.clip(sims, 1e-6, None)
+        w = np.ones(len(chosen)) if self.weighting == "mean" else np.clip(sims, 1e-6, None)
         w = w / w.sum()
-        icace = (w[:, None] * deltas).sum(axis=0)
+        if self.scale == "logit":
+            logs = np.stack([_log(preds[int(cf)]) - _log(preds[int(b)]) for b, cf in chosen])
+            moved = _softmax(_log(base) + (w[:, None] * logs).sum(axis=0))
+            deltas = np.stack([_softmax(_log(base) + d) - base for d in logs])
+            icace = moved - base
+        else:
+            deltas = np.stack([preds[int(cf)] - preds[int(b)] for b, cf in chosen])
+            icace = (w[:, None] * deltas).sum(axis=0)
         spread = np.sqrt((w[:, None] * (deltas - icace) ** 2).sum(axis=0))
         cfs = [Counterfactual(text=self.space.pool.texts[int(cf)], similarity=float(s),
                               source_id=f"pair:{self._pool_id(int(b))}->{self._pool_id(int(cf))}",
@@ -203,7 +228,8 @@ class PairTransferExplainer:
         cost.wall_time_s = time.perf_counter() - started
         return Explanation(self.name, list(classifier.labels), base, icace, spread, counterfactuals=cfs,
                            intervention=intervention, cost=cost,
-                           details={"used": len(chosen), "source": source, "pairs_in_direction": len(pairs)})
+                           details={"used": len(chosen), "source": source, "pairs_in_direction": len(pairs),
+                                    "space": self.space.meta.get("name"), "scale": self.scale})
 
 
 class StackedExplainer:
@@ -222,6 +248,11 @@ class StackedExplainer:
         self.weights = {k: float(v) for k, v in weights.items()}
         self.weights_by_k = {int(k): {n: float(x) for n, x in w.items()} for k, w in (weights_by_k or {}).items()}
         self.weights_info = dict(weights_info or {})
+
+    def describe(self) -> dict[str, Any]:
+        """The weights this stack uses (per K where fit per K) and where they came from."""
+        return {"weights": self.weights, "weights_by_k": {str(k): w for k, w in self.weights_by_k.items()},
+                "weights_info": self.weights_info}
 
     def weights_for(self, top_k: int) -> dict[str, float]:
         """Weights fit at the largest fitted K not above top_k (the smallest fitted K if none is)."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
@@ -56,7 +57,7 @@ class PartitionIndex:
     """One FAISS index over unit vectors; ids are row numbers into the partition's vector array."""
 
     def __init__(self, index: faiss.Index, kind: str, info: dict | None = None) -> None:
-        self.index = index
+        self.index: Any = index  # flat, HNSW or IVF: their attributes differ (efSearch, nprobe)
         self.kind = kind
         self.info = dict(info or {})
 
@@ -82,9 +83,11 @@ class PartitionIndex:
         if kind == "auto":
             kind = "flat" if n < approx_threshold else ("hnsw" if n < 500_000 else "ivf")
         if kind == "flat" or n == 0:
-            index = faiss.IndexFlatIP(d)
-            index.add(x)
-            return cls(index, "flat", {"n": n, "recall_at_10": 1.0})
+            flat = faiss.IndexFlatIP(d)
+            flat.add(x)
+            return cls(flat, "flat", {"n": n, "recall_at_10": 1.0})
+        # faiss's stubs type the index kinds apart; one variable holds either.
+        index: Any
         if kind == "hnsw":
             index = faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT)
             index.hnsw.efConstruction = 80
@@ -142,15 +145,15 @@ class PartitionIndex:
             return Hits(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32))
         extra = 4 if exclude_above is not None else 0
         kk = min(n if allowed is None else len(allowed), k + extra)
-        params = None
+        params: Any = None
         if allowed is not None:
             sel = faiss.IDSelectorBatch(np.ascontiguousarray(allowed, dtype=np.int64))
             if self.kind == "hnsw":
-                params = faiss.SearchParametersHNSW(sel=sel, efSearch=self.index.hnsw.efSearch)
+                params = faiss.SearchParametersHNSW(sel=sel, efSearch=self.index.hnsw.efSearch)  # type: ignore[attr-defined]
             elif self.kind == "ivf":
-                params = faiss.SearchParametersIVF(sel=sel, nprobe=self.index.nprobe)
+                params = faiss.SearchParametersIVF(sel=sel, nprobe=self.index.nprobe)  # type: ignore[call-arg]
             else:
-                params = faiss.SearchParameters(sel=sel)
+                params = faiss.SearchParameters(sel=sel)  # type: ignore[call-arg]
         scores, ids = self.index.search(_as_f32(query).reshape(1, -1), kk, params=params)
         scores, ids = scores[0], ids[0]
         keep = ids >= 0

@@ -1,9 +1,12 @@
 """Registers the concept-space methods with `explainers.registry`, and a benchmark resource hook.
 
-Methods: `match`, `match_dr`, `pair_transfer`, `stacked`. `match`, `match_dr` and `stacked`
-need a trained space (`resources.space`); `pair_transfer` falls back to the pretrained
-encoder over the pool when no space is configured (it then ranks pairs by plain MiniLM
-cosine), since its gain comes from the pairs more than from the space.
+Methods: `match`, `match_dr`, `pair_transfer`, `pair_transfer_logit`, `pt_pair_transfer`,
+`stacked`. `match`, `match_dr` and `stacked` need a trained space (`resources.space`);
+`pair_transfer` falls back to the pretrained encoder over the pool when no space is
+configured (it then ranks pairs by plain MiniLM cosine, and its details and `space_name`
+say "pretrained"), since its gain comes from the pairs more than from the space.
+`pt_pair_transfer` always ranks by the pretrained encoder; `pair_transfer_logit` averages
+the pairs' changes in log-probability space (see explainers.py).
 
 Stacking weights come from the `stack_weights` option ("match=0.4,pair_transfer=0.5" or a
 mapping), else from the space's metadata under `stacking[<stack_key>]` (stack_key: the
@@ -67,10 +70,29 @@ def make_match_dr(resources: Resources, **options: Any) -> MatchDRExplainer:
 
 @register("pair_transfer", "Mean output change over the K nearest pool counterfactual pairs, same concept and direction")
 def make_pair_transfer(resources: Resources, **options: Any) -> PairTransferExplainer:
-    space = resources.space if isinstance(resources.space, ConceptSpace) else _pretrained_space(resources)
+    return _pair_transfer(resources, options, "pair_transfer", "proba", pretrained=False)
+
+
+@register("pair_transfer_logit", "Pair-transfer with the pairs' changes averaged in log-probability space "
+          "and applied to the text's own prediction")
+def make_pair_transfer_logit(resources: Resources, **options: Any) -> PairTransferExplainer:
+    return _pair_transfer(resources, options, "pair_transfer_logit", "logit", pretrained=False)
+
+
+@register("pt_pair_transfer", "Pair-transfer with pairs ranked by the pretrained encoder (no trained space)")
+def make_pt_pair_transfer(resources: Resources, **options: Any) -> PairTransferExplainer:
+    exp = _pair_transfer(resources, options, "pt_pair_transfer", "proba", pretrained=True)
+    exp.name = "pt_pair_transfer"
+    return exp
+
+
+def _pair_transfer(resources: Resources, options: Mapping[str, Any], method: str, scale: str, *,
+                   pretrained: bool) -> PairTransferExplainer:
+    given = resources.space
+    space = given if isinstance(given, ConceptSpace) and not pretrained else _pretrained_space(resources)
     if not space.pool.pairs:
-        raise MissingResource("method 'pair_transfer' needs counterfactual pairs in the pool, and it has none")
-    return PairTransferExplainer(space, taggers=resources.taggers,
+        raise MissingResource(f"method {method!r} needs counterfactual pairs in the pool, and it has none")
+    return PairTransferExplainer(space, taggers=resources.taggers, scale=scale,
                                  weighting=str(options.get("pair_weighting", "mean")))
 
 

@@ -240,7 +240,7 @@ class ConceptSpace:
                 ids.append(row["id"])
                 origins.append(row["origin"])
         pairs = [tuple(p) for p in json.loads((directory / "pairs.json").read_text())]
-        pool = Pool(texts, labels, schema, ids=ids, origins=origins, pairs=pairs)  # type: ignore[arg-type]
+        pool = Pool(texts, labels, schema, ids=ids, origins=origins, pairs=pairs)
         heads = {p.stem: HeadProjection.load(p) for p in sorted((directory / "heads").glob("*.npz"))}
         encoders = {p.name: Encoder(str(p)) for p in sorted((directory / "encoders").glob("*")) if p.is_dir()}
         space = cls(pool, encoder or Encoder(meta.get("encoder", "sentence-transformers/all-MiniLM-L6-v2")),

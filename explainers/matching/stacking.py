@@ -67,7 +67,7 @@ def cross_fit(
     truths = np.asarray(truths, float)
     fold = group_folds(groups, folds, seed)
     pred = np.zeros_like(truths)
-    fold_weights = []
+    fold_weights: list[dict[str, float]] = []
     for k in range(folds):
         train, test = fold != k, fold == k
         if not train.any() or not test.any():

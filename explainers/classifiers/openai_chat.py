@@ -1,0 +1,330 @@
+"""A prompted LLM as a classifier, behind an OpenAI-compatible API (vLLM, llama.cpp, Ollama, hosted).
+
+The prompt template holds `{text}` and `{labels}` (the declared labels, in order, comma
+separated). Three ways to turn the LLM's answer into class probabilities:
+
+* `logprobs` (chat or completions): one request with max_tokens=1 and top_logprobs; each
+  label gets the probability of the tokens at the answer position that spell it (" 4" and
+  "4" both count for "4"; a token that is a prefix of exactly one label counts for that
+  label, so multi-token labels distinguishable by their first token work). A label absent
+  from the top-k gets at most the leftover mass (never more than the least likely listed
+  token), then the row is renormalised over the labels.
+* `sequence` (completions only): each label continuation is scored exactly, as the sum of
+  its tokens' log-probabilities after the prompt (`echo` with `logprobs`), one request per
+  label, then a softmax over labels. For labels that share a first token.
+* `sampling` (for endpoints without logprobs): n answers at the given temperature, each
+  mapped onto a label (answers naming no label are counted invalid and left out), and the
+  class probabilities are the label frequencies; their standard error sqrt(p(1-p)/n) is
+  reported with each explanation. Servers that ignore `n` (llama.cpp's) get follow-up
+  calls with shifted seeds.
+
+Transport, retries, timeouts, bounded concurrency, the URL policy and validation come from
+`HttpClassifier`; each text is one unit of work (batch_size 1 by default), because the
+chat API takes one conversation per request. Calls and tokens go to the open usage meter
+(`explainers.classifiers.usage`), so an explanation can bill them to the classifier.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import httpx
+import numpy as np
+
+from explainers.classifiers.base import MalformedResponse, check_proba
+from explainers.classifiers.http import HttpClassifier, HttpOptions
+from explainers.classifiers.usage import current
+
+Endpoint = Literal["chat", "completions"]
+Scoring = Literal["logprobs", "sequence", "sampling"]
+
+DEFAULT_PROMPT = ("Classify the text into exactly one of these labels: {labels}.\n"
+                  "Answer with the label only.\n\nText: {text}\nLabel:")
+_PLACEHOLDER = re.compile(r"\{(text|labels)\}")
+_EDGE = "\"'`*_.,;:!?()[]<> \t\n"
+
+
+def render(template: str, text: str, labels: Sequence[str]) -> str:
+    """Fill {text} and {labels} in one pass, so braces inside the (hostile) text stay literal."""
+    values = {"text": text, "labels": ", ".join(labels)}
+    return _PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
+
+
+def _norm(s: str) -> str:
+    return s.strip(_EDGE).casefold()
+
+
+def _choices(body: Any, source: str) -> list[Any]:
+    if not isinstance(body, Mapping):
+        raise MalformedResponse(f"{source}: expected a JSON object, got {type(body).__name__}: {str(body)[:200]!r}")
+    if "error" in body and "choices" not in body:
+        raise MalformedResponse(f"{source}: endpoint answered an error object: {str(body['error'])[:200]}")
+    choices = body.get("choices")
+    if not isinstance(choices, list) or not choices or not all(isinstance(c, Mapping) for c in choices):
+        raise MalformedResponse(f"{source}: response has no list of choices: {str(body)[:200]!r}")
+    return choices
+
+
+def _top_pairs(raw: Any, source: str) -> list[tuple[str, float]]:
+    """(token, logprob) pairs from a chat list of {token, logprob} or a completions dict token -> logprob."""
+    if isinstance(raw, Mapping):
+        items = list(raw.items())
+    elif isinstance(raw, list):
+        items = [(x.get("token"), x.get("logprob")) if isinstance(x, Mapping) else (x, None) for x in raw]
+    else:
+        raise MalformedResponse(f"{source}: top_logprobs is {type(raw).__name__}, not a list or mapping")
+    pairs = []
+    for tok, lp in items:
+        if not isinstance(tok, str) or isinstance(lp, bool) or not isinstance(lp, int | float):
+            raise MalformedResponse(f"{source}: top_logprobs entry {tok!r}: {lp!r} is not a token and a logprob")
+        if math.isnan(lp):
+            raise MalformedResponse(f"{source}: logprob for token {tok!r} is NaN")
+        pairs.append((tok, float(lp)))
+    return pairs
+
+
+class OpenAIChatClassifier(HttpClassifier):
+    """A prompted LLM behind `/chat/completions` or `/completions`; `url` is the API base (…/v1)."""
+
+    protocol = "openai-chat"
+
+    def __init__(self, url: str, model: str, labels: Sequence[str], *, endpoint: Endpoint = "chat",
+                 prompt: str = DEFAULT_PROMPT, system: str | None = None, scoring: Scoring = "logprobs",
+                 top_logprobs: int = 20, n: int = 10, temperature: float = 1.0, max_tokens: int = 8,
+                 seed: int | None = 0, label_prefix: str = " ", max_invalid_fraction: float = 0.5,
+                 extra_body: Mapping[str, Any] | None = None, label_map: Mapping[str, str] | None = None,
+                 options: HttpOptions | None = None, transport: httpx.BaseTransport | None = None,
+                 name: str | None = None) -> None:
+        if scoring == "sequence" and endpoint != "completions":
+            raise ValueError("scoring 'sequence' needs the completions endpoint (protocol openai-completions)")
+        if "{text}" not in prompt:
+            raise ValueError("prompt must contain the placeholder {text}")
+        self.protocol = f"openai-{endpoint}"
+        super().__init__(url, labels, options=options or HttpOptions(batch_size=1), transport=transport,
+                         name=name or f"openai-{endpoint}:{model}@{url.rstrip('/')}")
+        self.model = model
+        self.endpoint = endpoint
+        self.prompt = prompt
+        self.system = system
+        self.scoring = scoring
+        self.top_logprobs = top_logprobs
+        self.n = n
+        self.temperature = temperature
+        self.max_tokens = max_tokens
+        self.seed = seed
+        self.label_prefix = label_prefix
+        self.max_invalid_fraction = max_invalid_fraction
+        self.extra_body = dict(extra_body or {})
+        # Normalised label names and aliases (label_map: answer -> label) -> label index.
+        self._names = {_norm(lab): i for i, lab in enumerate(self._labels)}
+        for alias, lab in (label_map or {}).items():
+            if lab not in self._labels:
+                raise ValueError(f"label_map maps {alias!r} to {lab!r}, which is not a declared label")
+            self._names[_norm(alias)] = self._labels.index(lab)
+        # None: unknown; False: the server answered fewer choices than asked once (llama.cpp ignores n).
+        self.supports_n: bool | None = None
+
+    # -- HttpClassifier -------------------------------------------------------------
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        texts = [str(t) for t in texts]
+        size = self.options.batch_size
+        batches = [texts[i:i + size] for i in range(0, len(texts), size)]
+        if len(batches) <= 1 or self.options.max_concurrency == 1:
+            return super().predict_proba(texts)
+        # Worker threads do not inherit context variables: run each batch in a copy of the caller's
+        # context so the caller's usage meter sees the tokens.
+        contexts = [contextvars.copy_context() for _ in batches]
+        parts = list(self._executor().map(lambda cb: cb[0].run(self._predict_batch, cb[1]),
+                                          zip(contexts, batches, strict=True)))
+        return np.concatenate(parts, axis=0)
+
+    def _predict_batch(self, texts: list[str]) -> np.ndarray:
+        rows = np.array([self.score_text(t) for t in texts], dtype=np.float64).reshape(len(texts), len(self._labels))
+        with self._lock:
+            self._stats.texts += len(texts)
+        return check_proba(rows, len(texts), len(self._labels), source=self.name)
+
+    # -- one text ---------------------------------------------------------------------
+    def score_text(self, text: str) -> np.ndarray:
+        """Class probabilities for one text, by the configured scoring."""
+        prompt = render(self.prompt, text, self._labels)
+        if self.scoring == "sequence":
+            return self._by_sequence(prompt)
+        if self.scoring == "sampling":
+            return self._by_sampling(prompt)
+        return self._by_first_token(prompt)
+
+    def _body(self, prompt: str, **fields: Any) -> tuple[str, dict[str, Any]]:
+        body: dict[str, Any] = {**self.extra_body, "model": self.model, **fields}
+        if self.endpoint == "chat":
+            messages = [{"role": "user", "content": prompt}]
+            if self.system:
+                messages.insert(0, {"role": "system", "content": render(self.system, "", self._labels)})
+            body["messages"] = messages
+            return "/chat/completions", body
+        body["prompt"] = prompt
+        return "/completions", body
+
+    def _call(self, target: str, body: dict[str, Any]) -> list[Any]:
+        answer = self.post(target, body)
+        choices = _choices(answer, self.name)
+        usage = answer.get("usage") if isinstance(answer.get("usage"), Mapping) else {}
+        meter = current()
+        if meter is not None:
+            meter.add(calls=1, prompt_tokens=_int(usage.get("prompt_tokens")),
+                      completion_tokens=_int(usage.get("completion_tokens")))
+        return choices
+
+    def _by_first_token(self, prompt: str) -> np.ndarray:
+        k = self.top_logprobs
+        extra = {"logprobs": True, "top_logprobs": k} if self.endpoint == "chat" else {"logprobs": k}
+        target, body = self._body(prompt, max_tokens=1, temperature=0.0, **extra,
+                                  **({"seed": self.seed} if self.seed is not None else {}))
+        choice = self._call(target, body)[0]
+        lp = choice.get("logprobs")
+        if not isinstance(lp, Mapping):
+            raise MalformedResponse(f"{self.name}: the answer carries no logprobs (the endpoint may not support "
+                                    "them; use scoring 'sampling')")
+        try:
+            if self.endpoint == "chat":
+                first = lp["content"][0]
+                raw = first["top_logprobs"]
+            else:
+                raw = lp["top_logprobs"][0]
+        except (KeyError, IndexError, TypeError) as e:
+            raise MalformedResponse(f"{self.name}: no top_logprobs at the answer position in "
+                                    f"{str(lp)[:200]!r}") from e
+        pairs = _top_pairs(raw, self.name)
+        return self._first_token_row(pairs)
+
+    def _first_token_row(self, pairs: list[tuple[str, float]]) -> np.ndarray:
+        mass = np.zeros(len(self._labels))
+        seen = np.zeros(len(self._labels), dtype=bool)
+        for tok, lp in pairs:
+            i = self._token_label(tok)
+            if i is not None:
+                mass[i] += math.exp(lp)
+                seen[i] = True
+        if not seen.any():
+            top = [t for t, _ in sorted(pairs, key=lambda p: -p[1])[:5]]
+            raise MalformedResponse(f"{self.name}: no declared label {self._labels} among the top {len(pairs)} "
+                                    f"tokens at the answer position (top: {top}); the prompt does not make the "
+                                    "model answer with a label")
+        if not seen.all():
+            # A label outside the top-k has at most the least likely listed token's probability,
+            # and all missing labels together at most the mass the top-k leaves over.
+            listed = [math.exp(lp) for _, lp in pairs]
+            leftover = max(0.0, 1.0 - sum(listed))
+            mass[~seen] = min(min(listed), leftover / int((~seen).sum()))
+        return mass / mass.sum()
+
+    def _token_label(self, token: str) -> int | None:
+        t = _norm(token)
+        if not t:
+            return None
+        if t in self._names:
+            return self._names[t]
+        starts = {i for name, i in self._names.items() if name.startswith(t)}
+        return starts.pop() if len(starts) == 1 else None  # a prefix of several labels says nothing
+
+    def _by_sequence(self, prompt: str) -> np.ndarray:
+        scores = np.empty(len(self._labels))
+        for i, lab in enumerate(self._labels):
+            cont = self.label_prefix + lab
+            target, body = self._body(prompt + cont, max_tokens=1, temperature=0.0, echo=True, logprobs=0)
+            choice = self._call(target, body)[0]
+            scores[i] = self._continuation_logprob(choice, len(prompt), len(prompt) + len(cont), lab)
+        z = np.exp(scores - scores.max())
+        return z / z.sum()
+
+    def _continuation_logprob(self, choice: Mapping[str, Any], start: int, end: int, label: str) -> float:
+        lp = choice.get("logprobs")
+        try:
+            tokens, logprobs, offsets = lp["tokens"], lp["token_logprobs"], lp["text_offset"]  # type: ignore[index]
+        except (KeyError, TypeError) as e:
+            raise MalformedResponse(f"{self.name}: echo with logprobs gave no tokens/token_logprobs/text_offset "
+                                    f"(got {str(lp)[:200]!r}); the endpoint may not support echo") from e
+        if not (isinstance(tokens, list) and isinstance(logprobs, list) and isinstance(offsets, list)
+                and len(tokens) == len(logprobs) == len(offsets)):
+            raise MalformedResponse(f"{self.name}: echoed logprobs are not three lists of one length")
+        total, hit = 0.0, False
+        for tok, lpv, off in zip(tokens, logprobs, offsets, strict=True):
+            if not isinstance(off, int) or not isinstance(tok, str):
+                raise MalformedResponse(f"{self.name}: bad echoed token {tok!r} at offset {off!r}")
+            if off < end and off + max(len(tok), 1) > start:  # the token overlaps the label continuation
+                if isinstance(lpv, bool) or not isinstance(lpv, int | float):
+                    raise MalformedResponse(f"{self.name}: no logprob for echoed token {tok!r} of label {label!r}")
+                total += float(lpv)
+                hit = True
+        if not hit:
+            raise MalformedResponse(f"{self.name}: no echoed token covers label {label!r} (characters "
+                                    f"{start}-{end}); the endpoint's text_offset does not index the prompt")
+        return total
+
+    def _by_sampling(self, prompt: str) -> np.ndarray:
+        counts = np.zeros(len(self._labels))
+        answers: list[str] = []
+        i = 0
+        while len(answers) < self.n:
+            ask = self.n - len(answers) if self.supports_n is not False else 1
+            fields: dict[str, Any] = {"n": ask, "temperature": self.temperature, "max_tokens": self.max_tokens}
+            if self.seed is not None:
+                fields["seed"] = self.seed + i
+            target, body = self._body(prompt, **fields)
+            got = [self._answer_text(c) for c in self._call(target, body)]
+            if ask > 1:
+                self.supports_n = len(got) >= ask
+            answers += got[: self.n - len(answers)]
+            i += max(len(got), 1)
+        invalid = []
+        for a in answers:
+            j = self._answer_label(a)
+            if j is None:
+                invalid.append(a)
+            else:
+                counts[j] += 1
+        meter = current()
+        if meter is not None:
+            meter.add(samples=len(answers), invalid_samples=len(invalid))
+        if not counts.any() or len(invalid) > self.max_invalid_fraction * len(answers):
+            raise MalformedResponse(f"{self.name}: {len(invalid)} of {len(answers)} sampled answers name no declared "
+                                    f"label {self._labels} (e.g. {[a[:40] for a in invalid[:3]]})")
+        return counts / counts.sum()
+
+    def _answer_text(self, choice: Mapping[str, Any]) -> str:
+        if self.endpoint == "chat":
+            msg = choice.get("message")
+            content = msg.get("content") if isinstance(msg, Mapping) else None
+        else:
+            content = choice.get("text")
+        if not isinstance(content, str):
+            raise MalformedResponse(f"{self.name}: a choice has no text answer: {str(choice)[:200]!r}")
+        return content
+
+    def _answer_label(self, answer: str) -> int | None:
+        """The label an answer names: the whole answer, a JSON {"label": ...}, or its first word."""
+        a = answer.strip()
+        if a.startswith("{"):
+            try:
+                obj = json.loads(a)
+            except ValueError:
+                obj = None
+            if isinstance(obj, Mapping):
+                a = str(obj.get("label", obj.get("answer", "")))
+        if _norm(a) in self._names:
+            return self._names[_norm(a)]
+        first = re.split(r"[\s,.;:!?)\]]+", a.strip(_EDGE), maxsplit=1)[0]
+        return self._names.get(_norm(first))
+
+    def sampling_n(self) -> int | None:
+        """n when probabilities are sample frequencies (their standard error is sqrt(p(1-p)/n)), else None."""
+        return self.n if self.scoring == "sampling" else None
+
+
+def _int(x: Any) -> int:
+    return int(x) if isinstance(x, int | float) and not isinstance(x, bool) else 0

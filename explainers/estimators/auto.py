@@ -1,0 +1,185 @@
+"""The `auto` explainer: the calibrated best estimator for the classifier and domain.
+
+Built from `Resources` plus a `Calibration` (`resources.extra["calibration"]`: the object,
+or a path to its folder). For an intervention it picks the estimator the calibration
+chose for that (concept, direction) (a single method, a per-cell stack or a learned
+combiner), runs the components that estimator needs, and answers with the projected
+ICaCE plus, in `details`: the estimator and its weights, the expected error for that
+cell, and a split-conformal per-label interval with its nominal coverage.
+
+Before the first explanation with a classifier it checks the calibration's fingerprint
+(the classifier's predictions on the stored probe texts: one call); a classifier that
+answers differently (a changed model) is explained with the uncalibrated default instead,
+and the details say why. Without a calibration `auto` uses `UNCALIBRATED_DEFAULT`
+(chosen by measurement: benchmarks/results/faithfulness_calibrated.md) and says so.
+
+Components share one prediction cache per classifier, filled with one call holding the
+text and every counterfactual the matching components found, so a remote classifier is
+called about once per explanation.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from explainers.baselines import resolve_source
+from explainers.classifiers.base import Classifier
+from explainers.classifiers.cache import CachingClassifier
+from explainers.concepts import Intervention
+from explainers.estimators.calibration import Calibration, CountingClassifier, parse_component
+from explainers.estimators.stack import project_icace
+from explainers.matching.stacking import combine
+from explainers.registry import MissingResource, Resources, build_explainer, register
+from explainers.types import Cost, CounterfactualExplainer, Explainer, Explanation
+
+# The best mix fit to nothing, measured on all CEBaB dev pairs for tfidf-lr
+# (benchmarks/results/faithfulness_calibrated.md, `uncal:*` rows: L2 0.2239 / Cos 0.4666, against
+# 0.2300 / 0.4883 for match + pair_transfer_logit and 0.3087 / 0.5678 for match alone).
+UNCALIBRATED_DEFAULT: dict[str, float] = {"match@10": 1 / 3, "pair_transfer@10": 1 / 3, "s_learner@10": 1 / 3}
+
+
+class AutoExplainer:
+    name = "auto"
+
+    def __init__(self, resources: Resources, calibration: Calibration | None,
+                 options: Mapping[str, Any] | None = None, max_cached_classifiers: int = 4) -> None:
+        self.resources = resources
+        self.calibration = calibration
+        self.options = dict(options or {})
+        self.max_cached = max_cached_classifiers
+        self._explainers: dict[str, Explainer] = {}
+        self._classifiers: dict[int, tuple[Classifier, CountingClassifier, CachingClassifier, str | None]] = {}
+
+    def _explainer(self, method: str) -> Explainer:
+        if method not in self._explainers:
+            self._explainers[method] = build_explainer(method, self.resources, **self.options)
+        return self._explainers[method]
+
+    def _wrapped(self, classifier: Classifier) -> tuple[CountingClassifier, CachingClassifier, str | None]:
+        """A stable cache per classifier (pool scores are keyed by it) and its calibration check."""
+        hit = self._classifiers.get(id(classifier))
+        if hit is None or hit[0] is not classifier:
+            counting = CountingClassifier(classifier)
+            cached = CachingClassifier(counting, key=f"auto-{id(classifier)}")
+            stale = None
+            if self.calibration is not None:
+                ok, got = self.calibration.check_classifier(cached)
+                if not ok:
+                    stale = (f"calibration {self.calibration.meta.get('classifier', {}).get('name')!r} was fit for "
+                             f"fingerprint {self.calibration.meta.get('classifier', {}).get('fingerprint')}, this "
+                             f"classifier gives {got}: the model changed; recalibrate")
+            if len(self._classifiers) >= self.max_cached:
+                self._classifiers.pop(next(iter(self._classifiers)))
+            hit = (classifier, counting, cached, stale)
+            self._classifiers[id(classifier)] = hit
+        return hit[1], hit[2], hit[3]
+
+    def warm(self, classifier: Classifier) -> None:
+        """Score every pool text once (in batches), so no explanation pays for first-time pool scoring."""
+        from explainers.baselines import predict_in_chunks
+
+        _, cached, _ = self._wrapped(classifier)
+        if self.resources.pool is not None:
+            predict_in_chunks(cached, list(self.resources.pool.texts))
+
+    def describe(self) -> dict[str, Any]:
+        if self.calibration is None:
+            return {"calibrated": False, "default": UNCALIBRATED_DEFAULT}
+        m = self.calibration.meta
+        return {"calibrated": True, "classifier": m.get("classifier", {}).get("name"),
+                "fingerprint": m.get("classifier", {}).get("fingerprint"), "default": self.calibration.default,
+                "choice": self.calibration.choice, "created_at": m.get("created_at")}
+
+    def explain(self, text: str, intervention: Intervention, classifier: Classifier, top_k: int = 5, *,
+                base_labels: Mapping[str, str] | None = None) -> Explanation:
+        started = time.perf_counter()
+        counting, cached, stale = self._wrapped(classifier)
+        calls0, texts0 = counting.calls, counting.texts
+        self.resources.schema.validate(intervention)
+        source = resolve_source(text, intervention, base_labels, self.resources.taggers, self.name)
+        concept, target = intervention.concept, intervention.target
+        direction = f"{source}->{target}"
+        cal = self.calibration if stale is None else None
+        if cal is not None:
+            estimator = cal.estimator_for(concept, direction)
+            needed = cal.required_components(estimator)
+        else:
+            estimator, needed = "uncalibrated", list(UNCALIBRATED_DEFAULT)
+        self._prefetch(text, intervention, cached, needed, base_labels)
+        parts: dict[str, Explanation] = {}
+        for name in needed:
+            method, k = parse_component(name)
+            parts[name] = self._explainer(method).explain(text, intervention, cached, top_k=k,
+                                                          base_labels=base_labels)
+        base = np.asarray(cached.predict_proba([text]), float)[0]
+        ests = {n: np.asarray(e.icace, float)[None, :] for n, e in parts.items()}
+        details: dict[str, Any] = {"source": source, "components": {n: [round(float(x), 5) for x in e.icace]
+                                                                    for n, e in parts.items()}}
+        if cal is not None:
+            icace = cal.estimate(estimator, ests, base[None, :], [concept], [source], [target])[0]
+            lower, upper = cal.intervals.bounds(icace, concept, direction)
+            details.update(calibrated=True, **cal.describe_estimator(estimator, concept, direction),
+                           expected_error=cal.expected_error(concept, direction),
+                           interval={"lower": [round(float(x), 5) for x in lower],
+                                     "upper": [round(float(x), 5) for x in upper],
+                                     "coverage": cal.intervals.coverage,
+                                     "kind": "split-conformal per label, from held-out pool pairs"},
+                           calibration={"classifier": cal.meta.get("classifier", {}).get("name"),
+                                        "fingerprint": cal.meta.get("classifier", {}).get("fingerprint"),
+                                        "created_at": cal.meta.get("created_at")})
+        else:
+            icace = project_icace(combine(ests, UNCALIBRATED_DEFAULT), base[None, :])[0]
+            details.update(calibrated=False, estimator="uncalibrated default", weights=UNCALIBRATED_DEFAULT,
+                           note=stale or "no calibration for this classifier and domain: the uncalibrated default "
+                                         "(chosen by measurement on CEBaB dev) is used; no interval")
+        cfs = [c for e in parts.values() for c in e.counterfactuals][: max(top_k, 1)]
+        cost = Cost(classifier_calls=counting.calls - calls0, classifier_texts=counting.texts - texts0,
+                    wall_time_s=time.perf_counter() - started)
+        return Explanation(self.name, list(classifier.labels), base, np.asarray(icace, float), np.zeros_like(base),
+                           counterfactuals=cfs, intervention=intervention, cost=cost, details=details)
+
+    def _prefetch(self, text: str, intervention: Intervention, cached: CachingClassifier, needed: list[str],
+                  base_labels: Mapping[str, str] | None) -> None:
+        """One classifier call for the text and every counterfactual the matching components will use."""
+        texts = [text]
+        widest: dict[str, int] = {}
+        for name in needed:
+            m, k = parse_component(name)
+            widest[m] = max(widest.get(m, 0), k)
+        for m, k in widest.items():
+            exp = self._explainer(m)
+            if isinstance(exp, CounterfactualExplainer):
+                cfs, _ = exp.counterfactuals(text, intervention, k, base_labels=base_labels)
+                texts += [c.text for c in cfs]
+        cached.predict_proba(list(dict.fromkeys(texts)))
+
+
+def load_calibration(value: Any) -> Calibration | None:
+    if value is None or isinstance(value, Calibration):
+        return value
+    if isinstance(value, (str, Path)):
+        return Calibration.load(Path(value))
+    raise MissingResource(f"resources.extra['calibration'] must be a Calibration or a folder, not {type(value)}")
+
+
+@register("auto", "The calibrated best estimator for this classifier and domain (uncalibrated default without one)")
+def make_auto(resources: Resources, **options: Any) -> AutoExplainer:
+    resources.need("pool", "auto")
+    cal = load_calibration(resources.extra.get("calibration"))
+    if cal is not None:
+        resources.extra["calibration"] = cal
+    sub = {k: v for k, v in options.items() if k not in ("stack_key", "stack_weights")}
+    auto = AutoExplainer(resources, cal, sub)
+    # Build every component now, so a missing resource (no space) is an error when the method is asked for.
+    if cal is None:
+        needed = set(UNCALIBRATED_DEFAULT)
+    else:
+        needed = {c for est in {cal.default, *cal.choice.values()} for c in cal.required_components(est)}
+    for method in sorted({parse_component(c)[0] for c in needed}):
+        auto._explainer(method)
+    return auto
