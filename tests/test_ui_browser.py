@@ -48,7 +48,8 @@ def signed(x: float) -> str:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     tmp = tmp_path_factory.mktemp("ui")
-    with service({"CACE_DATABASE_URL": f"sqlite:///{tmp / 'jobs.sqlite'}"}) as srv:
+    # No calibration behind the tests' back: it would land in the shared test data dir's CEBaB domain.
+    with service({"CACE_DATABASE_URL": f"sqlite:///{tmp / 'jobs.sqlite'}", "CACE_AUTO_CALIBRATE": "false"}) as srv:
         yield srv.base_url
 
 
@@ -288,12 +289,22 @@ def test_create_a_domain_from_a_file(page, server: str, tmp_path: Path) -> None:
         assert page.locator("#domain-create-error").is_hidden()
         card = page.locator(f'article.domain[data-id="{domain_id}"]')
         card.locator(".badge.domain-status.ready").wait_for()
-        shot(page, "domains")
         got = httpx.get(f"{server}/v1/domains/{domain_id}").json()
         shown = card.locator("table.schema tbody th").all_inner_texts()
         assert shown == [c["name"] for c in got["schema"]["concepts"]] == ["acting", "plot", "music"]
         assert card.locator("table.schema tbody tr").first.locator("td").first.inner_text() == \
             ", ".join(got["schema"]["concepts"][0]["values"])
+        # Calibrate tfidf-lr on the new domain's held-out pairs; its error table appears on the card.
+        card.locator(f"#calibrate-{domain_id}").select_option("tfidf-lr")
+        card.locator("button.calibrate").click()
+        section = page.locator(f'article.domain[data-id="{domain_id}"] details.calibration[data-classifier="tfidf-lr"]')
+        section.wait_for(timeout=600_000)
+        section.locator("summary").click()
+        cal = httpx.get(f"{server}/v1/domains/{domain_id}/calibrations").json()["tfidf-lr"]
+        methods = section.locator("table.grid tbody tr td:first-child").all_inner_texts()
+        assert [m.replace(" (default)", "") for m in methods if not m.startswith("auto")] == list(cal["table"])
+        assert section.locator("table.kv").inner_text().count(str(cal["default_estimator"])) == 1
+        shot(page, "domains")
         # The new domain is offered in the Explain form, with its own concepts.
         page.click("#tab-explain")
         page.select_option("#explain-domain", domain_id)
@@ -313,7 +324,8 @@ def test_with_api_keys_on_the_page_asks_for_a_key(browser, tmp_path: Path) -> No
     keys_file = tmp_path / "keys.json"
     keys_file.write_text(json.dumps([{"name": "ui", "sha256": hashlib.sha256(key.encode()).hexdigest(),
                                       "scopes": ["explain"]}]))
-    env = {"CACE_DATABASE_URL": f"sqlite:///{tmp_path / 'jobs.sqlite'}", "CACE_API_KEYS_FILE": str(keys_file)}
+    env = {"CACE_DATABASE_URL": f"sqlite:///{tmp_path / 'jobs.sqlite'}", "CACE_API_KEYS_FILE": str(keys_file),
+           "CACE_AUTO_CALIBRATE": "false"}
     with service(env) as srv:
         context = browser.new_context(viewport={"width": 1280, "height": 800})
         pg = context.new_page()
@@ -361,7 +373,8 @@ def test_generate_shows_verification_and_rejections(browser, tmp_path: Path) -> 
     port = free_port()
     cmd = [str(LLAMA_PY), "-m", "llama_cpp.server", "--model", str(GGUF), "--host", "127.0.0.1", "--port",
            str(port), "--n_ctx", "2048", "--n_threads", "2"]
-    env = {"CACE_DATABASE_URL": f"sqlite:///{tmp_path / 'jobs.sqlite'}", "CACE_REQUEST_TIMEOUT_S": "300"}
+    env = {"CACE_DATABASE_URL": f"sqlite:///{tmp_path / 'jobs.sqlite'}", "CACE_REQUEST_TIMEOUT_S": "300",
+           "CACE_AUTO_CALIBRATE": "false"}
     with running(cmd, port=port, health_path="/v1/models", timeout=120) as llm, service(env) as srv:
         spec = {"kind": "openai", "base_url": llm.base_url + "/v1", "model": "smollm2", "timeout_s": 120}
         assert httpx.post(srv.base_url + "/v1/llms", json={"name": "smollm2", "spec": spec}).status_code == 201

@@ -4,7 +4,7 @@
 import { api, pollJob } from "./api.js";
 import { $, fmt, h, objectsTable, showProblem } from "./dom.js";
 import { progressUpdate } from "./effects.js";
-import { loadCatalog } from "./params.js";
+import { catalog, loadCatalog } from "./params.js";
 
 export function initDomains() {
   $("domain-form").addEventListener("submit", (ev) => {
@@ -55,8 +55,22 @@ function methodsTable(methods) {
   return objectsTable(rows, "Methods per concept");
 }
 
+// One classifier's calibration: the held-out error of every method (macro), the chosen default, the cost.
+function calibration(clf, c) {
+  const rows = Array.isArray(c.table) ? c.table : Object.entries(c.table).map(([method, errs]) =>
+    ({ method: method + (method === c.default_estimator ? " (default)" : ""), ...(errs && typeof errs === "object" ? errs : { error: errs }) }));
+  if (c.auto && typeof c.auto === "object") rows.unshift({ method: "auto (per concept and direction)", ...c.auto });
+  const facts = {};
+  for (const k of ["created_at", "heldout_pairs", "coverage", "default_estimator"]) if (c[k] !== undefined && c[k] !== null) facts[k] = c[k];
+  return h("details", { class: "calibration", "data-classifier": clf },
+    h("summary", {}, `Calibration of ${clf}: ${rows.length} estimators on ${c.heldout_pairs ?? "?"} held-out pairs, ` +
+      `default ${c.default_estimator ?? "?"}`),
+    objectsTable(rows, "Held-out error per estimator (macro; lower is better)"),
+    Object.keys(facts).length ? statsTable(facts, "Calibration facts") : null);
+}
+
 function domainCard(d) {
-  const cal = Object.entries(d.calibrations || {}).filter(([, c]) => c && Array.isArray(c.table) && c.table.length);
+  const cal = Object.entries(d.calibrations || {}).filter(([, c]) => c && c.table && Object.keys(c.table).length);
   return h("article", { class: "domain", "data-id": d.id },
     h("h3", {}, d.id, d.default ? h("span", { class: "badge" }, "default") : null,
       h("span", { class: `badge domain-status ${d.status || ""}` }, d.status || "unknown")),
@@ -67,8 +81,34 @@ function domainCard(d) {
       d.space && Object.keys(d.space).length ? statsTable(d.space, "Concept space") : null),
     d.taggers && Object.keys(d.taggers).length ? taggersTable(d.taggers) : null,
     d.methods && Object.keys(d.methods).length ? methodsTable(d.methods) : null,
-    cal.length ? h("div", { class: "calibrations" }, cal.map(([clf, c]) => objectsTable(c.table, `Calibration for ${clf}`)))
-      : null);
+    cal.length ? h("div", { class: "calibrations" }, cal.map(([clf, c]) => calibration(clf, c))) : null,
+    d.status === "ready" ? calibrateForm(d.id) : null);
+}
+
+// Calibrate a classifier on this domain's held-out pairs (a job; `auto` then uses the result).
+function calibrateForm(id) {
+  const sel = h("select", { id: `calibrate-${id}` }, catalog.classifiers.map((c) => h("option", { value: c }, c)));
+  return h("form", { class: "inline-form", onsubmit: (ev) => {
+    ev.preventDefault();
+    calibrate(id, sel.value, ev.submitter).catch((e) => showProblem($("domains-error"), e));
+  } }, h("label", { for: `calibrate-${id}` }, "Calibrate a classifier"), sel,
+  h("button", { type: "submit", class: "calibrate", "data-domain": id }, "Calibrate"));
+}
+
+async function calibrate(id, classifier, button) {
+  showProblem($("domains-error"), null);
+  button.disabled = true;
+  try {
+    const job = await api(`/v1/domains/${encodeURIComponent(id)}/calibrations`, { method: "POST", json: { classifier } });
+    $("domain-progress").hidden = false;
+    const final = await pollJob(job.id, progressUpdate("domain", `Calibrating ${classifier} on ${id}:`), { intervalMs: 700 });
+    if (final.status !== "succeeded") {
+      showProblem($("domains-error"), { title: `The calibration ${final.status}`, detail: final.error || "" });
+    }
+  } finally {
+    button.disabled = false;
+  }
+  await refreshDomains();
 }
 
 export async function refreshDomains() {

@@ -52,8 +52,13 @@ export function renderExplanation(box, text, res) {
   const labels = res.labels;
   const cfMean = Object.fromEntries(labels.map((l) => [l, res.base_prediction[l] + res.icace[l]]));
   const spread = res.uncertainty.spread;
-  const low = Object.fromEntries(labels.map((l) => [l, res.icace[l] - spread[l]]));
-  const high = Object.fromEntries(labels.map((l) => [l, res.icace[l] + spread[l]]));
+  // A calibrated `auto` answer carries a conformal interval; otherwise the whiskers are ± the spread.
+  const conformal = res.uncertainty.interval;
+  const low = Object.fromEntries(labels.map((l) => [l, conformal ? conformal[l][0] : res.icace[l] - spread[l]]));
+  const high = Object.fromEntries(labels.map((l) => [l, conformal ? conformal[l][1] : res.icace[l] + spread[l]]));
+  const whiskers = conformal
+    ? `whiskers: the ${Math.round((res.uncertainty.coverage || 0.9) * 100)}% conformal interval from the calibration`
+    : "whiskers ± one standard deviation over the counterfactuals";
   const iv = res.intervention;
   const top = (p) => labels.reduce((a, b) => (p[b] > p[a] ? b : a));
 
@@ -104,14 +109,15 @@ export function renderExplanation(box, text, res) {
     h("div", { class: "charts" },
       h("figure", {}, distributionChart(labels, res.base_prediction, cfMean),
         h("figcaption", {}, "Base prediction beside the counterfactuals' mean")),
-      h("figure", {}, effectChart(labels, res.icace, low, high, { name: "ICaCE", interval: "± spread" }),
-        h("figcaption", {}, "ICaCE per label, whiskers ± one standard deviation over the counterfactuals"))),
+      h("figure", {}, effectChart(labels, res.icace, low, high, { name: "ICaCE", interval: conformal ? "interval" : "± spread" }),
+        h("figcaption", {}, `ICaCE per label, ${whiskers}`))),
     numbers,
     h("h3", {}, "Counterfactuals"),
     res.counterfactuals.length ? cfs : h("p", { class: "note", id: "explain-no-counterfactuals" },
       "No counterfactual was used, so the estimate is zero" + (d.rejections ? ": every generated rewrite failed verification (see below)." : ".")),
     ...extras,
     h("div", { class: "side-by-side" }, keyValueTable(cost, "Cost and timings"),
+      res.uncertainty.expected_error ? keyValueTable(res.uncertainty.expected_error, "Expected error (held-out pairs)") : null,
       Object.keys(rest).length ? h("details", {}, h("summary", {}, "Method details"), keyValueTable(rest)) : null),
   );
   box.hidden = false;

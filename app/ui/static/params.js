@@ -66,7 +66,8 @@ function fill(p) {
   const llm = $(`${p}-llm`);
   options(llm, [["", "server default"], ...catalog.llms.map((n) => [n, n])], llm.value);
   const method = $(`${p}-method`);
-  options(method, Object.keys(catalog.methods).sort().map((m) => [m, m]), method.value || "match");
+  options(method, [["", "server default (auto once calibrated, else match)"],
+    ...Object.keys(catalog.methods).sort().map((m) => [m, m])], method.value);
   describeMethod(p);
   fillConcepts(p);
 }
@@ -98,7 +99,8 @@ function fillValues(p) {
 }
 
 function describeMethod(p) {
-  $(`${p}-method-hint`).textContent = catalog.methods[$(`${p}-method`).value] || "";
+  const m = $(`${p}-method`).value;
+  $(`${p}-method-hint`).textContent = m ? catalog.methods[m] || "" : "the domain picks per classifier";
 }
 
 // The request fields the Explain and Effects forms share.
@@ -106,8 +108,8 @@ export function readParams(p) {
   const intervention = { concept: $(`${p}-concept`).value.trim(), target: $(`${p}-target`).value.trim() };
   const source = $(`${p}-source`).value.trim();
   if (source) intervention.source = source;
-  const out = { intervention, classifier: $(`${p}-classifier`).value, method: $(`${p}-method`).value,
-    top_k: Number($(`${p}-k`).value) || 5 };
+  const out = { intervention, classifier: $(`${p}-classifier`).value, top_k: Number($(`${p}-k`).value) || 5 };
+  if ($(`${p}-method`).value) out.method = $(`${p}-method`).value;
   if ($(`${p}-domain`).value) out.domain = $(`${p}-domain`).value;
   if ($(`${p}-llm`).value) out.llm = $(`${p}-llm`).value;
   return out;
