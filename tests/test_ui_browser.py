@@ -305,6 +305,23 @@ def test_create_a_domain_from_a_file(page, server: str, tmp_path: Path) -> None:
         assert [m.replace(" (default)", "") for m in methods if not m.startswith("auto")] == list(cal["table"])
         assert section.locator("table.kv").inner_text().count(str(cal["default_estimator"])) == 1
         shot(page, "domains")
+        # Calibrated: the server's default method is `auto`, whose conformal interval the ICaCE whiskers show.
+        page.click("#tab-explain")
+        page.select_option("#explain-domain", domain_id)
+        page.fill("#explain-text", "The acting is wooden and flat. The story is gripping from start to finish.")
+        fill_params(page, "explain", "acting", "good", "", 3)
+        with page.expect_response(lambda r: r.url.endswith("/v1/explanations")) as resp:
+            page.click("#explain-submit")
+        res = resp.value.json()
+        assert resp.value.status == 200 and res["method"] == "auto" and res["domain"] == domain_id, res
+        page.wait_for_selector("#explain-numbers")
+        assert "conformal interval" in page.inner_text("#explain-result figure:nth-child(2) figcaption")
+        whiskers = page.eval_on_selector_all("svg.effect line.interval", """els => els.map(e => [e.dataset.label,
+            Number(e.dataset.low), Number(e.dataset.high)])""")
+        interval = res["uncertainty"]["interval"]
+        assert [w[0] for w in whiskers] == res["labels"]
+        for lab, lo, hi in whiskers:
+            assert (lo, hi) == pytest.approx(tuple(interval[lab]), abs=1e-12)
         # The new domain is offered in the Explain form, with its own concepts.
         page.click("#tab-explain")
         page.select_option("#explain-domain", domain_id)

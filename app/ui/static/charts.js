@@ -57,7 +57,8 @@ export function effectChart(labels, center, low, high, { name = "ICaCE", interva
         "data-label": lab, "data-value": v },
       s("title", {}, `${name}(${lab}) = ${signed(v)}; ${interval} [${fmt(low[lab])}, ${fmt(high[lab])}]`)));
     if (Number.isFinite(low[lab]) && Number.isFinite(high[lab])) {
-      svg.append(s("line", { x1: x(low[lab]), x2: x(high[lab]), y1: cy, y2: cy, class: "whisker" }),
+      svg.append(s("line", { x1: x(low[lab]), x2: x(high[lab]), y1: cy, y2: cy, class: "whisker interval",
+        "data-label": lab, "data-low": low[lab], "data-high": high[lab] }),
         s("line", { x1: x(low[lab]), x2: x(low[lab]), y1: cy - 5, y2: cy + 5, class: "whisker" }),
         s("line", { x1: x(high[lab]), x2: x(high[lab]), y1: cy - 5, y2: cy + 5, class: "whisker" }));
     }
