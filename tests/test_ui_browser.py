@@ -419,6 +419,7 @@ def test_generate_shows_verification_and_rejections(browser, tmp_path: Path) -> 
             read = (cf["verification"] or {}).get("tags", {}).get("food")
             want = "verified" if read in (None, "Negative") else "kept, tagger disagrees"
             assert badges.nth(i).inner_text() == want
-        assert pg.locator("#explain-result").inner_text().count("llm_calls") == 1
+        cost_row = pg.locator("#explain-result table.kv tr", has=pg.locator('th:text-is("llm_calls")'))
+        assert cost_row.locator("td").inner_text() == str(res["cost"]["llm_calls"]) and res["cost"]["llm_calls"] > 0
         shot(pg, "explain-generate")
         pg.context.close()
