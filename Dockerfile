@@ -20,6 +20,8 @@ COPY pyproject.toml README.md ./
 COPY scripts/setup.sh scripts/setup.sh
 COPY explainers explainers
 COPY app app
+# Optional extras baked into the image, e.g. --build-arg CACE_EXTRAS=ray,onnx (Ray worker pods need ray).
+ARG CACE_EXTRAS=""
 RUN bash scripts/setup.sh run
 
 FROM ${PYTHON_IMAGE} AS runtime
@@ -31,7 +33,7 @@ ENV PATH=/app/.venv/bin:$PATH \
     CACE_HOST=0.0.0.0 \
     CACE_PORT=8000 \
     CACE_DATA_DIR=/data \
-    CACE_CEBAB_DIR=/data/cebab \
+    CACE_DATASETS_DIR=/data/cebab \
     CACE_CACHE_DIR=/data/cache \
     CACE_LOG_FORMAT=json
 RUN groupadd --system --gid 10001 cace \

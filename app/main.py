@@ -58,6 +58,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     store = Store(settings.job_store_url, settings.table_prefix)
     rt = Runtime(settings, store)
     rt.handlers = {"effects": EffectsHandler(rt), "domain": DomainHandler(rt), "calibration": CalibrationHandler(rt)}
+    if settings.ray_address:  # effects batches run on Ray actors; the store and finalize stay here
+        from app.jobs.ray_executor import RayEffectsHandler
+
+        rt.handlers["effects"] = RayEffectsHandler(rt.handlers["effects"], settings)
     workers = Workers(store, rt.handlers, owner=rt.instance_id, threads=settings.job_workers,
                       lease_s=settings.job_lease_s, batch=settings.job_claim_batch, poll_s=settings.job_poll_s,
                       max_attempts=settings.job_max_attempts)

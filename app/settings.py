@@ -26,6 +26,9 @@ class Settings(BaseSettings):
     # Machine-wide caches (embeddings, LLM generations, built wheels). The library reads the
     # same variable, CACE_CACHE_DIR, directly; default ~/.cache/cace.
     cache_dir: Path | None = None
+    # Sentence-encoder backend: torch (sentence-transformers), onnx or onnx-int8 (ONNX Runtime,
+    # `pip install .[onnx]`). The library reads the same variable, CACE_ENCODER_BACKEND, directly.
+    encoder_backend: str = "torch"
 
     host: str = "127.0.0.1"
     port: int = 8000
@@ -48,6 +51,8 @@ class Settings(BaseSettings):
     max_top_k: int = 50
     max_inline_texts: int = 50
     max_effect_texts: int = 10000
+    # Texts per JSONL upload (/v1/effects/upload streams into the store; max_body_bytes still applies).
+    max_upload_texts: int = 1_000_000
     max_body_bytes: int = 10 * 1024 * 1024
     request_timeout_s: float = 60.0
 
@@ -56,12 +61,19 @@ class Settings(BaseSettings):
     # Jobs waiting or running at once; beyond it POSTs get 429 with Retry-After.
     job_queue_limit: int = 100
     # Items a worker leases per claim, and how long a lease lasts before another worker may take it over.
-    job_claim_batch: int = 8
+    # An effects job runs a claim's items as one batch (one encoder call, one search, one classifier call).
+    job_claim_batch: int = 32
     job_lease_s: float = 30.0
     # How often idle workers look for work.
     job_poll_s: float = 0.25
     # Attempts per item before it is marked failed (retryable upstream errors only).
     job_max_attempts: int = 3
+    # Run effects batches on a Ray cluster ("auto", "ray://host:10001" or "host:6379"); None: in process.
+    # Needs `pip install .[ray]`. Each classifier gets its own pool of actors (bounded concurrency);
+    # set job_workers to at least the actors you want busy.
+    ray_address: str | None = None
+    ray_actors_per_classifier: int = 2
+    ray_actor_cpus: float = 1.0
     # Table-name prefix in the job store: lets several deployments (or test runs) share one database.
     table_prefix: str = "cace_"
     # This replica's name in leases; None means host-pid-random.

@@ -17,7 +17,7 @@ import hashlib
 import json
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +48,16 @@ class Claimed:
     idx: int
     payload: Any
     attempts: int
+
+
+@dataclass
+class ItemOutcome:
+    """What became of one item of a batch: a result, an error, or (retry) back to pending."""
+
+    idx: int
+    result: Any = None
+    error: str | None = None
+    retry: bool = False
 
 
 class Store:
@@ -153,32 +163,42 @@ class Store:
         return res.rowcount > 0
 
     # ---- jobs -----------------------------------------------------------------------------
-    def create_job(self, kind: str, request: dict[str, Any], payloads: Sequence[Any], *, limit: int | None = None,
-                   owner: str | None = None) -> str | None:
+    def create_job(self, kind: str, request: dict[str, Any], payloads: Iterable[Any], *, limit: int | None = None,
+                   owner: str | None = None, chunk: int = 1000) -> str | None:
         """Create a job and its items in one transaction; None if `limit` active jobs already exist.
 
-        The limit is exact under concurrent submits: PostgreSQL serialises admissions with a
-        transaction-scoped advisory lock; on SQLite the job row is inserted first, which takes
-        the database's write lock before the count, and a transaction over the limit rolls back.
+        `payloads` may be an iterator (a streamed upload): items are inserted `chunk` at a time, so
+        memory stays bounded; if the iterator raises (a bad line deep in an upload), nothing is kept
+        and the error propagates. The limit is exact under concurrent submits: PostgreSQL serialises
+        admissions with a transaction-scoped advisory lock; on SQLite the job row is inserted first,
+        which takes the database's write lock before the count, and a transaction over the limit
+        rolls back.
         """
         job_id = uuid.uuid4().hex
-        now = time.time()
         try:
             with self.engine.begin() as c:
                 if limit is not None and self.engine.dialect.name == "postgresql":
                     c.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": self._admission_lock_key()})
                 c.execute(self.jobs.insert().values(
-                    id=job_id, kind=kind, status="queued", request=_dump(request), total=len(payloads),
-                    created_at=now, owner=owner))
+                    id=job_id, kind=kind, status="queued", request=_dump(request), total=0, created_at=time.time(),
+                    owner=owner))
                 if limit is not None:
                     active = c.execute(sa.select(sa.func.count()).select_from(self.jobs)
                                        .where(self.jobs.c.status.in_(ACTIVE))).scalar_one()
                     if active > limit:  # counts this job too
                         raise _QueueFull
-                rows = [{"job_id": job_id, "idx": i, "payload": _dump(p), "status": "pending", "attempts": 0}
-                        for i, p in enumerate(payloads)]
-                for start in range(0, len(rows), 1000):
-                    c.execute(self.items.insert(), rows[start:start + 1000])
+                total = 0
+                rows: list[dict[str, Any]] = []
+                for p in payloads:
+                    rows.append({"job_id": job_id, "idx": total, "payload": _dump(p), "status": "pending",
+                                 "attempts": 0})
+                    total += 1
+                    if len(rows) == chunk:
+                        c.execute(self.items.insert(), rows)
+                        rows = []
+                if rows:
+                    c.execute(self.items.insert(), rows)
+                c.execute(self.jobs.update().where(self.jobs.c.id == job_id).values(total=total))
         except _QueueFull:
             return None
         return job_id
@@ -186,6 +206,26 @@ class Store:
     def _admission_lock_key(self) -> int:
         """A stable 63-bit key per table prefix, so deployments sharing a database do not contend."""
         return int.from_bytes(hashlib.sha256(f"{self.prefix}jobs-admission".encode()).digest()[:8], "big") >> 1
+
+    def iter_item_rows(self, job_id: str, *, page: int = 1000, with_payload: bool = True) -> Iterator[dict[str, Any]]:
+        """Every item row in index order, read a page at a time by index (keyset, not OFFSET: a
+        million rows stream in linear time and bounded memory)."""
+        it = self.items
+        cols = [it.c.idx, it.c.status, it.c.attempts, it.c.result, it.c.error, it.c.finished_at, it.c.lease_owner]
+        if with_payload:
+            cols.append(it.c.payload)
+        last = -1
+        while True:
+            with self.engine.connect() as c:
+                rows = c.execute(sa.select(*cols).where(it.c.job_id == job_id, it.c.idx > last)
+                                 .order_by(it.c.idx).limit(page)).mappings().all()
+            for r in rows:
+                yield {"index": r["idx"], "status": r["status"], "attempts": r["attempts"],
+                       "payload": _load(r["payload"]) if with_payload else None, "result": _load(r["result"]),
+                       "error": r["error"], "finished_at": r["finished_at"], "lease_owner": r["lease_owner"]}
+            if len(rows) < page:
+                return
+            last = rows[-1]["idx"]
 
     def active_jobs(self) -> int:
         with self.engine.connect() as c:
@@ -307,6 +347,30 @@ class Store:
                 self.items.c.job_id == job_id, self.items.c.idx == idx,
                 self.items.c.lease_owner == owner, self.items.c.status == "running").values(**values))
         return res.rowcount == 1
+
+    def finish_items(self, owner: str, job_id: str, outcomes: Sequence[ItemOutcome]) -> set[int]:
+        """Record a batch's outcomes in one transaction (one commit for the batch, not one per item).
+
+        Same rule as `finish_item` per row: only rows `owner` still holds are written.
+        Returns the indices written.
+        """
+        now = time.time()
+        written: set[int] = set()
+        it = self.items
+        with self.engine.begin() as c:
+            for o in outcomes:
+                values: dict[str, Any] = {"lease_owner": owner if not o.retry else None, "lease_until": None}
+                if o.retry:
+                    values.update(status="pending", error=o.error)
+                elif o.error is not None:
+                    values.update(status="failed", error=o.error, finished_at=now)
+                else:
+                    values.update(status="done", result=_dump(o.result), error=None, finished_at=now)
+                res = c.execute(it.update().where(it.c.job_id == job_id, it.c.idx == o.idx, it.c.lease_owner == owner,
+                                                  it.c.status == "running").values(**values))
+                if res.rowcount == 1:
+                    written.add(o.idx)
+        return written
 
     def open_items(self, job_id: str) -> int:
         with self.engine.connect() as c:

@@ -265,6 +265,9 @@ class PoolMatcher(CounterfactualExplainer):
         self._text_index = {t: i for i, t in enumerate(pool.texts)}
         self._embeddings: np.ndarray | None = None
         self._recent: dict[str, np.ndarray] = {}
+        # Similarity rows of the batch being explained (filled by counterfactuals_batch, emptied after).
+        self._batch_sims: dict[str, np.ndarray] = {}
+        self._candidates: dict[tuple[str, str], np.ndarray] = {}
 
     @property
     def embeddings(self) -> np.ndarray:
@@ -282,7 +285,9 @@ class PoolMatcher(CounterfactualExplainer):
         candidate rows first, and the last few queries' vectors are kept because a text
         is usually explained for several interventions in a row.
         """
-        sims = self._recent.get(text)
+        sims = self._batch_sims.get(text)
+        if sims is None:
+            sims = self._recent.get(text)
         if sims is None:
             q = np.asarray(self.encoder.encode([text]), dtype=np.float32)[0]
             sims = self.embeddings @ q
@@ -291,13 +296,43 @@ class PoolMatcher(CounterfactualExplainer):
             self._recent[text] = sims
         return sims[idx]
 
+    # Whether counterfactuals() reads the query's concept labels / its encoder similarities.
+    needs_labels = False
+    needs_similarities = False
+
+    def counterfactuals_batch(
+        self, texts: Sequence[str], interventions: Sequence[Intervention], top_k: int, *,
+        base_labels: Sequence[Mapping[str, str] | None] | None = None,
+    ) -> list[tuple[list[Counterfactual], dict[str, Any]]]:
+        """Per-text `counterfactuals()` after the shared work is done once for the batch: one tagger
+        call for the texts without labels, one encoder call and one (pool x batch) product."""
+        labels = list(base_labels) if base_labels is not None else [None] * len(texts)
+        if self.needs_labels and self.taggers is not None:
+            missing = [i for i in range(len(texts)) if labels[i] is None]
+            if missing:
+                for i, lab in zip(missing, self.taggers.predict([texts[i] for i in missing]), strict=True):
+                    labels[i] = dict(lab)
+        try:
+            if self.needs_similarities and self.encoder is not None:
+                unique = list(dict.fromkeys(texts))
+                q = np.asarray(self.encoder.encode(unique), dtype=np.float32)
+                sims = np.ascontiguousarray((self.embeddings @ q.T).T)
+                self._batch_sims = dict(zip(unique, sims, strict=True))
+            return [self.counterfactuals(t, iv, top_k, base_labels=lab)
+                    for t, iv, lab in zip(texts, interventions, labels, strict=True)]
+        finally:
+            self._batch_sims = {}
+
     def target_candidates(self, text: str, intervention: Intervention) -> np.ndarray:
         """Pool indices with the target value, the query text itself excluded."""
-        col = self.concepts.index(intervention.concept)
-        code = self._codes[intervention.concept].get(intervention.target)
-        if code is None:
-            raise ValueError(f"{intervention.target!r} is not a value of {intervention.concept!r}")
-        idx = np.flatnonzero(self.label_codes[:, col] == code)
+        key = (intervention.concept, intervention.target)
+        idx = self._candidates.get(key)
+        if idx is None:
+            col = self.concepts.index(intervention.concept)
+            code = self._codes[intervention.concept].get(intervention.target)
+            if code is None:
+                raise ValueError(f"{intervention.target!r} is not a value of {intervention.concept!r}")
+            idx = self._candidates[key] = np.flatnonzero(self.label_codes[:, col] == code)
         own = self._text_index.get(text)
         return idx[idx != own] if own is not None else idx
 
@@ -339,6 +374,7 @@ class PretrainedMatchExplainer(PoolMatcher):
     """PT-Match: the K pool texts with the target value closest to the query by pretrained-encoder cosine."""
 
     name = "pt_match"
+    needs_similarities = True
 
     def counterfactuals(self, text: str, intervention: Intervention, top_k: int, *,
                         base_labels: Mapping[str, str] | None = None) -> tuple[list[Counterfactual], dict[str, Any]]:
@@ -359,6 +395,7 @@ class ApproxExplainer(PoolMatcher):
     """
 
     name = "approx"
+    needs_labels = True
 
     def __init__(self, pool: Pool, *, relax: str = "fill", **kwargs: Any) -> None:
         if relax not in ("fill", "nonempty"):
@@ -405,6 +442,7 @@ class ApproxMatchExplainer(ApproxExplainer):
     """ApproxMatch: among Approx's candidates, the K most similar by pretrained-encoder cosine."""
 
     name = "approx_match"
+    needs_similarities = True
 
     def __init__(self, pool: Pool, **kwargs: Any) -> None:
         if kwargs.get("encoder") is None:

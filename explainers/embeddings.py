@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,6 +21,9 @@ import numpy as np
 from explainers.progress import Progress
 
 DEFAULT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
+# How the model runs: sentence-transformers on torch, or the same model exported to ONNX Runtime
+# (fp32, or int8 weights). Chosen per Encoder or for the process by CACE_ENCODER_BACKEND.
+BACKENDS = ("torch", "onnx", "onnx-int8")
 _MINILM_ALIASES = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2", "minilm"}
 
 
@@ -60,53 +64,107 @@ def cache_dir() -> Path:
     return Path(os.environ.get("CACE_CACHE_DIR", Path.home() / ".cache" / "cace"))
 
 
+class _SharedCache:
+    """Embeddings of one model, shared by every Encoder of it in the process (an LRU of `max_items`).
+
+    Why shared: the taggers, the pool matchers and the concept spaces each hold an Encoder of
+    the same MiniLM; a job text embedded for source inference must not be embedded again for
+    its search. Why bounded: a job over a million texts must not keep every query's vector.
+    """
+
+    def __init__(self, max_items: int) -> None:
+        self.max_items = max_items
+        self.rows: OrderedDict[str, np.ndarray] = OrderedDict()
+        self.lock = threading.Lock()
+        self.loaded_disk = False
+        self.saved_size = 0
+
+    def get(self, key: str) -> np.ndarray | None:
+        with self.lock:
+            row = self.rows.get(key)
+            if row is not None:
+                self.rows.move_to_end(key)
+            return row
+
+    def put(self, key: str, row: np.ndarray) -> None:
+        with self.lock:
+            self.rows[key] = row
+            self.rows.move_to_end(key)
+            while len(self.rows) > self.max_items:
+                self.rows.popitem(last=False)
+
+
 class Encoder:
-    """A sentence-transformers model with a per-text embedding cache (L2-normalised vectors)."""
+    """A sentence encoder (torch or ONNX Runtime backend) with a per-text embedding cache (unit vectors)."""
 
     _models: dict[str, object] = {}
+    _caches: dict[str, _SharedCache] = {}
     _lock = threading.Lock()
+    # Texts kept in memory per model (about 1.6 KB each for a 384-d model).
+    max_cached = int(os.environ.get("CACE_EMBEDDING_CACHE_ITEMS", 200_000))
 
-    def __init__(self, model: str = DEFAULT_ENCODER, *, use_disk_cache: bool = True, batch_size: int = 64) -> None:
+    def __init__(self, model: str = DEFAULT_ENCODER, *, use_disk_cache: bool = True, batch_size: int = 64,
+                 backend: str | None = None) -> None:
         self.model_name = model
         self.path = resolve_model(model)
         self.batch_size = batch_size
         self.use_disk_cache = use_disk_cache
-        self._memory: dict[str, np.ndarray] = {}
-        self._cache_file = cache_dir() / "embeddings" / f"{model_fingerprint(self.path)}.npz"
-        self._loaded_disk = False
+        self.backend = backend or os.environ.get("CACE_ENCODER_BACKEND") or "torch"
+        if self.backend not in BACKENDS:
+            raise ValueError(f"unknown encoder backend {self.backend!r}; choose one of {BACKENDS}")
+        # fp32 ONNX gives torch's vectors (within ~1e-6), so they share a cache; int8 vectors differ.
+        fingerprint = model_fingerprint(self.path) + ("-int8" if self.backend == "onnx-int8" else "")
+        with Encoder._lock:
+            self._cache = Encoder._caches.setdefault(fingerprint, _SharedCache(self.max_cached))
+        self._cache_file = cache_dir() / "embeddings" / f"{fingerprint}.npz"
 
     @property
     def model(self):
+        key = f"{self.backend}:{self.path}"
         with Encoder._lock:
-            if self.path not in Encoder._models:
-                from sentence_transformers import SentenceTransformer
+            if key not in Encoder._models:
+                if self.backend == "torch":
+                    from sentence_transformers import SentenceTransformer
 
-                Encoder._models[self.path] = SentenceTransformer(self.path, device="cpu")
-            return Encoder._models[self.path]
+                    Encoder._models[key] = SentenceTransformer(self.path, device="cpu")
+                else:
+                    from explainers.onnx_encoder import OnnxSentenceModel
+
+                    Encoder._models[key] = OnnxSentenceModel(self.path, self.backend)
+            return Encoder._models[key]
 
     @property
     def dim(self) -> int:
         return int(self.model.get_sentence_embedding_dimension())
 
     def _load_disk(self) -> None:
-        if self._loaded_disk or not self.use_disk_cache:
+        cache = self._cache
+        if cache.loaded_disk or not self.use_disk_cache:
             return
-        self._loaded_disk = True
+        cache.loaded_disk = True
         if self._cache_file.exists():
             try:
                 data = np.load(self._cache_file, allow_pickle=False)
                 for k, v in zip(data["keys"], data["vectors"], strict=True):
-                    self._memory.setdefault(str(k), v)
+                    if cache.get(str(k)) is None:
+                        cache.put(str(k), v)
+                cache.saved_size = len(cache.rows)
             except (OSError, ValueError, KeyError):
                 pass  # a corrupt cache is only a slower start
 
     def _save_disk(self) -> None:
-        if not self.use_disk_cache or not self._memory:
+        """Write the cache when it grew by half since the last write (O(n) writing over a long job)."""
+        cache = self._cache
+        if not self.use_disk_cache or not cache.rows:
             return
+        with cache.lock:
+            if len(cache.rows) - cache.saved_size < max(32, cache.saved_size // 2):
+                return
+            keys = np.array(list(cache.rows.keys()))
+            vecs = np.stack(list(cache.rows.values())).astype(np.float32)
+            cache.saved_size = len(keys)
         self._cache_file.parent.mkdir(parents=True, exist_ok=True)
-        keys = np.array(list(self._memory.keys()))
-        vecs = np.stack(list(self._memory.values())).astype(np.float32)
-        tmp = self._cache_file.with_suffix(".tmp.npz")
+        tmp = self._cache_file.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp.npz")
         np.savez(tmp, keys=keys, vectors=vecs)
         os.replace(tmp, self._cache_file)
 
@@ -114,26 +172,36 @@ class Encoder:
     def _key(text: str) -> str:
         return hashlib.sha1(text.encode("utf-8")).hexdigest()
 
+    def _embed(self, texts: list[str]) -> np.ndarray:
+        """Run the model (no cache)."""
+        return self.model.encode(
+            texts, batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """(n, d) float32 unit vectors; cached texts are not re-encoded."""
         self._load_disk()
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
         keys = [self._key(t) for t in texts]
-        missing = list(dict.fromkeys(t for t, k in zip(texts, keys, strict=True) if k not in self._memory))
+        found = [self._cache.get(k) for k in keys]
+        missing = list(dict.fromkeys(t for t, row in zip(texts, found, strict=True) if row is None))
+        fresh: dict[str, np.ndarray] = {}
         if missing:
             # In chunks, so a long embedding run (a fresh pool) can report progress.
             chunk = self.batch_size * 16
+            parts: list[np.ndarray] = []
             with Progress(len(missing), "embed", unit="text") as bar:
                 for start in range(0, len(missing), chunk):
-                    part = missing[start : start + chunk]
-                    vecs = self.model.encode(
-                        part, batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True,
-                        show_progress_bar=False,
-                    )
-                    for t, v in zip(part, vecs, strict=True):
-                        self._memory[self._key(t)] = v.astype(np.float32)
-                    bar.update(len(part))
+                    parts.append(np.asarray(self._embed(missing[start : start + chunk]), dtype=np.float32))
+                    bar.update(len(parts[-1]))
+            vecs = np.concatenate(parts)
+            for t, v in zip(missing, vecs, strict=True):
+                fresh[self._key(t)] = v
+                self._cache.put(self._key(t), v)
             if len(missing) >= 32:
                 self._save_disk()
-        if not texts:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        return np.stack([self._memory[k] for k in keys]).astype(np.float32)
+        # Fresh rows are read from `fresh`, not the cache: a big call may have evicted its own first rows.
+        return np.stack([row if row is not None else fresh[k] for row, k in zip(found, keys, strict=True)]
+                        ).astype(np.float32, copy=False)

@@ -23,7 +23,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from explainers.classifiers.base import Classifier
-from explainers.classifiers.usage import metered, sampling_error
+from explainers.classifiers.usage import LLMUsage, metered, sampling_error
 from explainers.concepts import Intervention
 
 
@@ -55,6 +55,12 @@ class Cost:
     classifier_llm_calls: int = 0
     classifier_prompt_tokens: int = 0
     classifier_completion_tokens: int = 0
+
+    def add_classifier_llm(self, usage: LLMUsage) -> None:
+        """Count the tokens of a prompted-LLM classifier (kept apart from the generator's)."""
+        self.classifier_llm_calls += usage.calls
+        self.classifier_prompt_tokens += usage.prompt_tokens
+        self.classifier_completion_tokens += usage.completion_tokens
 
     def add(self, other: Cost) -> None:
         for k, v in asdict(other).items():
@@ -134,6 +140,19 @@ class CounterfactualExplainer:
         """Return up to `top_k` counterfactual texts and method details (e.g. rejection counts)."""
         raise NotImplementedError
 
+    def counterfactuals_batch(
+        self,
+        texts: Sequence[str],
+        interventions: Sequence[Intervention],
+        top_k: int,
+        *,
+        base_labels: Sequence[Mapping[str, str] | None] | None = None,
+    ) -> list[tuple[list[Counterfactual], dict[str, Any]]]:
+        """`counterfactuals()` for many texts; methods that can share work across texts override it."""
+        labels = list(base_labels) if base_labels is not None else [None] * len(texts)
+        return [self.counterfactuals(t, iv, top_k, base_labels=lab)
+                for t, iv, lab in zip(texts, interventions, labels, strict=True)]
+
     def explain(
         self,
         text: str,
@@ -143,27 +162,71 @@ class CounterfactualExplainer:
         *,
         base_labels: Mapping[str, str] | None = None,
     ) -> Explanation:
-        from explainers.estimate import icace_from_predictions
-
         started = time.perf_counter()
         cfs, details = self.counterfactuals(text, intervention, top_k, base_labels=base_labels)
         cost = details.pop("cost", None) or Cost()
         texts = [text] + [c.text for c in cfs]
         with metered() as usage:
-            proba = classifier.predict_proba(texts)
+            proba = np.asarray(classifier.predict_proba(texts), float)
         cost.classifier_calls += 1
         cost.classifier_texts += len(texts)
-        cost.classifier_llm_calls += usage.calls
-        cost.classifier_prompt_tokens += usage.prompt_tokens
-        cost.classifier_completion_tokens += usage.completion_tokens
-        base, cf_pred = proba[0], proba[1:]
+        cost.add_classifier_llm(usage)
+        exp = self._estimate(text, intervention, classifier, cfs, details, cost, proba[0], proba[1:], usage)
+        exp.cost.wall_time_s += time.perf_counter() - started
+        return exp
+
+    def explain_batch(
+        self,
+        texts: Sequence[str],
+        interventions: Sequence[Intervention],
+        classifier: Classifier,
+        top_k: int = 5,
+        *,
+        base_labels: Sequence[Mapping[str, str] | None] | None = None,
+    ) -> list[Explanation]:
+        """`explain()` for many texts, each stage once: counterfactuals for all, then one classifier call.
+
+        The classifier sees every distinct text once (base texts and counterfactuals shared
+        between queries), so each explanation equals what `explain()` gives for its text.
+        Each explanation's cost counts the texts it needed and the one call it shared
+        (`details["batch_size"]` says with how many); wall time is split evenly.
+        """
+        if len(texts) != len(interventions):
+            raise ValueError(f"{len(texts)} texts but {len(interventions)} interventions")
+        if not texts:
+            return []
+        started = time.perf_counter()
+        found = self.counterfactuals_batch(texts, interventions, top_k, base_labels=base_labels)
+        unique = list(dict.fromkeys([*texts, *(c.text for cfs, _ in found for c in cfs)]))
+        with metered() as usage:
+            proba = np.asarray(classifier.predict_proba(unique), float)
+        row = {t: i for i, t in enumerate(unique)}
+        out = []
+        for n, (text, iv, (cfs, details)) in enumerate(zip(texts, interventions, found, strict=True)):
+            cost = details.pop("cost", None) or Cost()
+            cost.classifier_calls += 1
+            cost.classifier_texts += 1 + len(cfs)
+            if n == 0:  # the batch's one classifier call, LLM tokens included, is counted once
+                cost.add_classifier_llm(usage)
+            details["batch_size"] = len(texts)
+            cf_pred = proba[[row[c.text] for c in cfs]] if cfs else np.zeros((0, proba.shape[1]))
+            out.append(self._estimate(text, iv, classifier, cfs, details, cost, proba[row[text]], cf_pred, usage))
+        share = (time.perf_counter() - started) / len(texts)
+        for exp in out:
+            exp.cost.wall_time_s += share
+        return out
+
+    def _estimate(self, text: str, intervention: Intervention, classifier: Classifier, cfs: list[Counterfactual],
+                  details: dict[str, Any], cost: Cost, base: np.ndarray, cf_pred: np.ndarray,
+                  usage: LLMUsage | None = None) -> Explanation:
+        from explainers.estimate import icace_from_predictions
+
         for c, p in zip(cfs, cf_pred, strict=True):
             c.prediction = [float(x) for x in p]
         sims = np.array([c.similarity if c.similarity is not None else 1.0 for c in cfs], dtype=float)
         estimate = icace_from_predictions(
             base, cf_pred, similarities=sims, aggregation=self.aggregation, threshold=self.similarity_threshold
         )
-        cost.wall_time_s += time.perf_counter() - started
         details.setdefault("used", estimate.used)
         sampling = sampling_error(classifier, base, cf_pred, usage)
         if sampling:
@@ -179,6 +242,24 @@ class CounterfactualExplainer:
             cost=cost,
             details=details,
         )
+
+
+def explain_batch(
+    explainer: Explainer,
+    texts: Sequence[str],
+    interventions: Sequence[Intervention],
+    classifier: Classifier,
+    top_k: int = 5,
+    *,
+    base_labels: Sequence[Mapping[str, str] | None] | None = None,
+) -> list[Explanation]:
+    """Explain many texts: batched where the explainer can, one `explain()` per text where it cannot."""
+    batched = getattr(explainer, "explain_batch", None)
+    if batched is not None:
+        return batched(texts, interventions, classifier, top_k, base_labels=base_labels)
+    labels = list(base_labels) if base_labels is not None else [None] * len(texts)
+    return [explainer.explain(t, iv, classifier, top_k, base_labels=lab)
+            for t, iv, lab in zip(texts, interventions, labels, strict=True)]
 
 
 def zero_explanation(method: str, labels: Sequence[str], base: np.ndarray, intervention: Intervention) -> Explanation:

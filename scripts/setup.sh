@@ -15,7 +15,7 @@ export CACE_CACHE_DIR=$CACHE
 if [[ ! -x .venv/bin/python ]]; then
   "$PY" -m venv .venv
 fi
-stamp=.venv/.installed-$(cat pyproject.toml scripts/setup.sh | sha1sum | cut -c1-12)-${1:-run}
+stamp=.venv/.installed-$( (cat pyproject.toml scripts/setup.sh; echo "${CACE_EXTRAS:-}") | sha1sum | cut -c1-12)-${1:-run}
 if [[ ! -f $stamp ]]; then
   .venv/bin/pip install -q -U pip wheel setuptools
   # torch first and pinned: pip takes the CPU wheel from local disk (a bare `torch` would pull CUDA).
@@ -24,7 +24,8 @@ if [[ ! -f $stamp ]]; then
     .venv/bin/pip install -q -e ".[test]"
   else
     # The production stores' drivers (PostgreSQL jobs/keys, Redis rate limits) ship in the image.
-    .venv/bin/pip install -q -e ".[postgres,redis]"
+    # CACE_EXTRAS adds optional extras, e.g. CACE_EXTRAS=ray,onnx.
+    .venv/bin/pip install -q -e ".[postgres,redis${CACE_EXTRAS:+,$CACE_EXTRAS}]"
   fi
   touch "$stamp"
 fi

@@ -182,3 +182,27 @@ def test_setup_script_pins_cpu_torch_like_the_dockerfile() -> None:
 def test_dockerignore_keeps_local_state_out() -> None:
     ignored = set((ROOT / ".dockerignore").read_text().split())
     assert {".git", ".venv", "var"} <= ignored
+
+
+def test_kuberay_raycluster_pods_validate_and_match_the_pinned_ray() -> None:
+    """A RayCluster is a CRD with no bundled schema: its head and worker pod templates are validated
+    strictly as Pods, and its wiring (ConfigMap, volume claim, Ray version, group sizes) is checked."""
+    (rc,) = _docs(K8S / "ray" / "raycluster.yaml")
+    assert rc["apiVersion"] == "ray.io/v1" and rc["kind"] == "RayCluster"
+    templates = {"head": rc["spec"]["headGroupSpec"]["template"]}
+    for group in rc["spec"]["workerGroupSpecs"]:
+        assert 0 <= group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
+        templates[group["groupName"]] = group["template"]
+    names = {p.stem: d["metadata"]["name"] for p in _manifests() for d in _docs(p)}
+    for slot, tpl in templates.items():
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"check-{slot}", **tpl.get("metadata", {})},
+               "spec": tpl["spec"]}
+        kubernetes_validate.validate(pod, K8S_VERSION, strict=True)
+        assert tpl["spec"]["securityContext"]["runAsNonRoot"] is True
+        for c in tpl["spec"]["containers"]:
+            assert c["envFrom"][0]["configMapRef"]["name"] == names["configmap"]
+            _check_settings({e["name"]: e.get("value", "") for e in c.get("env", [])}, f"raycluster {slot}")
+        for v in tpl["spec"].get("volumes", []):
+            assert v["persistentVolumeClaim"]["claimName"] == names["pvc"]
+    pinned = re.search(r'"ray==([\d.]+)\.\*"', (ROOT / "pyproject.toml").read_text())
+    assert pinned and rc["spec"]["rayVersion"].startswith(pinned.group(1) + ".")

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from app.jobs.worker import RetryableError, Workers, wait_for
-from app.store import Store
+from app.store import ItemOutcome, Store
 
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
@@ -170,3 +170,103 @@ def test_failures_are_recorded_and_retryable_errors_retried(store: Store) -> Non
     assert final["counts"]["failed"] == 1
     assert final["item_errors"][0]["index"] == 2 and "bad item 2" in final["item_errors"][0]["error"]
     assert handler.calls.count((job, 4)) == 2  # retried once after RetryableError
+
+
+class BatchSquareHandler(SquareHandler):
+    """SquareHandler with `process_batch`: records each batch; a bad item fails its whole batch (the
+    worker must then run the items one by one), a flaky item makes the whole batch retryable."""
+
+    def __init__(self, fail_on: set[int] | None = None, flaky_on: set[int] | None = None) -> None:
+        super().__init__(fail_on, flaky_on)
+        self.batches: list[list[int]] = []
+
+    def process_batch(self, job_id: str, request: dict[str, Any], items: list[tuple[Any, int]]) -> list[Any]:
+        idxs = [i for _, i in items]
+        with self.lock:
+            self.batches.append(idxs)
+        if self.fail_on & set(idxs):
+            raise ValueError(f"bad items in {idxs}")
+        flaky = self.flaky_on & set(idxs)
+        if flaky:
+            self.flaky_on -= flaky
+            raise RetryableError("upstream blinked")
+        return [{"sq": p["x"] ** 2} for p, _ in items]
+
+
+def test_batches_run_whole_and_a_bad_item_fails_alone(store: Store) -> None:
+    job = store.create_job("square", {}, [{"x": i} for i in range(24)])
+    handler = BatchSquareHandler(fail_on={5}, flaky_on={13})
+    workers = Workers(store, {"square": handler}, owner="w", threads=1, lease_s=5, batch=8, poll_s=0.05)
+    workers.start()
+    try:
+        final = wait_for(store, job, timeout=30)
+    finally:
+        workers.stop()
+    assert final["status"] == "succeeded"
+    assert final["result"] == {"sum": sum(i * i for i in range(24) if i != 5), "failed": [5]}
+    assert handler.batches[0] == list(range(8))  # the claim's items went to the handler together
+    assert sorted(i for _, i in handler.calls) == list(range(8))  # only the failed batch ran per item
+    assert [b for b in handler.batches if 13 in b] == [list(range(8, 16)), list(range(8, 16))]  # retried whole
+    rows = store.item_rows(job)
+    assert [r["attempts"] for r in rows[8:16]] == [2] * 8 and rows[16]["attempts"] == 1
+    assert final["item_errors"] == [{"index": 5, "error": "ValueError: bad item 5"}]
+
+
+def test_batch_skips_items_whose_lease_was_taken_over(store: Store) -> None:
+    job = store.create_job("square", {}, [{"x": i} for i in range(4)])
+    handler = BatchSquareHandler()
+    stalled = Workers(store, {"square": handler}, owner="stalled", threads=0, lease_s=1.0)
+    batch = store.claim("stalled", 1.0, 10)
+    time.sleep(1.1)
+    assert [c.idx for c in store.claim("other", 30.0, 2)] == [0, 1]
+    stalled._run_batch(job, batch, True)
+    assert handler.batches == [[2, 3]]  # 0 and 1 belong to "other" now
+    rows = store.item_rows(job)
+    assert [(r["status"], r["lease_owner"]) for r in rows] == [
+        ("running", "other"), ("running", "other"), ("done", "stalled"), ("done", "stalled")]
+    assert not store.finish_items("stalled", job, [ItemOutcome(0, result={"sq": 0})])  # not its item any more
+
+
+def test_a_cancelled_job_hands_its_batch_back_unprocessed(store: Store) -> None:
+    job = store.create_job("square", {}, [{"x": i} for i in range(4)])
+    handler = BatchSquareHandler()
+    workers = Workers(store, {"square": handler}, owner="w", threads=0, lease_s=30)
+    batch = store.claim("w", 30.0, 10)
+    assert store.cancel_job(job)
+    workers._run_batch(job, batch, False)
+    assert handler.batches == [] and handler.calls == []
+    assert {r["status"] for r in store.item_rows(job)} == {"pending"}
+
+
+def test_a_streamed_job_is_inserted_in_chunks_and_all_or_nothing(store: Store) -> None:
+    job = store.create_job("square", {}, ({"x": i} for i in range(2500)), chunk=1000)
+    assert store.get_job(job)["total"] == 2500
+    rows = list(store.iter_item_rows(job, page=700))
+    assert [r["index"] for r in rows] == list(range(2500))
+    assert rows[1234]["payload"] == {"x": 1234}
+    assert next(store.iter_item_rows(job, with_payload=False))["payload"] is None
+
+    def bad_upload():
+        for i in range(1500):
+            yield {"x": i}
+        raise ValueError("line 1501 is not JSON")
+
+    before, _ = store.list_jobs()
+    with pytest.raises(ValueError, match="1501"):
+        store.create_job("square", {}, bad_upload(), chunk=1000)
+    after, _ = store.list_jobs()
+    assert [j["id"] for j in after] == [j["id"] for j in before]  # nothing of the failed upload was kept
+    assert store.create_job("square", {}, iter([{"x": 1}]), limit=1) is None  # the queue bound holds
+
+
+def test_blockwise_bootstrap_equals_one_index_matrix() -> None:
+    import numpy as np
+
+    from explainers.estimate import cace
+
+    arr = np.random.default_rng(3).normal(size=(50_001, 3))
+    got = cace(arr, seed=9, n_boot=200)
+    rng = np.random.default_rng(9)
+    boots = arr[rng.integers(0, len(arr), size=(200, len(arr)))].mean(axis=1)
+    low, high = np.quantile(boots, [0.025, 0.975], axis=0)
+    assert np.allclose(got.ci_low, low, rtol=0, atol=1e-12) and np.allclose(got.ci_high, high, rtol=0, atol=1e-12)

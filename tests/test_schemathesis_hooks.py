@@ -39,7 +39,7 @@ def no_internal_error(ctx, response, case) -> None:  # noqa: ANN001 (schemathesi
 # be answered with a 4xx or succeed; the checks above fail the run on any 500.
 HOSTILE_TEXT = ("\ud800", "tail \udfff", "nul\x00byte", " \t\n ", "\uff11\uff12\uff17.0.0.1", "\u2460\u2461")
 # Multipart bodies are encoded as UTF-8 by the client itself, which cannot encode a surrogate.
-MULTIPART_PATHS = ("/v1/effects/upload", "/v1/spaces")
+MULTIPART_PATHS = ("/v1/effects/upload", "/v1/domains")
 
 
 def _plant(body: object, value: str) -> object:

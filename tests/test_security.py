@@ -77,8 +77,11 @@ def test_keys_scopes_revocation_and_rate_limits(svc: Server) -> None:
         r = c.post("/v1/keys", json={"name": "root", "scopes": ["admin"], "rate_limit_per_s": 1000})
         assert r.status_code == 403 and "create-key" in r.json()["detail"], r.text
         admin = cli_key(svc, "root", "admin", 1000)
-        # Now auth is on: no key, a wrong key -> 401 problem+json with WWW-Authenticate.
-        r = c.get("/v1/jobs")
+        # Now auth is on (replicas see a new key within KeyStore.CACHE_S, 2 s): no key, a wrong key
+        # -> 401 problem+json with WWW-Authenticate.
+        deadline = time.monotonic() + 5
+        while (r := c.get("/v1/jobs")).status_code == 200 and time.monotonic() < deadline:
+            time.sleep(0.2)
         assert r.status_code == 401
         assert r.headers["content-type"].startswith("application/problem+json")
         assert r.headers["www-authenticate"] == "Bearer"

@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from explainers.bench.cebab import load_split
+from explainers.concepts import CEBAB_SCHEMA
 from tests.servers import free_port, running
 from tests.service_server import drop_pg_prefix, service, store_env
 
@@ -136,7 +137,8 @@ def test_generate_through_a_registered_llm(tmp_path: Path) -> None:
         files = {"file": ("c.jsonl", "\n".join(json.dumps(x) for x in corpus).encode(), "application/x-ndjson")}
         gen = {"llm": "smollm2", "concepts_per_source": 2, "verify_with_taggers": False, "max_tokens": 60}
         domain_id = f"generated-{uuid.uuid4().hex[:8]}"  # domains live in the shared test data dir
-        r = c.post("/v1/domains", files=files, data={"params": json.dumps({"id": domain_id, "generate": gen})})
+        params = {"id": domain_id, "generate": gen, "schema": CEBAB_SCHEMA.to_dict()}
+        r = c.post("/v1/domains", files=files, data={"params": json.dumps(params)})
         assert r.status_code == 202, r.text
         job = wait_job(c, r.json()["id"])
         assert job["status"] == "succeeded", job

@@ -9,6 +9,7 @@ bootstrap is seeded by the request.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +21,11 @@ from app.jobs.worker import RetryableError
 from app.problems import ApiError
 from app.resources import Runtime
 from app.schemas import DomainGenerate, EffectsParams
-from explainers.concepts import ConceptSchema
+from explainers.concepts import ConceptSchema, Intervention
 from explainers.errors import UpstreamUnavailable
 from explainers.estimate import cace
 from explainers.registry import Pool
+from explainers.types import Explanation, explain_batch, zero_explanation
 
 
 class EffectsHandler:
@@ -43,19 +45,64 @@ class EffectsHandler:
         return r
 
     def process(self, job_id: str, request: dict[str, Any], payload: Any, index: int) -> dict[str, Any]:
+        return self.process_batch(job_id, request, [(payload, index)])[0]
+
+    def process_batch(self, job_id: str, request: dict[str, Any], items: list[tuple[Any, int]]) -> list[dict[str, Any]]:
+        """Rows for a batch of items, each stage once for the batch (see `rows`).
+
+        Upstream outages become RetryableError (the worker retries the whole batch later);
+        any other error fails the batch, and the worker re-runs its items one by one so that
+        only the bad item fails.
+        """
         params = EffectsParams.model_validate(request)
         try:
             r = self.resolved(job_id, params)
-            return self.row(r, params, payload)
+            return self.rows(r, params, [payload for payload, _ in items])
         except (UpstreamUnavailable, httpx.TransportError) as e:  # classifier or LLM, timeouts included
             raise RetryableError(f"{type(e).__name__}: {e}") from e
         except ApiError as e:
             raise ValueError(e.detail) from e
 
     def row(self, r: explain.Resolved, params: EffectsParams, payload: dict[str, Any]) -> dict[str, Any]:
+        return self.rows(r, params, [payload])[0]
+
+    def rows(self, r: explain.Resolved, params: EffectsParams, payloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """ICaCE rows for many texts, each stage once: one tagger call for the texts whose source
+        value is unknown, one batched explanation (encoder, search, one classifier call) for the
+        texts the intervention changes, one classifier call for the bases of those it does not.
+        Each row equals what explaining its text alone gives (`explain.run`)."""
         iv = params.intervention
-        q = explain.Query(payload["text"], iv.concept, iv.target, iv.source, payload.get("labels"))
-        exp, intervention, inferred, _ = explain.run(self.rt, r, q)
+        texts = [p["text"] for p in payloads]
+        labels: list[dict[str, str] | None] = [p.get("labels") for p in payloads]
+        unknown = [i for i, lab in enumerate(labels) if iv.source is None and not (lab and iv.concept in lab)]
+        if unknown:
+            tags = self.rt.infer_labels(r.domain, [texts[i] for i in unknown])
+            for i, tagged in zip(unknown, tags, strict=True):
+                labels[i] = {**tagged, **(labels[i] or {})}
+        interventions = []
+        for i, text in enumerate(texts):
+            q = explain.Query(text, iv.concept, iv.target, iv.source, labels[i])
+            src, _, labels[i] = explain.source_for(self.rt, r.domain, q)
+            interventions.append(Intervention(iv.concept, iv.target, src))
+        changed = [i for i, x in enumerate(interventions) if x.source != x.target]
+        same = [i for i, x in enumerate(interventions) if x.source == x.target]
+        exps: dict[int, Explanation] = {}
+        if changed:
+            with r.lock:
+                found = explain_batch(r.explainer, [texts[i] for i in changed], [interventions[i] for i in changed],
+                                      r.classifier, r.top_k, base_labels=[labels[i] for i in changed])
+            exps.update(zip(changed, found, strict=True))
+        if same:
+            bases = np.asarray(r.classifier.predict_proba([texts[i] for i in same]), float)
+            for i, base in zip(same, bases, strict=True):
+                exp = zero_explanation(r.method, r.classifier.labels, base, interventions[i])
+                exp.details["unchanged"] = True
+                exps[i] = exp
+        inferred = set(unknown)
+        return [self._row(payloads[i], exps[i], interventions[i], i in inferred) for i in range(len(payloads))]
+
+    @staticmethod
+    def _row(payload: dict[str, Any], exp: Explanation, intervention: Intervention, inferred: bool) -> dict[str, Any]:
         unchanged = bool(exp.details.get("unchanged"))
         return {
             "id": payload.get("id"), "status": "unchanged" if unchanged else "done",
@@ -65,24 +112,49 @@ class EffectsHandler:
             "n_counterfactuals": int(exp.details.get("used", len(exp.counterfactuals))),
         }
 
-    def finalize(self, job_id: str, request: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    # The worker may pass `finalize` an iterator over the stored rows instead of a list (one pass).
+    finalize_streams = True
+
+    def finalize(self, job_id: str, request: dict[str, Any], rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
         self._resolved.pop(job_id, None)
         params = EffectsParams.model_validate(request)
         return summarize(params, rows)
 
 
-def summarize(params: EffectsParams, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """CaCE + CI over changed texts; raises ValueError if no text was changed."""
-    results = [r["result"] for r in rows if r["status"] == "done" and r.get("result")]
-    changed = [x for x in results if x["status"] == "done"]
-    failed = sum(1 for r in rows if r["status"] == "failed")
-    if not changed:
-        raise ValueError(f"no text could be explained: {len(results)} already had "
+def summarize(params: EffectsParams, rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """CaCE + CI over changed texts; raises ValueError if no text was changed.
+
+    One pass over `rows` (an iterator of a million stored rows is fine): counts and sources are
+    tallied as rows arrive and only the changed texts' ICaCE vectors are kept, as compact arrays,
+    for the bootstrap.
+    """
+    n_rows = n_results = failed = 0
+    sources: Counter[str] = Counter()
+    labels: list[str] | None = None
+    blocks: list[np.ndarray] = []
+    pending: list[list[float]] = []
+    for r in rows:
+        n_rows += 1
+        if r["status"] == "failed":
+            failed += 1
+        x = r.get("result") if r["status"] == "done" else None
+        if not x:
+            continue
+        n_results += 1
+        sources[x["source"]] += 1
+        if x["status"] == "done":
+            labels = labels or x["labels"]
+            pending.append(x["icace"])
+            if len(pending) == 4096:
+                blocks.append(np.asarray(pending, dtype=float))
+                pending = []
+    if pending:
+        blocks.append(np.asarray(pending, dtype=float))
+    if labels is None:
+        raise ValueError(f"no text could be explained: {n_results} already had "
                          f"{params.intervention.concept}={params.intervention.target}, {failed} failed")
-    labels = changed[0]["labels"]
-    icaces = np.array([x["icace"] for x in changed], dtype=float)
+    icaces = np.concatenate(blocks)
     est = cace(icaces, confidence=params.confidence, seed=params.seed)
-    sources = Counter(x["source"] for x in results)
     mean_abs = np.abs(icaces).mean(axis=0)
     return {
         "labels": labels,
@@ -91,7 +163,7 @@ def summarize(params: EffectsParams, rows: list[dict[str, Any]]) -> dict[str, An
         "ci_high": explain.as_map(labels, est.ci_high),
         "confidence": params.confidence,
         "summary": {
-            "n_texts": len(rows), "n_changed": len(changed), "n_unchanged": len(results) - len(changed),
+            "n_texts": n_rows, "n_changed": len(icaces), "n_unchanged": n_results - len(icaces),
             "n_failed": failed, "sources": dict(sources),
             "mean_abs_icace": explain.as_map(labels, mean_abs),
             "most_increased": labels[int(np.argmax(est.cace))], "most_decreased": labels[int(np.argmin(est.cace))],

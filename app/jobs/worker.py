@@ -2,7 +2,9 @@
 
 Each job kind has a handler with two steps: `process` one item (one text of an effects
 job, the single training step of a space job) and `finalize` the job from all item
-results (CaCE with its bootstrap CI, say). Items are leased, so a crash (SIGKILL, OOM,
+results (CaCE with its bootstrap CI, say). A handler that also has `process_batch` gets
+each claim's items of one job at once (effects: one encoder call, one search, one
+classifier call for the batch); a failing batch falls back to `process` per item. Items are leased, so a crash (SIGKILL, OOM,
 a lost replica) costs at most the items in flight: their leases expire and any worker,
 here or in another replica, picks them up. Finished items are never redone because
 `finish_item` only counts while the lease is held, and `claim` never hands out done items.
@@ -17,7 +19,7 @@ import traceback
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from app.store import Claimed, Store
+from app.store import Claimed, ItemOutcome, Store
 
 log = logging.getLogger("cace.jobs")
 
@@ -35,6 +37,15 @@ class JobHandler(Protocol):
 
     def finalize(self, job_id: str, request: dict[str, Any], rows: list[dict[str, Any]]) -> Any:
         """Combine all item rows (ordered by index) into the job's result."""
+        ...
+
+
+class BatchJobHandler(JobHandler, Protocol):
+    """A job kind that can run many items at once (each stage once per batch)."""
+
+    def process_batch(self, job_id: str, request: dict[str, Any], items: list[tuple[Any, int]]) -> list[Any]:
+        """Results for (payload, index) items, in order; raise RetryableError to retry the whole batch,
+        any other error to have the worker run the items one by one through `process`."""
         ...
 
 
@@ -105,18 +116,68 @@ class Workers:
                 with self._held_lock:  # leases of queued items are renewed too
                     self._held.update((c.job_id, c.idx) for c in claimed)
                 touched: set[str] = set()
-                active = {j: self.store.job_status(j) in ("queued", "running") for j in {c.job_id for c in claimed}}
-                for item in claimed:
+                by_job: dict[str, list[Claimed]] = {}
+                for c in claimed:
+                    by_job.setdefault(c.job_id, []).append(c)
+                for job_id, items in by_job.items():
                     if self._stop.is_set():
                         break  # leave the rest to expire and be re-claimed
-                    self._run(item, active[item.job_id])
-                    touched.add(item.job_id)
+                    self._run_batch(job_id, items, self.store.job_status(job_id) in ("queued", "running"))
+                    touched.add(job_id)
                 for job_id in touched:
                     if self.store.open_items(job_id) == 0:
                         self._finalize(job_id)
             except Exception:
                 log.exception("job worker loop error")
                 self._stop.wait(1.0)
+
+    def _run_batch(self, job_id: str, items: list[Claimed], active: bool) -> None:
+        """Run one job's claimed items as one batch when its handler can (`process_batch`).
+
+        A batch that fails on an upstream outage (RetryableError) goes back to pending as a
+        whole; one that fails otherwise is re-run item by item, so one bad text fails alone.
+        Outcomes are written in one transaction, each only if its lease is still held.
+        """
+        job = self._job(job_id)
+        handler = self.handlers.get(job[0]) if job else None
+        process_batch = getattr(handler, "process_batch", None)
+        if job is None or not active or process_batch is None or len(items) == 1:
+            for item in items:
+                if self._stop.is_set():
+                    break
+                self._run(item, active)
+            return
+        keys = [(i.job_id, i.idx) for i in items]
+        held = self.store.renew(self.owner, keys, self.lease_s)
+        if len(held) < len(keys):
+            # As in _run: items whose lease lapsed and were taken over belong to their new holder.
+            log.warning("job %s: %d items lost their lease before the batch started; left to their new holder",
+                        job_id, len(keys) - len(held))
+        run = [i for i in items if (i.job_id, i.idx) in held]
+        try:
+            if not run:
+                return
+            try:
+                results = process_batch(job_id, job[1], [(i.payload, i.idx) for i in run])
+                if len(results) != len(run):
+                    raise RuntimeError(f"process_batch returned {len(results)} results for {len(run)} items")
+                outcomes = [ItemOutcome(i.idx, result=r) for i, r in zip(run, results, strict=True)]
+            except RetryableError as e:
+                outcomes = [ItemOutcome(i.idx, error=str(e), retry=i.attempts < self.max_attempts) for i in run]
+                log.warning("job %s: batch of %d hit a retryable error: %s", job_id, len(run), e)
+            except Exception as e:
+                log.warning("job %s: batch of %d failed (%s: %s); running its items one by one",
+                            job_id, len(run), type(e).__name__, e)
+                for item in run:
+                    if self._stop.is_set():
+                        break
+                    self._run(item, active)
+                return
+            written = self.store.finish_items(self.owner, job_id, outcomes)
+            self.processed += sum(1 for o in outcomes if o.idx in written and o.error is None)
+        finally:
+            with self._held_lock:
+                self._held.difference_update(keys)
 
     def _run(self, item: Claimed, active: bool = True) -> None:
         key = (item.job_id, item.idx)
@@ -163,7 +224,9 @@ class Workers:
         handler = self.handlers.get(kind)
         if handler is None:
             return
-        rows = self.store.item_rows(job_id)
+        # A handler that reads its rows once gets them streamed (a million-text job stays in bounded memory).
+        streams = getattr(handler, "finalize_streams", False)
+        rows = self.store.iter_item_rows(job_id, with_payload=False) if streams else self.store.item_rows(job_id)
         try:
             result = handler.finalize(job_id, request, rows)
         except Exception as e:

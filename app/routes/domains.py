@@ -95,7 +95,12 @@ def create_domain(
             raise field_error("body.params.generate.llm", "no default LLM is configured (CACE_LLM_BASE_URL, "
                                                           "CACE_LLM_MODEL); name a registered LLM")
     rows = _corpus(file, schema, rt.settings.max_body_bytes, rt.settings.max_text_chars)
-    schema = schema or infer_schema(rows, name=p.description or p.id)
+    if schema is None:
+        schema = infer_schema(rows, name=p.description or p.id)
+        single = [c.name for c in schema.concepts if len(c.values) < 2]
+        if single:
+            raise field_error("body.params.schema", f"the labels give concept(s) {single} a single value; nothing "
+                                                    "can change it: pass the schema with every value")
     unlabelled = [c for c in schema.names if not any(c in r["labels"] for r in rows)]
     if unlabelled:
         raise field_error("body.file", f"no text carries a label for concept(s) {unlabelled}")

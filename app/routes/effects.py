@@ -6,7 +6,9 @@ whose items are stored per text, answered with 202 and a Location to poll.
 
 from __future__ import annotations
 
+import itertools
 import json
+from collections.abc import Iterator
 from typing import Any
 
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
@@ -42,9 +44,14 @@ def _payloads(rt: Runtime, texts: list[Any], where: str) -> list[dict[str, Any]]
 
 
 def _submit(rt: Runtime, params: EffectsParams, payloads: list[dict[str, Any]], where: str,
-            owner: str | None = None) -> JSONResponse:
+            owner: str | None = None, rest: Iterator[dict[str, Any]] | None = None) -> JSONResponse:
+    """Check a request and answer it inline, or queue it as a job.
+
+    `payloads` are checked against the domain here; `rest` (the tail of a streamed upload, read
+    only as it is stored) is checked item by item when the job runs.
+    """
     s = rt.settings
-    if params.mode == "inline" and len(payloads) > s.max_inline_texts:
+    if params.mode == "inline" and (len(payloads) > s.max_inline_texts or rest is not None):
         raise field_error("body.mode", f"inline runs take at most {s.max_inline_texts} texts; use mode=job")
     r = explain.resolve(rt, params)  # 4xx for bad domain/classifier/method/intervention before anything is queued
     # Pin what the defaults resolved to, so every item of a job (and its summary) uses the same domain and method.
@@ -55,20 +62,20 @@ def _submit(rt: Runtime, params: EffectsParams, payloads: list[dict[str, Any]], 
         explain.check_query(r, q, f"{where}.{i}.labels", f"{where}.{i}.labels")
     explain.check_available(r, iv.concept, iv.target, "body")
     rt.maybe_calibrate(r.domain, r.classifier_name)
-    inline = params.mode == "inline" or (params.mode == "auto" and len(payloads) <= s.max_inline_texts)
+    inline = rest is None and (params.mode == "inline" or (params.mode == "auto" and len(payloads) <= s.max_inline_texts))
     request = params.model_dump(mode="json")
     if inline:
-        rows = []
-        for i, p in enumerate(payloads):
-            result = rt_handler(rt).row(r, params, p)
-            rows.append({"index": i, "status": "done", "result": result, "payload": p, "attempts": 1})
+        results = rt_handler(rt).rows(r, params, payloads)  # the job's batch path, for the whole request
+        rows = [{"index": i, "status": "done", "result": result, "payload": p, "attempts": 1}
+                for i, (p, result) in enumerate(zip(payloads, results, strict=True))]
         try:
             result = summarize(params, rows)
         except ValueError as e:
             raise ApiError(422, "Nothing to estimate", str(e), kind="no-effect") from e
         body = EffectsInlineResponse(result=result, rows=[row_out(x) for x in rows])
         return JSONResponse(body.model_dump(mode="json"))
-    job_id = rt.store.create_job("effects", request, payloads, limit=s.job_queue_limit, owner=owner)
+    job_id = rt.store.create_job("effects", request, itertools.chain(payloads, rest or ()), limit=s.job_queue_limit,
+                                 owner=owner)
     if job_id is None:
         raise queue_full(s.job_queue_limit)
     job = rt.store.get_job(job_id, with_request=False)
@@ -107,23 +114,40 @@ def upload_effects(
         p = EffectsParams.model_validate_json(params)
     except ValidationError as e:
         raise validation_error(e.errors(), "params") from e
-    texts = parse_jsonl(file, rt.settings.max_body_bytes)
-    return _submit(rt, p, _payloads(rt, texts, "file"), "file", owner=requester(request)[0])
+    s = rt.settings
+    lines = iter_upload(file, max_bytes=s.max_body_bytes, max_texts=s.max_upload_texts,
+                        max_chars=s.max_text_chars)
+    head = list(itertools.islice(lines, s.max_inline_texts + 1))
+    if not head:
+        raise field_error("file", "no texts in the file")
+    # A large upload streams into the store a chunk at a time: memory stays bounded whatever its size.
+    rest = lines if len(head) > s.max_inline_texts else None
+    return _submit(rt, p, head, "file", owner=requester(request)[0], rest=rest)
 
 
-def parse_jsonl(file: UploadFile, max_bytes: int) -> list[Any]:
-    raw = file.file.read(max_bytes + 1)
-    if len(raw) > max_bytes:
-        raise field_error("file", f"larger than {max_bytes} bytes", status=413)
-    items: list[Any] = []
-    for n, line in enumerate(raw.decode("utf-8", errors="replace").splitlines(), start=1):
+def iter_upload(file: UploadFile, *, max_bytes: int, max_texts: int, max_chars: int) -> Iterator[dict[str, Any]]:
+    """Payloads of a JSONL upload, one line at a time (the file is spooled to disk by the server).
+
+    Each line is a JSON string or {text, id?, labels?}; problems name the line (JSON) or the
+    text's index (content), as the JSON body's checks do.
+    """
+    n_bytes = 0
+    index = 0
+    for n, raw in enumerate(file.file, start=1):
+        n_bytes += len(raw)
+        if n_bytes > max_bytes:
+            raise field_error("file", f"larger than {max_bytes} bytes", status=413)
+        line = raw.decode("utf-8", errors="replace")
         if not line.strip():
             continue
         try:
             obj = json.loads(line)
-            items.append(EffectText(text=obj) if isinstance(obj, str) else EffectText.model_validate(obj))
+            item = EffectText(text=obj) if isinstance(obj, str) else EffectText.model_validate(obj)
         except (json.JSONDecodeError, ValidationError) as e:
             raise field_error(f"file.line{n}", f"not a JSON string or {{text, id, labels}} object: {e}") from e
-    if not items:
-        raise field_error("file", "no texts in the file")
-    return items
+        if index >= max_texts:
+            raise field_error("file", f"at most {max_texts} texts per upload", status=413)
+        if len(item.text) > max_chars:
+            raise field_error(f"file.{index}", f"at most {max_chars} characters")
+        yield item.model_dump(exclude_none=True)
+        index += 1

@@ -97,12 +97,11 @@ def list_job_rows(job_id: str, request: Request, offset: int = Query(0, ge=0, le
     200: {"content": {"application/x-ndjson": {}}, "description": "One EffectRow per line"}, **problems(404)})
 def download_job_rows(job_id: str, request: Request, rt: Runtime = Depends(runtime)) -> StreamingResponse:
     """All per-text rows as JSON Lines (streamed in pages)."""
-    job = _job(rt, job_id, request)
+    _job(rt, job_id, request)  # 404 (unknown, or another key's) before the stream starts
 
     def lines() -> Iterator[bytes]:
-        for start in range(0, job["total"], 1000):
-            for r in rt.store.item_rows(job_id, offset=start, limit=1000):
-                yield (json.dumps(row_out(r)) + "\n").encode()
+        for r in rt.store.iter_item_rows(job_id):  # keyset pages: linear time, bounded memory
+            yield (json.dumps(row_out(r)) + "\n").encode()
 
     return StreamingResponse(lines(), media_type="application/x-ndjson",
                              headers={"Content-Disposition": f'attachment; filename="{job_id}.jsonl"'})

@@ -81,6 +81,57 @@ class MatchingExplainer(CounterfactualExplainer):
             seen = {m.row for m in found}
             extra = self.space.search(vec, c, v, top_k + matched, exclude_above=self.exclude_above, exclude_text=text)
             found += [m for m in extra if m.row not in seen][: top_k - matched]
+        return self._result(found, bool(conf), matched)
+
+    def counterfactuals_batch(
+        self, texts: Sequence[str], interventions: Sequence[Intervention], top_k: int, *,
+        base_labels: Sequence[Mapping[str, str] | None] | None = None,
+    ) -> list[tuple[list[Counterfactual], dict[str, Any]]]:
+        """`counterfactuals()` for many texts: one tagger call, one encoder call per concept, and one
+        FAISS search per (concept, target, confounder labels) group, with per-text results unchanged."""
+        for iv in interventions:
+            self.space.schema.validate(iv)
+        n = len(texts)
+        labels = list(base_labels) if base_labels is not None else [None] * n
+        if self.confounders != "ignore" and self.taggers is not None:
+            missing = [i for i in range(n) if labels[i] is None]
+            if missing:
+                for i, lab in zip(missing, self.taggers.predict([texts[i] for i in missing]), strict=True):
+                    labels[i] = dict(lab)
+        by_concept: dict[str, list[int]] = {}
+        for i, iv in enumerate(interventions):
+            by_concept.setdefault(iv.concept, []).append(i)
+        vecs: dict[int, np.ndarray] = {}
+        for c, idx in by_concept.items():
+            for i, v in zip(idx, self.space.embed([texts[i] for i in idx], c), strict=True):
+                vecs[i] = v
+        confs = [self._confounder_labels(texts[i], interventions[i].concept, labels[i]) for i in range(n)]
+        groups: dict[tuple, list[int]] = {}
+        for i, iv in enumerate(interventions):
+            groups.setdefault((iv.concept, iv.target, tuple(sorted(confs[i].items()))), []).append(i)
+        found: dict[int, list[Any]] = {}
+        for (c, v, conf), idx in groups.items():
+            hits = self.space.search_batch(np.stack([vecs[i] for i in idx]), c, v, top_k,
+                                           confounders=dict(conf) or None, exclude_above=self.exclude_above,
+                                           exclude_texts=[texts[i] for i in idx])
+            found.update(zip(idx, hits, strict=True))
+        matched = {i: len(found[i]) for i in range(n)}
+        if self.confounders == "fill":  # top up short confounder-matched lists, as counterfactuals() does
+            short: dict[tuple, list[int]] = {}
+            for i in range(n):
+                if confs[i] and len(found[i]) < top_k:
+                    iv = interventions[i]
+                    short.setdefault((iv.concept, iv.target, top_k + len(found[i])), []).append(i)
+            for (c, v, k), idx in short.items():
+                extra = self.space.search_batch(np.stack([vecs[i] for i in idx]), c, v, k,
+                                                exclude_above=self.exclude_above,
+                                                exclude_texts=[texts[i] for i in idx])
+                for i, more in zip(idx, extra, strict=True):
+                    seen = {m.row for m in found[i]}
+                    found[i] = found[i] + [m for m in more if m.row not in seen][: top_k - len(found[i])]
+        return [self._result(found[i], bool(confs[i]), matched[i]) for i in range(n)]
+
+    def _result(self, found: list[Any], conf: bool, matched: int) -> tuple[list[Counterfactual], dict[str, Any]]:
         cfs = [Counterfactual(text=m.text, similarity=m.score, source_id=self._pool_id(m.row)) for m in found]
         details = {"space": self.space.meta.get("name"), "confounder_matched": matched if conf else None,
                    "rows": [m.row for m in found]}
@@ -112,6 +163,23 @@ class MatchDRExplainer(MatchingExplainer):
     def explain(self, text: str, intervention: Intervention, classifier: Classifier, top_k: int = 5, *,
                 base_labels: Mapping[str, str] | None = None) -> Explanation:
         exp = super().explain(text, intervention, classifier, top_k, base_labels=base_labels)
+        return self._adjust(exp, text, intervention, classifier, base_labels)
+
+    def explain_batch(self, texts: Sequence[str], interventions: Sequence[Intervention], classifier: Classifier,
+                      top_k: int = 5, *, base_labels: Sequence[Mapping[str, str] | None] | None = None
+                      ) -> list[Explanation]:
+        labels = list(base_labels) if base_labels is not None else [None] * len(texts)
+        if self.taggers is not None:  # one tagger call for the texts without labels
+            missing = [i for i in range(len(texts)) if labels[i] is None]
+            if missing:
+                for i, lab in zip(missing, self.taggers.predict([texts[i] for i in missing]), strict=True):
+                    labels[i] = dict(lab)
+        exps = super().explain_batch(texts, interventions, classifier, top_k, base_labels=labels)
+        return [self._adjust(e, t, iv, classifier, lab)
+                for e, t, iv, lab in zip(exps, texts, interventions, labels, strict=True)]
+
+    def _adjust(self, exp: Explanation, text: str, intervention: Intervention, classifier: Classifier,
+                base_labels: Mapping[str, str] | None) -> Explanation:
         rows = exp.details.get("rows") or []
         if not rows or (base_labels is None and self.taggers is None):
             return exp

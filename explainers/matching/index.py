@@ -140,9 +140,24 @@ class PartitionIndex:
         `threshold` drops hits with similarity below it; `exclude_above` drops near-duplicates
         of the query (similarity at or above it), e.g. the query itself when it is in the pool.
         """
+        return self.search_batch(_as_f32(query).reshape(1, -1), k, allowed=allowed, threshold=threshold,
+                                 exclude_above=exclude_above)[0]
+
+    def search_batch(
+        self,
+        queries: np.ndarray,
+        k: int,
+        *,
+        allowed: np.ndarray | None = None,
+        threshold: float | None = None,
+        exclude_above: float | None = None,
+    ) -> list[Hits]:
+        """`search` for many queries (n, d) sharing one allow-list, in one FAISS call."""
+        q = _as_f32(queries).reshape(-1, self.index.d)
         n = len(self)
-        if n == 0 or k <= 0 or (allowed is not None and len(allowed) == 0):
-            return Hits(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32))
+        empty = Hits(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32))
+        if n == 0 or k <= 0 or len(q) == 0 or (allowed is not None and len(allowed) == 0):
+            return [empty for _ in range(len(q))]
         extra = 4 if exclude_above is not None else 0
         kk = min(n if allowed is None else len(allowed), k + extra)
         params: Any = None
@@ -154,14 +169,16 @@ class PartitionIndex:
                 params = faiss.SearchParametersIVF(sel=sel, nprobe=self.index.nprobe)  # type: ignore[call-arg]
             else:
                 params = faiss.SearchParameters(sel=sel)  # type: ignore[call-arg]
-        scores, ids = self.index.search(_as_f32(query).reshape(1, -1), kk, params=params)
-        scores, ids = scores[0], ids[0]
-        keep = ids >= 0
-        if exclude_above is not None:
-            keep &= scores < exclude_above
-        if threshold is not None:
-            keep &= scores >= threshold
-        return Hits(ids[keep][:k].astype(np.int64), scores[keep][:k])
+        all_scores, all_ids = self.index.search(q, kk, params=params)
+        out = []
+        for scores, ids in zip(all_scores, all_ids, strict=True):
+            keep = ids >= 0
+            if exclude_above is not None:
+                keep &= scores < exclude_above
+            if threshold is not None:
+                keep &= scores >= threshold
+            out.append(Hits(ids[keep][:k].astype(np.int64), scores[keep][:k]))
+        return out
 
     def save(self, path: Path) -> None:
         path = Path(path)

@@ -147,16 +147,43 @@ class ConceptSpace:
         if (concept, value) not in self.indices:
             raise KeyError(f"no partition for {concept}={value}; the schema has {self.schema.names}")
         vec = self.embed([query], concept)[0] if isinstance(query, str) else np.asarray(query, np.float32)
+        return self.search_batch(vec.reshape(1, -1), concept, value, k, confounders=confounders, threshold=threshold,
+                                 exclude_above=exclude_above, exclude_texts=[exclude_text])[0]
+
+    def search_batch(
+        self,
+        vectors: np.ndarray,
+        concept: str,
+        value: str,
+        k: int,
+        *,
+        confounders: Mapping[str, str] | None = None,
+        threshold: float | None = None,
+        exclude_above: float | None = None,
+        exclude_texts: Sequence[str | None] | None = None,
+    ) -> list[list[Match]]:
+        """`search` for many query vectors (n, d) with one target partition and confounder filter: one FAISS call.
+
+        `exclude_texts[i]` (the i-th query's own text, or None) is dropped from its matches.
+        """
+        if (concept, value) not in self.indices:
+            raise KeyError(f"no partition for {concept}={value}; the schema has {self.schema.names}")
+        vectors = np.asarray(vectors, np.float32).reshape(len(vectors), -1)
+        excludes = list(exclude_texts) if exclude_texts is not None else [None] * len(vectors)
         allowed = self._allowed(concept, value, confounders) if confounders else None
-        extra = 2 if exclude_text is not None else 0
-        hits = self.indices[(concept, value)].search(vec, k + extra, allowed=allowed, threshold=threshold,
-                                                     exclude_above=exclude_above)
-        rows = self.rows[(concept, value)][hits.ids]
-        out = [Match(int(r), float(s), self.pool.texts[r]) for r, s in zip(rows, hits.scores, strict=True)]
-        if exclude_text is not None:
-            key = _norm(exclude_text)
-            out = [m for m in out if _norm(m.text) != key]
-        return out[:k]
+        extra = 2 if any(t is not None for t in excludes) else 0
+        found = self.indices[(concept, value)].search_batch(vectors, k + extra, allowed=allowed, threshold=threshold,
+                                                            exclude_above=exclude_above)
+        part_rows = self.rows[(concept, value)]
+        out = []
+        for hits, exclude_text in zip(found, excludes, strict=True):
+            rows = part_rows[hits.ids]
+            ms = [Match(int(r), float(s), self.pool.texts[r]) for r, s in zip(rows, hits.scores, strict=True)]
+            if exclude_text is not None:
+                key = _norm(exclude_text)
+                ms = [m for m in ms if _norm(m.text) != key]
+            out.append(ms[:k])
+        return out
 
     # -- diagnostics ------------------------------------------------------------------------
     def nearest_counterfactual_hit_rate(self, concept: str) -> float | None:

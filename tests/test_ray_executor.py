@@ -1,0 +1,110 @@
+"""Effects jobs on a real local Ray cluster (a head and one more worker node started here), with an
+actor SIGKILLed mid-job: the job still succeeds, nothing finished is redone, and its rows equal
+the same request run inline in the service process. Needs the `ray` extra.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from tests.servers import free_port  # noqa: E402
+from tests.service_server import service, store_env  # noqa: E402
+from tests.test_service_e2e import all_rows, dev_texts, wait_job  # noqa: E402
+
+REQUEST = {"intervention": {"concept": "service", "target": "Negative"}, "method": "pt_match", "top_k": 5,
+           "seed": 11}
+
+
+def _ray_bin() -> str:
+    found = shutil.which("ray", path=str(Path(sys.executable).parent))
+    if not found:
+        pytest.skip("the ray CLI is not installed")
+    return found
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[str]:
+    """`ray start --head` on 127.0.0.1 plus a second node joining it; both stopped by process group."""
+    ray_bin = _ray_bin()
+    port = free_port()
+    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1"}
+    common = ["--block", "--node-ip-address", "127.0.0.1", "--num-cpus", "1"]
+    procs = [subprocess.Popen([ray_bin, "start", "--head", "--port", str(port), "--include-dashboard=false",
+                               "--temp-dir", temp, *common], env=env, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    address = f"127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            ok = subprocess.run([ray_bin, "status", "--address", address], env=env, capture_output=True)
+            if ok.returncode == 0:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"ray head did not come up: {ok.stderr.decode()[-2000:]}")
+            time.sleep(1)
+        procs.append(subprocess.Popen([ray_bin, "start", "--address", address, *common], env=env,
+                                      start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        ray.init(address=address, namespace="cace", logging_level="WARNING")
+        while len([n for n in ray.nodes() if n["Alive"]]) < 2:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the second Ray node did not join")
+            time.sleep(1)
+        yield address
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        for p in reversed(procs):
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+                p.wait(30)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                os.killpg(p.pid, signal.SIGKILL)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_job_on_ray_survives_a_killed_actor(ray_cluster: str, tmp_path: Path) -> None:
+    env = {**store_env("sqlite", tmp_path), "CACE_RAY_ADDRESS": ray_cluster, "CACE_INSTANCE_ID": "svc",
+           "CACE_JOB_WORKERS": "2", "CACE_JOB_CLAIM_BATCH": "4", "CACE_JOB_LEASE_S": "20",
+           "CACE_RAY_ACTORS_PER_CLASSIFIER": "2", "OMP_NUM_THREADS": "1"}
+    texts = dev_texts(48)
+    with service(env) as srv, httpx.Client(base_url=srv.base_url, timeout=300) as c:
+        r = c.post("/v1/effects", json={**REQUEST, "mode": "job", "texts": texts})
+        assert r.status_code == 202, r.text
+        job_id = r.json()["id"]
+        deadline = time.monotonic() + 600
+        while (job := c.get(f"/v1/jobs/{job_id}").json())["counts"]["done"] < 8:
+            assert job["status"] in ("queued", "running") and not job["item_errors"], job
+            assert time.monotonic() < deadline, "the Ray actors never finished a batch"
+            time.sleep(0.05)
+        actors = [ray.get_actor(f"effects-svc-tfidf-lr-{i}", namespace="cace") for i in range(2)]
+        pids = [ray.get(a.pid.remote(), timeout=120) for a in actors]
+        done_before = {x["index"]: x for x in all_rows(c, job_id) if x["status"] in ("done", "unchanged")}
+        os.kill(pids[0], signal.SIGKILL)  # a Ray worker lost mid-job
+        job = wait_job(c, job_id)
+        assert job["status"] == "succeeded", job
+        assert job["result"]["summary"]["n_failed"] == 0
+        rows = all_rows(c, job_id)
+        for i, before in done_before.items():  # finished items are never redone
+            assert rows[i]["finished_at"] == before["finished_at"] and rows[i]["attempts"] == before["attempts"]
+        assert ray.get(actors[0].pid.remote(), timeout=300) != pids[0]  # Ray restarted the actor
+        inline = c.post("/v1/effects", json={**REQUEST, "mode": "inline", "texts": texts})
+        assert inline.status_code == 200, inline.text
+        body = inline.json()
+        assert body["result"]["cace"] == job["result"]["cace"]
+        assert [(x["icace"], x["source"], x["status"]) for x in body["rows"]] == \
+               [(x["icace"], x["source"], x["status"]) for x in rows]
