@@ -83,8 +83,12 @@ def ready(pg) -> None:
 
 def shot(pg, name: str) -> None:
     if SHOTS is not None:
+        from PIL import Image  # pillow comes with matplotlib (test extra)
+
         SHOTS.mkdir(parents=True, exist_ok=True)
-        pg.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+        png = Image.open(io.BytesIO(pg.screenshot(full_page=True)))
+        # A 256-colour palette keeps the committed screenshots small (flat UI colours survive it).
+        png.convert("RGB").quantize(256).save(SHOTS / f"{name}.png", optimize=True)
 
 
 def fill_params(pg, prefix: str, concept: str, target: str, method: str, k: int) -> None:
