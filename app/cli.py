@@ -28,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
         for name, (_, help_) in COMMANDS.items():
             print(f"  {name:<12} {help_}")
         return 0 if argv and argv[0] in ("-h", "--help") else 2
+    if argv[0] != "serve":  # long CLI work shows progress (a bar on a terminal, periodic lines in a log)
+        importlib.import_module("explainers.progress").enable()
     module = importlib.import_module(COMMANDS[argv[0]][0])
     return int(module.main(argv[1:]) or 0)
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from app import observability, openapi, problems
+from app import observability, openapi, problems, ui
 from app.auth.keys import key_store
 from app.auth.middleware import AuthMiddleware
 from app.auth.router import keys_router
@@ -109,7 +109,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     # Every route the service answers, in one place.
     for router in (health.router, explanations.router, effects.router, jobs.router, registries.router,
-                   domains.router, kserve.router, keys_router(keys), observability.router(metrics)):
+                   domains.router, kserve.router, keys_router(keys), observability.router(metrics), ui.router):
         app.include_router(router)
 
     # Middleware, innermost first (each add_middleware wraps the previous): a request passes

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from explainers.progress import Progress
+
 DEFAULT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 # How the model runs: sentence-transformers on torch, or the same model exported to ONNX Runtime
 # (fp32, or int8 weights). Chosen per Encoder or for the process by CACE_ENCODER_BACKEND.
@@ -187,7 +189,14 @@ class Encoder:
         missing = list(dict.fromkeys(t for t, row in zip(texts, found, strict=True) if row is None))
         fresh: dict[str, np.ndarray] = {}
         if missing:
-            vecs = np.asarray(self._embed(missing), dtype=np.float32)
+            # In chunks, so a long embedding run (a fresh pool) can report progress.
+            chunk = self.batch_size * 16
+            parts: list[np.ndarray] = []
+            with Progress(len(missing), "embed", unit="text") as bar:
+                for start in range(0, len(missing), chunk):
+                    parts.append(np.asarray(self._embed(missing[start : start + chunk]), dtype=np.float32))
+                    bar.update(len(parts[-1]))
+            vecs = np.concatenate(parts)
             for t, v in zip(missing, vecs, strict=True):
                 fresh[self._key(t)] = v
                 self._cache.put(self._key(t), v)

@@ -24,6 +24,7 @@ import numpy as np
 from explainers.artifacts import data_hash, write_meta
 from explainers.bench.cebab import load_split
 from explainers.embeddings import resolve_model
+from explainers.progress import Progress
 from explainers.reference import LABELS, rated
 
 BASE_MODEL = "all-MiniLM-L6-v2"
@@ -93,6 +94,7 @@ def fine_tune(
     started = time.perf_counter()
     losses: list[float] = []
     lengths = np.array([len(t) for t in texts])
+    bar = Progress(total, "fine-tune", unit="step")
     for epoch in range(epochs):
         for b, idx in enumerate(_length_buckets(lengths, batch_size, rng)):
             enc = tok([texts[i] for i in idx], padding=True, truncation=True, max_length=max_len,
@@ -104,9 +106,11 @@ def fine_tune(
             sched.step()
             opt.zero_grad(set_to_none=True)
             losses.append(float(outp.loss.detach()))
+            bar.update(note=f"epoch {epoch + 1}/{epochs} loss {np.mean(losses[-20:]):.3f}")
             if log_every and (b + 1) % log_every == 0:
                 print(f"epoch {epoch + 1}/{epochs} step {b + 1}/{steps_per_epoch} "
                       f"loss {np.mean(losses[-log_every:]):.3f} {time.perf_counter() - started:.0f}s", flush=True)
+    bar.close()
     train_s = time.perf_counter() - started
     model.cpu().eval()
     out.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,7 @@ BOOTSTRAP_HINT = ("create the first admin key with `python -m app.security creat
 
 def required_scope(method: str, path: str) -> str | None:
     """The scope a request needs; None for public endpoints (probes, metrics, the API docs)."""
-    if path in PUBLIC_PATHS:
+    if path in PUBLIC_PATHS or path == "/ui" or path.startswith("/ui/"):  # the UI page and its assets
         return None
     if path == "/v1/keys" or path.startswith("/v1/keys/"):
         return "admin"

@@ -31,6 +31,7 @@ from explainers.classifiers.base import Classifier
 from explainers.classifiers.cache import CachingClassifier
 from explainers.concepts import CEBAB_SCHEMA, Intervention
 from explainers.metrics import ErrorSummary, summarize
+from explainers.progress import Progress
 from explainers.registry import Resources, build_explainer
 from explainers.types import Explainer
 
@@ -185,14 +186,17 @@ def estimate_pairs(
     started = time.perf_counter()
     est = np.zeros((len(pairs), len(classifier.labels)))
     details: list[dict[str, Any]] = []
+    bar = Progress(len(pairs), f"{getattr(explainer, 'name', type(explainer).__name__)} K={k}", unit="pair")
     for i, p in enumerate(pairs):
         exp = explainer.explain(
             p.base.text, Intervention(p.concept, p.target, p.source), classifier, top_k=k,
             base_labels=p.base.clean_labels(),
         )
         est[i] = exp.icace
+        bar.update()
         if keep_details:
             details.append(exp.details)
+    bar.close()
     wall = time.perf_counter() - started
     tru = true_icaces(pairs, classifier) if truths is None else truths
     return PairEstimates(getattr(explainer, "name", type(explainer).__name__), k, est, tru,

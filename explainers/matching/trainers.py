@@ -27,6 +27,7 @@ import torch
 
 from explainers.matching.groups import QueryGroups, build_groups, group_sizes
 from explainers.matching.loss import DEFAULT_LAMBDAS, padded_groups, padded_loss
+from explainers.progress import Progress
 
 
 @dataclass
@@ -96,6 +97,7 @@ def train_head(
     rng = np.random.default_rng(cfg.seed)
     dgroups = _as_dict_groups(groups)
     curve: list[float] = []
+    bar = Progress((cfg.epochs if groups else 0) * -(-len(groups) // cfg.batch_size), f"head {treated}", unit="batch")
     for epoch in range(cfg.epochs if groups else 0):
         order = rng.permutation(len(groups))
         losses = []
@@ -113,9 +115,11 @@ def train_head(
             loss.backward()
             opt.step()
             losses.append(float(loss.detach()))
+            bar.update(note=f"epoch {epoch + 1}/{cfg.epochs} loss {losses[-1]:.3f}")
         curve.append(round(float(np.mean(losses)), 4))
         if log:
             log(f"[{treated}] epoch {epoch + 1}/{cfg.epochs} loss {curve[-1]}")
+    bar.close()
     head = HeadProjection(lin.weight.detach().numpy().copy(), lin.bias.detach().numpy().copy())
     facts = {"queries": len(groups), "group_sizes": group_sizes(groups), "loss_curve": curve,
              "train_seconds": round(time.perf_counter() - started, 2)}
@@ -153,6 +157,9 @@ def train_full(
     dgroups = _as_dict_groups(groups)
     curve: list[float] = []
     steps = 0
+    planned = (cfg.epochs if groups else 0) * -(-len(groups) // cfg.batch_size)
+    bar = Progress(min(planned, cfg.max_steps) if cfg.max_steps is not None else planned, f"full {treated}",
+                   unit="step")
     for epoch in range(cfg.epochs if groups else 0):
         order = rng.permutation(len(groups))
         losses = []
@@ -179,6 +186,7 @@ def train_full(
             opt.step()
             losses.append(float(loss.detach()))
             steps += 1
+            bar.update(note=f"epoch {epoch + 1}/{cfg.epochs} loss {losses[-1]:.3f}")
         if losses:
             curve.append(round(float(np.mean(losses)), 4))
             if log:
@@ -186,6 +194,7 @@ def train_full(
         if (cfg.max_steps is not None and steps >= cfg.max_steps) or (
                 time_budget_s is not None and time.perf_counter() - started > time_budget_s):
             break
+    bar.close()
     model.eval()
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save(str(out_dir))
