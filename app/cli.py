@@ -12,7 +12,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("app.server", "run the explanation service (uvicorn)"),
     "bench": ("explainers.bench.cli", "run benchmarks, e.g. `cace bench cebab --model tfidf-lr`"),
-    "classifiers": ("explainers.reference", "train or serve the reference classifiers"),
+    "classifiers": ("explainers.reference.cli", "train or serve the reference classifiers"),
     "taggers": ("explainers.taggers", "train or evaluate concept taggers"),
     "domains": ("explainers.domains.cli", "build, list, show or delete domains (schema, corpus, taggers, space)"),
     "spaces": ("explainers.matching.cli", "train, list or delete concept spaces of the built-in corpus (benchmarks)"),

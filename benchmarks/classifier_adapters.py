@@ -31,12 +31,12 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 import numpy as np  # noqa: E402
 
-from explainers.bench.cebab import load_split  # noqa: E402
 from explainers.classifiers.cache import CachingClassifier  # noqa: E402
 from explainers.classifiers.hf import HFClassifier  # noqa: E402
 from explainers.classifiers.http import HttpOptions  # noqa: E402
 from explainers.classifiers.kserve_v1 import KServeV1Classifier  # noqa: E402
 from explainers.classifiers.v2 import V2Classifier  # noqa: E402
+from explainers.data.cebab import load_split  # noqa: E402
 from explainers.reference import ensure_reference, load_reference  # noqa: E402
 from tests.model_servers import launch  # noqa: E402
 from tests.model_servers.misbehaving import LABELS as TOY_LABELS  # noqa: E402

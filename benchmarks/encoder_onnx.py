@@ -67,10 +67,10 @@ def hit_rate(space, n_pairs: int, seed: int = 0) -> float:
 def whole_explanation(backend: str, base_texts: list[str], base_vecs: np.ndarray, clf, n_queries: int) -> dict:
     from benchmarks.matching_perf import synthetic
     from explainers.concepts import CEBAB_SCHEMA, Intervention
+    from explainers.data.pool import Pool
     from explainers.embeddings import Encoder
     from explainers.matching.explainers import MatchingExplainer
     from explainers.matching.space import ConceptSpace
-    from explainers.registry import Pool
 
     rng = np.random.default_rng(1)
     n_pool = 100_000
@@ -111,8 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     faiss.omp_set_num_threads(1)
 
-    from explainers.bench.pools import cebab_pool
     from explainers.bench.runner import estimate_pairs, load_bench_pairs, select_pairs
+    from explainers.data.pools import cebab_pool
     from explainers.embeddings import Encoder
     from explainers.matching.cebab import ensure_cebab_space
     from explainers.matching.explainers import MatchingExplainer

@@ -27,9 +27,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from explainers.bench.cebab import Pair, split_path  # noqa: E402
 from explainers.bench.runner import load_bench_pairs, load_model, true_icaces  # noqa: E402
 from explainers.concepts import CEBAB_SCHEMA, Intervention  # noqa: E402
+from explainers.data.cebab import Pair, split_path  # noqa: E402
 from explainers.estimate import icace_from_predictions  # noqa: E402
 from explainers.generation.backends import OpenAIBackend  # noqa: E402
 from explainers.generation.cache import GenerationCache  # noqa: E402

@@ -33,7 +33,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from explainers.bench.cebab import load_split  # noqa: E402
+from explainers.data.cebab import load_split  # noqa: E402
 
 CONCEPT, TARGET = "service", "Negative"
 DATA_DIR = Path(os.environ.get("CACE_TEST_DATA_DIR", ROOT / "var" / "test"))
@@ -66,8 +66,8 @@ def cache_without(texts: list[str], src: Path, dst: Path) -> None:
 
 # ---- the library pass (run in its own process) ------------------------------------------------
 def library_pass(method: str, texts: list[str], top_k: int, batch: int) -> dict[str, float]:
-    from explainers.bench.pools import cebab_pool
     from explainers.concepts import CEBAB_SCHEMA, Intervention
+    from explainers.data.pools import cebab_pool
     from explainers.embeddings import Encoder
     from explainers.matching.cebab import ensure_cebab_space
     from explainers.reference import load_reference
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(library_pass(args.library_pass, texts, args.top_k, args.batch)))
         return 0
 
-    from explainers.embeddings import cache_dir
+    from explainers.artifacts import cache_dir
 
     texts = bench_texts(args.n_texts)
     started = time.time()

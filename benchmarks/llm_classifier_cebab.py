@@ -39,9 +39,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from explainers.bench import runner  # noqa: E402
-from explainers.bench.cebab import Pair, load_split  # noqa: E402
 from explainers.classifiers.spec import build_classifier  # noqa: E402
 from explainers.classifiers.usage import LLMUsage, metered  # noqa: E402
+from explainers.data.cebab import Pair, load_split  # noqa: E402
 from explainers.estimate import icace_from_predictions  # noqa: E402
 from explainers.generation.server import LlamaServer  # noqa: E402
 from explainers.registry import build_explainer  # noqa: E402

@@ -39,8 +39,8 @@ from matching_faithfulness import BASELINES, RESULTS, STACK, run_methods, stacke
 from matching_hit_rate import hit_rate_table  # noqa: E402
 
 from explainers.bench import runner  # noqa: E402
-from explainers.bench.pools import cebab_pool  # noqa: E402
 from explainers.classifiers.cache import CachingClassifier  # noqa: E402
+from explainers.data.pools import cebab_pool  # noqa: E402
 from explainers.matching.augment import llm_augmenter  # noqa: E402
 from explainers.matching.cebab import build_cebab_space, ensure_cebab_space, without_texts  # noqa: E402
 from explainers.matching.space import ConceptSpace  # noqa: E402

@@ -27,8 +27,8 @@ sys.path.insert(0, str(ROOT))
 def prepare(out: Path) -> None:
     from sentence_transformers import SentenceTransformer
 
-    from explainers.bench.cebab import build_pairs, load_split
-    from explainers.bench.pools import cebab_pool
+    from explainers.data.cebab import build_pairs, load_split
+    from explainers.data.pools import cebab_pool
     from explainers.embeddings import resolve_model
 
     out.mkdir(parents=True, exist_ok=True)

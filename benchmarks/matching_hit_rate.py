@@ -23,7 +23,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from explainers.bench.pools import cebab_pool  # noqa: E402
+from explainers.data.pools import cebab_pool  # noqa: E402
 from explainers.embeddings import Encoder  # noqa: E402
 from explainers.matching.loss import DEFAULT_LAMBDAS, PAPER_LAMBDAS  # noqa: E402
 from explainers.matching.space import ConceptSpace  # noqa: E402

@@ -106,11 +106,11 @@ def embedding_rows(texts: list[str]) -> list[str]:
 def explanation_rows(base_texts: list[str], base_vecs: np.ndarray, n_pool: int, queries: list[str]) -> list[str]:
     """Whole `match` explanations (K=10) with in-process tfidf-lr over a synthetic-vector pool of n_pool texts."""
     from explainers.concepts import CEBAB_SCHEMA, Intervention
+    from explainers.data.pool import Pool
     from explainers.embeddings import Encoder
     from explainers.matching.explainers import MatchingExplainer
     from explainers.matching.space import ConceptSpace
     from explainers.reference import ensure_reference, load_reference
-    from explainers.registry import Pool
 
     rng = np.random.default_rng(1)
     pick = rng.integers(0, len(base_texts), size=n_pool)
@@ -156,7 +156,7 @@ def main(argv=None) -> int:
         base = np.load(args.seed_vectors).astype(np.float32)
         base /= np.linalg.norm(base, axis=1, keepdims=True)
     else:
-        from explainers.bench.pools import cebab_pool
+        from explainers.data.pools import cebab_pool
         from explainers.embeddings import Encoder
 
         pool = cebab_pool("train_inclusive")

@@ -27,7 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from explainers.artifacts import read_meta  # noqa: E402
-from explainers.bench.cebab import load_split  # noqa: E402
+from explainers.data.cebab import load_split  # noqa: E402
 from explainers.reference import ensure_reference, evaluate, load_reference, rated, train_tfidf_lr  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results" / "reference_classifiers.md"
@@ -35,7 +35,7 @@ OUT = ROOT / "benchmarks" / "results" / "reference_classifiers.md"
 
 def cpu_step_seconds(steps: int, data_dir: Path | None, meta: dict) -> float:
     """Seconds per optimiser step of minilm-ft's training loop on this CPU (2 threads)."""
-    from explainers.reference_minilm import fine_tune
+    from explainers.reference.minilm import fine_tune
 
     texts, y = rated(load_split("train_exclusive", data_dir))
     bs = int(meta.get("batch_size", 16))

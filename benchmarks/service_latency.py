@@ -24,7 +24,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from explainers.bench.cebab import load_split  # noqa: E402
+from explainers.data.cebab import load_split  # noqa: E402
 from tests.service_server import drop_pg_prefix, service, store_env  # noqa: E402
 
 

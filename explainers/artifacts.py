@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 import time
 from collections.abc import Iterable
@@ -54,3 +55,26 @@ def read_meta(directory: Path, kind: str | None = None) -> dict[str, Any]:
     if kind is not None and meta.get("kind") != kind:
         raise ValueError(f"{directory} holds a {meta.get('kind')!r}, not a {kind!r}")
     return meta
+
+
+def model_fingerprint(path: str) -> str:
+    """Identify a model by its content, not its location.
+
+    The same packaged model sits at a different path in every virtual environment (a CI
+    clone, a container); keying the cache by its config and file sizes lets them share it.
+    """
+    h = hashlib.sha1()
+    folder = Path(path)
+    if folder.is_dir():
+        for f in sorted(folder.rglob("*")):
+            if f.is_file() and not f.name.startswith("."):
+                h.update(f"{f.relative_to(folder)}:{f.stat().st_size}".encode())
+                if f.name == "config.json":
+                    h.update(f.read_bytes())
+    else:
+        h.update(path.encode())  # a hub id
+    return h.hexdigest()[:16]
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("CACE_CACHE_DIR", Path.home() / ".cache" / "cace"))

@@ -34,7 +34,8 @@ from sklearn.linear_model import LogisticRegression, Ridge
 
 from explainers.classifiers.base import Classifier
 from explainers.concepts import ConceptSchema, Intervention
-from explainers.registry import MissingResource, Pool, Resources, register
+from explainers.data.pool import Pool
+from explainers.registry import MissingResource, Resources, register
 from explainers.types import Cost, Counterfactual, CounterfactualExplainer, Explanation
 
 PREDICT_CHUNK = 1024

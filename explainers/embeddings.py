@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from explainers.artifacts import cache_dir, model_fingerprint
 from explainers.progress import Progress
 
 DEFAULT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
@@ -39,29 +40,6 @@ def resolve_model(name_or_path: str = DEFAULT_ENCODER) -> str:
         except ImportError:
             pass
     return name_or_path
-
-
-def model_fingerprint(path: str) -> str:
-    """Identify a model by its content, not its location.
-
-    The same packaged model sits at a different path in every virtual environment (a CI
-    clone, a container); keying the cache by its config and file sizes lets them share it.
-    """
-    h = hashlib.sha1()
-    folder = Path(path)
-    if folder.is_dir():
-        for f in sorted(folder.rglob("*")):
-            if f.is_file() and not f.name.startswith("."):
-                h.update(f"{f.relative_to(folder)}:{f.stat().st_size}".encode())
-                if f.name == "config.json":
-                    h.update(f.read_bytes())
-    else:
-        h.update(path.encode())  # a hub id
-    return h.hexdigest()[:16]
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("CACE_CACHE_DIR", Path.home() / ".cache" / "cace"))
 
 
 class _SharedCache:

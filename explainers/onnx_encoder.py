@@ -27,7 +27,7 @@ _export_lock = threading.Lock()
 
 def onnx_path(model_path: str, variant: str = "onnx") -> Path:
     """The exported (and for onnx-int8, quantised) graph for a local model folder, built on first use."""
-    from explainers.embeddings import cache_dir, model_fingerprint
+    from explainers.artifacts import cache_dir, model_fingerprint
 
     if variant not in VARIANTS:
         raise ValueError(f"unknown ONNX variant {variant!r}; choose one of {VARIANTS}")

@@ -178,7 +178,7 @@ class TaggerSet:
 # -- CEBaB ------------------------------------------------------------------------------------
 def cebab_corpus(split: str | Path, data_dir: Path | None = None) -> tuple[list[str], list[dict[str, str]]]:
     """Texts and raw per-concept labels ("" / "no majority" kept, so `fit` skips them per concept)."""
-    from explainers.bench.cebab import load_split
+    from explainers.data.cebab import load_split
 
     reviews = load_split(split, data_dir)
     return [r.text for r in reviews], [dict(r.labels) for r in reviews]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from explainers.concepts import CEBAB_SCHEMA
-from explainers.registry import Pool
+from explainers.data.pool import Pool
 
 U = "unknown"
 FOOD = {"Positive": ["delicious", "tasty", "superb"], "Negative": ["bland", "stale", "awful"]}

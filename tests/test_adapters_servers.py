@@ -16,13 +16,13 @@ import httpx
 import numpy as np
 import pytest
 
-from explainers.bench.cebab import load_split
 from explainers.classifiers.hf import HFClassifier
 from explainers.classifiers.http import HttpOptions
 from explainers.classifiers.kserve_v1 import KServeV1Classifier
 from explainers.classifiers.spec import build_classifier
 from explainers.classifiers.template import TemplateClassifier
 from explainers.classifiers.v2 import V2Classifier
+from explainers.data.cebab import load_split
 from tests.model_servers.launch import kserve_server, mlserver, own_server
 from tests.servers import Server
 

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from explainers.concepts import ConceptSchema, Intervention
-from explainers.registry import MissingResource, Pool, Resources, available, build_explainer
+from explainers.data.pool import Pool
+from explainers.registry import MissingResource, Resources, available, build_explainer
 
 SCHEMA = ConceptSchema.simple(["food", "service"], ["Positive", "Negative", "unknown"])
 P, N, U = "Positive", "Negative", "unknown"

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from explainers.bench.cebab import build_pairs, load_split, split_path
 from explainers.bench.cli import main
 from explainers.bench.runner import select_pairs, true_icaces
+from explainers.data.cebab import build_pairs, load_split, split_path
 
 EXPLAINERS = ["zero", "conexp", "random_matching", "approx", "s_learner"]
 
@@ -70,7 +70,7 @@ def test_cli_unknown_explainer_is_an_error_before_scoring(tfidf_lr_dir: Path, sm
 @pytest.fixture(scope="module")
 def small_space(small_files, tmp_path_factory) -> Path:
     """A pretrained-encoder space (no heads) over the small pool file, saved like any trained space."""
-    from explainers.bench.pools import cebab_pool
+    from explainers.data.pools import cebab_pool
     from explainers.embeddings import Encoder
     from explainers.matching.space import ConceptSpace
 

@@ -6,9 +6,9 @@ from collections import Counter
 
 import pytest
 
-from explainers.bench.cebab import build_pairs, load_split, pair_counts
-from explainers.bench.pools import pool_from_reviews
 from explainers.bench.runner import benchmark_texts, select_pairs
+from explainers.data.cebab import build_pairs, load_split, pair_counts
+from explainers.data.pools import pool_from_reviews
 
 
 @pytest.fixture(scope="module")

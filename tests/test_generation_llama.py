@@ -129,7 +129,7 @@ _CORPUS = [
 
 
 def _corpus_pool():
-    from explainers.registry import Pool
+    from explainers.data.pool import Pool
 
     return Pool(texts=[t for t, _ in _CORPUS], labels=[dict(lab) for _, lab in _CORPUS], schema=CEBAB_SCHEMA,
                 ids=[f"r{i}" for i in range(3)], origins=[f"o{i}" for i in range(3)])  # fmt: skip

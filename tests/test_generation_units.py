@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from explainers.bench.cebab import load_split, split_path
 from explainers.concepts import CEBAB_SCHEMA, Intervention
+from explainers.data.cebab import load_split, split_path
 from explainers.generation.backends import BackendSpec, Completion, OpenAIBackend, build_backend
 from explainers.generation.cache import GenerationCache, cache_key
 from explainers.generation.prompts import FewShot, PromptBuilder, clean_output, fewshot_from_cebab

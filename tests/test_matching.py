@@ -163,8 +163,8 @@ def test_stacking_recovers_weights_and_cross_fits_by_group() -> None:
 
 def test_plan_edits_gives_each_source_distinct_concepts_and_new_targets() -> None:
     from explainers.concepts import CEBAB_SCHEMA
+    from explainers.data.pool import Pool
     from explainers.matching.augment import plan_edits
-    from explainers.registry import Pool
 
     labels = [{"food": "Positive", "service": "Negative", "ambiance": "unknown", "noise": "odd"},
               {"food": "Negative", "service": "unknown", "ambiance": "Positive", "noise": "Negative"},

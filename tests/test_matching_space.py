@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from explainers.concepts import CEBAB_SCHEMA, Intervention
+from explainers.data.pool import Pool
 from explainers.embeddings import Encoder
 from explainers.matching.explainers import (
     MatchDRExplainer,
@@ -15,7 +16,7 @@ from explainers.matching.explainers import (
 )
 from explainers.matching.space import ConceptSpace, delete_space, list_spaces
 from explainers.matching.trainers import TrainConfig, train_head
-from explainers.registry import Pool, Resources, build_explainer
+from explainers.registry import Resources, build_explainer
 
 U = "unknown"
 # (origin, text, food, service, ambiance, noise)

@@ -15,11 +15,12 @@ import numpy as np
 import pytest
 
 from explainers.artifacts import read_meta
-from explainers.bench.cebab import CONCEPTS
 from explainers.classifiers.base import Classifier
 from explainers.classifiers.hf import HFClassifier
 from explainers.classifiers.transformers_local import TransformersClassifier
-from explainers.reference import LABELS, evaluate, load_reference, main
+from explainers.data.cebab import CONCEPTS
+from explainers.reference import LABELS, evaluate, load_reference
+from explainers.reference.cli import main
 from tests.servers import free_port, python, running
 
 GOOD = ["the food was wonderful and the staff lovely", "great meal, we will be back", "best pasta in town, amazing"]
@@ -49,7 +50,7 @@ def tiny_cebab(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_minilm(tiny_cebab: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from explainers.reference_minilm import train_minilm_ft
+    from explainers.reference.minilm import train_minilm_ft
 
     out = tmp_path_factory.mktemp("minilm-ft")
     train_minilm_ft(out, tiny_cebab, epochs=3, batch_size=8, lr=1e-4)

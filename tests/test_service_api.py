@@ -16,7 +16,7 @@ import httpx
 import numpy as np
 import pytest
 
-from explainers.bench.cebab import load_split
+from explainers.data.cebab import load_split
 from tests.servers import free_port, python, running
 from tests.service_server import service, store_env
 

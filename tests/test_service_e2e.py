@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from explainers.bench.cebab import load_split
 from explainers.concepts import CEBAB_SCHEMA
+from explainers.data.cebab import load_split
 from tests.servers import free_port, running
 from tests.service_server import drop_pg_prefix, service, store_env
 

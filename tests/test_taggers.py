@@ -119,7 +119,7 @@ def test_load_rejects_other_artifacts(tmp_path: Path) -> None:
 
 def test_cli_train_and_eval_on_a_split_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`cace taggers train|eval` on a small CEBaB-layout directory (the split is a parameter)."""
-    from explainers.bench.cebab import CONCEPTS
+    from explainers.data.cebab import CONCEPTS
 
     texts, labels = corpus()
     rows = [{"id": str(i), "original_id": str(i), "is_original": True, "edit_type": None, "description": t,

@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from explainers.bench.cebab import load_split
+from explainers.data.cebab import load_split
 from tests.service_server import service
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="the test extra installs playwright")

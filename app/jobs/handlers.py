@@ -22,9 +22,9 @@ from app.problems import ApiError
 from app.resources import Runtime
 from app.schemas import DomainGenerate, EffectsParams
 from explainers.concepts import ConceptSchema, Intervention
+from explainers.data.pool import Pool
 from explainers.errors import UpstreamUnavailable
 from explainers.estimate import cace
-from explainers.registry import Pool
 from explainers.types import Explanation, explain_batch, zero_explanation
 
 

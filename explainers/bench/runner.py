@@ -25,11 +25,11 @@ from typing import Any
 
 import numpy as np
 
-from explainers.bench.cebab import Pair, build_pairs, load_split, split_path
-from explainers.bench.pools import DEFAULT_POOL_SPLIT, cebab_pool
 from explainers.classifiers.base import Classifier
 from explainers.classifiers.cache import CachingClassifier
 from explainers.concepts import CEBAB_SCHEMA, Intervention
+from explainers.data.cebab import Pair, build_pairs, load_split, split_path
+from explainers.data.pools import DEFAULT_POOL_SPLIT, cebab_pool
 from explainers.metrics import ErrorSummary, summarize
 from explainers.progress import Progress
 from explainers.registry import Resources, build_explainer
@@ -54,6 +54,17 @@ def register_resource_hook(hook: ResourceHook) -> ResourceHook:
     if hook not in _RESOURCE_HOOKS:
         _RESOURCE_HOOKS.append(hook)
     return hook
+
+
+def _builtin_hooks() -> list[ResourceHook]:
+    """The method modules' hooks (a space from `--resource space=PATH`, an LLM from `llm_base_url=...`).
+
+    The benchmark imports them, never the other way round: run-time code does not depend on it.
+    """
+    from explainers.generation.plugin import bench_resource_hook as generation_hook
+    from explainers.matching.plugin import bench_resource_hook as matching_hook
+
+    return [matching_hook, generation_hook]
 
 
 def build_bench_resources(
@@ -93,7 +104,7 @@ def build_bench_resources(
     )
     resources.extra.setdefault("pool_split", str(pool_split))
     resources.extra.setdefault("data_dir", str(data_dir) if data_dir is not None else None)
-    for hook in _RESOURCE_HOOKS:
+    for hook in [*_builtin_hooks(), *_RESOURCE_HOOKS]:
         hook(resources, resources.extra)
     return resources
 

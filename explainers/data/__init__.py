@@ -1,1 +1,1 @@
-"""Corpora a domain can be built from (CEBaB's loader lives in explainers.bench.cebab)."""
+"""Corpora a domain can be built from (CEBaB's loader lives in explainers.data.cebab)."""

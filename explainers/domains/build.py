@@ -31,6 +31,7 @@ import numpy as np
 
 from explainers.artifacts import data_hash, write_meta
 from explainers.concepts import Concept, ConceptSchema
+from explainers.data.pool import Pool
 from explainers.domains.domain import (
     DEFAULT_SPACE,
     FORMAT_VERSION,
@@ -40,7 +41,6 @@ from explainers.domains.domain import (
     load_domain,
     majority_rate,
 )
-from explainers.registry import Pool
 
 UNKNOWN = "unknown"
 MAX_LABEL_CHARS = 64

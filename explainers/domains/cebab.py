@@ -42,7 +42,7 @@ def _taggers_builder(data_dir: str | os.PathLike[str] | None):
 def ensure_cebab_domain(root: Path, data_dir: str | os.PathLike[str] | None = None, *, encoder: Any,
                         log: Any = None) -> Domain:
     """Load root/cebab, building it from the CEBaB split files the first time (minutes on 2 cores)."""
-    from explainers.bench.pools import cebab_pool
+    from explainers.data.pools import cebab_pool
 
     path = Path(root) / DOMAIN_ID
     if (path / "meta.json").exists():

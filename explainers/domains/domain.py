@@ -13,7 +13,8 @@ import numpy as np
 
 from explainers.artifacts import read_meta
 from explainers.concepts import ConceptSchema
-from explainers.registry import MissingResource, Pool, Resources
+from explainers.data.pool import Pool
+from explainers.registry import MissingResource, Resources
 
 KIND = "domain"
 FORMAT_VERSION = 1

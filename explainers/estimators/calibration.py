@@ -43,6 +43,7 @@ import numpy as np
 from explainers.artifacts import data_hash, read_meta, write_meta
 from explainers.classifiers.base import Classifier
 from explainers.classifiers.cache import CachingClassifier
+from explainers.data.pool import Pool
 from explainers.estimators.combiner import Combiner, cross_fit_combiner, fit_combiner
 from explainers.estimators.heldout import (
     HeldOutScores,
@@ -58,7 +59,7 @@ from explainers.estimators.intervals import Intervals, fit_intervals
 from explainers.estimators.stack import CellStack, cell_key, fit_cell_stack, project_icace
 from explainers.matching.stacking import group_folds
 from explainers.metrics import summarize
-from explainers.registry import Pool, Resources
+from explainers.registry import Resources
 
 KIND = "calibration"
 FORMAT_VERSION = 1

@@ -20,7 +20,8 @@ import numpy as np
 
 from explainers.classifiers.base import Classifier
 from explainers.concepts import Intervention
-from explainers.registry import MissingResource, Pool, Resources, build_explainer
+from explainers.data.pool import Pool
+from explainers.registry import MissingResource, Resources, build_explainer
 
 # Methods whose estimate does not depend on K: scored once, reused for every K.
 K_INDEPENDENT = frozenset({"zero", "conexp", "s_learner", "random_proba"})

@@ -51,7 +51,7 @@ def make_generate(resources: Resources, **options: Any) -> GenerationExplainer:
     )
 
 
-def _bench_hook(resources: Resources, options: Mapping[str, Any]) -> None:
+def bench_resource_hook(resources: Resources, options: Mapping[str, Any]) -> None:
     """`--resource llm_base_url=URL --resource llm_model=NAME [llm_api_key_env=VAR]` gives the bench an LLM."""
     if resources.llm is not None or not options.get("llm_base_url"):
         return
@@ -67,10 +67,3 @@ def _bench_hook(resources: Resources, options: Mapping[str, Any]) -> None:
         )
     )
 
-
-try:  # the bench runner is part of the library, but keep the plugin importable without it
-    from explainers.bench.runner import register_resource_hook
-
-    register_resource_hook(_bench_hook)
-except ImportError:  # pragma: no cover
-    pass

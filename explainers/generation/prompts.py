@@ -121,7 +121,7 @@ def fewshot_from_cebab(
 
     Picks short original->edit pairs, `per_concept` per concept, spreading the targets.
     """
-    from explainers.bench.cebab import build_pairs, load_split
+    from explainers.data.cebab import build_pairs, load_split
 
     pairs = [
         p

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from explainers.concepts import Intervention
-from explainers.registry import Pool
+from explainers.data.pool import Pool
 from explainers.types import Cost, CounterfactualExplainer
 
 

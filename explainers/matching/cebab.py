@@ -21,11 +21,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from explainers.bench.pools import cebab_pool
+from explainers.data.pool import Pool
+from explainers.data.pools import cebab_pool
 from explainers.embeddings import Encoder
 from explainers.matching.space import ConceptSpace
 from explainers.matching.trainers import HeadProjection, TrainConfig, train_full, train_head
-from explainers.registry import Pool
 
 TRAINERS = ("head", "full", "none")
 

@@ -130,7 +130,7 @@ def make_stacked(resources: Resources, **options: Any) -> StackedExplainer:
     return StackedExplainer(components, weights, info, weights_by_k=by_k)
 
 
-def _bench_hook(resources: Resources, options: Mapping[str, Any]) -> None:
+def bench_resource_hook(resources: Resources, options: Mapping[str, Any]) -> None:
     """`--resource space=PATH` loads a saved space; texts missing from the run's pool are dropped from it."""
     path = options.get("space")
     if not path or resources.space is not None:
@@ -143,10 +143,3 @@ def _bench_hook(resources: Resources, options: Mapping[str, Any]) -> None:
         space = without_texts(space, [t for t in space.pool.texts if t not in keep])
     resources.space = space
 
-
-try:
-    from explainers.bench.runner import register_resource_hook
-
-    register_resource_hook(_bench_hook)
-except ImportError:  # the benchmark package is optional for the library
-    pass

@@ -29,10 +29,10 @@ import numpy as np
 
 from explainers.artifacts import data_hash, read_meta, write_meta
 from explainers.concepts import ConceptSchema
+from explainers.data.pool import Pool
 from explainers.embeddings import Encoder
 from explainers.matching.index import DEFAULT_APPROX_THRESHOLD, PartitionIndex
 from explainers.matching.trainers import HeadProjection, project
-from explainers.registry import Pool
 
 KIND = "concept_space"
 

@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from explainers.artifacts import data_hash, write_meta
-from explainers.bench.cebab import load_split
+from explainers.data.cebab import load_split
 from explainers.embeddings import resolve_model
 from explainers.progress import Progress
-from explainers.reference import LABELS, rated
+from explainers.reference.common import LABELS, rated
 
 BASE_MODEL = "all-MiniLM-L6-v2"
 

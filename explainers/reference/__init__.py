@@ -10,8 +10,6 @@ Both predict the 5-way review rating (`review_majority`, "no majority" dropped) 
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 from pathlib import Path
 
@@ -22,17 +20,10 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 
 from explainers.artifacts import data_hash, read_meta, write_meta
-from explainers.bench.cebab import Review, load_split
 from explainers.classifiers.base import Classifier
 from explainers.classifiers.local import SklearnClassifier
-
-LABELS = ["1", "2", "3", "4", "5"]
-REFERENCE_MODELS = ("tfidf-lr", "minilm-ft")
-
-
-def rated(reviews: list[Review]) -> tuple[list[str], list[str]]:
-    keep = [r for r in reviews if r.review_majority in LABELS]
-    return [r.text for r in keep], [r.review_majority for r in keep]
+from explainers.data.cebab import load_split
+from explainers.reference.common import LABELS, REFERENCE_MODELS, rated
 
 
 def train_tfidf_lr(out: Path, data_dir: Path | None = None) -> dict:
@@ -77,47 +68,10 @@ def ensure_reference(name: str, root: Path, data_dir: Path | None = None) -> Pat
     if name == "tfidf-lr":
         train_tfidf_lr(out, data_dir)
     else:
-        from explainers.reference_minilm import train_minilm_ft
+        from explainers.reference.minilm import train_minilm_ft
 
         train_minilm_ft(out, data_dir)
     return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="cace classifiers", description=__doc__)
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    t = sub.add_parser("train", help="train a reference classifier")
-    t.add_argument("name", choices=REFERENCE_MODELS)
-    t.add_argument("--root", type=Path, default=Path("var"))
-    t.add_argument("--data", type=Path, default=None)
-    t.add_argument("--force", action="store_true")
-    e = sub.add_parser("eval", help="accuracy of a classifier on a CEBaB split (rated reviews)")
-    e.add_argument("classifier", help="reference name (trained under --root if missing) or artifact directory")
-    e.add_argument("--split", default="dev", help="split name or path to a split file")
-    e.add_argument("--root", type=Path, default=Path("var"))
-    e.add_argument("--data", type=Path, default=None)
-    s = sub.add_parser("serve", help="serve a classifier over HTTP (HF JSON, Open Inference V2, KServe V1)")
-    s.add_argument("classifier", help="artifact directory, .joblib file, or reference name (tfidf-lr, minilm-ft)")
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8080)
-    s.add_argument("--name", help="model name in V2/V1 routes (default: the artifact's name)")
-    s.add_argument("--root", help="where reference classifiers are kept (default $CACE_DATA_DIR or var)")
-    args = ap.parse_args(argv)
-    if args.cmd == "train":
-        out = Path(args.root) / "classifiers" / args.name
-        if args.force and (out / "meta.json").exists():
-            (out / "meta.json").unlink()
-        path = ensure_reference(args.name, args.root, args.data)
-        print(read_meta(path))
-    elif args.cmd == "eval":
-        path = ensure_reference(args.classifier, args.root, args.data) if args.classifier in REFERENCE_MODELS \
-            else Path(args.classifier)
-        print(json.dumps(evaluate(load_reference(path), args.split, args.data), indent=2))
-    elif args.cmd == "serve":
-        from explainers.serving import serve
-
-        serve(args.classifier, args.host, args.port, name=args.name, root=args.root)
-    return 0
 
 
 def evaluate(classifier: Classifier, split: str | Path = "dev", data_dir: Path | None = None) -> dict:
@@ -138,3 +92,6 @@ def evaluate(classifier: Classifier, split: str | Path = "dev", data_dir: Path |
     return {"split": str(split), "n": len(texts), "accuracy": round(float(np.mean(pred == gold)), 4),
             "macro_f1": round(float(np.mean(f1s)), 4), "mae": None if mae is None else round(mae, 4),
             "texts_per_second": round(len(texts) / max(seconds, 1e-9), 1)}
+
+
+__all__ = ["LABELS", "REFERENCE_MODELS", "ensure_reference", "evaluate", "load_reference", "rated", "train_tfidf_lr"]

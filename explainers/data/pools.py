@@ -13,9 +13,9 @@ from __future__ import annotations
 import os
 from collections.abc import Collection, Iterable
 
-from explainers.bench.cebab import Review, build_pairs, load_split
 from explainers.concepts import CEBAB_SCHEMA, ConceptSchema
-from explainers.registry import Pool
+from explainers.data.cebab import Review, build_pairs, load_split
+from explainers.data.pool import Pool
 
 DEFAULT_POOL_SPLIT = "train_inclusive"
 
