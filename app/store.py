@@ -237,9 +237,9 @@ class Store:
             row = c.execute(self.jobs.select().where(self.jobs.c.id == job_id)).mappings().first()
             if row is None:
                 return None
-            counts = dict(c.execute(
+            counts: dict[str, int] = {str(k): int(v) for k, v in c.execute(
                 sa.select(self.items.c.status, sa.func.count()).where(self.items.c.job_id == job_id)
-                .group_by(self.items.c.status)).all())
+                .group_by(self.items.c.status)).all()}
             errors = c.execute(
                 sa.select(self.items.c.idx, self.items.c.error).where(
                     self.items.c.job_id == job_id, self.items.c.error.is_not(None))

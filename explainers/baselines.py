@@ -48,6 +48,17 @@ def query_rng(seed: int, text: str, intervention: Intervention) -> np.random.Gen
     return np.random.default_rng([seed, digest])
 
 
+def labels_for_batch(texts: Sequence[str], base_labels: Sequence[Mapping[str, str] | None] | None,
+                     taggers: Any | None) -> list[Mapping[str, str] | None]:
+    """Each text's known labels, else (one tagger call for all of them) the taggers' reading."""
+    labels: list[Mapping[str, str] | None] = list(base_labels) if base_labels is not None else [None] * len(texts)
+    missing = [i for i in range(len(texts)) if labels[i] is None]
+    if missing and taggers is not None:
+        for i, lab in zip(missing, taggers.predict([texts[i] for i in missing]), strict=True):
+            labels[i] = dict(lab)
+    return labels
+
+
 def resolve_labels(
     text: str, base_labels: Mapping[str, str] | None, taggers: Any | None, method: str
 ) -> dict[str, str]:
@@ -237,6 +248,7 @@ class SLearnerExplainer:
             return model.predict(x)
         out = np.zeros((len(x), n_labels))
         if model is None:  # the classifier predicts one class on the whole pool
+            assert classes is not None
             out[:, int(classes[0])] = 1.0
         else:
             out[:, model.classes_] = model.predict_proba(x)
@@ -304,6 +316,7 @@ class PoolMatcher(CounterfactualExplainer):
         if sims is None:
             sims = self._recent.get(text)
         if sims is None:
+            assert self.encoder is not None, "similarities need an encoder"
             q = np.asarray(self.encoder.encode([text]), dtype=np.float32)[0]
             sims = self.embeddings @ q
             if len(self._recent) >= 8:
@@ -321,12 +334,7 @@ class PoolMatcher(CounterfactualExplainer):
     ) -> list[tuple[list[Counterfactual], dict[str, Any]]]:
         """Per-text `counterfactuals()` after the shared work is done once for the batch: one tagger
         call for the texts without labels, one encoder call and one (pool x batch) product."""
-        labels = list(base_labels) if base_labels is not None else [None] * len(texts)
-        if self.needs_labels and self.taggers is not None:
-            missing = [i for i in range(len(texts)) if labels[i] is None]
-            if missing:
-                for i, lab in zip(missing, self.taggers.predict([texts[i] for i in missing]), strict=True):
-                    labels[i] = dict(lab)
+        labels = labels_for_batch(texts, base_labels, self.taggers if self.needs_labels else None)
         try:
             if self.needs_similarities and self.encoder is not None:
                 unique = list(dict.fromkeys(texts))
@@ -423,7 +431,7 @@ class ApproxExplainer(PoolMatcher):
         """(candidates, confounders matched per candidate, number of confounders)."""
         labels = resolve_labels(text, base_labels, self.taggers, self.name)
         cand = self.target_candidates(text, intervention)
-        conf = [j for j, c in enumerate(self.concepts) if c != intervention.concept]
+        conf = np.array([j for j, c in enumerate(self.concepts) if c != intervention.concept], dtype=np.int64)
         want = np.array([self._codes[self.concepts[j]].get(labels.get(self.concepts[j], ""), -2) for j in conf])
         matched = (self.label_codes[np.ix_(cand, conf)] == want).sum(axis=1) if len(cand) else np.zeros(0, int)
         return cand, matched, len(conf)

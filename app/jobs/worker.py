@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
 from app.store import Claimed, ItemOutcome, Store
@@ -35,7 +35,7 @@ class JobHandler(Protocol):
         """Do one item; return a JSON-able result. Raise RetryableError to try it again later."""
         ...
 
-    def finalize(self, job_id: str, request: dict[str, Any], rows: list[dict[str, Any]]) -> Any:
+    def finalize(self, job_id: str, request: dict[str, Any], rows: Iterable[dict[str, Any]]) -> Any:
         """Combine all item rows (ordered by index) into the job's result."""
         ...
 

@@ -29,7 +29,7 @@ import faiss
 import numpy as np
 from sklearn.linear_model import Ridge
 
-from explainers.baselines import PoolScores, one_hot, resolve_labels, resolve_source
+from explainers.baselines import PoolScores, labels_for_batch, one_hot, resolve_labels, resolve_source
 from explainers.classifiers.base import Classifier
 from explainers.concepts import Intervention
 from explainers.matching.space import ConceptSpace
@@ -92,12 +92,7 @@ class MatchingExplainer(CounterfactualExplainer):
         for iv in interventions:
             self.space.schema.validate(iv)
         n = len(texts)
-        labels = list(base_labels) if base_labels is not None else [None] * n
-        if self.confounders != "ignore" and self.taggers is not None:
-            missing = [i for i in range(n) if labels[i] is None]
-            if missing:
-                for i, lab in zip(missing, self.taggers.predict([texts[i] for i in missing]), strict=True):
-                    labels[i] = dict(lab)
+        labels = labels_for_batch(texts, base_labels, self.taggers if self.confounders != "ignore" else None)
         by_concept: dict[str, list[int]] = {}
         for i, iv in enumerate(interventions):
             by_concept.setdefault(iv.concept, []).append(i)
@@ -168,12 +163,7 @@ class MatchDRExplainer(MatchingExplainer):
     def explain_batch(self, texts: Sequence[str], interventions: Sequence[Intervention], classifier: Classifier,
                       top_k: int = 5, *, base_labels: Sequence[Mapping[str, str] | None] | None = None
                       ) -> list[Explanation]:
-        labels = list(base_labels) if base_labels is not None else [None] * len(texts)
-        if self.taggers is not None:  # one tagger call for the texts without labels
-            missing = [i for i in range(len(texts)) if labels[i] is None]
-            if missing:
-                for i, lab in zip(missing, self.taggers.predict([texts[i] for i in missing]), strict=True):
-                    labels[i] = dict(lab)
+        labels = labels_for_batch(texts, base_labels, self.taggers)
         exps = super().explain_batch(texts, interventions, classifier, top_k, base_labels=labels)
         return [self._adjust(e, t, iv, classifier, lab)
                 for e, t, iv, lab in zip(exps, texts, interventions, labels, strict=True)]
@@ -236,7 +226,7 @@ class PairTransferExplainer:
                               if con == concept and labels[b].get(concept) == source
                               and labels[cf].get(concept) == target], dtype=np.int64).reshape(-1, 2)
             vecs = self.space.pool_vectors(concept)
-            index = faiss.IndexFlatIP(vecs.shape[1])
+            index: Any = faiss.IndexFlatIP(vecs.shape[1])
             if len(pairs):
                 index.add(np.ascontiguousarray(vecs[pairs[:, 0]]))
             self._dirs[key] = (pairs, index)
