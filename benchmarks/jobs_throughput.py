@@ -259,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.copytree(base, dst)
             return dst
 
-        for method in args.methods.split(","):
+        for method in [m for m in args.methods.split(",") if m]:
             libs: list[dict[str, float]] = []
             jobs: dict[str, dict[str, float]] = {}
             libs.append(run_library(method, tmp / "texts.json", fresh(f"lib-{method}-0"), args))
