@@ -120,8 +120,34 @@ def cpu_seconds(pid: int) -> float:
 
 
 # ---- the job pass ---------------------------------------------------------------------------------
+def tree_cpu_seconds(root: int | None) -> float:
+    """CPU time of a process and all its live descendants (a local Ray cluster: raylet, GCS, workers),
+    plus what its reaped children used."""
+    if root is None:
+        return 0.0
+    stats: dict[int, list[str]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stats[int(d.name)] = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+    children: dict[int, list[int]] = {}
+    for pid, f in stats.items():
+        children.setdefault(int(f[1]), []).append(pid)
+    total, todo = 0.0, [root]
+    while todo:
+        pid = todo.pop()
+        if pid in stats:
+            f = stats[pid]
+            total += sum(int(x) for x in f[11:15]) / os.sysconf("SC_CLK_TCK")
+        todo += children.get(pid, [])
+    return total
+
+
 def run_job(method: str, texts: list[str], backend: str, cache: Path, args: argparse.Namespace, tmp: Path,
-            claim_batch: int | None = None) -> dict[str, float]:
+            claim_batch: int | None = None, extra_env: dict[str, str] | None = None,
+            cpu_group: int | None = None, warmup: list[str] | None = None) -> dict[str, float]:
     import httpx
 
     from tests.service_server import drop_pg_prefix, service, store_env
@@ -131,9 +157,15 @@ def run_job(method: str, texts: list[str], backend: str, cache: Path, args: argp
            "CACE_DATA_DIR": str(DATA_DIR)}
     if claim_batch is not None:
         env["CACE_JOB_CLAIM_BATCH"] = str(claim_batch)
+    env.update(extra_env or {})
     try:
         with service(env) as srv, httpx.Client(base_url=srv.base_url, timeout=300) as c:
-            cpu0 = cpu_seconds(srv.proc.pid)
+            if warmup:  # e.g. start Ray actors (each loads the runtime) before the timed job
+                w = c.post("/v1/effects", json={"texts": warmup, "method": method, "top_k": args.top_k,
+                                                "mode": "job", "intervention": {"concept": CONCEPT, "target": TARGET}})
+                while c.get(f"/v1/jobs/{w.json()['id']}").json()["status"] not in ("succeeded", "failed"):
+                    time.sleep(0.5)
+            cpu0 = cpu_seconds(srv.proc.pid) + tree_cpu_seconds(cpu_group)
             started = time.perf_counter()
             r = c.post("/v1/effects", json={"texts": texts, "method": method, "top_k": args.top_k, "mode": "job",
                                             "intervention": {"concept": CONCEPT, "target": TARGET}})
@@ -145,7 +177,7 @@ def run_job(method: str, texts: list[str], backend: str, cache: Path, args: argp
                     break
                 time.sleep(0.1)
             seconds = time.perf_counter() - started
-            cpu = cpu_seconds(srv.proc.pid) - cpu0
+            cpu = cpu_seconds(srv.proc.pid) + tree_cpu_seconds(cpu_group) - cpu0
             if job["status"] != "succeeded":
                 raise RuntimeError(f"job ended {job['status']}: {job.get('error')}")
             summary = job["result"]["summary"]
@@ -154,6 +186,48 @@ def run_job(method: str, texts: list[str], backend: str, cache: Path, args: argp
     finally:
         if backend == "postgresql":
             drop_pg_prefix(env["CACE_TABLE_PREFIX"])
+
+
+def ray_rows(texts: list[str], args: argparse.Namespace, tmp: Path, fresh) -> list[str]:
+    """pt_match jobs in process and on a local one-node Ray cluster (2 actors), same texts, each after a
+    warm-up job; CPU counts the service and every process of the cluster (raylet, GCS, actors)."""
+    import signal
+
+    from tests.servers import free_port
+
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    port = free_port()
+    temp = tempfile.mkdtemp(prefix="rayb", dir="/tmp")
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": args.threads}
+    head = subprocess.Popen([ray_bin, "start", "--head", "--block", "--port", str(port), "--node-ip-address",
+                             "127.0.0.1", "--num-cpus", "2", "--include-dashboard=false", "--temp-dir", temp],
+                            env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(120):
+            if subprocess.run([ray_bin, "status", "--address", f"127.0.0.1:{port}"], env=env,
+                              capture_output=True).returncode == 0:
+                break
+            time.sleep(1)
+        warm = [f"{t} (warm-up)" for t in texts[:64]]
+        local = run_job("pt_match", texts, "sqlite", fresh("job-ray-local"), args, tmp / "store-ray-local",
+                        warmup=warm)
+        print(f"in-process pt_match job: {local}", flush=True)
+        # Actors load the runtime once: a warm-up job of 64 other texts starts them before the timed job.
+        ray_env = {"CACE_RAY_ADDRESS": f"127.0.0.1:{port}", "CACE_RAY_ACTORS_PER_CLASSIFIER": "2",
+                   "CACE_INSTANCE_ID": "bench"}
+        on_ray = run_job("pt_match", texts, "sqlite", fresh("job-ray"), args, tmp / "store-ray",
+                         extra_env=ray_env, cpu_group=head.pid, warmup=warm)
+        print(f"Ray pt_match job: {on_ray}", flush=True)
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        head.wait(60)
+        shutil.rmtree(temp, ignore_errors=True)
+    return [f"| pt_match in process (Ray comparison) | sqlite | {len(texts)} | {local['texts_per_cpu_s']:.1f} | | | "
+            f"{local['texts_per_s']:.1f} | | | {local['changed']} | {local['failed']} |",
+            f"| pt_match on a local Ray cluster (2 actors, warm; CPU incl. every Ray process) | sqlite | "
+            f"{len(texts)} | {on_ray['texts_per_cpu_s']:.1f} | | **{on_ray['texts_per_cpu_s'] / local['texts_per_cpu_s']:.0%}"
+            f" of in process** | {on_ray['texts_per_s']:.1f} | | {on_ray['texts_per_s'] / local['texts_per_s']:.0%} | "
+            f"{on_ray['changed']} | {on_ray['failed']} |"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -166,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", default="1", help="OMP_NUM_THREADS for every pass")
     ap.add_argument("--unbatched", type=int, default=0,
                     help="also run a job with claim batch 1 (the pre-batching path) on this many texts (SQLite)")
+    ap.add_argument("--ray", type=int, default=0,
+                    help="also run pt_match jobs on a local Ray cluster vs in process on this many texts (SQLite)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "jobs_throughput.md")
     ap.add_argument("--library-pass", help=argparse.SUPPRESS)
     ap.add_argument("--texts-file", type=Path, help=argparse.SUPPRESS)
@@ -192,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.copytree(base, dst)
             return dst
 
-        for method in args.methods.split(","):
+        for method in [m for m in args.methods.split(",") if m]:
             libs: list[dict[str, float]] = []
             jobs: dict[str, dict[str, float]] = {}
             libs.append(run_library(method, tmp / "texts.json", fresh(f"lib-{method}-0"), args))
@@ -213,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"({cpu_passes}) | **{job['texts_per_cpu_s'] / lib_cpu:.0%}** | {job['texts_per_s']:.1f} | "
                     f"{lib_wall:.1f} ({wall_passes}) | {job['texts_per_s'] / lib_wall:.0%} "
                     f"| {job['changed']} | {job['failed']} |")
+        if args.ray:
+            rows += ray_rows(texts[:args.ray], args, tmp, fresh)
         if args.unbatched:
             sub = texts[:args.unbatched]
             one = run_job("pt_match", sub, "sqlite", fresh("job-unbatched"), args, tmp / "store-unbatched",
@@ -237,7 +315,9 @@ def main(argv: list[str] | None = None) -> int:
         "The box is shared by several sessions (load average 6-13 on 2 cores during the run), so wall-clock "
         "rates swing by 2-5x between passes. The first ratio is therefore per CPU-second: texts per second of "
         "CPU time the pass consumed (the library process; the whole service process, all threads, from "
-        "/proc), which contention barely moves. Wall-clock rates are listed too.",
+        "/proc), which contention barely moves. Wall-clock rates are listed too. The job's CPU includes "
+        "answering the benchmark's status polls (every 0.1 s). The service runs 2 worker threads, so its wall "
+        "rate can exceed the single-threaded library's.",
         "",
         "| method | store | texts | job texts/CPU-s | library texts/CPU-s (passes) | job / library (CPU) "
         "| job texts/s | library texts/s (passes) | job / library (wall) | changed | failed |",

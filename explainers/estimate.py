@@ -78,7 +78,7 @@ def cace(
     # Resamples are drawn a block at a time so a million texts never need an (n_boot, n) index
     # matrix; the generator yields the same indices either way, so the interval is the same (up to
     # float summation order, ~1e-16).
-    block = max(1, min(n_boot, 4_000_000 // len(arr)))
+    block = max(1, min(n_boot, 1_000_000 // len(arr)))
     boots = np.empty((n_boot, arr.shape[1]))
     for start in range(0, n_boot, block):
         stop = min(n_boot, start + block)

@@ -37,10 +37,13 @@ class EffectsActor:
         os.environ.update(env)
         from app.jobs.handlers import EffectsHandler
         from app.resources import Runtime
+        from app.security import outbound_transport
         from app.store import Store
 
         settings = Settings()
         self.rt = Runtime(settings, Store(settings.job_store_url, settings.table_prefix))
+        # The same deny-by-default URL policy as the service: requests' classifier specs reach the actor.
+        self.rt.outbound_transport = outbound_transport(settings)
         self.rt.load_defaults()
         self.handler = EffectsHandler(self.rt)
 

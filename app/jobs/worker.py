@@ -4,8 +4,8 @@ Each job kind has a handler with two steps: `process` one item (one text of an e
 job, the single training step of a space job) and `finalize` the job from all item
 results (CaCE with its bootstrap CI, say). A handler that also has `process_batch` gets
 each claim's items of one job at once (effects: one encoder call, one search, one
-classifier call for the batch); a failing batch falls back to `process` per item. Items are leased, so a crash (SIGKILL, OOM,
-a lost replica) costs at most the items in flight: their leases expire and any worker,
+classifier call for the batch); a failing batch falls back to `process` per item.
+Items are leased, so a crash (SIGKILL, OOM, a lost replica) costs at most the items in flight: their leases expire and any worker,
 here or in another replica, picks them up. Finished items are never redone because
 `finish_item` only counts while the lease is held, and `claim` never hands out done items.
 """
