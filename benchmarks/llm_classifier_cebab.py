@@ -73,15 +73,16 @@ class DiskCachedClassifier:
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         todo = [t for t in dict.fromkeys(texts) if t not in self.rows]
-        if todo:
+        for i in range(0, len(todo), 8):  # save every few predictions: an interrupted run resumes
+            chunk = todo[i:i + 8]
             started = time.perf_counter()
             with metered() as usage:
-                proba = self.inner.predict_proba(todo)
+                proba = self.inner.predict_proba(chunk)
             self.llm_s += time.perf_counter() - started
-            self.scored += len(todo)
+            self.scored += len(chunk)
             self.usage.add(calls=usage.calls, prompt_tokens=usage.prompt_tokens,
                            completion_tokens=usage.completion_tokens)
-            self.rows.update({t: [float(x) for x in row] for t, row in zip(todo, proba, strict=True)})
+            self.rows.update({t: [float(x) for x in row] for t, row in zip(chunk, proba, strict=True)})
             self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.path.with_suffix(".tmp")
             tmp.write_text(json.dumps(self.rows))
@@ -170,12 +171,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--k", type=int, default=5)
     ap.add_argument("--small-pool", type=int, default=300, help="pool subset for conexp and s_learner")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="llama.cpp threads (1 is faster on a busy CPU)")
     ap.add_argument("--root", type=Path, default=ROOT / "var" / "test", help="where the CEBaB concept space is")
     ap.add_argument("--gguf", type=Path, default=QWEN)
     ap.add_argument("--base-url", default=None, help="use a running OpenAI-compatible server instead")
     ap.add_argument("--cache", type=Path, default=ROOT / "var" / "llm_classifier" / "predictions.json")
     ap.add_argument("--methods", default="zero,random_matching,approx_match,conexp,s_learner,match,pair_transfer")
+    ap.add_argument("--stack", default="match,pair_transfer,s_learner",
+                    help="methods a stack combines (those that ran); several stacks separated by ';'")
     ap.add_argument("--no-generate", action="store_true")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "llm_classifier_cebab.md")
     args = ap.parse_args(argv)
@@ -222,12 +225,13 @@ def run(args: argparse.Namespace, base_url: str, started: float) -> int:
         notes[name] = (f"pool subset {len(res.pool)}; " if res is small else "") + \
             f"{clf.scored - before} new LLM predictions, {got[name].wall_s:.0f} s"
         log(f"{name}: {notes[name]}")
-    stack = [n for n in ("match", "pair_transfer", "s_learner") if n in got]
-    stacked = None
-    if len(stack) >= 2:
-        cf = cross_fit({n: got[n].estimates for n in stack}, truths, [p.base.original_id for p in pairs],
-                       folds=2, seed=0)
-        stacked = (cf.predictions, cf.weights)
+    stacks = []  # (components, out-of-fold estimates, weights fit on all pairs)
+    for spec_ in args.stack.split(";"):
+        parts = [n for n in spec_.split(",") if n in got]
+        if len(parts) >= 2:
+            cf = cross_fit({n: got[n].estimates for n in parts}, truths, [p.base.original_id for p in pairs],
+                           folds=2, seed=0)
+            stacks.append((parts, cf.predictions, cf.weights))
     gen = None if args.no_generate else generate_estimates(pairs, clf)
     wall = time.perf_counter() - started
     u = clf.usage
@@ -241,8 +245,8 @@ def run(args: argparse.Namespace, base_url: str, started: float) -> int:
         f"drawn from the 200 pairs of generation_cebab.py; K={args.k}; pool: train_inclusive without the "
         f"pairs' texts ({len(resources.pool)} texts); conexp and s_learner on a random pool subset of "
         f"{len(small.pool)} (scoring the whole pool with the LLM is out of this CPU budget)",
-        f"- stack: match + pair_transfer + s_learner, non-negative weights cross-fit (2 folds by original_id); "
-        f"weights on all pairs {stacked[1] if stacked else '-'}",
+        *[f"- stack {j + 1}: {' + '.join(parts)}, non-negative weights cross-fit (2 folds by original_id); "
+          f"weights fit on all pairs {weights}" for j, (parts, _, weights) in enumerate(stacks)],
         f"- generate: Qwen's own counterfactuals from generation_cebab.py (K={gen[2] if gen else '-'}, text checks "
         f"only), re-scored by this classifier; {len(gen[1]) if gen else 0}/{len(pairs)} pairs have samples; "
         "a pair with none kept is estimated as zero" if gen else "- generate: not run",
@@ -257,8 +261,8 @@ def run(args: argparse.Namespace, base_url: str, started: float) -> int:
     ]
     for name, est in got.items():
         lines.append(row(name, args.k, est.estimates, truths, pairs, notes[name]))
-    if stacked is not None:
-        lines.append(row("stacked", args.k, stacked[0], truths, pairs, "cross-fit"))
+    for parts, est, _ in stacks:
+        lines.append(row("stacked (" + " + ".join(parts) + ")", args.k, est, truths, pairs, "cross-fit"))
     if gen is not None and gen[1]:
         lines.append(row("generate", gen[2], gen[0], truths, pairs, f"{len(gen[1])} pairs with samples"))
     lines += [f"- `{n}`: {v}" for n, v in notes.items() if v.startswith("not run")]

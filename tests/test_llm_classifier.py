@@ -84,28 +84,35 @@ def test_cache_in_front_of_llm_costs_no_tokens(llama: str) -> None:
     assert first.calls == 1 and second.calls == 0 and np.array_equal(a, b)
 
 
-def test_sequence_scores_agree_with_answer_position_logprobs(llama: str) -> None:
-    """The echo path (sum of label token logprobs after the prompt) and the top_logprobs path read the
-    same distribution: for single-token labels the label odds must agree."""
-    prompt = "<|im_start|>user\n" + SENTIMENT + "<|im_end|>\n<|im_start|>assistant\n"
-    base = {"protocol": "openai-completions", "url": llama, "model": "smollm2", "labels": ["Positive", "Negative"],
-            "prompt": prompt, "label_prefix": "", "timeout_s": 120}
-    seq = build_classifier({**base, "scoring": "sequence"}, cache=False)
-    first = build_classifier({**base, "scoring": "logprobs"}, cache=False)
-    with metered() as usage:
-        ps = seq.predict_proba([POS])[0]
-    assert usage.calls == 2  # one echo request per label
-    pf = first.predict_proba([POS])[0]
-    assert math.isclose(math.log(ps[0] / ps[1]), math.log(pf[0] / pf[1]), abs_tol=0.05), (ps, pf)
-
-
-def test_sequence_scores_multi_token_labels(llama: str) -> None:
-    prompt = "<|im_start|>user\n" + SENTIMENT + "<|im_end|>\n<|im_start|>assistant\n"
+def test_sequence_of_single_token_labels_is_the_answer_position_softmax(llama: str) -> None:
+    prompt = "Review: {text}\nIs this review positive? Answer yes or no.\nAnswer:"
     clf = build_classifier({"protocol": "openai-completions", "url": llama, "model": "smollm2",
-                            "labels": ["very positive indeed", "rather negative overall"], "prompt": prompt,
-                            "scoring": "sequence", "label_prefix": "", "timeout_s": 120}, cache=False)
-    p = clf.predict_proba([POS, NEG])
-    assert p.shape == (2, 2) and np.allclose(p.sum(axis=1), 1) and np.all(p > 0)
+                            "labels": ["yes", "no"], "prompt": prompt, "scoring": "sequence", "timeout_s": 120},
+                           cache=False)
+    with metered() as usage:
+        p = clf.predict_proba([POS])[0]
+    assert usage.calls == 1  # both labels continue from the same context: asked once
+    top = dict(clf._answer_top(render(prompt, POS, ["yes", "no"])))
+    assert " yes" in top and " no" in top, top
+    z = np.exp([top[" yes"], top[" no"]])
+    assert np.allclose(p, z / z.sum(), atol=1e-9)
+
+
+def test_sequence_chains_multi_token_labels_sharing_a_first_token(llama: str) -> None:
+    prompt = ("Review: Great food, lovely staff!\nAnswer: very good\nReview: Awful, cold and rude.\nAnswer: very bad\n"
+              "Review: {text}\nAnswer:")
+    clf = build_classifier({"protocol": "openai-completions", "url": llama, "model": "smollm2",
+                            "labels": ["very good", "very bad"], "prompt": prompt, "scoring": "sequence",
+                            "timeout_s": 120}, cache=False)
+    with metered() as usage:
+        p = clf.predict_proba([NEG])[0]
+    ctx = render(prompt, NEG, clf.labels)
+    first = dict(clf._answer_top(ctx))
+    assert " very" in first, first
+    second = dict(clf._answer_top(ctx + " very"))
+    assert usage.calls == 2  # " very" once, then " good" / " bad" from one shared context
+    z = np.exp([second.get(" good", min(second.values())), second.get(" bad", min(second.values()))])
+    assert np.allclose(p, z / z.sum(), atol=1e-9) and not np.allclose(p, 0.5)
 
 
 # -- sampling path ---------------------------------------------------------------------------

@@ -9,9 +9,12 @@ separated). Three ways to turn the LLM's answer into class probabilities:
   label, so multi-token labels distinguishable by their first token work). A label absent
   from the top-k gets at most the leftover mass (never more than the least likely listed
   token), then the row is renormalised over the labels.
-* `sequence` (completions only): each label continuation is scored exactly, as the sum of
-  its tokens' log-probabilities after the prompt (`echo` with `logprobs`), one request per
-  label, then a softmax over labels. For labels that share a first token.
+* `sequence` (completions only): each label continuation is scored by its sequence
+  log-probability, token by token: the prompt plus the label's text so far is sent again and
+  the most likely top-k token that spells the label on is added (steps shared by labels are
+  asked once), then a softmax over labels. For multi-token labels that share a first token.
+  (Not `echo`: llama-cpp-python 0.3.36 returns echoed prompt logprobs shifted by one position,
+  which a test caught; follow-up requests need only top_logprobs, which every server has.)
 * `sampling` (for endpoints without logprobs): n answers at the given temperature, each
   mapped onto a label (answers naming no label are counted invalid and left out), and the
   class probabilities are the label frequencies; their standard error sqrt(p(1-p)/n) is
@@ -180,7 +183,8 @@ class OpenAIChatClassifier(HttpClassifier):
                       completion_tokens=_int(usage.get("completion_tokens")))
         return choices
 
-    def _by_first_token(self, prompt: str) -> np.ndarray:
+    def _answer_top(self, prompt: str) -> list[tuple[str, float]]:
+        """(token, logprob) of the top tokens at the first answer position after `prompt`."""
         k = self.top_logprobs
         extra = {"logprobs": True, "top_logprobs": k} if self.endpoint == "chat" else {"logprobs": k}
         target, body = self._body(prompt, max_tokens=1, temperature=0.0, **extra,
@@ -191,16 +195,17 @@ class OpenAIChatClassifier(HttpClassifier):
             raise MalformedResponse(f"{self.name}: the answer carries no logprobs (the endpoint may not support "
                                     "them; use scoring 'sampling')")
         try:
-            if self.endpoint == "chat":
-                first = lp["content"][0]
-                raw = first["top_logprobs"]
-            else:
-                raw = lp["top_logprobs"][0]
+            raw = lp["content"][0]["top_logprobs"] if self.endpoint == "chat" else lp["top_logprobs"][0]
         except (KeyError, IndexError, TypeError) as e:
             raise MalformedResponse(f"{self.name}: no top_logprobs at the answer position in "
                                     f"{str(lp)[:200]!r}") from e
         pairs = _top_pairs(raw, self.name)
-        return self._first_token_row(pairs)
+        if not pairs:
+            raise MalformedResponse(f"{self.name}: empty top_logprobs at the answer position")
+        return pairs
+
+    def _by_first_token(self, prompt: str) -> np.ndarray:
+        return self._first_token_row(self._answer_top(prompt))
 
     def _first_token_row(self, pairs: list[tuple[str, float]]) -> np.ndarray:
         mass = np.zeros(len(self._labels))
@@ -233,38 +238,32 @@ class OpenAIChatClassifier(HttpClassifier):
         return starts.pop() if len(starts) == 1 else None  # a prefix of several labels says nothing
 
     def _by_sequence(self, prompt: str) -> np.ndarray:
+        """Each label's log-probability as a continuation, token by token (constrained follow-up).
+
+        At each step the continuation so far is appended to the prompt and the most likely
+        top-k token that spells the label on is taken; steps shared by several labels are asked
+        once. A label that leaves the top-k gets the least likely listed logprob for that step
+        (an upper bound) and stops there.
+        """
+        memo: dict[str, list[tuple[str, float]]] = {}
         scores = np.empty(len(self._labels))
         for i, lab in enumerate(self._labels):
-            cont = self.label_prefix + lab
-            target, body = self._body(prompt + cont, max_tokens=1, temperature=0.0, echo=True, logprobs=0)
-            choice = self._call(target, body)[0]
-            scores[i] = self._continuation_logprob(choice, len(prompt), len(prompt) + len(cont), lab)
+            cont, done, total = self.label_prefix + lab, 0, 0.0
+            while done < len(cont):
+                ctx = prompt + cont[:done]
+                if ctx not in memo:
+                    memo[ctx] = self._answer_top(ctx)
+                rest = cont[done:]
+                fits = [(t, lp) for t, lp in memo[ctx] if t and rest.startswith(t)]
+                if not fits:
+                    total += min(lp for _, lp in memo[ctx])
+                    break
+                tok, lp = max(fits, key=lambda f: f[1])
+                total += lp
+                done += len(tok)
+            scores[i] = total
         z = np.exp(scores - scores.max())
         return z / z.sum()
-
-    def _continuation_logprob(self, choice: Mapping[str, Any], start: int, end: int, label: str) -> float:
-        lp = choice.get("logprobs")
-        try:
-            tokens, logprobs, offsets = lp["tokens"], lp["token_logprobs"], lp["text_offset"]  # type: ignore[index]
-        except (KeyError, TypeError) as e:
-            raise MalformedResponse(f"{self.name}: echo with logprobs gave no tokens/token_logprobs/text_offset "
-                                    f"(got {str(lp)[:200]!r}); the endpoint may not support echo") from e
-        if not (isinstance(tokens, list) and isinstance(logprobs, list) and isinstance(offsets, list)
-                and len(tokens) == len(logprobs) == len(offsets)):
-            raise MalformedResponse(f"{self.name}: echoed logprobs are not three lists of one length")
-        total, hit = 0.0, False
-        for tok, lpv, off in zip(tokens, logprobs, offsets, strict=True):
-            if not isinstance(off, int) or not isinstance(tok, str):
-                raise MalformedResponse(f"{self.name}: bad echoed token {tok!r} at offset {off!r}")
-            if off < end and off + max(len(tok), 1) > start:  # the token overlaps the label continuation
-                if isinstance(lpv, bool) or not isinstance(lpv, int | float):
-                    raise MalformedResponse(f"{self.name}: no logprob for echoed token {tok!r} of label {label!r}")
-                total += float(lpv)
-                hit = True
-        if not hit:
-            raise MalformedResponse(f"{self.name}: no echoed token covers label {label!r} (characters "
-                                    f"{start}-{end}); the endpoint's text_offset does not index the prompt")
-        return total
 
     def _by_sampling(self, prompt: str) -> np.ndarray:
         counts = np.zeros(len(self._labels))

@@ -196,7 +196,8 @@ class _OpenAISpec(_HttpSpec):
                         description="Prompt template with {text} and optionally {labels} (comma-separated, in order).")
     scoring: Literal["logprobs", "sequence", "sampling"] = Field(
         "logprobs", description="logprobs: top_logprobs at the answer position; sequence (completions only): each "
-        "label's continuation log-probability via echo; sampling: label frequencies over n answers.")
+        "label's continuation log-probability, token by token via follow-up requests; sampling: label "
+        "frequencies over n answers.")
     top_logprobs: int = Field(20, ge=1, le=20)
     n: int = Field(10, ge=1, le=100, description="Sampling: answers per text.")
     temperature: float = Field(1.0, ge=0, le=2, description="Sampling: temperature of the answers.")
@@ -246,7 +247,8 @@ class OpenAIChatSpec(_OpenAISpec):
     @model_validator(mode="after")
     def _chat_scoring(self) -> OpenAIChatSpec:
         if self.scoring == "sequence":
-            raise ValueError("scoring 'sequence' needs echoed prompt logprobs: use protocol openai-completions")
+            raise ValueError("scoring 'sequence' continues the prompt with label text: use protocol "
+                             "openai-completions")
         return self
 
 

@@ -78,7 +78,7 @@ def sampling_error(classifier: object, base: np.ndarray, counterfactual: np.ndar
     """The sampling standard errors of a sampled classifier's base prediction and ICaCE, or None.
 
     Each probability is a frequency over n answers, so its standard error is sqrt(p(1-p)/n);
-    the ICaCE (mean of K counterfactual rows minus the base row, all independent samples)
+    the ICaCE (mean aggregation: mean of K counterfactual rows minus the base row, independent samples)
     has variance var(base) + sum(var(cf_k)) / K^2.
     """
     n = sampling_n(classifier)
