@@ -33,8 +33,8 @@ from app.ratelimit import build_rate_limiter
 from app.resources import Runtime
 from app.routes import domains, effects, explanations, health, jobs, kserve, registries
 from app.settings import Settings, get_settings
+from app.specs import outbound_transport
 from app.store import Store
-from explainers.net import OutboundPolicy, PolicyTransport
 
 log = logging.getLogger("cace.app")
 
@@ -67,8 +67,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                       max_attempts=settings.job_max_attempts)
 
     # Every classifier and LLM client gets this deny-by-default transport (app.specs labels it per client).
-    policy = OutboundPolicy.from_allow(settings.outbound_allow)
-    transport = PolicyTransport(policy)
+    transport = outbound_transport(settings)
+    policy = transport.policy
     rt.outbound_transport = transport
 
     @asynccontextmanager

@@ -205,3 +205,10 @@ def build_llm(spec: dict[str, Any], transport: httpx.BaseTransport | None, *, in
     timeout = min(s.timeout_s, deadline) if deadline else s.timeout_s
     return OpenAIBackend(s.base_url, s.model, key, timeout_s=timeout, max_retries=s.max_retries,
                          total_timeout_s=deadline, transport=labelled(transport, "llm", None if inline else label))
+
+
+def outbound_transport(settings: Any) -> Any:
+    """The deny-by-default transport every classifier and LLM client gets (allow-list: CACE_OUTBOUND_ALLOW)."""
+    from explainers.net import OutboundPolicy, PolicyTransport
+
+    return PolicyTransport(OutboundPolicy.from_allow(settings.outbound_allow))

@@ -31,8 +31,8 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(1)
     from benchmarks.jobs_throughput import CONCEPT, TARGET, bench_texts
-    from explainers.bench.pools import cebab_pool
     from explainers.concepts import CEBAB_SCHEMA, Intervention
+    from explainers.data.pools import cebab_pool
     from explainers.embeddings import Encoder
     from explainers.matching.cebab import ensure_cebab_space
     from explainers.reference import load_reference

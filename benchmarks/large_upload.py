@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from explainers.bench.cebab import load_split  # noqa: E402
+from explainers.data.cebab import load_split  # noqa: E402
 
 PARAMS = {"intervention": {"concept": "service", "target": "Negative"}, "method": "pt_match", "top_k": 10}
 RESULT = {"id": None, "status": "done", "source": "Positive", "source_inferred": True,

@@ -37,7 +37,7 @@ class EffectsActor:
         os.environ.update(env)
         from app.jobs.handlers import EffectsHandler
         from app.resources import Runtime
-        from app.security import outbound_transport
+        from app.specs import outbound_transport
         from app.store import Store
 
         settings = Settings()
