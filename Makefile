@@ -1,6 +1,6 @@
 # The two commands a fresh machine needs (see README):
 #   make serve   install into .venv and run the service on its embedded defaults
-#   make test    install into .venv (with the test servers) and run the test suite
+#   make test    install into .venv (with the test servers), check lint, format and types, run the test suite
 .PHONY: serve test lint
 
 serve:
@@ -9,7 +9,10 @@ serve:
 
 test:
 	bash scripts/setup.sh test
+	$(MAKE) lint
 	.venv/bin/python -m pytest -q $(PYTEST_ARGS)
 
 lint:
 	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+	.venv/bin/mypy
