@@ -69,7 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Every classifier and LLM client gets this deny-by-default transport (app.specs labels it per client).
     transport = outbound_transport(settings)
     policy = transport.policy
-    rt.outbound_transport = transport
+    rt.clients.transport = transport
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -1,10 +1,8 @@
 """What a running service holds: the store, classifiers, LLMs, domains, explainers.
 
-Why one object: routes and job workers must build classifiers, LLM backends and
-explainers the same way, and other layers hook in here. In particular every outbound
-client (classifier or LLM endpoint) is built by `build_classifier_from_spec` /
-`build_llm_from_spec`, which pass `outbound_transport` (a URL-policy httpx transport the
-security layer may set on `app.state`) to the library, so no code path can bypass it.
+Why one object: routes and job workers must resolve domains, classifiers, LLM backends and
+explainers the same way. Outbound clients live in `app.clients` (built through the URL
+policy, closed when evicted); this module holds the defaults, the domains and the explainers.
 
 The embedded defaults (the default domain: schema, pool, taggers, concept space; and its
 reference classifier) load in a background thread so `/healthz` answers at once; each
@@ -14,8 +12,6 @@ built from one domain's data (`Domain.resources`) and cached per domain.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import socket
@@ -27,12 +23,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
-
+from app.clients import Clients, remember
 from app.domains import DomainCatalog
 from app.settings import Settings
 from app.store import Store
 from explainers.classifiers.base import Classifier
+from explainers.classifiers.cache import CachingClassifier
 from explainers.domains import BUILTIN as BUILTIN_DOMAINS
 from explainers.domains import Domain
 from explainers.registry import MissingResource, available, build_explainer
@@ -40,33 +36,6 @@ from explainers.registry import MissingResource, available, build_explainer
 log = logging.getLogger("cace.resources")
 
 BUILTIN = "builtin"
-
-
-def build_classifier_from_spec(spec: dict[str, Any], transport: httpx.BaseTransport | None = None, *,
-                               allow_local: bool = True, settings: Any = None, label: str | None = None
-                               ) -> Classifier:
-    """The one place the service turns an endpoint spec into a Classifier (rules: `app.specs`).
-
-    `allow_local=False` (inline specs in requests) refuses in-process protocols, which load
-    (unpickle) files from the server's disk; registered specs, an admin action, may use them.
-    """
-    from app.specs import build_classifier
-
-    return build_classifier(spec, transport, inline=not allow_local, settings=settings,
-                            policy=getattr(transport, "policy", None), label=label)
-
-
-def build_llm_from_spec(spec: dict[str, Any], transport: httpx.BaseTransport | None = None, *, inline: bool = False,
-                        settings: Any = None, label: str | None = None) -> Any:
-    """The one place the service turns an LLM spec into a backend (rules: `app.specs`)."""
-    from app.specs import build_llm
-
-    return build_llm(spec, transport, inline=inline, settings=settings, policy=getattr(transport, "policy", None),
-                     label=label)
-
-
-def spec_key(spec: dict[str, Any]) -> str:
-    return hashlib.sha1(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 class Component:
@@ -90,14 +59,12 @@ class Runtime:
         self.settings = settings
         self.store = store
         self.instance_id = settings.instance_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self.outbound_transport: httpx.BaseTransport | None = None
         self.builtin_classifiers: dict[str, Classifier] = {}
         self.builtin_meta: dict[str, dict[str, Any]] = {}
         self._encoder: Any = None
         self.domains = DomainCatalog(Path(settings.data_dir) / "domains", self.encoder)
         self.default_domain_id: str | None = None
-        self._classifiers: OrderedDict[str, Classifier] = OrderedDict()
-        self._llms: OrderedDict[str, Any] = OrderedDict()
+        self.clients = Clients(settings, store)
         self._explainers: OrderedDict[tuple, tuple[Any, threading.Lock]] = OrderedDict()
         self._calibrating: set[tuple[str, str]] = set()
         self.handlers: dict[str, Any] = {}  # job kind -> handler (set by the app factory)
@@ -153,7 +120,7 @@ class Runtime:
         name = self.default_classifier_name()
         assert name is not None
         path = ensure_reference(name, self.settings.data_dir, self.settings.datasets_dir)
-        clf = self._cached(load_reference(path), f"{BUILTIN}:{name}")
+        clf = CachingClassifier(load_reference(path), key=f"{BUILTIN}:{name}")
         meta = read_meta(path)
         self.builtin_classifiers[name] = clf
         self.builtin_meta[name] = {"protocol": "builtin", "path": str(path), "labels": list(clf.labels),
@@ -194,70 +161,25 @@ class Runtime:
             domain_id = self.default_domain_id
         return self.domains.get(domain_id)
 
-    @staticmethod
-    def _cached(clf: Classifier, key: str) -> Classifier:
-        try:
-            from explainers.classifiers.cache import CachingClassifier
-        except ModuleNotFoundError:
-            return clf
-        return CachingClassifier(clf, key=key)
-
     # ---- classifiers and LLMs -------------------------------------------------------------
     def classifier(self, ref: str | dict[str, Any]) -> tuple[Classifier, str]:
-        """A classifier by registered name or inline spec, and a short name for it."""
-        if isinstance(ref, dict):
-            key = "inline:" + spec_key(ref)
-            with self._lock:
-                if key not in self._classifiers:
-                    self._remember(self._classifiers, key, self._cached(
-                        build_classifier_from_spec(ref, self.outbound_transport, allow_local=False,
-                                                   settings=self.settings), key))
-                return self._classifiers[key], key
-        if ref in self.builtin_classifiers:
+        """A classifier by built-in or registered name, or inline spec, and a short name for it."""
+        if isinstance(ref, str) and ref in self.builtin_classifiers:
             return self.builtin_classifiers[ref], ref
-        row = self.store.registry_get("classifier", ref)
-        if row is None:
+        try:
+            return self.clients.classifier(ref)
+        except LookupError:
             if ref == self.default_classifier_name() and not self.ready:
-                raise MissingResource(f"classifier {ref!r} is still loading; see /readyz")
-            raise LookupError(f"classifier {ref!r} is not registered")
-        key = f"registered:{ref}:{spec_key(row['spec'])}"
-        with self._lock:
-            if key not in self._classifiers:
-                self._remember(self._classifiers, key, self._cached(
-                    build_classifier_from_spec(row["spec"], self.outbound_transport, settings=self.settings,
-                                               label=ref), key))
-            return self._classifiers[key], ref
+                raise MissingResource(f"classifier {ref!r} is still loading; see /readyz") from None
+            raise
 
     def llm(self, ref: str | dict[str, Any] | None) -> tuple[Any, str] | tuple[None, None]:
-        if ref is None:
-            s = self.settings
-            if not (s.llm_base_url and s.llm_model):
-                return None, None
-            ref = {"kind": "openai", "base_url": s.llm_base_url, "model": s.llm_model, "api_key": s.llm_api_key}
-            name = "default"
-        elif isinstance(ref, dict):
-            name = "inline:" + spec_key(ref)
-        else:
-            row = self.store.registry_get("llm", ref)
-            if row is None:
-                raise LookupError(f"LLM {ref!r} is not registered")
-            name, ref = ref, row["spec"]
-        assert isinstance(ref, dict)
-        key = name + ":" + spec_key(ref)
-        with self._lock:
-            if key not in self._llms:
-                self._remember(self._llms, key, build_llm_from_spec(
-                    ref, self.outbound_transport, inline=name.startswith("inline:"), settings=self.settings,
-                    label=name))
-            return self._llms[key], name
+        return self.clients.llm(ref)
 
     def forget(self, kind: str, name: str) -> None:
-        """Drop cached clients for a deleted or replaced registration."""
+        """Drop cached clients (closing them) and explainers of a deleted or replaced registration."""
+        self.clients.forget(kind, name)
         with self._lock:
-            cache = self._classifiers if kind == "classifier" else self._llms
-            prefix = f"registered:{name}:" if kind == "classifier" else f"{name}:"
-            for key in [k for k in cache if k.startswith(prefix)]:
-                cache.pop(key)
             for built in [k for k in self._explainers if name in (k[2], k[3])]:
                 self._explainers.pop(built)
 
@@ -265,13 +187,6 @@ class Runtime:
         with self._lock:
             for k in [k for k in self._explainers if k[0] == domain_id]:
                 self._explainers.pop(k)
-
-    @staticmethod
-    def _remember(cache: OrderedDict, key: Any, value: Any, limit: int = 32) -> None:
-        cache[key] = value
-        cache.move_to_end(key)
-        while len(cache) > limit:
-            cache.popitem(last=False)
 
     # ---- explainers -----------------------------------------------------------------------
     def methods(self) -> dict[str, str]:
@@ -312,7 +227,7 @@ class Runtime:
                 elif stack_key:
                     options["stack_key"] = stack_key
                 hit = (build_explainer(method, res, **options), threading.Lock())
-                self._remember(self._explainers, key, hit, limit=16)
+                remember(self._explainers, key, hit, limit=16)
         return hit[0], hit[1], info
 
     def maybe_calibrate(self, domain: Domain, classifier_name: str) -> str | None:

@@ -12,8 +12,9 @@ from fastapi import APIRouter, Depends, Response
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
+from app.clients import build_classifier_from_spec, build_llm_from_spec
 from app.problems import ApiError, field_error, not_found, validation_error
-from app.resources import Runtime, build_classifier_from_spec, build_llm_from_spec
+from app.resources import Runtime
 from app.routes.common import problems, runtime
 from app.schemas import Registration, RegistrationList, RegistrationOut
 from app.specs import SpecRefused
@@ -39,9 +40,9 @@ def _validate(kind: str, name: str, spec: dict[str, Any], rt: Runtime) -> None:
     """Build the client the spec describes, under the rules for registered specs (`app.specs`)."""
     try:
         if kind == "classifier":
-            build_classifier_from_spec(spec, rt.outbound_transport, settings=rt.settings, label=name)
+            build_classifier_from_spec(spec, rt.clients.transport, settings=rt.settings, label=name)
         else:
-            build_llm_from_spec(spec, rt.outbound_transport, settings=rt.settings, label=name)
+            build_llm_from_spec(spec, rt.clients.transport, settings=rt.settings, label=name)
     except SpecRefused as e:
         raise field_error(f"body.spec.{e.field}", e.message) from e
     except ValidationError as e:
