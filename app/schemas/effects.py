@@ -1,0 +1,109 @@
+"""Effects over many texts (CaCE), and the jobs that run them."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.schemas.explanations import CLASSIFIER_FIELD, DOMAIN_FIELD, EXAMPLE_TEXT, InterventionIn
+from app.schemas.types import MAX_SEED, Aggregation, Labels, NonBlankText, SafeText, StrictFloat, StrictInt
+
+
+class EffectText(BaseModel):
+    """One text of an effects request (a JSONL line may also be a bare JSON string)."""
+
+    text: NonBlankText = Field(min_length=1)
+    id: SafeText | None = Field(None, max_length=256)
+    labels: Labels | None = Field(None, description="Known concept labels of this text.")
+
+
+class EffectsParams(BaseModel):
+    """Everything of an effects request but the texts (the JSON part of an upload)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "intervention": {"concept": "food", "target": "Negative"}, "classifier": "tfidf-lr", "method": "pt_match"}]})
+
+    intervention: InterventionIn
+    domain: str | None = DOMAIN_FIELD
+    classifier: SafeText | dict[str, Any] | None = CLASSIFIER_FIELD
+    method: SafeText | None = Field(None, description="As in ExplanationRequest (default: auto once calibrated, "
+                                    "else match).", examples=["pt_match"])
+    top_k: StrictInt = Field(5, ge=1)
+    aggregation: Aggregation = "mean"
+    similarity_threshold: StrictFloat | None = Field(None, ge=-1.0, le=1.0)
+    llm: SafeText | dict[str, Any] | None = None
+    confidence: StrictFloat = Field(0.95, gt=0.0, lt=1.0, description="Bootstrap CI level.")
+    seed: StrictInt = Field(0, ge=0, le=MAX_SEED, description="Bootstrap seed (results are reproducible for a seed).")
+    mode: Literal["auto", "inline", "job"] = Field(
+        "auto", description="auto: inline up to the server's max_inline_texts, else a job.")
+
+
+class EffectsRequest(EffectsParams):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "texts": [EXAMPLE_TEXT, "Great pasta, rude staff."],
+        "intervention": {"concept": "food", "target": "Negative"}, "classifier": "tfidf-lr", "method": "pt_match"}]})
+
+    texts: list[NonBlankText | EffectText] = Field(min_length=1,
+                                                   description="Texts (strings or {text, id, labels}).")
+
+
+class EffectRow(BaseModel):
+    index: int
+    id: str | None = None
+    status: str = Field(description="done, unchanged (already at target), failed, pending or running.")
+    source: str | None = None
+    icace: dict[str, float] | None = None
+    base_prediction: dict[str, float] | None = None
+    n_counterfactuals: int | None = None
+    error: str | None = None
+    attempts: int | None = None
+    finished_at: float | None = None
+
+
+class CaceResult(BaseModel):
+    labels: list[str]
+    cace: dict[str, float] = Field(description="Mean ICaCE over the changed texts.")
+    ci_low: dict[str, float]
+    ci_high: dict[str, float]
+    confidence: float
+    summary: dict[str, Any]
+
+
+class EffectsInlineResponse(BaseModel):
+    status: Literal["succeeded"] = "succeeded"
+    result: CaceResult
+    rows: list[EffectRow]
+
+
+class JobOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "id": "4f1c...", "kind": "effects", "status": "running", "total": 500,
+        "counts": {"pending": 300, "running": 8, "done": 190, "failed": 2}, "progress": 0.384}]})
+
+    id: str
+    kind: str
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    total: int
+    counts: dict[str, int] = Field(default_factory=dict)
+    progress: float = 0.0
+    error: str | None = None
+    item_errors: list[dict[str, Any]] = Field(default_factory=list)
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    result: dict[str, Any] | None = None
+    links: dict[str, str] = Field(default_factory=dict)
+
+
+class JobList(BaseModel):
+    jobs: list[JobOut]
+    total: int
+
+
+class RowsPage(BaseModel):
+    rows: list[EffectRow]
+    offset: int
+    limit: int
+    total: int
+    next_offset: int | None
