@@ -54,8 +54,10 @@ def _submit(rt: Runtime, params: EffectsParams, payloads: list[dict[str, Any]], 
     if params.mode == "inline" and (len(payloads) > s.max_inline_texts or rest is not None):
         raise field_error("body.mode", f"inline runs take at most {s.max_inline_texts} texts; use mode=job")
     r = explain.resolve(rt, params)  # 4xx for bad domain/classifier/method/intervention before anything is queued
-    # Pin what the defaults resolved to, so every item of a job (and its summary) uses the same domain and method.
-    params = params.model_copy(update={"method": r.method, "domain": r.domain.id})
+    # Pin what the defaults resolved to, so every item of a job (and its summary) uses the same domain,
+    # classifier and method, whatever the server's defaults become while it runs.
+    params = params.model_copy(update={"method": r.method, "domain": r.domain.id,
+                                       "classifier": params.classifier or r.classifier_name})
     iv = params.intervention
     for i, p in enumerate(payloads):  # every text's labels fit the domain, and its source can be known
         q = explain.Query(p["text"], iv.concept, iv.target, iv.source, p.get("labels"))
