@@ -302,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     table = "\n".join([
         "# Effects-job throughput vs the bare library pipeline",
         "",
+        f"Encoder backend: {os.environ.get('CACE_ENCODER_BACKEND', 'torch')}. "
         f"{len(texts)} distinct CEBaB texts (dev, then train_exclusive), intervention {CONCEPT} -> {TARGET} with the "
         f"source inferred by the taggers, K={args.top_k}, in-process tfidf-lr. The issue asks for 10k texts; "
         f"{len(texts)} keep the run under the shared 2-core box's 15-minute budget (each pass embeds every text).",
