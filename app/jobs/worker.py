@@ -124,9 +124,13 @@ class Workers:
                         break  # leave the rest to expire and be re-claimed
                     self._run_batch(job_id, items, self.store.job_status(job_id) in ("queued", "running"))
                     touched.add(job_id)
-                for job_id in touched:
-                    if self.store.open_items(job_id) == 0:
-                        self._finalize(job_id)
+                # Counting a job's open items costs a scan of them: only worth it when the claim came back
+                # short (the queue is draining). A full claim means more work; an idle loop's
+                # jobs_to_finalize() catches a job whose last items were claimed in full.
+                if len(claimed) < self.batch:
+                    for job_id in touched:
+                        if self.store.open_items(job_id) == 0:
+                            self._finalize(job_id)
             except Exception:
                 log.exception("job worker loop error")
                 self._stop.wait(1.0)
