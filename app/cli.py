@@ -14,10 +14,19 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("explainers.bench.cli", "run benchmarks, e.g. `cace bench cebab --model tfidf-lr`"),
     "classifiers": ("explainers.reference.cli", "train or serve the reference classifiers"),
     "taggers": ("explainers.taggers", "train or evaluate concept taggers"),
-    "domains": ("explainers.domains.cli", "build, list, show or delete domains (schema, corpus, taggers, space)"),
-    "spaces": ("explainers.matching.cli", "train, list or delete concept spaces of the built-in corpus (benchmarks)"),
+    "domains": (
+        "explainers.domains.cli",
+        "build, list, show or delete domains (schema, corpus, taggers, space)",
+    ),
+    "spaces": (
+        "explainers.matching.cli",
+        "train, list or delete concept spaces of the built-in corpus (benchmarks)",
+    ),
     "generate": ("explainers.generation.cli", "generate counterfactuals with an LLM"),
-    "calibrate": ("explainers.estimators.cli", "fit the auto estimator to a classifier on a domain's own pairs"),
+    "calibrate": (
+        "explainers.estimators.cli",
+        "fit the auto estimator to a classifier on a domain's own pairs",
+    ),
 }
 
 

@@ -24,9 +24,14 @@ from explainers.classifiers.cache import CachingClassifier
 MAX_CLIENTS = 32
 
 
-def build_classifier_from_spec(spec: dict[str, Any], transport: httpx.BaseTransport | None = None, *,
-                               allow_local: bool = True, settings: Any = None, label: str | None = None
-                               ) -> Classifier:
+def build_classifier_from_spec(
+    spec: dict[str, Any],
+    transport: httpx.BaseTransport | None = None,
+    *,
+    allow_local: bool = True,
+    settings: Any = None,
+    label: str | None = None,
+) -> Classifier:
     """The one place the service turns an endpoint spec into a Classifier (rules: `app.specs`).
 
     `allow_local=False` (inline specs in requests) refuses in-process protocols, which load
@@ -34,17 +39,35 @@ def build_classifier_from_spec(spec: dict[str, Any], transport: httpx.BaseTransp
     """
     from app.specs import build_classifier
 
-    return build_classifier(spec, transport, inline=not allow_local, settings=settings,
-                            policy=getattr(transport, "policy", None), label=label)
+    return build_classifier(
+        spec,
+        transport,
+        inline=not allow_local,
+        settings=settings,
+        policy=getattr(transport, "policy", None),
+        label=label,
+    )
 
 
-def build_llm_from_spec(spec: dict[str, Any], transport: httpx.BaseTransport | None = None, *, inline: bool = False,
-                        settings: Any = None, label: str | None = None) -> Any:
+def build_llm_from_spec(
+    spec: dict[str, Any],
+    transport: httpx.BaseTransport | None = None,
+    *,
+    inline: bool = False,
+    settings: Any = None,
+    label: str | None = None,
+) -> Any:
     """The one place the service turns an LLM spec into a backend (rules: `app.specs`)."""
     from app.specs import build_llm
 
-    return build_llm(spec, transport, inline=inline, settings=settings, policy=getattr(transport, "policy", None),
-                     label=label)
+    return build_llm(
+        spec,
+        transport,
+        inline=inline,
+        settings=settings,
+        policy=getattr(transport, "policy", None),
+        label=label,
+    )
 
 
 def spec_key(spec: dict[str, Any]) -> str:
@@ -96,8 +119,13 @@ class Clients:
             key = f"registered:{ref}:{spec_key(spec)}"
         with self._lock:
             if key not in self._classifiers:
-                built = build_classifier_from_spec(spec, self.transport, allow_local=not inline,
-                                                   settings=self.settings, label=None if inline else name)
+                built = build_classifier_from_spec(
+                    spec,
+                    self.transport,
+                    allow_local=not inline,
+                    settings=self.settings,
+                    label=None if inline else name,
+                )
                 remember(self._classifiers, key, CachingClassifier(built, key=key))
             return self._classifiers[key], name
 
@@ -107,8 +135,12 @@ class Clients:
             s = self.settings
             if not (s.llm_base_url and s.llm_model):
                 return None, None
-            spec: dict[str, Any] = {"kind": "openai", "base_url": s.llm_base_url, "model": s.llm_model,
-                                    "api_key": s.llm_api_key}
+            spec: dict[str, Any] = {
+                "kind": "openai",
+                "base_url": s.llm_base_url,
+                "model": s.llm_model,
+                "api_key": s.llm_api_key,
+            }
             name = "default"
         elif isinstance(ref, dict):
             spec, name = ref, "inline:" + spec_key(ref)
@@ -120,8 +152,17 @@ class Clients:
         key = name + ":" + spec_key(spec)
         with self._lock:
             if key not in self._llms:
-                remember(self._llms, key, build_llm_from_spec(spec, self.transport, inline=name.startswith("inline:"),
-                                                              settings=self.settings, label=name))
+                remember(
+                    self._llms,
+                    key,
+                    build_llm_from_spec(
+                        spec,
+                        self.transport,
+                        inline=name.startswith("inline:"),
+                        settings=self.settings,
+                        label=name,
+                    ),
+                )
             return self._llms[key], name
 
     def forget(self, kind: str, name: str) -> None:

@@ -37,7 +37,9 @@ class DomainCatalog:
         return self.root / domain_id
 
     def exists(self, domain_id: str) -> bool:
-        return domain_id in self.pinned or (self.valid_id(domain_id) and (self.root / domain_id / "meta.json").exists())
+        return domain_id in self.pinned or (
+            self.valid_id(domain_id) and (self.root / domain_id / "meta.json").exists()
+        )
 
     def pin(self, domain: Domain) -> None:
         self.pinned[domain.id] = domain
@@ -60,8 +62,15 @@ class DomainCatalog:
         return domain
 
     def ids(self) -> list[str]:
-        found = [p.name for p in sorted(self.root.iterdir()) if (p / "meta.json").exists() and self.valid_id(p.name)] \
-            if self.root.is_dir() else []
+        found = (
+            [
+                p.name
+                for p in sorted(self.root.iterdir())
+                if (p / "meta.json").exists() and self.valid_id(p.name)
+            ]
+            if self.root.is_dir()
+            else []
+        )
         return sorted(set(found) | set(self.pinned))
 
     def summary(self, domain_id: str) -> dict[str, Any]:
@@ -69,10 +78,19 @@ class DomainCatalog:
         if domain_id in self.pinned:
             return self.pinned[domain_id].describe()
         meta = read_meta(self.path(domain_id), "domain")
-        return {"id": domain_id, "status": "ready", "schema": meta.get("schema"), "source": meta.get("source"),
-                "created_at": meta.get("created_at"), "stats": meta.get("stats", {}),
-                "taggers": meta.get("taggers", {}), "space": meta.get("space", {}), "methods": meta.get("methods", {}),
-                "generation": meta.get("generation"), "calibrations": calibration_summaries(self.path(domain_id))}
+        return {
+            "id": domain_id,
+            "status": "ready",
+            "schema": meta.get("schema"),
+            "source": meta.get("source"),
+            "created_at": meta.get("created_at"),
+            "stats": meta.get("stats", {}),
+            "taggers": meta.get("taggers", {}),
+            "space": meta.get("space", {}),
+            "methods": meta.get("methods", {}),
+            "generation": meta.get("generation"),
+            "calibrations": calibration_summaries(self.path(domain_id)),
+        }
 
     def delete(self, domain_id: str) -> bool:
         with self._lock:

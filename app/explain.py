@@ -48,16 +48,23 @@ class Query:
     labels: dict[str, str] | None = None
 
 
-def check_intervention(schema: ConceptSchema, concept: str, target: str, source: str | None, prefix: str) -> None:
+def check_intervention(
+    schema: ConceptSchema, concept: str, target: str, source: str | None, prefix: str
+) -> None:
     if concept not in schema:
-        raise field_error(f"{prefix}.intervention.concept", f"unknown concept {concept!r}; known: {schema.names}")
+        raise field_error(
+            f"{prefix}.intervention.concept", f"unknown concept {concept!r}; known: {schema.names}"
+        )
     values = list(schema[concept].values)
     for what, value in (("target", target), ("source", source)):
         if value is not None and value not in values:
-            raise field_error(f"{prefix}.intervention.{what}", f"{value!r} is not a value of {concept!r}; "
-                                                                f"allowed: {values}")
+            raise field_error(
+                f"{prefix}.intervention.{what}", f"{value!r} is not a value of {concept!r}; allowed: {values}"
+            )
     if source is not None and source == target:
-        raise field_error(f"{prefix}.intervention.source", "source equals target: the intervention changes nothing")
+        raise field_error(
+            f"{prefix}.intervention.source", "source equals target: the intervention changes nothing"
+        )
 
 
 def check_labels(schema: ConceptSchema, labels: dict[str, str] | None, where: str) -> None:
@@ -66,7 +73,9 @@ def check_labels(schema: ConceptSchema, labels: dict[str, str] | None, where: st
         if c not in schema:
             raise field_error(f"{where}.{c}", f"unknown concept {c!r}; known: {schema.names}")
         if v not in schema[c].values:
-            raise field_error(f"{where}.{c}", f"{v!r} is not a value of {c!r}; allowed: {list(schema[c].values)}")
+            raise field_error(
+                f"{where}.{c}", f"{v!r} is not a value of {c!r}; allowed: {list(schema[c].values)}"
+            )
 
 
 def needs_labels(domain: Domain, concept: str) -> bool:
@@ -82,7 +91,9 @@ def resolve(rt: Runtime, params: Any, prefix: str = "body") -> Resolved:
     try:
         domain = rt.domain(params.domain)
     except LookupError as e:
-        raise field_error(f"{prefix}.domain", f"{str(e).strip(chr(39) + chr(34))}; known: {rt.domains.ids()}") from e
+        raise field_error(
+            f"{prefix}.domain", f"{str(e).strip(chr(39) + chr(34))}; known: {rt.domains.ids()}"
+        ) from e
     iv = params.intervention
     check_intervention(domain.schema, iv.concept, iv.target, iv.source, prefix)
     clf_ref = params.classifier if params.classifier is not None else rt.default_classifier_name()
@@ -95,8 +106,9 @@ def resolve(rt: Runtime, params: Any, prefix: str = "body") -> Resolved:
     except ValidationError as e:
         raise validation_error(e.errors(), f"{prefix}.classifier") from e
     except ModuleNotFoundError as e:
-        raise ApiError(409, "Missing resource", f"inline classifier specs need module {e.name}",
-                       kind="missing-resource") from e
+        raise ApiError(
+            409, "Missing resource", f"inline classifier specs need module {e.name}", kind="missing-resource"
+        ) from e
     except ValueError as e:
         raise field_error(f"{prefix}.classifier", str(e)) from e
     method = params.method or default_method(domain, clf_name)
@@ -106,9 +118,14 @@ def resolve(rt: Runtime, params: Any, prefix: str = "body") -> Resolved:
     if reason:
         raise field_error(f"{prefix}.method", reason)
     try:
-        explainer, lock, info = rt.explainer(method, domain, llm=params.llm, aggregation=params.aggregation,
-                                             similarity_threshold=params.similarity_threshold,
-                                             classifier_name=clf_name)
+        explainer, lock, info = rt.explainer(
+            method,
+            domain,
+            llm=params.llm,
+            aggregation=params.aggregation,
+            similarity_threshold=params.similarity_threshold,
+            classifier_name=clf_name,
+        )
     except LookupError as e:
         raise field_error(f"{prefix}.llm", str(e).strip("'\"")) from e
     except ValidationError as e:
@@ -133,8 +150,11 @@ def check_query(r: Resolved, q: Query, labels_field: str, source_field: str) -> 
     """A text's labels fit the domain, and its source is known or inferable (422 naming the field otherwise)."""
     check_labels(r.domain.schema, q.labels, labels_field)
     if q.source is None and not (q.labels and q.concept in q.labels) and needs_labels(r.domain, q.concept):
-        raise field_error(source_field, f"domain {r.domain.id!r} has no usable tagger for {q.concept!r}: pass "
-                                        f"intervention.source or the text's {q.concept!r} label")
+        raise field_error(
+            source_field,
+            f"domain {r.domain.id!r} has no usable tagger for {q.concept!r}: pass "
+            f"intervention.source or the text's {q.concept!r} label",
+        )
 
 
 def check_available(r: Resolved, concept: str, target: str, prefix: str) -> None:
@@ -170,8 +190,11 @@ def run(rt: Runtime, r: Resolved, q: Query) -> tuple[Explanation, Intervention, 
         with r.lock:
             exp = r.explainer.explain(q.text, intervention, r.classifier, r.top_k, base_labels=labels)
     done = time.perf_counter()
-    timings = {"total_ms": round((done - started) * 1000, 3), "source_inference_ms": round((t_source - started) * 1000, 3),
-               "explain_ms": round((done - t_source) * 1000, 3)}
+    timings = {
+        "total_ms": round((done - started) * 1000, 3),
+        "source_inference_ms": round((t_source - started) * 1000, 3),
+        "explain_ms": round((done - t_source) * 1000, 3),
+    }
     return exp, intervention, inferred, timings
 
 
@@ -193,8 +216,9 @@ def as_map(labels: list[str], values: Any) -> dict[str, float]:
     return {lab: float(v) for lab, v in zip(labels, values, strict=True)}
 
 
-def response(exp: Explanation, r: Resolved, intervention: Intervention, inferred: bool,
-             timings: dict[str, float]) -> dict[str, Any]:
+def response(
+    exp: Explanation, r: Resolved, intervention: Intervention, inferred: bool, timings: dict[str, float]
+) -> dict[str, Any]:
     labels = list(exp.labels)
     details = plain(exp.details)
     cfs = []
@@ -203,26 +227,40 @@ def response(exp: Explanation, r: Resolved, intervention: Intervention, inferred
         d["prediction"] = as_map(labels, c.prediction) if c.prediction is not None else None
         cfs.append(d)
     return {
-        "method": r.method, "classifier": r.classifier_name, "labels": labels,
-        "base_prediction": as_map(labels, exp.base_prediction), "icace": as_map(labels, exp.icace),
-        "intervention": {"concept": intervention.concept, "target": intervention.target,
-                         "source": intervention.source, "source_inferred": inferred},
+        "method": r.method,
+        "classifier": r.classifier_name,
+        "labels": labels,
+        "base_prediction": as_map(labels, exp.base_prediction),
+        "icace": as_map(labels, exp.icace),
+        "intervention": {
+            "concept": intervention.concept,
+            "target": intervention.target,
+            "source": intervention.source,
+            "source_inferred": inferred,
+        },
         "uncertainty": uncertainty(exp, labels),
-        "counterfactuals": cfs, "cost": asdict(exp.cost), "timings": timings,
-        "domain": r.domain.id, "space_id": r.domain.space.meta.get("name"),
-        "pool": {"texts": len(r.domain.pool), "pairs": len(r.domain.pool.pairs)}, "llm": r.info.get("llm"),
+        "counterfactuals": cfs,
+        "cost": asdict(exp.cost),
+        "timings": timings,
+        "domain": r.domain.id,
+        "space_id": r.domain.space.meta.get("name"),
+        "pool": {"texts": len(r.domain.pool), "pairs": len(r.domain.pool.pairs)},
+        "llm": r.info.get("llm"),
         "details": details,
     }
 
 
 def uncertainty(exp: Explanation, labels: list[str]) -> dict[str, Any]:
     """Spread over the counterfactuals; for calibrated estimators also a per-label interval and expected error."""
-    out: dict[str, Any] = {"spread": as_map(labels, exp.spread),
-                           "n_counterfactuals": int(exp.details.get("used", len(exp.counterfactuals)))}
+    out: dict[str, Any] = {
+        "spread": as_map(labels, exp.spread),
+        "n_counterfactuals": int(exp.details.get("used", len(exp.counterfactuals))),
+    }
     interval = exp.details.get("interval")
     if interval:
-        out["interval"] = {lab: [lo, hi] for lab, lo, hi in zip(labels, interval["lower"], interval["upper"],
-                                                                 strict=True)}
+        out["interval"] = {
+            lab: [lo, hi] for lab, lo, hi in zip(labels, interval["lower"], interval["upper"], strict=True)
+        }
         out["coverage"] = interval.get("coverage")
     if exp.details.get("expected_error"):
         out["expected_error"] = exp.details["expected_error"]
@@ -231,6 +269,7 @@ def uncertainty(exp: Explanation, labels: list[str]) -> dict[str, Any]:
 
 def plain(value: Any) -> Any:
     """JSON-safe copy of method details (numpy arrays and scalars become lists and floats)."""
+
     def default(o: Any) -> Any:
         if isinstance(o, np.ndarray):
             return o.tolist()

@@ -33,8 +33,15 @@ EXEMPT_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 async def send_problem(
-    send: Send, status: int, title: str, detail: str, *, kind: str, path: str = "",
-    headers: Iterable[tuple[str, str]] = (), extra: dict[str, Any] | None = None,
+    send: Send,
+    status: int,
+    title: str,
+    detail: str,
+    *,
+    kind: str,
+    path: str = "",
+    headers: Iterable[tuple[str, str]] = (),
+    extra: dict[str, Any] | None = None,
 ) -> None:
     """Write a complete RFC 7807 response straight to the ASGI `send`."""
     body = {"type": PROBLEM_TYPE + kind, "title": title, "status": status, "detail": detail}
@@ -131,10 +138,15 @@ class BodyLimitMiddleware:
             return
         declared = _header(scope, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await send_problem(send, 413, "Request too large",
-                               f"request body is {declared} bytes; the limit is {self.max_bytes} (CACE_MAX_BODY_BYTES)",
-                               kind="request-too-large", path=scope.get("path", ""),
-                               extra={"limit_bytes": self.max_bytes})
+            await send_problem(
+                send,
+                413,
+                "Request too large",
+                f"request body is {declared} bytes; the limit is {self.max_bytes} (CACE_MAX_BODY_BYTES)",
+                kind="request-too-large",
+                path=scope.get("path", ""),
+                extra={"limit_bytes": self.max_bytes},
+            )
             return
         seen = 0
 
@@ -157,8 +169,9 @@ class InflightLimitMiddleware:
     them instead would turn overload into client timeouts.
     """
 
-    def __init__(self, app: ASGIApp, max_inflight: int = 0, retry_after_s: int = 1, slots: Slots | None = None
-                 ) -> None:
+    def __init__(
+        self, app: ASGIApp, max_inflight: int = 0, retry_after_s: int = 1, slots: Slots | None = None
+    ) -> None:
         self.app = app
         self.slots = slots or Slots(max_inflight)
         self.max_inflight = self.slots.max_inflight
@@ -178,10 +191,15 @@ class InflightLimitMiddleware:
             return
         token = self.slots.acquire()
         if token is None:
-            await send_problem(send, 503, "Service overloaded",
-                               f"{self.inflight} requests are in progress (limit {self.max_inflight}); retry later",
-                               kind="overloaded", path=scope.get("path", ""),
-                               headers=[("Retry-After", str(self.retry_after_s))])
+            await send_problem(
+                send,
+                503,
+                "Service overloaded",
+                f"{self.inflight} requests are in progress (limit {self.max_inflight}); retry later",
+                kind="overloaded",
+                path=scope.get("path", ""),
+                headers=[("Retry-After", str(self.retry_after_s))],
+            )
             return
         scope.setdefault("state", {})["cace_slot"] = (self.slots, token)
         try:
@@ -240,10 +258,15 @@ class TimeoutMiddleware:
                     await responded.wait()
                 if not responded.is_set():
                     timed_out = True
-                    await send_problem(send, 504, "Request timed out",
-                                       f"no response within {self.timeout_s:g} s (CACE_REQUEST_TIMEOUT_S)",
-                                       kind="request-timeout", path=scope.get("path", ""),
-                                       extra={"timeout_s": self.timeout_s})
+                    await send_problem(
+                        send,
+                        504,
+                        "Request timed out",
+                        f"no response within {self.timeout_s:g} s (CACE_REQUEST_TIMEOUT_S)",
+                        kind="request-timeout",
+                        path=scope.get("path", ""),
+                        extra={"timeout_s": self.timeout_s},
+                    )
                     slots, slot = scope.get("state", {}).get("cace_slot", (None, None))
                     if slots is not None:
                         slots.abandon(slot, deadline)

@@ -57,14 +57,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         os.environ["CACE_CACHE_DIR"] = str(settings.cache_dir)
     store = Store(settings.job_store_url, settings.table_prefix)
     rt = Runtime(settings, store)
-    rt.handlers = {"effects": EffectsHandler(rt), "domain": DomainHandler(rt), "calibration": CalibrationHandler(rt)}
+    rt.handlers = {
+        "effects": EffectsHandler(rt),
+        "domain": DomainHandler(rt),
+        "calibration": CalibrationHandler(rt),
+    }
     if settings.ray_address:  # effects batches run on Ray actors; the store and finalize stay here
         from app.jobs.ray_executor import RayEffectsHandler
 
         rt.handlers["effects"] = RayEffectsHandler(rt.handlers["effects"], settings)
-    workers = Workers(store, rt.handlers, owner=rt.instance_id, threads=settings.job_workers,
-                      lease_s=settings.job_lease_s, batch=settings.job_claim_batch, poll_s=settings.job_poll_s,
-                      max_attempts=settings.job_max_attempts)
+    workers = Workers(
+        store,
+        rt.handlers,
+        owner=rt.instance_id,
+        threads=settings.job_workers,
+        lease_s=settings.job_lease_s,
+        batch=settings.job_claim_batch,
+        poll_s=settings.job_poll_s,
+        max_attempts=settings.job_max_attempts,
+    )
 
     # Every classifier and LLM client gets this deny-by-default transport (app.specs labels it per client).
     transport = outbound_transport(settings)
@@ -88,9 +99,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             workers.stop()
             store.close()
 
-    app = FastAPI(title="CaCE explanation service", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
-                  openapi_tags=[{"name": n} for n in ("explanations", "effects", "jobs", "classifiers", "llms",
-                                                      "domains", "health")])
+    app = FastAPI(
+        title="CaCE explanation service",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        openapi_tags=[
+            {"name": n}
+            for n in ("explanations", "effects", "jobs", "classifiers", "llms", "domains", "health")
+        ],
+    )
     keys = key_store(store.engine, settings, store.metadata)
     slots = Slots(settings.max_inflight)
     metrics = observability.build_metrics(app)
@@ -108,17 +126,34 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     openapi.install(app)
 
     # Every route the service answers, in one place.
-    for router in (health.router, explanations.router, effects.router, jobs.router, registries.router,
-                   domains.router, kserve.router, keys_router(keys), observability.router(metrics), ui.router):
+    for router in (
+        health.router,
+        explanations.router,
+        effects.router,
+        jobs.router,
+        registries.router,
+        domains.router,
+        kserve.router,
+        keys_router(keys),
+        observability.router(metrics),
+        ui.router,
+    ):
         app.include_router(router)
 
     # Middleware, innermost first (each add_middleware wraps the previous): a request passes
     # observability (ids, logs, metrics) -> body limit (413) -> in-flight cap (503) ->
     # auth + rate limit (401/403/429) -> timeout (504, sets the outbound deadline) -> routes.
     app.add_middleware(TimeoutMiddleware, timeout_s=settings.request_timeout_s)
-    buckets = build_rate_limiter(settings.rate_limit_per_s, settings.rate_limit_burst, settings.rate_limit_redis_url)
-    app.add_middleware(AuthMiddleware, keys=keys, buckets=buckets, always_on=settings.auth_enabled,
-                       anonymous_rate=settings.rate_limit_anonymous_per_s)
+    buckets = build_rate_limiter(
+        settings.rate_limit_per_s, settings.rate_limit_burst, settings.rate_limit_redis_url
+    )
+    app.add_middleware(
+        AuthMiddleware,
+        keys=keys,
+        buckets=buckets,
+        always_on=settings.auth_enabled,
+        anonymous_rate=settings.rate_limit_anonymous_per_s,
+    )
     app.add_middleware(InflightLimitMiddleware, slots=slots)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(observability.ObservabilityMiddleware, metrics=metrics)

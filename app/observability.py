@@ -77,8 +77,11 @@ def configure_logging(fmt: str) -> None:
     """Route the root and uvicorn loggers through one stderr handler in the chosen format."""
     handler = logging.StreamHandler(sys.stderr)
     handler.set_name("cace")
-    handler.setFormatter(JsonFormatter() if fmt == "json" else
-                         logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(
+        JsonFormatter()
+        if fmt == "json"
+        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
     root = logging.getLogger()
     # Replace plain stderr handlers (basicConfig's, ours from an earlier app); keep capture
     # handlers such as pytest's, which are subclasses.
@@ -102,20 +105,41 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("cace_http_requests_total", "HTTP requests by route and status",
-                                ["method", "route", "status"], registry=r)
-        self.latency = Histogram("cace_http_request_duration_seconds", "HTTP request latency",
-                                 ["method", "route"], buckets=LATENCY_BUCKETS, registry=r)
+        self.requests = Counter(
+            "cace_http_requests_total",
+            "HTTP requests by route and status",
+            ["method", "route", "status"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "cace_http_request_duration_seconds",
+            "HTTP request latency",
+            ["method", "route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.inflight = Gauge("cace_http_requests_in_progress", "HTTP requests being served", registry=r)
-        self.outbound_latency = Histogram("cace_outbound_request_duration_seconds",
-                                          "Latency of outbound classifier/LLM HTTP calls (to response headers)",
-                                          ["kind", "target"], buckets=LATENCY_BUCKETS, registry=r)
-        self.outbound_errors = Counter("cace_outbound_errors_total",
-                                       "Outbound classifier/LLM calls that failed (transport error, denial or 5xx)",
-                                       ["kind", "target", "error"], registry=r)
+        self.outbound_latency = Histogram(
+            "cace_outbound_request_duration_seconds",
+            "Latency of outbound classifier/LLM HTTP calls (to response headers)",
+            ["kind", "target"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.outbound_errors = Counter(
+            "cace_outbound_errors_total",
+            "Outbound classifier/LLM calls that failed (transport error, denial or 5xx)",
+            ["kind", "target", "error"],
+            registry=r,
+        )
 
-    def observe_outbound(self, request: httpx.Request, seconds: float, response: httpx.Response | None,
-                         error: BaseException | None) -> None:
+    def observe_outbound(
+        self,
+        request: httpx.Request,
+        seconds: float,
+        response: httpx.Response | None,
+        error: BaseException | None,
+    ) -> None:
         ext = request.extensions
         kind = ext.get("cace_kind") or ("llm" if request.url.path.endswith(LLM_PATHS) else "classifier")
         # The registered name or "inline" (set by app.specs); never the URL's host, which callers choose.
@@ -145,16 +169,25 @@ class RuntimeCollector(Collector):
                     yield str(name), clf
 
     def collect(self) -> Iterator[Any]:
-        hits = CounterMetricFamily("cace_classifier_cache_hits", "Texts answered from the prediction cache",
-                                   labels=["classifier"])
-        misses = CounterMetricFamily("cace_classifier_cache_misses",
-                                     "Texts sent to the classifier (cache misses)", labels=["classifier"])
-        rate = GaugeMetricFamily("cace_classifier_cache_hit_ratio", "Cache hits / lookups since start",
-                                 labels=["classifier"])
-        calls = CounterMetricFamily("cace_classifier_http_requests", "HTTP requests sent by classifier adapters",
-                                    labels=["classifier"])
-        fails = CounterMetricFamily("cace_classifier_http_failures", "Classifier adapter calls that failed",
-                                    labels=["classifier"])
+        hits = CounterMetricFamily(
+            "cace_classifier_cache_hits", "Texts answered from the prediction cache", labels=["classifier"]
+        )
+        misses = CounterMetricFamily(
+            "cace_classifier_cache_misses",
+            "Texts sent to the classifier (cache misses)",
+            labels=["classifier"],
+        )
+        rate = GaugeMetricFamily(
+            "cace_classifier_cache_hit_ratio", "Cache hits / lookups since start", labels=["classifier"]
+        )
+        calls = CounterMetricFamily(
+            "cace_classifier_http_requests",
+            "HTTP requests sent by classifier adapters",
+            labels=["classifier"],
+        )
+        fails = CounterMetricFamily(
+            "cace_classifier_http_failures", "Classifier adapter calls that failed", labels=["classifier"]
+        )
         for name, clf in self._classifiers():
             stats = getattr(clf, "stats", None)
             st = stats() if callable(stats) else None
@@ -224,11 +257,22 @@ class ObservabilityMiddleware:
             self.metrics.requests.labels(method, route, str(status)).inc()
             self.metrics.latency.labels(method, route).observe(took)
             client = scope.get("client")
-            access_log.info("%s %s %s", method, scope.get("path", ""), status, extra={
-                "request_id": rid, "method": method, "path": scope.get("path", ""), "route": route,
-                "status": status, "duration_ms": round(took * 1000, 2),
-                "api_key_id": scope.get("state", {}).get("api_key_id"),
-                "client": client[0] if client else None})
+            access_log.info(
+                "%s %s %s",
+                method,
+                scope.get("path", ""),
+                status,
+                extra={
+                    "request_id": rid,
+                    "method": method,
+                    "path": scope.get("path", ""),
+                    "route": route,
+                    "status": status,
+                    "duration_ms": round(took * 1000, 2),
+                    "api_key_id": scope.get("state", {}).get("api_key_id"),
+                    "client": client[0] if client else None,
+                },
+            )
             request_id.reset(token)
 
 

@@ -21,7 +21,10 @@ def binary_uploads(spec: dict[str, Any]) -> None:
     """Upload fields become `format: binary` strings, which generators map to a file type."""
     for schema in spec.get("components", {}).get("schemas", {}).values():
         for prop in schema.get("properties", {}).values():
-            if prop.get("type") == "string" and prop.pop("contentMediaType", None) == "application/octet-stream":
+            if (
+                prop.get("type") == "string"
+                and prop.pop("contentMediaType", None) == "application/octet-stream"
+            ):
                 prop["format"] = "binary"
 
 
@@ -34,9 +37,11 @@ def problem_responses(spec: dict[str, Any]) -> None:
             for code, resp in op.get("responses", {}).items():
                 content = resp.get("content", {})
                 is_error = str(code)[:1] in ("4", "5")
-                if is_error and ("application/problem+json" in content
-                                 or "HTTPValidationError" in json.dumps(content)
-                                 or content.get("application/json", {}).get("schema") == PROBLEM_REF):
+                if is_error and (
+                    "application/problem+json" in content
+                    or "HTTPValidationError" in json.dumps(content)
+                    or content.get("application/json", {}).get("schema") == PROBLEM_REF
+                ):
                     resp["content"] = {"application/problem+json": {"schema": PROBLEM_REF}}
 
 

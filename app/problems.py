@@ -54,9 +54,17 @@ class Problem(BaseModel):
 class ApiError(Exception):
     """Raise from a route to answer with a problem document."""
 
-    def __init__(self, status: int, title: str, detail: str, *, kind: str | None = None,
-                 errors: list[dict[str, str]] | None = None, headers: dict[str, str] | None = None,
-                 extra: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        title: str,
+        detail: str,
+        *,
+        kind: str | None = None,
+        errors: list[dict[str, str]] | None = None,
+        headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(detail)
         self.status = status
         self.title = title
@@ -69,14 +77,24 @@ class ApiError(Exception):
 
 def field_error(field: str, message: str, status: int = 422) -> ApiError:
     """A validation problem about one field (a check pydantic cannot express, e.g. against the schema)."""
-    return ApiError(status, "Request validation failed", f"{field}: {message}", kind="validation",
-                    errors=[{"field": field, "message": message}])
+    return ApiError(
+        status,
+        "Request validation failed",
+        f"{field}: {message}",
+        kind="validation",
+        errors=[{"field": field, "message": message}],
+    )
 
 
 def validation_error(errors: list[Any], prefix: str = "") -> ApiError:
     """The 422 problem for pydantic errors (`exc.errors()`), each field named under `prefix`."""
-    fields = [{"field": ".".join([*([prefix] if prefix else []), *map(str, e.get("loc", ()))]),
-               "message": e.get("msg", "")} for e in errors]
+    fields = [
+        {
+            "field": ".".join([*([prefix] if prefix else []), *map(str, e.get("loc", ()))]),
+            "message": e.get("msg", ""),
+        }
+        for e in errors
+    ]
     detail = "; ".join(f"{x['field']}: {x['message']}" for x in fields) or "invalid request"
     return ApiError(422, "Request validation failed", detail, kind="validation", errors=fields)
 
@@ -85,9 +103,17 @@ def not_found(what: str, name: str) -> ApiError:
     return ApiError(404, "Not found", f"{what} {name!r} does not exist", kind="not-found")
 
 
-def problem_response(request: Request | None, status: int, title: str, detail: str, *, kind: str,
-                     errors: list[dict[str, str]] | None = None, headers: dict[str, str] | None = None,
-                     extra: dict[str, Any] | None = None) -> JSONResponse:
+def problem_response(
+    request: Request | None,
+    status: int,
+    title: str,
+    detail: str,
+    *,
+    kind: str,
+    errors: list[dict[str, str]] | None = None,
+    headers: dict[str, str] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> JSONResponse:
     body: dict[str, Any] = {"type": TYPE_BASE + kind, "title": title, "status": status, "detail": detail}
     if request is not None:
         body["instance"] = request.url.path
@@ -118,8 +144,12 @@ def upstream_error(exc: BaseException, what: str | None = None) -> ApiError:
     name = what.upper() if what == "llm" else what.capitalize()
     detail = sanitized(f"{type(exc).__name__}: {exc}")
     if isinstance(exc, OutboundDenied):
-        return ApiError(403, "Outbound URL denied", sanitized(f"{exc} (allow-list it with CACE_OUTBOUND_ALLOW)"),
-                        kind="outbound-denied")
+        return ApiError(
+            403,
+            "Outbound URL denied",
+            sanitized(f"{exc} (allow-list it with CACE_OUTBOUND_ALLOW)"),
+            kind="outbound-denied",
+        )
     if isinstance(exc, UpstreamTimeout | httpx.TimeoutException):
         return ApiError(504, f"{name} timed out", detail, kind=f"{what}-timeout")
     if isinstance(exc, UpstreamRejected):
@@ -139,8 +169,16 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(ApiError)
     async def _api(request: Request, exc: ApiError) -> JSONResponse:
-        return problem_response(request, exc.status, exc.title, exc.detail, kind=exc.kind, errors=exc.errors,
-                                headers=exc.headers, extra=exc.extra)
+        return problem_response(
+            request,
+            exc.status,
+            exc.title,
+            exc.detail,
+            kind=exc.kind,
+            errors=exc.errors,
+            headers=exc.headers,
+            extra=exc.extra,
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -149,10 +187,22 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        title = {404: "Not found", 405: "Method not allowed", 413: "Request too large",
-                 401: "Unauthorized", 403: "Forbidden", 429: "Too many requests"}.get(exc.status_code, "HTTP error")
-        return problem_response(request, exc.status_code, title, str(exc.detail), kind=title.lower().replace(" ", "-"),
-                                headers=getattr(exc, "headers", None))
+        title = {
+            404: "Not found",
+            405: "Method not allowed",
+            413: "Request too large",
+            401: "Unauthorized",
+            403: "Forbidden",
+            429: "Too many requests",
+        }.get(exc.status_code, "HTTP error")
+        return problem_response(
+            request,
+            exc.status_code,
+            title,
+            str(exc.detail),
+            kind=title.lower().replace(" ", "-"),
+            headers=getattr(exc, "headers", None),
+        )
 
     @app.exception_handler(MissingResource)
     async def _missing(request: Request, exc: MissingResource) -> JSONResponse:
@@ -178,9 +228,21 @@ def install(app: FastAPI) -> None:
         # text (it can hold SQL, paths or data), only the id to quote.
         log.exception("unhandled error on %s", request.url.path)
         rid = request.scope.get("state", {}).get("request_id")
-        return problem_response(request, 500, "Internal error",
-                                "the server failed to handle this request" + (f" (request id {rid})" if rid else ""),
-                                kind="internal")
+        return problem_response(
+            request,
+            500,
+            "Internal error",
+            "the server failed to handle this request" + (f" (request id {rid})" if rid else ""),
+            kind="internal",
+        )
 
 
-__all__ = ["ApiError", "ClassifierUnavailable", "Problem", "field_error", "install", "not_found", "upstream_error"]
+__all__ = [
+    "ApiError",
+    "ClassifierUnavailable",
+    "Problem",
+    "field_error",
+    "install",
+    "not_found",
+    "upstream_error",
+]

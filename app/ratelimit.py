@@ -87,8 +87,9 @@ class RedisTokenBuckets:
         try:
             import redis
         except ImportError as e:  # a setting that cannot work must stop start-up with the fix in the message
-            raise RuntimeError("CACE_RATE_LIMIT_REDIS_URL needs the redis client: "
-                               "pip install 'cace-service[redis]'") from e
+            raise RuntimeError(
+                "CACE_RATE_LIMIT_REDIS_URL needs the redis client: pip install 'cace-service[redis]'"
+            ) from e
 
         self.rate = rate
         self.burst = max(1, burst)

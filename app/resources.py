@@ -49,7 +49,12 @@ class Component:
         self.seconds: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"status": self.status, "detail": self.detail, "required": self.required, "seconds": self.seconds}
+        return {
+            "status": self.status,
+            "detail": self.detail,
+            "required": self.required,
+            "seconds": self.seconds,
+        }
 
 
 class Runtime:
@@ -58,7 +63,9 @@ class Runtime:
     def __init__(self, settings: Settings, store: Store) -> None:
         self.settings = settings
         self.store = store
-        self.instance_id = settings.instance_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.instance_id = (
+            settings.instance_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        )
         self.builtin_classifiers: dict[str, Classifier] = {}
         self.builtin_meta: dict[str, dict[str, Any]] = {}
         self._encoder: Any = None
@@ -111,7 +118,9 @@ class Runtime:
 
     @property
     def ready(self) -> bool:
-        return self.loaded.is_set() and all(c.status == "ready" for c in self.components.values() if c.required)
+        return self.loaded.is_set() and all(
+            c.status == "ready" for c in self.components.values() if c.required
+        )
 
     def _load_default_classifier(self) -> str:
         from explainers.artifacts import read_meta
@@ -123,8 +132,12 @@ class Runtime:
         clf = CachingClassifier(load_reference(path), key=f"{BUILTIN}:{name}")
         meta = read_meta(path)
         self.builtin_classifiers[name] = clf
-        self.builtin_meta[name] = {"protocol": "builtin", "path": str(path), "labels": list(clf.labels),
-                                   "dev_accuracy": meta.get("dev_accuracy")}
+        self.builtin_meta[name] = {
+            "protocol": "builtin",
+            "path": str(path),
+            "labels": list(clf.labels),
+            "dev_accuracy": meta.get("dev_accuracy"),
+        }
         return f"{name} from {path}"
 
     def encoder(self) -> Any:
@@ -142,7 +155,9 @@ class Runtime:
 
         name = self.settings.default_domain
         if name in BUILTIN_DOMAINS:
-            domain = ensure_builtin(name, self.domains.root, self.settings.datasets_dir, encoder=self.encoder())
+            domain = ensure_builtin(
+                name, self.domains.root, self.settings.datasets_dir, encoder=self.encoder()
+            )
         else:
             domain = load_domain(Path(name), encoder=self.encoder())
         domain.space.base_vectors()  # warm the embedding cache so the first request is fast
@@ -155,8 +170,11 @@ class Runtime:
         if domain_id is None:
             if self.default_domain_id is None:
                 state = self.components.get("domain")
-                why = f" (default domain: {state.status}: {state.detail})" if state else \
-                    " (CACE_DEFAULT_DOMAIN=none: name a domain in the request)"
+                why = (
+                    f" (default domain: {state.status}: {state.detail})"
+                    if state
+                    else " (CACE_DEFAULT_DOMAIN=none: name a domain in the request)"
+                )
                 raise MissingResource(f"no default domain is loaded{why}")
             domain_id = self.default_domain_id
         return self.domains.get(domain_id)
@@ -192,9 +210,16 @@ class Runtime:
     def methods(self) -> dict[str, str]:
         return available()
 
-    def explainer(self, method: str, domain: Domain, *, llm: str | dict[str, Any] | None = None,
-                  aggregation: str = "mean", similarity_threshold: float | None = None,
-                  classifier_name: str | None = None) -> tuple[Any, threading.Lock, dict[str, Any]]:
+    def explainer(
+        self,
+        method: str,
+        domain: Domain,
+        *,
+        llm: str | dict[str, Any] | None = None,
+        aggregation: str = "mean",
+        similarity_threshold: float | None = None,
+        classifier_name: str | None = None,
+    ) -> tuple[Any, threading.Lock, dict[str, Any]]:
         """A built explainer over `domain`'s data (cached), its lock, and facts to report (LLM name).
 
         `classifier_name` picks the stacking weights the domain's space holds for that classifier
@@ -207,8 +232,10 @@ class Runtime:
         if method == "generate":
             backend, llm_name = self.llm(llm)
             if backend is None:
-                raise MissingResource("method 'generate' needs an LLM: pass `llm` (a registered name or spec), "
-                                      "or set CACE_LLM_BASE_URL and CACE_LLM_MODEL")
+                raise MissingResource(
+                    "method 'generate' needs an LLM: pass `llm` (a registered name or spec), "
+                    "or set CACE_LLM_BASE_URL and CACE_LLM_MODEL"
+                )
             info["llm"] = llm_name
         # Methods fit per classifier: the stack's weights, and auto's calibration.
         stack_key = classifier_name if method.startswith("stacked") or method == "auto" else None
@@ -244,7 +271,11 @@ class Runtime:
             if key in self._calibrating or (domain.calibration_dir(classifier_name) / "meta.json").exists():
                 return None
             self._calibrating.add(key)
-        request = {"domain_id": domain.id, "classifier": classifier_name, "max_pairs": s.calibration_max_pairs}
+        request = {
+            "domain_id": domain.id,
+            "classifier": classifier_name,
+            "max_pairs": s.calibration_max_pairs,
+        }
         return self.store.create_job("calibration", request, [{}], limit=s.job_queue_limit)
 
     def calibration_finished(self, domain_id: str, classifier_name: str) -> None:

@@ -18,13 +18,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-dir", type=Path, default=None, help="artifacts and SQLite store (CACE_DATA_DIR)")
     ap.add_argument("--database-url", default=None, help="job store URL, e.g. postgresql+psycopg://... ")
     ap.add_argument("--log-level", default="info")
-    ap.add_argument("--prepare-only", action="store_true",
-                    help="build or load the embedded defaults (classifier, pool, taggers, space), then exit")
+    ap.add_argument(
+        "--prepare-only",
+        action="store_true",
+        help="build or load the embedded defaults (classifier, pool, taggers, space), then exit",
+    )
     args = ap.parse_args(argv)
-    overrides = {k: v for k, v in {"host": args.host, "port": args.port, "data_dir": args.data_dir,
-                                    "database_url": args.database_url}.items() if v is not None}
+    overrides = {
+        k: v
+        for k, v in {
+            "host": args.host,
+            "port": args.port,
+            "data_dir": args.data_dir,
+            "database_url": args.database_url,
+        }.items()
+        if v is not None
+    }
     settings = Settings(**overrides)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     if args.prepare_only:
         return prepare(settings)
     refusal = open_exposure(settings)
@@ -38,8 +51,15 @@ def main(argv: list[str] | None = None) -> int:
     # X-Forwarded-For is believed only from the proxies the operator lists (uvicorn trusts
     # 127.0.0.1 by default, which would let any local client pick its rate-limit identity).
     proxies = ",".join(settings.trusted_proxies)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level,
-                timeout_graceful_shutdown=10, proxy_headers=bool(proxies), forwarded_allow_ips=proxies or None)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=args.log_level,
+        timeout_graceful_shutdown=10,
+        proxy_headers=bool(proxies),
+        forwarded_allow_ips=proxies or None,
+    )
     return 0
 
 
@@ -73,10 +93,12 @@ def open_exposure(settings: Settings) -> str | None:
             return None
     finally:
         engine.dispose()
-    return (f"refusing to serve on {settings.host}:{settings.port} without API keys: anyone who can reach it "
-            "could register models and use the server's network. Create an admin key first "
-            "(`python -m app.security create-key --name admin --scopes admin`), or set CACE_ADMIN_KEY or "
-            "CACE_API_KEYS_FILE; or set CACE_ALLOW_OPEN=true if this network is trusted.")
+    return (
+        f"refusing to serve on {settings.host}:{settings.port} without API keys: anyone who can reach it "
+        "could register models and use the server's network. Create an admin key first "
+        "(`python -m app.security create-key --name admin --scopes admin`), or set CACE_ADMIN_KEY or "
+        "CACE_API_KEYS_FILE; or set CACE_ALLOW_OPEN=true if this network is trusted."
+    )
 
 
 def prepare(settings: Settings) -> int:

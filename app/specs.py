@@ -72,7 +72,9 @@ class LabelledTransport(httpx.BaseTransport):
         pass
 
 
-def labelled(transport: httpx.BaseTransport | None, kind: str, label: str | None) -> httpx.BaseTransport | None:
+def labelled(
+    transport: httpx.BaseTransport | None, kind: str, label: str | None
+) -> httpx.BaseTransport | None:
     return None if transport is None else LabelledTransport(transport, kind, label or "inline")
 
 
@@ -102,7 +104,9 @@ def check_header_value(field: str, value: Any) -> None:
 def model_path(field: str, path: str, models_dir: Path | None) -> Path:
     """`path` resolved inside the operator's models directory; refuses anything else."""
     if models_dir is None:
-        raise SpecRefused(field, "in-process models can only be registered when the operator sets CACE_MODELS_DIR")
+        raise SpecRefused(
+            field, "in-process models can only be registered when the operator sets CACE_MODELS_DIR"
+        )
     if "\x00" in path:
         raise SpecRefused(field, "must not contain NUL")
     root = Path(models_dir).resolve()
@@ -115,8 +119,9 @@ def model_path(field: str, path: str, models_dir: Path | None) -> Path:
 
 
 # ---- classifiers ---------------------------------------------------------------------------
-def check_classifier(spec: dict[str, Any], *, inline: bool, settings: Any, policy: OutboundPolicy | None
-                     ) -> dict[str, Any]:
+def check_classifier(
+    spec: dict[str, Any], *, inline: bool, settings: Any, policy: OutboundPolicy | None
+) -> dict[str, Any]:
     """The spec to build (in-process paths resolved), or SpecRefused / OutboundDenied / pydantic's ValidationError."""
     from explainers.classifiers.spec import parse_spec
 
@@ -125,8 +130,11 @@ def check_classifier(spec: dict[str, Any], *, inline: bool, settings: Any, polic
     s: Any = parse_spec(spec)  # one of the spec models; the branches below read their own fields
     if s.protocol in IN_PROCESS_CLASSIFIERS:
         if inline:
-            raise SpecRefused("protocol", f"{s.protocol!r} loads a model in-process and is operator-only: "
-                                          "register it (admin) or serve it over HTTP")
+            raise SpecRefused(
+                "protocol",
+                f"{s.protocol!r} loads a model in-process and is operator-only: "
+                "register it (admin) or serve it over HTTP",
+            )
         path = model_path("path", s.path, getattr(settings, "models_dir", None))
         return {**spec, "path": str(path)}
     check_url("url", s.url, policy)
@@ -136,8 +144,15 @@ def check_classifier(spec: dict[str, Any], *, inline: bool, settings: Any, polic
     return spec
 
 
-def build_classifier(spec: dict[str, Any], transport: httpx.BaseTransport | None, *, inline: bool, settings: Any,
-                     policy: OutboundPolicy | None = None, label: str | None = None) -> Any:
+def build_classifier(
+    spec: dict[str, Any],
+    transport: httpx.BaseTransport | None,
+    *,
+    inline: bool,
+    settings: Any,
+    policy: OutboundPolicy | None = None,
+    label: str | None = None,
+) -> Any:
     """Check the spec for its giver, then build the classifier (in-process load errors become a 422)."""
     from explainers.classifiers.spec import build_classifier as build
 
@@ -148,10 +163,15 @@ def build_classifier(spec: dict[str, Any], transport: httpx.BaseTransport | None
         except (ImportError, MemoryError):
             raise
         except Exception as e:  # a file that is not a model: unpickling, config and weight errors vary
-            raise SpecRefused("path", f"cannot load a {checked['protocol']} model from it ({type(e).__name__})"
-                              ) from None
-    return build(checked, transport=labelled(transport, "classifier", None if inline else label), cache=False,
-                 allow_local=False)
+            raise SpecRefused(
+                "path", f"cannot load a {checked['protocol']} model from it ({type(e).__name__})"
+            ) from None
+    return build(
+        checked,
+        transport=labelled(transport, "classifier", None if inline else label),
+        cache=False,
+        allow_local=False,
+    )
 
 
 # ---- LLMs ----------------------------------------------------------------------------------
@@ -164,8 +184,15 @@ def secret_allowed(name: str, host: str, allow: list[str]) -> bool:
     return False
 
 
-def build_llm(spec: dict[str, Any], transport: httpx.BaseTransport | None, *, inline: bool, settings: Any,
-              policy: OutboundPolicy | None = None, label: str | None = None) -> Any:
+def build_llm(
+    spec: dict[str, Any],
+    transport: httpx.BaseTransport | None,
+    *,
+    inline: bool,
+    settings: Any,
+    policy: OutboundPolicy | None = None,
+    label: str | None = None,
+) -> Any:
     """Check an LLM spec for its giver and build the backend with bounded retries and deadline."""
     from explainers.generation.backends import BackendSpec, OpenAIBackend, build_backend
 
@@ -174,16 +201,24 @@ def build_llm(spec: dict[str, Any], transport: httpx.BaseTransport | None, *, in
     s = BackendSpec.model_validate(spec)
     if s.kind != "openai":
         if inline:
-            raise SpecRefused("kind", f"{s.kind!r} runs a model in-process and is operator-only: register it "
-                                      "(admin) with POST /v1/llms, or use an OpenAI-compatible server")
-        path = model_path("model_path" if s.model_path else "model", s.model_path or s.model,
-                          getattr(settings, "models_dir", None))
+            raise SpecRefused(
+                "kind",
+                f"{s.kind!r} runs a model in-process and is operator-only: register it "
+                "(admin) with POST /v1/llms, or use an OpenAI-compatible server",
+            )
+        path = model_path(
+            "model_path" if s.model_path else "model",
+            s.model_path or s.model,
+            getattr(settings, "models_dir", None),
+        )
         try:
             return build_backend(s.model_copy(update={"model_path": str(path), "model": str(path)}))
         except (ImportError, MemoryError):
             raise
         except Exception as e:
-            raise SpecRefused("model_path", f"cannot load a {s.kind} model from it ({type(e).__name__})") from None
+            raise SpecRefused(
+                "model_path", f"cannot load a {s.kind} model from it ({type(e).__name__})"
+            ) from None
     if not s.base_url:
         raise SpecRefused("base_url", "an 'openai' LLM needs a base_url (e.g. http://127.0.0.1:8000/v1)")
     check_url("base_url", s.base_url, policy)
@@ -191,11 +226,17 @@ def build_llm(spec: dict[str, Any], transport: httpx.BaseTransport | None, *, in
     key = s.api_key
     if s.api_key_env:
         if inline:
-            raise SpecRefused("api_key_env", "inline specs cannot reference server secrets; pass api_key, or use "
-                                             "an LLM the operator registered")
+            raise SpecRefused(
+                "api_key_env",
+                "inline specs cannot reference server secrets; pass api_key, or use "
+                "an LLM the operator registered",
+            )
         if not secret_allowed(s.api_key_env, host, list(getattr(settings, "llm_secret_envs", []))):
-            raise SpecRefused("api_key_env", f"{s.api_key_env!r} is not on the server's allow-list of secrets for "
-                                             f"host {host!r} (CACE_LLM_SECRET_ENVS)")
+            raise SpecRefused(
+                "api_key_env",
+                f"{s.api_key_env!r} is not on the server's allow-list of secrets for "
+                f"host {host!r} (CACE_LLM_SECRET_ENVS)",
+            )
         key = os.environ.get(s.api_key_env)
         if not key:
             raise SpecRefused("api_key_env", f"{s.api_key_env!r} is not set on the server")
@@ -203,8 +244,15 @@ def build_llm(spec: dict[str, Any], transport: httpx.BaseTransport | None, *, in
         check_header_value("api_key", key)
     deadline = float(getattr(settings, "request_timeout_s", 0) or 0) or None
     timeout = min(s.timeout_s, deadline) if deadline else s.timeout_s
-    return OpenAIBackend(s.base_url, s.model, key, timeout_s=timeout, max_retries=s.max_retries,
-                         total_timeout_s=deadline, transport=labelled(transport, "llm", None if inline else label))
+    return OpenAIBackend(
+        s.base_url,
+        s.model,
+        key,
+        timeout_s=timeout,
+        max_retries=s.max_retries,
+        total_timeout_s=deadline,
+        transport=labelled(transport, "llm", None if inline else label),
+    )
 
 
 def outbound_transport(settings: Any) -> Any:

@@ -29,6 +29,8 @@ ACTIVE = ("queued", "running")
 
 class _QueueFull(Exception):
     """Rolls back a job whose admission would exceed the queue limit."""
+
+
 FINAL = ("succeeded", "failed", "cancelled")
 
 
@@ -74,7 +76,8 @@ class Store:
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
         md = sa.MetaData()
         self.registry = sa.Table(
-            f"{prefix}registry", md,
+            f"{prefix}registry",
+            md,
             sa.Column("kind", sa.String(32), primary_key=True),
             sa.Column("name", sa.String(128), primary_key=True),
             sa.Column("spec", sa.Text, nullable=False),
@@ -82,7 +85,8 @@ class Store:
             sa.Column("created_at", sa.Float, nullable=False),
         )
         self.jobs = sa.Table(
-            f"{prefix}jobs", md,
+            f"{prefix}jobs",
+            md,
             sa.Column("id", sa.String(40), primary_key=True),
             sa.Column("kind", sa.String(32), nullable=False),
             sa.Column("status", sa.String(16), nullable=False, index=True),
@@ -97,7 +101,8 @@ class Store:
             sa.Column("owner", sa.String(64), nullable=True, index=True),
         )
         self.items = sa.Table(
-            f"{prefix}job_items", md,
+            f"{prefix}job_items",
+            md,
             sa.Column("job_id", sa.String(40), primary_key=True),
             sa.Column("idx", sa.Integer, primary_key=True),
             sa.Column("payload", sa.Text, nullable=False),
@@ -134,37 +139,65 @@ class Store:
             c.execute(sa.text("SELECT 1"))
 
     # ---- registry -------------------------------------------------------------------------
-    def registry_add(self, kind: str, name: str, spec: dict[str, Any], description: str | None = None) -> bool:
+    def registry_add(
+        self, kind: str, name: str, spec: dict[str, Any], description: str | None = None
+    ) -> bool:
         """Insert; False if the name is taken."""
         try:
             with self.engine.begin() as c:
-                c.execute(self.registry.insert().values(
-                    kind=kind, name=name, spec=_dump(spec), description=description, created_at=time.time()))
+                c.execute(
+                    self.registry.insert().values(
+                        kind=kind,
+                        name=name,
+                        spec=_dump(spec),
+                        description=description,
+                        created_at=time.time(),
+                    )
+                )
             return True
         except sa.exc.IntegrityError:
             return False
 
     def registry_get(self, kind: str, name: str) -> dict[str, Any] | None:
         with self.engine.connect() as c:
-            row = c.execute(self.registry.select().where(
-                self.registry.c.kind == kind, self.registry.c.name == name)).mappings().first()
+            row = (
+                c.execute(
+                    self.registry.select().where(self.registry.c.kind == kind, self.registry.c.name == name)
+                )
+                .mappings()
+                .first()
+            )
         return _registry_row(row) if row else None
 
     def registry_list(self, kind: str) -> list[dict[str, Any]]:
         with self.engine.connect() as c:
-            rows = c.execute(self.registry.select().where(self.registry.c.kind == kind)
-                             .order_by(self.registry.c.name)).mappings().all()
+            rows = (
+                c.execute(
+                    self.registry.select().where(self.registry.c.kind == kind).order_by(self.registry.c.name)
+                )
+                .mappings()
+                .all()
+            )
         return [_registry_row(r) for r in rows]
 
     def registry_delete(self, kind: str, name: str) -> bool:
         with self.engine.begin() as c:
-            res = c.execute(self.registry.delete().where(
-                self.registry.c.kind == kind, self.registry.c.name == name))
+            res = c.execute(
+                self.registry.delete().where(self.registry.c.kind == kind, self.registry.c.name == name)
+            )
         return res.rowcount > 0
 
     # ---- jobs -----------------------------------------------------------------------------
-    def create_job(self, kind: str, request: dict[str, Any], payloads: Iterable[Any], *, limit: int | None = None,
-                   owner: str | None = None, chunk: int = 1000) -> str | None:
+    def create_job(
+        self,
+        kind: str,
+        request: dict[str, Any],
+        payloads: Iterable[Any],
+        *,
+        limit: int | None = None,
+        owner: str | None = None,
+        chunk: int = 1000,
+    ) -> str | None:
         """Create a job and its items in one transaction; None if `limit` active jobs already exist.
 
         `payloads` may be an iterator (a streamed upload): items are inserted `chunk` at a time, so
@@ -179,19 +212,37 @@ class Store:
             with self.engine.begin() as c:
                 if limit is not None and self.engine.dialect.name == "postgresql":
                     c.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": self._admission_lock_key()})
-                c.execute(self.jobs.insert().values(
-                    id=job_id, kind=kind, status="queued", request=_dump(request), total=0, created_at=time.time(),
-                    owner=owner))
+                c.execute(
+                    self.jobs.insert().values(
+                        id=job_id,
+                        kind=kind,
+                        status="queued",
+                        request=_dump(request),
+                        total=0,
+                        created_at=time.time(),
+                        owner=owner,
+                    )
+                )
                 if limit is not None:
-                    active = c.execute(sa.select(sa.func.count()).select_from(self.jobs)
-                                       .where(self.jobs.c.status.in_(ACTIVE))).scalar_one()
+                    active = c.execute(
+                        sa.select(sa.func.count())
+                        .select_from(self.jobs)
+                        .where(self.jobs.c.status.in_(ACTIVE))
+                    ).scalar_one()
                     if active > limit:  # counts this job too
                         raise _QueueFull
                 total = 0
                 rows: list[dict[str, Any]] = []
                 for p in payloads:
-                    rows.append({"job_id": job_id, "idx": total, "payload": _dump(p), "status": "pending",
-                                 "attempts": 0})
+                    rows.append(
+                        {
+                            "job_id": job_id,
+                            "idx": total,
+                            "payload": _dump(p),
+                            "status": "pending",
+                            "attempts": 0,
+                        }
+                    )
                     total += 1
                     if len(rows) == chunk:
                         c.execute(self.items.insert(), rows)
@@ -205,52 +256,95 @@ class Store:
 
     def _admission_lock_key(self) -> int:
         """A stable 63-bit key per table prefix, so deployments sharing a database do not contend."""
-        return int.from_bytes(hashlib.sha256(f"{self.prefix}jobs-admission".encode()).digest()[:8], "big") >> 1
+        return (
+            int.from_bytes(hashlib.sha256(f"{self.prefix}jobs-admission".encode()).digest()[:8], "big") >> 1
+        )
 
-    def iter_item_rows(self, job_id: str, *, page: int = 1000, with_payload: bool = True) -> Iterator[dict[str, Any]]:
+    def iter_item_rows(
+        self, job_id: str, *, page: int = 1000, with_payload: bool = True
+    ) -> Iterator[dict[str, Any]]:
         """Every item row in index order, read a page at a time by index (keyset, not OFFSET: a
         million rows stream in linear time and bounded memory)."""
         it = self.items
-        cols = [it.c.idx, it.c.status, it.c.attempts, it.c.result, it.c.error, it.c.finished_at, it.c.lease_owner]
+        cols = [
+            it.c.idx,
+            it.c.status,
+            it.c.attempts,
+            it.c.result,
+            it.c.error,
+            it.c.finished_at,
+            it.c.lease_owner,
+        ]
         if with_payload:
             cols.append(it.c.payload)
         last = -1
         while True:
             with self.engine.connect() as c:
-                rows = c.execute(sa.select(*cols).where(it.c.job_id == job_id, it.c.idx > last)
-                                 .order_by(it.c.idx).limit(page)).mappings().all()
+                rows = (
+                    c.execute(
+                        sa.select(*cols)
+                        .where(it.c.job_id == job_id, it.c.idx > last)
+                        .order_by(it.c.idx)
+                        .limit(page)
+                    )
+                    .mappings()
+                    .all()
+                )
             for r in rows:
-                yield {"index": r["idx"], "status": r["status"], "attempts": r["attempts"],
-                       "payload": _load(r["payload"]) if with_payload else None, "result": _load(r["result"]),
-                       "error": r["error"], "finished_at": r["finished_at"], "lease_owner": r["lease_owner"]}
+                yield {
+                    "index": r["idx"],
+                    "status": r["status"],
+                    "attempts": r["attempts"],
+                    "payload": _load(r["payload"]) if with_payload else None,
+                    "result": _load(r["result"]),
+                    "error": r["error"],
+                    "finished_at": r["finished_at"],
+                    "lease_owner": r["lease_owner"],
+                }
             if len(rows) < page:
                 return
             last = rows[-1]["idx"]
 
     def active_jobs(self) -> int:
         with self.engine.connect() as c:
-            return c.execute(sa.select(sa.func.count()).select_from(self.jobs)
-                             .where(self.jobs.c.status.in_(ACTIVE))).scalar_one()
+            return c.execute(
+                sa.select(sa.func.count()).select_from(self.jobs).where(self.jobs.c.status.in_(ACTIVE))
+            ).scalar_one()
 
     def get_job(self, job_id: str, *, with_request: bool = True) -> dict[str, Any] | None:
         with self.engine.connect() as c:
             row = c.execute(self.jobs.select().where(self.jobs.c.id == job_id)).mappings().first()
             if row is None:
                 return None
-            counts: dict[str, int] = {str(k): int(v) for k, v in c.execute(
-                sa.select(self.items.c.status, sa.func.count()).where(self.items.c.job_id == job_id)
-                .group_by(self.items.c.status)).all()}
+            counts: dict[str, int] = {
+                str(k): int(v)
+                for k, v in c.execute(
+                    sa.select(self.items.c.status, sa.func.count())
+                    .where(self.items.c.job_id == job_id)
+                    .group_by(self.items.c.status)
+                ).all()
+            }
             errors = c.execute(
-                sa.select(self.items.c.idx, self.items.c.error).where(
-                    self.items.c.job_id == job_id, self.items.c.error.is_not(None))
-                .order_by(self.items.c.idx).limit(20)).all()
+                sa.select(self.items.c.idx, self.items.c.error)
+                .where(self.items.c.job_id == job_id, self.items.c.error.is_not(None))
+                .order_by(self.items.c.idx)
+                .limit(20)
+            ).all()
         job = _job_row(row, with_request)
         job["counts"] = {k: int(counts.get(k, 0)) for k in ("pending", "running", "done", "failed")}
         job["item_errors"] = [{"index": i, "error": e} for i, e in errors]
         return job
 
-    def list_jobs(self, *, status: str | None = None, kind: str | None = None, limit: int = 50, offset: int = 0,
-                  owner: str | None = None, only_owner: bool = False) -> tuple[list[dict[str, Any]], int]:
+    def list_jobs(
+        self,
+        *,
+        status: str | None = None,
+        kind: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+        owner: str | None = None,
+        only_owner: bool = False,
+    ) -> tuple[list[dict[str, Any]], int]:
         """Jobs newest first; with `only_owner`, just those `owner` created (None: created without a key)."""
         q = self.jobs.select()
         cq = sa.select(sa.func.count()).select_from(self.jobs)
@@ -261,20 +355,29 @@ class Store:
             if val is not None:
                 q, cq = q.where(col == val), cq.where(col == val)
         with self.engine.connect() as c:
-            rows = c.execute(q.order_by(self.jobs.c.created_at.desc()).limit(limit).offset(offset)).mappings().all()
+            rows = (
+                c.execute(q.order_by(self.jobs.c.created_at.desc()).limit(limit).offset(offset))
+                .mappings()
+                .all()
+            )
             total = c.execute(cq).scalar_one()
         return [_job_row(r, False) for r in rows], int(total)
 
     def cancel_job(self, job_id: str) -> bool:
         """Cancel a queued/running job; False if it already finished (or does not exist)."""
         with self.engine.begin() as c:
-            res = c.execute(self.jobs.update().where(self.jobs.c.id == job_id, self.jobs.c.status.in_(ACTIVE))
-                            .values(status="cancelled", finished_at=time.time()))
+            res = c.execute(
+                self.jobs.update()
+                .where(self.jobs.c.id == job_id, self.jobs.c.status.in_(ACTIVE))
+                .values(status="cancelled", finished_at=time.time())
+            )
         return res.rowcount > 0
 
     def job_status(self, job_id: str) -> str | None:
         with self.engine.connect() as c:
-            return c.execute(sa.select(self.jobs.c.status).where(self.jobs.c.id == job_id)).scalar_one_or_none()
+            return c.execute(
+                sa.select(self.jobs.c.status).where(self.jobs.c.id == job_id)
+            ).scalar_one_or_none()
 
     # ---- items ----------------------------------------------------------------------------
     def claim(self, owner: str, lease_s: float, limit: int) -> list[Claimed]:
@@ -292,9 +395,12 @@ class Store:
         free = sa.or_(it.c.status == "pending", sa.and_(it.c.status == "running", it.c.lease_until < now))
         with self.engine.connect() as c:
             cands = c.execute(
-                sa.select(it.c.job_id, it.c.idx).join(jb, jb.c.id == it.c.job_id)
+                sa.select(it.c.job_id, it.c.idx)
+                .join(jb, jb.c.id == it.c.job_id)
                 .where(jb.c.status.in_(ACTIVE), free)
-                .order_by(jb.c.created_at, it.c.idx).limit(limit)).all()
+                .order_by(jb.c.created_at, it.c.idx)
+                .limit(limit)
+            ).all()
         if not cands:
             return []
         by_job: dict[str, list[int]] = {}
@@ -303,15 +409,30 @@ class Store:
         claimed: list[Claimed] = []
         with self.engine.begin() as c:
             for job_id, idxs in by_job.items():
-                c.execute(it.update().where(it.c.job_id == job_id, it.c.idx.in_(idxs), free)
-                          .values(status="running", lease_owner=owner, lease_until=until,
-                                  attempts=it.c.attempts + 1))
-                rows = c.execute(sa.select(it.c.idx, it.c.payload, it.c.attempts).where(
-                    it.c.job_id == job_id, it.c.idx.in_(idxs), it.c.status == "running",
-                    it.c.lease_owner == owner, it.c.lease_until == until).order_by(it.c.idx)).all()
+                c.execute(
+                    it.update()
+                    .where(it.c.job_id == job_id, it.c.idx.in_(idxs), free)
+                    .values(
+                        status="running", lease_owner=owner, lease_until=until, attempts=it.c.attempts + 1
+                    )
+                )
+                rows = c.execute(
+                    sa.select(it.c.idx, it.c.payload, it.c.attempts)
+                    .where(
+                        it.c.job_id == job_id,
+                        it.c.idx.in_(idxs),
+                        it.c.status == "running",
+                        it.c.lease_owner == owner,
+                        it.c.lease_until == until,
+                    )
+                    .order_by(it.c.idx)
+                ).all()
                 if rows:
-                    c.execute(jb.update().where(jb.c.id == job_id, jb.c.status == "queued")
-                              .values(status="running", started_at=now))
+                    c.execute(
+                        jb.update()
+                        .where(jb.c.id == job_id, jb.c.status == "queued")
+                        .values(status="running", started_at=now)
+                    )
                 claimed += [Claimed(job_id, int(i), _load(p), int(a)) for i, p, a in rows]
         return claimed
 
@@ -330,14 +451,26 @@ class Store:
         with self.engine.begin() as c:
             # Two statements per job, not one per item: a batch of 32 renews in one round trip each way.
             for job_id, idxs in by_job.items():
-                mine = sa.and_(it.c.job_id == job_id, it.c.idx.in_(idxs), it.c.lease_owner == owner,
-                               it.c.status == "running")
+                mine = sa.and_(
+                    it.c.job_id == job_id,
+                    it.c.idx.in_(idxs),
+                    it.c.lease_owner == owner,
+                    it.c.status == "running",
+                )
                 c.execute(it.update().where(mine).values(lease_until=until))
                 held.update((job_id, int(i)) for i in c.execute(sa.select(it.c.idx).where(mine)).scalars())
         return held
 
-    def finish_item(self, owner: str, job_id: str, idx: int, *, result: Any = None, error: str | None = None,
-                    retry: bool = False) -> bool:
+    def finish_item(
+        self,
+        owner: str,
+        job_id: str,
+        idx: int,
+        *,
+        result: Any = None,
+        error: str | None = None,
+        retry: bool = False,
+    ) -> bool:
         """Record an item's outcome if `owner` still holds it; False if the lease was lost."""
         values: dict[str, Any] = {"lease_owner": owner if not retry else None, "lease_until": None}
         if retry:
@@ -347,9 +480,16 @@ class Store:
         else:
             values.update(status="done", result=_dump(result), error=None, finished_at=time.time())
         with self.engine.begin() as c:
-            res = c.execute(self.items.update().where(
-                self.items.c.job_id == job_id, self.items.c.idx == idx,
-                self.items.c.lease_owner == owner, self.items.c.status == "running").values(**values))
+            res = c.execute(
+                self.items.update()
+                .where(
+                    self.items.c.job_id == job_id,
+                    self.items.c.idx == idx,
+                    self.items.c.lease_owner == owner,
+                    self.items.c.status == "running",
+                )
+                .values(**values)
+            )
         return res.rowcount == 1
 
     def finish_items(self, owner: str, job_id: str, outcomes: Sequence[ItemOutcome]) -> set[int]:
@@ -370,24 +510,36 @@ class Store:
                     values.update(status="failed", error=o.error, finished_at=now)
                 else:
                     values.update(status="done", result=_dump(o.result), error=None, finished_at=now)
-                res = c.execute(it.update().where(it.c.job_id == job_id, it.c.idx == o.idx, it.c.lease_owner == owner,
-                                                  it.c.status == "running").values(**values))
+                res = c.execute(
+                    it.update()
+                    .where(
+                        it.c.job_id == job_id,
+                        it.c.idx == o.idx,
+                        it.c.lease_owner == owner,
+                        it.c.status == "running",
+                    )
+                    .values(**values)
+                )
                 if res.rowcount == 1:
                     written.add(o.idx)
         return written
 
     def open_items(self, job_id: str) -> int:
         with self.engine.connect() as c:
-            return c.execute(sa.select(sa.func.count()).select_from(self.items).where(
-                self.items.c.job_id == job_id, self.items.c.status.in_(("pending", "running")))).scalar_one()
+            return c.execute(
+                sa.select(sa.func.count())
+                .select_from(self.items)
+                .where(self.items.c.job_id == job_id, self.items.c.status.in_(("pending", "running")))
+            ).scalar_one()
 
     def jobs_to_finalize(self) -> list[str]:
         """Running jobs whose items are all done or failed (a worker died before finalizing, say)."""
         it, jb = self.items, self.jobs
         open_q = sa.select(it.c.job_id).where(it.c.job_id == jb.c.id, it.c.status.in_(("pending", "running")))
         with self.engine.connect() as c:
-            return [r[0] for r in c.execute(sa.select(jb.c.id).where(
-                jb.c.status.in_(ACTIVE), ~sa.exists(open_q)))]
+            return [
+                r[0] for r in c.execute(sa.select(jb.c.id).where(jb.c.status.in_(ACTIVE), ~sa.exists(open_q)))
+            ]
 
     def item_rows(self, job_id: str, *, offset: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
         q = self.items.select().where(self.items.c.job_id == job_id).order_by(self.items.c.idx).offset(offset)
@@ -395,18 +547,29 @@ class Store:
             q = q.limit(limit)
         with self.engine.connect() as c:
             rows = c.execute(q).mappings().all()
-        return [{
-            "index": r["idx"], "status": r["status"], "attempts": r["attempts"], "payload": _load(r["payload"]),
-            "result": _load(r["result"]), "error": r["error"], "finished_at": r["finished_at"],
-            "lease_owner": r["lease_owner"],
-        } for r in rows]
+        return [
+            {
+                "index": r["idx"],
+                "status": r["status"],
+                "attempts": r["attempts"],
+                "payload": _load(r["payload"]),
+                "result": _load(r["result"]),
+                "error": r["error"],
+                "finished_at": r["finished_at"],
+                "lease_owner": r["lease_owner"],
+            }
+            for r in rows
+        ]
 
     def finalize_job(self, job_id: str, *, result: Any = None, error: str | None = None) -> bool:
         """Mark an active job succeeded (or failed); False if it was cancelled or already final."""
         status = "failed" if error is not None else "succeeded"
         with self.engine.begin() as c:
-            res = c.execute(self.jobs.update().where(self.jobs.c.id == job_id, self.jobs.c.status.in_(ACTIVE))
-                            .values(status=status, result=_dump(result), error=error, finished_at=time.time()))
+            res = c.execute(
+                self.jobs.update()
+                .where(self.jobs.c.id == job_id, self.jobs.c.status.in_(ACTIVE))
+                .values(status=status, result=_dump(result), error=error, finished_at=time.time())
+            )
         return res.rowcount == 1
 
 
@@ -419,13 +582,30 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 
 
 def _registry_row(row: Any) -> dict[str, Any]:
-    return {"name": row["name"], "kind": row["kind"], "spec": _load(row["spec"]),
-            "description": row["description"], "created_at": row["created_at"]}
+    return {
+        "name": row["name"],
+        "kind": row["kind"],
+        "spec": _load(row["spec"]),
+        "description": row["description"],
+        "created_at": row["created_at"],
+    }
 
 
 def _job_row(row: Any, with_request: bool) -> dict[str, Any]:
-    job = {k: row[k] for k in ("id", "kind", "status", "error", "total", "created_at", "started_at", "finished_at",
-                               "owner")}
+    job = {
+        k: row[k]
+        for k in (
+            "id",
+            "kind",
+            "status",
+            "error",
+            "total",
+            "created_at",
+            "started_at",
+            "finished_at",
+            "owner",
+        )
+    }
     job["result"] = _load(row["result"])
     if with_request:
         job["request"] = _load(row["request"])

@@ -61,8 +61,11 @@ def setup_rows() -> list[str]:
         rec = venv / ".build-seconds"
         first = rec.read_text().strip() + " s" if rec.exists() else "not recorded"
         t = time.perf_counter()
-        subprocess.run(["bash", str(ROOT / "scripts" / "setup.d" / step)], check=True,
-                       env={**os.environ, "ROOT": str(ROOT), "CACHE": str(launch.CACHE)})
+        subprocess.run(
+            ["bash", str(ROOT / "scripts" / "setup.d" / step)],
+            check=True,
+            env={**os.environ, "ROOT": str(ROOT), "CACHE": str(launch.CACHE)},
+        )
         again = time.perf_counter() - t
         rows.append(f"| {step} | {first} | {again:.2f} s |")
     return rows
@@ -81,35 +84,58 @@ def main(argv: list[str] | None = None) -> int:
     texts = [r.text for r in load_split("dev")][: args.texts]
     n = len(texts)
     truth = local.predict_proba(texts)
-    lines = ["# Classifier adapters", "",
-             f"Machine: {os.cpu_count()} CPUs (shared with other work); Python {sys.version.split()[0]}; "
-             f"{n} CEBaB dev texts; tfidf-lr pipeline; best of 3 runs; cache off unless stated; "
-             f"load average at start {os.getloadavg()[0]:.1f}.", ""]
+    lines = [
+        "# Classifier adapters",
+        "",
+        f"Machine: {os.cpu_count()} CPUs (shared with other work); Python {sys.version.split()[0]}; "
+        f"{n} CEBaB dev texts; tfidf-lr pipeline; best of 3 runs; cache off unless stated; "
+        f"load average at start {os.getloadavg()[0]:.1f}.",
+        "",
+    ]
 
-    lines += ["## Test-server setup (scripts/setup.d)", "", "| step | first run | second run |", "|---|---|---|"]
+    lines += [
+        "## Test-server setup (scripts/setup.d)",
+        "",
+        "| step | first run | second run |",
+        "|---|---|---|",
+    ]
     lines += setup_rows()
 
     starts: dict[str, float] = {}
-    tput = ["| adapter | server | batch | concurrency | texts/s | requests/s | ms/request |", "|---|---|---|---|---|---|---|"]
+    tput = [
+        "| adapter | server | batch | concurrency | texts/s | requests/s | ms/request |",
+        "|---|---|---|---|---|---|---|",
+    ]
 
-    def bench(adapter: str, server: str, make: Callable[[int, int], object], batch: int, conc: int,
-              check: np.ndarray | None = truth, items: list[str] = texts) -> None:
+    def bench(
+        adapter: str,
+        server: str,
+        make: Callable[[int, int], object],
+        batch: int,
+        conc: int,
+        check: np.ndarray | None = truth,
+        items: list[str] = texts,
+    ) -> None:
         clf = make(batch, conc)
         out = clf.predict_proba(items)  # warm-up (connections) and correctness
         if check is not None:
             np.testing.assert_allclose(out, check, atol=1e-9)
         s = timed(lambda: clf.predict_proba(items))
         reqs = -(-len(items) // batch)
-        tput.append(f"| {adapter} | {server} | {batch} | {conc} | {len(items) / s:,.0f} | {reqs / s:,.1f} | "
-                    f"{1000 * s / reqs:.2f} |")
+        tput.append(
+            f"| {adapter} | {server} | {batch} | {conc} | {len(items) / s:,.0f} | {reqs / s:,.1f} | "
+            f"{1000 * s / reqs:.2f} |"
+        )
         if hasattr(clf, "close"):
             clf.close()
 
     s_local = timed(lambda: local.predict_proba(texts))
     tput.append(f"| in-process SklearnClassifier | - | {n} | 1 | {n / s_local:,.0f} | - | - |")
     s_one = timed(lambda: [local.predict_proba([t]) for t in texts[:50]]) / 50
-    tput.append(f"| in-process SklearnClassifier | - | 1 | 1 | {1 / s_one:,.0f} | {1 / s_one:,.1f} | "
-                f"{1000 * s_one:.2f} |")
+    tput.append(
+        f"| in-process SklearnClassifier | - | 1 | 1 | {1 / s_one:,.0f} | {1 / s_one:,.1f} | "
+        f"{1000 * s_one:.2f} |"
+    )
 
     grid = [(1, 1), (8, 1), (32, 1), (32, 4), (128, 2)] if not args.quick else [(1, 1), (32, 4)]
     with tempfile.TemporaryDirectory() as tmp:
@@ -117,38 +143,83 @@ def main(argv: list[str] | None = None) -> int:
         with launch.own_server(artifact) as own:
             starts["own classifier server (explainers.serving)"] = time.perf_counter() - t
             for batch, conc in grid:
-                bench("hf", "own", lambda b, c: HFClassifier(
-                    own.base_url + "/predict", LABELS, options=HttpOptions(batch_size=b, max_concurrency=c)),
-                    batch, conc)
+                bench(
+                    "hf",
+                    "own",
+                    lambda b, c: HFClassifier(
+                        own.base_url + "/predict",
+                        LABELS,
+                        options=HttpOptions(batch_size=b, max_concurrency=c),
+                    ),
+                    batch,
+                    conc,
+                )
             for batch, conc in [(32, 4)]:
-                bench("v2", "own", lambda b, c: V2Classifier(
-                    own.base_url, "tfidf-lr", LABELS, options=HttpOptions(batch_size=b, max_concurrency=c)),
-                    batch, conc)
-                bench("kserve-v1", "own", lambda b, c: KServeV1Classifier(
-                    own.base_url, "tfidf-lr", LABELS, options=HttpOptions(batch_size=b, max_concurrency=c)),
-                    batch, conc)
+                bench(
+                    "v2",
+                    "own",
+                    lambda b, c: V2Classifier(
+                        own.base_url, "tfidf-lr", LABELS, options=HttpOptions(batch_size=b, max_concurrency=c)
+                    ),
+                    batch,
+                    conc,
+                )
+                bench(
+                    "kserve-v1",
+                    "own",
+                    lambda b, c: KServeV1Classifier(
+                        own.base_url, "tfidf-lr", LABELS, options=HttpOptions(batch_size=b, max_concurrency=c)
+                    ),
+                    batch,
+                    conc,
+                )
         t = time.perf_counter()
         with launch.mlserver(artifact, Path(tmp)) as ml:
             starts["MLServer 1.7.1 (sklearn runtime)"] = time.perf_counter() - t
             for batch, conc in [(1, 1), (32, 4)]:
-                bench("v2", "MLServer", lambda b, c: V2Classifier(
-                    ml.base_url, "tfidf-lr", LABELS, input_parameters={"content_type": "str"},
-                    request_outputs=["predict_proba"], options=HttpOptions(batch_size=b, max_concurrency=c)),
-                    batch, conc)
+                bench(
+                    "v2",
+                    "MLServer",
+                    lambda b, c: V2Classifier(
+                        ml.base_url,
+                        "tfidf-lr",
+                        LABELS,
+                        input_parameters={"content_type": "str"},
+                        request_outputs=["predict_proba"],
+                        options=HttpOptions(batch_size=b, max_concurrency=c),
+                    ),
+                    batch,
+                    conc,
+                )
         t = time.perf_counter()
         with launch.kserve_server(artifact) as ks:
             starts["KServe 0.21 model server"] = time.perf_counter() - t
             for batch, conc in [(1, 1), (32, 4)]:
-                bench("kserve-v1", "KServe", lambda b, c: KServeV1Classifier(
-                    ks.base_url, "tfidf-lr", LABELS, options=HttpOptions(batch_size=b, max_concurrency=c)),
-                    batch, conc)
+                bench(
+                    "kserve-v1",
+                    "KServe",
+                    lambda b, c: KServeV1Classifier(
+                        ks.base_url, "tfidf-lr", LABELS, options=HttpOptions(batch_size=b, max_concurrency=c)
+                    ),
+                    batch,
+                    conc,
+                )
         t = time.perf_counter()
         with launch.misbehaving_server() as toy:
             starts["test server (no model)"] = time.perf_counter() - t
             for batch, conc in [(1, 1), (32, 1), (32, 4)]:
-                bench("hf", "test server /ok (no model)", lambda b, c: HFClassifier(
-                    toy.base_url + "/ok/bench", TOY_LABELS, options=HttpOptions(batch_size=b, max_concurrency=c)),
-                    batch, conc, check=None)
+                bench(
+                    "hf",
+                    "test server /ok (no model)",
+                    lambda b, c: HFClassifier(
+                        toy.base_url + "/ok/bench",
+                        TOY_LABELS,
+                        options=HttpOptions(batch_size=b, max_concurrency=c),
+                    ),
+                    batch,
+                    conc,
+                    check=None,
+                )
 
     cache = CachingClassifier(local)
     cache.predict_proba(texts)
@@ -157,11 +228,17 @@ def main(argv: list[str] | None = None) -> int:
 
     lines += ["", "## Server start-up (launch to healthy)", "", "| server | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.1f} |" for k, v in starts.items()]
-    lines += ["", "## Throughput", "", *tput, "",
-              "ms/request includes the server's own work (the tfidf-lr pipeline); the no-model test server "
-              "rows show the adapter + HTTP + JSON cost alone. The in-process batch-1 row is the pipeline's "
-              "fixed per-call cost, which every batch-1 HTTP row pays too. Results are checked against the "
-              "in-process pipeline before timing."]
+    lines += [
+        "",
+        "## Throughput",
+        "",
+        *tput,
+        "",
+        "ms/request includes the server's own work (the tfidf-lr pipeline); the no-model test server "
+        "rows show the adapter + HTTP + JSON cost alone. The in-process batch-1 row is the pipeline's "
+        "fixed per-call cost, which every batch-1 HTTP row pays too. Results are checked against the "
+        "in-process pipeline before timing.",
+    ]
     text = "\n".join(lines) + "\n"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)

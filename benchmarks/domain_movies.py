@@ -61,8 +61,15 @@ def main() -> int:
     from explainers.estimators.calibration import calibrate
 
     t0 = time.perf_counter()
-    calibration = calibrate(classifier, domain.pool, domain.space, encoder, taggers=domain.taggers,
-                            classifier_name="movie-rating", max_pairs=2000)
+    calibration = calibrate(
+        classifier,
+        domain.pool,
+        domain.space,
+        encoder,
+        taggers=domain.taggers,
+        classifier_name="movie-rating",
+        max_pairs=2000,
+    )
     calibration_s = time.perf_counter() - t0
     methods = [m for m in available() if m != "generate"]
     resources = domain.resources(encoder=encoder)
@@ -72,18 +79,41 @@ def main() -> int:
         explainer = build_explainer(m, resources)
         for k in KS:
             t0 = time.perf_counter()
-            est = np.array([explainer.explain(held.texts[b], Intervention(con, held.labels[c][con], held.labels[b][con]),
-                                              classifier, top_k=k, base_labels=held.labels[b]).icace
-                            for b, c, con in pairs])
+            est = np.array(
+                [
+                    explainer.explain(
+                        held.texts[b],
+                        Intervention(con, held.labels[c][con], held.labels[b][con]),
+                        classifier,
+                        top_k=k,
+                        base_labels=held.labels[b],
+                    ).icace
+                    for b, c, con in pairs
+                ]
+            )
             s = summarize(est, truths, concepts, directions)
-            table.setdefault(m, {})[k] = {"macro": s.macro, "per_concept": s.per_concept,
-                                          "seconds": round(time.perf_counter() - t0, 2)}
+            table.setdefault(m, {})[k] = {
+                "macro": s.macro,
+                "per_concept": s.per_concept,
+                "seconds": round(time.perf_counter() - t0, 2),
+            }
             print(f"{m:<16} K={k:<3} L2 {s.macro['l2']:.4f} Cos {s.macro['cos']:.4f}", flush=True)
 
-    baselines = ("zero", "random", "random_proba", "random_matching", "conexp", "approx", "approx_match",
-                 "s_learner", "pt_match")
-    best_base = {metric: min((table[m][k]["macro"][metric], m, k) for m in baselines if m in table for k in KS)
-                 for metric in ("l2", "cos")}
+    baselines = (
+        "zero",
+        "random",
+        "random_proba",
+        "random_matching",
+        "conexp",
+        "approx",
+        "approx_match",
+        "s_learner",
+        "pt_match",
+    )
+    best_base = {
+        metric: min((table[m][k]["macro"][metric], m, k) for m in baselines if m in table for k in KS)
+        for metric in ("l2", "cos")
+    }
     lines = [
         "# Faithfulness on a second domain: movie reviews (acting, plot, music)",
         "",
@@ -102,14 +132,18 @@ def main() -> int:
         "|---|" + "---|---|" * len(KS),
     ]
     for m in methods:
-        cells = " | ".join(f"{table[m][k]['macro']['l2']:.4f} | {table[m][k]['macro']['cos']:.4f}" for k in KS)
+        cells = " | ".join(
+            f"{table[m][k]['macro']['l2']:.4f} | {table[m][k]['macro']['cos']:.4f}" for k in KS
+        )
         lines.append(f"| {m} | {cells} |")
     for metric in ("l2", "cos"):
         best = min((table[m][k]["macro"][metric], m, k) for m in table for k in KS)
         base = best_base[metric]
         lines.append("")
-        lines.append(f"Best on {metric}: {best[1]} K={best[2]} {best[0]:.4f} vs best baseline {base[1]} K={base[2]} "
-                     f"{base[0]:.4f} ({100 * (base[0] - best[0]) / base[0]:+.1f}% lower).")
+        lines.append(
+            f"Best on {metric}: {best[1]} K={best[2]} {best[0]:.4f} vs best baseline {base[1]} K={base[2]} "
+            f"{base[0]:.4f} ({100 * (base[0] - best[0]) / base[0]:+.1f}% lower)."
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
     args.out.with_suffix(".json").write_text(json.dumps(table, indent=1))

@@ -46,7 +46,13 @@ def speed(enc, texts: list[str], n_single: int) -> dict[str, float]:
         enc._embed([q])
         lat.append(time.perf_counter() - t)
         cpu.append(time.process_time() - c)
-    return {"rate": rate, "cpu_rate": cpu_rate, "p50": pct(lat, 50), "p99": pct(lat, 99), "cpu_p50": pct(cpu, 50)}
+    return {
+        "rate": rate,
+        "cpu_rate": cpu_rate,
+        "p50": pct(lat, 50),
+        "p99": pct(lat, 99),
+        "cpu_p50": pct(cpu, 50),
+    }
 
 
 def hit_rate(space, n_pairs: int, seed: int = 0) -> float:
@@ -58,13 +64,21 @@ def hit_rate(space, n_pairs: int, seed: int = 0) -> float:
         lab = space.pool.labels[b]
         conf = {c: lab[c] for c in space.schema.confounders(concept)}
         text = space.pool.texts[b]
-        found = space.search(space.embed([text], concept)[0], concept, space.pool.labels[cf][concept], 1,
-                             confounders=conf, exclude_text=text)
+        found = space.search(
+            space.embed([text], concept)[0],
+            concept,
+            space.pool.labels[cf][concept],
+            1,
+            confounders=conf,
+            exclude_text=text,
+        )
         hits += bool(found) and space.pool.texts[found[0].row] == space.pool.texts[cf]
     return hits / len(pairs)
 
 
-def whole_explanation(backend: str, base_texts: list[str], base_vecs: np.ndarray, clf, n_queries: int) -> dict:
+def whole_explanation(
+    backend: str, base_texts: list[str], base_vecs: np.ndarray, clf, n_queries: int
+) -> dict:
     from benchmarks.matching_perf import synthetic
     from explainers.concepts import CEBAB_SCHEMA, Intervention
     from explainers.data.pool import Pool
@@ -76,8 +90,10 @@ def whole_explanation(backend: str, base_texts: list[str], base_vecs: np.ndarray
     n_pool = 100_000
     pick = rng.integers(0, len(base_texts), size=n_pool)
     vals = ("Positive", "Negative", "unknown")
-    labels = [{c: vals[int(v)] for c, v in zip(CEBAB_SCHEMA.names, rng.integers(0, 3, size=4), strict=True)}
-              for _ in range(n_pool)]
+    labels = [
+        {c: vals[int(v)] for c, v in zip(CEBAB_SCHEMA.names, rng.integers(0, 3, size=4), strict=True)}
+        for _ in range(n_pool)
+    ]
     pool = Pool([base_texts[i] for i in pick], labels, CEBAB_SCHEMA)
     space = ConceptSpace(pool, Encoder(backend=backend), base_vectors=synthetic(base_vecs, n_pool, rng))
     space.build_indices()
@@ -85,7 +101,7 @@ def whole_explanation(backend: str, base_texts: list[str], base_vecs: np.ndarray
     lab = {c: "Positive" for c in CEBAB_SCHEMA.names}
     iv = Intervention("food", "Negative", "Positive")
     lat, cpu = [], []
-    for i, q in enumerate(base_texts[:n_queries + 1]):
+    for i, q in enumerate(base_texts[: n_queries + 1]):
         text = f"{q} (visit {backend} {i})"  # never cached: embedded at request time
         t, c = time.perf_counter(), time.process_time()
         exp.explain(text, iv, clf, top_k=10, base_labels=lab)
@@ -99,8 +115,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--texts", type=int, default=512)
     ap.add_argument("--single", type=int, default=200)
-    ap.add_argument("--pairs", type=int, default=400, help="space pairs for the hit rate, and dev pairs for L2")
-    ap.add_argument("--queries", type=int, default=100, help="whole explanations per backend on the 100k pool")
+    ap.add_argument(
+        "--pairs", type=int, default=400, help="space pairs for the hit rate, and dev pairs for L2"
+    )
+    ap.add_argument(
+        "--queries", type=int, default=100, help="whole explanations per backend on the 100k pool"
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "encoder_onnx.md")
     args = ap.parse_args(argv)
@@ -153,35 +173,54 @@ def main(argv: list[str] | None = None) -> int:
         print(b, whole[-1], flush=True)
     t_hr, t_l2 = quality[0][1], quality[0][2]
     lines = [
-        "# ONNX Runtime encoder vs sentence-transformers (torch), all-MiniLM-L6-v2", "",
+        "# ONNX Runtime encoder vs sentence-transformers (torch), all-MiniLM-L6-v2",
+        "",
         f"{args.threads} threads for every backend (torch.set_num_threads / ORT intra-op), FAISS 1 thread; "
         f"CPU: {platform.machine()}, {os.cpu_count()} cores shared with other work (timings are upper bounds). "
-        "onnx-int8 = dynamic int8 quantisation of the MatMul weights, per output channel.", "",
-        "## Speed and fidelity", "",
+        "onnx-int8 = dynamic int8 quantisation of the MatMul weights, per output channel.",
+        "",
+        "## Speed and fidelity",
+        "",
         f"{len(texts)} distinct CEBaB train texts, batch 64 (no embedding cache); single-query latency over "
-        f"{args.single} texts; fidelity against torch's vectors for the same texts.", "",
+        f"{args.single} texts; fidelity against torch's vectors for the same texts.",
+        "",
         "CPU columns count this process's CPU time (all threads), which the other sessions on the box barely "
-        "move; wall columns are what a caller saw, contention included.", "",
+        "move; wall columns are what a caller saw, contention included.",
+        "",
         "| backend | texts/CPU-s | vs torch | texts/s (wall) | single query CPU ms p50 | vs torch "
         "| wall ms p50 / p99 | max abs diff | min cosine |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-        *[f"| {b} | {s['cpu_rate']:.0f} | {s['cpu_rate'] / base['cpu_rate']:.2f}x | {s['rate']:.0f} | "
-          f"{s['cpu_p50']:.2f} | {s['cpu_p50'] / base['cpu_p50']:.2f}x | {s['p50']:.2f} / {s['p99']:.2f} | "
-          f"{d:.1e} | {c:.4f} |" for b, s, d, c in rows],
-        "", "## Quality with the query embedded at request time", "",
+        *[
+            f"| {b} | {s['cpu_rate']:.0f} | {s['cpu_rate'] / base['cpu_rate']:.2f}x | {s['rate']:.0f} | "
+            f"{s['cpu_p50']:.2f} | {s['cpu_p50'] / base['cpu_p50']:.2f}x | {s['p50']:.2f} / {s['p99']:.2f} | "
+            f"{d:.1e} | {c:.4f} |"
+            for b, s, d, c in rows
+        ],
+        "",
+        "## Quality with the query embedded at request time",
+        "",
         f"Shipped CEBaB space (torch-built pool vectors and indices); hit rate over {args.pairs} of its pairs "
         f"(nearest target text with the base's confounders is the true counterfactual); `match` K=10 on "
-        f"{quality[0][4]} CEBaB dev pairs with tfidf-lr. Target: within 1% of torch.", "",
+        f"{quality[0][4]} CEBaB dev pairs with tfidf-lr. Target: within 1% of torch.",
+        "",
         "| backend | hit rate | vs torch | dev macro L2 | vs torch | dev micro L2 |",
         "|---|---:|---:|---:|---:|---:|",
-        *[f"| {b} | {hr:.4f} | {(hr - t_hr) / t_hr:+.1%} | {l2:.4f} | {(l2 - t_l2) / t_l2:+.1%} | {mi:.4f} |"
-          for b, hr, l2, mi, _ in quality],
-        "", "## Whole `match` explanation, 100k pool, query embedded at request time", "",
+        *[
+            f"| {b} | {hr:.4f} | {(hr - t_hr) / t_hr:+.1%} | {l2:.4f} | {(l2 - t_l2) / t_l2:+.1%} | {mi:.4f} |"
+            for b, hr, l2, mi, _ in quality
+        ],
+        "",
+        "## Whole `match` explanation, 100k pool, query embedded at request time",
+        "",
         "K=10, tfidf-lr in process, synthetic-vector pool of 100,000 (real CEBaB vectors + noise, as in "
-        "matching_perf.md), every query a new text. Target p50 <= 10 ms on 2 cores.", "",
-        "| backend | CPU ms p50 | wall ms p50 | wall ms p99 | queries |", "|---|---:|---:|---:|---:|",
+        "matching_perf.md), every query a new text. Target p50 <= 10 ms on 2 cores.",
+        "",
+        "| backend | CPU ms p50 | wall ms p50 | wall ms p99 | queries |",
+        "|---|---:|---:|---:|---:|",
         *[f"| {b} | {w['cpu_p50']:.2f} | {w['p50']:.2f} | {w['p99']:.2f} | {w['n']} |" for b, w in whole],
-        "", f"Run took {(time.time() - started) / 60:.1f} min on {time.strftime('%Y-%m-%d')}.", "",
+        "",
+        f"Run took {(time.time() - started) / 60:.1f} min on {time.strftime('%Y-%m-%d')}.",
+        "",
     ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines))

@@ -65,15 +65,27 @@ def log(msg: str) -> None:
 
 
 def row(name: str, s) -> str:
-    cells = [name, f"{s.macro['l2']:.4f}", f"{s.macro['cos']:.4f}", f"{s.macro['normdiff']:.4f}",
-             f"{s.micro['l2']:.4f}", f"{s.micro['cos']:.4f}"]
-    cells += [f"{s.per_concept[c]['l2']:.4f} / {s.per_concept[c]['cos']:.4f}" if c in s.per_concept else "-"
-              for c in CONCEPTS]
+    cells = [
+        name,
+        f"{s.macro['l2']:.4f}",
+        f"{s.macro['cos']:.4f}",
+        f"{s.macro['normdiff']:.4f}",
+        f"{s.micro['l2']:.4f}",
+        f"{s.micro['cos']:.4f}",
+    ]
+    cells += [
+        f"{s.per_concept[c]['l2']:.4f} / {s.per_concept[c]['cos']:.4f}" if c in s.per_concept else "-"
+        for c in CONCEPTS
+    ]
     return "| " + " | ".join(cells) + " |"
 
 
-HEAD = ("| estimator | L2 macro | Cos macro | ND macro | L2 micro | Cos micro | "
-        + " | ".join(f"{c} L2 / Cos" for c in CONCEPTS) + " |\n|" + "---|" * (6 + len(CONCEPTS)))
+HEAD = (
+    "| estimator | L2 macro | Cos macro | ND macro | L2 micro | Cos micro | "
+    + " | ".join(f"{c} L2 / Cos" for c in CONCEPTS)
+    + " |\n|"
+    + "---|" * (6 + len(CONCEPTS))
+)
 
 
 def run_model(model: str, args, pairs, resources, space) -> dict:
@@ -84,8 +96,17 @@ def run_model(model: str, args, pairs, resources, space) -> dict:
         cal = Calibration.load(cal_dir)
         log(f"{name}: reusing calibration {cal_dir}")
     else:
-        cal = calibrate(clf, resources.pool, space, resources.encoder, methods=COMPONENTS, ks=args.ks,
-                        max_pairs=args.max_pairs, classifier_name=name, log=log)
+        cal = calibrate(
+            clf,
+            resources.pool,
+            space,
+            resources.encoder,
+            methods=COMPONENTS,
+            ks=args.ks,
+            max_pairs=args.max_pairs,
+            classifier_name=name,
+            log=log,
+        )
         cal.save(cal_dir)
     cal_s = time.perf_counter() - started
     log(f"{name}: calibration {cal.meta['cost']} default {cal.default}")
@@ -97,8 +118,10 @@ def run_model(model: str, args, pairs, resources, space) -> dict:
         got[(est.explainer, est.k)] = est
 
     def show(r: runner.BenchRow) -> None:
-        log(f"  {r.explainer} K={r.k}: macro L2 {r.summary.macro['l2']:.4f} cos {r.summary.macro['cos']:.4f} "
-            f"({r.wall_s:.0f} s)")
+        log(
+            f"  {r.explainer} K={r.k}: macro L2 {r.summary.macro['l2']:.4f} cos {r.summary.macro['cos']:.4f} "
+            f"({r.wall_s:.0f} s)"
+        )
 
     names = list(dict.fromkeys(BASELINES + COMPONENTS))
     result = runner.run_benchmark(cached, pairs, res, names, args.ks, on_estimates=keep, on_row=show)
@@ -123,21 +146,27 @@ def run_model(model: str, args, pairs, resources, space) -> dict:
             table[f"{m}@{k}"] = got[(m, k)].summary()
     cands = [c for c in cal.report["candidates"] if not c.startswith("single:")]
     for c in cands:
-        est = cal.estimate(c, {n: comps[n] for n in cal.required_components(c)}, base, concepts, sources, targets)
+        est = cal.estimate(
+            c, {n: comps[n] for n in cal.required_components(c)}, base, concepts, sources, targets
+        )
         table[c] = summarize(est, truths, concepts, directions)
     for uname, w in UNCALIBRATED.items():
-        table[uname] = summarize(project_icace(combine({n: comps[n] for n in w}, w), base), truths, concepts,
-                                 directions)
+        table[uname] = summarize(
+            project_icace(combine({n: comps[n] for n in w}, w), base), truths, concepts, directions
+        )
     auto = cal.estimate_auto(comps, base, concepts, sources, targets)
     table["auto"] = summarize(auto, truths, concepts, directions)
     # Intervals on dev.
-    lows, ups = zip(*(cal.intervals.bounds(auto[i], concepts[i], directions[i]) for i in range(len(pairs))),
-                    strict=True)
+    lows, ups = zip(
+        *(cal.intervals.bounds(auto[i], concepts[i], directions[i]) for i in range(len(pairs))), strict=True
+    )
     cov = coverage_of(auto, truths, np.array(lows), np.array(ups))
     cov_cell: dict[str, float] = {}
     for c in CONCEPTS:
         rows = np.array([x == c for x in concepts])
-        cov_cell[c] = coverage_of(auto[rows], truths[rows], np.array(lows)[rows], np.array(ups)[rows])["per_label"]
+        cov_cell[c] = coverage_of(auto[rows], truths[rows], np.array(lows)[rows], np.array(ups)[rows])[
+            "per_label"
+        ]
     # Latency and the registry path, on a stratified subset of queries explained one by one.
     sub_idx = [pairs.index(p) for p in runner.select_pairs(pairs, args.latency_pairs, seed=1)]
     res_auto = replace(res, extra=dict(res.extra, calibration=cal))
@@ -160,10 +189,20 @@ def run_model(model: str, args, pairs, resources, space) -> dict:
                 if name_ == "auto":
                     max_diff = max(max_diff, float(np.abs(e.icace - auto[i]).max()))
     p50 = {k: float(np.median(v)) * 1000 for k, v in lat.items()}
-    return {"name": name, "meta": meta, "cal": cal, "cal_s": cal_s, "table": table, "coverage": cov,
-            "coverage_by_concept": cov_cell, "p50_ms": p50, "p90_ms": {k: float(np.quantile(v, .9)) * 1000
-                                                                     for k, v in lat.items()},
-            "registry_max_abs_diff": max_diff, "n_latency": len(sub_idx), "bench_config": result.config}
+    return {
+        "name": name,
+        "meta": meta,
+        "cal": cal,
+        "cal_s": cal_s,
+        "table": table,
+        "coverage": cov,
+        "coverage_by_concept": cov_cell,
+        "p50_ms": p50,
+        "p90_ms": {k: float(np.quantile(v, 0.9)) * 1000 for k, v in lat.items()},
+        "registry_max_abs_diff": max_diff,
+        "n_latency": len(sub_idx),
+        "bench_config": result.config,
+    }
 
 
 def best_baseline(table: dict, metric: str) -> tuple[str, float]:
@@ -179,8 +218,10 @@ def render(r: dict, n_pairs: int, pool_size: int) -> list[str]:
     for metric in ("l2", "cos"):
         bn, bv = best_baseline(t, metric)
         gain = 100 * (bv - auto.macro[metric]) / bv
-        lines.append(f"- macro {metric.upper()}: **auto {auto.macro[metric]:.4f}** vs best baseline {bn} {bv:.4f}: "
-                     f"**{gain:+.1f}%** (target +25%: {'met' if gain >= 25 else 'not met'})")
+        lines.append(
+            f"- macro {metric.upper()}: **auto {auto.macro[metric]:.4f}** vs best baseline {bn} {bv:.4f}: "
+            f"**{gain:+.1f}%** (target +25%: {'met' if gain >= 25 else 'not met'})"
+        )
     lines.append("- per concept, auto vs the best baseline of that concept (L2 / Cos):")
     for c in CONCEPTS:
         parts = []
@@ -209,7 +250,8 @@ def render(r: dict, n_pairs: int, pool_size: int) -> list[str]:
         + ", ".join(f"{k} `{v}`" for k, v in sorted(cal.choice.items())),
         f"- auto on the pool's own held-out pairs (cross-fitted; selection made there too): macro L2 "
         f"{cal.report['auto']['macro']['l2']:.4f}, Cos {cal.report['auto']['macro']['cos']:.4f}",
-        "", HEAD,
+        "",
+        HEAD,
     ]
     order = ["auto"] + [n for n in t if n != "auto"]
     lines += [row(n, t[n]) for n in order]
@@ -234,11 +276,14 @@ def main(argv=None) -> int:
     head = ensure_cebab_space(args.root, encoder=resources.encoder, log=log)
     pool_texts = set(resources.pool.texts)
     space = without_texts(head, [t for t in head.pool.texts if t not in pool_texts])
-    log(f"prepared in {time.perf_counter() - started:.0f} s: pool {len(resources.pool)} texts, "
-        f"{len(resources.pool.pairs)} pool pairs, dev pairs {len(pairs)}")
+    log(
+        f"prepared in {time.perf_counter() - started:.0f} s: pool {len(resources.pool)} texts, "
+        f"{len(resources.pool.pairs)} pool pairs, dev pairs {len(pairs)}"
+    )
     results = [run_model(m, args, pairs, resources, space) for m in args.models.split(",")]
     lines = [
-        "# Self-calibrated estimators on CEBaB: fit on the pool's own pairs, scored on dev (issue 17)", "",
+        "# Self-calibrated estimators on CEBaB: fit on the pool's own pairs, scored on dev (issue 17)",
+        "",
         f"- protocol: every fit (stacks, combiners, per-(concept, direction) choice, intervals) uses only "
         f"train_inclusive's own counterfactual pairs, never dev: the pool (train_inclusive minus every dev text, "
         f"{len(resources.pool)} texts, {len(resources.pool.pairs)} pairs) has its origins dealt into 2 folds and "
@@ -259,16 +304,27 @@ def main(argv=None) -> int:
         "- dev-fit numbers for comparison (weights fit on dev itself, cross-fitted): "
         "[matching_summary.md](matching_summary.md) (tfidf-lr stacked K=10: L2 0.2221, Cos 0.4728; "
         "minilm-ft: 0.3838 / 0.4166 at K=5/10).",
-        f"- total wall time {time.perf_counter() - started:.0f} s", "",
+        f"- total wall time {time.perf_counter() - started:.0f} s",
+        "",
     ]
     for r in results:
         lines += render(r, len(pairs), len(resources.pool))
     args.out.write_text("\n".join(lines))
-    js = {r["name"]: {"table": {n: s.to_dict() for n, s in r["table"].items()}, "coverage": r["coverage"],
-                      "coverage_by_concept": r["coverage_by_concept"], "p50_ms": r["p50_ms"], "p90_ms": r["p90_ms"],
-                      "calibration_meta": r["cal"].meta, "choice": r["cal"].choice, "default": r["cal"].default,
-                      "calibration_report": r["cal"].report, "registry_max_abs_diff": r["registry_max_abs_diff"]}
-          for r in results}
+    js = {
+        r["name"]: {
+            "table": {n: s.to_dict() for n, s in r["table"].items()},
+            "coverage": r["coverage"],
+            "coverage_by_concept": r["coverage_by_concept"],
+            "p50_ms": r["p50_ms"],
+            "p90_ms": r["p90_ms"],
+            "calibration_meta": r["cal"].meta,
+            "choice": r["cal"].choice,
+            "default": r["cal"].default,
+            "calibration_report": r["cal"].report,
+            "registry_max_abs_diff": r["registry_max_abs_diff"],
+        }
+        for r in results
+    }
     args.out.with_suffix(".json").write_text(json.dumps(js, indent=1, default=str))
     print("\n".join(lines))
     return 0

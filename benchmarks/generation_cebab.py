@@ -69,7 +69,9 @@ def interleaved(pairs: list[Pair], seed: int) -> list[Pair]:
     return out
 
 
-def generate_phase(args: argparse.Namespace, pairs: list[Pair], backend: OpenAIBackend, llm_name: str) -> None:
+def generate_phase(
+    args: argparse.Namespace, pairs: list[Pair], backend: OpenAIBackend, llm_name: str
+) -> None:
     taggers = None
     if not args.no_taggers:
         from explainers.taggers import TaggerSet, ensure_taggers
@@ -97,7 +99,10 @@ def generate_phase(args: argparse.Namespace, pairs: list[Pair], backend: OpenAIB
                 continue
             t0 = time.perf_counter()
             cfs, details = explainer.counterfactuals(
-                p.base.text, Intervention(p.concept, p.target, p.source), args.k, base_labels=p.base.clean_labels()
+                p.base.text,
+                Intervention(p.concept, p.target, p.source),
+                args.k,
+                base_labels=p.base.clean_labels(),
             )
             cost = details.pop("cost")
             rec = {
@@ -147,7 +152,9 @@ def tagger_filter(recs: list[dict[str, Any]], pairs: list[Pair], taggers: Any) -
 
 def generation_estimates(recs: list[dict[str, Any]], pairs: list[Pair], clf: Any) -> np.ndarray:
     """The ICaCE `GenerationExplainer.explain` gives: mean prediction of kept texts minus the base's."""
-    texts = list(dict.fromkeys([p.base.text for p in pairs] + [t for r in recs for t in r["counterfactuals"]]))
+    texts = list(
+        dict.fromkeys([p.base.text for p in pairs] + [t for r in recs for t in r["counterfactuals"]])
+    )
     proba = dict(zip(texts, np.asarray(clf.predict_proba(texts), float), strict=True))
     out = np.zeros((len(pairs), len(clf.labels)))
     for i, (p, r) in enumerate(zip(pairs, recs, strict=True)):
@@ -174,8 +181,14 @@ def stats_lines(recs: list[dict[str, Any]], k: int) -> list[str]:
             vals.append(c.get(f, 0) + cc.get(f, 0))
         return float(np.mean(vals))
 
-    llm_s = np.mean([r["cost"]["wall_time_s"] if not r["details"].get("cache_hits") else
-                     r["details"]["cached_cost"].get("llm_time_s", 0) + r["cost"]["wall_time_s"] for r in recs])
+    llm_s = np.mean(
+        [
+            r["cost"]["wall_time_s"]
+            if not r["details"].get("cache_hits")
+            else r["details"]["cached_cost"].get("llm_time_s", 0) + r["cost"]["wall_time_s"]
+            for r in recs
+        ]
+    )
     lines = [
         f"- keep rate: {kept}/{n * k} requested counterfactuals kept ({kept / max(n * k, 1):.1%}); "
         f"{kept}/{generated} generated samples passed verification ({kept / max(generated, 1):.1%}); "
@@ -196,8 +209,16 @@ def stats_lines(recs: list[dict[str, Any]], k: int) -> list[str]:
 
 
 def row(name: str, k: int, s: Any) -> str:
-    cells = [name, str(k), s.micro["l2"], s.micro["cos"], s.micro["normdiff"], s.macro["l2"], s.macro["cos"],
-             s.macro["normdiff"]]
+    cells = [
+        name,
+        str(k),
+        s.micro["l2"],
+        s.micro["cos"],
+        s.micro["normdiff"],
+        s.macro["l2"],
+        s.macro["cos"],
+        s.macro["normdiff"],
+    ]
     return "| " + " | ".join(c if isinstance(c, str) else f"{c:.4f}" for c in cells) + " |"
 
 
@@ -247,9 +268,12 @@ def score_phase(args: argparse.Namespace, pairs: list[Pair], llm_name: str) -> s
         tagged = tagger_filter(recs, pairs, TaggerSet.load(Path(args.taggers)))
         n_kept = sum(len(r["counterfactuals"]) for r in tagged)
         n_rej = sum(r["tag_rejected"] for r in tagged)
-        out.insert(-2, f"- tagger check ({args.taggers}), applied after generation: {n_rej} more samples rejected as "
-                       f"concept_not_reached, {n_kept} kept; {sum(not r['counterfactuals'] for r in tagged)}/"
-                       f"{len(pairs)} pairs left with none (estimate zero)")
+        out.insert(
+            -2,
+            f"- tagger check ({args.taggers}), applied after generation: {n_rej} more samples rejected as "
+            f"concept_not_reached, {n_kept} kept; {sum(not r['counterfactuals'] for r in tagged)}/"
+            f"{len(pairs)} pairs left with none (estimate zero)",
+        )
     head = "| method | K | L2 micro | Cos micro | ND micro | L2 macro | Cos macro | ND macro |"
     resources = None
     for model in args.classifiers.split(","):
@@ -265,7 +289,9 @@ def score_phase(args: argparse.Namespace, pairs: list[Pair], llm_name: str) -> s
         lines.append(row("generate (text checks)", args.k, summarize(est, truths, concepts, directions)))
         if tagged is not None:
             est_t = generation_estimates(tagged, pairs, clf)
-            lines.append(row("generate (text checks + tagger)", args.k, summarize(est_t, truths, concepts, directions)))
+            lines.append(
+                row("generate (text checks + tagger)", args.k, summarize(est_t, truths, concepts, directions))
+            )
         some = [i for i, r in enumerate(recs) if r["details"]["kept"] > 0]
         if some and len(some) < len(pairs):
             s = summarize(est[some], truths[some], [concepts[i] for i in some], [directions[i] for i in some])
@@ -296,7 +322,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-rounds", type=int, default=2)
     ap.add_argument("--shots", type=int, default=2)
     ap.add_argument("--concurrency", type=int, default=1)
-    ap.add_argument("--threads", type=int, default=1, help="llama.cpp threads (1 is faster on an oversubscribed CPU)")
+    ap.add_argument(
+        "--threads", type=int, default=1, help="llama.cpp threads (1 is faster on an oversubscribed CPU)"
+    )
     ap.add_argument("--fewshot-split", default="train_inclusive")
     ap.add_argument("--no-taggers", action="store_true", help="generate with text checks only")
     ap.add_argument("--taggers", default=None, help="score also with this TaggerSet's check applied post hoc")
@@ -307,9 +335,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--root", default="var")
     ap.add_argument("--cache", type=Path, default=ROOT / "var" / "generation" / "cache.sqlite")
     ap.add_argument("--log", type=Path, default=ROOT / "var" / "generation" / "bench_log.jsonl")
-    ap.add_argument("--baseline-classifiers", default="tfidf-lr",
-                    help="classifiers to run the baselines for (they score the whole pool: slow for transformers)")
-    ap.add_argument("--space", default="var/spaces/cebab-train_inclusive-head", help="concept space for match")
+    ap.add_argument(
+        "--baseline-classifiers",
+        default="tfidf-lr",
+        help="classifiers to run the baselines for (they score the whole pool: slow for transformers)",
+    )
+    ap.add_argument(
+        "--space", default="var/spaces/cebab-train_inclusive-head", help="concept space for match"
+    )
     ap.add_argument("--classifiers", default="tfidf-lr,var/classifiers/minilm-ft")
     ap.add_argument("--baselines", default="zero,random_matching,approx,conexp,pt_match,match")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "generation_cebab_dev.md")
@@ -319,10 +352,16 @@ def main(argv: list[str] | None = None) -> int:
     llm_name = args.llm_name or (args.llm_model if args.base_url else QWEN_NAME)
     if args.phase in ("generate", "all"):
         if args.base_url:
-            generate_phase(args, pairs, OpenAIBackend(args.base_url, args.llm_model or "default", timeout_s=600),
-                           llm_name)
+            generate_phase(
+                args,
+                pairs,
+                OpenAIBackend(args.base_url, args.llm_model or "default", timeout_s=600),
+                llm_name,
+            )
         else:
-            with LlamaServer(args.gguf, n_ctx=2048, n_threads=args.threads, log=args.log.with_suffix(".server.log")) as srv:
+            with LlamaServer(
+                args.gguf, n_ctx=2048, n_threads=args.threads, log=args.log.with_suffix(".server.log")
+            ) as srv:
                 backend = OpenAIBackend(srv.base_url, args.gguf.stem, timeout_s=600, max_retries=1)
                 generate_phase(args, pairs, backend, llm_name)
     if args.phase in ("score", "all"):

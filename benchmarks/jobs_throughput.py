@@ -89,29 +89,60 @@ def library_pass(method: str, texts: list[str], top_k: int, batch: int) -> dict[
     cpu0 = time.process_time()
     n_changed = 0
     for i in range(0, len(texts), batch):
-        chunk = texts[i:i + batch]
+        chunk = texts[i : i + batch]
         labels = taggers.predict(chunk)
         ivs = [Intervention(CONCEPT, TARGET, lab[CONCEPT]) for lab in labels]
         changed = [j for j, iv in enumerate(ivs) if iv.source != iv.target]
         same = [j for j, iv in enumerate(ivs) if iv.source == iv.target]
         if changed:
-            explain_batch(explainer, [chunk[j] for j in changed], [ivs[j] for j in changed], clf, top_k,
-                          base_labels=[labels[j] for j in changed])
+            explain_batch(
+                explainer,
+                [chunk[j] for j in changed],
+                [ivs[j] for j in changed],
+                clf,
+                top_k,
+                base_labels=[labels[j] for j in changed],
+            )
         if same:
             clf.predict_proba([chunk[j] for j in same])
         n_changed += len(changed)
     seconds = time.perf_counter() - started
     cpu = time.process_time() - cpu0
-    return {"texts_per_s": len(texts) / seconds, "seconds": seconds, "changed": n_changed,
-            "texts_per_cpu_s": len(texts) / cpu}
+    return {
+        "texts_per_s": len(texts) / seconds,
+        "seconds": seconds,
+        "changed": n_changed,
+        "texts_per_cpu_s": len(texts) / cpu,
+    }
 
 
 def run_library(method: str, texts_file: Path, cache: Path, args: argparse.Namespace) -> dict[str, float]:
-    env = {**os.environ, "CACE_CACHE_DIR": str(cache), "OMP_NUM_THREADS": args.threads,
-           "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    out = subprocess.run([sys.executable, __file__, "--library-pass", method, "--texts-file", str(texts_file),
-                          "--top-k", str(args.top_k), "--batch", str(args.batch)],
-                         env=env, cwd=ROOT, capture_output=True, text=True, check=True)
+    env = {
+        **os.environ,
+        "CACE_CACHE_DIR": str(cache),
+        "OMP_NUM_THREADS": args.threads,
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    out = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--library-pass",
+            method,
+            "--texts-file",
+            str(texts_file),
+            "--top-k",
+            str(args.top_k),
+            "--batch",
+            str(args.batch),
+        ],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -147,30 +178,59 @@ def tree_cpu_seconds(root: int | None) -> float:
     return total
 
 
-def run_job(method: str, texts: list[str], backend: str, cache: Path, args: argparse.Namespace, tmp: Path,
-            claim_batch: int | None = None, extra_env: dict[str, str] | None = None,
-            cpu_group: int | None = None, warmup: list[str] | None = None) -> dict[str, float]:
+def run_job(
+    method: str,
+    texts: list[str],
+    backend: str,
+    cache: Path,
+    args: argparse.Namespace,
+    tmp: Path,
+    claim_batch: int | None = None,
+    extra_env: dict[str, str] | None = None,
+    cpu_group: int | None = None,
+    warmup: list[str] | None = None,
+) -> dict[str, float]:
     import httpx
 
     from tests.service_server import drop_pg_prefix, service, store_env
 
     tmp.mkdir(parents=True, exist_ok=True)
-    env = {**store_env(backend, tmp), "CACE_CACHE_DIR": str(cache), "OMP_NUM_THREADS": args.threads,
-           "CACE_DATA_DIR": str(DATA_DIR)}
+    env = {
+        **store_env(backend, tmp),
+        "CACE_CACHE_DIR": str(cache),
+        "OMP_NUM_THREADS": args.threads,
+        "CACE_DATA_DIR": str(DATA_DIR),
+    }
     if claim_batch is not None:
         env["CACE_JOB_CLAIM_BATCH"] = str(claim_batch)
     env.update(extra_env or {})
     try:
         with service(env) as srv, httpx.Client(base_url=srv.base_url, timeout=300) as c:
             if warmup:  # e.g. start Ray actors (each loads the runtime) before the timed job
-                w = c.post("/v1/effects", json={"texts": warmup, "method": method, "top_k": args.top_k,
-                                                "mode": "job", "intervention": {"concept": CONCEPT, "target": TARGET}})
+                w = c.post(
+                    "/v1/effects",
+                    json={
+                        "texts": warmup,
+                        "method": method,
+                        "top_k": args.top_k,
+                        "mode": "job",
+                        "intervention": {"concept": CONCEPT, "target": TARGET},
+                    },
+                )
                 while c.get(f"/v1/jobs/{w.json()['id']}").json()["status"] not in ("succeeded", "failed"):
                     time.sleep(0.5)
             cpu0 = cpu_seconds(srv.proc.pid) + tree_cpu_seconds(cpu_group)
             started = time.time()
-            r = c.post("/v1/effects", json={"texts": texts, "method": method, "top_k": args.top_k, "mode": "job",
-                                            "intervention": {"concept": CONCEPT, "target": TARGET}})
+            r = c.post(
+                "/v1/effects",
+                json={
+                    "texts": texts,
+                    "method": method,
+                    "top_k": args.top_k,
+                    "mode": "job",
+                    "intervention": {"concept": CONCEPT, "target": TARGET},
+                },
+            )
             r.raise_for_status()
             job_id = r.json()["id"]
             while True:
@@ -183,8 +243,13 @@ def run_job(method: str, texts: list[str], backend: str, cache: Path, args: argp
             if job["status"] != "succeeded":
                 raise RuntimeError(f"job ended {job['status']}: {job.get('error')}")
             summary = job["result"]["summary"]
-            return {"texts_per_s": len(texts) / seconds, "seconds": seconds, "changed": summary["n_changed"],
-                    "failed": summary["n_failed"], "texts_per_cpu_s": len(texts) / cpu}
+            return {
+                "texts_per_s": len(texts) / seconds,
+                "seconds": seconds,
+                "changed": summary["n_changed"],
+                "failed": summary["n_failed"],
+                "texts_per_cpu_s": len(texts) / cpu,
+            }
     finally:
         if backend == "postgresql":
             drop_pg_prefix(env["CACE_TABLE_PREFIX"])
@@ -201,35 +266,72 @@ def ray_rows(texts: list[str], args: argparse.Namespace, tmp: Path, fresh) -> li
     port = free_port()
     temp = tempfile.mkdtemp(prefix="rayb", dir="/tmp")
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": args.threads}
-    head = subprocess.Popen([ray_bin, "start", "--head", "--block", "--port", str(port), "--node-ip-address",
-                             "127.0.0.1", "--num-cpus", "2", "--include-dashboard=false", "--temp-dir", temp],
-                            env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    head = subprocess.Popen(
+        [
+            ray_bin,
+            "start",
+            "--head",
+            "--block",
+            "--port",
+            str(port),
+            "--node-ip-address",
+            "127.0.0.1",
+            "--num-cpus",
+            "2",
+            "--include-dashboard=false",
+            "--temp-dir",
+            temp,
+        ],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         for _ in range(120):
-            if subprocess.run([ray_bin, "status", "--address", f"127.0.0.1:{port}"], env=env,
-                              capture_output=True).returncode == 0:
+            if (
+                subprocess.run(
+                    [ray_bin, "status", "--address", f"127.0.0.1:{port}"], env=env, capture_output=True
+                ).returncode
+                == 0
+            ):
                 break
             time.sleep(1)
         warm = [f"{t} (warm-up)" for t in texts[:64]]
-        local = run_job("pt_match", texts, "sqlite", fresh("job-ray-local"), args, tmp / "store-ray-local",
-                        warmup=warm)
+        local = run_job(
+            "pt_match", texts, "sqlite", fresh("job-ray-local"), args, tmp / "store-ray-local", warmup=warm
+        )
         print(f"in-process pt_match job: {local}", flush=True)
         # Actors load the runtime once: a warm-up job of 64 other texts starts them before the timed job.
-        ray_env = {"CACE_RAY_ADDRESS": f"127.0.0.1:{port}", "CACE_RAY_ACTORS_PER_CLASSIFIER": "2",
-                   "CACE_INSTANCE_ID": "bench"}
-        on_ray = run_job("pt_match", texts, "sqlite", fresh("job-ray"), args, tmp / "store-ray",
-                         extra_env=ray_env, cpu_group=head.pid, warmup=warm)
+        ray_env = {
+            "CACE_RAY_ADDRESS": f"127.0.0.1:{port}",
+            "CACE_RAY_ACTORS_PER_CLASSIFIER": "2",
+            "CACE_INSTANCE_ID": "bench",
+        }
+        on_ray = run_job(
+            "pt_match",
+            texts,
+            "sqlite",
+            fresh("job-ray"),
+            args,
+            tmp / "store-ray",
+            extra_env=ray_env,
+            cpu_group=head.pid,
+            warmup=warm,
+        )
         print(f"Ray pt_match job: {on_ray}", flush=True)
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         head.wait(60)
         shutil.rmtree(temp, ignore_errors=True)
-    return [f"| pt_match in process (Ray comparison) | sqlite | {len(texts)} | {local['texts_per_cpu_s']:.1f} | | | "
-            f"{local['texts_per_s']:.1f} | | | {local['changed']} | {local['failed']} |",
-            f"| pt_match on a local Ray cluster (2 actors, warm; CPU incl. every Ray process) | sqlite | "
-            f"{len(texts)} | {on_ray['texts_per_cpu_s']:.1f} | | **{on_ray['texts_per_cpu_s'] / local['texts_per_cpu_s']:.0%}"
-            f" of in process** | {on_ray['texts_per_s']:.1f} | | {on_ray['texts_per_s'] / local['texts_per_s']:.0%} | "
-            f"{on_ray['changed']} | {on_ray['failed']} |"]
+    return [
+        f"| pt_match in process (Ray comparison) | sqlite | {len(texts)} | {local['texts_per_cpu_s']:.1f} | | | "
+        f"{local['texts_per_s']:.1f} | | | {local['changed']} | {local['failed']} |",
+        f"| pt_match on a local Ray cluster (2 actors, warm; CPU incl. every Ray process) | sqlite | "
+        f"{len(texts)} | {on_ray['texts_per_cpu_s']:.1f} | | **{on_ray['texts_per_cpu_s'] / local['texts_per_cpu_s']:.0%}"
+        f" of in process** | {on_ray['texts_per_s']:.1f} | | {on_ray['texts_per_s'] / local['texts_per_s']:.0%} | "
+        f"{on_ray['changed']} | {on_ray['failed']} |",
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -238,12 +340,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--methods", default="match,pt_match")
     ap.add_argument("--backends", default="sqlite,postgresql")
     ap.add_argument("--top-k", type=int, default=10)
-    ap.add_argument("--batch", type=int, default=32, help="library chunk size (the service uses its claim batch)")
+    ap.add_argument(
+        "--batch", type=int, default=32, help="library chunk size (the service uses its claim batch)"
+    )
     ap.add_argument("--threads", default="1", help="OMP_NUM_THREADS for every pass")
-    ap.add_argument("--unbatched", type=int, default=0,
-                    help="also run a job with claim batch 1 (the pre-batching path) on this many texts (SQLite)")
-    ap.add_argument("--ray", type=int, default=0,
-                    help="also run pt_match jobs on a local Ray cluster vs in process on this many texts (SQLite)")
+    ap.add_argument(
+        "--unbatched",
+        type=int,
+        default=0,
+        help="also run a job with claim batch 1 (the pre-batching path) on this many texts (SQLite)",
+    )
+    ap.add_argument(
+        "--ray",
+        type=int,
+        default=0,
+        help="also run pt_match jobs on a local Ray cluster vs in process on this many texts (SQLite)",
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "jobs_throughput.md")
     ap.add_argument("--library-pass", help=argparse.SUPPRESS)
     ap.add_argument("--texts-file", type=Path, help=argparse.SUPPRESS)
@@ -276,8 +388,14 @@ def main(argv: list[str] | None = None) -> int:
             libs.append(run_library(method, tmp / "texts.json", fresh(f"lib-{method}-0"), args))
             print(f"{method} library: {libs[-1]}", flush=True)
             for backend in args.backends.split(","):
-                jobs[backend] = run_job(method, texts, backend, fresh(f"job-{method}-{backend}"), args,
-                                        tmp / f"store-{method}-{backend}")
+                jobs[backend] = run_job(
+                    method,
+                    texts,
+                    backend,
+                    fresh(f"job-{method}-{backend}"),
+                    args,
+                    tmp / f"store-{method}-{backend}",
+                )
                 print(f"{method} job {backend}: {jobs[backend]}", flush=True)
                 libs.append(run_library(method, tmp / "texts.json", fresh(f"lib-{method}-{backend}"), args))
                 print(f"{method} library: {libs[-1]}", flush=True)
@@ -290,47 +408,59 @@ def main(argv: list[str] | None = None) -> int:
                     f"| {method} | {backend} | {len(texts)} | {job['texts_per_cpu_s']:.1f} | {lib_cpu:.1f} "
                     f"({cpu_passes}) | **{job['texts_per_cpu_s'] / lib_cpu:.0%}** | {job['texts_per_s']:.1f} | "
                     f"{lib_wall:.1f} ({wall_passes}) | {job['texts_per_s'] / lib_wall:.0%} "
-                    f"| {job['changed']} | {job['failed']} |")
+                    f"| {job['changed']} | {job['failed']} |"
+                )
         if args.ray:
-            rows += ray_rows(texts[:args.ray], args, tmp, fresh)
+            rows += ray_rows(texts[: args.ray], args, tmp, fresh)
         if args.unbatched:
-            sub = texts[:args.unbatched]
-            one = run_job("pt_match", sub, "sqlite", fresh("job-unbatched"), args, tmp / "store-unbatched",
-                          claim_batch=1)
-            rows.append(f"| pt_match, claim batch 1 (the per-item path) | sqlite | {len(sub)} | "
-                        f"{one['texts_per_cpu_s']:.1f} | | | {one['texts_per_s']:.1f} | | | {one['changed']} | "
-                        f"{one['failed']} |")
+            sub = texts[: args.unbatched]
+            one = run_job(
+                "pt_match",
+                sub,
+                "sqlite",
+                fresh("job-unbatched"),
+                args,
+                tmp / "store-unbatched",
+                claim_batch=1,
+            )
+            rows.append(
+                f"| pt_match, claim batch 1 (the per-item path) | sqlite | {len(sub)} | "
+                f"{one['texts_per_cpu_s']:.1f} | | | {one['texts_per_s']:.1f} | | | {one['changed']} | "
+                f"{one['failed']} |"
+            )
     minutes = (time.time() - started) / 60
-    table = "\n".join([
-        "# Effects-job throughput vs the bare library pipeline",
-        "",
-        f"Encoder backend: {os.environ.get('CACE_ENCODER_BACKEND', 'torch')}. "
-        f"{len(texts)} distinct CEBaB texts (dev, then train_exclusive), intervention {CONCEPT} -> {TARGET} with the "
-        f"source inferred by the taggers, K={args.top_k}, in-process tfidf-lr. The issue asks for 10k texts; "
-        f"{len(texts)} keep the run under the shared 2-core box's 15-minute budget (each pass embeds every text).",
-        "",
-        "Library: a fresh process running taggers + `explain_batch` in chunks of "
-        f"{args.batch} (only the pipeline timed). Job: a fresh `cace serve` (2 workers, default claim batch), "
-        "POST to `succeeded`. Every pass starts from the same embedding cache without the benchmark texts. "
-        f"OMP_NUM_THREADS={args.threads} everywhere. Library rate = median of its passes (each listed), run "
-        "alternately with the jobs. Target: job >= 80% of library.",
-        "",
-        "The box is shared by several sessions (load average 6-13 on 2 cores during the run), so wall-clock "
-        "rates swing by 2-5x between passes. The first ratio is therefore per CPU-second: texts per second of "
-        "CPU time the pass consumed (the library process; the whole service process, all threads, from "
-        "/proc), which contention barely moves. Wall-clock rates are listed too. The job's CPU includes "
-        f"answering the benchmark's status polls (every {POLL_S} s); its wall time ends at the job's finished_at. The service runs 2 worker threads, so its wall "
-        "rate can exceed the single-threaded library's.",
-        "",
-        "| method | store | texts | job texts/CPU-s | library texts/CPU-s (passes) | job / library (CPU) "
-        "| job texts/s | library texts/s (passes) | job / library (wall) | changed | failed |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-        *rows,
-        "",
-        f"Machine: {platform.machine()}, {os.cpu_count()} cores (shared with other work), Python "
-        f"{platform.python_version()}. Run took {minutes:.1f} min on {time.strftime('%Y-%m-%d')}.",
-        "",
-    ])
+    table = "\n".join(
+        [
+            "# Effects-job throughput vs the bare library pipeline",
+            "",
+            f"Encoder backend: {os.environ.get('CACE_ENCODER_BACKEND', 'torch')}. "
+            f"{len(texts)} distinct CEBaB texts (dev, then train_exclusive), intervention {CONCEPT} -> {TARGET} with the "
+            f"source inferred by the taggers, K={args.top_k}, in-process tfidf-lr. The issue asks for 10k texts; "
+            f"{len(texts)} keep the run under the shared 2-core box's 15-minute budget (each pass embeds every text).",
+            "",
+            "Library: a fresh process running taggers + `explain_batch` in chunks of "
+            f"{args.batch} (only the pipeline timed). Job: a fresh `cace serve` (2 workers, default claim batch), "
+            "POST to `succeeded`. Every pass starts from the same embedding cache without the benchmark texts. "
+            f"OMP_NUM_THREADS={args.threads} everywhere. Library rate = median of its passes (each listed), run "
+            "alternately with the jobs. Target: job >= 80% of library.",
+            "",
+            "The box is shared by several sessions (load average 6-13 on 2 cores during the run), so wall-clock "
+            "rates swing by 2-5x between passes. The first ratio is therefore per CPU-second: texts per second of "
+            "CPU time the pass consumed (the library process; the whole service process, all threads, from "
+            "/proc), which contention barely moves. Wall-clock rates are listed too. The job's CPU includes "
+            f"answering the benchmark's status polls (every {POLL_S} s); its wall time ends at the job's finished_at. The service runs 2 worker threads, so its wall "
+            "rate can exceed the single-threaded library's.",
+            "",
+            "| method | store | texts | job texts/CPU-s | library texts/CPU-s (passes) | job / library (CPU) "
+            "| job texts/s | library texts/s (passes) | job / library (wall) | changed | failed |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            *rows,
+            "",
+            f"Machine: {platform.machine()}, {os.cpu_count()} cores (shared with other work), Python "
+            f"{platform.python_version()}. Run took {minutes:.1f} min on {time.strftime('%Y-%m-%d')}.",
+            "",
+        ]
+    )
     print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(table)

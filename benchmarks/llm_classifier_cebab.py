@@ -51,8 +51,10 @@ QWEN = CACHE / "models" / "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
 QWEN_NAME = "Qwen2.5-Coder-1.5B-Instruct Q4_K_M (llama.cpp server, CPU)"
 LABELS = ["1", "2", "3", "4", "5"]
 # Instructions first, review last: llama.cpp reuses the shared prompt prefix between requests.
-PROMPT = ("Rate the restaurant review below from 1 (very negative) to 5 (very positive). "
-          "Answer with a single digit: {labels}.\n\nReview: {text}")
+PROMPT = (
+    "Rate the restaurant review below from 1 (very negative) to 5 (very positive). "
+    "Answer with a single digit: {labels}.\n\nReview: {text}"
+)
 SAMPLES = ROOT / "benchmarks" / "results" / "generation_cebab_dev_samples.jsonl"
 
 
@@ -74,14 +76,17 @@ class DiskCachedClassifier:
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         todo = [t for t in dict.fromkeys(texts) if t not in self.rows]
         for i in range(0, len(todo), 8):  # save every few predictions: an interrupted run resumes
-            chunk = todo[i:i + 8]
+            chunk = todo[i : i + 8]
             started = time.perf_counter()
             with metered() as usage:
                 proba = self.inner.predict_proba(chunk)
             self.llm_s += time.perf_counter() - started
             self.scored += len(chunk)
-            self.usage.add(calls=usage.calls, prompt_tokens=usage.prompt_tokens,
-                           completion_tokens=usage.completion_tokens)
+            self.usage.add(
+                calls=usage.calls,
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+            )
             self.rows.update({t: [float(x) for x in row] for t, row in zip(chunk, proba, strict=True)})
             self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.path.with_suffix(".tmp")
@@ -149,18 +154,31 @@ def subset_pool(resources: Any, size: int, seed: int) -> Any:
     """The resources with a random pool subset (for methods that score the whole pool)."""
     pool = resources.pool
     keep = sorted(np.random.default_rng(seed).permutation(len(pool))[:size].tolist())
-    sub = replace(pool, texts=[pool.texts[i] for i in keep], labels=[pool.labels[i] for i in keep],
-                  ids=[pool.ids[i] for i in keep] if pool.ids else None,
-                  origins=[pool.origins[i] for i in keep] if pool.origins else None, pairs=[])
+    sub = replace(
+        pool,
+        texts=[pool.texts[i] for i in keep],
+        labels=[pool.labels[i] for i in keep],
+        ids=[pool.ids[i] for i in keep] if pool.ids else None,
+        origins=[pool.origins[i] for i in keep] if pool.origins else None,
+        pairs=[],
+    )
     return replace(resources, pool=sub, space=None, extra=dict(resources.extra))
 
 
-def row(name: str, k: int | str, est: np.ndarray, truths: np.ndarray, pairs: Sequence[Pair], note: str = "") -> str:
+def row(
+    name: str, k: int | str, est: np.ndarray, truths: np.ndarray, pairs: Sequence[Pair], note: str = ""
+) -> str:
     from explainers.metrics import summarize
 
     s = summarize(est, truths, [p.concept for p in pairs], [p.direction for p in pairs])
-    cells = [f"{s.macro['l2']:.4f}", f"{s.macro['cos']:.4f}", f"{s.macro['normdiff']:.4f}",
-             f"{s.micro['l2']:.4f}", f"{s.micro['cos']:.4f}", f"{s.micro['normdiff']:.4f}"]
+    cells = [
+        f"{s.macro['l2']:.4f}",
+        f"{s.macro['cos']:.4f}",
+        f"{s.macro['normdiff']:.4f}",
+        f"{s.micro['l2']:.4f}",
+        f"{s.micro['cos']:.4f}",
+        f"{s.micro['normdiff']:.4f}",
+    ]
     return f"| {name} | {k} | " + " | ".join(cells) + f" | {note} |"
 
 
@@ -172,21 +190,29 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--small-pool", type=int, default=300, help="pool subset for conexp and s_learner")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1, help="llama.cpp threads (1 is faster on a busy CPU)")
-    ap.add_argument("--root", type=Path, default=ROOT / "var" / "test", help="where the CEBaB concept space is")
+    ap.add_argument(
+        "--root", type=Path, default=ROOT / "var" / "test", help="where the CEBaB concept space is"
+    )
     ap.add_argument("--gguf", type=Path, default=QWEN)
     ap.add_argument("--base-url", default=None, help="use a running OpenAI-compatible server instead")
     ap.add_argument("--cache", type=Path, default=ROOT / "var" / "llm_classifier" / "predictions.json")
-    ap.add_argument("--methods", default="zero,random_matching,approx_match,conexp,s_learner,match,pair_transfer")
-    ap.add_argument("--stack", default="match,pair_transfer,s_learner",
-                    help="methods a stack combines (those that ran); several stacks separated by ';'")
+    ap.add_argument(
+        "--methods", default="zero,random_matching,approx_match,conexp,s_learner,match,pair_transfer"
+    )
+    ap.add_argument(
+        "--stack",
+        default="match,pair_transfer,s_learner",
+        help="methods a stack combines (those that ran); several stacks separated by ';'",
+    )
     ap.add_argument("--no-generate", action="store_true")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "llm_classifier_cebab.md")
     args = ap.parse_args(argv)
     started = time.perf_counter()
     if args.base_url:
         return run(args, args.base_url, started)
-    with LlamaServer(args.gguf, n_ctx=2048, n_threads=args.threads,
-                     log=args.cache.with_name("server.log")) as srv:
+    with LlamaServer(
+        args.gguf, n_ctx=2048, n_threads=args.threads, log=args.cache.with_name("server.log")
+    ) as srv:
         return run(args, srv.base_url, started)
 
 
@@ -194,17 +220,30 @@ def run(args: argparse.Namespace, base_url: str, started: float) -> int:
     from explainers.matching.cebab import ensure_cebab_space, without_texts
     from explainers.matching.stacking import cross_fit
 
-    spec = {"protocol": "openai-chat", "url": base_url, "model": "qwen", "labels": LABELS, "prompt": PROMPT,
-            "scoring": "logprobs", "top_logprobs": 20, "timeout_s": 300, "retries": 1, "max_concurrency": 1}
+    spec = {
+        "protocol": "openai-chat",
+        "url": base_url,
+        "model": "qwen",
+        "labels": LABELS,
+        "prompt": PROMPT,
+        "scoring": "logprobs",
+        "top_logprobs": 20,
+        "timeout_s": 300,
+        "retries": 1,
+        "max_concurrency": 1,
+    }
     args.cache.parent.mkdir(parents=True, exist_ok=True)
     clf = DiskCachedClassifier(build_classifier(spec, cache=False), args.cache)
     log = lambda msg: print(f"[{time.perf_counter() - started:6.0f}s] {msg}", file=sys.stderr, flush=True)  # noqa: E731
     acc_lines, _ = accuracy_lines(clf, args.acc_n, args.seed)
     log(acc_lines[0])
     # The pairs: a stratified subset of the 200 pairs generation_cebab.py generated for, so `generate` has texts.
-    pairs = runner.select_pairs(runner.load_bench_pairs("dev", limit=200, seed=args.seed), args.pairs, args.seed)
-    resources = runner.build_bench_resources("train_inclusive", seed=args.seed,
-                                             exclude_texts=runner.benchmark_texts(pairs))
+    pairs = runner.select_pairs(
+        runner.load_bench_pairs("dev", limit=200, seed=args.seed), args.pairs, args.seed
+    )
+    resources = runner.build_bench_resources(
+        "train_inclusive", seed=args.seed, exclude_texts=runner.benchmark_texts(pairs)
+    )
     space = ensure_cebab_space(args.root, encoder=resources.encoder, log=log)
     keep = set(resources.pool.texts)
     resources.space = without_texts(space, [t for t in space.pool.texts if t not in keep])
@@ -222,34 +261,46 @@ def run(args: argparse.Namespace, base_url: str, started: float) -> int:
             notes[name] = f"not run: {e}"
             continue
         got[name] = runner.estimate_pairs(explainer, pairs, clf, args.k, truths=truths)
-        notes[name] = (f"pool subset {len(res.pool)}; " if res is small else "") + \
-            f"{clf.scored - before} new LLM predictions, {got[name].wall_s:.0f} s"
+        notes[name] = (
+            f"pool subset {len(res.pool)}; " if res is small else ""
+        ) + f"{clf.scored - before} new LLM predictions, {got[name].wall_s:.0f} s"
         log(f"{name}: {notes[name]}")
     stacks = []  # (components, out-of-fold estimates, weights fit on all pairs)
     for spec_ in args.stack.split(";"):
         parts = [n for n in spec_.split(",") if n in got]
         if len(parts) >= 2:
-            cf = cross_fit({n: got[n].estimates for n in parts}, truths, [p.base.original_id for p in pairs],
-                           folds=2, seed=0)
+            cf = cross_fit(
+                {n: got[n].estimates for n in parts},
+                truths,
+                [p.base.original_id for p in pairs],
+                folds=2,
+                seed=0,
+            )
             stacks.append((parts, cf.predictions, cf.weights))
     gen = None if args.no_generate else generate_estimates(pairs, clf)
     wall = time.perf_counter() - started
     u = clf.usage
     lines = [
-        "# A prompted LLM classifier explained: Qwen2.5-1.5B zero-shot CEBaB rating on dev", "",
+        "# A prompted LLM classifier explained: Qwen2.5-1.5B zero-shot CEBaB rating on dev",
+        "",
         f"- classifier: {QWEN_NAME}, zero-shot, behind the `openai-chat` adapter (`scoring: logprobs`: "
-        "top-20 logprobs at the answer position, renormalised over the labels \"1\"..\"5\")",
+        'top-20 logprobs at the answer position, renormalised over the labels "1".."5")',
         f"- prompt: `{PROMPT!r}`",
         *acc_lines,
         f"- pairs: {len(pairs)} CEBaB dev pairs, stratified over (concept, direction) (seed {args.seed}), "
         f"drawn from the 200 pairs of generation_cebab.py; K={args.k}; pool: train_inclusive without the "
         f"pairs' texts ({len(resources.pool)} texts); conexp and s_learner on a random pool subset of "
         f"{len(small.pool)} (scoring the whole pool with the LLM is out of this CPU budget)",
-        *[f"- stack {j + 1}: {' + '.join(parts)}, non-negative weights cross-fit (2 folds by original_id); "
-          f"weights fit on all pairs {weights}" for j, (parts, _, weights) in enumerate(stacks)],
+        *[
+            f"- stack {j + 1}: {' + '.join(parts)}, non-negative weights cross-fit (2 folds by original_id); "
+            f"weights fit on all pairs {weights}"
+            for j, (parts, _, weights) in enumerate(stacks)
+        ],
         f"- generate: Qwen's own counterfactuals from generation_cebab.py (K={gen[2] if gen else '-'}, text checks "
         f"only), re-scored by this classifier; {len(gen[1]) if gen else 0}/{len(pairs)} pairs have samples; "
-        "a pair with none kept is estimated as zero" if gen else "- generate: not run",
+        "a pair with none kept is estimated as zero"
+        if gen
+        else "- generate: not run",
         f"- LLM cost of this run: {clf.scored} new predictions ({len(clf.rows)} cached in total), {u.calls} calls, "
         f"{u.prompt_tokens} prompt + {u.completion_tokens} completion tokens, {clf.llm_s:.0f} s of LLM time "
         f"({clf.llm_s / max(clf.scored, 1):.2f} s per prediction); run wall {wall:.0f} s on 2 shared cores",

@@ -81,9 +81,13 @@ def pct(xs: list[float], q: float) -> float:
 
 
 def body(i: int) -> dict:
-    return {"text": TEXTS[i % len(TEXTS)], "method": "approx", "top_k": 5,
-            "intervention": {"concept": "service", "target": "Positive", "source": "Negative"},
-            "base_labels": LABELS}
+    return {
+        "text": TEXTS[i % len(TEXTS)],
+        "method": "approx",
+        "top_k": 5,
+        "intervention": {"concept": "service", "target": "Positive", "source": "Negative"},
+        "base_labels": LABELS,
+    }
 
 
 async def client(c: httpx.AsyncClient, res: Result, deadline: float, idx: int) -> None:
@@ -138,11 +142,15 @@ async def run_scenario(base: str, sc: Scenario, headers: dict[str, str]) -> Resu
     # One pooled client with a connection per simulated client: building 50 httpx clients
     # (each with its own TLS context) would load the generator, not the service.
     limits = httpx.Limits(max_connections=sc.clients, max_keepalive_connections=sc.clients)
-    async with httpx.AsyncClient(base_url=base, timeout=30.0, headers=headers, limits=limits) as c, \
-            httpx.AsyncClient(base_url=base, timeout=10.0) as p:
+    async with (
+        httpx.AsyncClient(base_url=base, timeout=30.0, headers=headers, limits=limits) as c,
+        httpx.AsyncClient(base_url=base, timeout=10.0) as p,
+    ):
         start = time.monotonic()
         deadline = start + sc.seconds
-        await asyncio.gather(probe(p, res, deadline), *(client(c, res, deadline, i) for i in range(sc.clients)))
+        await asyncio.gather(
+            probe(p, res, deadline), *(client(c, res, deadline, i) for i in range(sc.clients))
+        )
         res.wall = time.monotonic() - start
     after = shed_total(base)
     res.shed_metric = None if after is None else after - shed_before
@@ -156,14 +164,36 @@ async def run_scenario(base: str, sc: Scenario, headers: dict[str, str]) -> Resu
 @contextlib.contextmanager
 def service(env: dict[str, str], data_dir: Path, port: int, log: Path) -> Iterator[str]:
     """The real service in its own process group; yields its base URL once /readyz says ready."""
-    full = {**os.environ, "OMP_NUM_THREADS": "2", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
-            "CACE_DATA_DIR": str(data_dir), "CACE_DEFAULT_TAGGERS": "false", "CACE_DEFAULT_SPACE": "false",
-            "CACE_LOG_FORMAT": "json", **env}
+    full = {
+        **os.environ,
+        "OMP_NUM_THREADS": "2",
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_HUB_OFFLINE": "1",
+        "CACE_DATA_DIR": str(data_dir),
+        "CACE_DEFAULT_TAGGERS": "false",
+        "CACE_DEFAULT_SPACE": "false",
+        "CACE_LOG_FORMAT": "json",
+        **env,
+    }
     py = ROOT / ".venv" / "bin" / "python"
     with open(log, "wb") as fh:
-        proc = subprocess.Popen([str(py if py.exists() else sys.executable), "-m", "app.cli", "serve",
-                                 "--port", str(port), "--log-level", "warning"],
-                                cwd=ROOT, env=full, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [
+                str(py if py.exists() else sys.executable),
+                "-m",
+                "app.cli",
+                "serve",
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+            ],
+            cwd=ROOT,
+            env=full,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 600
@@ -204,12 +234,16 @@ def fmt_ms(x: float) -> str:
 
 
 def report(results: list[Result], meta: dict[str, str]) -> str:
-    lines = ["# Load test: POST /v1/explanations on loopback", "",
-             f"Machine: {meta['machine']}; service: {meta['service']}. Workload: {meta['workload']}.", "",
-             "| scenario | clients | s | requests | ok/s | 200 | 429 | 503 | 504 | other | client errors "
-             "| p50 ok ms | p99 ok ms | p50 all ms | p99 all ms | max ms | Retry-After | /healthz p99 ms "
-             "| alive after |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Load test: POST /v1/explanations on loopback",
+        "",
+        f"Machine: {meta['machine']}; service: {meta['service']}. Workload: {meta['workload']}.",
+        "",
+        "| scenario | clients | s | requests | ok/s | 200 | 429 | 503 | 504 | other | client errors "
+        "| p50 ok ms | p99 ok ms | p50 all ms | p99 all ms | max ms | Retry-After | /healthz p99 ms "
+        "| alive after |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in results:
         n = sum(r.statuses.values())
         other = n - sum(r.statuses[c] for c in (200, 429, 503, 504))
@@ -221,7 +255,8 @@ def report(results: list[Result], meta: dict[str, str]) -> str:
             f"| {fmt_ms(pct(r.latencies_all, 50))} | {fmt_ms(pct(r.latencies_all, 99))} "
             f"| {fmt_ms(max(r.latencies_all) if r.latencies_all else float('nan'))} "
             f"| {','.join(sorted(r.retry_after)) or '–'} "
-            f"| {fmt_ms(pct(health_ok, 99))} ({len(health_ok)}/{len(r.health)} ok) | {'yes' if r.alive_after else 'NO'} |")
+            f"| {fmt_ms(pct(health_ok, 99))} ({len(health_ok)}/{len(r.health)} ok) | {'yes' if r.alive_after else 'NO'} |"
+        )
     lines += ["", "Scenario settings:", ""]
     for r in results:
         env = " ".join(f"{k}={v}" for k, v in r.scenario.env.items())
@@ -229,13 +264,17 @@ def report(results: list[Result], meta: dict[str, str]) -> str:
         shed = f"; server-side shed counter +{r.shed_metric:.0f}" if r.shed_metric is not None else ""
         errs = f"; client errors: {dict(r.errors)}" if r.errors else ""
         lines.append(f"- **{r.scenario.name}**: {r.scenario.note} ({env or 'defaults'}{extra}{shed}{errs})")
-    lines += ["", "What to look for: under overload the excess is refused at once with 503 + Retry-After and "
-              "over the key's rate with 429 + Retry-After; no request times out (client errors 0, no 504), "
-              "/healthz keeps answering, and the process is alive afterwards. Latencies are end to end on a "
-              "machine whose load average is in the header: when it is far above the CPU count, every process "
-              "(the service's event loop and the load generator included) waits for CPU, which inflates the "
-              "admitted requests' p99 and slows the rate at which refusals are produced. Capacity comes from "
-              "more replicas (HPA) or processes, not from a larger in-flight cap.", ""]
+    lines += [
+        "",
+        "What to look for: under overload the excess is refused at once with 503 + Retry-After and "
+        "over the key's rate with 429 + Retry-After; no request times out (client errors 0, no 504), "
+        "/healthz keeps answering, and the process is alive afterwards. Latencies are end to end on a "
+        "machine whose load average is in the header: when it is far above the CPU count, every process "
+        "(the service's event loop and the load generator included) waits for CPU, which inflates the "
+        "admitted requests' p99 and slows the rate at which refusals are produced. Capacity comes from "
+        "more replicas (HPA) or processes, not from a larger in-flight cap.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -244,18 +283,36 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--url", help="target an already running service instead of starting one")
     ap.add_argument("--scenarios", default="steady,overload,ratelimit")
     ap.add_argument("--quick", action="store_true", help="10 s per scenario")
-    ap.add_argument("--data-dir", type=Path, default=Path(os.environ.get("CACE_TEST_DATA_DIR", ROOT / "var" / "test")))
+    ap.add_argument(
+        "--data-dir", type=Path, default=Path(os.environ.get("CACE_TEST_DATA_DIR", ROOT / "var" / "test"))
+    )
     ap.add_argument("--pool", default="train_inclusive", help="CEBaB split for the pool (CACE_DEFAULT_POOL)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "load.md")
     args = ap.parse_args(argv)
     quick = args.quick
     scenarios = {
-        "steady": Scenario("steady", 4, 10 if quick else 20, {"CACE_MAX_INFLIGHT": "16"},
-                           note="4 clients, in-flight cap 16: within capacity"),
-        "overload": Scenario("overload", 50, 10 if quick else 60, {"CACE_MAX_INFLIGHT": "4"},
-                             note="50 clients against an in-flight cap of 4 (2 cores): the excess must be shed"),
-        "ratelimit": Scenario("ratelimit", 50, 10 if quick else 20, {"CACE_MAX_INFLIGHT": "64"}, key_rate=20.0,
-                              note="50 clients sharing one API key limited to 20 req/s"),
+        "steady": Scenario(
+            "steady",
+            4,
+            10 if quick else 20,
+            {"CACE_MAX_INFLIGHT": "16"},
+            note="4 clients, in-flight cap 16: within capacity",
+        ),
+        "overload": Scenario(
+            "overload",
+            50,
+            10 if quick else 60,
+            {"CACE_MAX_INFLIGHT": "4"},
+            note="50 clients against an in-flight cap of 4 (2 cores): the excess must be shed",
+        ),
+        "ratelimit": Scenario(
+            "ratelimit",
+            50,
+            10 if quick else 20,
+            {"CACE_MAX_INFLIGHT": "64"},
+            key_rate=20.0,
+            note="50 clients sharing one API key limited to 20 req/s",
+        ),
     }
     chosen = [scenarios[s.strip()] for s in args.scenarios.split(",") if s.strip()]
     results: list[Result] = []
@@ -266,13 +323,20 @@ def main(argv: list[str] | None = None) -> int:
         if args.url:
             base_cm = contextlib.nullcontext(args.url.rstrip("/"))
         else:
-            env = {"CACE_DEFAULT_POOL": args.pool, "CACE_DATABASE_URL": f"sqlite:///{tmp / (sc.name + '.sqlite')}",
-                   "CACE_RATE_LIMIT_PER_S": "0", **sc.env}
+            env = {
+                "CACE_DEFAULT_POOL": args.pool,
+                "CACE_DATABASE_URL": f"sqlite:///{tmp / (sc.name + '.sqlite')}",
+                "CACE_RATE_LIMIT_PER_S": "0",
+                **sc.env,
+            }
             base_cm = service(env, args.data_dir, free_port(), tmp / f"{sc.name}.log")
         with base_cm as base:
             if sc.key_rate:
-                r = httpx.post(base + "/v1/keys", json={"name": f"load-{sc.name}", "scopes": ["explain"],
-                                                       "rate_limit_per_s": sc.key_rate}, timeout=30)
+                r = httpx.post(
+                    base + "/v1/keys",
+                    json={"name": f"load-{sc.name}", "scopes": ["explain"], "rate_limit_per_s": sc.key_rate},
+                    timeout=30,
+                )
                 r.raise_for_status()
                 headers = {"Authorization": f"Bearer {r.json()['key']}"}
             warm = httpx.post(base + "/v1/explanations", json=body(0), headers=headers, timeout=60)
@@ -281,17 +345,29 @@ def main(argv: list[str] | None = None) -> int:
             print(f"running {sc.name}: {sc.clients} clients for {sc.seconds:g} s", file=sys.stderr)
             res = asyncio.run(run_scenario(base, sc, headers))
             results.append(res)
-            print(json.dumps({"scenario": sc.name, "statuses": dict(res.statuses), "errors": dict(res.errors),
-                              "p50_ok": pct(res.latencies_ok, 50), "p99_ok": pct(res.latencies_ok, 99)}),
-                  file=sys.stderr)
+            print(
+                json.dumps(
+                    {
+                        "scenario": sc.name,
+                        "statuses": dict(res.statuses),
+                        "errors": dict(res.errors),
+                        "p50_ok": pct(res.latencies_ok, 50),
+                        "p99_ok": pct(res.latencies_ok, 99),
+                    }
+                ),
+                file=sys.stderr,
+            )
     load = os.getloadavg()
-    meta = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs shared with other work (load average "
-                       f"{load_before[0]:.1f} before, {load[0]:.1f} after; the load generator runs on the same "
-                       f"CPUs), Python {platform.python_version()}",
-            "service": "one uvicorn process, reference tfidf-lr classifier in-process, "
-                       f"CEBaB {args.pool} pool" if not args.url else args.url,
-            "workload": "approx, K=5, intervention service Negative->Positive, labels given, "
-                        f"{len(TEXTS)} rotating texts, no client retries, client timeout 30 s"}
+    meta = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs shared with other work (load average "
+        f"{load_before[0]:.1f} before, {load[0]:.1f} after; the load generator runs on the same "
+        f"CPUs), Python {platform.python_version()}",
+        "service": f"one uvicorn process, reference tfidf-lr classifier in-process, CEBaB {args.pool} pool"
+        if not args.url
+        else args.url,
+        "workload": "approx, K=5, intervention service Negative->Positive, labels given, "
+        f"{len(TEXTS)} rotating texts, no client retries, client timeout 30 s",
+    }
     md = report(results, meta)
     print(md)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -99,7 +99,9 @@ def main(argv=None) -> int:
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--ks", default="1,5,10")
     p.add_argument("--retrain", action="store_true")
-    p.add_argument("--space-only", action="store_true", help="build the space and its hit rates, no faithfulness")
+    p.add_argument(
+        "--space-only", action="store_true", help="build the space and its hit rates, no faithfulness"
+    )
     args = p.parse_args(argv)
     ks = [int(k) for k in args.ks.split(",")]
     pairs = runner.load_bench_pairs("dev", limit=args.limit)
@@ -125,9 +127,13 @@ def main(argv=None) -> int:
         started = time.perf_counter()
         got, rows, verdicts, fitted = {}, [], [], {}
         for prefix, (_, space, pool) in settings.items():
-            res = replace(resources, pool=pool, space=space, extra=dict(resources.extra) if not prefix else {})
+            res = replace(
+                resources, pool=pool, space=space, extra=dict(resources.extra) if not prefix else {}
+            )
             got.update(run_methods(cached, pairs, res, BASELINES + METHODS, ks, prefix=prefix))
-            st, fits = stacked(got, pairs, ks, components=tuple(prefix + n for n in STACK), label=prefix + "stacked")
+            st, fits = stacked(
+                got, pairs, ks, components=tuple(prefix + n for n in STACK), label=prefix + "stacked"
+            )
             got.update(st)
             fitted[prefix] = {k: f.weights for k, f in fits.items()}
             rows += [prefix + n for n in (*BASELINES, *METHODS, "stacked")]

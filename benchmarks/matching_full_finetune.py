@@ -33,11 +33,21 @@ def prepare(out: Path) -> None:
 
     out.mkdir(parents=True, exist_ok=True)
     pool = cebab_pool("train_inclusive")
-    dev = list(dict.fromkeys(t for p in build_pairs(load_split("dev")) for t in (p.base.text, p.counterfactual.text)))
+    dev = list(
+        dict.fromkeys(t for p in build_pairs(load_split("dev")) for t in (p.base.text, p.counterfactual.text))
+    )
     texts = list(dict.fromkeys(pool.texts + dev))
-    (out / "bundle.json").write_text(json.dumps({"pool_texts": pool.texts, "labels": pool.labels,
-                                                 "origins": pool.origins, "concepts": pool.schema.names,
-                                                 "texts": texts}))
+    (out / "bundle.json").write_text(
+        json.dumps(
+            {
+                "pool_texts": pool.texts,
+                "labels": pool.labels,
+                "origins": pool.origins,
+                "concepts": pool.schema.names,
+                "texts": texts,
+            }
+        )
+    )
     model = SentenceTransformer(resolve_model("all-MiniLM-L6-v2"), device="cpu")
     model.half()
     model.save(str(out / "model"))
@@ -54,17 +64,31 @@ def train(bundle_dir: Path, out: Path, budget_s: float = 110.0) -> None:
     data = json.loads((bundle_dir / "bundle.json").read_text())
     device = "cuda" if torch.cuda.is_available() else "cpu"
     cfg = TrainConfig(lr=5e-6, epochs=8, batch_size=32, max_a=8, max_n=8)
-    facts = {"device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu", "config": cfg.to_dict(),
-             "budget_s_per_concept": budget_s, "concepts": {}}
+    facts = {
+        "device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
+        "config": cfg.to_dict(),
+        "budget_s_per_concept": budget_s,
+        "concepts": {},
+    }
     started = time.perf_counter()
     base = SentenceTransformer(str(bundle_dir / "model"), device=device).float()
     vec = base.encode(data["texts"], batch_size=256, normalize_embeddings=True, convert_to_numpy=True)
     np.save(out / "pretrained.npy", vec.astype(np.float16))
     for c in data["concepts"]:
         model_dir = Path("/tmp/ft") / c
-        info = train_full(data["pool_texts"], data["labels"], data["origins"], c, data["concepts"], model_dir,
-                          base_model=str(bundle_dir / "model"), config=cfg, device=device, time_budget_s=budget_s,
-                          log=print)
+        info = train_full(
+            data["pool_texts"],
+            data["labels"],
+            data["origins"],
+            c,
+            data["concepts"],
+            model_dir,
+            base_model=str(bundle_dir / "model"),
+            config=cfg,
+            device=device,
+            time_budget_s=budget_s,
+            log=print,
+        )
         ft = SentenceTransformer(str(model_dir), device=device)
         vec = ft.encode(data["texts"], batch_size=256, normalize_embeddings=True, convert_to_numpy=True)
         np.save(out / f"{c}.npy", vec.astype(np.float16))

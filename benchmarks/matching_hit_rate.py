@@ -47,11 +47,17 @@ def main() -> int:
     names = dev.schema.names
     rows = {}
     spaces = {"pretrained MiniLM": ConceptSpace(dev, enc, base_vectors=base_dev)}
-    for label, lambdas in (("head, lambdas TC+TA+AN (ours)", DEFAULT_LAMBDAS),
-                           ("head, lambdas TC+TA+AC (paper)", PAPER_LAMBDAS)):
+    for label, lambdas in (
+        ("head, lambdas TC+TA+AN (ours)", DEFAULT_LAMBDAS),
+        ("head, lambdas TC+TA+AC (paper)", PAPER_LAMBDAS),
+    ):
         t = time.perf_counter()
-        heads = {c: train_head(base_train, train.labels, train.origins, c, names,
-                               TrainConfig(lambdas=dict(lambdas)))[0] for c in names}
+        heads = {
+            c: train_head(
+                base_train, train.labels, train.origins, c, names, TrainConfig(lambdas=dict(lambdas))
+            )[0]
+            for c in names
+        }
         spaces[label] = ConceptSpace(dev, enc, heads=heads, base_vectors=base_dev)
         print(label, f"{time.perf_counter() - t:.0f} s", file=sys.stderr)
     full = ROOT / "var" / "full_ft"
@@ -68,17 +74,22 @@ def main() -> int:
         known = set(texts)
         small = without_texts(spaces["pretrained MiniLM"], [t for t in dev.texts if t not in known]).pool
         spaces["full fine-tune (GPU, lr 5e-6, 4-6 epochs) [paired dev texts only]"] = ConceptSpace(
-            small, enc, encoders=encs)
+            small, enc, encoders=encs
+        )
         spaces["pretrained MiniLM [paired dev texts only]"] = ConceptSpace(small, enc)
     for label, sp in spaces.items():
         sp.build_indices()
         rows[label] = {c: sp.nearest_counterfactual_hit_rate(c) for c in names}
         print(label, rows[label], file=sys.stderr)
-    lines = ["# Nearest-counterfactual hit rate on CEBaB dev (held out)", "",
-             f"- dev pool: {len(dev)} texts, {len(dev.pairs)} pairs; spaces trained on train_inclusive only",
-             "- hit = the pair's counterfactual is the base's nearest dev text with the target value and the "
-             "base's confounder labels", "",
-             *hit_rate_table(rows, names)]
+    lines = [
+        "# Nearest-counterfactual hit rate on CEBaB dev (held out)",
+        "",
+        f"- dev pool: {len(dev)} texts, {len(dev.pairs)} pairs; spaces trained on train_inclusive only",
+        "- hit = the pair's counterfactual is the base's nearest dev text with the target value and the "
+        "base's confounder labels",
+        "",
+        *hit_rate_table(rows, names),
+    ]
     out = ROOT / "benchmarks" / "results" / "matching_hit_rate.md"
     out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

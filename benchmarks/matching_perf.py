@@ -75,8 +75,10 @@ def index_rows(base: np.ndarray, sizes: list[int], n_queries: int) -> list[str]:
                 got.append(np.pad(h.ids, (0, 10 - len(h.ids)), constant_values=-1))
             faiss.omp_set_num_threads(2)
             rec = recall_at_k(np.stack(got), exact)
-            rows.append(f"| {n:,} | {idx.kind} | {pct(lat, 50):.3f} | {pct(lat, 99):.3f} | {build_s:.1f} | "
-                        f"{max(mem, 0):.0f} | {rec:.3f} | {idx.info.get('breadth', '-')} |")
+            rows.append(
+                f"| {n:,} | {idx.kind} | {pct(lat, 50):.3f} | {pct(lat, 99):.3f} | {build_s:.1f} | "
+                f"{max(mem, 0):.0f} | {rec:.3f} | {idx.info.get('breadth', '-')} |"
+            )
             print(rows[-1], flush=True)
             del idx
         del x
@@ -98,12 +100,16 @@ def embedding_rows(texts: list[str]) -> list[str]:
     t = time.perf_counter()
     enc.encode(texts)
     ours_warm = len(texts) / (time.perf_counter() - t)
-    return [f"| sentence-transformers `encode` (batch 64) | {st:.0f} |",
-            f"| `Encoder.encode`, texts not cached | {ours_cold:.0f} |",
-            f"| `Encoder.encode`, texts cached | {ours_warm:,.0f} |"]
+    return [
+        f"| sentence-transformers `encode` (batch 64) | {st:.0f} |",
+        f"| `Encoder.encode`, texts not cached | {ours_cold:.0f} |",
+        f"| `Encoder.encode`, texts cached | {ours_warm:,.0f} |",
+    ]
 
 
-def explanation_rows(base_texts: list[str], base_vecs: np.ndarray, n_pool: int, queries: list[str]) -> list[str]:
+def explanation_rows(
+    base_texts: list[str], base_vecs: np.ndarray, n_pool: int, queries: list[str]
+) -> list[str]:
     """Whole `match` explanations (K=10) with in-process tfidf-lr over a synthetic-vector pool of n_pool texts."""
     from explainers.concepts import CEBAB_SCHEMA, Intervention
     from explainers.data.pool import Pool
@@ -115,8 +121,10 @@ def explanation_rows(base_texts: list[str], base_vecs: np.ndarray, n_pool: int, 
     rng = np.random.default_rng(1)
     pick = rng.integers(0, len(base_texts), size=n_pool)
     vals = ("Positive", "Negative", "unknown")
-    labels = [{c: vals[int(v)] for c, v in zip(CEBAB_SCHEMA.names, rng.integers(0, 3, size=4), strict=True)}
-              for _ in range(n_pool)]
+    labels = [
+        {c: vals[int(v)] for c, v in zip(CEBAB_SCHEMA.names, rng.integers(0, 3, size=4), strict=True)}
+        for _ in range(n_pool)
+    ]
     pool = Pool([base_texts[i] for i in pick], labels, CEBAB_SCHEMA)
     vecs = synthetic(base_vecs, n_pool, rng)
     space = ConceptSpace(pool, Encoder(), base_vectors=vecs)
@@ -129,16 +137,20 @@ def explanation_rows(base_texts: list[str], base_vecs: np.ndarray, n_pool: int, 
     lab = {c: "Positive" for c in CEBAB_SCHEMA.names}
     iv = Intervention("food", "Negative", "Positive")
     rows = []
-    for what, texts in (("query embedding cached", queries),
-                        ("query embedded at request time", [q + f" (visit {i})" for i, q in enumerate(queries)])):
+    for what, texts in (
+        ("query embedding cached", queries),
+        ("query embedded at request time", [q + f" (visit {i})" for i, q in enumerate(queries)]),
+    ):
         lat = []
         for i, q in enumerate(texts):
             t = time.perf_counter()
             exp.explain(q, iv, clf, top_k=10, base_labels=lab)
             if i:  # the first call loads the models
                 lat.append(time.perf_counter() - t)
-        rows.append(f"| {n_pool:,} | match, K=10, tfidf-lr in process, {what} | {pct(lat, 50):.2f} | "
-                    f"{pct(lat, 99):.2f} | {len(lat)} |")
+        rows.append(
+            f"| {n_pool:,} | match, K=10, tfidf-lr in process, {what} | {pct(lat, 50):.2f} | "
+            f"{pct(lat, 99):.2f} | {len(lat)} |"
+        )
     return rows
 
 
@@ -146,9 +158,15 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--sizes", default="10000,100000,1000000")
     p.add_argument("--queries", type=int, default=300)
-    p.add_argument("--seed-vectors", type=Path, default=None,
-                   help="a .npy of real embeddings to shape the synthetic pools (else: embed CEBaB train_inclusive)")
-    p.add_argument("--index-only", action="store_true", help="only the FAISS rows (for a machine without the models)")
+    p.add_argument(
+        "--seed-vectors",
+        type=Path,
+        default=None,
+        help="a .npy of real embeddings to shape the synthetic pools (else: embed CEBaB train_inclusive)",
+    )
+    p.add_argument(
+        "--index-only", action="store_true", help="only the FAISS rows (for a machine without the models)"
+    )
     p.add_argument("--out", type=Path, default=RESULTS / "matching_perf.md")
     p.add_argument("--machine", default=f"{os.cpu_count()} CPU cores")
     args = p.parse_args(argv)
@@ -161,22 +179,38 @@ def main(argv=None) -> int:
 
         pool = cebab_pool("train_inclusive")
         base = Encoder().encode(pool.texts)
-    lines = ["# Matching performance", "",
-             f"- machine: {args.machine}; FAISS single-threaded "
-             "per query; synthetic pools = real CEBaB MiniLM vectors + noise, renormalised",
-             "- latency excludes the classifier and the query embedding (vector in hand); recall@10 vs exact search "
-             "on held-out synthetic queries; memory = RSS growth while building", "",
-             "| pool | index | p50 ms | p99 ms | build s | memory MB | recall@10 | efSearch/nprobe |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Matching performance",
+        "",
+        f"- machine: {args.machine}; FAISS single-threaded "
+        "per query; synthetic pools = real CEBaB MiniLM vectors + noise, renormalised",
+        "- latency excludes the classifier and the query embedding (vector in hand); recall@10 vs exact search "
+        "on held-out synthetic queries; memory = RSS growth while building",
+        "",
+        "| pool | index | p50 ms | p99 ms | build s | memory MB | recall@10 | efSearch/nprobe |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     lines += index_rows(base, [int(s) for s in args.sizes.split(",")], args.queries)
     if args.index_only:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text("\n".join(lines) + "\n")
         print("\n".join(lines))
         return 0
-    lines += ["", "## Embedding throughput (texts/s, all-MiniLM-L6-v2, CPU)", "", "| path | texts/s |", "|---|---|"]
+    lines += [
+        "",
+        "## Embedding throughput (texts/s, all-MiniLM-L6-v2, CPU)",
+        "",
+        "| path | texts/s |",
+        "|---|---|",
+    ]
     lines += embedding_rows(pool.texts[:512])
-    lines += ["", "## Whole explanation", "", "| pool | what | p50 ms | p99 ms | queries |", "|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Whole explanation",
+        "",
+        "| pool | what | p50 ms | p99 ms | queries |",
+        "|---|---|---|---|---|",
+    ]
     queries = pool.texts[:101]
     Encoder().encode(queries)
     lines += explanation_rows(pool.texts, base, 100_000, queries)

@@ -40,8 +40,14 @@ def cpu_step_seconds(steps: int, data_dir: Path | None, meta: dict) -> float:
     texts, y = rated(load_split("train_exclusive", data_dir))
     bs = int(meta.get("batch_size", 16))
     with tempfile.TemporaryDirectory() as tmp:
-        facts = fine_tune(texts[: steps * bs], y[: steps * bs], Path(tmp), epochs=1, batch_size=bs,
-                          lr=float(meta.get("lr", 1e-4)))
+        facts = fine_tune(
+            texts[: steps * bs],
+            y[: steps * bs],
+            Path(tmp),
+            epochs=1,
+            batch_size=bs,
+            lr=float(meta.get("lr", 1e-4)),
+        )
     return facts["train_seconds"] / facts["steps"]
 
 
@@ -49,7 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--root", type=Path, default=Path("var"))
     ap.add_argument("--data", type=Path, default=None)
-    ap.add_argument("--measure-steps", type=int, default=0, help="time this many minilm-ft CPU steps (0: skip)")
+    ap.add_argument(
+        "--measure-steps", type=int, default=0, help="time this many minilm-ft CPU steps (0: skip)"
+    )
     args = ap.parse_args(argv)
     rows = []
     notes = []
@@ -74,22 +82,26 @@ def main(argv: list[str] | None = None) -> int:
     header = ["model", "format", "dev accuracy", "macro-F1", "MAE (stars)", "train seconds", "dev texts/s"]
     table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, fmt, e, train in rows:
-        table.append(f"| {name} | {fmt} | {e['accuracy']:.4f} | {e['macro_f1']:.4f} | {e['mae']:.3f} | {train} "
-                     f"| {e['texts_per_second']:.0f} |")
-    md = "\n".join([
-        "# Reference classifiers on CEBaB dev",
-        "",
-        f"5-way review_majority, trained on train_exclusive (no majority dropped); dev has {ev['n']} rated "
-        "reviews. Throughput is in-process `predict_proba` over all of dev, torch at 2 threads, on a 2-core "
-        "machine shared with other jobs (a lower bound).",
-        "",
-        *table,
-        "",
-        *notes,
-        "",
-        "Command: `python benchmarks/reference_classifiers.py`",
-        "",
-    ])
+        table.append(
+            f"| {name} | {fmt} | {e['accuracy']:.4f} | {e['macro_f1']:.4f} | {e['mae']:.3f} | {train} "
+            f"| {e['texts_per_second']:.0f} |"
+        )
+    md = "\n".join(
+        [
+            "# Reference classifiers on CEBaB dev",
+            "",
+            f"5-way review_majority, trained on train_exclusive (no majority dropped); dev has {ev['n']} rated "
+            "reviews. Throughput is in-process `predict_proba` over all of dev, torch at 2 threads, on a 2-core "
+            "machine shared with other jobs (a lower bound).",
+            "",
+            *table,
+            "",
+            *notes,
+            "",
+            "Command: `python benchmarks/reference_classifiers.py`",
+            "",
+        ]
+    )
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(md)
     print(md)

@@ -42,8 +42,15 @@ def latency(c: httpx.Client, method: str, sample: list[str]) -> dict[str, float]
     times = []
     for t in sample:
         started = time.perf_counter()
-        r = c.post("/v1/explanations", json={"text": t, "method": method, "top_k": 5,
-                                             "intervention": {"concept": "food", "target": "Negative"}})
+        r = c.post(
+            "/v1/explanations",
+            json={
+                "text": t,
+                "method": method,
+                "top_k": 5,
+                "intervention": {"concept": "food", "target": "Negative"},
+            },
+        )
         r.raise_for_status()
         times.append((time.perf_counter() - started) * 1000)
     return {"p50": float(np.percentile(times, 50)), "p99": float(np.percentile(times, 99)), "n": len(times)}
@@ -51,8 +58,16 @@ def latency(c: httpx.Client, method: str, sample: list[str]) -> dict[str, float]
 
 def job_rate(c: httpx.Client, sample: list[str]) -> float:
     started = time.perf_counter()
-    r = c.post("/v1/effects", json={"texts": sample, "method": "pt_match", "top_k": 5, "mode": "job",
-                                    "intervention": {"concept": "food", "target": "Negative"}})
+    r = c.post(
+        "/v1/effects",
+        json={
+            "texts": sample,
+            "method": "pt_match",
+            "top_k": 5,
+            "mode": "job",
+            "intervention": {"concept": "food", "target": "Negative"},
+        },
+    )
     r.raise_for_status()
     job_id = r.json()["id"]
     while c.get(f"/v1/jobs/{job_id}").json()["status"] not in ("succeeded", "failed", "cancelled"):
@@ -76,25 +91,31 @@ def main(argv: list[str] | None = None) -> int:
                         for method in ("pt_match", "match"):
                             latency(c, method, sample[:5])  # warm the caches
                             lat = latency(c, method, sample[: args.n_requests])
-                            rows.append(f"| POST /v1/explanations {method}, K=5 | {lat['n']} requests | "
-                                        f"p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms |")
+                            rows.append(
+                                f"| POST /v1/explanations {method}, K=5 | {lat['n']} requests | "
+                                f"p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms |"
+                            )
                     rate = job_rate(c, sample[: args.n_texts])
-                    rows.append(f"| effects job pt_match K=5, {backend} store | {args.n_texts} texts | "
-                                f"{rate:.1f} texts/s end to end |")
+                    rows.append(
+                        f"| effects job pt_match K=5, {backend} store | {args.n_texts} texts | "
+                        f"{rate:.1f} texts/s end to end |"
+                    )
             finally:
                 if backend == "postgresql":
                     drop_pg_prefix(env["CACE_TABLE_PREFIX"])
-    table = "\n".join([
-        "# Service latency and job throughput",
-        "",
-        f"Machine: {platform.machine()}, {os.cpu_count()} CPUs (shared with other work while measured); "
-        "classifier tfidf-lr in-process; 2 job worker threads; one uvicorn process.",
-        "",
-        "| what | size | result |",
-        "|---|---|---|",
-        *rows,
-        "",
-    ])
+    table = "\n".join(
+        [
+            "# Service latency and job throughput",
+            "",
+            f"Machine: {platform.machine()}, {os.cpu_count()} CPUs (shared with other work while measured); "
+            "classifier tfidf-lr in-process; 2 job worker threads; one uvicorn process.",
+            "",
+            "| what | size | result |",
+            "|---|---|---|",
+            *rows,
+            "",
+        ]
+    )
     print(table)
     out = ROOT / "benchmarks" / "results" / "service_latency.md"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -30,8 +30,12 @@ from explainers.taggers import TaggerSet, cebab_corpus  # noqa: E402
 OUT = ROOT / "benchmarks" / "results" / "taggers.md"
 
 
-def majority_accuracy(train_labels: list[dict[str, str]], dev_labels: list[dict[str, str]], concept: str,
-                      values: tuple[str, ...]) -> float:
+def majority_accuracy(
+    train_labels: list[dict[str, str]],
+    dev_labels: list[dict[str, str]],
+    concept: str,
+    values: tuple[str, ...],
+) -> float:
     """Accuracy of always answering train's most common value for `concept`."""
     top = Counter(r[concept] for r in train_labels if r.get(concept) in values).most_common(1)[0][0]
     gold = [r[concept] for r in dev_labels if r.get(concept) in values]
@@ -48,7 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     names = CEBAB_SCHEMA.names
     rows = []
     maj = {c: majority_accuracy(labels, dev_labels, c, CEBAB_SCHEMA[c].values) for c in names}
-    rows.append(("majority class", *(f"{maj[c]:.3f}" for c in names), f"{sum(maj.values()) / 4:.3f}", "-", "-"))
+    rows.append(
+        ("majority class", *(f"{maj[c]:.3f}" for c in names), f"{sum(maj.values()) / 4:.3f}", "-", "-")
+    )
     n = {}
     for feats in args.features:
         ts = TaggerSet(CEBAB_SCHEMA, features=feats.split(","))
@@ -60,27 +66,37 @@ def main(argv: list[str] | None = None) -> int:
         pred_s = time.perf_counter() - started
         n = {c: acc[c]["n"] for c in names}
         mean = sum(acc[c]["accuracy"] for c in names) / len(names)
-        rows.append((feats.replace(",", " + "), *(f"{acc[c]['accuracy']:.3f}" for c in names), f"{mean:.3f}",
-                     f"{fit_s:.1f}", f"{len(dev_texts) / pred_s:.0f}"))
+        rows.append(
+            (
+                feats.replace(",", " + "),
+                *(f"{acc[c]['accuracy']:.3f}" for c in names),
+                f"{mean:.3f}",
+                f"{fit_s:.1f}",
+                f"{len(dev_texts) / pred_s:.0f}",
+            )
+        )
         print(rows[-1], flush=True)
     header = ["features", *names, "mean", "fit s", "dev texts/s"]
     table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     table += ["| " + " | ".join(r) + " |" for r in rows]
-    md = "\n".join([
-        "# Concept taggers: CEBaB dev accuracy per concept",
-        "",
-        f"Trained on train_inclusive ({len(texts)} texts; rows without a usable label skipped per concept), "
-        f"scored on dev rows with a Positive/Negative/unknown majority label (n = "
-        + ", ".join(f"{c} {n.get(c, '?')}" for c in names) + "). Logistic regression (C=2) per concept; "
-        "MiniLM = all-MiniLM-L6-v2 sentence embedding (disk cached, so 'fit s' excludes first-time "
-        "embedding), TF-IDF = word 1-2 grams. 'dev texts/s' includes embedding any text not yet cached. "
-        "2-core CPU shared with other jobs, so times are upper bounds.",
-        "",
-        *table,
-        "",
-        "Command: `python benchmarks/taggers.py`",
-        "",
-    ])
+    md = "\n".join(
+        [
+            "# Concept taggers: CEBaB dev accuracy per concept",
+            "",
+            f"Trained on train_inclusive ({len(texts)} texts; rows without a usable label skipped per concept), "
+            f"scored on dev rows with a Positive/Negative/unknown majority label (n = "
+            + ", ".join(f"{c} {n.get(c, '?')}" for c in names)
+            + "). Logistic regression (C=2) per concept; "
+            "MiniLM = all-MiniLM-L6-v2 sentence embedding (disk cached, so 'fit s' excludes first-time "
+            "embedding), TF-IDF = word 1-2 grams. 'dev texts/s' includes embedding any text not yet cached. "
+            "2-core CPU shared with other jobs, so times are upper bounds.",
+            "",
+            *table,
+            "",
+            "Command: `python benchmarks/taggers.py`",
+            "",
+        ]
+    )
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(md)
     print(md)

@@ -41,8 +41,12 @@ def data_hash(items: Iterable[str]) -> str:
 
 def write_meta(directory: Path, kind: str, **fields: Any) -> dict[str, Any]:
     directory.mkdir(parents=True, exist_ok=True)
-    meta = {"kind": kind, "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "library_versions": library_versions(), **fields}
+    meta = {
+        "kind": kind,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "library_versions": library_versions(),
+        **fields,
+    }
     (directory / META).write_text(json.dumps(meta, indent=2, default=str))
     return meta
 

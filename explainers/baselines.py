@@ -48,10 +48,13 @@ def query_rng(seed: int, text: str, intervention: Intervention) -> np.random.Gen
     return np.random.default_rng([seed, digest])
 
 
-def labels_for_batch(texts: Sequence[str], base_labels: Sequence[Mapping[str, str] | None] | None,
-                     taggers: Any | None) -> list[Mapping[str, str] | None]:
+def labels_for_batch(
+    texts: Sequence[str], base_labels: Sequence[Mapping[str, str] | None] | None, taggers: Any | None
+) -> list[Mapping[str, str] | None]:
     """Each text's known labels, else (one tagger call for all of them) the taggers' reading."""
-    labels: list[Mapping[str, str] | None] = list(base_labels) if base_labels is not None else [None] * len(texts)
+    labels: list[Mapping[str, str] | None] = (
+        list(base_labels) if base_labels is not None else [None] * len(texts)
+    )
     missing = [i for i in range(len(texts)) if labels[i] is None]
     if missing and taggers is not None:
         for i, lab in zip(missing, taggers.predict([texts[i] for i in missing]), strict=True):
@@ -67,11 +70,17 @@ def resolve_labels(
         return dict(base_labels)
     if taggers is not None:
         return dict(taggers.predict([text])[0])
-    raise MissingResource(f"method {method!r} needs the text's concept labels (base_labels) or concept taggers")
+    raise MissingResource(
+        f"method {method!r} needs the text's concept labels (base_labels) or concept taggers"
+    )
 
 
 def resolve_source(
-    text: str, intervention: Intervention, base_labels: Mapping[str, str] | None, taggers: Any | None, method: str
+    text: str,
+    intervention: Intervention,
+    base_labels: Mapping[str, str] | None,
+    taggers: Any | None,
+    method: str,
 ) -> str:
     """The value the concept has now: the intervention's source, else the text's label."""
     if intervention.source is not None:
@@ -83,7 +92,10 @@ def resolve_source(
 
 
 def predict_in_chunks(classifier: Classifier, texts: Sequence[str], chunk: int = PREDICT_CHUNK) -> np.ndarray:
-    out = [np.asarray(classifier.predict_proba(list(texts[i : i + chunk])), float) for i in range(0, len(texts), chunk)]
+    out = [
+        np.asarray(classifier.predict_proba(list(texts[i : i + chunk])), float)
+        for i in range(0, len(texts), chunk)
+    ]
     return np.concatenate(out) if out else np.zeros((0, len(classifier.labels)))
 
 
@@ -117,13 +129,25 @@ def _base_prediction(classifier: Classifier, text: str, cost: Cost) -> np.ndarra
 
 
 def _explanation(
-    method: str, classifier: Classifier, base: np.ndarray, icace: np.ndarray, intervention: Intervention,
-    details: dict[str, Any], cost: Cost, started: float,
+    method: str,
+    classifier: Classifier,
+    base: np.ndarray,
+    icace: np.ndarray,
+    intervention: Intervention,
+    details: dict[str, Any],
+    cost: Cost,
+    started: float,
 ) -> Explanation:
     cost.wall_time_s += time.perf_counter() - started
     return Explanation(
-        method=method, labels=list(classifier.labels), base_prediction=base, icace=np.asarray(icace, float),
-        spread=np.zeros_like(base), intervention=intervention, details=details, cost=cost,
+        method=method,
+        labels=list(classifier.labels),
+        base_prediction=base,
+        icace=np.asarray(icace, float),
+        spread=np.zeros_like(base),
+        intervention=intervention,
+        details=details,
+        cost=cost,
     )
 
 
@@ -132,11 +156,20 @@ class ZeroExplainer:
 
     name = "zero"
 
-    def explain(self, text: str, intervention: Intervention, classifier: Classifier, top_k: int = 5, *,
-                base_labels: Mapping[str, str] | None = None) -> Explanation:
+    def explain(
+        self,
+        text: str,
+        intervention: Intervention,
+        classifier: Classifier,
+        top_k: int = 5,
+        *,
+        base_labels: Mapping[str, str] | None = None,
+    ) -> Explanation:
         started, cost = time.perf_counter(), Cost()
         base = _base_prediction(classifier, text, cost)
-        return _explanation(self.name, classifier, base, np.zeros_like(base), intervention, {"used": 0}, cost, started)
+        return _explanation(
+            self.name, classifier, base, np.zeros_like(base), intervention, {"used": 0}, cost, started
+        )
 
 
 class RandomProbaExplainer:
@@ -147,14 +180,23 @@ class RandomProbaExplainer:
     def __init__(self, seed: int = 0) -> None:
         self.seed = seed
 
-    def explain(self, text: str, intervention: Intervention, classifier: Classifier, top_k: int = 5, *,
-                base_labels: Mapping[str, str] | None = None) -> Explanation:
+    def explain(
+        self,
+        text: str,
+        intervention: Intervention,
+        classifier: Classifier,
+        top_k: int = 5,
+        *,
+        base_labels: Mapping[str, str] | None = None,
+    ) -> Explanation:
         started, cost = time.perf_counter(), Cost()
         base = _base_prediction(classifier, text, cost)
         rng = query_rng(self.seed, text, intervention)
         p = rng.uniform(size=(2, len(base)))
         p /= p.sum(axis=1, keepdims=True)
-        return _explanation(self.name, classifier, base, p[1] - p[0], intervention, {"used": 0}, cost, started)
+        return _explanation(
+            self.name, classifier, base, p[1] - p[0], intervention, {"used": 0}, cost, started
+        )
 
 
 class ConexpExplainer:
@@ -181,20 +223,35 @@ class ConexpExplainer:
             self._means = {id(classifier): means}
         return means
 
-    def explain(self, text: str, intervention: Intervention, classifier: Classifier, top_k: int = 5, *,
-                base_labels: Mapping[str, str] | None = None) -> Explanation:
+    def explain(
+        self,
+        text: str,
+        intervention: Intervention,
+        classifier: Classifier,
+        top_k: int = 5,
+        *,
+        base_labels: Mapping[str, str] | None = None,
+    ) -> Explanation:
         started, cost = time.perf_counter(), Cost()
         source = resolve_source(text, intervention, base_labels, self.taggers, self.name)
         base = _base_prediction(classifier, text, cost)
         means = self._conditional_means(classifier, cost)
         c = intervention.concept
         if (c, source) not in means or (c, intervention.target) not in means:
-            return _explanation(self.name, classifier, base, np.zeros_like(base), intervention,
-                                {"used": 0, "note": "no pool text with the source or target value; effect zero"},
-                                cost, started)
+            return _explanation(
+                self.name,
+                classifier,
+                base,
+                np.zeros_like(base),
+                intervention,
+                {"used": 0, "note": "no pool text with the source or target value; effect zero"},
+                cost,
+                started,
+            )
         icace = means[(c, intervention.target)] - means[(c, source)]
-        return _explanation(self.name, classifier, base, icace, intervention, {"used": 0, "source": source}, cost,
-                            started)
+        return _explanation(
+            self.name, classifier, base, icace, intervention, {"used": 0, "source": source}, cost, started
+        )
 
 
 def one_hot(labels: Sequence[Mapping[str, str]], schema: ConceptSchema) -> np.ndarray:
@@ -218,7 +275,9 @@ class SLearnerExplainer:
 
     name = "s_learner"
 
-    def __init__(self, pool: Pool, taggers: Any | None = None, target: str = "argmax", C: float = 1.0) -> None:
+    def __init__(
+        self, pool: Pool, taggers: Any | None = None, target: str = "argmax", C: float = 1.0
+    ) -> None:
         if target not in ("argmax", "proba"):
             raise ValueError("s_learner target must be 'argmax' or 'proba'")
         self.pool = pool
@@ -239,7 +298,9 @@ class SLearnerExplainer:
         else:
             y = preds.argmax(axis=1)
             classes = np.unique(y)
-            model = LogisticRegression(C=self.C, max_iter=2000).fit(self.x_pool, y) if len(classes) > 1 else None
+            model = (
+                LogisticRegression(C=self.C, max_iter=2000).fit(self.x_pool, y) if len(classes) > 1 else None
+            )
         self._fitted = (id(classifier), model, classes)
         return model, classes
 
@@ -254,8 +315,15 @@ class SLearnerExplainer:
             out[:, model.classes_] = model.predict_proba(x)
         return out
 
-    def explain(self, text: str, intervention: Intervention, classifier: Classifier, top_k: int = 5, *,
-                base_labels: Mapping[str, str] | None = None) -> Explanation:
+    def explain(
+        self,
+        text: str,
+        intervention: Intervention,
+        classifier: Classifier,
+        top_k: int = 5,
+        *,
+        base_labels: Mapping[str, str] | None = None,
+    ) -> Explanation:
         labels = resolve_labels(text, base_labels, self.taggers, self.name)
         if intervention.source is not None:
             labels[intervention.concept] = intervention.source
@@ -265,8 +333,16 @@ class SLearnerExplainer:
         model, classes = self._model(classifier, cost)
         x = one_hot([labels, after], self.pool.schema)
         y = self._predict(model, classes, x, len(base))
-        return _explanation(self.name, classifier, base, y[1] - y[0], intervention,
-                            {"used": 0, "labels": labels, "target": self.target}, cost, started)
+        return _explanation(
+            self.name,
+            classifier,
+            base,
+            y[1] - y[0],
+            intervention,
+            {"used": 0, "labels": labels, "target": self.target},
+            cost,
+            started,
+        )
 
 
 class PoolMatcher(CounterfactualExplainer):
@@ -274,8 +350,16 @@ class PoolMatcher(CounterfactualExplainer):
 
     name = "pool_matcher"
 
-    def __init__(self, pool: Pool, *, seed: int = 0, encoder: Any | None = None, taggers: Any | None = None,
-                 aggregation: str = "mean", similarity_threshold: float | None = None) -> None:
+    def __init__(
+        self,
+        pool: Pool,
+        *,
+        seed: int = 0,
+        encoder: Any | None = None,
+        taggers: Any | None = None,
+        aggregation: str = "mean",
+        similarity_threshold: float | None = None,
+    ) -> None:
         super().__init__(aggregation=aggregation, similarity_threshold=similarity_threshold)
         if len(pool) == 0:
             raise MissingResource(f"method {self.name!r} needs a non-empty pool")
@@ -287,7 +371,8 @@ class PoolMatcher(CounterfactualExplainer):
         self._codes = {c: {v: j for j, v in enumerate(pool.schema[c].values)} for c in self.concepts}
         # Integer label matrix (n, concepts); -1 where a label is outside the schema.
         self.label_codes = np.array(
-            [[self._codes[c].get(lab.get(c, ""), -1) for c in self.concepts] for lab in pool.labels], dtype=np.int16
+            [[self._codes[c].get(lab.get(c, ""), -1) for c in self.concepts] for lab in pool.labels],
+            dtype=np.int16,
         )
         self._text_index = {t: i for i, t in enumerate(pool.texts)}
         self._embeddings: np.ndarray | None = None
@@ -329,7 +414,11 @@ class PoolMatcher(CounterfactualExplainer):
     needs_similarities = False
 
     def counterfactuals_batch(
-        self, texts: Sequence[str], interventions: Sequence[Intervention], top_k: int, *,
+        self,
+        texts: Sequence[str],
+        interventions: Sequence[Intervention],
+        top_k: int,
+        *,
         base_labels: Sequence[Mapping[str, str] | None] | None = None,
     ) -> list[tuple[list[Counterfactual], dict[str, Any]]]:
         """Per-text `counterfactuals()` after the shared work is done once for the batch: one tagger
@@ -341,8 +430,10 @@ class PoolMatcher(CounterfactualExplainer):
                 q = np.asarray(self.encoder.encode(unique), dtype=np.float32)
                 sims = np.ascontiguousarray((self.embeddings @ q.T).T)
                 self._batch_sims = dict(zip(unique, sims, strict=True))
-            return [self.counterfactuals(t, iv, top_k, base_labels=lab)
-                    for t, iv, lab in zip(texts, interventions, labels, strict=True)]
+            return [
+                self.counterfactuals(t, iv, top_k, base_labels=lab)
+                for t, iv, lab in zip(texts, interventions, labels, strict=True)
+            ]
         finally:
             self._batch_sims = {}
 
@@ -361,8 +452,12 @@ class PoolMatcher(CounterfactualExplainer):
 
     def counterfactual(self, i: int, similarity: float | None = None, **extra: Any) -> Counterfactual:
         ids = self.pool.ids
-        return Counterfactual(text=self.pool.texts[i], similarity=similarity,
-                              source_id=ids[i] if ids else str(i), verification=extra or None)
+        return Counterfactual(
+            text=self.pool.texts[i],
+            similarity=similarity,
+            source_id=ids[i] if ids else str(i),
+            verification=extra or None,
+        )
 
 
 class RandomExplainer(PoolMatcher):
@@ -370,8 +465,14 @@ class RandomExplainer(PoolMatcher):
 
     name = "random"
 
-    def counterfactuals(self, text: str, intervention: Intervention, top_k: int, *,
-                        base_labels: Mapping[str, str] | None = None) -> tuple[list[Counterfactual], dict[str, Any]]:
+    def counterfactuals(
+        self,
+        text: str,
+        intervention: Intervention,
+        top_k: int,
+        *,
+        base_labels: Mapping[str, str] | None = None,
+    ) -> tuple[list[Counterfactual], dict[str, Any]]:
         rng = query_rng(self.seed, text, intervention)
         own = self._text_index.get(text)
         order = rng.permutation(len(self.pool))
@@ -385,8 +486,14 @@ class RandomMatchingExplainer(PoolMatcher):
 
     name = "random_matching"
 
-    def counterfactuals(self, text: str, intervention: Intervention, top_k: int, *,
-                        base_labels: Mapping[str, str] | None = None) -> tuple[list[Counterfactual], dict[str, Any]]:
+    def counterfactuals(
+        self,
+        text: str,
+        intervention: Intervention,
+        top_k: int,
+        *,
+        base_labels: Mapping[str, str] | None = None,
+    ) -> tuple[list[Counterfactual], dict[str, Any]]:
         cand = self.target_candidates(text, intervention)
         rng = query_rng(self.seed, text, intervention)
         chosen = cand[rng.permutation(len(cand))[:top_k]]
@@ -399,8 +506,14 @@ class PretrainedMatchExplainer(PoolMatcher):
     name = "pt_match"
     needs_similarities = True
 
-    def counterfactuals(self, text: str, intervention: Intervention, top_k: int, *,
-                        base_labels: Mapping[str, str] | None = None) -> tuple[list[Counterfactual], dict[str, Any]]:
+    def counterfactuals(
+        self,
+        text: str,
+        intervention: Intervention,
+        top_k: int,
+        *,
+        base_labels: Mapping[str, str] | None = None,
+    ) -> tuple[list[Counterfactual], dict[str, Any]]:
         cand = self.target_candidates(text, intervention)
         if len(cand) == 0:
             return [], {"candidates": 0}
@@ -426,23 +539,35 @@ class ApproxExplainer(PoolMatcher):
         super().__init__(pool, **kwargs)
         self.relax = relax
 
-    def tiers(self, text: str, intervention: Intervention,
-              base_labels: Mapping[str, str] | None) -> tuple[np.ndarray, np.ndarray, int]:
+    def tiers(
+        self, text: str, intervention: Intervention, base_labels: Mapping[str, str] | None
+    ) -> tuple[np.ndarray, np.ndarray, int]:
         """(candidates, confounders matched per candidate, number of confounders)."""
         labels = resolve_labels(text, base_labels, self.taggers, self.name)
         cand = self.target_candidates(text, intervention)
         conf = np.array([j for j, c in enumerate(self.concepts) if c != intervention.concept], dtype=np.int64)
-        want = np.array([self._codes[self.concepts[j]].get(labels.get(self.concepts[j], ""), -2) for j in conf])
-        matched = (self.label_codes[np.ix_(cand, conf)] == want).sum(axis=1) if len(cand) else np.zeros(0, int)
+        want = np.array(
+            [self._codes[self.concepts[j]].get(labels.get(self.concepts[j], ""), -2) for j in conf]
+        )
+        matched = (
+            (self.label_codes[np.ix_(cand, conf)] == want).sum(axis=1) if len(cand) else np.zeros(0, int)
+        )
         return cand, matched, len(conf)
 
-    def secondary_key(self, text: str, intervention: Intervention,
-                      cand: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    def secondary_key(
+        self, text: str, intervention: Intervention, cand: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """Order within a tier (lower first) and similarities if any: Approx draws at random."""
         return query_rng(self.seed, text, intervention).permutation(len(cand)), None
 
-    def counterfactuals(self, text: str, intervention: Intervention, top_k: int, *,
-                        base_labels: Mapping[str, str] | None = None) -> tuple[list[Counterfactual], dict[str, Any]]:
+    def counterfactuals(
+        self,
+        text: str,
+        intervention: Intervention,
+        top_k: int,
+        *,
+        base_labels: Mapping[str, str] | None = None,
+    ) -> tuple[list[Counterfactual], dict[str, Any]]:
         cand, matched, n_conf = self.tiers(text, intervention, base_labels)
         tier_sizes = {str(t): int((matched == t).sum()) for t in range(n_conf, -1, -1)}
         if len(cand) == 0:
@@ -453,8 +578,9 @@ class ApproxExplainer(PoolMatcher):
             order = order[matched[order] == matched[order[0]]]
         order = order[:top_k]
         chosen = [
-            self.counterfactual(int(cand[j]), None if sims is None else float(sims[j]),
-                                confounders_matched=int(matched[j]))
+            self.counterfactual(
+                int(cand[j]), None if sims is None else float(sims[j]), confounders_matched=int(matched[j])
+            )
             for j in order
         ]
         relaxed = bool(len(order) and matched[order].min() < n_conf)
@@ -472,8 +598,9 @@ class ApproxMatchExplainer(ApproxExplainer):
             raise MissingResource("method 'approx_match' needs an encoder")
         super().__init__(pool, **kwargs)
 
-    def secondary_key(self, text: str, intervention: Intervention,
-                      cand: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    def secondary_key(
+        self, text: str, intervention: Intervention, cand: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         sims = self.similarities(text, cand)
         return -sims, sims
 
@@ -481,7 +608,9 @@ class ApproxMatchExplainer(ApproxExplainer):
 _MATCHER_OPTIONS = ("aggregation", "similarity_threshold")
 
 
-def _matcher_kwargs(resources: Resources, options: Mapping[str, Any], encoder: bool = False) -> dict[str, Any]:
+def _matcher_kwargs(
+    resources: Resources, options: Mapping[str, Any], encoder: bool = False
+) -> dict[str, Any]:
     kw: dict[str, Any] = {k: options[k] for k in _MATCHER_OPTIONS if k in options}
     kw.update(seed=resources.seed, taggers=resources.taggers)
     if encoder:
@@ -490,6 +619,7 @@ def _matcher_kwargs(resources: Resources, options: Mapping[str, Any], encoder: b
 
 
 # Factories take the shared options of a benchmark run; options meant for other methods are ignored.
+
 
 @register("zero", "No effect (ICaCE = 0): the estimate every method must beat")
 def _zero(resources: Resources, **_: Any) -> ZeroExplainer:
@@ -508,7 +638,9 @@ def _random_proba(resources: Resources, **_: Any) -> RandomProbaExplainer:
 
 @register("random_matching", "K random pool texts with the target value")
 def _random_matching(resources: Resources, **options: Any) -> RandomMatchingExplainer:
-    return RandomMatchingExplainer(resources.need("pool", "random_matching"), **_matcher_kwargs(resources, options))
+    return RandomMatchingExplainer(
+        resources.need("pool", "random_matching"), **_matcher_kwargs(resources, options)
+    )
 
 
 @register("conexp", "E[f | c=target] - E[f | c=source] over the pool")
@@ -526,17 +658,23 @@ def _approx(resources: Resources, **options: Any) -> ApproxExplainer:
 def _approx_match(resources: Resources, **options: Any) -> ApproxMatchExplainer:
     resources.need("encoder", "approx_match")
     kw = _matcher_kwargs(resources, options, encoder=True)
-    return ApproxMatchExplainer(resources.need("pool", "approx_match"), relax=options.get("relax", "fill"), **kw)
+    return ApproxMatchExplainer(
+        resources.need("pool", "approx_match"), relax=options.get("relax", "fill"), **kw
+    )
 
 
 @register("s_learner", "Logistic regression from concept labels to the model's prediction, intervened on")
 def _s_learner(resources: Resources, **options: Any) -> SLearnerExplainer:
-    return SLearnerExplainer(resources.need("pool", "s_learner"), taggers=resources.taggers,
-                             target=options.get("s_learner_target", "argmax"))
+    return SLearnerExplainer(
+        resources.need("pool", "s_learner"),
+        taggers=resources.taggers,
+        target=options.get("s_learner_target", "argmax"),
+    )
 
 
 @register("pt_match", "Pretrained MiniLM cosine top-K among pool texts with the target value")
 def _pt_match(resources: Resources, **options: Any) -> PretrainedMatchExplainer:
     resources.need("encoder", "pt_match")
-    return PretrainedMatchExplainer(resources.need("pool", "pt_match"),
-                                    **_matcher_kwargs(resources, options, encoder=True))
+    return PretrainedMatchExplainer(
+        resources.need("pool", "pt_match"), **_matcher_kwargs(resources, options, encoder=True)
+    )

@@ -81,8 +81,14 @@ class Encoder:
     # Texts kept in memory per model (about 1.6 KB each for a 384-d model).
     max_cached = int(os.environ.get("CACE_EMBEDDING_CACHE_ITEMS", 200_000))
 
-    def __init__(self, model: str = DEFAULT_ENCODER, *, use_disk_cache: bool = True, batch_size: int = 64,
-                 backend: str | None = None) -> None:
+    def __init__(
+        self,
+        model: str = DEFAULT_ENCODER,
+        *,
+        use_disk_cache: bool = True,
+        batch_size: int = 64,
+        backend: str | None = None,
+    ) -> None:
         self.model_name = model
         self.path = resolve_model(model)
         self.batch_size = batch_size
@@ -153,7 +159,10 @@ class Encoder:
     def _embed(self, texts: list[str]) -> np.ndarray:
         """Run the model (no cache)."""
         return self.model.encode(
-            texts, batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True,
+            texts,
+            batch_size=self.batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
             show_progress_bar=False,
         )
 
@@ -181,5 +190,6 @@ class Encoder:
             if len(missing) >= 32:
                 self._save_disk()
         # Fresh rows are read from `fresh`, not the cache: a big call may have evicted its own first rows.
-        return np.stack([row if row is not None else fresh[k] for row, k in zip(found, keys, strict=True)]
-                        ).astype(np.float32, copy=False)
+        return np.stack(
+            [row if row is not None else fresh[k] for row, k in zip(found, keys, strict=True)]
+        ).astype(np.float32, copy=False)

@@ -86,5 +86,14 @@ class MissingResource(CaceError, ValueError):
     """The method needs a resource (pool, space, LLM, ...) this deployment does not have."""
 
 
-__all__ = ["CaceError", "MissingResource", "OutboundDenied", "UpstreamError", "UpstreamMalformed",
-           "UpstreamRejected", "UpstreamTimeout", "UpstreamUnavailable", "excerpt"]
+__all__ = [
+    "CaceError",
+    "MissingResource",
+    "OutboundDenied",
+    "UpstreamError",
+    "UpstreamMalformed",
+    "UpstreamRejected",
+    "UpstreamTimeout",
+    "UpstreamUnavailable",
+    "excerpt",
+]

@@ -64,9 +64,7 @@ class CaceEstimate:
     confidence: float
 
 
-def cace(
-    icaces: np.ndarray, *, confidence: float = 0.95, n_boot: int = 1000, seed: int = 0
-) -> CaceEstimate:
+def cace(icaces: np.ndarray, *, confidence: float = 0.95, n_boot: int = 1000, seed: int = 0) -> CaceEstimate:
     """Mean ICaCE over texts with a percentile bootstrap CI (deterministic for a seed)."""
     arr = np.asarray(icaces, dtype=np.float64)
     if arr.ndim != 2 or len(arr) == 0:

@@ -44,7 +44,8 @@ def cosine_distance(estimate: np.ndarray, true: np.ndarray) -> np.ndarray:
 def norm_diff(estimate: np.ndarray, true: np.ndarray) -> np.ndarray:
     """Row-wise | ||true|| - ||estimate|| |."""
     return np.abs(
-        np.linalg.norm(np.asarray(true, float), axis=-1) - np.linalg.norm(np.asarray(estimate, float), axis=-1)
+        np.linalg.norm(np.asarray(true, float), axis=-1)
+        - np.linalg.norm(np.asarray(estimate, float), axis=-1)
     )
 
 
@@ -61,7 +62,9 @@ def micro_average(errors: dict[str, np.ndarray]) -> dict[str, float]:
     return {m: float(np.mean(v)) if len(v) else float("nan") for m, v in errors.items()}
 
 
-def _cell_means(values: np.ndarray, concepts: Sequence[str], directions: Sequence[str]) -> dict[tuple[str, str], float]:
+def _cell_means(
+    values: np.ndarray, concepts: Sequence[str], directions: Sequence[str]
+) -> dict[tuple[str, str], float]:
     groups: dict[tuple[str, str], list[float]] = defaultdict(list)
     for v, c, d in zip(values, concepts, directions, strict=True):
         groups[(c, d)].append(float(v))
@@ -103,8 +106,13 @@ class ErrorSummary:
     cells: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"n": self.n, "micro": self.micro, "macro": self.macro, "per_concept": self.per_concept,
-                "cells": self.cells}
+        return {
+            "n": self.n,
+            "micro": self.micro,
+            "macro": self.macro,
+            "per_concept": self.per_concept,
+            "cells": self.cells,
+        }
 
 
 def summarize(

@@ -201,8 +201,10 @@ class OutboundPolicy:
         """Whether `host` is allow-listed by name (for `port`, when the entry names one)."""
         h = host.lower().rstrip(".")
         names: tuple[AllowedName, ...] = self._names  # type: ignore[attr-defined]
-        return any((h == n or (n.startswith("*.") and h.endswith(n[1:]))) and (p is None or p == port)
-                   for n, p in names)
+        return any(
+            (h == n or (n.startswith("*.") and h.endswith(n[1:]))) and (p is None or p == port)
+            for n, p in names
+        )
 
     def ip_denial(self, ip: IPAddress, *, host_allowed: bool = False, port: int | None = None) -> str | None:
         """Why `ip` is denied (on `port`, when allow-list entries name ports), or None when it may be reached."""
@@ -262,8 +264,9 @@ class OutboundPolicy:
         if bare in METADATA_HOSTS and not any(bare == n for n, _ in self._names):  # type: ignore[attr-defined]
             raise OutboundDenied(f"host {host!r} is a cloud metadata endpoint")
         if bare == "localhost" or bare.endswith(".localhost"):  # RFC 6761: always loopback
-            reason = self.ip_denial(ipaddress.IPv4Address("127.0.0.1"), host_allowed=self.host_allowed(bare, port),
-                                    port=port)
+            reason = self.ip_denial(
+                ipaddress.IPv4Address("127.0.0.1"), host_allowed=self.host_allowed(bare, port), port=port
+            )
             if reason:
                 raise OutboundDenied(f"host {host!r}: {reason}")
         return bare, None
@@ -344,8 +347,13 @@ def _install_backend(transport: httpx.HTTPTransport | httpx.AsyncHTTPTransport, 
 Observer = Callable[[httpx.Request, float, "httpx.Response | None", "BaseException | None"], None]
 
 
-def _notify(observers: Sequence[Observer], request: httpx.Request, seconds: float,
-            response: httpx.Response | None, error: BaseException | None) -> None:
+def _notify(
+    observers: Sequence[Observer],
+    request: httpx.Request,
+    seconds: float,
+    response: httpx.Response | None,
+    error: BaseException | None,
+) -> None:
     for fn in observers:
         try:
             fn(request, seconds, response, error)

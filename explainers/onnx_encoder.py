@@ -56,25 +56,36 @@ def _export(model_path: str, out: Path) -> None:
             self.model = model
 
         def forward(self, input_ids, attention_mask, token_type_ids):  # noqa: ANN001, ANN201
-            hidden = self.model(input_ids=input_ids, attention_mask=attention_mask,
-                                token_type_ids=token_type_ids).last_hidden_state
+            hidden = self.model(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+            ).last_hidden_state
             mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
             mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
             return torch.nn.functional.normalize(mean, p=2, dim=1)
 
     model = Embed(AutoModel.from_pretrained(model_path).eval())
     tok = AutoTokenizer.from_pretrained(model_path)
-    sample = tok(["a short text", "a somewhat longer sample text to trace"], padding=True, return_tensors="pt")
+    sample = tok(
+        ["a short text", "a somewhat longer sample text to trace"], padding=True, return_tensors="pt"
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(f".{os.getpid()}.tmp")
     axes = {0: "batch", 1: "tokens"}
     with torch.no_grad():
         torch.onnx.export(
-            model, (sample["input_ids"], sample["attention_mask"], sample["token_type_ids"]), str(tmp),
-            input_names=["input_ids", "attention_mask", "token_type_ids"], output_names=["embedding"],
-            dynamic_axes={"input_ids": axes, "attention_mask": axes, "token_type_ids": axes,
-                          "embedding": {0: "batch"}},
-            opset_version=17, dynamo=False,
+            model,
+            (sample["input_ids"], sample["attention_mask"], sample["token_type_ids"]),
+            str(tmp),
+            input_names=["input_ids", "attention_mask", "token_type_ids"],
+            output_names=["embedding"],
+            dynamic_axes={
+                "input_ids": axes,
+                "attention_mask": axes,
+                "token_type_ids": axes,
+                "embedding": {0: "batch"},
+            },
+            opset_version=17,
+            dynamo=False,
         )
     os.replace(tmp, out)
 
@@ -85,8 +96,14 @@ def _quantize(fp32: Path, out: Path) -> None:
     tmp = out.with_suffix(f".{os.getpid()}.tmp")
     # MatMul weights only, per output channel: quantising everything (embeddings, per-tensor scales)
     # costs MiniLM ~0.04 cosine to its own fp32 vectors; this keeps ~0.99 at most of the speed-up.
-    quantize_dynamic(str(fp32), str(tmp), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
-                     per_channel=True, reduce_range=True)
+    quantize_dynamic(
+        str(fp32),
+        str(tmp),
+        weight_type=QuantType.QInt8,
+        op_types_to_quantize=["MatMul"],
+        per_channel=True,
+        reduce_range=True,
+    )
     os.replace(tmp, out)
 
 
@@ -123,17 +140,19 @@ class OnnxSentenceModel:
         order = np.argsort([len(e.ids) for e in encs], kind="stable")
         out = np.empty((len(texts), self.dim), np.float32)
         for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
+            idx = order[start : start + batch_size]
             width = max(len(encs[i].ids) for i in idx)
             ids = np.full((len(idx), width), self.pad_id, np.int64)
             mask = np.zeros((len(idx), width), np.int64)
             types = np.zeros((len(idx), width), np.int64)
             for row, i in enumerate(idx):
                 e = encs[i]
-                ids[row, :len(e.ids)] = e.ids
-                mask[row, :len(e.ids)] = 1
-                types[row, :len(e.ids)] = e.type_ids
-            out[idx] = self.session.run(None, {"input_ids": ids, "attention_mask": mask, "token_type_ids": types})[0]
+                ids[row, : len(e.ids)] = e.ids
+                mask[row, : len(e.ids)] = 1
+                types[row, : len(e.ids)] = e.type_ids
+            out[idx] = self.session.run(
+                None, {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+            )[0]
         return out
 
 

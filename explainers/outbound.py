@@ -42,7 +42,9 @@ MAX_RETRIES = 5
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 # Monotonic time by which the work on the current request must be done (None: no request deadline).
-_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("cace_outbound_deadline", default=None)
+_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "cace_outbound_deadline", default=None
+)
 
 
 @contextlib.contextmanager
@@ -119,7 +121,7 @@ class RetryPolicy:
             raise ValueError("total_s must be positive")
 
     def backoff(self, attempt: int) -> float:
-        return min(self.backoff_max_s, self.backoff_s * (2 ** attempt)) * (0.5 + random.random() / 2)
+        return min(self.backoff_max_s, self.backoff_s * (2**attempt)) * (0.5 + random.random() / 2)
 
 
 @dataclass(frozen=True)
@@ -138,13 +140,23 @@ def _capped_timeout(base: httpx.Timeout, left: float | None) -> httpx.Timeout:
     def cap(v: float | None) -> float:
         return max(0.001, left if v is None else min(v, left))
 
-    return httpx.Timeout(connect=cap(base.connect), read=cap(base.read), write=cap(base.write), pool=cap(base.pool))
+    return httpx.Timeout(
+        connect=cap(base.connect), read=cap(base.read), write=cap(base.write), pool=cap(base.pool)
+    )
 
 
-def send(client: httpx.Client, method: str, url: str, *, policy: RetryPolicy, name: str,
-         errors: Errors | None = None, json: Any = None,
-         on_attempt: Callable[[int], None] | None = None, on_wait: Callable[[float], None] | None = None,
-         ) -> httpx.Response:
+def send(
+    client: httpx.Client,
+    method: str,
+    url: str,
+    *,
+    policy: RetryPolicy,
+    name: str,
+    errors: Errors | None = None,
+    json: Any = None,
+    on_attempt: Callable[[int], None] | None = None,
+    on_wait: Callable[[float], None] | None = None,
+) -> httpx.Response:
     """Send one request with bounded retries; return the first response below 300.
 
     Raises `OutboundDenied` at once, `errors.rejected` for a 4xx other than 429, and
@@ -153,7 +165,9 @@ def send(client: httpx.Client, method: str, url: str, *, policy: RetryPolicy, na
     """
     errors = errors or Errors()
     started = time.monotonic()
-    ends = [t for t in (_deadline.get(), started + policy.total_s if policy.total_s else None) if t is not None]
+    ends = [
+        t for t in (_deadline.get(), started + policy.total_s if policy.total_s else None) if t is not None
+    ]
     until = min(ends) if ends else None
     last, timed_out, attempts = "no attempt was made", False, 0
     for attempt in range(policy.retries + 1):
@@ -181,7 +195,9 @@ def send(client: httpx.Client, method: str, url: str, *, policy: RetryPolicy, na
                 return resp
             snippet = excerpt(resp.text)
             if resp.status_code not in RETRY_STATUSES:
-                raise errors.rejected(f"{name}: {method} {url} was rejected with HTTP {resp.status_code}: {snippet}")
+                raise errors.rejected(
+                    f"{name}: {method} {url} was rejected with HTTP {resp.status_code}: {snippet}"
+                )
             timed_out, last = resp.status_code == 504, f"HTTP {resp.status_code}: {snippet}"
             after = parse_retry_after(resp.headers.get("retry-after"))
             if after is not None:
@@ -200,5 +216,15 @@ def send(client: httpx.Client, method: str, url: str, *, policy: RetryPolicy, na
     raise cls(f"{name}: {method} {url} failed after {attempts} attempt{plural}; last: {last}")
 
 
-__all__ = ["MAX_RETRIES", "RETRY_STATUSES", "Errors", "RetryPolicy", "deadline", "parse_retry_after",
-           "remaining", "reset_deadline", "send", "set_deadline"]
+__all__ = [
+    "MAX_RETRIES",
+    "RETRY_STATUSES",
+    "Errors",
+    "RetryPolicy",
+    "deadline",
+    "parse_retry_after",
+    "remaining",
+    "reset_deadline",
+    "send",
+    "set_deadline",
+]

@@ -48,9 +48,18 @@ def _duration(seconds: float) -> str:
 class Progress:
     """Count `total` steps of one piece of work and report them to `stream` (stderr by default)."""
 
-    def __init__(self, total: int | None, desc: str = "", *, stream: TextIO | None = None,
-                 unit: str = "it", interval_s: float | None = None, tty: bool | None = None,
-                 active: bool | None = None, width: int = 28) -> None:
+    def __init__(
+        self,
+        total: int | None,
+        desc: str = "",
+        *,
+        stream: TextIO | None = None,
+        unit: str = "it",
+        interval_s: float | None = None,
+        tty: bool | None = None,
+        active: bool | None = None,
+        width: int = 28,
+    ) -> None:
         self.total = total if total and total > 0 else None
         self.desc = desc
         self.stream = stream if stream is not None else sys.stderr
@@ -70,8 +79,9 @@ class Progress:
     def __enter__(self) -> Progress:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
     def update(self, n: int = 1, note: str | None = None) -> None:

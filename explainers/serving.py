@@ -91,13 +91,22 @@ def create_classifier_app(classifier: Classifier, name: str) -> FastAPI:
 
     @app.get("/info")
     def info() -> dict[str, Any]:
-        return {"model_id": name, "labels": labels, "model_type": "classifier",
-                "requests": counter.requests, "texts": counter.texts}
+        return {
+            "model_id": name,
+            "labels": labels,
+            "model_type": "classifier",
+            "requests": counter.requests,
+            "texts": counter.texts,
+        }
 
     @app.get("/stats")
     def stats() -> dict[str, Any]:
         with counter.lock:
-            return {"requests": counter.requests, "texts": counter.texts, "batch_sizes": list(counter.batch_sizes)}
+            return {
+                "requests": counter.requests,
+                "texts": counter.texts,
+                "batch_sizes": list(counter.batch_sizes),
+            }
 
     @app.post("/predict")
     @app.post("/")
@@ -116,10 +125,14 @@ def create_classifier_app(classifier: Classifier, name: str) -> FastAPI:
     @app.get("/v2/models/{model}")
     def v2_metadata(model: str) -> dict[str, Any]:
         check_model(model)
-        return {"name": name, "platform": "cace", "versions": [],
-                "inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1, 1]}],
-                "outputs": [{"name": "probabilities", "datatype": "FP64", "shape": [-1, len(labels)]}],
-                "parameters": {"labels": labels}}
+        return {
+            "name": name,
+            "platform": "cace",
+            "versions": [],
+            "inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1, 1]}],
+            "outputs": [{"name": "probabilities", "datatype": "FP64", "shape": [-1, len(labels)]}],
+            "parameters": {"labels": labels},
+        }
 
     @app.get("/v2/models/{model}/ready")
     def v2_ready(model: str) -> dict[str, Any]:
@@ -140,10 +153,18 @@ def create_classifier_app(classifier: Classifier, name: str) -> FastAPI:
             data = [d[0] for d in data]  # nested [n, 1] form
         texts = _texts(data, "inputs[0].data")
         proba = predict(texts)
-        out: dict[str, Any] = {"model_name": name, "outputs": [{
-            "name": "probabilities", "datatype": "FP64", "shape": [len(texts), len(labels)],
-            "data": proba.reshape(-1).tolist(), "parameters": {"labels": labels},
-        }]}
+        out: dict[str, Any] = {
+            "model_name": name,
+            "outputs": [
+                {
+                    "name": "probabilities",
+                    "datatype": "FP64",
+                    "shape": [len(texts), len(labels)],
+                    "data": proba.reshape(-1).tolist(),
+                    "parameters": {"labels": labels},
+                }
+            ],
+        }
         if "id" in body:
             out["id"] = body["id"]
         return out
@@ -177,27 +198,45 @@ def load_classifier(path_or_name: str, root: str | Path | None = None) -> tuple[
     if path_or_name in REFERENCE_MODELS:
         base = Path(root or os.environ.get("CACE_DATA_DIR", "var"))
         return load_reference(ensure_reference(path_or_name, base)), path_or_name
-    raise ValueError(f"{path_or_name!r} is neither a classifier artifact directory, a .joblib file, "
-                     f"nor a reference classifier name {REFERENCE_MODELS}")
+    raise ValueError(
+        f"{path_or_name!r} is neither a classifier artifact directory, a .joblib file, "
+        f"nor a reference classifier name {REFERENCE_MODELS}"
+    )
 
 
-def serve(path_or_name: str, host: str = "127.0.0.1", port: int = 8080, *, name: str | None = None,
-          root: str | Path | None = None, log_level: str = "warning") -> None:
+def serve(
+    path_or_name: str,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    *,
+    name: str | None = None,
+    root: str | Path | None = None,
+    log_level: str = "warning",
+) -> None:
     """Load a classifier and serve it with uvicorn until interrupted."""
     import uvicorn
 
     classifier, default_name = load_classifier(path_or_name, root)
-    uvicorn.run(create_classifier_app(classifier, name or default_name), host=host, port=port,
-                log_level=log_level, access_log=False)
+    uvicorn.run(
+        create_classifier_app(classifier, name or default_name),
+        host=host,
+        port=port,
+        log_level=log_level,
+        access_log=False,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="cace classifiers serve", description=__doc__.splitlines()[0])
-    ap.add_argument("classifier", help="artifact directory, .joblib file, or reference name (tfidf-lr, minilm-ft)")
+    ap.add_argument(
+        "classifier", help="artifact directory, .joblib file, or reference name (tfidf-lr, minilm-ft)"
+    )
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8080)
     ap.add_argument("--name", help="model name in V2/V1 routes (default: the artifact's name)")
-    ap.add_argument("--root", help="where reference classifiers are trained/kept (default $CACE_DATA_DIR or var)")
+    ap.add_argument(
+        "--root", help="where reference classifiers are trained/kept (default $CACE_DATA_DIR or var)"
+    )
     args = ap.parse_args(argv)
     serve(args.classifier, args.host, args.port, name=args.name, root=args.root)
     return 0

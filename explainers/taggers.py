@@ -59,8 +59,15 @@ class ConceptTagger:
 class TaggerSet:
     """One `ConceptTagger` per schema concept, over one shared feature extractor."""
 
-    def __init__(self, schema: ConceptSchema, *, features: Sequence[str] = FEATURES,
-                 encoder_model: str = DEFAULT_ENCODER, C: float = 2.0, tfidf_weight: float = 1.0) -> None:
+    def __init__(
+        self,
+        schema: ConceptSchema,
+        *,
+        features: Sequence[str] = FEATURES,
+        encoder_model: str = DEFAULT_ENCODER,
+        C: float = 2.0,
+        tfidf_weight: float = 1.0,
+    ) -> None:
         unknown = set(features) - set(FEATURES)
         if unknown or not features:
             raise ValueError(f"features must be a non-empty subset of {FEATURES}, got {list(features)}")
@@ -92,16 +99,18 @@ class TaggerSet:
         return sparse.hstack(parts, format="csr") if len(parts) > 1 else parts[0]
 
     # -- training and inference -------------------------------------------------------------
-    def fit(self, texts: Sequence[str], labels: Sequence[Mapping[str, str]],
-            schema: ConceptSchema | None = None) -> TaggerSet:
+    def fit(
+        self, texts: Sequence[str], labels: Sequence[Mapping[str, str]], schema: ConceptSchema | None = None
+    ) -> TaggerSet:
         """Fit every concept's tagger; `labels[i]` maps concept -> value for `texts[i]`."""
         if schema is not None:
             self.schema = schema
         if len(texts) != len(labels):
             raise ValueError(f"{len(texts)} texts but {len(labels)} label rows")
         if "tfidf" in self.features:
-            self.vectorizer = TfidfVectorizer(ngram_range=(1, 2), min_df=1 if len(texts) < 200 else 2,
-                                              sublinear_tf=True)
+            self.vectorizer = TfidfVectorizer(
+                ngram_range=(1, 2), min_df=1 if len(texts) < 200 else 2, sublinear_tf=True
+            )
             self.vectorizer.fit(list(texts))
         X = self._features(texts)
         self.taggers = {}
@@ -142,13 +151,18 @@ class TaggerSet:
         cols = {c: np.asarray(self.taggers[c].values)[p.argmax(axis=1)] for c, p in proba.items()}
         return [{c: str(cols[c][i]) for c in cols} for i in range(len(texts))]
 
-    def accuracy(self, texts: Sequence[str], labels: Sequence[Mapping[str, str]]) -> dict[str, dict[str, float]]:
+    def accuracy(
+        self, texts: Sequence[str], labels: Sequence[Mapping[str, str]]
+    ) -> dict[str, dict[str, float]]:
         """Per-concept accuracy (and n) over rows whose gold label is one of the concept's values."""
         preds = self.predict(texts)
         out: dict[str, dict[str, float]] = {}
         for concept in self.schema.concepts:
-            pairs = [(p[concept.name], g[concept.name]) for p, g in zip(preds, labels, strict=True)
-                     if g.get(concept.name) in concept.values]
+            pairs = [
+                (p[concept.name], g[concept.name])
+                for p, g in zip(preds, labels, strict=True)
+                if g.get(concept.name) in concept.values
+            ]
             acc = float(np.mean([p == g for p, g in pairs])) if pairs else float("nan")
             out[concept.name] = {"accuracy": round(acc, 4), "n": len(pairs)}
         return out
@@ -159,17 +173,28 @@ class TaggerSet:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         joblib.dump({"vectorizer": self.vectorizer, "taggers": self.taggers}, directory / "taggers.joblib")
-        return write_meta(directory, "taggers", schema=self.schema.to_dict(), features=list(self.features),
-                          encoder=self.encoder_model if "minilm" in self.features else None,
-                          C=self.C, tfidf_weight=self.tfidf_weight, **meta_fields)
+        return write_meta(
+            directory,
+            "taggers",
+            schema=self.schema.to_dict(),
+            features=list(self.features),
+            encoder=self.encoder_model if "minilm" in self.features else None,
+            C=self.C,
+            tfidf_weight=self.tfidf_weight,
+            **meta_fields,
+        )
 
     @classmethod
     def load(cls, directory: Path) -> TaggerSet:
         directory = Path(directory)
         meta = read_meta(directory, "taggers")
-        ts = cls(ConceptSchema.from_dict(meta["schema"]), features=meta["features"],
-                 encoder_model=meta.get("encoder") or DEFAULT_ENCODER, C=meta.get("C", 2.0),
-                 tfidf_weight=meta.get("tfidf_weight", 1.0))
+        ts = cls(
+            ConceptSchema.from_dict(meta["schema"]),
+            features=meta["features"],
+            encoder_model=meta.get("encoder") or DEFAULT_ENCODER,
+            C=meta.get("C", 2.0),
+            tfidf_weight=meta.get("tfidf_weight", 1.0),
+        )
         state = joblib.load(directory / "taggers.joblib")
         ts.vectorizer, ts.taggers = state["vectorizer"], state["taggers"]
         return ts
@@ -184,8 +209,9 @@ def cebab_corpus(split: str | Path, data_dir: Path | None = None) -> tuple[list[
     return [r.text for r in reviews], [dict(r.labels) for r in reviews]
 
 
-def train_cebab_taggers(out: Path, data_dir: Path | None = None, *, split: str = "train_inclusive",
-                        **options) -> dict:
+def train_cebab_taggers(
+    out: Path, data_dir: Path | None = None, *, split: str = "train_inclusive", **options
+) -> dict:
     """Train CEBaB taggers on `split`, save them to `out` with per-concept dev accuracy in meta.json."""
     texts, labels = cebab_corpus(split, data_dir)
     started = time.perf_counter()
@@ -193,9 +219,15 @@ def train_cebab_taggers(out: Path, data_dir: Path | None = None, *, split: str =
     train_s = time.perf_counter() - started
     dev_texts, dev_labels = cebab_corpus("dev", data_dir)
     dev = ts.accuracy(dev_texts, dev_labels)
-    return ts.save(Path(out), name="cebab", trained_on=f"CEBaB {split} (per-concept majority labels)",
-                   data_hash=data_hash(texts), n_train=len(texts), train_seconds=round(train_s, 2),
-                   dev_accuracy=dev)
+    return ts.save(
+        Path(out),
+        name="cebab",
+        trained_on=f"CEBaB {split} (per-concept majority labels)",
+        data_hash=data_hash(texts),
+        n_train=len(texts),
+        train_seconds=round(train_s, 2),
+        dev_accuracy=dev,
+    )
 
 
 def ensure_taggers(root: Path, data_dir: Path | None = None) -> Path:

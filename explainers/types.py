@@ -150,8 +150,10 @@ class CounterfactualExplainer:
     ) -> list[tuple[list[Counterfactual], dict[str, Any]]]:
         """`counterfactuals()` for many texts; methods that can share work across texts override it."""
         labels = list(base_labels) if base_labels is not None else [None] * len(texts)
-        return [self.counterfactuals(t, iv, top_k, base_labels=lab)
-                for t, iv, lab in zip(texts, interventions, labels, strict=True)]
+        return [
+            self.counterfactuals(t, iv, top_k, base_labels=lab)
+            for t, iv, lab in zip(texts, interventions, labels, strict=True)
+        ]
 
     def explain(
         self,
@@ -210,22 +212,37 @@ class CounterfactualExplainer:
                 cost.add_classifier_llm(usage)
             details["batch_size"] = len(texts)
             cf_pred = proba[[row[c.text] for c in cfs]] if cfs else np.zeros((0, proba.shape[1]))
-            out.append(self._estimate(text, iv, classifier, cfs, details, cost, proba[row[text]], cf_pred, usage))
+            out.append(
+                self._estimate(text, iv, classifier, cfs, details, cost, proba[row[text]], cf_pred, usage)
+            )
         share = (time.perf_counter() - started) / len(texts)
         for exp in out:
             exp.cost.wall_time_s += share
         return out
 
-    def _estimate(self, text: str, intervention: Intervention, classifier: Classifier, cfs: list[Counterfactual],
-                  details: dict[str, Any], cost: Cost, base: np.ndarray, cf_pred: np.ndarray,
-                  usage: LLMUsage | None = None) -> Explanation:
+    def _estimate(
+        self,
+        text: str,
+        intervention: Intervention,
+        classifier: Classifier,
+        cfs: list[Counterfactual],
+        details: dict[str, Any],
+        cost: Cost,
+        base: np.ndarray,
+        cf_pred: np.ndarray,
+        usage: LLMUsage | None = None,
+    ) -> Explanation:
         from explainers.estimate import icace_from_predictions
 
         for c, p in zip(cfs, cf_pred, strict=True):
             c.prediction = [float(x) for x in p]
         sims = np.array([c.similarity if c.similarity is not None else 1.0 for c in cfs], dtype=float)
         estimate = icace_from_predictions(
-            base, cf_pred, similarities=sims, aggregation=self.aggregation, threshold=self.similarity_threshold
+            base,
+            cf_pred,
+            similarities=sims,
+            aggregation=self.aggregation,
+            threshold=self.similarity_threshold,
         )
         details.setdefault("used", estimate.used)
         sampling = sampling_error(classifier, base, cf_pred, usage)
@@ -258,11 +275,15 @@ def explain_batch(
     if batched is not None:
         return batched(texts, interventions, classifier, top_k, base_labels=base_labels)
     labels = list(base_labels) if base_labels is not None else [None] * len(texts)
-    return [explainer.explain(t, iv, classifier, top_k, base_labels=lab)
-            for t, iv, lab in zip(texts, interventions, labels, strict=True)]
+    return [
+        explainer.explain(t, iv, classifier, top_k, base_labels=lab)
+        for t, iv, lab in zip(texts, interventions, labels, strict=True)
+    ]
 
 
-def zero_explanation(method: str, labels: Sequence[str], base: np.ndarray, intervention: Intervention) -> Explanation:
+def zero_explanation(
+    method: str, labels: Sequence[str], base: np.ndarray, intervention: Intervention
+) -> Explanation:
     """An explanation with no counterfactuals and no effect: what a method returns when it finds none."""
     return Explanation(
         method=method,

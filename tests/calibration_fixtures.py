@@ -16,8 +16,15 @@ FOOD = {"Positive": ["delicious", "tasty", "superb"], "Negative": ["bland", "sta
 SERVICE = {"Positive": ["friendly", "attentive", "quick"], "Negative": ["rude", "slow", "careless"]}
 DISHES = ["pasta", "burger", "sushi", "steak", "tacos", "curry", "salad", "soup", "pizza", "ramen"]
 STAFF = ["waiter", "server", "staff", "host", "bartender"]
-PLACES = ["downtown", "by the lovely river", "near the dreary station", "on the corner", "in the grim mall",
-          "at the charming market", "up the hill"]
+PLACES = [
+    "downtown",
+    "by the lovely river",
+    "near the dreary station",
+    "on the corner",
+    "in the grim mall",
+    "at the charming market",
+    "up the hill",
+]
 
 
 class LexiconClassifier:

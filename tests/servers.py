@@ -89,7 +89,12 @@ def running(
     full_env = {**os.environ, **(env or {})}
     with open(log, "wb") as fh:
         proc = subprocess.Popen(
-            list(cmd), stdout=fh, stderr=subprocess.STDOUT, env=full_env, cwd=cwd or ROOT, start_new_session=True
+            list(cmd),
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+            cwd=cwd or ROOT,
+            start_new_session=True,
         )
     server = Server(proc, f"http://127.0.0.1:{port}", log)
     try:

@@ -53,23 +53,46 @@ def drop_pg_prefix(prefix: str) -> None:
     """Drop every table a test server made under its prefix (jobs, registry, and other layers' tables)."""
     eng = sa.create_engine(PG_URL)
     with eng.begin() as c:
-        names = c.execute(sa.text("SELECT tablename FROM pg_tables WHERE schemaname = current_schema() "
-                                  "AND tablename LIKE :p"), {"p": prefix.replace("_", "\\_") + "%"}).scalars().all()
+        names = (
+            c.execute(
+                sa.text(
+                    "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() "
+                    "AND tablename LIKE :p"
+                ),
+                {"p": prefix.replace("_", "\\_") + "%"},
+            )
+            .scalars()
+            .all()
+        )
         for t in names:
             c.execute(sa.text(f'DROP TABLE IF EXISTS "{t}" CASCADE'))
     eng.dispose()
 
 
 @contextlib.contextmanager
-def service(env: dict[str, str] | None = None, *, port: int | None = None, ready: bool = True
-            ) -> Iterator[Server]:
+def service(
+    env: dict[str, str] | None = None, *, port: int | None = None, ready: bool = True
+) -> Iterator[Server]:
     """A running service; waits for /readyz unless ready=False."""
     port = port or free_port()
-    full = {"CACE_DATA_DIR": str(TEST_DATA_DIR), "CACE_HOST": "127.0.0.1", "CACE_PORT": str(port),
-            "CACE_OUTBOUND_ALLOW": "127.0.0.1/32", "CACE_AUTO_CALIBRATE": "false",
-            "OMP_NUM_THREADS": "2", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
-    with running([python(), "-m", "app.server", "--log-level", "warning"], port=port, health_path="/healthz",
-                 env=full, timeout=120) as srv:
+    full = {
+        "CACE_DATA_DIR": str(TEST_DATA_DIR),
+        "CACE_HOST": "127.0.0.1",
+        "CACE_PORT": str(port),
+        "CACE_OUTBOUND_ALLOW": "127.0.0.1/32",
+        "CACE_AUTO_CALIBRATE": "false",
+        "OMP_NUM_THREADS": "2",
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        **(env or {}),
+    }
+    with running(
+        [python(), "-m", "app.server", "--log-level", "warning"],
+        port=port,
+        health_path="/healthz",
+        env=full,
+        timeout=120,
+    ) as srv:
         if ready:
             wait_ready(srv.base_url, server=srv)
         yield srv

@@ -125,13 +125,16 @@ def test_400_is_not_retried(server: Server) -> None:
     assert calls(server, key)["count"] == 1
 
 
-@pytest.mark.parametrize(("mode", "message"), [
-    ("badjson", r"non-JSON body .*gateway says hi"),
-    ("short", r"sent 5 texts but got 4 score rows"),
-    ("nan", r"NaN"),
-    ("unknown", r"unknown label 'bogus'; declared labels are \['neg', 'neu', 'pos'\]"),
-    ("top1", r"top-1 only"),
-])
+@pytest.mark.parametrize(
+    ("mode", "message"),
+    [
+        ("badjson", r"non-JSON body .*gateway says hi"),
+        ("short", r"sent 5 texts but got 4 score rows"),
+        ("nan", r"NaN"),
+        ("unknown", r"unknown label 'bogus'; declared labels are \['neg', 'neu', 'pos'\]"),
+        ("top1", r"top-1 only"),
+    ],
+)
 def test_malformed_responses_say_what_is_wrong(server: Server, mode: str, message: str) -> None:
     url, key = route(server, mode)
     texts = TEXTS if mode != "nan" else TEXTS[:1]
@@ -156,8 +159,11 @@ def test_label_order_follows_declared_labels(server: Server) -> None:
     url, _ = route(server, "ok")
     out = HFClassifier(url, ["pos", "neg", "neu"]).predict_proba(TEXTS)
     np.testing.assert_allclose(out, expected(TEXTS)[:, [2, 0, 1]], atol=1e-12)
-    renamed = HFClassifier(url, ["negative", "neutral", "positive"],
-                           label_map={"neg": "negative", "neu": "neutral", "pos": "positive"})
+    renamed = HFClassifier(
+        url,
+        ["negative", "neutral", "positive"],
+        label_map={"neg": "negative", "neu": "neutral", "pos": "positive"},
+    )
     np.testing.assert_allclose(renamed.predict_proba(TEXTS), expected(TEXTS), atol=1e-12)
 
 
@@ -193,8 +199,9 @@ def test_per_text_requests_when_endpoint_takes_one_string(server: Server) -> Non
 
 def test_spec_built_classifier_caches_predictions(server: Server) -> None:
     url, key = route(server, "ok")
-    clf = build_classifier({"protocol": "hf", "url": url, "labels": LABELS, "batch_size": 2,
-                            "max_concurrency": 1})
+    clf = build_classifier(
+        {"protocol": "hf", "url": url, "labels": LABELS, "batch_size": 2, "max_concurrency": 1}
+    )
     first = clf.predict_proba(TEXTS[:3])
     again = clf.predict_proba(TEXTS[:3] + ["a new one"])
     np.testing.assert_allclose(again[:3], first, atol=0)

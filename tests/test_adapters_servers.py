@@ -33,7 +33,7 @@ REVERSED = LABELS[::-1]
 @pytest.fixture(scope="module")
 def texts() -> list[str]:
     reviews = load_split("dev")
-    return [r.text for r in reviews[:23]] + ["", "ünïcödé ☕ \"quoted\" \n newline"]
+    return [r.text for r in reviews[:23]] + ["", 'ünïcödé ☕ "quoted" \n newline']
 
 
 @pytest.fixture(scope="module")
@@ -65,9 +65,12 @@ def server_stats(server: Server) -> dict:
 
 # -- the project's own server -------------------------------------------------------
 
+
 def test_hf_batches_match_in_process(own: Server, texts: list[str], truth: np.ndarray) -> None:
     before = server_stats(own)["requests"]
-    clf = HFClassifier(own.base_url + "/predict", LABELS, options=HttpOptions(batch_size=10, max_concurrency=2))
+    clf = HFClassifier(
+        own.base_url + "/predict", LABELS, options=HttpOptions(batch_size=10, max_concurrency=2)
+    )
     np.testing.assert_allclose(clf.predict_proba(texts), truth, atol=1e-12)
     after = server_stats(own)
     assert after["requests"] - before == 3
@@ -108,32 +111,56 @@ def test_wrong_model_name_is_rejected_with_the_servers_message(own: Server) -> N
 
 def test_template_speaks_v2_json(own: Server, texts: list[str], truth: np.ndarray) -> None:
     template = {"inputs": [{"name": "text", "shape": [-1], "datatype": "BYTES", "data": "{{texts}}"}]}
-    clf = TemplateClassifier(own.base_url + "/v2/models/tfidf-lr/infer", REVERSED, request_template=template,
-                             scores_path="outputs[0].data", labels_path="outputs[0].parameters.labels",
-                             options=HttpOptions(batch_size=8))
+    clf = TemplateClassifier(
+        own.base_url + "/v2/models/tfidf-lr/infer",
+        REVERSED,
+        request_template=template,
+        scores_path="outputs[0].data",
+        labels_path="outputs[0].parameters.labels",
+        options=HttpOptions(batch_size=8),
+    )
     np.testing.assert_allclose(clf.predict_proba(texts), truth[:, ::-1], atol=1e-12)
 
 
 def test_template_per_text_with_label_entries(own: Server, texts: list[str], truth: np.ndarray) -> None:
-    clf = build_classifier({
-        "protocol": "template", "url": own.base_url + "/predict", "labels": LABELS,
-        "request_template": {"inputs": "{{text}}"}, "scores_path": "$",
-    }, cache=False)
+    clf = build_classifier(
+        {
+            "protocol": "template",
+            "url": own.base_url + "/predict",
+            "labels": LABELS,
+            "request_template": {"inputs": "{{text}}"},
+            "scores_path": "$",
+        },
+        cache=False,
+    )
     np.testing.assert_allclose(clf.predict_proba(texts[:4]), truth[:4], atol=1e-12)
 
 
 def test_template_rows_by_index_path(own: Server, texts: list[str], truth: np.ndarray) -> None:
-    clf = TemplateClassifier(own.base_url + "/v1/models/tfidf-lr:predict", LABELS,
-                             request_template={"instances": "{{texts}}"}, scores_path="predictions[*]")
+    clf = TemplateClassifier(
+        own.base_url + "/v1/models/tfidf-lr:predict",
+        LABELS,
+        request_template={"instances": "{{texts}}"},
+        scores_path="predictions[*]",
+    )
     np.testing.assert_allclose(clf.predict_proba(texts), truth, atol=1e-12)
 
 
 # -- MLServer (Open Inference Protocol V2) -------------------------------------------
 
+
 def test_mlserver_v2(ml: Server, texts: list[str], truth: np.ndarray) -> None:
-    spec = {"protocol": "v2", "url": ml.base_url, "model": "tfidf-lr", "labels": LABELS,
-            "input_parameters": {"content_type": "str"}, "request_outputs": ["predict_proba"],
-            "output_name": "predict_proba", "batch_size": 8, "max_concurrency": 2}
+    spec = {
+        "protocol": "v2",
+        "url": ml.base_url,
+        "model": "tfidf-lr",
+        "labels": LABELS,
+        "input_parameters": {"content_type": "str"},
+        "request_outputs": ["predict_proba"],
+        "output_name": "predict_proba",
+        "batch_size": 8,
+        "max_concurrency": 2,
+    }
     clf = build_classifier(spec)
     np.testing.assert_allclose(clf.predict_proba(texts), truth, atol=1e-9)
     np.testing.assert_allclose(clf.predict_proba(texts[:5]), truth[:5], atol=1e-9)
@@ -141,8 +168,14 @@ def test_mlserver_v2(ml: Server, texts: list[str], truth: np.ndarray) -> None:
 
 
 def test_mlserver_v2_label_order_and_flat_shape(ml: Server, texts: list[str], truth: np.ndarray) -> None:
-    clf = V2Classifier(ml.base_url, "tfidf-lr", REVERSED, shape="n", endpoint_labels=LABELS,
-                       request_outputs=["predict_proba"])
+    clf = V2Classifier(
+        ml.base_url,
+        "tfidf-lr",
+        REVERSED,
+        shape="n",
+        endpoint_labels=LABELS,
+        request_outputs=["predict_proba"],
+    )
     np.testing.assert_allclose(clf.predict_proba(texts), truth[:, ::-1], atol=1e-9)
 
 
@@ -157,9 +190,11 @@ def test_mlserver_without_predict_proba_is_a_clear_error(ml: Server) -> None:
 
 # -- KServe model server (V1) --------------------------------------------------------------
 
+
 def test_kserve_v1_lists(ks: Server, texts: list[str], truth: np.ndarray) -> None:
-    clf = build_classifier({"protocol": "kserve-v1", "url": ks.base_url, "model": "tfidf-lr", "labels": LABELS,
-                            "batch_size": 10})
+    clf = build_classifier(
+        {"protocol": "kserve-v1", "url": ks.base_url, "model": "tfidf-lr", "labels": LABELS, "batch_size": 10}
+    )
     np.testing.assert_allclose(clf.predict_proba(texts), truth, atol=1e-9)
 
 
@@ -174,7 +209,10 @@ def test_own_server_rejects_bad_input_with_4xx(own: Server) -> None:
     assert r.status_code == 422 and "list of strings" in r.json()["error"]
     assert post("/predict", {"text": "x"}).status_code == 422
     assert post("/predict", {"inputs": []}).status_code == 422
-    r = post("/v2/models/tfidf-lr/infer", {"inputs": [{"name": "t", "datatype": "FP32", "shape": [1], "data": [1]}]})
+    r = post(
+        "/v2/models/tfidf-lr/infer",
+        {"inputs": [{"name": "t", "datatype": "FP32", "shape": [1], "data": [1]}]},
+    )
     assert r.status_code == 422 and "BYTES" in r.json()["error"]
     assert post("/v1/models/other:predict", {"instances": ["x"]}).status_code == 404
     r = post("/predict", {"inputs": ["x"] * 5000})

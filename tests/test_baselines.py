@@ -38,8 +38,12 @@ class KeywordClassifier:
 
 
 def _pool() -> Pool:
-    return Pool(texts=[t for t, _ in POOL_ROWS], labels=[dict(lab) for _, lab in POOL_ROWS], schema=SCHEMA,
-                ids=[f"r{i}" for i in range(len(POOL_ROWS))])
+    return Pool(
+        texts=[t for t, _ in POOL_ROWS],
+        labels=[dict(lab) for _, lab in POOL_ROWS],
+        schema=SCHEMA,
+        ids=[f"r{i}" for i in range(len(POOL_ROWS))],
+    )
 
 
 @pytest.fixture()
@@ -54,8 +58,17 @@ FOOD_TO_NEG = Intervention("food", N, P)
 
 def test_all_baselines_are_registered() -> None:
     names = set(available())
-    assert {"zero", "random", "random_proba", "random_matching", "conexp", "approx", "approx_match",
-            "s_learner", "pt_match"} <= names
+    assert {
+        "zero",
+        "random",
+        "random_proba",
+        "random_matching",
+        "conexp",
+        "approx",
+        "approx_match",
+        "s_learner",
+        "pt_match",
+    } <= names
 
 
 def test_zero(resources: Resources) -> None:
@@ -84,7 +97,11 @@ def test_random_matching_draws_target_texts_deterministically(resources: Resourc
     rm = build_explainer("random_matching", resources)
     clf = KeywordClassifier()
     e3 = rm.explain(QUERY, FOOD_TO_NEG, clf, top_k=3)
-    assert {c.text for c in e3.counterfactuals} == {"bad food, good service", "bad food, bad service", "bad food"}
+    assert {c.text for c in e3.counterfactuals} == {
+        "bad food, good service",
+        "bad food, bad service",
+        "bad food",
+    }
     # K counterfactuals averaged: p = (0.5 + 0 + 0.25)/3 = 0.25, minus base 1.0
     assert e3.icace == pytest.approx([0.75, -0.75])
     e1 = rm.explain(QUERY, FOOD_TO_NEG, clf, top_k=1)
@@ -98,8 +115,15 @@ def test_random_ignores_labels_and_never_returns_the_query(resources: Resources)
     exp = rnd.explain(in_pool, FOOD_TO_NEG, KeywordClassifier(), top_k=10)
     texts = [c.text for c in exp.counterfactuals]
     assert len(texts) == len(POOL_ROWS) - 1 and in_pool not in texts
-    seeds = {tuple(c.text for c in build_explainer("random", Resources(schema=SCHEMA, pool=_pool(), seed=s))
-                   .explain(QUERY, FOOD_TO_NEG, KeywordClassifier(), top_k=6).counterfactuals) for s in range(6)}
+    seeds = {
+        tuple(
+            c.text
+            for c in build_explainer("random", Resources(schema=SCHEMA, pool=_pool(), seed=s))
+            .explain(QUERY, FOOD_TO_NEG, KeywordClassifier(), top_k=6)
+            .counterfactuals
+        )
+        for s in range(6)
+    }
     assert len(seeds) > 1  # the seed matters
 
 
@@ -136,8 +160,9 @@ def test_s_learner_moves_towards_the_pool_association(resources: Resources, targ
     exp = s.explain(QUERY, FOOD_TO_NEG, KeywordClassifier(), base_labels=QUERY_LABELS)
     assert exp.icace.sum() == pytest.approx(0.0, abs=1e-9)
     assert exp.icace[1] < 0  # food Positive -> Negative lowers P(pos) in this pool
-    back = s.explain(QUERY, Intervention("food", P, N), KeywordClassifier(),
-                     base_labels={"food": N, "service": P})
+    back = s.explain(
+        QUERY, Intervention("food", P, N), KeywordClassifier(), base_labels={"food": N, "service": P}
+    )
     assert back.icace == pytest.approx(-exp.icace)
 
 
@@ -156,7 +181,9 @@ def _restaurant_pool() -> Pool:
         ("The pasta was great and the waiter was friendly.", {"food": P, "service": P}),
         ("We parked outside.", {"food": U, "service": U}),
     ]
-    return Pool([t for t, _ in rows], [lab for _, lab in rows], SCHEMA, ids=[f"p{i}" for i in range(len(rows))])
+    return Pool(
+        [t for t, _ in rows], [lab for _, lab in rows], SCHEMA, ids=[f"p{i}" for i in range(len(rows))]
+    )
 
 
 def test_pt_match_returns_nearest_target_texts(encoder) -> None:
@@ -164,7 +191,9 @@ def test_pt_match_returns_nearest_target_texts(encoder) -> None:
     query = "The pasta was delicious and the waiter was friendly."
     exp = build_explainer("pt_match", res).explain(query, FOOD_TO_NEG, KeywordClassifier(), top_k=3)
     texts = [c.text for c in exp.counterfactuals]
-    assert set(texts) == {t for t, lab in zip(res.pool.texts, res.pool.labels, strict=True) if lab["food"] == N}
+    assert set(texts) == {
+        t for t, lab in zip(res.pool.texts, res.pool.labels, strict=True) if lab["food"] == N
+    }
     sims = [c.similarity for c in exp.counterfactuals]
     assert sims == sorted(sims, reverse=True)
     q = encoder.encode([query])[0]

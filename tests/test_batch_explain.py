@@ -66,7 +66,9 @@ def resources(space_dir) -> Resources:  # noqa: F811
     return Resources(schema=CEBAB_SCHEMA, pool=pool, encoder=Encoder(), space=space, taggers=taggers, seed=3)
 
 
-@pytest.mark.parametrize("method", ["match", "match_dr", "pt_match", "approx_match", "approx", "random_matching"])
+@pytest.mark.parametrize(
+    "method", ["match", "match_dr", "pt_match", "approx_match", "approx", "random_matching"]
+)
 def test_batch_equals_per_text(method: str, resources: Resources, tfidf_lr) -> None:
     single = build_explainer(method, resources)
     batched = build_explainer(method, resources)
@@ -74,8 +76,10 @@ def test_batch_equals_per_text(method: str, resources: Resources, tfidf_lr) -> N
     if method == "match_dr":  # its outcome model scores the pool once per classifier, before any batch
         batched._outcome_model(clf)
         clf.calls.clear()
-    one = [single.explain(t, iv, tfidf_lr, top_k=3, base_labels=lab)
-           for t, iv, lab in zip(QUERIES, INTERVENTIONS, LABELS, strict=True)]
+    one = [
+        single.explain(t, iv, tfidf_lr, top_k=3, base_labels=lab)
+        for t, iv, lab in zip(QUERIES, INTERVENTIONS, LABELS, strict=True)
+    ]
     many = batched.explain_batch(QUERIES, INTERVENTIONS, clf, 3, base_labels=LABELS)
     assert len(many) == len(one)
     for a, b in zip(one, many, strict=True):
@@ -97,8 +101,10 @@ def test_free_function_falls_back_per_text(resources: Resources, tfidf_lr) -> No
     pt = build_explainer("pair_transfer", resources)  # no explain_batch: one explain() per text
     assert not hasattr(pt, "explain_batch")
     got = explain_batch(pt, QUERIES[:3], INTERVENTIONS[:3], tfidf_lr, 2, base_labels=LABELS[:3])
-    want = [pt.explain(t, iv, tfidf_lr, 2, base_labels=lab)
-            for t, iv, lab in zip(QUERIES[:3], INTERVENTIONS[:3], LABELS[:3], strict=True)]
+    want = [
+        pt.explain(t, iv, tfidf_lr, 2, base_labels=lab)
+        for t, iv, lab in zip(QUERIES[:3], INTERVENTIONS[:3], LABELS[:3], strict=True)
+    ]
     assert [list(e.icace) for e in got] == [list(e.icace) for e in want]
 
 

@@ -27,12 +27,30 @@ def small_files(tmp_path_factory) -> tuple[Path, Path]:
     return d / "pool.json", d / "test.json"
 
 
-def test_cli_small_run_writes_table_and_json(tfidf_lr_dir: Path, tfidf_lr, small_files, tmp_path: Path,
-                                              capsys) -> None:
+def test_cli_small_run_writes_table_and_json(
+    tfidf_lr_dir: Path, tfidf_lr, small_files, tmp_path: Path, capsys
+) -> None:
     pool, split = small_files
     out = tmp_path / "cebab_small.md"
-    rc = main(["cebab", "--model", str(tfidf_lr_dir), "--split", str(split), "--pool", str(pool),
-               "--explainers", ",".join(EXPLAINERS), "--k", "1,3", "--limit", "40", "--out", str(out)])
+    rc = main(
+        [
+            "cebab",
+            "--model",
+            str(tfidf_lr_dir),
+            "--split",
+            str(split),
+            "--pool",
+            str(pool),
+            "--explainers",
+            ",".join(EXPLAINERS),
+            "--k",
+            "1,3",
+            "--limit",
+            "40",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     printed = capsys.readouterr().out
     table = out.read_text()
@@ -56,12 +74,30 @@ def test_cli_small_run_writes_table_and_json(tfidf_lr_dir: Path, tfidf_lr, small
     assert conexp["macro"]["cos"] < 1.0
 
 
-def test_cli_unknown_explainer_is_an_error_before_scoring(tfidf_lr_dir: Path, small_files, tmp_path: Path,
-                                                         capsys) -> None:
+def test_cli_unknown_explainer_is_an_error_before_scoring(
+    tfidf_lr_dir: Path, small_files, tmp_path: Path, capsys
+) -> None:
     pool, split = small_files
     out = tmp_path / "never.md"
-    rc = main(["cebab", "--model", str(tfidf_lr_dir), "--split", str(split), "--pool", str(pool),
-               "--explainers", "zero,no_such_method", "--k", "1", "--limit", "10", "--out", str(out)])
+    rc = main(
+        [
+            "cebab",
+            "--model",
+            str(tfidf_lr_dir),
+            "--split",
+            str(split),
+            "--pool",
+            str(pool),
+            "--explainers",
+            "zero,no_such_method",
+            "--k",
+            "1",
+            "--limit",
+            "10",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 2
     assert "no_such_method" in capsys.readouterr().err
     assert not out.exists()
@@ -82,13 +118,32 @@ def small_space(small_files, tmp_path_factory) -> Path:
     return out
 
 
-def test_cli_space_resource_is_loaded_and_each_row_names_its_space(tfidf_lr_dir: Path, small_files, small_space,
-                                                                   tmp_path: Path, capsys) -> None:
+def test_cli_space_resource_is_loaded_and_each_row_names_its_space(
+    tfidf_lr_dir: Path, small_files, small_space, tmp_path: Path, capsys
+) -> None:
     pool, split = small_files
     out = tmp_path / "spaces.md"
-    rc = main(["cebab", "--model", str(tfidf_lr_dir), "--split", str(split), "--pool", str(pool),
-               "--explainers", "match,pair_transfer,stacked,pt_match,conexp", "--k", "2", "--limit", "20",
-               "--resource", f"space={small_space}", "--out", str(out)])
+    rc = main(
+        [
+            "cebab",
+            "--model",
+            str(tfidf_lr_dir),
+            "--split",
+            str(split),
+            "--pool",
+            str(pool),
+            "--explainers",
+            "match,pair_transfer,stacked,pt_match,conexp",
+            "--k",
+            "2",
+            "--limit",
+            "20",
+            "--resource",
+            f"space={small_space}",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     table = out.read_text()
     assert "| match | 2 | small-test-space |" in table
@@ -104,8 +159,26 @@ def test_cli_space_resource_is_loaded_and_each_row_names_its_space(tfidf_lr_dir:
 
 def test_cli_space_none_makes_a_space_method_an_error(tfidf_lr_dir: Path, small_files, capsys) -> None:
     pool, split = small_files
-    rc = main(["cebab", "--model", str(tfidf_lr_dir), "--split", str(split), "--pool", str(pool),
-               "--explainers", "match", "--k", "1", "--limit", "5", "--resource", "space=none", "--no-write"])
+    rc = main(
+        [
+            "cebab",
+            "--model",
+            str(tfidf_lr_dir),
+            "--split",
+            str(split),
+            "--pool",
+            str(pool),
+            "--explainers",
+            "match",
+            "--k",
+            "1",
+            "--limit",
+            "5",
+            "--resource",
+            "space=none",
+            "--no-write",
+        ]
+    )
     assert rc == 2
     assert "match" in capsys.readouterr().err
 
@@ -113,9 +186,26 @@ def test_cli_space_none_makes_a_space_method_an_error(tfidf_lr_dir: Path, small_
 def test_cli_missing_space_path_is_an_error(tfidf_lr_dir: Path, small_files, tmp_path: Path) -> None:
     pool, split = small_files
     with pytest.raises(SystemExit, match="no concept space"):
-        main(["cebab", "--model", str(tfidf_lr_dir), "--split", str(split), "--pool", str(pool),
-              "--explainers", "match", "--k", "1", "--limit", "5", "--resource", f"space={tmp_path / 'nope'}",
-              "--no-write"])
+        main(
+            [
+                "cebab",
+                "--model",
+                str(tfidf_lr_dir),
+                "--split",
+                str(split),
+                "--pool",
+                str(pool),
+                "--explainers",
+                "match",
+                "--k",
+                "1",
+                "--limit",
+                "5",
+                "--resource",
+                f"space={tmp_path / 'nope'}",
+                "--no-write",
+            ]
+        )
 
 
 def test_cli_list(capsys) -> None:
@@ -123,13 +213,29 @@ def test_cli_list(capsys) -> None:
     assert "approx_match" in capsys.readouterr().out
 
 
-def test_cace_calibrate_writes_a_calibration_the_bench_auto_uses(tfidf_lr_dir: Path, small_files, small_space,
-                                                                 tmp_path: Path, capsys) -> None:
+def test_cace_calibrate_writes_a_calibration_the_bench_auto_uses(
+    tfidf_lr_dir: Path, small_files, small_space, tmp_path: Path, capsys
+) -> None:
     from app.cli import main as cace
 
     out = tmp_path / "cal"
-    rc = cace(["calibrate", "--classifier", str(tfidf_lr_dir), "--space", str(small_space), "--out", str(out),
-               "--ks", "1,2", "--methods", "match,pair_transfer,s_learner,conexp", "--combiners", "ridge"])
+    rc = cace(
+        [
+            "calibrate",
+            "--classifier",
+            str(tfidf_lr_dir),
+            "--space",
+            str(small_space),
+            "--out",
+            str(out),
+            "--ks",
+            "1,2",
+            "--methods",
+            "match,pair_transfer,s_learner,conexp",
+            "--combiners",
+            "ridge",
+        ]
+    )
     assert rc == 0
     printed = capsys.readouterr().out
     assert "| single:match@1 |" in printed and "fingerprint" in printed
@@ -137,9 +243,29 @@ def test_cace_calibrate_writes_a_calibration_the_bench_auto_uses(tfidf_lr_dir: P
     assert meta["kind"] == "calibration" and meta["classifier"]["name"] == "tfidf-lr"
     pool, split = small_files
     table_out = tmp_path / "auto.md"
-    rc = main(["cebab", "--model", str(tfidf_lr_dir), "--split", str(split), "--pool", str(pool),
-               "--explainers", "auto", "--k", "2", "--limit", "10", "--resource", f"space={small_space}",
-               "--resource", f"calibration={out}", "--out", str(table_out)])
+    rc = main(
+        [
+            "cebab",
+            "--model",
+            str(tfidf_lr_dir),
+            "--split",
+            str(split),
+            "--pool",
+            str(pool),
+            "--explainers",
+            "auto",
+            "--k",
+            "2",
+            "--limit",
+            "10",
+            "--resource",
+            f"space={small_space}",
+            "--resource",
+            f"calibration={out}",
+            "--out",
+            str(table_out),
+        ]
+    )
     assert rc == 0
     table = table_out.read_text()
     assert "| auto | 2 | small-test-space |" in table and '"calibrated": true' in table

@@ -30,8 +30,16 @@ def domain():
 @pytest.fixture(scope="module")
 def calibration(domain) -> Calibration:
     pool, space, enc = domain
-    return calibrate(LexiconClassifier(), pool, space, enc, ks=KS, max_pairs=None, classifier_name="lexicon",
-                     combiners=("ridge",))
+    return calibrate(
+        LexiconClassifier(),
+        pool,
+        space,
+        enc,
+        ks=KS,
+        max_pairs=None,
+        classifier_name="lexicon",
+        combiners=("ridge",),
+    )
 
 
 def test_fold_pools_never_hold_a_heldout_pairs_origin(domain) -> None:
@@ -58,7 +66,9 @@ def test_calibration_weights_are_non_negative_and_cells_shrink_to_pooled(calibra
         assert all(w >= 0 for w in st.pooled.values())
         for w in st.cells.values():
             assert all(x >= 0 for x in w.values())
-    assert calibration.meta["cost"]["classifier_texts"] == calibration.meta["pool"]["size"]  # one call per text
+    assert (
+        calibration.meta["cost"]["classifier_texts"] == calibration.meta["pool"]["size"]
+    )  # one call per text
     assert calibration.meta["classifier"]["fingerprint"]
     assert calibration.meta["coverage"]["nominal"] == 0.9
     table = calibration.report["methods"]
@@ -125,32 +135,53 @@ def test_fingerprint_detects_a_changed_model(domain, calibration: Calibration, t
     loaded = Calibration.load(tmp_path / "cal")
     assert loaded.meta["format_version"] == 1 and loaded.meta["kind"] == "calibration"
     assert loaded.choice == calibration.choice and loaded.default == calibration.default
-    res = Resources(schema=pool.schema, pool=pool, encoder=enc, space=space, extra={"calibration": str(tmp_path / "cal")})
+    res = Resources(
+        schema=pool.schema, pool=pool, encoder=enc, space=space, extra={"calibration": str(tmp_path / "cal")}
+    )
     auto = build_explainer("auto", res)
     text, labels = pool.texts[0], pool.labels[0]
     target = "Negative" if labels["food"] != "Negative" else "Positive"
     good = auto.explain(text, Intervention("food", target), LexiconClassifier(), 3, base_labels=labels)
     assert good.details["calibrated"] is True
     lo, hi = np.array(good.details["interval"]["lower"]), np.array(good.details["interval"]["upper"])
-    assert np.all(lo <= good.icace + 1e-5) and np.all(good.icace <= hi + 1e-5) and good.details["interval"]["coverage"] == 0.9
+    assert (
+        np.all(lo <= good.icace + 1e-5)
+        and np.all(good.icace <= hi + 1e-5)
+        and good.details["interval"]["coverage"] == 0.9
+    )
     assert good.details["expected_error"]["l2"] >= 0 and good.details["estimator"]
     assert good.base_prediction.shape == good.icace.shape == (3,)
-    stale = auto.explain(text, Intervention("food", target), LexiconClassifier(shift=0.3), 3, base_labels=labels)
+    stale = auto.explain(
+        text, Intervention("food", target), LexiconClassifier(shift=0.3), 3, base_labels=labels
+    )
     assert stale.details["calibrated"] is False and "model changed" in stale.details["note"]
 
 
 def test_auto_without_calibration_says_so(domain) -> None:
     pool, space, enc = domain
     auto = build_explainer("auto", Resources(schema=pool.schema, pool=pool, encoder=enc, space=space))
-    e = auto.explain(pool.texts[3], Intervention("service", "Negative", "Positive"), LexiconClassifier(), 3,
-                     base_labels=pool.labels[3])
+    e = auto.explain(
+        pool.texts[3],
+        Intervention("service", "Negative", "Positive"),
+        LexiconClassifier(),
+        3,
+        base_labels=pool.labels[3],
+    )
     assert e.details["calibrated"] is False and "no calibration" in e.details["note"]
     assert np.all(e.base_prediction + e.icace >= -1e-9)  # projected onto the simplex
 
 
 def test_budget_cuts_the_pool_to_whole_origins(domain) -> None:
     pool, space, enc = domain
-    cal = calibrate(LexiconClassifier(), pool, space, enc, methods=("s_learner", "conexp"), ks=(1,),
-                    max_classifier_texts=120, combiners=())
+    cal = calibrate(
+        LexiconClassifier(),
+        pool,
+        space,
+        enc,
+        methods=("s_learner", "conexp"),
+        ks=(1,),
+        max_classifier_texts=120,
+        combiners=(),
+    )
     assert cal.meta["cost"]["classifier_texts"] <= 120
     assert cal.meta["pool"]["size"] <= 120 and cal.meta["pool"]["size"] % 3 == 0  # three texts per origin

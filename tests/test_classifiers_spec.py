@@ -31,21 +31,34 @@ def error_of(data) -> str:
     return str(e.value)
 
 
-@pytest.mark.parametrize(("data", "field", "words"), [
-    ({"protocol": "v2", **BASE}, "v2.model", "Field required"),
-    ({"protocol": "v2", "model": "m", **BASE, "labels": ["a", "a"]}, "v2.labels", "repeated: ['a']"),
-    ({"protocol": "hf", **BASE, "url": "file:///etc/passwd"}, "hf.url", "http:// or https://"),
-    ({"protocol": "hf", **BASE, "batch_size": 0}, "hf.batch_size", "greater than or equal to 1"),
-    ({"protocol": "hf", **BASE, "timeout_s": -1}, "hf.timeout_s", "greater than 0"),
-    ({"protocol": "hf", **BASE, "labels": []}, "hf.labels", "at least 1"),
-    ({"protocol": "kserve-v1", "model": "m", **BASE, "bogus": 1}, "kserve-v1.bogus", "Extra inputs"),
-    ({"protocol": "grpc", **BASE}, "protocol", "'v2', 'kserve-v1', 'hf', 'template', 'sklearn', 'transformers'"),
-    ({"protocol": "template", **BASE, "request_template": {"x": 1}, "scores_path": "a"},
-     "template.request_template", "exactly one kind of placeholder"),
-    ({"protocol": "template", **BASE, "request_template": {"x": "{{texts}}"}, "scores_path": "a[*"},
-     "template.scores_path", "bad JSON path"),
-    ({"protocol": "v2", "model": "m", **BASE, "endpoint_labels": ["a", "c"]}, "v2", "same classes"),
-])
+@pytest.mark.parametrize(
+    ("data", "field", "words"),
+    [
+        ({"protocol": "v2", **BASE}, "v2.model", "Field required"),
+        ({"protocol": "v2", "model": "m", **BASE, "labels": ["a", "a"]}, "v2.labels", "repeated: ['a']"),
+        ({"protocol": "hf", **BASE, "url": "file:///etc/passwd"}, "hf.url", "http:// or https://"),
+        ({"protocol": "hf", **BASE, "batch_size": 0}, "hf.batch_size", "greater than or equal to 1"),
+        ({"protocol": "hf", **BASE, "timeout_s": -1}, "hf.timeout_s", "greater than 0"),
+        ({"protocol": "hf", **BASE, "labels": []}, "hf.labels", "at least 1"),
+        ({"protocol": "kserve-v1", "model": "m", **BASE, "bogus": 1}, "kserve-v1.bogus", "Extra inputs"),
+        (
+            {"protocol": "grpc", **BASE},
+            "protocol",
+            "'v2', 'kserve-v1', 'hf', 'template', 'sklearn', 'transformers'",
+        ),
+        (
+            {"protocol": "template", **BASE, "request_template": {"x": 1}, "scores_path": "a"},
+            "template.request_template",
+            "exactly one kind of placeholder",
+        ),
+        (
+            {"protocol": "template", **BASE, "request_template": {"x": "{{texts}}"}, "scores_path": "a[*"},
+            "template.scores_path",
+            "bad JSON path",
+        ),
+        ({"protocol": "v2", "model": "m", **BASE, "endpoint_labels": ["a", "c"]}, "v2", "same classes"),
+    ],
+)
 def test_validation_errors_name_the_field(data: dict, field: str, words: str) -> None:
     msg = error_of(data)
     assert field in msg and words in msg, msg
@@ -54,7 +67,14 @@ def test_validation_errors_name_the_field(data: dict, field: str, words: str) ->
 def test_examples_in_the_schema_are_valid() -> None:
     from explainers.classifiers import spec as mod
 
-    for cls in (mod.V2Spec, mod.KServeV1Spec, mod.HFSpec, mod.TemplateSpec, mod.SklearnSpec, mod.TransformersSpec):
+    for cls in (
+        mod.V2Spec,
+        mod.KServeV1Spec,
+        mod.HFSpec,
+        mod.TemplateSpec,
+        mod.SklearnSpec,
+        mod.TransformersSpec,
+    ):
         for example in cls.model_json_schema()["examples"]:
             assert parse_spec(example).protocol == example["protocol"]
 

@@ -64,8 +64,14 @@ def test_required_kinds_are_present_and_wired() -> None:
     for p in _manifests():
         for d in _docs(p):
             by_kind[d["kind"]] = d
-    assert {"Deployment", "Service", "HorizontalPodAutoscaler", "PersistentVolumeClaim", "ConfigMap",
-            "Secret"} <= set(by_kind)
+    assert {
+        "Deployment",
+        "Service",
+        "HorizontalPodAutoscaler",
+        "PersistentVolumeClaim",
+        "ConfigMap",
+        "Secret",
+    } <= set(by_kind)
     dep = by_kind["Deployment"]
     pod = dep["spec"]["template"]["spec"]
     labels = dep["spec"]["template"]["metadata"]["labels"]
@@ -84,8 +90,9 @@ def test_required_kinds_are_present_and_wired() -> None:
         ref = e.get("valueFrom", {}).get("secretKeyRef")
         if ref:
             assert ref["name"] == by_kind["Secret"]["metadata"]["name"] and ref["key"] in secret_keys
-    _check_settings({**cm["data"], **{e["name"]: "x" for e in c["env"] if e["name"] == "CACE_INSTANCE_ID"}},
-                    "configmap")
+    _check_settings(
+        {**cm["data"], **{e["name"]: "x" for e in c["env"] if e["name"] == "CACE_INSTANCE_ID"}}, "configmap"
+    )
     keys = json.loads(by_kind["Secret"]["stringData"]["api-keys.json"])
     assert all(re.fullmatch(r"[0-9a-f]{64}", k["sha256"]) for k in keys)  # hashes only, never keys
 
@@ -95,8 +102,12 @@ def test_kserve_inferenceservice_has_a_valid_explainer_slot() -> None:
     assert isvc["apiVersion"] == "serving.kserve.io/v1beta1" and isvc["kind"] == "InferenceService"
     for slot in ("predictor", "explainer"):
         spec = isvc["spec"][slot]
-        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"check-{slot}"},
-               "spec": {"containers": spec["containers"], "volumes": spec.get("volumes", [])}}
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": f"check-{slot}"},
+            "spec": {"containers": spec["containers"], "volumes": spec.get("volumes", [])},
+        }
         kubernetes_validate.validate(pod, K8S_VERSION, strict=True)
     (explainer,) = isvc["spec"]["explainer"]["containers"]
     env = {e["name"]: e.get("value", "") for e in explainer["env"]}
@@ -195,8 +206,12 @@ def test_kuberay_raycluster_pods_validate_and_match_the_pinned_ray() -> None:
         templates[group["groupName"]] = group["template"]
     names = {p.stem: d["metadata"]["name"] for p in _manifests() for d in _docs(p)}
     for slot, tpl in templates.items():
-        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"check-{slot}", **tpl.get("metadata", {})},
-               "spec": tpl["spec"]}
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": f"check-{slot}", **tpl.get("metadata", {})},
+            "spec": tpl["spec"],
+        }
         kubernetes_validate.validate(pod, K8S_VERSION, strict=True)
         assert tpl["spec"]["securityContext"]["runAsNonRoot"] is True
         for c in tpl["spec"]["containers"]:

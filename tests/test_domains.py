@@ -22,17 +22,37 @@ from explainers.data.movies import movie_corpus, train_rating_classifier
 from tests.servers import free_port, python, running
 from tests.service_server import service, store_env
 
-METHODS_WITHOUT_LLM = ("match", "match_dr", "pair_transfer", "stacked", "zero", "random", "random_proba",
-                       "random_matching", "conexp", "approx", "approx_match", "s_learner", "pt_match")
-QUERY = {"text": "I went with two friends. The acting is wooden and flat. The story is gripping from start to "
-                 "finish. The score is beautiful and haunting.",
-         "intervention": {"concept": "plot", "target": "bad"}, "classifier": "movie-rating", "domain": "movies"}
+METHODS_WITHOUT_LLM = (
+    "match",
+    "match_dr",
+    "pair_transfer",
+    "stacked",
+    "zero",
+    "random",
+    "random_proba",
+    "random_matching",
+    "conexp",
+    "approx",
+    "approx_match",
+    "s_learner",
+    "pt_match",
+)
+QUERY = {
+    "text": "I went with two friends. The acting is wooden and flat. The story is gripping from start to "
+    "finish. The score is beautiful and haunting.",
+    "intervention": {"concept": "plot", "target": "bad"},
+    "classifier": "movie-rating",
+    "domain": "movies",
+}
 
 
 def upload(c: httpx.Client, domain_id: str, rows: list[dict], **params: object) -> httpx.Response:
     body = "\n".join(json.dumps({k: v for k, v in r.items() if k != "rating"}) for r in rows).encode()
-    return c.post("/v1/domains", files={"file": ("corpus.jsonl", body, "application/x-ndjson")},
-                  data={"params": json.dumps({"id": domain_id, **params})})
+    return c.post(
+        "/v1/domains",
+        files={"file": ("corpus.jsonl", body, "application/x-ndjson")},
+        data={"params": json.dumps({"id": domain_id, **params})},
+    )
 
 
 def wait_job(c: httpx.Client, job_id: str, timeout: float = 900) -> dict:
@@ -63,13 +83,20 @@ def rating_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def test_a_movie_domain_end_to_end_without_cebab(tmp_path: Path, rating_server: str) -> None:
-    env = {**store_env("sqlite", tmp_path), "CACE_DATA_DIR": str(tmp_path / "data"), "CACE_DEFAULT_DOMAIN": "none",
-           "CACE_AUTO_CALIBRATE": "true", "CACE_CALIBRATION_MAX_PAIRS": "60"}
+    env = {
+        **store_env("sqlite", tmp_path),
+        "CACE_DATA_DIR": str(tmp_path / "data"),
+        "CACE_DEFAULT_DOMAIN": "none",
+        "CACE_AUTO_CALIBRATE": "true",
+        "CACE_CALIBRATION_MAX_PAIRS": "60",
+    }
     started = time.monotonic()
     with service(env) as svc, httpx.Client(base_url=svc.base_url, timeout=300) as c:
         startup_s = time.monotonic() - started
         ready = c.get("/readyz").json()
-        assert not {"domain", "classifier"} & set(ready["components"]), ready  # nothing of CEBaB is loaded or built
+        assert not {"domain", "classifier"} & set(ready["components"]), (
+            ready
+        )  # nothing of CEBaB is loaded or built
         assert startup_s < 60, startup_s
         assert not (tmp_path / "data" / "domains" / "cebab").exists()
         # No default domain, no default classifier: a request must name both.
@@ -112,23 +139,41 @@ def test_a_movie_domain_end_to_end_without_cebab(tmp_path: Path, rating_server: 
             for cf in e["counterfactuals"]:  # every counterfactual comes from this domain's corpus
                 assert "food" not in cf["text"].lower() and cf["text"].endswith(".")
         # Making the plot bad lowers the rating for the methods that look at real edits.
-        assert c.post("/v1/explanations", json={**QUERY, "method": "match", "top_k": 5}).json()["icace"]["pos"] < 0
+        assert (
+            c.post("/v1/explanations", json={**QUERY, "method": "match", "top_k": 5}).json()["icace"]["pos"]
+            < 0
+        )
 
         # Checked against this domain's schema, naming the field and the allowed values.
-        bad = c.post("/v1/explanations", json={**QUERY, "intervention": {"concept": "food", "target": "Positive"}})
+        bad = c.post(
+            "/v1/explanations", json={**QUERY, "intervention": {"concept": "food", "target": "Positive"}}
+        )
         assert field(bad, 422) == "body.intervention.concept" and "acting" in bad.json()["detail"]
-        bad = c.post("/v1/explanations", json={**QUERY, "intervention": {"concept": "plot", "target": "Positive"}})
+        bad = c.post(
+            "/v1/explanations", json={**QUERY, "intervention": {"concept": "plot", "target": "Positive"}}
+        )
         assert field(bad, 422) == "body.intervention.target" and "'good'" in bad.json()["detail"]
         bad = c.post("/v1/explanations", json={**QUERY, "base_labels": {"music": "Bogus"}})
         assert field(bad, 422) == "body.base_labels.music"
         assert field(c.post("/v1/explanations", json={**QUERY, "domain": "nope"}), 422) == "body.domain"
 
-        eff = c.post("/v1/effects", json={**{k: v for k, v in QUERY.items() if k != "text"}, "method": "pt_match",
-                                          "texts": [r["text"] for r in movie_corpus(8, edits=False, seed=3)]})
+        eff = c.post(
+            "/v1/effects",
+            json={
+                **{k: v for k, v in QUERY.items() if k != "text"},
+                "method": "pt_match",
+                "texts": [r["text"] for r in movie_corpus(8, edits=False, seed=3)],
+            },
+        )
         assert eff.status_code == 200, eff.text
         assert eff.json()["result"]["labels"] == ["neg", "pos"]
-        bad = c.post("/v1/effects", json={**{k: v for k, v in QUERY.items() if k != "text"},
-                                          "texts": [{"text": "The plot is dull.", "labels": {"plot": "meh"}}]})
+        bad = c.post(
+            "/v1/effects",
+            json={
+                **{k: v for k, v in QUERY.items() if k != "text"},
+                "texts": [{"text": "The plot is dull.", "labels": {"plot": "meh"}}],
+            },
+        )
         assert field(bad, 422) == "body.texts.0.labels.plot"
 
         # A corpus without edits builds, and says which methods it cannot run (never a silent zero).
@@ -140,12 +185,19 @@ def test_a_movie_domain_end_to_end_without_cebab(tmp_path: Path, rating_server: 
         assert flat["methods"]["plot"]["match"] is None
         bad = c.post("/v1/explanations", json={**QUERY, "domain": "movies-flat", "method": "pair_transfer"})
         assert field(bad, 422) == "body.method" and "no counterfactual pairs" in bad.json()["detail"]
-        assert c.post("/v1/explanations", json={**QUERY, "domain": "movies-flat", "method": "match"}).status_code == 200
+        assert (
+            c.post("/v1/explanations", json={**QUERY, "domain": "movies-flat", "method": "match"}).status_code
+            == 200
+        )
 
         # A concept whose tagger cannot beat the majority value needs the caller's label.
         rows = [{**r, "labels": {**r["labels"], "format": "dvd"}} for r in movie_corpus(20, seed=2)]
-        schema = {"concepts": [{"name": c_, "values": ["bad", "good", "unknown"]} for c_ in ("acting", "plot", "music")]
-                  + [{"name": "format", "values": ["dvd", "stream"]}]}
+        schema = {
+            "concepts": [
+                {"name": c_, "values": ["bad", "good", "unknown"]} for c_ in ("acting", "plot", "music")
+            ]
+            + [{"name": "format", "values": ["dvd", "stream"]}]
+        }
         r = upload(c, "movies-format", rows, schema=schema)
         assert wait_job(c, r.json()["id"])["status"] == "succeeded"
         assert c.get("/v1/domains/movies-format").json()["taggers"]["format"]["usable"] is False
@@ -159,6 +211,9 @@ def test_a_movie_domain_end_to_end_without_cebab(tmp_path: Path, rating_server: 
     with service(env) as svc, httpx.Client(base_url=svc.base_url, timeout=300) as c:
         listed = {d["id"]: d for d in c.get("/v1/domains").json()["domains"]}
         assert {"movies", "movies-flat", "movies-format"} <= set(listed)
-        assert listed["movies"]["status"] == "ready" and listed["movies"]["schema"]["concepts"][1]["name"] == "plot"
+        assert (
+            listed["movies"]["status"] == "ready"
+            and listed["movies"]["schema"]["concepts"][1]["name"] == "plot"
+        )
         assert c.post("/v1/explanations", json={**QUERY, "method": "match"}).status_code == 200
         assert c.delete("/v1/domains/movies-flat").status_code == 204

@@ -57,6 +57,9 @@ def test_encoder_backend_setting(monkeypatch: pytest.MonkeyPatch, torch_vectors:
     assert enc.backend == "onnx-int8"
     assert enc._cache is not Encoder(use_disk_cache=False, backend="torch")._cache  # int8 vectors kept apart
     assert enc.encode(TEXTS[:2]).shape == (2, 384)
-    assert Encoder(use_disk_cache=False, backend="onnx")._cache is Encoder(use_disk_cache=False, backend="torch")._cache
+    assert (
+        Encoder(use_disk_cache=False, backend="onnx")._cache
+        is Encoder(use_disk_cache=False, backend="torch")._cache
+    )
     with pytest.raises(ValueError, match="backend"):
         Encoder(backend="tensorrt")

@@ -23,8 +23,11 @@ from explainers.embeddings import Encoder
 from explainers.registry import available, build_explainer
 from explainers.types import Explanation
 
-GGUF = Path(os.environ.get("CACE_CACHE_DIR", Path.home() / ".cache" / "cace")) / "models" / \
-    "SmolLM2-135M-Instruct.Q4_1.gguf"
+GGUF = (
+    Path(os.environ.get("CACE_CACHE_DIR", Path.home() / ".cache" / "cace"))
+    / "models"
+    / "SmolLM2-135M-Instruct.Q4_1.gguf"
+)
 TEXT = "I went with two friends. The acting is wooden and flat. The story is gripping from start to finish."
 INTERVENTION = Intervention("plot", "bad", "good")
 
@@ -32,8 +35,12 @@ INTERVENTION = Intervention("plot", "bad", "good")
 @pytest.fixture(scope="module")
 def domain(tmp_path_factory: pytest.TempPathFactory) -> Domain:
     rows = validate_rows(movie_corpus(25, seed=4))
-    return build_domain(tmp_path_factory.mktemp("domains"), "contract", pool_from_rows(rows, infer_schema(rows)),
-                        encoder=Encoder())
+    return build_domain(
+        tmp_path_factory.mktemp("domains"),
+        "contract",
+        pool_from_rows(rows, infer_schema(rows)),
+        encoder=Encoder(),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -48,13 +55,15 @@ def llm_backend() -> object:
         pytest.skip("the llama.cpp test model is not set up")
     from explainers.generation.backends import build_backend
 
-    return build_backend({"kind": "llamacpp", "model": "smollm2", "model_path": str(GGUF), "n_ctx": 1024,
-                          "n_threads": 2})
+    return build_backend(
+        {"kind": "llamacpp", "model": "smollm2", "model_path": str(GGUF), "n_ctx": 1024, "n_threads": 2}
+    )
 
 
 @pytest.mark.parametrize("name", sorted(available()))
-def test_every_registered_explainer_honours_the_contract(name: str, domain: Domain,
-                                                         classifier: SklearnClassifier) -> None:
+def test_every_registered_explainer_honours_the_contract(
+    name: str, domain: Domain, classifier: SklearnClassifier
+) -> None:
     resources = domain.resources(encoder=Encoder(), llm=llm_backend() if name == "generate" else None)
     options = {"max_tokens": 48} if name == "generate" else {}
     explainer = build_explainer(name, resources, **options)

@@ -132,7 +132,9 @@ if __name__ == "__main__":
 def faulty() -> str:
     port = free_port()
     env = {"PYTHONPATH": str(ROOT)}
-    with running([python(), __file__, str(port)], port=port, health_path="/health", env=env, timeout=30) as srv:
+    with running(
+        [python(), __file__, str(port)], port=port, health_path="/health", env=env, timeout=30
+    ) as srv:
         yield srv.base_url
 
 
@@ -168,7 +170,9 @@ def test_retries_through_503s(faulty: str) -> None:
     assert stats["flaky"] == 3 and stats["down503"] == 2  # retried exactly max_retries times
 
 
-@pytest.mark.parametrize("mode, match", [("nonjson", "non-JSON"), ("nochoices", "choices"), ("badrequest", "HTTP 400")])
+@pytest.mark.parametrize(
+    "mode, match", [("nonjson", "non-JSON"), ("nochoices", "choices"), ("badrequest", "HTTP 400")]
+)
 def test_malformed_answers_are_bad_response_without_retry(faulty: str, mode: str, match: str) -> None:
     with pytest.raises(LLMBadResponse, match=match):
         backend(faulty, mode, max_retries=3).chat([{"role": "user", "content": "hi"}])
@@ -183,12 +187,22 @@ def test_server_ignoring_n_gets_repeated_calls(faulty: str) -> None:
 
 def test_garbage_is_filtered_counted_and_regenerated(faulty: str) -> None:
     """Every rejection reason shows up in details; regeneration stops at the sample budget."""
-    ex = GenerationExplainer(backend(faulty, "garbage"), CEBAB_SCHEMA, sample_budget=8, max_rounds=1,
-                             max_concurrency=3)
+    ex = GenerationExplainer(
+        backend(faulty, "garbage"), CEBAB_SCHEMA, sample_budget=8, max_rounds=1, max_concurrency=3
+    )
     cfs, details = ex.counterfactuals(SRC, NEG_FOOD, 8)
     texts = [c.text for c in cfs]
-    assert texts == ["The food was bad and the waiter was friendly.", "The food was awful and the waiter was friendly."]
-    assert details["rejections"] == {"meta_text": 2, "duplicate": 1, "identical": 1, "failed": 1, "truncated": 1}
+    assert texts == [
+        "The food was bad and the waiter was friendly.",
+        "The food was awful and the waiter was friendly.",
+    ]
+    assert details["rejections"] == {
+        "meta_text": 2,
+        "duplicate": 1,
+        "identical": 1,
+        "failed": 1,
+        "truncated": 1,
+    }
     assert details["kept"] == 2 and details["requested"] == 8 and details["generated"] == 8
     assert details["cost"].llm_calls == 8 and details["cost"].prompt_tokens == 400
 

@@ -58,7 +58,9 @@ def test_real_server_chat_with_n_and_usage(llama_url: str) -> None:
     assert set(comp.finish_reasons) <= {"stop", "length"}
     assert b.supports_n is not None  # learnt whether this server honours n
     again = b.chat(MSGS, n=1, temperature=0.0, max_tokens=16, seed=1)
-    assert again.texts[0] == b.chat(MSGS, n=1, temperature=0.0, max_tokens=16, seed=1).texts[0]  # greedy is stable
+    assert (
+        again.texts[0] == b.chat(MSGS, n=1, temperature=0.0, max_tokens=16, seed=1).texts[0]
+    )  # greedy is stable
 
 
 def test_real_server_timeout_is_unavailable(llama_url: str) -> None:
@@ -69,7 +71,10 @@ def test_real_server_timeout_is_unavailable(llama_url: str) -> None:
 
 
 def test_explain_end_to_end_with_verification_cost_and_cache(
-    llama_url: str, tfidf_lr, tfidf_taggers, tmp_path: Path  # noqa: F811
+    llama_url: str,
+    tfidf_lr,
+    tfidf_taggers,  # noqa: F811 (the imported fixture)
+    tmp_path: Path,
 ) -> None:
     def make() -> GenerationExplainer:
         return GenerationExplainer(
@@ -101,8 +106,14 @@ def test_registry_builds_generate_from_resources(llama_url: str, tfidf_lr, tmp_p
     with pytest.raises(MissingResource, match="llm"):
         build_explainer("generate", Resources(schema=CEBAB_SCHEMA))
     llm = build_backend({"kind": "openai", "base_url": llama_url, "model": "smollm2", "timeout_s": 120})
-    ex = build_explainer("generate", Resources(schema=CEBAB_SCHEMA, llm=llm), max_tokens=30, sample_budget=2,
-                         cache_path=str(tmp_path / "c.sqlite"), unrelated_option=1)
+    ex = build_explainer(
+        "generate",
+        Resources(schema=CEBAB_SCHEMA, llm=llm),
+        max_tokens=30,
+        sample_budget=2,
+        cache_path=str(tmp_path / "c.sqlite"),
+        unrelated_option=1,
+    )
     exp = ex.explain(SRC, Intervention("service", "Negative"), tfidf_lr, top_k=2, base_labels=LABELS)
     assert exp.method == "generate" and exp.details["intervention_source"] == "Positive"
     assert exp.details["samples_asked"] == 2 and exp.details["llm"]["model"] == "smollm2"
@@ -166,7 +177,13 @@ def test_augmenting_with_llm_down_reports_errors_and_keeps_the_corpus(tmp_path: 
     from explainers.matching.augment import llm_augmenter
 
     pool = _corpus_pool()
-    augment = llm_augmenter(f"http://127.0.0.1:{free_port()}/v1", "nobody", n_sources=2, concepts_per_source=1)
+    augment = llm_augmenter(
+        f"http://127.0.0.1:{free_port()}/v1", "nobody", n_sources=2, concepts_per_source=1
+    )
     out, report = augment(pool)
-    assert report["errors"] == 2 and report["kept_edits"] == 0 and report["rejections"] == {"error:LLMUnavailable": 2}
+    assert (
+        report["errors"] == 2
+        and report["kept_edits"] == 0
+        and report["rejections"] == {"error:LLMUnavailable": 2}
+    )
     assert out.texts == pool.texts and out.pairs == []

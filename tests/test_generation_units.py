@@ -94,8 +94,12 @@ def test_verifier_counts_each_text_reason() -> None:
 def test_verifier_truncation_by_finish_reason_and_meta_in_source_allowed() -> None:
     v = Verifier(CEBAB_SCHEMA)
     src = "Here is my take: the food was great."
-    r = v.verify(src, ["Here is my take: the food was bad.", "The food was bad."], NEG_FOOD,
-                 finish_reasons=["stop", "length"])
+    r = v.verify(
+        src,
+        ["Here is my take: the food was bad.", "The food was bad."],
+        NEG_FOOD,
+        finish_reasons=["stop", "length"],
+    )
     assert len(r.kept) == 1 and r.rejections == {"truncated": 1}
 
 
@@ -139,7 +143,9 @@ def test_cache_roundtrip_and_key_sensitivity(tmp_path: Path) -> None:
 
 def test_build_backend_from_spec(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MY_LLM_KEY", "sk-test")
-    b = build_backend({"kind": "openai", "base_url": "http://127.0.0.1:9/v1/", "model": "m", "api_key_env": "MY_LLM_KEY"})
+    b = build_backend(
+        {"kind": "openai", "base_url": "http://127.0.0.1:9/v1/", "model": "m", "api_key_env": "MY_LLM_KEY"}
+    )
     assert isinstance(b, OpenAIBackend) and b.base_url == "http://127.0.0.1:9/v1"
     assert b._client.headers["authorization"] == "Bearer sk-test"
     with pytest.raises(ValueError, match="base_url"):

@@ -27,8 +27,12 @@ import pytest
 from tests.servers import ROOT, Server, free_port, python, running
 from tests.service_server import drop_pg_prefix, service, store_env
 
-MINIMAL = {"CACE_DEFAULT_POOL": "", "CACE_DEFAULT_TAGGERS": "false", "CACE_DEFAULT_SPACE": "false",
-           "CACE_LOG_FORMAT": "json"}
+MINIMAL = {
+    "CACE_DEFAULT_POOL": "",
+    "CACE_DEFAULT_TAGGERS": "false",
+    "CACE_DEFAULT_SPACE": "false",
+    "CACE_LOG_FORMAT": "json",
+}
 SECRET = "s3cr3t-llm-key-value"
 IV = {"concept": "service", "target": "Positive", "source": "Negative"}
 LEAK = "LEAKED-UPSTREAM-SECRET"
@@ -49,12 +53,25 @@ class Upstream:
 
             def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
                 body = self.rfile.read(int(self.headers.get("content-length") or 0))
-                outer.seen.append({"path": self.path, "auth": self.headers.get("authorization"), "body": body})
+                outer.seen.append(
+                    {"path": self.path, "auth": self.headers.get("authorization"), "body": body}
+                )
                 if self.path.startswith("/llm503/"):
                     self._send(503, b'{"error": "overloaded"}')
                 elif self.path.startswith("/llm-ok/"):
-                    self._send(200, json.dumps({"choices": [{"message": {"content": "The service was great."},
-                                                             "finish_reason": "stop"}]}).encode())
+                    self._send(
+                        200,
+                        json.dumps(
+                            {
+                                "choices": [
+                                    {
+                                        "message": {"content": "The service was great."},
+                                        "finish_reason": "stop",
+                                    }
+                                ]
+                            }
+                        ).encode(),
+                    )
                 elif self.path.startswith("/echo500"):
                     self._send(500, ("x" * 130 + LEAK + "\x1b[31m\r\n").encode())
                 elif self.path.startswith("/drip"):
@@ -107,16 +124,28 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory, tfidf_lr_dir: Path) -> 
 def svc(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream, models_dir: Path) -> Iterator[Server]:
     """Auth off (a local tool), loopback allow-listed for the upstream's port only."""
     tmp = tmp_path_factory.mktemp("hostile")
-    env = {**MINIMAL, **store_env("sqlite", tmp), "CACE_OUTBOUND_ALLOW": f"127.0.0.1/32:{upstream.port}",
-           "CACE_MODELS_DIR": str(models_dir), "CACE_LLM_SECRET_ENVS": "CACE_TEST_LLM_SECRET@127.0.0.1",
-           "CACE_TEST_LLM_SECRET": SECRET, "CACE_TEST_OTHER_SECRET": "postgresql://admin:pw@db/prod"}
+    env = {
+        **MINIMAL,
+        **store_env("sqlite", tmp),
+        "CACE_OUTBOUND_ALLOW": f"127.0.0.1/32:{upstream.port}",
+        "CACE_MODELS_DIR": str(models_dir),
+        "CACE_LLM_SECRET_ENVS": "CACE_TEST_LLM_SECRET@127.0.0.1",
+        "CACE_TEST_LLM_SECRET": SECRET,
+        "CACE_TEST_OTHER_SECRET": "postgresql://admin:pw@db/prod",
+    }
     with service(env) as srv:
         yield srv
 
 
 def explain(srv: Server, **fields: Any) -> httpx.Response:
-    body = {"text": "The food was fine but the waiter ignored us.", "intervention": IV, "classifier": "tfidf-lr",
-            "method": "zero", "top_k": 2, **fields}
+    body = {
+        "text": "The food was fine but the waiter ignored us.",
+        "intervention": IV,
+        "classifier": "tfidf-lr",
+        "method": "zero",
+        "top_k": 2,
+        **fields,
+    }
     return httpx.post(srv.base_url + "/v1/explanations", json=body, timeout=60)
 
 
@@ -129,7 +158,9 @@ def problem(r: httpx.Response, status: int, field: str | None = None) -> dict[st
     assert r.headers["content-type"].startswith("application/problem+json"), r.headers
     body = r.json()
     if field is not None:
-        assert any(e["field"].startswith(field) for e in body.get("errors") or []) or field in body["detail"], body
+        assert (
+            any(e["field"].startswith(field) for e in body.get("errors") or []) or field in body["detail"]
+        ), body
     return body
 
 
@@ -140,21 +171,38 @@ def test_inline_llm_spec_cannot_send_a_server_secret(svc: Server, upstream: Upst
         r = explain(svc, method="generate", llm=llm_spec(upstream, "llm-ok", api_key_env=env))
         problem(r, 422, "body.llm")
         assert "secret" in r.json()["detail"]
-        assert all(SECRET not in str(s["auth"]) and "prod" not in str(s["auth"]) for s in upstream.seen[before:])
+        assert all(
+            SECRET not in str(s["auth"]) and "prod" not in str(s["auth"]) for s in upstream.seen[before:]
+        )
 
 
-def test_registered_llm_secrets_come_from_the_allow_list_and_go_to_their_host(svc: Server,
-                                                                              upstream: Upstream) -> None:
+def test_registered_llm_secrets_come_from_the_allow_list_and_go_to_their_host(
+    svc: Server, upstream: Upstream
+) -> None:
     c = httpx.Client(base_url=svc.base_url, timeout=30)
-    r = c.post("/v1/llms", json={"name": "leaky", "spec": llm_spec(upstream, "llm-ok",
-                                                                   api_key_env="CACE_TEST_OTHER_SECRET")})
+    r = c.post(
+        "/v1/llms",
+        json={"name": "leaky", "spec": llm_spec(upstream, "llm-ok", api_key_env="CACE_TEST_OTHER_SECRET")},
+    )
     problem(r, 422, "body.spec.api_key_env")
     # Allow-listed, but bound to 127.0.0.1: a registration for another host may not use it.
-    r = c.post("/v1/llms", json={"name": "elsewhere", "spec": {"kind": "openai", "base_url": "https://example.com/v1",
-                                                               "model": "m", "api_key_env": "CACE_TEST_LLM_SECRET"}})
+    r = c.post(
+        "/v1/llms",
+        json={
+            "name": "elsewhere",
+            "spec": {
+                "kind": "openai",
+                "base_url": "https://example.com/v1",
+                "model": "m",
+                "api_key_env": "CACE_TEST_LLM_SECRET",
+            },
+        },
+    )
     problem(r, 422, "body.spec.api_key_env")
-    r = c.post("/v1/llms", json={"name": "ok-llm", "spec": llm_spec(upstream, "llm-ok",
-                                                                    api_key_env="CACE_TEST_LLM_SECRET")})
+    r = c.post(
+        "/v1/llms",
+        json={"name": "ok-llm", "spec": llm_spec(upstream, "llm-ok", api_key_env="CACE_TEST_LLM_SECRET")},
+    )
     assert r.status_code == 201, r.text
     assert SECRET not in r.text
     before = len(upstream.seen)
@@ -168,24 +216,35 @@ def test_registered_llm_secrets_come_from_the_allow_list_and_go_to_their_host(sv
 def test_llm_max_retries_is_bounded(svc: Server, upstream: Upstream, retries: Any) -> None:
     r = explain(svc, method="generate", llm=llm_spec(upstream, "llm-ok", max_retries=retries))
     problem(r, 422, "body.llm")
-    r = httpx.post(svc.base_url + "/v1/llms", json={"name": "r", "spec": llm_spec(upstream, "llm-ok",
-                                                                                  max_retries=retries)})
+    r = httpx.post(
+        svc.base_url + "/v1/llms",
+        json={"name": "r", "spec": llm_spec(upstream, "llm-ok", max_retries=retries)},
+    )
     problem(r, 422, "body.spec")
 
 
 def test_denied_llm_url_is_403_at_once_not_retried(svc: Server) -> None:
     started = time.monotonic()
-    r = explain(svc, method="generate", llm={"kind": "openai", "base_url": "http://10.1.2.3/v1", "model": "m",
-                                             "max_retries": 5})
+    r = explain(
+        svc,
+        method="generate",
+        llm={"kind": "openai", "base_url": "http://10.1.2.3/v1", "model": "m", "max_retries": 5},
+    )
     body = problem(r, 403)
     assert body["type"].endswith("/outbound-denied") and time.monotonic() - started < 5
 
 
-def test_llm_upstream_failure_is_502_without_traceback_and_keeps_the_connection(svc: Server,
-                                                                                upstream: Upstream) -> None:
+def test_llm_upstream_failure_is_502_without_traceback_and_keeps_the_connection(
+    svc: Server, upstream: Upstream
+) -> None:
     with httpx.Client(base_url=svc.base_url, timeout=60) as c:
-        body = {"text": "Rude waiter, great soup.", "intervention": IV, "method": "generate", "top_k": 1,
-                "llm": llm_spec(upstream, "llm503", max_retries=0)}
+        body = {
+            "text": "Rude waiter, great soup.",
+            "intervention": IV,
+            "method": "generate",
+            "top_k": 1,
+            "llm": llm_spec(upstream, "llm503", max_retries=0),
+        }
         r = c.post("/v1/explanations", json=body)
         p = problem(r, 502)
         assert p["type"].endswith("/llm-unavailable") and "Traceback" not in r.text
@@ -196,11 +255,23 @@ def test_llm_upstream_failure_is_502_without_traceback_and_keeps_the_connection(
     assert "Traceback" not in svc.log_text()
 
 
-def test_timed_out_request_frees_its_slot_and_readyz_reports_stuck_work(tmp_path: Path, upstream: Upstream) -> None:
-    env = {**MINIMAL, **store_env("sqlite", tmp_path), "CACE_OUTBOUND_ALLOW": f"127.0.0.1/32:{upstream.port}",
-           "CACE_REQUEST_TIMEOUT_S": "3", "CACE_MAX_INFLIGHT": "1"}
+def test_timed_out_request_frees_its_slot_and_readyz_reports_stuck_work(
+    tmp_path: Path, upstream: Upstream
+) -> None:
+    env = {
+        **MINIMAL,
+        **store_env("sqlite", tmp_path),
+        "CACE_OUTBOUND_ALLOW": f"127.0.0.1/32:{upstream.port}",
+        "CACE_REQUEST_TIMEOUT_S": "3",
+        "CACE_MAX_INFLIGHT": "1",
+    }
     with service(env) as srv:
-        spec = {"protocol": "hf", "url": f"{upstream.url}/drip", "labels": ["1", "2", "3", "4", "5"], "retries": 0}
+        spec = {
+            "protocol": "hf",
+            "url": f"{upstream.url}/drip",
+            "labels": ["1", "2", "3", "4", "5"],
+            "retries": 0,
+        }
         deadline = time.monotonic() + 120
         while explain(srv).status_code != 200:  # warm the method registry inside the 3 s budget
             assert time.monotonic() < deadline
@@ -217,30 +288,51 @@ def test_timed_out_request_frees_its_slot_and_readyz_reports_stuck_work(tmp_path
 
 
 # ---- High 3/4: in-process models are operator-only, from the models directory -------------
-@pytest.mark.parametrize("spec", [{"kind": "transformers", "model": "gpt2"},
-                                  {"kind": "llamacpp", "model": "m", "model_path": "/etc/passwd"}])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"kind": "transformers", "model": "gpt2"},
+        {"kind": "llamacpp", "model": "m", "model_path": "/etc/passwd"},
+    ],
+)
 def test_inline_in_process_llms_are_refused(svc: Server, spec: dict[str, Any]) -> None:
     problem(explain(svc, method="generate", llm=spec), 422, "body.llm")
 
 
-@pytest.mark.parametrize("spec, field", [
-    ({"protocol": "sklearn", "path": "/etc/passwd"}, "body.spec.path"),
-    ({"protocol": "sklearn", "path": "../../../../etc/passwd"}, "body.spec.path"),
-    ({"protocol": "transformers", "path": "bert-base-uncased"}, "body.spec.path"),
-    ({"protocol": "sklearn", "path": "tfidf-lr/meta.json"}, "body.spec.path"),  # inside, but not a model
-])
-def test_in_process_classifiers_only_from_the_models_dir(svc: Server, spec: dict[str, Any], field: str) -> None:
-    problem(httpx.post(svc.base_url + "/v1/classifiers", json={"name": "evil", "spec": spec}, timeout=60), 422, field)
+@pytest.mark.parametrize(
+    "spec, field",
+    [
+        ({"protocol": "sklearn", "path": "/etc/passwd"}, "body.spec.path"),
+        ({"protocol": "sklearn", "path": "../../../../etc/passwd"}, "body.spec.path"),
+        ({"protocol": "transformers", "path": "bert-base-uncased"}, "body.spec.path"),
+        ({"protocol": "sklearn", "path": "tfidf-lr/meta.json"}, "body.spec.path"),  # inside, but not a model
+    ],
+)
+def test_in_process_classifiers_only_from_the_models_dir(
+    svc: Server, spec: dict[str, Any], field: str
+) -> None:
+    problem(
+        httpx.post(svc.base_url + "/v1/classifiers", json={"name": "evil", "spec": spec}, timeout=60),
+        422,
+        field,
+    )
 
 
 def test_registered_in_process_models_load_from_the_models_dir(svc: Server) -> None:
-    r = httpx.post(svc.base_url + "/v1/classifiers", json={"name": "local-lr", "spec": {"protocol": "sklearn",
-                                                                                          "path": "tfidf-lr"}},
-                   timeout=60)
+    r = httpx.post(
+        svc.base_url + "/v1/classifiers",
+        json={"name": "local-lr", "spec": {"protocol": "sklearn", "path": "tfidf-lr"}},
+        timeout=60,
+    )
     assert r.status_code == 201, r.text
     assert explain(svc, classifier="local-lr").status_code == 200
-    problem(httpx.post(svc.base_url + "/v1/llms", json={"name": "x", "spec": {"kind": "transformers",
-                                                                              "model": "/etc"}}), 422, "body.spec")
+    problem(
+        httpx.post(
+            svc.base_url + "/v1/llms", json={"name": "x", "spec": {"kind": "transformers", "model": "/etc"}}
+        ),
+        422,
+        "body.spec",
+    )
 
 
 def test_keys_are_never_minted_anonymously(svc: Server) -> None:
@@ -251,22 +343,42 @@ def test_keys_are_never_minted_anonymously(svc: Server) -> None:
 def test_open_bind_without_keys_refuses_to_start(tmp_path: Path) -> None:
     env = {**os.environ, **MINIMAL, **store_env("sqlite", tmp_path), "CACE_DATA_DIR": str(tmp_path)}
     env.pop("CACE_ALLOW_OPEN", None)
-    out = subprocess.run([python(), "-m", "app.server", "--host", "0.0.0.0", "--port", str(free_port())],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [python(), "-m", "app.server", "--host", "0.0.0.0", "--port", str(free_port())],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 2 and "CACE_ALLOW_OPEN" in out.stderr
     port = free_port()
-    with running([python(), "-m", "app.server", "--host", "0.0.0.0", "--port", str(port)], port=port,
-                 health_path="/healthz", env={**env, "CACE_ADMIN_KEY": "cace_bootstrap-key-0123456789"},
-                 timeout=120) as srv:
+    with running(
+        [python(), "-m", "app.server", "--host", "0.0.0.0", "--port", str(port)],
+        port=port,
+        health_path="/healthz",
+        env={**env, "CACE_ADMIN_KEY": "cace_bootstrap-key-0123456789"},
+        timeout=120,
+    ) as srv:
         assert httpx.get(srv.base_url + "/v1/jobs").status_code == 401
-        assert httpx.get(srv.base_url + "/v1/jobs",
-                         headers={"Authorization": "Bearer cace_bootstrap-key-0123456789"}).status_code == 200
+        assert (
+            httpx.get(
+                srv.base_url + "/v1/jobs", headers={"Authorization": "Bearer cace_bootstrap-key-0123456789"}
+            ).status_code
+            == 200
+        )
 
 
 def test_key_rate_zero_is_invalid(tmp_path: Path) -> None:
     env = {**os.environ, **store_env("sqlite", tmp_path), "CACE_DATA_DIR": str(tmp_path)}
-    out = subprocess.run([python(), "-m", "app.security", "create-key", "--name", "z", "--rate", "0"], cwd=ROOT,
-                         env=env, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [python(), "-m", "app.security", "create-key", "--name", "z", "--rate", "0"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode != 0 and "rate_per_s" in out.stderr
 
 
@@ -301,42 +413,89 @@ SURROGATE = '"\\ud800"'
 
 def raw_post(srv: Server, path: str, raw: str) -> httpx.Response:
     """Send JSON text as is, with SURR standing for a lone-surrogate escape."""
-    return httpx.post(srv.base_url + path, content=raw.replace("SURR", SURROGATE).encode(), headers={"content-type": "application/json"},
-                      timeout=60)
+    return httpx.post(
+        srv.base_url + path,
+        content=raw.replace("SURR", SURROGATE).encode(),
+        headers={"content-type": "application/json"},
+        timeout=60,
+    )
 
 
-@pytest.mark.parametrize("path, raw, field", [
-    ("/v1/explanations", '{"text": SURR, "intervention": {"concept": "food", "target": "Negative"}}' ,
-     "body.text"),
-    ("/v1/effects", '{"texts": [SURR], "intervention": {"concept": "food", "target": "Negative"}}' ,
-     "body.texts"),
-    ("/v1/effects", '{"texts": [{"text": "ok", "id": SURR}], "intervention": {"concept": "food", "target": '
-                    '"Negative"}, "mode": "job"}' , "body.texts"),
-    ("/v1/effects", '{"texts": ["a\\u0000b"], "intervention": {"concept": "food", "target": "Negative"}}',
-     "body.texts"),
-    ("/v1/explanations", '{"text": "   \\n\\t ", "intervention": {"concept": "food", "target": "Negative"}}',
-     "body.text"),
-    ("/v1/effects", '{"texts": ["  "], "intervention": {"concept": "food", "target": "Negative"}}', "body.texts"),
-    ("/v1/explanations", '{"text": "ok", "top_k": true, "intervention": {"concept": "food", "target": "Negative"}}',
-     "body.top_k"),
-    ("/v1/effects", '{"texts": ["ok"], "seed": -1, "intervention": {"concept": "food", "target": "Negative"}}',
-     "body.seed"),
-    ("/v1/classifiers", '{"name": "n", "description": "a\\u0000b", "spec": {}}', "body.description"),
-])
+@pytest.mark.parametrize(
+    "path, raw, field",
+    [
+        (
+            "/v1/explanations",
+            '{"text": SURR, "intervention": {"concept": "food", "target": "Negative"}}',
+            "body.text",
+        ),
+        (
+            "/v1/effects",
+            '{"texts": [SURR], "intervention": {"concept": "food", "target": "Negative"}}',
+            "body.texts",
+        ),
+        (
+            "/v1/effects",
+            '{"texts": [{"text": "ok", "id": SURR}], "intervention": {"concept": "food", "target": '
+            '"Negative"}, "mode": "job"}',
+            "body.texts",
+        ),
+        (
+            "/v1/effects",
+            '{"texts": ["a\\u0000b"], "intervention": {"concept": "food", "target": "Negative"}}',
+            "body.texts",
+        ),
+        (
+            "/v1/explanations",
+            '{"text": "   \\n\\t ", "intervention": {"concept": "food", "target": "Negative"}}',
+            "body.text",
+        ),
+        (
+            "/v1/effects",
+            '{"texts": ["  "], "intervention": {"concept": "food", "target": "Negative"}}',
+            "body.texts",
+        ),
+        (
+            "/v1/explanations",
+            '{"text": "ok", "top_k": true, "intervention": {"concept": "food", "target": "Negative"}}',
+            "body.top_k",
+        ),
+        (
+            "/v1/effects",
+            '{"texts": ["ok"], "seed": -1, "intervention": {"concept": "food", "target": "Negative"}}',
+            "body.seed",
+        ),
+        ("/v1/classifiers", '{"name": "n", "description": "a\\u0000b", "spec": {}}', "body.description"),
+    ],
+)
 def test_bad_text_and_types_are_422_naming_the_field(svc: Server, path: str, raw: str, field: str) -> None:
     problem(raw_post(svc, path, raw), 422, field)
 
 
-@pytest.mark.parametrize("line", [SURROGATE, '{"text": "ok", "id": SURR}'.replace("SURR", SURROGATE), '"   "'])
+@pytest.mark.parametrize(
+    "line", [SURROGATE, '{"text": "ok", "id": SURR}'.replace("SURR", SURROGATE), '"   "']
+)
 def test_bad_upload_lines_are_422(svc: Server, line: str) -> None:
     params = json.dumps({"intervention": {"concept": "food", "target": "Negative"}, "method": "zero"})
-    r = httpx.post(svc.base_url + "/v1/effects/upload", files={"file": ("t.jsonl", f'"fine text"\n{line}\n')},
-                   data={"params": params}, timeout=60)
+    r = httpx.post(
+        svc.base_url + "/v1/effects/upload",
+        files={"file": ("t.jsonl", f'"fine text"\n{line}\n')},
+        data={"params": params},
+        timeout=60,
+    )
     problem(r, 422, "file")
 
 
-BAD_BASE_URLS = ["http://0177.0.0.1:8301/v1", "http://\uff11\uff12\uff17.0.0.1/v1", "http://\u2460\u2461.com/v1",
-                 "http://a.com\r\nX-Evil: 1/v1", "file:///etc/passwd", "gopher://x/", "http:///v1", ""]
+BAD_BASE_URLS = [
+    "http://0177.0.0.1:8301/v1",
+    "http://\uff11\uff12\uff17.0.0.1/v1",
+    "http://\u2460\u2461.com/v1",
+    "http://a.com\r\nX-Evil: 1/v1",
+    "file:///etc/passwd",
+    "gopher://x/",
+    "http:///v1",
+    "",
+]
 
 
 @pytest.mark.parametrize("base_url", BAD_BASE_URLS)
@@ -349,7 +508,9 @@ def test_unusable_llm_base_urls_are_refused_inline_and_at_registration(svc: Serv
 
 
 def test_inline_llm_api_key_must_be_header_safe(svc: Server, upstream: Upstream) -> None:
-    problem(explain(svc, method="generate", llm=llm_spec(upstream, "llm-ok", api_key="\u2603")), 422, "body.llm")
+    problem(
+        explain(svc, method="generate", llm=llm_spec(upstream, "llm-ok", api_key="\u2603")), 422, "body.llm"
+    )
 
 
 # ---- Jobs: ownership, queue limit, rows, offsets (SQLite and PostgreSQL) -------------------
@@ -361,8 +522,14 @@ def jobs_svc(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
     """Auth on (bootstrap admin key), no workers: jobs stay queued, so the queue limit is exact to count."""
     tmp = tmp_path_factory.mktemp(f"jobs-{request.param}")
     store = store_env(request.param, tmp)
-    env = {**MINIMAL, **store, "CACE_ADMIN_KEY": ADMIN, "CACE_JOB_WORKERS": "0", "CACE_JOB_QUEUE_LIMIT": "5",
-           "CACE_RATE_LIMIT_PER_S": "0"}
+    env = {
+        **MINIMAL,
+        **store,
+        "CACE_ADMIN_KEY": ADMIN,
+        "CACE_JOB_WORKERS": "0",
+        "CACE_JOB_QUEUE_LIMIT": "5",
+        "CACE_RATE_LIMIT_PER_S": "0",
+    }
     try:
         with service(env) as srv:
             yield srv
@@ -376,14 +543,20 @@ def bearer(key: str) -> dict[str, str]:
 
 
 def job_body(text: str = "The soup was cold.") -> dict[str, Any]:
-    return {"texts": [text], "intervention": {"concept": "food", "target": "Negative", "source": "Positive"},
-            "method": "zero", "mode": "job"}
+    return {
+        "texts": [text],
+        "intervention": {"concept": "food", "target": "Negative", "source": "Positive"},
+        "method": "zero",
+        "mode": "job",
+    }
 
 
 def test_jobs_belong_to_their_key(jobs_svc: Server) -> None:
     with httpx.Client(base_url=jobs_svc.base_url, timeout=60) as c:
-        keys = [c.post("/v1/keys", json={"name": n, "scopes": ["explain"]}, headers=bearer(ADMIN)).json()["key"]
-                for n in ("alice", "bob")]
+        keys = [
+            c.post("/v1/keys", json={"name": n, "scopes": ["explain"]}, headers=bearer(ADMIN)).json()["key"]
+            for n in ("alice", "bob")
+        ]
         alice, bob = bearer(keys[0]), bearer(keys[1])
         r = c.post("/v1/effects", json=job_body(), headers=alice)
         assert r.status_code == 202, r.text
@@ -394,7 +567,10 @@ def test_jobs_belong_to_their_key(jobs_svc: Server) -> None:
             assert c.get(path, headers=bearer(ADMIN)).status_code == 200
         problem(c.post(f"/v1/jobs/{job}/cancel", headers=bob), 404)
         assert job not in c.get("/v1/jobs", headers=bob).text
-        assert job in c.get("/v1/jobs", headers=alice).text and job in c.get("/v1/jobs", headers=bearer(ADMIN)).text
+        assert (
+            job in c.get("/v1/jobs", headers=alice).text
+            and job in c.get("/v1/jobs", headers=bearer(ADMIN)).text
+        )
         assert c.post(f"/v1/jobs/{job}/cancel", headers=alice).status_code == 200
 
 
@@ -416,10 +592,16 @@ def test_queue_limit_is_exact_under_concurrent_submits(jobs_svc: Server) -> None
 def test_huge_offsets_and_surrogate_ids_never_500(jobs_svc: Server) -> None:
     with httpx.Client(base_url=jobs_svc.base_url, timeout=60, headers=bearer(ADMIN)) as c:
         problem(c.get("/v1/jobs", params={"offset": "99999999999999999999"}), 422, "query.offset")
-        r = c.post("/v1/effects", content=('{"texts": [{"text": "ok", "id": SURR}], "intervention": {"concept": '
-                                           '"food", "target": "Negative"}, "mode": "job"}').replace("SURR", SURROGATE)
-                   .encode(),
-                   headers={"content-type": "application/json"})
+        r = c.post(
+            "/v1/effects",
+            content=(
+                '{"texts": [{"text": "ok", "id": SURR}], "intervention": {"concept": '
+                '"food", "target": "Negative"}, "mode": "job"}'
+            )
+            .replace("SURR", SURROGATE)
+            .encode(),
+            headers={"content-type": "application/json"},
+        )
         problem(r, 422, "body.texts")
         r = c.post("/v1/effects", json=job_body())
         assert r.status_code == 202, r.text
@@ -427,20 +609,33 @@ def test_huge_offsets_and_surrogate_ids_never_500(jobs_svc: Server) -> None:
         problem(c.get(f"/v1/jobs/{job}/rows", params={"offset": "99999999999999999999"}), 422, "query.offset")
         assert "SELECT" not in c.get(f"/v1/jobs/{job}/rows", params={"offset": str(2**31 - 1)}).text
         c.post(f"/v1/jobs/{job}/cancel")
-        r = c.post("/v1/classifiers", json={"name": "nul", "description": "a\u0000b",
-                                            "spec": {"protocol": "hf", "url": "http://example.com", "labels": ["a"]}})
+        r = c.post(
+            "/v1/classifiers",
+            json={
+                "name": "nul",
+                "description": "a\u0000b",
+                "spec": {"protocol": "hf", "url": "http://example.com", "labels": ["a"]},
+            },
+        )
         problem(r, 422, "body.description")
 
 
 # ---- Registry cold start, X-Forwarded-For --------------------------------------------------
 def test_cold_start_concurrent_first_requests_all_see_every_method(tmp_path: Path) -> None:
-    env = {**MINIMAL, **store_env("sqlite", tmp_path), "CACE_MAX_INFLIGHT": "64",
-           "CACE_RATE_LIMIT_ANONYMOUS_PER_S": "0.01", "CACE_RATE_LIMIT_BURST": "24"}
+    env = {
+        **MINIMAL,
+        **store_env("sqlite", tmp_path),
+        "CACE_MAX_INFLIGHT": "64",
+        "CACE_RATE_LIMIT_ANONYMOUS_PER_S": "0.01",
+        "CACE_RATE_LIMIT_BURST": "24",
+    }
     with service(env) as srv:
         with ThreadPoolExecutor(20) as pool:
             codes = list(pool.map(lambda _: explain(srv).status_code, range(20)))
         assert codes == [200] * 20, codes
         # 24-request burst per client address, 4 left: a client cannot mint new identities with X-Forwarded-For.
-        codes = [httpx.get(srv.base_url + "/v1/jobs", headers={"X-Forwarded-For": f"203.0.113.{i}"}).status_code
-                 for i in range(8)]
+        codes = [
+            httpx.get(srv.base_url + "/v1/jobs", headers={"X-Forwarded-For": f"203.0.113.{i}"}).status_code
+            for i in range(8)
+        ]
         assert 429 in codes, codes

@@ -51,8 +51,10 @@ class SquareHandler:
         return {"sq": payload["x"] ** 2}
 
     def finalize(self, job_id: str, request: dict[str, Any], rows: list[dict[str, Any]]) -> Any:
-        return {"sum": sum(r["result"]["sq"] for r in rows if r["status"] == "done"),
-                "failed": [r["index"] for r in rows if r["status"] == "failed"]}
+        return {
+            "sum": sum(r["result"]["sq"] for r in rows if r["status"] == "done"),
+            "failed": [r["index"] for r in rows if r["status"] == "failed"],
+        }
 
 
 def test_two_owners_never_share_an_item(store: Store) -> None:
@@ -142,7 +144,9 @@ def test_workers_resume_without_redoing_finished_items(store: Store) -> None:
         if c.idx < 5:
             store.finish_item("dead", job, c.idx, result={"sq": c.payload["x"] ** 2})
     handler = SquareHandler()
-    workers = Workers(store, {"square": handler}, owner="restarted", threads=2, lease_s=5, batch=3, poll_s=0.05)
+    workers = Workers(
+        store, {"square": handler}, owner="restarted", threads=2, lease_s=5, batch=3, poll_s=0.05
+    )
     workers.start()
     try:
         final = wait_for(store, job, timeout=30)
@@ -206,7 +210,10 @@ def test_batches_run_whole_and_a_bad_item_fails_alone(store: Store) -> None:
     assert final["result"] == {"sum": sum(i * i for i in range(24) if i != 5), "failed": [5]}
     assert handler.batches[0] == list(range(8))  # the claim's items went to the handler together
     assert sorted(i for _, i in handler.calls) == list(range(8))  # only the failed batch ran per item
-    assert [b for b in handler.batches if 13 in b] == [list(range(8, 16)), list(range(8, 16))]  # retried whole
+    assert [b for b in handler.batches if 13 in b] == [
+        list(range(8, 16)),
+        list(range(8, 16)),
+    ]  # retried whole
     rows = store.item_rows(job)
     assert [r["attempts"] for r in rows[8:16]] == [2] * 8 and rows[16]["attempts"] == 1
     assert final["item_errors"] == [{"index": 5, "error": "ValueError: bad item 5"}]
@@ -223,7 +230,11 @@ def test_batch_skips_items_whose_lease_was_taken_over(store: Store) -> None:
     assert handler.batches == [[2, 3]]  # 0 and 1 belong to "other" now
     rows = store.item_rows(job)
     assert [(r["status"], r["lease_owner"]) for r in rows] == [
-        ("running", "other"), ("running", "other"), ("done", "stalled"), ("done", "stalled")]
+        ("running", "other"),
+        ("running", "other"),
+        ("done", "stalled"),
+        ("done", "stalled"),
+    ]
     assert not store.finish_items("stalled", job, [ItemOutcome(0, result={"sq": 0})])  # not its item any more
 
 
@@ -269,4 +280,6 @@ def test_blockwise_bootstrap_equals_one_index_matrix() -> None:
     rng = np.random.default_rng(9)
     boots = arr[rng.integers(0, len(arr), size=(200, len(arr)))].mean(axis=1)
     low, high = np.quantile(boots, [0.025, 0.975], axis=0)
-    assert np.allclose(got.ci_low, low, rtol=0, atol=1e-12) and np.allclose(got.ci_high, high, rtol=0, atol=1e-12)
+    assert np.allclose(got.ci_low, low, rtol=0, atol=1e-12) and np.allclose(
+        got.ci_high, high, rtol=0, atol=1e-12
+    )

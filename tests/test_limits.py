@@ -56,14 +56,25 @@ def predictor() -> Iterator[ThreadingHTTPServer]:
 
 
 @pytest.fixture(scope="module")
-def svc(tmp_path_factory: pytest.TempPathFactory, tfidf_lr_dir: Path, test_data_dir: Path,
-        predictor: ThreadingHTTPServer) -> Iterator[Server]:
+def svc(
+    tmp_path_factory: pytest.TempPathFactory,
+    tfidf_lr_dir: Path,
+    test_data_dir: Path,
+    predictor: ThreadingHTTPServer,
+) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("limits")
     with service(
-        tmp, test_data_dir,
-        CACE_MAX_BODY_BYTES="20000", CACE_MAX_TEXT_CHARS="200", CACE_MAX_TOP_K="10", CACE_MAX_INLINE_TEXTS="4",
-        CACE_REQUEST_TIMEOUT_S="1.5", CACE_MAX_INFLIGHT="3", CACE_OUTBOUND_ALLOW="127.0.0.1/32",
-        CACE_KSERVE_PREDICTOR_HOST=f"127.0.0.1:{predictor.server_address[1]}", CACE_KSERVE_LABELS="neg,pos",
+        tmp,
+        test_data_dir,
+        CACE_MAX_BODY_BYTES="20000",
+        CACE_MAX_TEXT_CHARS="200",
+        CACE_MAX_TOP_K="10",
+        CACE_MAX_INLINE_TEXTS="4",
+        CACE_REQUEST_TIMEOUT_S="1.5",
+        CACE_MAX_INFLIGHT="3",
+        CACE_OUTBOUND_ALLOW="127.0.0.1/32",
+        CACE_KSERVE_PREDICTOR_HOST=f"127.0.0.1:{predictor.server_address[1]}",
+        CACE_KSERVE_LABELS="neg,pos",
     ) as srv:
         yield srv
 
@@ -78,7 +89,9 @@ def _is_problem(r: httpx.Response, status: int) -> dict:
 
 def test_body_size_limit_from_content_length_and_from_the_stream(svc: Server) -> None:
     big = json.dumps({"text": "x" * 30000, "intervention": {"concept": "food", "target": "Negative"}})
-    r = httpx.post(svc.base_url + "/v1/explanations", content=big, headers={"Content-Type": "application/json"})
+    r = httpx.post(
+        svc.base_url + "/v1/explanations", content=big, headers={"Content-Type": "application/json"}
+    )
     assert "20000" in _is_problem(r, 413)["detail"]
 
     def chunks() -> Iterator[bytes]:  # no Content-Length: the limit must hold while reading
@@ -87,7 +100,9 @@ def test_body_size_limit_from_content_length_and_from_the_stream(svc: Server) ->
             yield b"y" * 1000
         yield b'"}'
 
-    r = httpx.post(svc.base_url + "/v1/explanations", content=chunks(), headers={"Content-Type": "application/json"})
+    r = httpx.post(
+        svc.base_url + "/v1/explanations", content=chunks(), headers={"Content-Type": "application/json"}
+    )
     assert "20000" in _is_problem(r, 413)["detail"]
 
 
@@ -97,12 +112,20 @@ def test_field_limits_name_the_field(svc: Server) -> None:
     assert "body.instances.1" in _is_problem(r, 422)["detail"]
     r = httpx.post(url + "/v1/models/tfidf-lr:predict", json={"instances": ["a"] * 5})
     assert "at most 4" in _is_problem(r, 413)["detail"]
-    r = httpx.post(url + "/v1/explanations", json={"text": "t" * 201, "intervention": {"concept": "food",
-                                                                                      "target": "Negative"}})
+    r = httpx.post(
+        url + "/v1/explanations",
+        json={"text": "t" * 201, "intervention": {"concept": "food", "target": "Negative"}},
+    )
     assert "body.text" in _is_problem(r, 422)["detail"]
-    r = httpx.post(url + "/v1/explanations", json={"text": "fine", "top_k": 11, "method": "approx",
-                                                   "intervention": {"concept": "food", "target": "Negative",
-                                                                    "source": "Positive"}})
+    r = httpx.post(
+        url + "/v1/explanations",
+        json={
+            "text": "fine",
+            "top_k": 11,
+            "method": "approx",
+            "intervention": {"concept": "food", "target": "Negative", "source": "Positive"},
+        },
+    )
     assert "body.top_k" in _is_problem(r, 422)["detail"]
 
 
@@ -138,8 +161,13 @@ def test_overload_is_shed_with_503_and_retry_after(svc: Server) -> None:
 
 
 def test_denied_classifier_url_is_never_called(svc: Server) -> None:
-    spec = {"protocol": "kserve-v1", "url": "http://169.254.169.254", "model": "m", "labels": ["neg", "pos"],
-            "retries": 0}
+    spec = {
+        "protocol": "kserve-v1",
+        "url": "http://169.254.169.254",
+        "model": "m",
+        "labels": ["neg", "pos"],
+        "retries": 0,
+    }
     # The shedding test before this one may still hold slow requests in flight: wait them out.
     deadline = time.monotonic() + SLOW_S * 3
     while True:
@@ -149,7 +177,9 @@ def test_denied_classifier_url_is_never_called(svc: Server) -> None:
         time.sleep(0.5)
     if r.status_code == 201:  # registration may refuse it up front; if not, the call must be refused
         started = time.monotonic()
-        r = httpx.post(svc.base_url + "/v1/models/metadata-probe:predict", json={"instances": ["x"]}, timeout=30)
+        r = httpx.post(
+            svc.base_url + "/v1/models/metadata-probe:predict", json={"instances": ["x"]}, timeout=30
+        )
         assert time.monotonic() - started < 1.5  # refused before any connection attempt
         assert r.status_code in (403, 502), r.text
     else:

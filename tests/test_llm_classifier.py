@@ -29,8 +29,9 @@ pytestmark = pytest.mark.llm
 
 POS = "The pasta was delicious and the waiter was friendly. We loved it."
 NEG = "The food was cold and the waiter was rude. Terrible evening."
-SENTIMENT = ("Is the sentiment of this review positive or negative? Answer with one word: {labels}.\n\n"
-             "Review: {text}")
+SENTIMENT = (
+    "Is the sentiment of this review positive or negative? Answer with one word: {labels}.\n\nReview: {text}"
+)
 
 
 @pytest.fixture(scope="module")
@@ -46,15 +47,30 @@ def llama() -> Iterator[str]:
 @pytest.fixture(scope="module")
 def fake() -> Iterator[Server]:
     port = free_port()
-    cmd = [python(), "-m", "uvicorn", "tests.model_servers.fake_openai_llm:app", "--port", str(port),
-           "--log-level", "warning"]
+    cmd = [
+        python(),
+        "-m",
+        "uvicorn",
+        "tests.model_servers.fake_openai_llm:app",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+    ]
     with running(cmd, port=port, health_path="/healthz", timeout=60) as srv:
         yield srv
 
 
 def chat(url: str, **kw: object) -> OpenAIChatClassifier:
-    spec = {"protocol": "openai-chat", "url": url, "model": "smollm2", "labels": ["positive", "negative"],
-            "prompt": SENTIMENT, "timeout_s": 120, **kw}
+    spec = {
+        "protocol": "openai-chat",
+        "url": url,
+        "model": "smollm2",
+        "labels": ["positive", "negative"],
+        "prompt": SENTIMENT,
+        "timeout_s": 120,
+        **kw,
+    }
     clf = build_classifier(spec, cache=False)
     assert isinstance(clf, OpenAIChatClassifier)
     return clf
@@ -75,8 +91,16 @@ def test_logprobs_probabilities_are_deterministic_and_metered(llama: str) -> Non
 
 
 def test_cache_in_front_of_llm_costs_no_tokens(llama: str) -> None:
-    clf = build_classifier({"protocol": "openai-chat", "url": llama, "model": "smollm2", "prompt": SENTIMENT,
-                            "labels": ["positive", "negative"], "timeout_s": 120})
+    clf = build_classifier(
+        {
+            "protocol": "openai-chat",
+            "url": llama,
+            "model": "smollm2",
+            "prompt": SENTIMENT,
+            "labels": ["positive", "negative"],
+            "timeout_s": 120,
+        }
+    )
     with metered() as first:
         a = clf.predict_proba([POS])
     with metered() as second:
@@ -86,9 +110,18 @@ def test_cache_in_front_of_llm_costs_no_tokens(llama: str) -> None:
 
 def test_sequence_of_single_token_labels_is_the_answer_position_softmax(llama: str) -> None:
     prompt = "Review: {text}\nIs this review positive? Answer yes or no.\nAnswer:"
-    clf = build_classifier({"protocol": "openai-completions", "url": llama, "model": "smollm2",
-                            "labels": ["yes", "no"], "prompt": prompt, "scoring": "sequence", "timeout_s": 120},
-                           cache=False)
+    clf = build_classifier(
+        {
+            "protocol": "openai-completions",
+            "url": llama,
+            "model": "smollm2",
+            "labels": ["yes", "no"],
+            "prompt": prompt,
+            "scoring": "sequence",
+            "timeout_s": 120,
+        },
+        cache=False,
+    )
     with metered() as usage:
         p = clf.predict_proba([POS])[0]
     assert usage.calls == 1  # both labels continue from the same context: asked once
@@ -99,11 +132,22 @@ def test_sequence_of_single_token_labels_is_the_answer_position_softmax(llama: s
 
 
 def test_sequence_chains_multi_token_labels_sharing_a_first_token(llama: str) -> None:
-    prompt = ("Review: Great food, lovely staff!\nAnswer: very good\nReview: Awful, cold and rude.\nAnswer: very bad\n"
-              "Review: {text}\nAnswer:")
-    clf = build_classifier({"protocol": "openai-completions", "url": llama, "model": "smollm2",
-                            "labels": ["very good", "very bad"], "prompt": prompt, "scoring": "sequence",
-                            "timeout_s": 120}, cache=False)
+    prompt = (
+        "Review: Great food, lovely staff!\nAnswer: very good\nReview: Awful, cold and rude.\nAnswer: very bad\n"
+        "Review: {text}\nAnswer:"
+    )
+    clf = build_classifier(
+        {
+            "protocol": "openai-completions",
+            "url": llama,
+            "model": "smollm2",
+            "labels": ["very good", "very bad"],
+            "prompt": prompt,
+            "scoring": "sequence",
+            "timeout_s": 120,
+        },
+        cache=False,
+    )
     with metered() as usage:
         p = clf.predict_proba([NEG])[0]
     ctx = render(prompt, NEG, clf.labels)
@@ -161,24 +205,46 @@ def test_timeout_is_unavailable(llama: str) -> None:
 
 
 # -- malformed answers (FAKE server) -----------------------------------------------------------
-@pytest.mark.parametrize(("mode", "scoring", "message"), [
-    ("no-logprobs", "logprobs", "no logprobs .* use scoring 'sampling'"),
-    ("bad-top-logprobs", "logprobs", "top_logprobs is str"),
-    ("content-not-text", "sampling", "no text answer"),
-    ("no-choices", "logprobs", "no list of choices"),
-    ("non-json", "logprobs", "non-JSON"),
-])
+@pytest.mark.parametrize(
+    ("mode", "scoring", "message"),
+    [
+        ("no-logprobs", "logprobs", "no logprobs .* use scoring 'sampling'"),
+        ("bad-top-logprobs", "logprobs", "top_logprobs is str"),
+        ("content-not-text", "sampling", "no text answer"),
+        ("no-choices", "logprobs", "no list of choices"),
+        ("non-json", "logprobs", "non-JSON"),
+    ],
+)
 def test_malformed_answers_name_the_defect(fake: Server, mode: str, scoring: str, message: str) -> None:
-    clf = build_classifier({"protocol": "openai-chat", "url": f"{fake.base_url}/{mode}", "model": "m",
-                            "labels": ["pos", "neg"], "scoring": scoring, "n": 2, "retries": 0}, cache=False)
+    clf = build_classifier(
+        {
+            "protocol": "openai-chat",
+            "url": f"{fake.base_url}/{mode}",
+            "model": "m",
+            "labels": ["pos", "neg"],
+            "scoring": scoring,
+            "n": 2,
+            "retries": 0,
+        },
+        cache=False,
+    )
     with pytest.raises(MalformedResponse, match=message):
         clf.predict_proba(["a text"])
 
 
 def test_no_logprobs_endpoint_works_by_sampling(fake: Server) -> None:
     # The fake answers "pos" without logprobs: the sampling path still classifies, and bills its tokens.
-    clf = build_classifier({"protocol": "openai-chat", "url": f"{fake.base_url}/no-logprobs", "model": "m",
-                            "labels": ["pos", "neg"], "scoring": "sampling", "n": 3}, cache=False)
+    clf = build_classifier(
+        {
+            "protocol": "openai-chat",
+            "url": f"{fake.base_url}/no-logprobs",
+            "model": "m",
+            "labels": ["pos", "neg"],
+            "scoring": "sampling",
+            "n": 3,
+        },
+        cache=False,
+    )
     with metered() as usage:
         p = clf.predict_proba(["x", "y"])
     assert np.array_equal(p, [[1, 0], [1, 0]])
@@ -189,9 +255,14 @@ def test_no_logprobs_endpoint_works_by_sampling(fake: Server) -> None:
 def test_spec_validation_names_the_problem() -> None:
     ok = {"protocol": "openai-chat", "url": "http://127.0.0.1:9/v1", "model": "m", "labels": ["a", "b"]}
     assert parse_spec(ok).batch_size == 1
-    for bad, field in [({"scoring": "sequence"}, "openai-completions"), ({"prompt": "no placeholder"}, "{text}"),
-                       ({"label_map": {"yes": "c"}}, "not in labels"), ({"logits": True}, "do not apply"),
-                       ({"n": 0}, "n"), ({"top_logprobs": 50}, "top_logprobs")]:
+    for bad, field in [
+        ({"scoring": "sequence"}, "openai-completions"),
+        ({"prompt": "no placeholder"}, "{text}"),
+        ({"label_map": {"yes": "c"}}, "not in labels"),
+        ({"logits": True}, "do not apply"),
+        ({"n": 0}, "n"),
+        ({"top_logprobs": 50}, "top_logprobs"),
+    ]:
         with pytest.raises(ValidationError, match=field):
             parse_spec({**ok, **bad})
     spec = parse_spec({**ok, "headers": {"Authorization": "Bearer s3cret"}})
@@ -206,10 +277,12 @@ def test_prompt_rendering_keeps_hostile_braces_literal() -> None:
 
 
 def test_label_aliases_and_first_token_prefixes() -> None:
-    clf = OpenAIChatClassifier("http://127.0.0.1:9/v1", "m", ["positive", "negative"],
-                               label_map={"good": "positive"})
-    row = clf._first_token_row([(" pos", math.log(0.5)), ("Good", math.log(0.2)), ("neg", math.log(0.1)),
-                                ("The", math.log(0.1))])
+    clf = OpenAIChatClassifier(
+        "http://127.0.0.1:9/v1", "m", ["positive", "negative"], label_map={"good": "positive"}
+    )
+    row = clf._first_token_row(
+        [(" pos", math.log(0.5)), ("Good", math.log(0.2)), ("neg", math.log(0.1)), ("The", math.log(0.1))]
+    )
     assert np.allclose(row, [0.7 / 0.8, 0.1 / 0.8])
     # A label missing from the top-k gets at most the leftover mass, never more than the least likely token.
     row = clf._first_token_row([("positive", math.log(0.6)), ("The", math.log(0.3))])
@@ -225,17 +298,32 @@ def test_service_explains_a_registered_llm_classifier_with_its_token_cost(llama:
 
     from tests.service_server import service, store_env
 
-    spec = {"protocol": "openai-chat", "url": llama, "model": "smollm2", "labels": ["1", "2", "3", "4", "5"],
-            "prompt": "Rate this restaurant review from 1 to 5. Answer with one digit: {labels}.\n\n{text}",
-            "timeout_s": 120}
+    spec = {
+        "protocol": "openai-chat",
+        "url": llama,
+        "model": "smollm2",
+        "labels": ["1", "2", "3", "4", "5"],
+        "prompt": "Rate this restaurant review from 1 to 5. Answer with one digit: {labels}.\n\n{text}",
+        "timeout_s": 120,
+    }
     text = "The food was delicious but the waiter ignored us for twenty minutes."
     iv = {"concept": "service", "target": "Positive"}
-    with service({**store_env("sqlite", tmp_path), "CACE_REQUEST_TIMEOUT_S": "300"}) as svc, \
-            httpx.Client(base_url=svc.base_url, timeout=300) as c:
+    with (
+        service({**store_env("sqlite", tmp_path), "CACE_REQUEST_TIMEOUT_S": "300"}) as svc,
+        httpx.Client(base_url=svc.base_url, timeout=300) as c,
+    ):
         r = c.post("/v1/classifiers", json={"name": "smollm2-rating", "spec": spec})
         assert r.status_code == 201, r.text
-        r = c.post("/v1/explanations", json={"text": text, "intervention": iv, "method": "match", "top_k": 2,
-                                             "classifier": "smollm2-rating"})
+        r = c.post(
+            "/v1/explanations",
+            json={
+                "text": text,
+                "intervention": iv,
+                "method": "match",
+                "top_k": 2,
+                "classifier": "smollm2-rating",
+            },
+        )
         assert r.status_code == 200, r.text
         e = r.json()
         assert e["method"] == "match" and len(e["base_prediction"]) == 5
@@ -244,13 +332,30 @@ def test_service_explains_a_registered_llm_classifier_with_its_token_cost(llama:
         assert cost["classifier_prompt_tokens"] > 0 and cost["classifier_completion_tokens"] > 0
         assert cost["llm_calls"] == 0 and cost["prompt_tokens"] == 0  # no generator in match
         # Asked again: the service's prediction cache answers, and the bill says so.
-        again = c.post("/v1/explanations", json={"text": text, "intervention": iv, "method": "match", "top_k": 2,
-                                                 "classifier": "smollm2-rating"}).json()
+        again = c.post(
+            "/v1/explanations",
+            json={
+                "text": text,
+                "intervention": iv,
+                "method": "match",
+                "top_k": 2,
+                "classifier": "smollm2-rating",
+            },
+        ).json()
         assert again["cost"]["classifier_llm_calls"] == 0 and again["icace"] == e["icace"]
         # Inline, under the same rules as the other HTTP specs; a bad spec is a 422 naming the field.
-        r = c.post("/v1/explanations", json={"text": text, "intervention": iv, "method": "match", "top_k": 1,
-                                             "classifier": spec})
+        r = c.post(
+            "/v1/explanations",
+            json={"text": text, "intervention": iv, "method": "match", "top_k": 1, "classifier": spec},
+        )
         assert r.status_code == 200, r.text
-        bad = c.post("/v1/explanations", json={"text": text, "intervention": iv, "method": "match",
-                                               "classifier": {**spec, "scoring": "sequence"}})
+        bad = c.post(
+            "/v1/explanations",
+            json={
+                "text": text,
+                "intervention": iv,
+                "method": "match",
+                "classifier": {**spec, "scoring": "sequence"},
+            },
+        )
         assert bad.status_code == 422, bad.text

@@ -28,7 +28,7 @@ CORPUS = [
     ("o1", "Negative", "Negative"),  # 3 both changed: no group of 0 (same origin)
     ("o2", "Negative", "Positive"),  # 4 A of 0: other origin, same service, food differs
     ("o2", "Positive", "Positive"),  # 5 same labels as 0 but other origin: N
-    ("o3", "unknown", "Negative"),   # 6 N
+    ("o3", "unknown", "Negative"),  # 6 N
 ]
 LABELS = [{"food": f, "service": s} for _, f, s in CORPUS]
 ORIGINS = [o for o, _, _ in CORPUS]
@@ -73,8 +73,9 @@ def test_loss_on_known_vectors() -> None:
     bad = ordered_contrastive_loss(e1, {"T": e2[None], "C": e1[None]}, tau=tau, lambdas={"TC": 1.0})
     assert float(bad) == pytest.approx(10.0 + math.log1p(math.exp(-10.0)), rel=1e-5)
     # Paper lambdas weigh (A, C) too; an empty group drops its terms.
-    both = ordered_contrastive_loss(e1, {"T": e1[None], "C": e2[None], "A": e2[None], "N": e1[None][:0]},
-                                    tau=tau, lambdas=PAPER_LAMBDAS)
+    both = ordered_contrastive_loss(
+        e1, {"T": e1[None], "C": e2[None], "A": e2[None], "N": e1[None][:0]}, tau=tau, lambdas=PAPER_LAMBDAS
+    )
     expect = 2 * math.log1p(math.exp(-10.0)) + math.log(2)  # TC + TA + AC (S_A = S_C)
     assert float(both) == pytest.approx(expect, rel=1e-5)
 
@@ -82,12 +83,18 @@ def test_loss_on_known_vectors() -> None:
 def test_padded_loss_equals_per_query_loss() -> None:
     torch.manual_seed(0)
     table = torch.randn(12, 5)
-    groups = [{"T": [1, 2], "C": [3], "A": [4, 5, 6], "N": [7]},
-              {"T": [8], "C": [], "A": [9], "N": [10, 11]}]
+    groups = [{"T": [1, 2], "C": [3], "A": [4, 5, 6], "N": [7]}, {"T": [8], "C": [], "A": [9], "N": [10, 11]}]
     queries = table[[0, 7]]
-    per = batch_loss(queries, table, [{g: torch.tensor(v, dtype=torch.long) for g, v in x.items()} for x in groups],
-                     tau=0.2, lambdas={"TC": 1.0, "TA": 0.5, "AN": 2.0})
-    vec = padded_loss(queries, table, padded_groups(groups), tau=0.2, lambdas={"TC": 1.0, "TA": 0.5, "AN": 2.0})
+    per = batch_loss(
+        queries,
+        table,
+        [{g: torch.tensor(v, dtype=torch.long) for g, v in x.items()} for x in groups],
+        tau=0.2,
+        lambdas={"TC": 1.0, "TA": 0.5, "AN": 2.0},
+    )
+    vec = padded_loss(
+        queries, table, padded_groups(groups), tau=0.2, lambdas={"TC": 1.0, "TA": 0.5, "AN": 2.0}
+    )
     assert float(vec) == pytest.approx(float(per), rel=1e-5)
 
 
@@ -177,9 +184,16 @@ def test_plan_edits_gives_each_source_distinct_concepts_and_new_targets() -> Non
         assert len(concepts) == 2 and len(set(concepts)) == 2
     for e in plan:
         label = labels[e.source][e.intervention.concept]
-        assert e.intervention.target != label and e.intervention.target in CEBAB_SCHEMA[e.intervention.concept].values
+        assert (
+            e.intervention.target != label
+            and e.intervention.target in CEBAB_SCHEMA[e.intervention.concept].values
+        )
         # A label outside the schema ("odd") is not passed on as the current value.
-        assert e.intervention.source == (label if label in CEBAB_SCHEMA[e.intervention.concept].values else None)
+        assert e.intervention.source == (
+            label if label in CEBAB_SCHEMA[e.intervention.concept].values else None
+        )
     keys = [(e.intervention.concept, e.intervention.target) for e in plan]
     assert keys == sorted(keys)  # consecutive prompts share their prefix (llama.cpp KV reuse)
-    assert {e.source for e in plan_edits(pool, n_sources=2)} <= {0, 1, 2} and len(plan_edits(pool, n_sources=2)) == 4
+    assert {e.source for e in plan_edits(pool, n_sources=2)} <= {0, 1, 2} and len(
+        plan_edits(pool, n_sources=2)
+    ) == 4

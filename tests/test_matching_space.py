@@ -46,8 +46,14 @@ def tiny_pool() -> Pool:
                 diff = [c for c in labels[i] if labels[i][c] != labels[j][c]]
                 if len(diff) == 1:
                     pairs.append((i, j, diff[0]))
-    return Pool([r[1] for r in ROWS], labels, CEBAB_SCHEMA, ids=[f"t{i}" for i in range(len(ROWS))],
-                origins=origins, pairs=pairs)
+    return Pool(
+        [r[1] for r in ROWS],
+        labels,
+        CEBAB_SCHEMA,
+        ids=[f"t{i}" for i in range(len(ROWS))],
+        origins=origins,
+        pairs=pairs,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -57,13 +63,23 @@ def space_dir(tmp_path_factory):
     base = enc.encode(pool.texts)
     heads = {}
     for c in ("food", "service"):
-        heads[c], facts = train_head(base, pool.labels, pool.origins, c, CEBAB_SCHEMA.names,
-                                     TrainConfig(epochs=5, lr=1e-2, batch_size=4))
+        heads[c], facts = train_head(
+            base,
+            pool.labels,
+            pool.origins,
+            c,
+            CEBAB_SCHEMA.names,
+            TrainConfig(epochs=5, lr=1e-2, batch_size=4),
+        )
         assert facts["queries"] > 0 and facts["loss_curve"][-1] <= facts["loss_curve"][0]
     space = ConceptSpace(pool, enc, heads=heads, base_vectors=base, meta={"name": "tiny"})
     space.build_indices()
     root = tmp_path_factory.mktemp("spaces")
-    space.save(root / "tiny", trainer="head", diagnostics={"hit_rate": {"food": space.nearest_counterfactual_hit_rate("food")}})
+    space.save(
+        root / "tiny",
+        trainer="head",
+        diagnostics={"hit_rate": {"food": space.nearest_counterfactual_hit_rate("food")}},
+    )
     return root / "tiny"
 
 
@@ -93,8 +109,10 @@ def test_partition_and_confounder_filtering(space_dir) -> None:
     assert q not in [m.text for m in found]  # its own copy is a near-duplicate and dropped
     conf = {"service": "Positive", "ambiance": U, "noise": U}
     strict = space.search(q, "food", "Negative", 10, confounders=conf)
-    assert {m.text for m in strict} == {"The pasta was bland and the waiter was friendly.",
-                                        "Awful burgers, and our server was attentive."}
+    assert {m.text for m in strict} == {
+        "The pasta was bland and the waiter was friendly.",
+        "Awful burgers, and our server was attentive.",
+    }
 
 
 def test_explainers_on_tiny_space(space_dir, tfidf_lr) -> None:
@@ -109,16 +127,21 @@ def test_explainers_on_tiny_space(space_dir, tfidf_lr) -> None:
     pt = PairTransferExplainer(space).explain(text, iv, tfidf_lr, top_k=3, base_labels=labels)
     assert pt.details["used"] == 3 and pt.details["source"] == "Positive"
     p = tfidf_lr.predict_proba(space.pool.texts)
-    deltas = [p[int(cf)] - p[int(b)] for b, cf in (c.source_id.split(":")[1].replace("t", "").split("->")
-                                                  for c in pt.counterfactuals)]
+    deltas = [
+        p[int(cf)] - p[int(b)]
+        for b, cf in (c.source_id.split(":")[1].replace("t", "").split("->") for c in pt.counterfactuals)
+    ]
     assert np.allclose(pt.icace, np.mean(deltas, axis=0), atol=1e-9)
-    none = PairTransferExplainer(space).explain(text, Intervention("noise", "Positive", U), tfidf_lr, top_k=3,
-                                                base_labels=labels)
+    none = PairTransferExplainer(space).explain(
+        text, Intervention("noise", "Positive", U), tfidf_lr, top_k=3, base_labels=labels
+    )
     assert none.details["used"] == 0 and not none.icace.any()
     dr = MatchDRExplainer(space).explain(text, iv, tfidf_lr, top_k=2, base_labels=labels)
     assert len(dr.details["adjustment"]) == len(tfidf_lr.labels)
-    st = StackedExplainer({"match": MatchingExplainer(space), "pair_transfer": PairTransferExplainer(space)},
-                          {"match": 0.25, "pair_transfer": 0.5})
+    st = StackedExplainer(
+        {"match": MatchingExplainer(space), "pair_transfer": PairTransferExplainer(space)},
+        {"match": 0.25, "pair_transfer": 0.5},
+    )
     s = st.explain(text, iv, tfidf_lr, top_k=2, base_labels=labels)
     pt2 = PairTransferExplainer(space).explain(text, iv, tfidf_lr, top_k=2, base_labels=labels)
     assert np.allclose(s.icace, 0.25 * m.icace + 0.5 * pt2.icace)
@@ -130,8 +153,9 @@ def test_registry_factories(space_dir, tfidf_lr) -> None:
     text = ROWS[3][1]
     labels = {"food": "Positive", "service": "Positive", "ambiance": U, "noise": U}
     for name in ("match", "match_dr", "pair_transfer"):
-        exp = build_explainer(name, res).explain(text, Intervention("food", "Negative"), tfidf_lr, top_k=2,
-                                                 base_labels=labels)
+        exp = build_explainer(name, res).explain(
+            text, Intervention("food", "Negative"), tfidf_lr, top_k=2, base_labels=labels
+        )
         assert exp.method == name and exp.icace.shape == (5,)
     st = build_explainer("stacked", res, stack_weights="match=0.5,pair_transfer=0.5")
     assert set(st.weights) == {"match", "pair_transfer"}
@@ -175,10 +199,16 @@ def test_cli_list_eval_delete(space_dir, tmp_path, capsys) -> None:
 
 def test_stacked_reads_weights_per_k_from_space_meta(space_dir, tfidf_lr) -> None:
     space = ConceptSpace.load(space_dir)
-    space.meta["stacking"] = {"tfidf-lr": {
-        "weights": {"match": 0.5, "pair_transfer": 0.5},
-        "weights_by_k": {"1": {"match": 1.0, "pair_transfer": 0.0}, "5": {"match": 0.0, "pair_transfer": 0.8}},
-        "procedure": {"method": "test"}}}
+    space.meta["stacking"] = {
+        "tfidf-lr": {
+            "weights": {"match": 0.5, "pair_transfer": 0.5},
+            "weights_by_k": {
+                "1": {"match": 1.0, "pair_transfer": 0.0},
+                "5": {"match": 0.0, "pair_transfer": 0.8},
+            },
+            "procedure": {"method": "test"},
+        }
+    }
     res = Resources(schema=CEBAB_SCHEMA, pool=space.pool, encoder=space.encoder, space=space)
     st = build_explainer("stacked", res, stack_key="tfidf-lr")
     assert st.weights_for(1) == {"match": 1.0, "pair_transfer": 0.0}

@@ -55,8 +55,13 @@ def _tiny_set():
     truths = np.zeros((5, 2))
     estimates = np.array([[1.0, 0.0], [3.0, 0.0], [0.0, 2.0], [0.0, 4.0], [6.0, 8.0]])
     concepts = ["food", "food", "food", "noise", "noise"]
-    directions = ["Positive->Negative", "Positive->Negative", "Negative->Positive",
-                  "unknown->Positive", "unknown->Negative"]
+    directions = [
+        "Positive->Negative",
+        "Positive->Negative",
+        "Negative->Positive",
+        "unknown->Positive",
+        "unknown->Negative",
+    ]
     return estimates, truths, concepts, directions
 
 
@@ -79,8 +84,12 @@ def test_summarize_reports_cells_and_counts() -> None:
     est, tru, concepts, directions = _tiny_set()
     s = summarize(est, tru, concepts, directions)
     assert s.n == 5
-    assert s.cells["food:Positive->Negative"] == {"n": 2, "l2": pytest.approx(2.0), "cos": 1.0,
-                                                  "normdiff": pytest.approx(2.0)}
+    assert s.cells["food:Positive->Negative"] == {
+        "n": 2,
+        "l2": pytest.approx(2.0),
+        "cos": 1.0,
+        "normdiff": pytest.approx(2.0),
+    }
     assert s.micro["l2"] == pytest.approx(4.0) and s.macro["l2"] == pytest.approx(4.5)
     with pytest.raises(ValueError):
         summarize(est, tru, concepts[:4], directions)

@@ -20,12 +20,20 @@ from tests.test_security import service
 
 
 @pytest.fixture(scope="module")
-def svc(tmp_path_factory: pytest.TempPathFactory, tfidf_lr_dir: Path, test_data_dir: Path,
-        predictor: ThreadingHTTPServer) -> Iterator[Server]:  # noqa: F811 (the imported fixture)
+def svc(
+    tmp_path_factory: pytest.TempPathFactory,
+    tfidf_lr_dir: Path,
+    test_data_dir: Path,
+    predictor: ThreadingHTTPServer,  # noqa: F811 (the imported fixture)
+) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("obs")
-    with service(tmp, test_data_dir, CACE_OUTBOUND_ALLOW="127.0.0.1/32",
-                 CACE_KSERVE_PREDICTOR_HOST=f"127.0.0.1:{predictor.server_address[1]}",
-                 CACE_KSERVE_LABELS="neg,pos") as srv:
+    with service(
+        tmp,
+        test_data_dir,
+        CACE_OUTBOUND_ALLOW="127.0.0.1/32",
+        CACE_KSERVE_PREDICTOR_HOST=f"127.0.0.1:{predictor.server_address[1]}",
+        CACE_KSERVE_LABELS="neg,pos",
+    ) as srv:
         yield srv
 
 
@@ -58,13 +66,21 @@ def test_request_ids_in_and_out(svc: Server) -> None:
 def test_metrics_cover_requests_outbound_calls_cache_and_queue(svc: Server) -> None:
     url = svc.base_url
     for _ in range(3):
-        assert httpx.post(url + "/v1/models/tfidf-lr:predict", json={"instances": ["nice staff"]}).status_code == 200
-    assert httpx.post(url + "/v1/models/fast:predict", json={"instances": ["a", "b"]}, timeout=30).status_code == 200
+        assert (
+            httpx.post(url + "/v1/models/tfidf-lr:predict", json={"instances": ["nice staff"]}).status_code
+            == 200
+        )
+    assert (
+        httpx.post(url + "/v1/models/fast:predict", json={"instances": ["a", "b"]}, timeout=30).status_code
+        == 200
+    )
     text = httpx.get(url + "/metrics").text
     route = "/v1/models/{name}:predict"
     assert _metric(text, "cace_http_requests_total", method="POST", route=route, status="200") >= 4
     assert _metric(text, "cace_http_request_duration_seconds_count", method="POST", route=route) >= 4
-    assert _metric(text, "cace_outbound_request_duration_seconds_count", kind="classifier", target="inline") >= 1
+    assert (
+        _metric(text, "cace_outbound_request_duration_seconds_count", kind="classifier", target="inline") >= 1
+    )
     # Same text three times: one miss, then hits, so the hit ratio is visible.
     assert _metric(text, "cace_classifier_cache_hits_total", classifier="tfidf-lr") >= 2
     assert 0 < _metric(text, "cace_classifier_cache_hit_ratio", classifier="tfidf-lr") < 1
@@ -73,8 +89,17 @@ def test_metrics_cover_requests_outbound_calls_cache_and_queue(svc: Server) -> N
 
 
 def test_outbound_errors_are_counted(svc: Server) -> None:
-    spec = {"protocol": "kserve-v1", "url": "http://127.0.0.1:9", "model": "m", "labels": ["a", "b"], "retries": 0}
-    assert httpx.post(svc.base_url + "/v1/classifiers", json={"name": "closed-port", "spec": spec}).status_code == 201
+    spec = {
+        "protocol": "kserve-v1",
+        "url": "http://127.0.0.1:9",
+        "model": "m",
+        "labels": ["a", "b"],
+        "retries": 0,
+    }
+    assert (
+        httpx.post(svc.base_url + "/v1/classifiers", json={"name": "closed-port", "spec": spec}).status_code
+        == 201
+    )
     r = httpx.post(svc.base_url + "/v1/models/closed-port:predict", json={"instances": ["x"]}, timeout=30)
     assert r.status_code == 502, r.text
     text = httpx.get(svc.base_url + "/metrics").text

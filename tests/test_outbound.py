@@ -79,7 +79,11 @@ def test_retry_after_is_capped_and_the_deadline_ends_the_call(server: tuple[str,
     assert len(hits) == before + 6 and time.monotonic() - started < 5  # 30 s Retry-After capped at 0.2 s
     # Under a request deadline of 1 s, an uncapped 30 s Retry-After means: no retry, give up now.
     started = time.monotonic()
-    with httpx.Client() as c, outbound.deadline(1.0), pytest.raises(UpstreamUnavailable, match="no time left"):
+    with (
+        httpx.Client() as c,
+        outbound.deadline(1.0),
+        pytest.raises(UpstreamUnavailable, match="no time left"),
+    ):
         outbound.send(c, "POST", url + "/busy", policy=outbound.RetryPolicy(retries=5), name="t")
     assert time.monotonic() - started < 1.0
 

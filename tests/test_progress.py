@@ -40,7 +40,9 @@ def test_bar_with_eta_on_a_pseudo_terminal() -> None:
     assert len(frames) >= 40, "one redraw per update with interval 0"
     assert all(f.startswith("\x1b[2K") for f in frames), "each redraw clears the line"
     first, last = frames[0], frames[-1]
-    assert re.search(r"train:\s+\d+% \|#*-+\| 1/40 step \[\d\d:\d\d<\d\d:\d\d, [\d.]+ step/s\] loss 1\.000", first)
+    assert re.search(
+        r"train:\s+\d+% \|#*-+\| 1/40 step \[\d\d:\d\d<\d\d:\d\d, [\d.]+ step/s\] loss 1\.000", first
+    )
     assert "100% |" + "#" * 28 + "| 40/40 step" in last and "loss 0.025" in last
     assert last.endswith("\n") and text.count("\n") == 1, "a single newline, when the bar closes"
 
@@ -96,8 +98,22 @@ def test_cace_bench_reports_progress_on_a_terminal_and_in_a_pipe(tfidf_lr_dir) -
     from pathlib import Path
 
     root = Path(tfidf_lr_dir).parents[1]
-    cmd = [sys.executable, "-m", "app.cli", "bench", "cebab", "--root", str(root), "--limit", "12",
-           "--explainers", "zero", "--k", "1", "--no-write"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "app.cli",
+        "bench",
+        "cebab",
+        "--root",
+        str(root),
+        "--limit",
+        "12",
+        "--explainers",
+        "zero",
+        "--k",
+        "1",
+        "--no-write",
+    ]
     env = {**os.environ, "CACE_PROGRESS": ""}
     piped = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert piped.returncode == 0, piped.stderr[-2000:]

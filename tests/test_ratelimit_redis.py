@@ -70,7 +70,10 @@ def test_service_replicas_share_a_key_budget_through_redis(
            "CACE_RATE_LIMIT_BURST": "6"}  # fmt: skip
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    with service(tmp_path / "a", test_data_dir, **env) as a, service(tmp_path / "b", test_data_dir, **env) as b:
+    with (
+        service(tmp_path / "a", test_data_dir, **env) as a,
+        service(tmp_path / "b", test_data_dir, **env) as b,
+    ):
         headers = {"Authorization": f"Bearer {key}"}
         codes = [httpx.get((a if i % 2 else b).base_url + "/v1/jobs", headers=headers, timeout=30).status_code
                  for i in range(10)]  # fmt: skip

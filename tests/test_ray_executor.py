@@ -24,8 +24,12 @@ from tests.servers import free_port  # noqa: E402
 from tests.service_server import service, store_env  # noqa: E402
 from tests.test_service_e2e import all_rows, dev_texts, wait_job  # noqa: E402
 
-REQUEST = {"intervention": {"concept": "service", "target": "Negative"}, "method": "pt_match", "top_k": 5,
-           "seed": 11}
+REQUEST = {
+    "intervention": {"concept": "service", "target": "Negative"},
+    "method": "pt_match",
+    "top_k": 5,
+    "seed": 11,
+}
 
 
 def _ray_bin() -> str:
@@ -43,9 +47,25 @@ def ray_cluster() -> Iterator[str]:
     temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1"}
     common = ["--block", "--node-ip-address", "127.0.0.1", "--num-cpus", "1"]
-    procs = [subprocess.Popen([ray_bin, "start", "--head", "--port", str(port), "--include-dashboard=false",
-                               "--temp-dir", temp, *common], env=env, start_new_session=True,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    procs = [
+        subprocess.Popen(
+            [
+                ray_bin,
+                "start",
+                "--head",
+                "--port",
+                str(port),
+                "--include-dashboard=false",
+                "--temp-dir",
+                temp,
+                *common,
+            ],
+            env=env,
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    ]
     address = f"127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -56,8 +76,15 @@ def ray_cluster() -> Iterator[str]:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"ray head did not come up: {ok.stderr.decode()[-2000:]}")
             time.sleep(1)
-        procs.append(subprocess.Popen([ray_bin, "start", "--address", address, *common], env=env,
-                                      start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        procs.append(
+            subprocess.Popen(
+                [ray_bin, "start", "--address", address, *common],
+                env=env,
+                start_new_session=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
         ray.init(address=address, namespace="cace", logging_level="WARNING")
         while len([n for n in ray.nodes() if n["Alive"]]) < 2:
             if time.monotonic() > deadline:
@@ -90,9 +117,16 @@ def restarted_pid(actor, timeout: float = 300) -> int:
 
 @pytest.mark.slow
 def test_job_on_ray_survives_a_killed_actor(ray_cluster: str, tmp_path: Path) -> None:
-    env = {**store_env("sqlite", tmp_path), "CACE_RAY_ADDRESS": ray_cluster, "CACE_INSTANCE_ID": "svc",
-           "CACE_JOB_WORKERS": "2", "CACE_JOB_CLAIM_BATCH": "4", "CACE_JOB_LEASE_S": "20",
-           "CACE_RAY_ACTORS_PER_CLASSIFIER": "2", "OMP_NUM_THREADS": "1"}
+    env = {
+        **store_env("sqlite", tmp_path),
+        "CACE_RAY_ADDRESS": ray_cluster,
+        "CACE_INSTANCE_ID": "svc",
+        "CACE_JOB_WORKERS": "2",
+        "CACE_JOB_CLAIM_BATCH": "4",
+        "CACE_JOB_LEASE_S": "20",
+        "CACE_RAY_ACTORS_PER_CLASSIFIER": "2",
+        "OMP_NUM_THREADS": "1",
+    }
     texts = dev_texts(48)
     with service(env) as srv, httpx.Client(base_url=srv.base_url, timeout=300) as c:
         r = c.post("/v1/effects", json={**REQUEST, "mode": "job", "texts": texts})
@@ -112,11 +146,14 @@ def test_job_on_ray_survives_a_killed_actor(ray_cluster: str, tmp_path: Path) ->
         assert job["result"]["summary"]["n_failed"] == 0
         rows = all_rows(c, job_id)
         for i, before in done_before.items():  # finished items are never redone
-            assert rows[i]["finished_at"] == before["finished_at"] and rows[i]["attempts"] == before["attempts"]
+            assert (
+                rows[i]["finished_at"] == before["finished_at"] and rows[i]["attempts"] == before["attempts"]
+            )
         assert restarted_pid(actors[0]) != pids[0]  # Ray restarted the actor
         inline = c.post("/v1/effects", json={**REQUEST, "mode": "inline", "texts": texts})
         assert inline.status_code == 200, inline.text
         body = inline.json()
         assert body["result"]["cace"] == job["result"]["cace"]
-        assert [(x["icace"], x["source"], x["status"]) for x in body["rows"]] == \
-               [(x["icace"], x["source"], x["status"]) for x in rows]
+        assert [(x["icace"], x["source"], x["status"]) for x in body["rows"]] == [
+            (x["icace"], x["source"], x["status"]) for x in rows
+        ]

@@ -23,7 +23,11 @@ from explainers.reference import LABELS, evaluate, load_reference
 from explainers.reference.cli import main
 from tests.servers import free_port, python, running
 
-GOOD = ["the food was wonderful and the staff lovely", "great meal, we will be back", "best pasta in town, amazing"]
+GOOD = [
+    "the food was wonderful and the staff lovely",
+    "great meal, we will be back",
+    "best pasta in town, amazing",
+]
 BAD = ["the food was awful and the waiter rude", "terrible meal, never again", "cold soup and a dirty table"]
 MEH = ["it was okay, nothing special", "average food, decent service", "fine but a bit pricey"]
 
@@ -33,9 +37,17 @@ def _rows(n_each: int) -> list[dict]:
     for rating, texts in (("5", GOOD), ("1", BAD), ("3", MEH)):
         for i in range(n_each):
             t = texts[i % len(texts)] + ("" if i < len(texts) else f" (visit {i})")
-            rows.append({"id": f"{rating}-{i}", "original_id": f"{rating}-{i}", "is_original": True,
-                         "edit_type": None, "description": t, "review_majority": rating,
-                         **{f"{c}_aspect_majority": "unknown" for c in CONCEPTS}})
+            rows.append(
+                {
+                    "id": f"{rating}-{i}",
+                    "original_id": f"{rating}-{i}",
+                    "is_original": True,
+                    "edit_type": None,
+                    "description": t,
+                    "review_majority": rating,
+                    **{f"{c}_aspect_majority": "unknown" for c in CONCEPTS},
+                }
+            )
     rows.append({**rows[0], "id": "nm", "original_id": "nm", "review_majority": "no majority"})
     return rows
 
@@ -109,7 +121,9 @@ def test_eval_matches_training_meta(tfidf_lr_dir: Path, capsys: pytest.CaptureFi
     assert json.loads(capsys.readouterr().out)["accuracy"] == meta["dev_accuracy"]
 
 
-def test_eval_cli_on_a_split_file(tiny_minilm: Path, tiny_cebab: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_eval_cli_on_a_split_file(
+    tiny_minilm: Path, tiny_cebab: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["eval", str(tiny_minilm), "--split", str(tiny_cebab / "dev.json")]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["n"] == 9 and out["accuracy"] == read_meta(tiny_minilm)["dev_accuracy"]
@@ -118,8 +132,18 @@ def test_eval_cli_on_a_split_file(tiny_minilm: Path, tiny_cebab: Path, capsys: p
 def test_serve_transformers_folder_over_http(tiny_minilm: Path) -> None:
     """`cace classifiers serve DIR` in a subprocess; the HF adapter gets the in-process probabilities."""
     port = free_port()
-    cmd = [python(), "-m", "app.cli", "classifiers", "serve", str(tiny_minilm), "--port", str(port),
-           "--name", "minilm-tiny"]
+    cmd = [
+        python(),
+        "-m",
+        "app.cli",
+        "classifiers",
+        "serve",
+        str(tiny_minilm),
+        "--port",
+        str(port),
+        "--name",
+        "minilm-tiny",
+    ]
     texts = GOOD + BAD + MEH
     truth = TransformersClassifier.load(tiny_minilm).predict_proba(texts)
     with running(cmd, port=port, health_path="/health", env={"OMP_NUM_THREADS": "1"}, timeout=180) as server:

@@ -12,8 +12,17 @@ from __future__ import annotations
 import schemathesis
 
 ALLOWED_5XX = {
-    502: ("classifier-unavailable", "classifier-malformed", "classifier-rejected", "llm-unavailable",
-          "llm-malformed", "llm-rejected", "upstream-unavailable", "upstream-malformed", "upstream-rejected"),
+    502: (
+        "classifier-unavailable",
+        "classifier-malformed",
+        "classifier-rejected",
+        "llm-unavailable",
+        "llm-malformed",
+        "llm-rejected",
+        "upstream-unavailable",
+        "upstream-malformed",
+        "upstream-rejected",
+    ),
     503: ("overloaded", "not-ready", "queue-full"),
     504: ("classifier-timeout", "llm-timeout", "upstream-timeout", "request-timeout"),
 }
@@ -53,7 +62,7 @@ def _plant(body: object, value: str) -> object:
         for i, v in enumerate(body):
             new = value if isinstance(v, str) else _plant(v, value)
             if new is not v:
-                return [*body[:i], new, *body[i + 1:]]
+                return [*body[:i], new, *body[i + 1 :]]
     return body
 
 

@@ -36,7 +36,9 @@ def service(tmp: Path, test_data_dir: Path, **env: str) -> Iterator[Server]:
         "CACE_LOG_FORMAT": "json",
     }
     cmd = [python(), "-m", "app.cli", "serve", "--port", str(port)]
-    with running(cmd, port=port, health_path="/healthz", env={**base, **env}, log_dir=tmp, timeout=120) as srv:
+    with running(
+        cmd, port=port, health_path="/healthz", env={**base, **env}, log_dir=tmp, timeout=120
+    ) as srv:
         deadline = time.monotonic() + 180
         while httpx.get(srv.base_url + "/readyz", timeout=5).status_code != 200:
             if time.monotonic() > deadline:
@@ -46,7 +48,9 @@ def service(tmp: Path, test_data_dir: Path, **env: str) -> Iterator[Server]:
 
 
 @pytest.fixture(scope="module")
-def svc(tmp_path_factory: pytest.TempPathFactory, tfidf_lr_dir: Path, test_data_dir: Path) -> Iterator[Server]:
+def svc(
+    tmp_path_factory: pytest.TempPathFactory, tfidf_lr_dir: Path, test_data_dir: Path
+) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("security")
     with service(tmp, test_data_dir, CACE_RATE_LIMIT_PER_S="5", CACE_RATE_LIMIT_BURST="5") as srv:
         srv.tmp = tmp  # type: ignore[attr-defined]
@@ -93,10 +97,15 @@ def test_keys_scopes_revocation_and_rate_limits(svc: Server) -> None:
         r = c.post("/v1/keys", json={"name": "reader", "scopes": ["explain"]}, headers=_bearer(admin))
         assert r.status_code == 201
         reader, reader_id = r.json()["key"], r.json()["id"]
-        assert c.post("/v1/keys", json={"name": "x", "scopes": ["root"]}, headers=_bearer(admin)).status_code == 422
+        assert (
+            c.post("/v1/keys", json={"name": "x", "scopes": ["root"]}, headers=_bearer(admin)).status_code
+            == 422
+        )
 
         # Scopes: explain can predict and read, but cannot register classifiers or manage keys.
-        r = c.post("/v1/models/tfidf-lr:predict", json={"instances": ["great food"]}, headers={"X-API-Key": reader})
+        r = c.post(
+            "/v1/models/tfidf-lr:predict", json={"instances": ["great food"]}, headers={"X-API-Key": reader}
+        )
         assert r.status_code == 200, r.text
         assert set(r.json()["predictions"][0]) == {"1", "2", "3", "4", "5"}
         r = c.post("/v1/classifiers", json={"name": "x", "spec": {}}, headers=_bearer(reader))
@@ -136,8 +145,11 @@ def test_keys_file_turns_auth_on(tmp_path: Path, tfidf_lr_dir: Path, test_data_d
     """A mounted keys file (hashes only) enables auth from the first request."""
     key = "cace_from-a-secret-0123456789abcdef"
     keys_file = tmp_path / "keys.json"
-    keys_file.write_text(json.dumps([{"name": "ci", "sha256": hashlib.sha256(key.encode()).hexdigest(),
-                                      "scopes": ["explain"]}]))
+    keys_file.write_text(
+        json.dumps(
+            [{"name": "ci", "sha256": hashlib.sha256(key.encode()).hexdigest(), "scopes": ["explain"]}]
+        )
+    )
     with service(tmp_path, test_data_dir, CACE_API_KEYS_FILE=str(keys_file)) as srv:
         with httpx.Client(base_url=srv.base_url, timeout=30) as c:
             assert c.get("/v1/jobs").status_code == 401

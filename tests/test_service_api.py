@@ -75,6 +75,7 @@ def assert_problem(r: httpx.Response, status: int, field: str | None = None) -> 
 
 # ---- health and contract ---------------------------------------------------------------------
 
+
 def test_health_and_readiness(client: httpx.Client) -> None:
     assert client.get("/healthz").json()["status"] == "ok"
     ready = client.get("/readyz").json()
@@ -87,10 +88,31 @@ def test_openapi_operation_ids_are_stable_and_unique(client: httpx.Client) -> No
     spec = client.get("/openapi.json").json()
     ops = [op["operationId"] for path in spec["paths"].values() for op in path.values()]
     assert len(ops) == len(set(ops))
-    assert {"create_explanation", "estimate_effects", "upload_effects", "get_job", "list_jobs", "cancel_job",
-            "list_job_rows", "download_job_rows", "register_classifier", "list_classifiers", "get_classifier",
-            "delete_classifier", "register_llm", "list_llms", "create_domain", "list_domains", "get_domain",
-            "delete_domain", "calibrate_domain", "list_calibrations", "list_methods", "healthz", "readyz"} <= set(ops)
+    assert {
+        "create_explanation",
+        "estimate_effects",
+        "upload_effects",
+        "get_job",
+        "list_jobs",
+        "cancel_job",
+        "list_job_rows",
+        "download_job_rows",
+        "register_classifier",
+        "list_classifiers",
+        "get_classifier",
+        "delete_classifier",
+        "register_llm",
+        "list_llms",
+        "create_domain",
+        "list_domains",
+        "get_domain",
+        "delete_domain",
+        "calibrate_domain",
+        "list_calibrations",
+        "list_methods",
+        "healthz",
+        "readyz",
+    } <= set(ops)
     schemas = spec["components"]["schemas"]
     for name in ("ExplanationRequest", "ExplanationResponse", "EffectsRequest", "JobOut", "Registration"):
         assert "examples" in schemas[name], name
@@ -102,6 +124,7 @@ def test_methods_list_generate_match_and_baselines(client: httpx.Client) -> None
 
 
 # ---- explanations ----------------------------------------------------------------------------
+
 
 def test_explanation_with_a_baseline(client: httpx.Client) -> None:
     r = explain(client, method="pt_match", top_k=4)
@@ -131,40 +154,64 @@ def test_explanation_with_match_reports_the_domain_and_space(client: httpx.Clien
 
 
 def test_source_is_inferred_by_the_taggers(client: httpx.Client) -> None:
-    r = explain(client, method="pt_match", intervention={"concept": "food", "target": "Negative"},
-                text="The pasta was wonderful and fresh, best I have had in years.")
+    r = explain(
+        client,
+        method="pt_match",
+        intervention={"concept": "food", "target": "Negative"},
+        text="The pasta was wonderful and fresh, best I have had in years.",
+    )
     assert r.status_code == 200, r.text
     iv = r.json()["intervention"]
     assert iv["source_inferred"] is True and iv["source"] == "Positive"
 
 
 def test_already_at_target_is_a_zero_effect(client: httpx.Client) -> None:
-    r = explain(client, method="pt_match", intervention={"concept": "food", "target": "Positive"},
-                text="The pasta was wonderful and fresh, best I have had in years.")
+    r = explain(
+        client,
+        method="pt_match",
+        intervention={"concept": "food", "target": "Positive"},
+        text="The pasta was wonderful and fresh, best I have had in years.",
+    )
     e = r.json()
     assert r.status_code == 200 and e["intervention"]["source"] == "Positive"
     assert all(v == 0 for v in e["icace"].values()) and e["counterfactuals"] == []
 
 
-@pytest.mark.parametrize(("body", "status", "field"), [
-    ({"intervention": {"concept": "price", "target": "Positive"}}, 422, "body.intervention.concept"),
-    ({"intervention": {"concept": "food", "target": "Great"}}, 422, "body.intervention.target"),
-    ({"intervention": {"concept": "food", "target": "Positive", "source": "Positive"}}, 422,
-     "body.intervention.source"),
-    ({"text": ""}, 422, "body.text"),
-    ({"method": "magic"}, 422, "body.method"),
-    ({"classifier": "nope"}, 422, "body.classifier"),
-    ({"top_k": 0}, 422, "body.top_k"),
-    ({"top_k": 500}, 422, "body.top_k"),
-    ({"aggregation": "median"}, 422, "body.aggregation"),
-    ({"domain": "no-such-domain", "method": "match"}, 422, "body.domain"),
-    ({"base_labels": {"service": "Bogus"}}, 422, "body.base_labels.service"),
-    ({"base_labels": {"price": "high"}}, 422, "body.base_labels.price"),
-    ({"similarity_threshold": 0.5, "method": "zero"}, 422, "body.similarity_threshold"),
-    ({"classifier": {"protocol": "hf", "url": "http://127.0.0.1:9/predict"}}, 422, "body.classifier.hf.labels"),
-    ({"classifier": {"protocol": "sklearn", "path": "var/test/classifiers/tfidf-lr"}}, 422, "body.classifier"),
-])
-def test_bad_input_is_a_4xx_naming_the_field(client: httpx.Client, body: dict, status: int, field: str) -> None:
+@pytest.mark.parametrize(
+    ("body", "status", "field"),
+    [
+        ({"intervention": {"concept": "price", "target": "Positive"}}, 422, "body.intervention.concept"),
+        ({"intervention": {"concept": "food", "target": "Great"}}, 422, "body.intervention.target"),
+        (
+            {"intervention": {"concept": "food", "target": "Positive", "source": "Positive"}},
+            422,
+            "body.intervention.source",
+        ),
+        ({"text": ""}, 422, "body.text"),
+        ({"method": "magic"}, 422, "body.method"),
+        ({"classifier": "nope"}, 422, "body.classifier"),
+        ({"top_k": 0}, 422, "body.top_k"),
+        ({"top_k": 500}, 422, "body.top_k"),
+        ({"aggregation": "median"}, 422, "body.aggregation"),
+        ({"domain": "no-such-domain", "method": "match"}, 422, "body.domain"),
+        ({"base_labels": {"service": "Bogus"}}, 422, "body.base_labels.service"),
+        ({"base_labels": {"price": "high"}}, 422, "body.base_labels.price"),
+        ({"similarity_threshold": 0.5, "method": "zero"}, 422, "body.similarity_threshold"),
+        (
+            {"classifier": {"protocol": "hf", "url": "http://127.0.0.1:9/predict"}},
+            422,
+            "body.classifier.hf.labels",
+        ),
+        (
+            {"classifier": {"protocol": "sklearn", "path": "var/test/classifiers/tfidf-lr"}},
+            422,
+            "body.classifier",
+        ),
+    ],
+)
+def test_bad_input_is_a_4xx_naming_the_field(
+    client: httpx.Client, body: dict, status: int, field: str
+) -> None:
     assert_problem(explain(client, **body), status, field)
 
 
@@ -181,16 +228,28 @@ def test_generate_without_an_llm_is_a_409_saying_what_is_missing(client: httpx.C
 
 
 def test_unreachable_classifier_is_a_502(client: httpx.Client) -> None:
-    spec = {"protocol": "hf", "url": f"http://127.0.0.1:{free_port()}/predict", "labels": LABELS, "retries": 0}
+    spec = {
+        "protocol": "hf",
+        "url": f"http://127.0.0.1:{free_port()}/predict",
+        "labels": LABELS,
+        "retries": 0,
+    }
     body = assert_problem(explain(client, method="pt_match", classifier=spec), 502)
     assert "127.0.0.1" in body["detail"]
 
 
 # ---- registries ------------------------------------------------------------------------------
 
-def test_registered_remote_classifier_matches_the_in_process_one(client: httpx.Client, tfidf_lr_dir: Path) -> None:
+
+def test_registered_remote_classifier_matches_the_in_process_one(
+    client: httpx.Client, tfidf_lr_dir: Path
+) -> None:
     port = free_port()
-    cmd = [python(), "-c", f"from explainers.serving import serve; serve({str(tfidf_lr_dir)!r}, '127.0.0.1', {port})"]
+    cmd = [
+        python(),
+        "-c",
+        f"from explainers.serving import serve; serve({str(tfidf_lr_dir)!r}, '127.0.0.1', {port})",
+    ]
     with running(cmd, port=port, health_path="/health", timeout=120) as clf_server:
         spec = {"protocol": "hf", "url": clf_server.base_url + "/predict", "labels": LABELS}
         r = client.post("/v1/classifiers", json={"name": "tfidf-remote", "spec": spec, "description": "test"})
@@ -205,8 +264,12 @@ def test_registered_remote_classifier_matches_the_in_process_one(client: httpx.C
         for lab in LABELS:
             assert remote["icace"][lab] == pytest.approx(local["icace"][lab], abs=1e-6)
     # The endpoint is gone now: upstream failure, then delete the registration.
-    assert explain(client, method="pt_match", classifier="tfidf-remote",
-                   text="A different text so the prediction cache cannot answer.").status_code in (502, 504)
+    assert explain(
+        client,
+        method="pt_match",
+        classifier="tfidf-remote",
+        text="A different text so the prediction cache cannot answer.",
+    ).status_code in (502, 504)
     assert client.delete("/v1/classifiers/tfidf-remote").status_code == 204
     assert_problem(client.get("/v1/classifiers/tfidf-remote"), 404)
     assert_problem(client.delete("/v1/classifiers/tfidf-lr"), 409)
@@ -245,7 +308,9 @@ def test_inline_effects_cace_is_the_mean_icace(client: httpx.Client, dev_texts: 
         assert res["ci_low"][lab] <= res["cace"][lab] + 1e-12 <= res["ci_high"][lab] + 2e-12
 
 
-def test_effects_job_equals_inline_and_pages_and_downloads(client: httpx.Client, dev_texts: list[str]) -> None:
+def test_effects_job_equals_inline_and_pages_and_downloads(
+    client: httpx.Client, dev_texts: list[str]
+) -> None:
     texts = dev_texts[:12]
     inline = client.post("/v1/effects", json={**EFFECT, "texts": texts, "mode": "inline"})
     assert_problem(inline, 422, "body.mode")  # 12 > max_inline_texts=5
@@ -256,44 +321,58 @@ def test_effects_job_equals_inline_and_pages_and_downloads(client: httpx.Client,
     assert job["status"] == "succeeded", job
     assert job["counts"]["done"] == 12 and job["progress"] == 1.0
     page1 = client.get(f"/v1/jobs/{job['id']}/rows", params={"limit": 5}).json()
-    page2 = client.get(f"/v1/jobs/{job['id']}/rows", params={"offset": page1["next_offset"], "limit": 100}).json()
+    page2 = client.get(
+        f"/v1/jobs/{job['id']}/rows", params={"offset": page1["next_offset"], "limit": 100}
+    ).json()
     rows = page1["rows"] + page2["rows"]
     assert [x["index"] for x in rows] == list(range(12)) and page2["next_offset"] is None
     lines = [json.loads(x) for x in client.get(f"/v1/jobs/{job['id']}/rows.jsonl").text.splitlines()]
     assert lines == rows
     # The same texts split into inline requests give the same per-text ICaCE.
     for start in (0, 5, 10):
-        part = client.post("/v1/effects", json={**EFFECT, "texts": texts[start:start + 5]}).json()["rows"]
-        for a, b in zip(part, rows[start:start + 5], strict=True):
+        part = client.post("/v1/effects", json={**EFFECT, "texts": texts[start : start + 5]}).json()["rows"]
+        for a, b in zip(part, rows[start : start + 5], strict=True):
             assert a["icace"] == b["icace"] and a["source"] == b["source"]
 
 
 def test_effects_upload_jsonl(client: httpx.Client, dev_texts: list[str]) -> None:
-    lines = [json.dumps(dev_texts[0]), json.dumps({"text": dev_texts[1], "id": "b",
-                                                   "labels": {"food": "Positive"}})]
+    lines = [
+        json.dumps(dev_texts[0]),
+        json.dumps({"text": dev_texts[1], "id": "b", "labels": {"food": "Positive"}}),
+    ]
     files = {"file": ("texts.jsonl", "\n".join(lines).encode(), "application/x-ndjson")}
     r = client.post("/v1/effects/upload", files=files, data={"params": json.dumps(EFFECT)})
     assert r.status_code == 200, r.text
     rows = r.json()["rows"]
     assert rows[1]["id"] == "b" and rows[1]["source"] == "Positive"
     bad = {"file": ("t.jsonl", b'"ok"\n{"nope": 1}\n', "application/x-ndjson")}
-    assert_problem(client.post("/v1/effects/upload", files=bad, data={"params": json.dumps(EFFECT)}), 422,
-                   "file.line2")
-    assert_problem(client.post("/v1/effects/upload", files=files, data={"params": "{}"}), 422,
-                   "params.intervention")
+    assert_problem(
+        client.post("/v1/effects/upload", files=bad, data={"params": json.dumps(EFFECT)}), 422, "file.line2"
+    )
+    assert_problem(
+        client.post("/v1/effects/upload", files=files, data={"params": "{}"}), 422, "params.intervention"
+    )
 
 
 def test_a_large_upload_streams_into_a_job(client: httpx.Client, dev_texts: list[str]) -> None:
     # More lines than max_inline_texts (5 here): the file goes into the store a chunk at a time.
-    lines = [json.dumps({"text": f"{dev_texts[i % len(dev_texts)]} ({i})", "id": f"u{i}"}) for i in range(2500)]
+    lines = [
+        json.dumps({"text": f"{dev_texts[i % len(dev_texts)]} ({i})", "id": f"u{i}"}) for i in range(2500)
+    ]
     before = client.get("/v1/jobs", params={"limit": 1}).json()["total"]
     bad = lines[:2100] + ["{not json"] + lines[2100:]  # a bad line far past the first chunk
-    r = client.post("/v1/effects/upload", data={"params": json.dumps(EFFECT)},
-                    files={"file": ("big.jsonl", "\n".join(bad).encode(), "application/x-ndjson")})
+    r = client.post(
+        "/v1/effects/upload",
+        data={"params": json.dumps(EFFECT)},
+        files={"file": ("big.jsonl", "\n".join(bad).encode(), "application/x-ndjson")},
+    )
     assert_problem(r, 422, "file.line2101")
     assert client.get("/v1/jobs", params={"limit": 1}).json()["total"] == before  # nothing half-stored
-    r = client.post("/v1/effects/upload", data={"params": json.dumps(EFFECT)},
-                    files={"file": ("big.jsonl", "\n".join(lines).encode(), "application/x-ndjson")})
+    r = client.post(
+        "/v1/effects/upload",
+        data={"params": json.dumps(EFFECT)},
+        files={"file": ("big.jsonl", "\n".join(lines).encode(), "application/x-ndjson")},
+    )
     assert r.status_code == 202, r.text
     job_id = r.json()["id"]
     client.post(f"/v1/jobs/{job_id}/cancel")
@@ -319,10 +398,12 @@ def test_cancel_a_job(client: httpx.Client, dev_texts: list[str]) -> None:
 
 # ---- domains ---------------------------------------------------------------------------------
 
+
 def test_build_a_domain_from_an_uploaded_corpus_and_use_it(client: httpx.Client) -> None:
     reviews = [r for r in load_split("train_inclusive")][:300]
-    corpus = "\n".join(json.dumps({"text": r.text, "labels": r.clean_labels(), "origin": r.original_id})
-                       for r in reviews)
+    corpus = "\n".join(
+        json.dumps({"text": r.text, "labels": r.clean_labels(), "origin": r.original_id}) for r in reviews
+    )
     files = {"file": ("corpus.jsonl", corpus.encode(), "application/x-ndjson")}
     domain_id = f"tiny-{uuid.uuid4().hex[:8]}"  # domains live in the shared test data dir
     r = client.post("/v1/domains", files=files, data={"params": json.dumps({"id": domain_id})})
@@ -349,13 +430,16 @@ def test_domain_generate_options_are_checked_before_a_job_starts(client: httpx.C
     files = {"file": ("c.jsonl", corpus.encode(), "application/x-ndjson")}
 
     def post(generate: object) -> httpx.Response:
-        return client.post("/v1/domains", files=files, data={"params": json.dumps({"id": "gen-check",
-                                                                                    "generate": generate})})
+        return client.post(
+            "/v1/domains", files=files, data={"params": json.dumps({"id": "gen-check", "generate": generate})}
+        )
 
     assert_problem(client.post("/v1/domains", files=files, data={"params": "{not json"}), 422, "body.params")
     assert_problem(post({"sources": 0}), 422, "body.params.generate.sources")
     assert_problem(post({"typo": 1}), 422, "body.params.generate.typo")
-    assert "not registered" in assert_problem(post({"llm": "nobody"}), 422, "body.params.generate.llm")["detail"]
+    assert (
+        "not registered" in assert_problem(post({"llm": "nobody"}), 422, "body.params.generate.llm")["detail"]
+    )
     # This server has no default LLM configured: say so instead of queuing a job that must fail.
     assert "no default LLM" in assert_problem(post({}), 422, "body.params.generate.llm")["detail"]
     assert_problem(client.get("/v1/domains/gen-check"), 404)
@@ -366,35 +450,61 @@ def test_domain_corpus_and_schema_are_validated_naming_the_line(client: httpx.Cl
 
     def post(lines: list[object], params: dict) -> httpx.Response:
         body = "\n".join(x if isinstance(x, str) else json.dumps(x) for x in lines).encode()
-        return client.post("/v1/domains", files={"file": ("c.jsonl", body, "application/x-ndjson")},
-                           data={"params": json.dumps({"id": "bad-corpus", **params})})
+        return client.post(
+            "/v1/domains",
+            files={"file": ("c.jsonl", body, "application/x-ndjson")},
+            data={"params": json.dumps({"id": "bad-corpus", **params})},
+        )
 
     good = {"text": "fine food", "labels": {"food": "Positive"}}
-    assert_problem(post([good, {"text": "x", "labels": {"food": "Meh"}}], {"schema": schema}), 422,
-                   "body.file.line2.labels.food")
+    assert_problem(
+        post([good, {"text": "x", "labels": {"food": "Meh"}}], {"schema": schema}),
+        422,
+        "body.file.line2.labels.food",
+    )
     assert_problem(post([good, "{broken"], {}), 422, "body.file.line2")
-    assert_problem(post([good, {"text": "x", "labels": {"price": "high"}}], {"schema": schema}), 422,
-                   "body.file.line2.labels.price")
+    assert_problem(
+        post([good, {"text": "x", "labels": {"price": "high"}}], {"schema": schema}),
+        422,
+        "body.file.line2.labels.price",
+    )
     assert_problem(post([good], {}), 422, "body.file")
-    assert_problem(post([good, good], {"schema": {"concepts": [{"name": "food", "values": ["a"]}]}}), 422,
-                   "body.params.schema.concepts.0.values")
+    assert_problem(
+        post([good, good], {"schema": {"concepts": [{"name": "food", "values": ["a"]}]}}),
+        422,
+        "body.params.schema.concepts.0.values",
+    )
     assert_problem(post([good, {"text": "\ud800", "labels": {}}], {}), 422, "body.file.line2")
     assert_problem(client.get("/v1/domains/bad-corpus"), 404)
 
 
 # ---- a bare server (no embedded defaults, no workers) on both stores --------------------------
 
+
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-def test_queue_bound_and_registry_persist_across_restarts(backend: str, tmp_path: Path, tfidf_lr_dir: Path) -> None:
+def test_queue_bound_and_registry_persist_across_restarts(
+    backend: str, tmp_path: Path, tfidf_lr_dir: Path
+) -> None:
     from tests.service_server import drop_pg_prefix
 
-    env = {**store_env(backend, tmp_path), "CACE_DEFAULT_CLASSIFIER": "", "CACE_DEFAULT_POOL": "",
-           "CACE_DEFAULT_TAGGERS": "false", "CACE_DEFAULT_SPACE": "false", "CACE_JOB_WORKERS": "0",
-           "CACE_JOB_QUEUE_LIMIT": "1", "CACE_MODELS_DIR": str(tfidf_lr_dir.parent)}
+    env = {
+        **store_env(backend, tmp_path),
+        "CACE_DEFAULT_CLASSIFIER": "",
+        "CACE_DEFAULT_POOL": "",
+        "CACE_DEFAULT_TAGGERS": "false",
+        "CACE_DEFAULT_SPACE": "false",
+        "CACE_JOB_WORKERS": "0",
+        "CACE_JOB_QUEUE_LIMIT": "1",
+        "CACE_MODELS_DIR": str(tfidf_lr_dir.parent),
+    }
     spec = {"protocol": "sklearn", "path": str(tfidf_lr_dir)}  # in-process: only from CACE_MODELS_DIR
-    body = {"texts": ["Great pasta.", "Cold soup."], "intervention": {"concept": "food", "target": "Negative",
-                                                                      "source": "Positive"},
-            "classifier": "local-tfidf", "method": "zero", "mode": "job"}
+    body = {
+        "texts": ["Great pasta.", "Cold soup."],
+        "intervention": {"concept": "food", "target": "Negative", "source": "Positive"},
+        "classifier": "local-tfidf",
+        "method": "zero",
+        "mode": "job",
+    }
     try:
         with service(env) as srv, httpx.Client(base_url=srv.base_url, timeout=60) as c:
             assert c.post("/v1/classifiers", json={"name": "local-tfidf", "spec": spec}).status_code == 201

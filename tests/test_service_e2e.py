@@ -25,8 +25,13 @@ GGUF = CACHE / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 LLAMA_PY = CACHE / "venvs" / "llama" / "bin" / "python"
 TEXT = "The food was cold and bland, but our waiter was friendly and quick."
 IV = {"concept": "food", "target": "Positive", "source": "Negative"}
-REQUEST = {"intervention": {"concept": "service", "target": "Negative"}, "method": "pt_match", "top_k": 5,
-           "mode": "job", "seed": 7}
+REQUEST = {
+    "intervention": {"concept": "service", "target": "Negative"},
+    "method": "pt_match",
+    "top_k": 5,
+    "mode": "job",
+    "seed": 7,
+}
 
 
 def dev_texts(n: int) -> list[str]:
@@ -61,8 +66,12 @@ def all_rows(c: httpx.Client, job_id: str) -> list[dict]:
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
 def test_job_survives_sigkill_and_equals_an_uninterrupted_run(backend: str, tmp_path: Path) -> None:
-    env = {**store_env(backend, tmp_path), "CACE_JOB_WORKERS": "1", "CACE_JOB_CLAIM_BATCH": "2",
-           "CACE_JOB_LEASE_S": "3"}
+    env = {
+        **store_env(backend, tmp_path),
+        "CACE_JOB_WORKERS": "1",
+        "CACE_JOB_CLAIM_BATCH": "2",
+        "CACE_JOB_LEASE_S": "3",
+    }
     texts = dev_texts(200)
     try:
         with service(env) as first, httpx.Client(base_url=first.base_url, timeout=120) as c:
@@ -99,8 +108,9 @@ def test_job_survives_sigkill_and_equals_an_uninterrupted_run(backend: str, tmp_
             assert clean["status"] == "succeeded"
             assert clean["result"] == job["result"]
             clean_rows = all_rows(c, clean["id"])
-            assert [(x["icace"], x["source"], x["status"]) for x in clean_rows] == \
-                   [(x["icace"], x["source"], x["status"]) for x in resumed]
+            assert [(x["icace"], x["source"], x["status"]) for x in clean_rows] == [
+                (x["icace"], x["source"], x["status"]) for x in resumed
+            ]
     finally:
         if backend == "postgresql":
             drop_pg_prefix(env["CACE_TABLE_PREFIX"])
@@ -116,15 +126,32 @@ def test_generate_through_a_registered_llm(tmp_path: Path) -> None:
             pytest.fail(msg)
         pytest.skip(msg)
     port = free_port()
-    cmd = [str(LLAMA_PY), "-m", "llama_cpp.server", "--model", str(GGUF), "--host", "127.0.0.1", "--port",
-           str(port), "--n_ctx", "2048", "--n_threads", "2"]
-    with running(cmd, port=port, health_path="/v1/models", timeout=120) as llm, \
-            service({**store_env("sqlite", tmp_path), "CACE_REQUEST_TIMEOUT_S": "300"}) as svc, \
-            httpx.Client(base_url=svc.base_url, timeout=300) as c:
+    cmd = [
+        str(LLAMA_PY),
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        str(GGUF),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--n_ctx",
+        "2048",
+        "--n_threads",
+        "2",
+    ]
+    with (
+        running(cmd, port=port, health_path="/v1/models", timeout=120) as llm,
+        service({**store_env("sqlite", tmp_path), "CACE_REQUEST_TIMEOUT_S": "300"}) as svc,
+        httpx.Client(base_url=svc.base_url, timeout=300) as c,
+    ):
         spec = {"kind": "openai", "base_url": llm.base_url + "/v1", "model": "smollm2", "timeout_s": 120}
         assert c.post("/v1/llms", json={"name": "smollm2", "spec": spec}).status_code == 201
-        r = c.post("/v1/explanations", json={"text": TEXT, "intervention": IV, "method": "generate", "top_k": 2,
-                                             "llm": "smollm2"})
+        r = c.post(
+            "/v1/explanations",
+            json={"text": TEXT, "intervention": IV, "method": "generate", "top_k": 2, "llm": "smollm2"},
+        )
         assert r.status_code == 200, r.text
         e = r.json()
         assert e["method"] == "generate" and e["llm"] == "smollm2"
@@ -134,7 +161,9 @@ def test_generate_through_a_registered_llm(tmp_path: Path) -> None:
         # A corpus without edits (one text per origin) gets its groups from the same LLM before training.
         corpus = [{"text": t, "labels": {"food": "Negative", "service": "Positive", "ambiance": "unknown",
                                          "noise": "unknown"}} for t in dev_texts(3)]  # fmt: skip
-        files = {"file": ("c.jsonl", "\n".join(json.dumps(x) for x in corpus).encode(), "application/x-ndjson")}
+        files = {
+            "file": ("c.jsonl", "\n".join(json.dumps(x) for x in corpus).encode(), "application/x-ndjson")
+        }
         gen = {"llm": "smollm2", "concepts_per_source": 2, "verify_with_taggers": False, "max_tokens": 60}
         domain_id = f"generated-{uuid.uuid4().hex[:8]}"  # domains live in the shared test data dir
         params = {"id": domain_id, "generate": gen, "schema": CEBAB_SCHEMA.to_dict()}
@@ -148,5 +177,9 @@ def test_generate_through_a_registered_llm(tmp_path: Path) -> None:
         assert aug["kept_edits"] + sum(aug["rejections"].values()) == 6
         assert sum(job["result"]["stats"]["pairs"].values()) == aug["kept_edits"]
         assert job["result"]["stats"]["texts"] == 3 + aug["kept_edits"] - aug["duplicates_of_pool"]
-        bad = c.post("/v1/domains", files=files, data={"params": json.dumps({"id": "g2", "generate": {"llm": "nobody"}})})
+        bad = c.post(
+            "/v1/domains",
+            files=files,
+            data={"params": json.dumps({"id": "g2", "generate": {"llm": "nobody"}})},
+        )
         assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "body.params.generate.llm"

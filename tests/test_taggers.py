@@ -14,13 +14,25 @@ from explainers.taggers import TaggerSet, main
 SCHEMA = ConceptSchema.simple(["food", "service"], ["Positive", "Negative", "unknown"], domain="restaurant")
 
 FOOD = {
-    "Positive": ["the food was delicious", "tasty pasta and great pizza", "the steak was amazing and flavorful"],
+    "Positive": [
+        "the food was delicious",
+        "tasty pasta and great pizza",
+        "the steak was amazing and flavorful",
+    ],
     "Negative": ["the food was bland and cold", "the soup tasted awful", "terrible greasy burger"],
     "unknown": ["", "we went on a tuesday", "the place is downtown"],
 }
 SERVICE = {
-    "Positive": ["the waiter was friendly and attentive", "great service from the staff", "our server was lovely"],
-    "Negative": ["the waiter was rude", "slow service and ignored by staff", "our server was terrible and rude"],
+    "Positive": [
+        "the waiter was friendly and attentive",
+        "great service from the staff",
+        "our server was lovely",
+    ],
+    "Negative": [
+        "the waiter was rude",
+        "slow service and ignored by staff",
+        "our server was terrible and rude",
+    ],
     "unknown": ["", "parking was easy", "it was raining outside"],
 }
 
@@ -44,9 +56,13 @@ def tfidf_taggers() -> TaggerSet:
 
 
 def test_predicts_each_concept_independently(tfidf_taggers: TaggerSet) -> None:
-    preds = tfidf_taggers.predict(["the food was delicious. the waiter was rude",
-                                   "the soup tasted awful. great service from the staff",
-                                   "we went on a tuesday. parking was easy"])
+    preds = tfidf_taggers.predict(
+        [
+            "the food was delicious. the waiter was rude",
+            "the soup tasted awful. great service from the staff",
+            "we went on a tuesday. parking was easy",
+        ]
+    )
     assert preds == [
         {"food": "Positive", "service": "Negative"},
         {"food": "Negative", "service": "Positive"},
@@ -69,7 +85,10 @@ def test_predict_proba_columns_follow_values(tfidf_taggers: TaggerSet) -> None:
 def test_skips_unusable_labels_per_concept() -> None:
     texts, labels = corpus()
     # Blank out service labels on half the rows and mark some as "no majority": food still trains on all.
-    noisy = [dict(lab, service="" if i % 2 else "no majority") if i % 3 == 0 else lab for i, lab in enumerate(labels)]
+    noisy = [
+        dict(lab, service="" if i % 2 else "no majority") if i % 3 == 0 else lab
+        for i, lab in enumerate(labels)
+    ]
     ts = TaggerSet(SCHEMA, features=["tfidf"]).fit(texts, noisy)
     acc = ts.accuracy(texts, noisy)
     assert acc["food"]["n"] == len(texts)
@@ -81,7 +100,9 @@ def test_single_value_concept_always_predicts_it() -> None:
     texts, labels = corpus()
     only = [dict(lab, service="unknown") for lab in labels]
     ts = TaggerSet(SCHEMA, features=["tfidf"]).fit(texts, only)
-    assert {p["service"] for p in ts.predict(["the waiter was rude", "the food was bland and cold"])} == {"unknown"}
+    assert {p["service"] for p in ts.predict(["the waiter was rude", "the food was bland and cold"])} == {
+        "unknown"
+    }
 
 
 def test_rejects_bad_input() -> None:
@@ -90,7 +111,9 @@ def test_rejects_bad_input() -> None:
     with pytest.raises(ValueError, match="label rows"):
         TaggerSet(SCHEMA, features=["tfidf"]).fit(["a", "b"], [{"food": "Positive"}])
     with pytest.raises(ValueError, match="no usable labels"):
-        TaggerSet(SCHEMA, features=["tfidf"]).fit(["good food", "bad food"], [{"food": "Positive"}, {"food": "Negative"}])
+        TaggerSet(SCHEMA, features=["tfidf"]).fit(
+            ["good food", "bad food"], [{"food": "Positive"}, {"food": "Negative"}]
+        )
     with pytest.raises(RuntimeError, match="not fitted"):
         TaggerSet(SCHEMA).predict(["x"])
 
@@ -122,9 +145,18 @@ def test_cli_train_and_eval_on_a_split_directory(tmp_path: Path, capsys: pytest.
     from explainers.data.cebab import CONCEPTS
 
     texts, labels = corpus()
-    rows = [{"id": str(i), "original_id": str(i), "is_original": True, "edit_type": None, "description": t,
-             "review_majority": "3", **{f"{c}_aspect_majority": lab.get(c, "unknown") for c in CONCEPTS}}
-            for i, (t, lab) in enumerate(zip(texts, labels, strict=True))]
+    rows = [
+        {
+            "id": str(i),
+            "original_id": str(i),
+            "is_original": True,
+            "edit_type": None,
+            "description": t,
+            "review_majority": "3",
+            **{f"{c}_aspect_majority": lab.get(c, "unknown") for c in CONCEPTS},
+        }
+        for i, (t, lab) in enumerate(zip(texts, labels, strict=True))
+    ]
     data = tmp_path / "cebab"
     data.mkdir()
     for split in ("train_inclusive", "dev"):

@@ -26,7 +26,9 @@ from tests.service_server import service
 playwright_api = pytest.importorskip("playwright.sync_api", reason="the test extra installs playwright")
 CHROMIUM = os.environ.get("CACE_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 if not CHROMIUM:
-    pytest.skip("no chromium binary (scripts/setup.d/40-chromium.sh installs Debian's)", allow_module_level=True)
+    pytest.skip(
+        "no chromium binary (scripts/setup.d/40-chromium.sh installs Debian's)", allow_module_level=True
+    )
 
 SHOTS = Path(os.environ["CACE_UI_SCREENSHOTS"]) if os.environ.get("CACE_UI_SCREENSHOTS") else None
 TEXT = "The food was delicious but the waiter ignored us for twenty minutes and never came back."
@@ -49,7 +51,9 @@ def signed(x: float) -> str:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     tmp = tmp_path_factory.mktemp("ui")
     # No calibration behind the tests' back: it would land in the shared test data dir's CEBaB domain.
-    with service({"CACE_DATABASE_URL": f"sqlite:///{tmp / 'jobs.sqlite'}", "CACE_AUTO_CALIBRATE": "false"}) as srv:
+    with service(
+        {"CACE_DATABASE_URL": f"sqlite:///{tmp / 'jobs.sqlite'}", "CACE_AUTO_CALIBRATE": "false"}
+    ) as srv:
         yield srv.base_url
 
 
@@ -69,8 +73,14 @@ def page(browser, server: str):
     errors: list[str] = []
     pg.on("pageerror", lambda e: errors.append(str(e)))
     # Chromium logs every 4xx fetch as "Failed to load resource"; the tests check how the page shows those.
-    pg.on("console", lambda m: errors.append(m.text)
-          if m.type == "error" and not m.text.startswith("Failed to load resource") else None)
+    pg.on(
+        "console",
+        lambda m: (
+            errors.append(m.text)
+            if m.type == "error" and not m.text.startswith("Failed to load resource")
+            else None
+        ),
+    )
     pg.goto(server + "/ui")
     yield pg
     context.close()
@@ -104,7 +114,9 @@ def test_page_and_assets_are_local_and_public(server: str) -> None:
     csp = r.headers["content-security-policy"]
     assert "script-src 'self'" in csp and "unsafe-inline" not in csp
     assets = re.findall(r'(?:src|href)="(ui/static/[^"]+)"', r.text)
-    assert assets and not re.search(r'(?:src|href)="(?:https?:)?//', r.text), "every asset is served by the service"
+    assert assets and not re.search(r'(?:src|href)="(?:https?:)?//', r.text), (
+        "every asset is served by the service"
+    )
     for a in assets:
         got = httpx.get(f"{server}/{a}")
         assert got.status_code == 200 and got.content
@@ -140,9 +152,12 @@ def test_explain_draws_the_services_numbers(page, server: str) -> None:
         assert row.locator("td.spread").inner_text() == fmt(api["uncertainty"]["spread"][lab])
     # The bars: one base and one counterfactual-mean bar per label, carrying the exact values and
     # taller when the value is larger.
-    bars = page.eval_on_selector_all("svg.dist rect.bar[data-label]", """els => els.map(e => ({
+    bars = page.eval_on_selector_all(
+        "svg.dist rect.bar[data-label]",
+        """els => els.map(e => ({
         label: e.dataset.label, series: e.dataset.series, value: Number(e.dataset.value),
-        height: Number(e.getAttribute('height'))}))""")
+        height: Number(e.getAttribute('height'))}))""",
+    )
     assert len(bars) == 2 * len(labels)
     for b in bars:
         want = api["base_prediction"][b["label"]] + (api["icace"][b["label"]] if b["series"] == "cf" else 0.0)
@@ -177,11 +192,16 @@ def test_unknown_concept_shows_the_problem(page) -> None:
     ready(page)
     page.focus("#tab-explain")
     page.keyboard.press("ArrowRight")
-    assert page.evaluate("document.activeElement.id") == "tab-effects" and page.locator("#page-effects").is_visible()
+    assert (
+        page.evaluate("document.activeElement.id") == "tab-effects"
+        and page.locator("#page-effects").is_visible()
+    )
     page.keyboard.press("ArrowLeft")
     assert page.locator("#page-explain").is_visible() and page.locator("#page-effects").is_hidden()
-    labelled = page.eval_on_selector_all("#explain-form input, #explain-form select, #explain-form textarea",
-                                         "els => els.every(e => e.labels && e.labels.length === 1)")
+    labelled = page.eval_on_selector_all(
+        "#explain-form input, #explain-form select, #explain-form textarea",
+        "els => els.every(e => e.labels && e.labels.length === 1)",
+    )
     assert labelled, "every form control has its label"
     fill_params(page, "explain", "price", "Positive", "match", 3)
     page.focus("#explain-k")
@@ -224,7 +244,9 @@ def test_effects_job_runs_through_the_progress_bar(page, server: str, tmp_path: 
     res = job["result"]
     for lab in res["labels"]:
         assert page.inner_text(f'#effects-cace tr[data-label="{lab}"] td.cace') == signed(res["cace"][lab])
-    plotted = page.eval_on_selector_all("#effects-result svg.effect rect.bar", "els => els.map(e => Number(e.dataset.value))")
+    plotted = page.eval_on_selector_all(
+        "#effects-result svg.effect rect.bar", "els => els.map(e => Number(e.dataset.value))"
+    )
     assert plotted == pytest.approx([res["cace"][lab] for lab in res["labels"]], abs=1e-12)
     assert f"{res['summary']['n_changed']} of 40 texts" in page.inner_text("#effects-summary")
 
@@ -234,13 +256,16 @@ def test_effects_job_runs_through_the_progress_bar(page, server: str, tmp_path: 
     lab = res["labels"][0]
     page.click(f'button.sort[data-key="icace:{lab}"]')
     page.click(f'button.sort[data-key="icace:{lab}"]')  # twice: descending
-    shown = page.eval_on_selector_all(f'#effects-rows tbody td[data-label="{lab}"]',
-                                      "els => els.map(e => e.textContent)")
+    shown = page.eval_on_selector_all(
+        f'#effects-rows tbody td[data-label="{lab}"]', "els => els.map(e => e.textContent)"
+    )
     want = sorted((r for r in rows if r["icace"]), key=lambda r: -r["icace"][lab])[: len(shown)]
     assert shown[: len(want)] == [signed(r["icace"][lab]) for r in want]
     word = max(texts[7].split(), key=len)  # a rare word: its rows fit on one page
     page.fill("#rows-filter", word)
-    visible = page.eval_on_selector_all("#effects-rows tbody tr", "els => els.map(e => Number(e.dataset.index))")
+    visible = page.eval_on_selector_all(
+        "#effects-rows tbody tr", "els => els.map(e => Number(e.dataset.index))"
+    )
     assert visible and sorted(visible) == [i for i, t in enumerate(texts) if word.lower() in t.lower()]
     page.fill("#rows-filter", "")
 
@@ -267,8 +292,12 @@ def test_effects_job_runs_through_the_progress_bar(page, server: str, tmp_path: 
     with page.expect_response(lambda r: r.url.endswith("/v1/effects/upload")) as resp:
         page.click("#effects-submit")
     assert resp.value.status == 202
-    playwright_api.expect(page.locator("#rows-count")).to_have_text(re.compile(r"^3 rows "), timeout=TIMEOUT_MS)
-    ids = page.eval_on_selector_all("#effects-rows tbody tr td:nth-child(2)", "els => els.map(e => e.textContent)")
+    playwright_api.expect(page.locator("#rows-count")).to_have_text(
+        re.compile(r"^3 rows "), timeout=TIMEOUT_MS
+    )
+    ids = page.eval_on_selector_all(
+        "#effects-rows tbody tr td:nth-child(2)", "els => els.map(e => e.textContent)"
+    )
     assert ids == ["t0", "t1", "t2"]
 
 
@@ -285,7 +314,9 @@ def test_create_a_domain_from_a_file(page, server: str, tmp_path: Path) -> None:
     page.fill("#domain-id", domain_id)
     page.set_input_files("#domain-file", str(corpus))
     try:
-        with page.expect_response(lambda r: r.url.endswith("/v1/domains") and r.request.method == "POST") as resp:
+        with page.expect_response(
+            lambda r: r.url.endswith("/v1/domains") and r.request.method == "POST"
+        ) as resp:
             page.click("#domain-submit")
         assert resp.value.status == 202, resp.value.text()
         page.wait_for_selector(f'article.domain[data-id="{domain_id}"]')  # listed while it builds
@@ -296,23 +327,30 @@ def test_create_a_domain_from_a_file(page, server: str, tmp_path: Path) -> None:
         got = httpx.get(f"{server}/v1/domains/{domain_id}").json()
         shown = card.locator("table.schema tbody th").all_inner_texts()
         assert shown == [c["name"] for c in got["schema"]["concepts"]] == ["acting", "plot", "music"]
-        assert card.locator("table.schema tbody tr").first.locator("td").first.inner_text() == \
-            ", ".join(got["schema"]["concepts"][0]["values"])
+        assert card.locator("table.schema tbody tr").first.locator("td").first.inner_text() == ", ".join(
+            got["schema"]["concepts"][0]["values"]
+        )
         # Calibrate tfidf-lr on the new domain's held-out pairs; its error table appears on the card.
         card.locator(f"#calibrate-{domain_id}").select_option("tfidf-lr")
         card.locator("button.calibrate").click()
-        section = page.locator(f'article.domain[data-id="{domain_id}"] details.calibration[data-classifier="tfidf-lr"]')
+        section = page.locator(
+            f'article.domain[data-id="{domain_id}"] details.calibration[data-classifier="tfidf-lr"]'
+        )
         section.wait_for(timeout=600_000)
         section.locator("summary").click()
         cal = httpx.get(f"{server}/v1/domains/{domain_id}/calibrations").json()["tfidf-lr"]
         methods = section.locator("table.grid tbody tr td:first-child").all_inner_texts()
-        assert [m.replace(" (default)", "") for m in methods if not m.startswith("auto")] == list(cal["table"])
+        assert [m.replace(" (default)", "") for m in methods if not m.startswith("auto")] == list(
+            cal["table"]
+        )
         assert section.locator("table.kv").inner_text().count(str(cal["default_estimator"])) == 1
         shot(page, "domains")
         # Calibrated: the server's default method is `auto`, whose conformal interval the ICaCE whiskers show.
         page.click("#tab-explain")
         page.select_option("#explain-domain", domain_id)
-        page.fill("#explain-text", "The acting is wooden and flat. The story is gripping from start to finish.")
+        page.fill(
+            "#explain-text", "The acting is wooden and flat. The story is gripping from start to finish."
+        )
         fill_params(page, "explain", "acting", "good", "", 3)
         with page.expect_response(lambda r: r.url.endswith("/v1/explanations")) as resp:
             page.click("#explain-submit")
@@ -320,8 +358,11 @@ def test_create_a_domain_from_a_file(page, server: str, tmp_path: Path) -> None:
         assert resp.value.status == 200 and res["method"] == "auto" and res["domain"] == domain_id, res
         page.wait_for_selector("#explain-numbers")
         assert "conformal interval" in page.inner_text("#explain-result figure:nth-child(2) figcaption")
-        whiskers = page.eval_on_selector_all("svg.effect line.interval", """els => els.map(e => [e.dataset.label,
-            Number(e.dataset.low), Number(e.dataset.high)])""")
+        whiskers = page.eval_on_selector_all(
+            "svg.effect line.interval",
+            """els => els.map(e => [e.dataset.label,
+            Number(e.dataset.low), Number(e.dataset.high)])""",
+        )
         interval = res["uncertainty"]["interval"]
         assert [w[0] for w in whiskers] == res["labels"]
         for lab, lo, hi in whiskers:
@@ -329,10 +370,15 @@ def test_create_a_domain_from_a_file(page, server: str, tmp_path: Path) -> None:
         # The new domain is offered in the Explain form, with its own concepts.
         page.click("#tab-explain")
         page.select_option("#explain-domain", domain_id)
-        assert page.input_value("#explain-concept") in ("acting", "plot", "music") or \
-            page.locator("#explain-concepts option").count() == 3
-        assert page.eval_on_selector_all("#explain-concepts option", "els => els.map(e => e.value)") == \
-            ["acting", "plot", "music"]
+        assert (
+            page.input_value("#explain-concept") in ("acting", "plot", "music")
+            or page.locator("#explain-concepts option").count() == 3
+        )
+        assert page.eval_on_selector_all("#explain-concepts option", "els => els.map(e => e.value)") == [
+            "acting",
+            "plot",
+            "music",
+        ]
     finally:
         httpx.delete(f"{server}/v1/domains/{domain_id}")
 
@@ -343,10 +389,16 @@ def test_with_api_keys_on_the_page_asks_for_a_key(browser, tmp_path: Path) -> No
 
     key = "cace_" + uuid.uuid4().hex + uuid.uuid4().hex
     keys_file = tmp_path / "keys.json"
-    keys_file.write_text(json.dumps([{"name": "ui", "sha256": hashlib.sha256(key.encode()).hexdigest(),
-                                      "scopes": ["explain"]}]))
-    env = {"CACE_DATABASE_URL": f"sqlite:///{tmp_path / 'jobs.sqlite'}", "CACE_API_KEYS_FILE": str(keys_file),
-           "CACE_AUTO_CALIBRATE": "false"}
+    keys_file.write_text(
+        json.dumps(
+            [{"name": "ui", "sha256": hashlib.sha256(key.encode()).hexdigest(), "scopes": ["explain"]}]
+        )
+    )
+    env = {
+        "CACE_DATABASE_URL": f"sqlite:///{tmp_path / 'jobs.sqlite'}",
+        "CACE_API_KEYS_FILE": str(keys_file),
+        "CACE_AUTO_CALIBRATE": "false",
+    }
     with service(env) as srv:
         context = browser.new_context(viewport={"width": 1280, "height": 800})
         pg = context.new_page()
@@ -392,13 +444,31 @@ def test_generate_shows_verification_and_rejections(browser, tmp_path: Path) -> 
             pytest.fail(msg)
         pytest.skip(msg)
     port = free_port()
-    cmd = [str(LLAMA_PY), "-m", "llama_cpp.server", "--model", str(GGUF), "--host", "127.0.0.1", "--port",
-           str(port), "--n_ctx", "2048", "--n_threads", "2"]
-    env = {"CACE_DATABASE_URL": f"sqlite:///{tmp_path / 'jobs.sqlite'}", "CACE_REQUEST_TIMEOUT_S": "300",
-           "CACE_AUTO_CALIBRATE": "false"}
+    cmd = [
+        str(LLAMA_PY),
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        str(GGUF),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--n_ctx",
+        "2048",
+        "--n_threads",
+        "2",
+    ]
+    env = {
+        "CACE_DATABASE_URL": f"sqlite:///{tmp_path / 'jobs.sqlite'}",
+        "CACE_REQUEST_TIMEOUT_S": "300",
+        "CACE_AUTO_CALIBRATE": "false",
+    }
     with running(cmd, port=port, health_path="/v1/models", timeout=120) as llm, service(env) as srv:
         spec = {"kind": "openai", "base_url": llm.base_url + "/v1", "model": "smollm2", "timeout_s": 120}
-        assert httpx.post(srv.base_url + "/v1/llms", json={"name": "smollm2", "spec": spec}).status_code == 201
+        assert (
+            httpx.post(srv.base_url + "/v1/llms", json={"name": "smollm2", "spec": spec}).status_code == 201
+        )
         pg = browser.new_context(viewport={"width": 1280, "height": 800}).new_page()
         pg.set_default_timeout(300_000)
         pg.goto(srv.base_url + "/ui")
@@ -424,6 +494,9 @@ def test_generate_shows_verification_and_rejections(browser, tmp_path: Path) -> 
             want = "verified" if read in (None, "Negative") else "kept, tagger disagrees"
             assert badges.nth(i).inner_text() == want
         cost_row = pg.locator("#explain-result table.kv tr", has=pg.locator('th:text-is("llm_calls")'))
-        assert cost_row.locator("td").inner_text() == str(res["cost"]["llm_calls"]) and res["cost"]["llm_calls"] > 0
+        assert (
+            cost_row.locator("td").inner_text() == str(res["cost"]["llm_calls"])
+            and res["cost"]["llm_calls"] > 0
+        )
         shot(pg, "explain-generate")
         pg.context.close()

@@ -22,7 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("create-key")
     c.add_argument("--name", required=True)
     c.add_argument("--scopes", default="explain", help="comma-separated: explain,admin")
-    c.add_argument("--rate", type=float, default=None, help="requests/s for this key (> 0; default: the server's)")
+    c.add_argument(
+        "--rate", type=float, default=None, help="requests/s for this key (> 0; default: the server's)"
+    )
     sub.add_parser("list-keys")
     r = sub.add_parser("revoke-key")
     r.add_argument("id")
@@ -37,7 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     store = key_store(sa.create_engine(settings.job_store_url), settings)
     if args.cmd == "create-key":
         try:
-            rec, plain = store.create(args.name, [s.strip() for s in args.scopes.split(",") if s.strip()], args.rate)
+            rec, plain = store.create(
+                args.name, [s.strip() for s in args.scopes.split(",") if s.strip()], args.rate
+            )
         except ValueError as e:
             ap.error(str(e))
         print(json.dumps({**rec.public(), "key": plain}))

@@ -63,13 +63,20 @@ class KeyStore:
 
     CACHE_S = 2.0
 
-    def __init__(self, engine: sa.Engine, prefix: str = "cace_", keys_file: Path | None = None,
-                 metadata: sa.MetaData | None = None, admin_key: str | None = None) -> None:
+    def __init__(
+        self,
+        engine: sa.Engine,
+        prefix: str = "cace_",
+        keys_file: Path | None = None,
+        metadata: sa.MetaData | None = None,
+        admin_key: str | None = None,
+    ) -> None:
         self.engine = engine
         # On the service store's own MetaData when given, so `Store.drop_all()` removes this table too.
         md = metadata if metadata is not None else sa.MetaData()
         self.table = sa.Table(
-            f"{prefix}api_keys", md,
+            f"{prefix}api_keys",
+            md,
             sa.Column("id", sa.String(32), primary_key=True),
             sa.Column("hash", sa.String(64), nullable=False, unique=True),
             sa.Column("name", sa.String(128), nullable=False),
@@ -83,8 +90,14 @@ class KeyStore:
         self.file_keys: dict[str, KeyRecord] = self._read_file(keys_file) if keys_file else {}
         if admin_key:  # the bootstrap admin key from the environment: kept as its hash only
             digest = hash_key(admin_key)
-            self.file_keys[digest] = KeyRecord(id="env-admin", name="CACE_ADMIN_KEY", scopes=["admin"],
-                                               rate_per_s=None, created_at=0.0, source="env")
+            self.file_keys[digest] = KeyRecord(
+                id="env-admin",
+                name="CACE_ADMIN_KEY",
+                scopes=["admin"],
+                rate_per_s=None,
+                created_at=0.0,
+                source="env",
+            )
         self._lock = threading.Lock()
         self._cache: dict[str, tuple[float, KeyRecord | None]] = {}
         self._active: tuple[float, int] = (-math.inf, 0)
@@ -99,13 +112,25 @@ class KeyStore:
             scopes = [s for s in e.get("scopes", ["explain"]) if s in SCOPES]
             rate = e.get("rate_per_s")
             check_rate(rate, f"{path}: entry {i}")
-            out[digest] = KeyRecord(id=e.get("id") or f"file-{digest[:12]}", name=e.get("name", f"file-{i}"),
-                                    scopes=scopes, rate_per_s=rate, created_at=0.0, source="file")
+            out[digest] = KeyRecord(
+                id=e.get("id") or f"file-{digest[:12]}",
+                name=e.get("name", f"file-{i}"),
+                scopes=scopes,
+                rate_per_s=rate,
+                created_at=0.0,
+                source="file",
+            )
         return out
 
     def _row(self, r: Any) -> KeyRecord:
-        return KeyRecord(id=r.id, name=r.name, scopes=r.scopes.split(","), rate_per_s=r.rate_per_s,
-                         created_at=r.created_at, revoked_at=r.revoked_at)
+        return KeyRecord(
+            id=r.id,
+            name=r.name,
+            scopes=r.scopes.split(","),
+            rate_per_s=r.rate_per_s,
+            created_at=r.created_at,
+            revoked_at=r.revoked_at,
+        )
 
     def create(self, name: str, scopes: list[str], rate_per_s: float | None = None) -> tuple[KeyRecord, str]:
         """Make a key; the plaintext is returned once and never stored."""
@@ -114,19 +139,34 @@ class KeyStore:
             raise ValueError(f"scopes must be a non-empty subset of {SCOPES}, got {scopes}")
         check_rate(rate_per_s, "rate_per_s")
         plain = KEY_PREFIX + secrets.token_urlsafe(32)
-        rec = KeyRecord(id=uuid.uuid4().hex[:16], name=name, scopes=sorted(set(scopes)), rate_per_s=rate_per_s,
-                        created_at=time.time())
+        rec = KeyRecord(
+            id=uuid.uuid4().hex[:16],
+            name=name,
+            scopes=sorted(set(scopes)),
+            rate_per_s=rate_per_s,
+            created_at=time.time(),
+        )
         with self.engine.begin() as c:
-            c.execute(self.table.insert().values(id=rec.id, hash=hash_key(plain), name=name,
-                                                 scopes=",".join(rec.scopes), rate_per_s=rate_per_s,
-                                                 created_at=rec.created_at))
+            c.execute(
+                self.table.insert().values(
+                    id=rec.id,
+                    hash=hash_key(plain),
+                    name=name,
+                    scopes=",".join(rec.scopes),
+                    rate_per_s=rate_per_s,
+                    created_at=rec.created_at,
+                )
+            )
         self._invalidate()
         return rec, plain
 
     def revoke(self, key_id: str) -> bool:
         with self.engine.begin() as c:
-            n = c.execute(self.table.update().where(self.table.c.id == key_id, self.table.c.revoked_at.is_(None))
-                          .values(revoked_at=time.time())).rowcount
+            n = c.execute(
+                self.table.update()
+                .where(self.table.c.id == key_id, self.table.c.revoked_at.is_(None))
+                .values(revoked_at=time.time())
+            ).rowcount
         self._invalidate()
         return bool(n)
 
@@ -146,8 +186,9 @@ class KeyStore:
         if hit and now - hit[0] < self.CACHE_S:
             return hit[1]
         with self.engine.connect() as c:
-            r = c.execute(self.table.select().where(self.table.c.hash == digest,
-                                                    self.table.c.revoked_at.is_(None))).first()
+            r = c.execute(
+                self.table.select().where(self.table.c.hash == digest, self.table.c.revoked_at.is_(None))
+            ).first()
         rec = self._row(r) if r is not None else None
         with self._lock:
             if len(self._cache) > 10000:
@@ -160,8 +201,9 @@ class KeyStore:
         if now - self._active[0] < self.CACHE_S:
             return self._active[1]
         with self.engine.connect() as c:
-            n = c.execute(sa.select(sa.func.count()).select_from(self.table)
-                          .where(self.table.c.revoked_at.is_(None))).scalar_one()
+            n = c.execute(
+                sa.select(sa.func.count()).select_from(self.table).where(self.table.c.revoked_at.is_(None))
+            ).scalar_one()
         self._active = (now, int(n) + len(self.file_keys))
         return self._active[1]
 
@@ -173,4 +215,6 @@ class KeyStore:
 
 def key_store(engine: sa.Engine, settings: Any, metadata: sa.MetaData | None = None) -> KeyStore:
     """The key store for these settings (stored keys, the keys file, the bootstrap admin key)."""
-    return KeyStore(engine, settings.table_prefix, settings.api_keys_file, metadata, admin_key=settings.admin_key)
+    return KeyStore(
+        engine, settings.table_prefix, settings.api_keys_file, metadata, admin_key=settings.admin_key
+    )

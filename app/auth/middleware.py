@@ -16,11 +16,14 @@ from app.auth.keys import KeyStore
 from app.limits import ASGIApp, Receive, Scope, Send, header, send_problem
 from app.ratelimit import RateLimiter
 
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc",
-                          "/openapi.json"})
+PUBLIC_PATHS = frozenset(
+    {"/healthz", "/readyz", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
+)
 ADMIN_COLLECTIONS = ("/v1/classifiers", "/v1/llms", "/v1/domains")
-BOOTSTRAP_HINT = ("create the first admin key with `python -m app.security create-key --name admin --scopes admin`, "
-                  "or set CACE_ADMIN_KEY or CACE_API_KEYS_FILE")
+BOOTSTRAP_HINT = (
+    "create the first admin key with `python -m app.security create-key --name admin --scopes admin`, "
+    "or set CACE_ADMIN_KEY or CACE_API_KEYS_FILE"
+)
 
 
 def required_scope(method: str, path: str) -> str | None:
@@ -44,8 +47,9 @@ def presented_key(scope: Scope) -> str | None:
 class AuthMiddleware:
     """401/403 by key and scope, then 429 + Retry-After from the key's token bucket."""
 
-    def __init__(self, app: ASGIApp, keys: KeyStore, buckets: RateLimiter, always_on: bool,
-                 anonymous_rate: float = 0.0) -> None:
+    def __init__(
+        self, app: ASGIApp, keys: KeyStore, buckets: RateLimiter, always_on: bool, anonymous_rate: float = 0.0
+    ) -> None:
         self.app = app
         self.keys = keys
         self.buckets = buckets
@@ -72,12 +76,25 @@ class AuthMiddleware:
             rec = self.keys.lookup(token) if token else None
             if rec is None:
                 detail = "missing API key" if not token else "unknown or revoked API key"
-                await send_problem(send, 401, "Unauthorized", detail + " (send Authorization: Bearer <key>)",
-                                   kind="unauthorized", path=path, headers=[("WWW-Authenticate", "Bearer")])
+                await send_problem(
+                    send,
+                    401,
+                    "Unauthorized",
+                    detail + " (send Authorization: Bearer <key>)",
+                    kind="unauthorized",
+                    path=path,
+                    headers=[("WWW-Authenticate", "Bearer")],
+                )
                 return
             if not rec.allows(need):
-                await send_problem(send, 403, "Forbidden", f"key {rec.id!r} lacks the {need!r} scope",
-                                   kind="forbidden", path=path)
+                await send_problem(
+                    send,
+                    403,
+                    "Forbidden",
+                    f"key {rec.id!r} lacks the {need!r} scope",
+                    kind="forbidden",
+                    path=path,
+                )
                 return
             state["api_key_id"] = rec.id
             state["api_key_admin"] = "admin" in rec.scopes
@@ -85,8 +102,14 @@ class AuthMiddleware:
         else:
             if path == "/v1/keys" or path.startswith("/v1/keys/"):
                 # Minting a key anonymously would make any caller admin.
-                await send_problem(send, 403, "Forbidden", "no API key exists yet, so keys cannot be managed "
-                                   f"through the API; {BOOTSTRAP_HINT}", kind="forbidden", path=path)
+                await send_problem(
+                    send,
+                    403,
+                    "Forbidden",
+                    f"no API key exists yet, so keys cannot be managed through the API; {BOOTSTRAP_HINT}",
+                    kind="forbidden",
+                    path=path,
+                )
                 return
             state["api_key_id"] = None
             state["api_key_admin"] = True  # auth off: a local tool, one user
@@ -94,8 +117,14 @@ class AuthMiddleware:
             identity, rate = f"ip:{client[0]}", self.anonymous_rate
         wait = self.buckets.take(identity, rate)
         if wait > 0:
-            await send_problem(send, 429, "Too many requests", f"rate limit exceeded for {identity.split(':')[0]}; "
-                               f"retry in {wait:.2f} s", kind="rate-limited", path=path,
-                               headers=[("Retry-After", str(max(1, math.ceil(wait))))])
+            await send_problem(
+                send,
+                429,
+                "Too many requests",
+                f"rate limit exceeded for {identity.split(':')[0]}; retry in {wait:.2f} s",
+                kind="rate-limited",
+                path=path,
+                headers=[("Retry-After", str(max(1, math.ceil(wait))))],
+            )
             return
         await self.app(scope, receive, send)

@@ -47,7 +47,9 @@ class EffectsHandler:
     def process(self, job_id: str, request: dict[str, Any], payload: Any, index: int) -> dict[str, Any]:
         return self.process_batch(job_id, request, [(payload, index)])[0]
 
-    def process_batch(self, job_id: str, request: dict[str, Any], items: list[tuple[Any, int]]) -> list[dict[str, Any]]:
+    def process_batch(
+        self, job_id: str, request: dict[str, Any], items: list[tuple[Any, int]]
+    ) -> list[dict[str, Any]]:
         """Rows for a batch of items, each stage once for the batch (see `rows`).
 
         Upstream outages become RetryableError (the worker retries the whole batch later);
@@ -66,7 +68,9 @@ class EffectsHandler:
     def row(self, r: explain.Resolved, params: EffectsParams, payload: dict[str, Any]) -> dict[str, Any]:
         return self.rows(r, params, [payload])[0]
 
-    def rows(self, r: explain.Resolved, params: EffectsParams, payloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def rows(
+        self, r: explain.Resolved, params: EffectsParams, payloads: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
         """ICaCE rows for many texts, each stage once: one tagger call for the texts whose source
         value is unknown, one batched explanation (encoder, search, one classifier call) for the
         texts the intervention changes, one classifier call for the bases of those it does not.
@@ -89,8 +93,14 @@ class EffectsHandler:
         exps: dict[int, Explanation] = {}
         if changed:
             with r.lock:
-                found = explain_batch(r.explainer, [texts[i] for i in changed], [interventions[i] for i in changed],
-                                      r.classifier, r.top_k, base_labels=[labels[i] for i in changed])
+                found = explain_batch(
+                    r.explainer,
+                    [texts[i] for i in changed],
+                    [interventions[i] for i in changed],
+                    r.classifier,
+                    r.top_k,
+                    base_labels=[labels[i] for i in changed],
+                )
             exps.update(zip(changed, found, strict=True))
         if same:
             bases = np.asarray(r.classifier.predict_proba([texts[i] for i in same]), float)
@@ -99,15 +109,22 @@ class EffectsHandler:
                 exp.details["unchanged"] = True
                 exps[i] = exp
         inferred = set(unknown)
-        return [self._row(payloads[i], exps[i], interventions[i], i in inferred) for i in range(len(payloads))]
+        return [
+            self._row(payloads[i], exps[i], interventions[i], i in inferred) for i in range(len(payloads))
+        ]
 
     @staticmethod
-    def _row(payload: dict[str, Any], exp: Explanation, intervention: Intervention, inferred: bool) -> dict[str, Any]:
+    def _row(
+        payload: dict[str, Any], exp: Explanation, intervention: Intervention, inferred: bool
+    ) -> dict[str, Any]:
         unchanged = bool(exp.details.get("unchanged"))
         return {
-            "id": payload.get("id"), "status": "unchanged" if unchanged else "done",
-            "source": intervention.source, "source_inferred": inferred,
-            "labels": list(exp.labels), "icace": [float(x) for x in exp.icace],
+            "id": payload.get("id"),
+            "status": "unchanged" if unchanged else "done",
+            "source": intervention.source,
+            "source_inferred": inferred,
+            "labels": list(exp.labels),
+            "icace": [float(x) for x in exp.icace],
             "base_prediction": [float(x) for x in exp.base_prediction],
             "n_counterfactuals": int(exp.details.get("used", len(exp.counterfactuals))),
         }
@@ -115,7 +132,9 @@ class EffectsHandler:
     # The worker may pass `finalize` an iterator over the stored rows instead of a list (one pass).
     finalize_streams = True
 
-    def finalize(self, job_id: str, request: dict[str, Any], rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    def finalize(
+        self, job_id: str, request: dict[str, Any], rows: Iterable[dict[str, Any]]
+    ) -> dict[str, Any]:
         self._resolved.pop(job_id, None)
         params = EffectsParams.model_validate(request)
         return summarize(params, rows)
@@ -151,8 +170,10 @@ def summarize(params: EffectsParams, rows: Iterable[dict[str, Any]]) -> dict[str
     if pending:
         blocks.append(np.asarray(pending, dtype=float))
     if labels is None:
-        raise ValueError(f"no text could be explained: {n_results} already had "
-                         f"{params.intervention.concept}={params.intervention.target}, {failed} failed")
+        raise ValueError(
+            f"no text could be explained: {n_results} already had "
+            f"{params.intervention.concept}={params.intervention.target}, {failed} failed"
+        )
     icaces = np.concatenate(blocks)
     est = cace(icaces, confidence=params.confidence, seed=params.seed)
     mean_abs = np.abs(icaces).mean(axis=0)
@@ -163,11 +184,16 @@ def summarize(params: EffectsParams, rows: Iterable[dict[str, Any]]) -> dict[str
         "ci_high": explain.as_map(labels, est.ci_high),
         "confidence": params.confidence,
         "summary": {
-            "n_texts": n_rows, "n_changed": len(icaces), "n_unchanged": n_results - len(icaces),
-            "n_failed": failed, "sources": dict(sources),
+            "n_texts": n_rows,
+            "n_changed": len(icaces),
+            "n_unchanged": n_results - len(icaces),
+            "n_failed": failed,
+            "sources": dict(sources),
             "mean_abs_icace": explain.as_map(labels, mean_abs),
-            "most_increased": labels[int(np.argmax(est.cace))], "most_decreased": labels[int(np.argmin(est.cace))],
-            "method": params.method, "top_k": params.top_k,
+            "most_increased": labels[int(np.argmax(est.cace))],
+            "most_decreased": labels[int(np.argmin(est.cace))],
+            "method": params.method,
+            "top_k": params.top_k,
             "intervention": params.intervention.model_dump(),
         },
     }
@@ -180,11 +206,16 @@ def row_out(row: dict[str, Any]) -> dict[str, Any]:
     status = res.get("status", row["status"]) if row["status"] == "done" else row["status"]
     payload = row.get("payload") or {}
     return {
-        "index": row["index"], "id": res.get("id", payload.get("id")), "status": status, "source": res.get("source"),
+        "index": row["index"],
+        "id": res.get("id", payload.get("id")),
+        "status": status,
+        "source": res.get("source"),
         "icace": explain.as_map(labels, res["icace"]) if labels else None,
         "base_prediction": explain.as_map(labels, res["base_prediction"]) if labels else None,
-        "n_counterfactuals": res.get("n_counterfactuals"), "error": row.get("error"),
-        "attempts": row.get("attempts"), "finished_at": row.get("finished_at"),
+        "n_counterfactuals": res.get("n_counterfactuals"),
+        "error": row.get("error"),
+        "attempts": row.get("attempts"),
+        "finished_at": row.get("finished_at"),
     }
 
 
@@ -201,9 +232,16 @@ class CalibrationHandler:
         name = request["classifier"]
         clf, _ = self.rt.classifier(name)
         try:
-            cal = calibrate(clf, domain.pool, domain.space, self.rt.encoder(), taggers=domain.taggers,
-                            max_pairs=request.get("max_pairs") or self.rt.settings.calibration_max_pairs,
-                            max_classifier_texts=self.rt.settings.calibration_max_texts, classifier_name=name)
+            cal = calibrate(
+                clf,
+                domain.pool,
+                domain.space,
+                self.rt.encoder(),
+                taggers=domain.taggers,
+                max_pairs=request.get("max_pairs") or self.rt.settings.calibration_max_pairs,
+                max_classifier_texts=self.rt.settings.calibration_max_texts,
+                classifier_name=name,
+            )
         except (UpstreamUnavailable, httpx.TransportError) as e:
             raise RetryableError(f"{type(e).__name__}: {e}") from e
         cal.save(domain.calibration_dir(name))
@@ -231,11 +269,19 @@ class DomainHandler:
         pool = pool_from_rows(payload["corpus"], schema)
         augment = self._augmenter(job_id, pool, request["generate"]) if request.get("generate") else None
         domain_id = request["domain_id"]
-        domain = build_domain(self.rt.domains.root, domain_id, pool, encoder=self.rt.encoder(), augment=augment)
+        domain = build_domain(
+            self.rt.domains.root, domain_id, pool, encoder=self.rt.encoder(), augment=augment
+        )
         self.rt.forget_domain(domain_id)
         d = domain.describe()
-        return {"domain_id": domain_id, "stats": d["stats"], "taggers": d["taggers"], "space": d["space"],
-                "methods": d["methods"], "generation": d["generation"]}
+        return {
+            "domain_id": domain_id,
+            "stats": d["stats"],
+            "taggers": d["taggers"],
+            "space": d["space"],
+            "methods": d["methods"],
+            "generation": d["generation"],
+        }
 
     def _augmenter(self, job_id: str, pool: Pool, gen: dict[str, Any]) -> Any:
         """Add LLM-generated counterfactuals, cached per job so a re-run item resumes, not restarts.
@@ -260,8 +306,9 @@ class DomainHandler:
         def run(p: Pool) -> tuple[Pool, dict[str, Any]]:
             out, report = augment(p)
             if report["kept_edits"] == 0 and report["errors"]:
-                raise RetryableError(f"the LLM {name!r} produced no counterfactual ({report['errors']} failed "
-                                     "requests)")
+                raise RetryableError(
+                    f"the LLM {name!r} produced no counterfactual ({report['errors']} failed requests)"
+                )
             return out, {**report, "llm_name": name}
 
         return run

@@ -75,11 +75,20 @@ class RayEffectsHandler:
 
                 # Settings travel as CACE_* variables so actors build the same runtime; PYTHONPATH lets a
                 # cluster without the package installed (a local test cluster) import this checkout.
-                env = {k: v for k, v in os.environ.items() if k.startswith(("CACE_", "HF_", "OMP_", "TOKENIZERS_"))}
+                env = {
+                    k: v
+                    for k, v in os.environ.items()
+                    if k.startswith(("CACE_", "HF_", "OMP_", "TOKENIZERS_"))
+                }
                 env["PYTHONPATH"] = str(Path(app.__file__).resolve().parents[1])
                 env.pop("CACE_RAY_ADDRESS", None)
-                ray.init(address=self.address, namespace=NAMESPACE, ignore_reinit_error=True,
-                         runtime_env={"env_vars": env}, logging_level=logging.WARNING)
+                ray.init(
+                    address=self.address,
+                    namespace=NAMESPACE,
+                    ignore_reinit_error=True,
+                    runtime_env={"env_vars": env},
+                    logging_level=logging.WARNING,
+                )
                 self._ray = ray
                 self._env = env
             return self._ray
@@ -96,9 +105,15 @@ class RayEffectsHandler:
                 actor_cls = ray.remote(EffectsActor)
                 for i in range(self.actors_per_pool):
                     name = f"effects-{self.settings.instance_id or os.getpid()}-{key}-{i}"
-                    pool.put(actor_cls.options(
-                        name=name, num_cpus=self.settings.ray_actor_cpus, max_restarts=-1, max_task_retries=0,
-                        max_concurrency=1).remote(self._env))
+                    pool.put(
+                        actor_cls.options(
+                            name=name,
+                            num_cpus=self.settings.ray_actor_cpus,
+                            max_restarts=-1,
+                            max_task_retries=0,
+                            max_concurrency=1,
+                        ).remote(self._env)
+                    )
                 self._pools[key] = pool
         return pool
 
@@ -131,5 +146,8 @@ class RayEffectsHandler:
         return self.local.rows(*args, **kwargs)
 
     def actor_names(self) -> list[str]:
-        return [f"effects-{self.settings.instance_id or os.getpid()}-{k}-{i}"
-                for k in self._pools for i in range(self.actors_per_pool)]
+        return [
+            f"effects-{self.settings.instance_id or os.getpid()}-{k}-{i}"
+            for k in self._pools
+            for i in range(self.actors_per_pool)
+        ]

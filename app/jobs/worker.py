@@ -52,8 +52,18 @@ class BatchJobHandler(JobHandler, Protocol):
 class Workers:
     """A small pool of threads sharing one lease owner name (this replica)."""
 
-    def __init__(self, store: Store, handlers: Mapping[str, JobHandler], *, owner: str, threads: int = 2,
-                 lease_s: float = 30.0, batch: int = 8, poll_s: float = 0.25, max_attempts: int = 3) -> None:
+    def __init__(
+        self,
+        store: Store,
+        handlers: Mapping[str, JobHandler],
+        *,
+        owner: str,
+        threads: int = 2,
+        lease_s: float = 30.0,
+        batch: int = 8,
+        poll_s: float = 0.25,
+        max_attempts: int = 3,
+    ) -> None:
         self.store = store
         self.handlers = dict(handlers)
         self.owner = owner
@@ -155,8 +165,11 @@ class Workers:
         held = self.store.renew(self.owner, keys, self.lease_s)
         if len(held) < len(keys):
             # As in _run: items whose lease lapsed and were taken over belong to their new holder.
-            log.warning("job %s: %d items lost their lease before the batch started; left to their new holder",
-                        job_id, len(keys) - len(held))
+            log.warning(
+                "job %s: %d items lost their lease before the batch started; left to their new holder",
+                job_id,
+                len(keys) - len(held),
+            )
         run = [i for i in items if (i.job_id, i.idx) in held]
         try:
             if not run:
@@ -167,11 +180,18 @@ class Workers:
                     raise RuntimeError(f"process_batch returned {len(results)} results for {len(run)} items")
                 outcomes = [ItemOutcome(i.idx, result=r) for i, r in zip(run, results, strict=True)]
             except RetryableError as e:
-                outcomes = [ItemOutcome(i.idx, error=str(e), retry=i.attempts < self.max_attempts) for i in run]
+                outcomes = [
+                    ItemOutcome(i.idx, error=str(e), retry=i.attempts < self.max_attempts) for i in run
+                ]
                 log.warning("job %s: batch of %d hit a retryable error: %s", job_id, len(run), e)
             except Exception as e:
-                log.warning("job %s: batch of %d failed (%s: %s); running its items one by one",
-                            job_id, len(run), type(e).__name__, e)
+                log.warning(
+                    "job %s: batch of %d failed (%s: %s); running its items one by one",
+                    job_id,
+                    len(run),
+                    type(e).__name__,
+                    e,
+                )
                 for item in run:
                     if self._stop.is_set():
                         break
@@ -230,7 +250,9 @@ class Workers:
             return
         # A handler that reads its rows once gets them streamed (a million-text job stays in bounded memory).
         streams = getattr(handler, "finalize_streams", False)
-        rows = self.store.iter_item_rows(job_id, with_payload=False) if streams else self.store.item_rows(job_id)
+        rows = (
+            self.store.iter_item_rows(job_id, with_payload=False) if streams else self.store.item_rows(job_id)
+        )
         try:
             result = handler.finalize(job_id, request, rows)
         except Exception as e:

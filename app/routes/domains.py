@@ -23,7 +23,9 @@ BUILDING = ("queued", "running")
 
 
 def _out(rt: Runtime, domain_id: str) -> DomainOut:
-    return DomainOut.model_validate({**rt.domains.summary(domain_id), "default": domain_id == rt.default_domain_id})
+    return DomainOut.model_validate(
+        {**rt.domains.summary(domain_id), "default": domain_id == rt.default_domain_id}
+    )
 
 
 def _building(rt: Runtime) -> list[DomainOut]:
@@ -34,8 +36,11 @@ def _building(rt: Runtime) -> list[DomainOut]:
         for job in jobs:
             req = (rt.store.get_job(job["id"]) or {}).get("request") or {}
             if req.get("domain_id") and not rt.domains.exists(req["domain_id"]):
-                out.append(DomainOut.model_validate({"id": req["domain_id"], "status": "building",
-                                                     "schema": req.get("schema")}))
+                out.append(
+                    DomainOut.model_validate(
+                        {"id": req["domain_id"], "status": "building", "schema": req.get("schema")}
+                    )
+                )
     return out
 
 
@@ -45,7 +50,9 @@ def list_domains(rt: Runtime = Depends(runtime)) -> DomainList:
     return DomainList(domains=[_out(rt, d) for d in rt.domains.ids()] + _building(rt))
 
 
-@router.get("/v1/domains/{domain_id}", operation_id="get_domain", response_model=DomainOut, responses=problems(404))
+@router.get(
+    "/v1/domains/{domain_id}", operation_id="get_domain", response_model=DomainOut, responses=problems(404)
+)
 def get_domain(domain_id: str, rt: Runtime = Depends(runtime)) -> DomainOut:
     """One domain: schema, corpus stats (pairs per concept and direction), tagger accuracy, methods per concept."""
     if not rt.domains.exists(domain_id):
@@ -53,12 +60,15 @@ def get_domain(domain_id: str, rt: Runtime = Depends(runtime)) -> DomainOut:
     return _out(rt, domain_id)
 
 
-@router.delete("/v1/domains/{domain_id}", operation_id="delete_domain", status_code=204,
-               responses=problems(404, 409))
+@router.delete(
+    "/v1/domains/{domain_id}", operation_id="delete_domain", status_code=204, responses=problems(404, 409)
+)
 def delete_domain(domain_id: str, rt: Runtime = Depends(runtime)) -> Response:
     """Delete a domain (not the server's default one)."""
     if domain_id == rt.default_domain_id:
-        raise ApiError(409, "Domain in use", f"{domain_id!r} is this server's default domain", kind="conflict")
+        raise ApiError(
+            409, "Domain in use", f"{domain_id!r} is this server's default domain", kind="conflict"
+        )
     if not rt.domains.exists(domain_id):
         raise not_found("domain", domain_id)
     rt.domains.delete(domain_id)
@@ -66,14 +76,25 @@ def delete_domain(domain_id: str, rt: Runtime = Depends(runtime)) -> Response:
     return Response(status_code=204)
 
 
-@router.post("/v1/domains", operation_id="create_domain", status_code=202, response_model=JobOut,
-             responses=problems(409, 413, 422, 429))
+@router.post(
+    "/v1/domains",
+    operation_id="create_domain",
+    status_code=202,
+    response_model=JobOut,
+    responses=problems(409, 413, 422, 429),
+)
 def create_domain(
     http_request: Request,
-    file: UploadFile = File(..., description='JSONL corpus: one {"text", "labels": {concept: value}, "origin"?, '
-                            '"id"?} per line; texts sharing an origin that differ in one concept are pairs'),
-    params: str = Form(..., description='DomainParams as JSON, e.g. {"id": "movie-reviews"}',
-                       examples=['{"id": "movie-reviews"}']),
+    file: UploadFile = File(
+        ...,
+        description='JSONL corpus: one {"text", "labels": {concept: value}, "origin"?, '
+        '"id"?} per line; texts sharing an origin that differ in one concept are pairs',
+    ),
+    params: str = Form(
+        ...,
+        description='DomainParams as JSON, e.g. {"id": "movie-reviews"}',
+        examples=['{"id": "movie-reviews"}'],
+    ),
     rt: Runtime = Depends(runtime),
 ) -> JSONResponse:
     """Build a domain from a labelled corpus, as a job: schema, pairs, taggers, concept space.
@@ -84,7 +105,9 @@ def create_domain(
     """
     p = _params(params)
     if rt.domains.exists(p.id) or any(d.id == p.id for d in _building(rt)):
-        raise ApiError(409, "Domain exists", f"domain {p.id!r} already exists; DELETE it first", kind="conflict")
+        raise ApiError(
+            409, "Domain exists", f"domain {p.id!r} already exists; DELETE it first", kind="conflict"
+        )
     schema = _schema(p.schema_) if p.schema_ is not None else None
     if p.generate is not None:
         try:
@@ -92,32 +115,54 @@ def create_domain(
         except LookupError as e:
             raise field_error("body.params.generate.llm", str(e).strip("'\"")) from e
         if backend is None:
-            raise field_error("body.params.generate.llm", "no default LLM is configured (CACE_LLM_BASE_URL, "
-                                                          "CACE_LLM_MODEL); name a registered LLM")
+            raise field_error(
+                "body.params.generate.llm",
+                "no default LLM is configured (CACE_LLM_BASE_URL, CACE_LLM_MODEL); name a registered LLM",
+            )
     rows = _corpus(file, schema, rt.settings.max_body_bytes, rt.settings.max_text_chars)
     if schema is None:
         schema = infer_schema(rows, name=p.description or p.id)
         single = [c.name for c in schema.concepts if len(c.values) < 2]
         if single:
-            raise field_error("body.params.schema", f"the labels give concept(s) {single} a single value; nothing "
-                                                    "can change it: pass the schema with every value")
+            raise field_error(
+                "body.params.schema",
+                f"the labels give concept(s) {single} a single value; nothing "
+                "can change it: pass the schema with every value",
+            )
     unlabelled = [c for c in schema.names if not any(c in r["labels"] for r in rows)]
     if unlabelled:
         raise field_error("body.file", f"no text carries a label for concept(s) {unlabelled}")
-    request = {"domain_id": p.id, "schema": schema.to_dict(),
-               "generate": p.generate.model_dump() if p.generate else None}
-    job_id = rt.store.create_job("domain", request, [{"corpus": rows}], limit=rt.settings.job_queue_limit,
-                                 owner=requester(http_request)[0])
+    request = {
+        "domain_id": p.id,
+        "schema": schema.to_dict(),
+        "generate": p.generate.model_dump() if p.generate else None,
+    }
+    job_id = rt.store.create_job(
+        "domain",
+        request,
+        [{"corpus": rows}],
+        limit=rt.settings.job_queue_limit,
+        owner=requester(http_request)[0],
+    )
     if job_id is None:
         raise queue_full(rt.settings.job_queue_limit)
-    return JSONResponse(job_out(rt.store.get_job(job_id, with_request=False)).model_dump(mode="json"),
-                        status_code=202, headers={"Location": f"/v1/jobs/{job_id}"})
+    return JSONResponse(
+        job_out(rt.store.get_job(job_id, with_request=False)).model_dump(mode="json"),
+        status_code=202,
+        headers={"Location": f"/v1/jobs/{job_id}"},
+    )
 
 
-@router.post("/v1/domains/{domain_id}/calibrations", operation_id="calibrate_domain", status_code=202,
-             response_model=JobOut, responses=problems(404, 409, 422, 429))
-def calibrate_domain(domain_id: str, body: CalibrationRequest, http_request: Request,
-                     rt: Runtime = Depends(runtime)) -> JSONResponse:
+@router.post(
+    "/v1/domains/{domain_id}/calibrations",
+    operation_id="calibrate_domain",
+    status_code=202,
+    response_model=JobOut,
+    responses=problems(404, 409, 422, 429),
+)
+def calibrate_domain(
+    domain_id: str, body: CalibrationRequest, http_request: Request, rt: Runtime = Depends(runtime)
+) -> JSONResponse:
     """Calibrate the estimators for a registered classifier on this domain's own held-out pairs (a job).
 
     `method: auto` then uses, per (concept, direction), the estimator that erred least on those
@@ -128,24 +173,41 @@ def calibrate_domain(domain_id: str, body: CalibrationRequest, http_request: Req
         raise not_found("domain", domain_id)
     domain = rt.domain(domain_id)
     if not domain.pool.pairs:
-        raise ApiError(409, "Nothing to calibrate on", f"domain {domain_id!r} has no counterfactual pairs",
-                       kind="conflict")
+        raise ApiError(
+            409,
+            "Nothing to calibrate on",
+            f"domain {domain_id!r} has no counterfactual pairs",
+            kind="conflict",
+        )
     try:
         _, name = rt.classifier(body.classifier)
     except LookupError as e:
         raise field_error("body.classifier", str(e).strip("'\"")) from e
-    request = {"domain_id": domain_id, "classifier": name,
-               "max_pairs": min(body.max_pairs or rt.settings.calibration_max_pairs, rt.settings.calibration_max_pairs)}
-    job_id = rt.store.create_job("calibration", request, [{}], limit=rt.settings.job_queue_limit,
-                                 owner=requester(http_request)[0])
+    request = {
+        "domain_id": domain_id,
+        "classifier": name,
+        "max_pairs": min(
+            body.max_pairs or rt.settings.calibration_max_pairs, rt.settings.calibration_max_pairs
+        ),
+    }
+    job_id = rt.store.create_job(
+        "calibration", request, [{}], limit=rt.settings.job_queue_limit, owner=requester(http_request)[0]
+    )
     if job_id is None:
         raise queue_full(rt.settings.job_queue_limit)
-    return JSONResponse(job_out(rt.store.get_job(job_id, with_request=False)).model_dump(mode="json"),
-                        status_code=202, headers={"Location": f"/v1/jobs/{job_id}"})
+    return JSONResponse(
+        job_out(rt.store.get_job(job_id, with_request=False)).model_dump(mode="json"),
+        status_code=202,
+        headers={"Location": f"/v1/jobs/{job_id}"},
+    )
 
 
-@router.get("/v1/domains/{domain_id}/calibrations", operation_id="list_calibrations",
-            response_model=dict[str, dict[str, Any]], responses=problems(404))
+@router.get(
+    "/v1/domains/{domain_id}/calibrations",
+    operation_id="list_calibrations",
+    response_model=dict[str, dict[str, Any]],
+    responses=problems(404),
+)
 def list_calibrations(domain_id: str, rt: Runtime = Depends(runtime)) -> dict[str, dict[str, Any]]:
     """Per calibrated classifier: its fingerprint, cost and the held-out error of every method (macro)."""
     if not rt.domains.exists(domain_id):
@@ -170,7 +232,11 @@ def _schema(raw: dict[str, Any]) -> ConceptSchema:
         if not isinstance(c, dict) or not isinstance(c.get("name"), str) or not c["name"].strip():
             raise field_error(f"{where}.name", "a non-empty string")
         values = c.get("values")
-        if not isinstance(values, list) or len(values) < 2 or not all(isinstance(v, str) and v for v in values):
+        if (
+            not isinstance(values, list)
+            or len(values) < 2
+            or not all(isinstance(v, str) and v for v in values)
+        ):
             raise field_error(f"{where}.values", "a list of at least 2 non-empty strings")
         if len(set(values)) != len(values):
             raise field_error(f"{where}.values", "values must be unique")
@@ -182,7 +248,9 @@ def _schema(raw: dict[str, Any]) -> ConceptSchema:
         raise field_error("body.params.schema", str(e)) from e
 
 
-def _corpus(file: UploadFile, schema: ConceptSchema | None, max_bytes: int, max_chars: int) -> list[dict[str, Any]]:
+def _corpus(
+    file: UploadFile, schema: ConceptSchema | None, max_bytes: int, max_chars: int
+) -> list[dict[str, Any]]:
     raw = file.file.read(max_bytes + 1)
     if len(raw) > max_bytes:
         raise field_error("body.file", f"larger than {max_bytes} bytes", status=413)

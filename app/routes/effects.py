@@ -29,7 +29,9 @@ router = APIRouter(tags=["effects"])
 def _payloads(rt: Runtime, texts: list[Any], where: str) -> list[dict[str, Any]]:
     s = rt.settings
     if len(texts) > s.max_effect_texts:
-        raise field_error(where, f"at most {s.max_effect_texts} texts per request, got {len(texts)}", status=413)
+        raise field_error(
+            where, f"at most {s.max_effect_texts} texts per request, got {len(texts)}", status=413
+        )
     out = []
     for i, t in enumerate(texts):
         text = t if isinstance(t, str) else t.text
@@ -43,8 +45,14 @@ def _payloads(rt: Runtime, texts: list[Any], where: str) -> list[dict[str, Any]]
     return out
 
 
-def _submit(rt: Runtime, params: EffectsParams, payloads: list[dict[str, Any]], where: str,
-            owner: str | None = None, rest: Iterator[dict[str, Any]] | None = None) -> JSONResponse:
+def _submit(
+    rt: Runtime,
+    params: EffectsParams,
+    payloads: list[dict[str, Any]],
+    where: str,
+    owner: str | None = None,
+    rest: Iterator[dict[str, Any]] | None = None,
+) -> JSONResponse:
     """Check a request and answer it inline, or queue it as a job.
 
     `payloads` are checked against the domain here; `rest` (the tail of a streamed upload, read
@@ -53,62 +61,91 @@ def _submit(rt: Runtime, params: EffectsParams, payloads: list[dict[str, Any]], 
     s = rt.settings
     if params.mode == "inline" and (len(payloads) > s.max_inline_texts or rest is not None):
         raise field_error("body.mode", f"inline runs take at most {s.max_inline_texts} texts; use mode=job")
-    r = explain.resolve(rt, params)  # 4xx for bad domain/classifier/method/intervention before anything is queued
+    r = explain.resolve(
+        rt, params
+    )  # 4xx for bad domain/classifier/method/intervention before anything is queued
     # Pin what the defaults resolved to, so every item of a job (and its summary) uses the same domain,
     # classifier and method, whatever the server's defaults become while it runs.
-    params = params.model_copy(update={"method": r.method, "domain": r.domain.id,
-                                       "classifier": params.classifier or r.classifier_name})
+    params = params.model_copy(
+        update={
+            "method": r.method,
+            "domain": r.domain.id,
+            "classifier": params.classifier or r.classifier_name,
+        }
+    )
     iv = params.intervention
     for i, p in enumerate(payloads):  # every text's labels fit the domain, and its source can be known
         q = explain.Query(p["text"], iv.concept, iv.target, iv.source, p.get("labels"))
         explain.check_query(r, q, f"{where}.{i}.labels", f"{where}.{i}.labels")
     explain.check_available(r, iv.concept, iv.target, "body")
     rt.maybe_calibrate(r.domain, r.classifier_name)
-    inline = rest is None and (params.mode == "inline" or (params.mode == "auto" and len(payloads) <= s.max_inline_texts))
+    inline = rest is None and (
+        params.mode == "inline" or (params.mode == "auto" and len(payloads) <= s.max_inline_texts)
+    )
     request = params.model_dump(mode="json")
     if inline:
         results = rt_handler(rt).rows(r, params, payloads)  # the job's batch path, for the whole request
-        rows = [{"index": i, "status": "done", "result": result, "payload": p, "attempts": 1}
-                for i, (p, result) in enumerate(zip(payloads, results, strict=True))]
+        rows = [
+            {"index": i, "status": "done", "result": result, "payload": p, "attempts": 1}
+            for i, (p, result) in enumerate(zip(payloads, results, strict=True))
+        ]
         try:
             result = summarize(params, rows)
         except ValueError as e:
             raise ApiError(422, "Nothing to estimate", str(e), kind="no-effect") from e
         body = EffectsInlineResponse(result=result, rows=[row_out(x) for x in rows])
         return JSONResponse(body.model_dump(mode="json"))
-    job_id = rt.store.create_job("effects", request, itertools.chain(payloads, rest or ()), limit=s.job_queue_limit,
-                                 owner=owner)
+    job_id = rt.store.create_job(
+        "effects", request, itertools.chain(payloads, rest or ()), limit=s.job_queue_limit, owner=owner
+    )
     if job_id is None:
         raise queue_full(s.job_queue_limit)
     job = rt.store.get_job(job_id, with_request=False)
-    return JSONResponse(job_out(job).model_dump(mode="json"), status_code=202,
-                        headers={"Location": f"/v1/jobs/{job_id}"})
+    return JSONResponse(
+        job_out(job).model_dump(mode="json"), status_code=202, headers={"Location": f"/v1/jobs/{job_id}"}
+    )
 
 
 def rt_handler(rt: Runtime) -> Any:
     return rt.handlers["effects"]
 
 
-@router.post("/v1/effects", operation_id="estimate_effects", status_code=200,
-             response_model=EffectsInlineResponse,
-             responses={202: {"model": JobOut, "description": "Accepted as a job; poll Location"},
-                        **problems(409, 413, 422, 429, 502, 504)})
+@router.post(
+    "/v1/effects",
+    operation_id="estimate_effects",
+    status_code=200,
+    response_model=EffectsInlineResponse,
+    responses={
+        202: {"model": JobOut, "description": "Accepted as a job; poll Location"},
+        **problems(409, 413, 422, 429, 502, 504),
+    },
+)
 def estimate_effects(req: EffectsRequest, request: Request, rt: Runtime = Depends(runtime)) -> JSONResponse:
     """CaCE of one intervention over a list of texts, with a bootstrap CI and per-text ICaCE rows."""
     params = EffectsParams.model_validate(req.model_dump(exclude={"texts"}))
-    return _submit(rt, params, _payloads(rt, list(req.texts), "body.texts"), "body.texts",
-                   owner=requester(request)[0])
+    return _submit(
+        rt, params, _payloads(rt, list(req.texts), "body.texts"), "body.texts", owner=requester(request)[0]
+    )
 
 
-@router.post("/v1/effects/upload", operation_id="upload_effects", status_code=200,
-             response_model=EffectsInlineResponse,
-             responses={202: {"model": JobOut, "description": "Accepted as a job; poll Location"},
-                        **problems(409, 413, 422, 429, 502, 504)})
+@router.post(
+    "/v1/effects/upload",
+    operation_id="upload_effects",
+    status_code=200,
+    response_model=EffectsInlineResponse,
+    responses={
+        202: {"model": JobOut, "description": "Accepted as a job; poll Location"},
+        **problems(409, 413, 422, 429, 502, 504),
+    },
+)
 def upload_effects(
     request: Request,
     file: UploadFile = File(..., description="JSONL: one JSON string or {text, id?, labels?} per line"),
-    params: str = Form(..., description="EffectsParams as a JSON string",
-                       examples=['{"intervention": {"concept": "food", "target": "Negative"}, "method": "pt_match"}']),
+    params: str = Form(
+        ...,
+        description="EffectsParams as a JSON string",
+        examples=['{"intervention": {"concept": "food", "target": "Negative"}, "method": "pt_match"}'],
+    ),
     rt: Runtime = Depends(runtime),
 ) -> JSONResponse:
     """Like /v1/effects, with the texts in an uploaded JSONL file (large inputs usually become jobs)."""
@@ -117,8 +154,9 @@ def upload_effects(
     except ValidationError as e:
         raise validation_error(e.errors(), "params") from e
     s = rt.settings
-    lines = iter_upload(file, max_bytes=s.max_body_bytes, max_texts=s.max_upload_texts,
-                        max_chars=s.max_text_chars)
+    lines = iter_upload(
+        file, max_bytes=s.max_body_bytes, max_texts=s.max_upload_texts, max_chars=s.max_text_chars
+    )
     head = list(itertools.islice(lines, s.max_inline_texts + 1))
     if not head:
         raise field_error("file", "no texts in the file")
@@ -127,7 +165,9 @@ def upload_effects(
     return _submit(rt, p, head, "file", owner=requester(request)[0], rest=rest)
 
 
-def iter_upload(file: UploadFile, *, max_bytes: int, max_texts: int, max_chars: int) -> Iterator[dict[str, Any]]:
+def iter_upload(
+    file: UploadFile, *, max_bytes: int, max_texts: int, max_chars: int
+) -> Iterator[dict[str, Any]]:
     """Payloads of a JSONL upload, one line at a time (the file is spooled to disk by the server).
 
     Each line is a JSON string or {text, id?, labels?}; problems name the line (JSON) or the
@@ -146,7 +186,9 @@ def iter_upload(file: UploadFile, *, max_bytes: int, max_texts: int, max_chars: 
             obj = json.loads(line)
             item = EffectText(text=obj) if isinstance(obj, str) else EffectText.model_validate(obj)
         except (json.JSONDecodeError, ValidationError) as e:
-            raise field_error(f"file.line{n}", f"not a JSON string or {{text, id, labels}} object: {e}") from e
+            raise field_error(
+                f"file.line{n}", f"not a JSON string or {{text, id, labels}} object: {e}"
+            ) from e
         if index >= max_texts:
             raise field_error("file", f"at most {max_texts} texts per upload", status=413)
         if len(item.text) > max_chars:

@@ -12,8 +12,12 @@ from app.schemas import ExplanationRequest, ExplanationResponse
 router = APIRouter(tags=["explanations"])
 
 
-@router.post("/v1/explanations", operation_id="create_explanation", response_model=ExplanationResponse,
-             responses=problems(409, 422, 502, 504))
+@router.post(
+    "/v1/explanations",
+    operation_id="create_explanation",
+    response_model=ExplanationResponse,
+    responses=problems(409, 422, 502, 504),
+)
 def create_explanation(req: ExplanationRequest, rt: Runtime = Depends(runtime)) -> dict:
     """How would the classifier's output change if only `intervention.concept` were `intervention.target`?
 

@@ -29,15 +29,27 @@ def readyz(request: Request, rt: Runtime = Depends(runtime)) -> JSONResponse:
         rt.store.ping()
         components["store"] = {"status": "ready", "detail": rt.store.url.split("@")[-1], "required": True}
     except Exception as e:  # the database is down: not ready (the type only: no driver text or SQL)
-        components["store"] = {"status": "failed", "detail": f"unreachable ({type(e).__name__})", "required": True}
+        components["store"] = {
+            "status": "failed",
+            "detail": f"unreachable ({type(e).__name__})",
+            "required": True,
+        }
     slots = getattr(request.app.state, "slots", None)
     stuck = slots.stuck() if slots is not None else 0
-    components["requests"] = {"status": "degraded" if stuck else "ready", "required": True,
-                              "detail": f"{stuck} timed-out request(s) still running past their deadline" if stuck
-                              else f"{slots.inflight if slots is not None else 0} in flight"}
+    components["requests"] = {
+        "status": "degraded" if stuck else "ready",
+        "required": True,
+        "detail": f"{stuck} timed-out request(s) still running past their deadline"
+        if stuck
+        else f"{slots.inflight if slots is not None else 0} in flight",
+    }
     ready = rt.ready and components["store"]["status"] == "ready" and not stuck
-    body = Health(status="ready" if ready else "loading" if not rt.loaded.is_set() else "degraded",
-                  ready=ready, components=components, instance=rt.instance_id)
+    body = Health(
+        status="ready" if ready else "loading" if not rt.loaded.is_set() else "degraded",
+        ready=ready,
+        components=components,
+        instance=rt.instance_id,
+    )
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
 
 

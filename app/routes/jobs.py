@@ -31,8 +31,11 @@ def job_out(job: dict[str, Any] | None) -> JobOut:
     links = {"self": f"/v1/jobs/{job['id']}"}
     if job["kind"] == "effects":
         links.update(rows=f"/v1/jobs/{job['id']}/rows", download=f"/v1/jobs/{job['id']}/rows.jsonl")
-    return JobOut(**{k: v for k, v in job.items() if k in JobOut.model_fields and k != "links"},
-                  progress=round(progress, 4), links=links)
+    return JobOut(
+        **{k: v for k, v in job.items() if k in JobOut.model_fields and k != "links"},
+        progress=round(progress, 4),
+        links=links,
+    )
 
 
 # Offsets beyond any real table; larger ones overflow the database's integer (PostgreSQL: bigint).
@@ -54,14 +57,19 @@ def _job(rt: Runtime, job_id: str, request: Request) -> dict[str, Any]:
 
 
 @router.get("/v1/jobs", operation_id="list_jobs", response_model=JobList)
-def list_jobs(request: Request,
-              status: str | None = Query(None, pattern="^(queued|running|succeeded|failed|cancelled)$"),
-              kind: str | None = Query(None, max_length=32), limit: int = Query(50, ge=1, le=500),
-              offset: int = Query(0, ge=0, le=MAX_OFFSET), rt: Runtime = Depends(runtime)) -> JobList:
+def list_jobs(
+    request: Request,
+    status: str | None = Query(None, pattern="^(queued|running|succeeded|failed|cancelled)$"),
+    kind: str | None = Query(None, max_length=32),
+    limit: int = Query(50, ge=1, le=500),
+    offset: int = Query(0, ge=0, le=MAX_OFFSET),
+    rt: Runtime = Depends(runtime),
+) -> JobList:
     """Jobs, newest first (without results; GET one job for its result). A key sees its own jobs; admin all."""
     key_id, sees_all = requester(request)
-    jobs, total = rt.store.list_jobs(status=status, kind=kind, limit=limit, offset=offset, owner=key_id,
-                                     only_owner=not sees_all)
+    jobs, total = rt.store.list_jobs(
+        status=status, kind=kind, limit=limit, offset=offset, owner=key_id, only_owner=not sees_all
+    )
     return JobList(jobs=[job_out(j) for j in jobs], total=total)
 
 
@@ -71,8 +79,9 @@ def get_job(job_id: str, request: Request, rt: Runtime = Depends(runtime)) -> Jo
     return job_out(_job(rt, job_id, request))
 
 
-@router.post("/v1/jobs/{job_id}/cancel", operation_id="cancel_job", response_model=JobOut,
-             responses=problems(404, 409))
+@router.post(
+    "/v1/jobs/{job_id}/cancel", operation_id="cancel_job", response_model=JobOut, responses=problems(404, 409)
+)
 def cancel_job(job_id: str, request: Request, rt: Runtime = Depends(runtime)) -> JobOut:
     """Cancel a queued or running job; finished items are kept, the rest are never started."""
     job = _job(rt, job_id, request)
@@ -81,20 +90,37 @@ def cancel_job(job_id: str, request: Request, rt: Runtime = Depends(runtime)) ->
     return job_out(_job(rt, job_id, request))
 
 
-@router.get("/v1/jobs/{job_id}/rows", operation_id="list_job_rows", response_model=RowsPage,
-            responses=problems(404))
-def list_job_rows(job_id: str, request: Request, offset: int = Query(0, ge=0, le=MAX_OFFSET),
-                  limit: int = Query(100, ge=1, le=1000), rt: Runtime = Depends(runtime)) -> RowsPage:
+@router.get(
+    "/v1/jobs/{job_id}/rows", operation_id="list_job_rows", response_model=RowsPage, responses=problems(404)
+)
+def list_job_rows(
+    job_id: str,
+    request: Request,
+    offset: int = Query(0, ge=0, le=MAX_OFFSET),
+    limit: int = Query(100, ge=1, le=1000),
+    rt: Runtime = Depends(runtime),
+) -> RowsPage:
     """Per-text ICaCE rows of an effects job, in input order, a page at a time."""
     job = _job(rt, job_id, request)
     rows = rt.store.item_rows(job_id, offset=offset, limit=limit)
     nxt = offset + len(rows)
-    return RowsPage(rows=[row_out(r) for r in rows], offset=offset, limit=limit, total=job["total"],
-                    next_offset=nxt if nxt < job["total"] else None)
+    return RowsPage(
+        rows=[row_out(r) for r in rows],
+        offset=offset,
+        limit=limit,
+        total=job["total"],
+        next_offset=nxt if nxt < job["total"] else None,
+    )
 
 
-@router.get("/v1/jobs/{job_id}/rows.jsonl", operation_id="download_job_rows", responses={
-    200: {"content": {"application/x-ndjson": {}}, "description": "One EffectRow per line"}, **problems(404)})
+@router.get(
+    "/v1/jobs/{job_id}/rows.jsonl",
+    operation_id="download_job_rows",
+    responses={
+        200: {"content": {"application/x-ndjson": {}}, "description": "One EffectRow per line"},
+        **problems(404),
+    },
+)
 def download_job_rows(job_id: str, request: Request, rt: Runtime = Depends(runtime)) -> StreamingResponse:
     """All per-text rows as JSON Lines (streamed in pages)."""
     _job(rt, job_id, request)  # 404 (unknown, or another key's) before the stream starts
@@ -103,5 +129,8 @@ def download_job_rows(job_id: str, request: Request, rt: Runtime = Depends(runti
         for r in rt.store.iter_item_rows(job_id):  # keyset pages: linear time, bounded memory
             yield (json.dumps(row_out(r)) + "\n").encode()
 
-    return StreamingResponse(lines(), media_type="application/x-ndjson",
-                             headers={"Content-Disposition": f'attachment; filename="{job_id}.jsonl"'})
+    return StreamingResponse(
+        lines(),
+        media_type="application/x-ndjson",
+        headers={"Content-Disposition": f'attachment; filename="{job_id}.jsonl"'},
+    )

@@ -26,16 +26,29 @@ router = APIRouter(tags=["kserve"])
 
 
 class KServeExplainRequest(BaseModel):
-    model_config = {"json_schema_extra": {"examples": [{
-        "instances": ["The food was great but the waiter ignored us."],
-        "parameters": {"intervention": {"concept": "service", "target": "Positive"}, "method": "match",
-                       "top_k": 5}}]}}
+    model_config = {
+        "json_schema_extra": {
+            "examples": [
+                {
+                    "instances": ["The food was great but the waiter ignored us."],
+                    "parameters": {
+                        "intervention": {"concept": "service", "target": "Positive"},
+                        "method": "match",
+                        "top_k": 5,
+                    },
+                }
+            ]
+        }
+    }
 
     instances: list[str | dict[str, Any]] = Field(
-        min_length=1, description="Texts, or objects {text, intervention?, base_labels?} overriding parameters.")
+        min_length=1,
+        description="Texts, or objects {text, intervention?, base_labels?} overriding parameters.",
+    )
     parameters: dict[str, Any] = Field(
         default_factory=dict,
-        description="Fields of an ExplanationRequest shared by all instances: intervention, method, top_k, ...")
+        description="Fields of an ExplanationRequest shared by all instances: intervention, method, top_k, ...",
+    )
 
 
 class KServeExplainResponse(BaseModel):
@@ -64,13 +77,25 @@ def _classifier_ref(rt: Runtime, name: str) -> str | dict[str, Any]:
         return name
     except LookupError:
         if not s.kserve_predictor_host:
-            raise ApiError(404, "Not found", f"model {name!r} is not a registered classifier and "
-                                             "CACE_KSERVE_PREDICTOR_HOST is not set", kind="not-found") from None
+            raise ApiError(
+                404,
+                "Not found",
+                f"model {name!r} is not a registered classifier and CACE_KSERVE_PREDICTOR_HOST is not set",
+                kind="not-found",
+            ) from None
         if not s.kserve_labels:
-            raise ApiError(409, "Missing resource", "CACE_KSERVE_LABELS must list the predictor's class names",
-                           kind="missing-resource") from None
-        return {"protocol": "kserve-v1", "url": f"http://{s.kserve_predictor_host}", "model": name,
-                "labels": list(s.kserve_labels)}
+            raise ApiError(
+                409,
+                "Missing resource",
+                "CACE_KSERVE_LABELS must list the predictor's class names",
+                kind="missing-resource",
+            ) from None
+        return {
+            "protocol": "kserve-v1",
+            "url": f"http://{s.kserve_predictor_host}",
+            "model": name,
+            "labels": list(s.kserve_labels),
+        }
 
 
 def _requests(body: KServeExplainRequest, ref: str | dict[str, Any]) -> list[ExplanationRequest]:
@@ -84,21 +109,32 @@ def _requests(body: KServeExplainRequest, ref: str | dict[str, Any]) -> list[Exp
     return out
 
 
-@router.post("/v1/models/{name}:explain", operation_id="kserve_explain", response_model=KServeExplainResponse,
-             responses=problems(404, 409, 413, 422, 502, 504))
+@router.post(
+    "/v1/models/{name}:explain",
+    operation_id="kserve_explain",
+    response_model=KServeExplainResponse,
+    responses=problems(404, 409, 413, 422, 502, 504),
+)
 def kserve_explain(name: str, body: KServeExplainRequest, rt: Runtime = Depends(runtime)) -> dict[str, Any]:
     """KServe V1 explain: one ICaCE explanation per instance (see POST /v1/explanations)."""
     s = rt.settings
     if len(body.instances) > s.max_inline_texts:
-        raise field_error("body.instances", f"at most {s.max_inline_texts} instances per request "
-                                            "(use POST /v1/effects for more)", status=413)
+        raise field_error(
+            "body.instances",
+            f"at most {s.max_inline_texts} instances per request (use POST /v1/effects for more)",
+            status=413,
+        )
     reqs = _requests(body, _classifier_ref(rt, name))
     results = [explain.explain_one(rt, req, prefix=f"body.instances.{i}") for i, req in enumerate(reqs)]
     return {"model_name": name, "explanations": results}
 
 
-@router.post("/v1/models/{name}:predict", operation_id="kserve_predict", response_model=KServePredictResponse,
-             responses=problems(404, 409, 413, 422, 502, 504))
+@router.post(
+    "/v1/models/{name}:predict",
+    operation_id="kserve_predict",
+    response_model=KServePredictResponse,
+    responses=problems(404, 409, 413, 422, 502, 504),
+)
 def kserve_predict(name: str, body: KServePredictRequest, rt: Runtime = Depends(runtime)) -> dict[str, Any]:
     """KServe V1 predict: the classifier's probabilities per label, so the explainer can be probed alone."""
     s = rt.settings
@@ -112,8 +148,12 @@ def kserve_predict(name: str, body: KServePredictRequest, rt: Runtime = Depends(
     return {"predictions": [explain.as_map(clf.labels, row) for row in probs]}
 
 
-@router.get("/v1/models/{name}", operation_id="kserve_model_status", response_model=KServeModelStatus,
-            responses=problems(404, 409, 422))
+@router.get(
+    "/v1/models/{name}",
+    operation_id="kserve_model_status",
+    response_model=KServeModelStatus,
+    responses=problems(404, 409, 422),
+)
 def kserve_model_status(name: str, rt: Runtime = Depends(runtime)) -> dict[str, Any]:
     """KServe V1 model readiness."""
     ref = _classifier_ref(rt, name)

@@ -48,7 +48,9 @@ def _validate(kind: str, name: str, spec: dict[str, Any], rt: Runtime) -> None:
     except ValidationError as e:
         raise validation_error(e.errors(), "body.spec") from e
     except ModuleNotFoundError as e:
-        raise ApiError(409, "Missing resource", f"{kind} specs need module {e.name}", kind="missing-resource") from e
+        raise ApiError(
+            409, "Missing resource", f"{kind} specs need module {e.name}", kind="missing-resource"
+        ) from e
     except (ValueError, TypeError) as e:
         raise field_error("body.spec", str(e)) from e
 
@@ -63,8 +65,10 @@ def _routes(kind: str, path: str, tag: str, plural: str) -> None:
     def list_items(rt: Runtime = Depends(runtime)) -> RegistrationList:
         items = []
         if kind == "classifier":
-            items = [RegistrationOut(name=n, kind=kind, spec=meta, builtin=True, description="embedded default")
-                     for n, meta in rt.builtin_meta.items()]
+            items = [
+                RegistrationOut(name=n, kind=kind, spec=meta, builtin=True, description="embedded default")
+                for n, meta in rt.builtin_meta.items()
+            ]
         items += [_out(r) for r in rt.store.registry_list(kind)]
         return RegistrationList(items=items)
 
@@ -73,16 +77,22 @@ def _routes(kind: str, path: str, tag: str, plural: str) -> None:
             raise ApiError(409, "Name taken", f"{reg.name!r} is a built-in classifier", kind="conflict")
         _validate(kind, reg.name, reg.spec, rt)
         if not rt.store.registry_add(kind, reg.name, reg.spec, reg.description):
-            raise ApiError(409, "Name taken", f"{kind} {reg.name!r} is already registered; DELETE it first",
-                           kind="conflict")
+            raise ApiError(
+                409,
+                "Name taken",
+                f"{kind} {reg.name!r} is already registered; DELETE it first",
+                kind="conflict",
+            )
         row = rt.store.registry_get(kind, reg.name)
-        return JSONResponse(_out(row).model_dump(mode="json"), status_code=201,
-                            headers={"Location": f"{path}/{reg.name}"})
+        return JSONResponse(
+            _out(row).model_dump(mode="json"), status_code=201, headers={"Location": f"{path}/{reg.name}"}
+        )
 
     def get_item(name: str, rt: Runtime = Depends(runtime)) -> RegistrationOut:
         if kind == "classifier" and name in rt.builtin_meta:
-            return RegistrationOut(name=name, kind=kind, spec=rt.builtin_meta[name], builtin=True,
-                                   description="embedded default")
+            return RegistrationOut(
+                name=name, kind=kind, spec=rt.builtin_meta[name], builtin=True, description="embedded default"
+            )
         row = rt.store.registry_get(kind, name)
         if row is None:
             raise not_found(kind, name)
@@ -96,17 +106,46 @@ def _routes(kind: str, path: str, tag: str, plural: str) -> None:
         rt.forget(kind, name)
         return Response(status_code=204)
 
-    router.add_api_route(path, list_items, methods=["GET"], operation_id=f"list_{plural}",
-                         response_model=RegistrationList, tags=[tag], summary=f"List registered {plural}")
-    router.add_api_route(path, register, methods=["POST"], operation_id=f"register_{kind}", status_code=201,
-                         response_model=RegistrationOut, responses=problems(409, 422), tags=[tag],
-                         summary=f"Register a {kind} by name")
-    router.add_api_route(path + "/{name}", get_item, methods=["GET"], operation_id=f"get_{kind}",
-                         response_model=RegistrationOut, responses=problems(404), tags=[tag],
-                         summary=f"Get a registered {kind}")
-    router.add_api_route(path + "/{name}", delete_item, methods=["DELETE"], operation_id=f"delete_{kind}",
-                         status_code=204, responses=problems(404, 409), tags=[tag],
-                         summary=f"Delete a registered {kind}")
+    router.add_api_route(
+        path,
+        list_items,
+        methods=["GET"],
+        operation_id=f"list_{plural}",
+        response_model=RegistrationList,
+        tags=[tag],
+        summary=f"List registered {plural}",
+    )
+    router.add_api_route(
+        path,
+        register,
+        methods=["POST"],
+        operation_id=f"register_{kind}",
+        status_code=201,
+        response_model=RegistrationOut,
+        responses=problems(409, 422),
+        tags=[tag],
+        summary=f"Register a {kind} by name",
+    )
+    router.add_api_route(
+        path + "/{name}",
+        get_item,
+        methods=["GET"],
+        operation_id=f"get_{kind}",
+        response_model=RegistrationOut,
+        responses=problems(404),
+        tags=[tag],
+        summary=f"Get a registered {kind}",
+    )
+    router.add_api_route(
+        path + "/{name}",
+        delete_item,
+        methods=["DELETE"],
+        operation_id=f"delete_{kind}",
+        status_code=204,
+        responses=problems(404, 409),
+        tags=[tag],
+        summary=f"Delete a registered {kind}",
+    )
 
 
 _routes("classifier", "/v1/classifiers", "classifiers", "classifiers")

@@ -10,13 +10,27 @@ from app.schemas.types import SafeText, StrictInt
 
 
 class Registration(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{
-        "name": "sentiment-v2", "spec": {"protocol": "v2", "url": "http://mlserver:8080", "model": "sentiment",
-                                         "labels": ["1", "2", "3", "4", "5"]}}]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "sentiment-v2",
+                    "spec": {
+                        "protocol": "v2",
+                        "url": "http://mlserver:8080",
+                        "model": "sentiment",
+                        "labels": ["1", "2", "3", "4", "5"],
+                    },
+                }
+            ]
+        }
+    )
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$", examples=["sentiment-v2"])
-    spec: dict[str, Any] = Field(description="Endpoint spec (classifier: explainers.classifiers.spec; "
-                                             "LLM: explainers.generation.backends.BackendSpec).")
+    spec: dict[str, Any] = Field(
+        description="Endpoint spec (classifier: explainers.classifiers.spec; "
+        "LLM: explainers.generation.backends.BackendSpec)."
+    )
     description: SafeText | None = Field(None, max_length=2000)
 
 
@@ -39,9 +53,15 @@ class DomainGenerate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     llm: str | None = Field(None, description="A registered LLM name; null = the server's default LLM")
-    sources: int | None = Field(None, ge=1, le=100000, description="How many corpus texts to edit (null = all)")
-    concepts_per_source: int = Field(2, ge=1, le=16, description="Concepts edited per text (2 gives T and C groups)")
-    verify_with_taggers: bool = Field(True, description="Drop edits the domain's taggers read as missing the target")
+    sources: int | None = Field(
+        None, ge=1, le=100000, description="How many corpus texts to edit (null = all)"
+    )
+    concepts_per_source: int = Field(
+        2, ge=1, le=16, description="Concepts edited per text (2 gives T and C groups)"
+    )
+    verify_with_taggers: bool = Field(
+        True, description="Drop edits the domain's taggers read as missing the target"
+    )
     temperature: float = Field(0.7, ge=0.0, le=2.0)
     max_tokens: int = Field(160, ge=16, le=2048)
 
@@ -49,24 +69,42 @@ class DomainGenerate(BaseModel):
 class DomainParams(BaseModel):
     """The JSON part of POST /v1/domains (the corpus is the file part)."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
-        "id": "movie-reviews", "schema": {"concepts": [{"name": "acting", "values": ["bad", "good", "unknown"]}]}}]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "movie-reviews",
+                    "schema": {"concepts": [{"name": "acting", "values": ["bad", "good", "unknown"]}]},
+                }
+            ]
+        },
+    )
 
-    id: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$", description="New domain id", examples=["movie-reviews"])
+    id: str = Field(
+        pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$", description="New domain id", examples=["movie-reviews"]
+    )
     schema_: dict[str, Any] | None = Field(
-        None, alias="schema", description="Concept schema {concepts: [{name, values, description?}]}; "
-        "default: inferred from the labels seen (a concept some rows lack gets the value `unknown`)")
+        None,
+        alias="schema",
+        description="Concept schema {concepts: [{name, values, description?}]}; "
+        "default: inferred from the labels seen (a concept some rows lack gets the value `unknown`)",
+    )
     description: str | None = Field(None, max_length=500, description="What the domain's texts are")
     generate: DomainGenerate | None = Field(
-        None, description="First add LLM-generated counterfactual groups (needs an LLM)")
+        None, description="First add LLM-generated counterfactual groups (needs an LLM)"
+    )
 
 
 class CalibrationRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"classifier": "tfidf-lr"}]})
 
-    classifier: SafeText = Field(description="A registered (or built-in) classifier name", examples=["tfidf-lr"])
-    max_pairs: StrictInt | None = Field(None, ge=50, le=100000, description="Held-out pairs to score "
-                                        "(capped by CACE_CALIBRATION_MAX_PAIRS)")
+    classifier: SafeText = Field(
+        description="A registered (or built-in) classifier name", examples=["tfidf-lr"]
+    )
+    max_pairs: StrictInt | None = Field(
+        None, ge=50, le=100000, description="Held-out pairs to score (capped by CACE_CALIBRATION_MAX_PAIRS)"
+    )
 
 
 class DomainOut(BaseModel):
@@ -76,13 +114,19 @@ class DomainOut(BaseModel):
     schema_: dict[str, Any] | None = Field(None, alias="schema")
     source: str | None = None
     created_at: str | None = None
-    stats: dict[str, Any] = Field(default_factory=dict, description="texts, origins, groups, pairs per concept "
-                                  "and per direction, value counts")
-    taggers: dict[str, Any] = Field(default_factory=dict, description="Per concept: held-out accuracy, majority "
-                                    "rate, usable (a concept without a usable tagger needs labels in requests)")
+    stats: dict[str, Any] = Field(
+        default_factory=dict,
+        description="texts, origins, groups, pairs per concept and per direction, value counts",
+    )
+    taggers: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Per concept: held-out accuracy, majority "
+        "rate, usable (a concept without a usable tagger needs labels in requests)",
+    )
     space: dict[str, Any] = Field(default_factory=dict, description="The trained concept space: hit rates")
     methods: dict[str, dict[str, str | None]] = Field(
-        default_factory=dict, description="Per concept, per method: null if available, else why not")
+        default_factory=dict, description="Per concept, per method: null if available, else why not"
+    )
     generation: dict[str, Any] | None = None
     calibrations: dict[str, Any] = Field(default_factory=dict)
 

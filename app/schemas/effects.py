@@ -21,31 +21,56 @@ class EffectText(BaseModel):
 class EffectsParams(BaseModel):
     """Everything of an effects request but the texts (the JSON part of an upload)."""
 
-    model_config = ConfigDict(json_schema_extra={"examples": [{
-        "intervention": {"concept": "food", "target": "Negative"}, "classifier": "tfidf-lr", "method": "pt_match"}]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "intervention": {"concept": "food", "target": "Negative"},
+                    "classifier": "tfidf-lr",
+                    "method": "pt_match",
+                }
+            ]
+        }
+    )
 
     intervention: InterventionIn
     domain: str | None = DOMAIN_FIELD
     classifier: SafeText | dict[str, Any] | None = CLASSIFIER_FIELD
-    method: SafeText | None = Field(None, description="As in ExplanationRequest (default: auto once calibrated, "
-                                    "else match).", examples=["pt_match"])
+    method: SafeText | None = Field(
+        None,
+        description="As in ExplanationRequest (default: auto once calibrated, else match).",
+        examples=["pt_match"],
+    )
     top_k: StrictInt = Field(5, ge=1)
     aggregation: Aggregation = "mean"
     similarity_threshold: StrictFloat | None = Field(None, ge=-1.0, le=1.0)
     llm: SafeText | dict[str, Any] | None = None
     confidence: StrictFloat = Field(0.95, gt=0.0, lt=1.0, description="Bootstrap CI level.")
-    seed: StrictInt = Field(0, ge=0, le=MAX_SEED, description="Bootstrap seed (results are reproducible for a seed).")
+    seed: StrictInt = Field(
+        0, ge=0, le=MAX_SEED, description="Bootstrap seed (results are reproducible for a seed)."
+    )
     mode: Literal["auto", "inline", "job"] = Field(
-        "auto", description="auto: inline up to the server's max_inline_texts, else a job.")
+        "auto", description="auto: inline up to the server's max_inline_texts, else a job."
+    )
 
 
 class EffectsRequest(EffectsParams):
-    model_config = ConfigDict(json_schema_extra={"examples": [{
-        "texts": [EXAMPLE_TEXT, "Great pasta, rude staff."],
-        "intervention": {"concept": "food", "target": "Negative"}, "classifier": "tfidf-lr", "method": "pt_match"}]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "texts": [EXAMPLE_TEXT, "Great pasta, rude staff."],
+                    "intervention": {"concept": "food", "target": "Negative"},
+                    "classifier": "tfidf-lr",
+                    "method": "pt_match",
+                }
+            ]
+        }
+    )
 
-    texts: list[NonBlankText | EffectText] = Field(min_length=1,
-                                                   description="Texts (strings or {text, id, labels}).")
+    texts: list[NonBlankText | EffectText] = Field(
+        min_length=1, description="Texts (strings or {text, id, labels})."
+    )
 
 
 class EffectRow(BaseModel):
@@ -77,9 +102,20 @@ class EffectsInlineResponse(BaseModel):
 
 
 class JobOut(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{
-        "id": "4f1c...", "kind": "effects", "status": "running", "total": 500,
-        "counts": {"pending": 300, "running": 8, "done": 190, "failed": 2}, "progress": 0.384}]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "4f1c...",
+                    "kind": "effects",
+                    "status": "running",
+                    "total": 500,
+                    "counts": {"pending": 300, "running": 8, "done": 190, "failed": 2},
+                    "progress": 0.384,
+                }
+            ]
+        }
+    )
 
     id: str
     kind: str

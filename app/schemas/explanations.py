@@ -12,14 +12,17 @@ EXAMPLE_TEXT = "The food was delicious but the waiter ignored us for twenty minu
 CLASSIFIER_FIELD = Field(
     None,
     description="A registered classifier name (see /v1/classifiers), or an inline endpoint spec "
-    "(e.g. {\"protocol\": \"hf\", \"url\": \"http://host:8080/predict\", \"labels\": [\"neg\",\"pos\"]}); "
+    '(e.g. {"protocol": "hf", "url": "http://host:8080/predict", "labels": ["neg","pos"]}); '
     "default: the server's default classifier.",
     examples=["tfidf-lr"],
 )
 DOMAIN_FIELD = Field(
-    None, pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$",
+    None,
+    pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$",
     description="The domain (concept schema, corpus, taggers, space) to explain in (see /v1/domains); "
-    "default: the server's default domain.", examples=["cebab"])
+    "default: the server's default domain.",
+    examples=["cebab"],
+)
 
 
 class InterventionIn(BaseModel):
@@ -32,27 +35,45 @@ class InterventionIn(BaseModel):
 
 
 class ExplanationRequest(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{
-        "text": EXAMPLE_TEXT, "intervention": {"concept": "service", "target": "Positive"},
-        "classifier": "tfidf-lr", "method": "match", "top_k": 5}]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "text": EXAMPLE_TEXT,
+                    "intervention": {"concept": "service", "target": "Positive"},
+                    "classifier": "tfidf-lr",
+                    "method": "match",
+                    "top_k": 5,
+                }
+            ]
+        }
+    )
 
     text: NonBlankText = Field(min_length=1, description="The text to explain.", examples=[EXAMPLE_TEXT])
     intervention: InterventionIn
     domain: str | None = DOMAIN_FIELD
     classifier: SafeText | dict[str, Any] | None = CLASSIFIER_FIELD
     method: SafeText | None = Field(
-        None, description="auto, generate, match, or a baseline (see GET /v1/methods); default: auto once the "
-        "classifier is calibrated on the domain, else match.", examples=["match"])
+        None,
+        description="auto, generate, match, or a baseline (see GET /v1/methods); default: auto once the "
+        "classifier is calibrated on the domain, else match.",
+        examples=["match"],
+    )
     top_k: StrictInt = Field(5, ge=1, description="Counterfactuals to average over (K).", examples=[5])
     aggregation: Aggregation = Field("mean", description="How the K counterfactual predictions are combined.")
     similarity_threshold: StrictFloat | None = Field(
-        None, ge=-1.0, le=1.0, description="Drop matches below this cosine similarity (matching methods).")
+        None, ge=-1.0, le=1.0, description="Drop matches below this cosine similarity (matching methods)."
+    )
     llm: SafeText | dict[str, Any] | None = Field(
-        None, description="Registered LLM name or inline LLM spec for generate (default: CACE_LLM_* settings).")
+        None,
+        description="Registered LLM name or inline LLM spec for generate (default: CACE_LLM_* settings).",
+    )
     base_labels: Labels | None = Field(
-        None, description="The text's concept labels, if known (else the domain's taggers infer what a method "
+        None,
+        description="The text's concept labels, if known (else the domain's taggers infer what a method "
         "needs; a concept without a usable tagger must be given here or as intervention.source).",
-        examples=[{"food": "Positive", "service": "Negative", "ambiance": "unknown", "noise": "unknown"}])
+        examples=[{"food": "Positive", "service": "Negative", "ambiance": "unknown", "noise": "unknown"}],
+    )
 
 
 class CounterfactualOut(BaseModel):
@@ -71,13 +92,18 @@ class InterventionOut(BaseModel):
 
 
 class Uncertainty(BaseModel):
-    spread: dict[str, float] = Field(description="Per-label std of the counterfactual predictions (0 if K < 2).")
+    spread: dict[str, float] = Field(
+        description="Per-label std of the counterfactual predictions (0 if K < 2)."
+    )
     n_counterfactuals: int = Field(description="Counterfactuals the estimate used.")
     interval: dict[str, list[float]] | None = Field(
-        None, description="method auto, calibrated: per-label [lower, upper] of the ICaCE (split-conformal)")
+        None, description="method auto, calibrated: per-label [lower, upper] of the ICaCE (split-conformal)"
+    )
     coverage: float | None = Field(None, description="The interval's nominal coverage")
     expected_error: dict[str, Any] | None = Field(
-        None, description="method auto, calibrated: held-out error (L2, Cos, NormDiff) for this concept and direction")
+        None,
+        description="method auto, calibrated: held-out error (L2, Cos, NormDiff) for this concept and direction",
+    )
 
 
 class Timings(BaseModel):
@@ -87,22 +113,44 @@ class Timings(BaseModel):
 
 
 class ExplanationResponse(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{
-        "method": "match", "classifier": "tfidf-lr", "labels": ["1", "2", "3", "4", "5"],
-        "base_prediction": {"1": 0.05, "2": 0.3, "3": 0.4, "4": 0.2, "5": 0.05},
-        "icace": {"1": -0.03, "2": -0.2, "3": -0.05, "4": 0.18, "5": 0.1},
-        "intervention": {"concept": "service", "target": "Positive", "source": "Negative", "source_inferred": True},
-        "uncertainty": {"spread": {"1": 0.01, "2": 0.05, "3": 0.06, "4": 0.07, "5": 0.04}, "n_counterfactuals": 5},
-        "counterfactuals": [], "cost": {"classifier_calls": 1}, "timings": {"total_ms": 12.0,
-                                                                            "source_inference_ms": 3.0,
-                                                                            "explain_ms": 9.0},
-        "domain": "cebab", "space_id": "default", "pool": {"texts": 11664, "pairs": 26862}, "details": {}}]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "method": "match",
+                    "classifier": "tfidf-lr",
+                    "labels": ["1", "2", "3", "4", "5"],
+                    "base_prediction": {"1": 0.05, "2": 0.3, "3": 0.4, "4": 0.2, "5": 0.05},
+                    "icace": {"1": -0.03, "2": -0.2, "3": -0.05, "4": 0.18, "5": 0.1},
+                    "intervention": {
+                        "concept": "service",
+                        "target": "Positive",
+                        "source": "Negative",
+                        "source_inferred": True,
+                    },
+                    "uncertainty": {
+                        "spread": {"1": 0.01, "2": 0.05, "3": 0.06, "4": 0.07, "5": 0.04},
+                        "n_counterfactuals": 5,
+                    },
+                    "counterfactuals": [],
+                    "cost": {"classifier_calls": 1},
+                    "timings": {"total_ms": 12.0, "source_inference_ms": 3.0, "explain_ms": 9.0},
+                    "domain": "cebab",
+                    "space_id": "default",
+                    "pool": {"texts": 11664, "pairs": 26862},
+                    "details": {},
+                }
+            ]
+        }
+    )
 
     method: str
     classifier: str
     labels: list[str]
     base_prediction: dict[str, float]
-    icace: dict[str, float] = Field(description="Estimated change of each label's probability under the intervention.")
+    icace: dict[str, float] = Field(
+        description="Estimated change of each label's probability under the intervention."
+    )
     intervention: InterventionOut
     uncertainty: Uncertainty
     counterfactuals: list[CounterfactualOut]
@@ -110,6 +158,8 @@ class ExplanationResponse(BaseModel):
     timings: Timings
     domain: str = Field(description="The domain whose corpus, space and taggers answered.")
     space_id: str | None = Field(None, description="The domain's concept space that was searched.")
-    pool: dict[str, int] = Field(default_factory=dict, description="Size of the domain's pool (texts, pairs).")
+    pool: dict[str, int] = Field(
+        default_factory=dict, description="Size of the domain's pool (texts, pairs)."
+    )
     llm: str | None = None
     details: dict[str, Any] = Field(default_factory=dict)

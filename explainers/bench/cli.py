@@ -57,13 +57,20 @@ def _cebab_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pool", default="train_inclusive", help="split name or file the matchers search")
     p.add_argument("--limit", type=int, default=None, help="stratified subset of N pairs")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=None,
-                   help="markdown output (JSON beside it); default benchmarks/results/cebab_<model>_<split>.md")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="markdown output (JSON beside it); default benchmarks/results/cebab_<model>_<split>.md",
+    )
     p.add_argument("--no-write", action="store_true", help="print the table only")
     p.add_argument("--resource", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--keep-overlap", action="store_true",
-                   help="keep benchmark texts that also occur in the pool (by default they are removed from it)")
+    p.add_argument(
+        "--keep-overlap",
+        action="store_true",
+        help="keep benchmark texts that also occur in the pool (by default they are removed from it)",
+    )
 
 
 def run_cebab(args: argparse.Namespace) -> int:
@@ -76,8 +83,9 @@ def run_cebab(args: argparse.Namespace) -> int:
     res_opts = _kv(args.resource)
     res_opts.setdefault("model", model_name)  # stacked's stack key: weights fit for this classifier
     space_opt = str(res_opts.pop("space", "default"))
-    resources = runner.build_bench_resources(args.pool, args.data, seed=args.seed, exclude_texts=exclude,
-                                             **res_opts)
+    resources = runner.build_bench_resources(
+        args.pool, args.data, seed=args.seed, exclude_texts=exclude, **res_opts
+    )
     if space_opt not in ("none", "default"):
         res_opts["space"] = space_opt
         _attach_space(resources, space_opt)
@@ -85,21 +93,42 @@ def run_cebab(args: argparse.Namespace) -> int:
         _attach_space(resources, None, root=args.root, data=args.data)
     overlap = runner.check_overlap(pairs, resources)
     config = {
-        "model": model_name, "model_path": str(args.model), "model_dev_accuracy": meta.get("dev_accuracy"),
-        "split": str(args.split), "pool": str(args.pool), "limit": args.limit, "seed": args.seed, "ks": ks,
-        "explainers": names, "options": _kv(args.option), "resources": _kv(args.resource),
+        "model": model_name,
+        "model_path": str(args.model),
+        "model_dev_accuracy": meta.get("dev_accuracy"),
+        "split": str(args.split),
+        "pool": str(args.pool),
+        "limit": args.limit,
+        "seed": args.seed,
+        "ks": ks,
+        "explainers": names,
+        "options": _kv(args.option),
+        "resources": _kv(args.resource),
         "pool_overlap": overlap,
     }
 
     def progress(row: runner.BenchRow) -> None:
         s = row.summary
-        print(f"  {row.explainer:<16} K={row.k:<3} L2 micro {s.micro['l2']:.4f} macro {s.macro['l2']:.4f} "
-              f"Cos macro {s.macro['cos']:.4f} ({row.wall_s:.1f}s)", file=sys.stderr, flush=True)
+        print(
+            f"  {row.explainer:<16} K={row.k:<3} L2 micro {s.micro['l2']:.4f} macro {s.macro['l2']:.4f} "
+            f"Cos macro {s.macro['cos']:.4f} ({row.wall_s:.1f}s)",
+            file=sys.stderr,
+            flush=True,
+        )
 
     print(f"{len(pairs)} pairs, pool {len(resources.pool or [])} texts, model {model_name}", file=sys.stderr)
     try:
-        result = runner.run_benchmark(classifier, pairs, resources, names, ks, explainer_options=_kv(args.option),
-                                      on_row=progress, config=config, strict=True)
+        result = runner.run_benchmark(
+            classifier,
+            pairs,
+            resources,
+            names,
+            ks,
+            explainer_options=_kv(args.option),
+            on_row=progress,
+            config=config,
+            strict=True,
+        )
     except runner.BenchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -112,14 +141,17 @@ def run_cebab(args: argparse.Namespace) -> int:
     return 1 if result.errors and not result.rows else 0
 
 
-def _attach_space(resources: Any, path: str | None, root: Path = Path("var"), data: Path | None = None) -> None:
+def _attach_space(
+    resources: Any, path: str | None, root: Path = Path("var"), data: Path | None = None
+) -> None:
     """Load a space (the default trained one when path is None) restricted to the run's pool texts."""
     from explainers.matching.cebab import ensure_cebab_space, without_texts
     from explainers.matching.space import ConceptSpace
 
     if path is None:
-        space = ensure_cebab_space(root, data_dir=data, encoder=resources.encoder,
-                                   log=lambda m: print(m, file=sys.stderr))
+        space = ensure_cebab_space(
+            root, data_dir=data, encoder=resources.encoder, log=lambda m: print(m, file=sys.stderr)
+        )
     else:
         if not (Path(path) / "meta.json").exists():
             raise SystemExit(f"--resource space={path}: no concept space there (no meta.json)")
@@ -131,8 +163,9 @@ def _attach_space(resources: Any, path: str | None, root: Path = Path("var"), da
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="cace bench", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="cace bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = ap.add_subparsers(dest="cmd", required=True)
     _cebab_parser(sub)
     sub.add_parser("list", help="registered explainers")

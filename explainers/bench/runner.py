@@ -36,7 +36,14 @@ from explainers.registry import Resources, build_explainer
 from explainers.types import Explainer
 
 DEFAULT_EXPLAINERS = (
-    "zero", "random", "random_matching", "conexp", "approx", "approx_match", "s_learner", "pt_match",
+    "zero",
+    "random",
+    "random_matching",
+    "conexp",
+    "approx",
+    "approx_match",
+    "s_learner",
+    "pt_match",
 )
 DEFAULT_KS = (1, 5, 10)
 CONCEPT_ORDER = ("food", "service", "ambiance", "noise")
@@ -99,8 +106,14 @@ def build_bench_resources(
 
         encoder = Encoder()
     resources = Resources(
-        schema=CEBAB_SCHEMA, pool=cebab_pool(pool_split, data_dir, exclude_texts=exclude_texts), encoder=encoder, space=space, llm=llm,
-        taggers=taggers, seed=seed, extra=dict(options),
+        schema=CEBAB_SCHEMA,
+        pool=cebab_pool(pool_split, data_dir, exclude_texts=exclude_texts),
+        encoder=encoder,
+        space=space,
+        llm=llm,
+        taggers=taggers,
+        seed=seed,
+        extra=dict(options),
     )
     resources.extra.setdefault("pool_split", str(pool_split))
     resources.extra.setdefault("data_dir", str(data_dir) if data_dir is not None else None)
@@ -109,8 +122,9 @@ def build_bench_resources(
     return resources
 
 
-def load_model(model: str, root: str | os.PathLike[str] = "var", data_dir: str | os.PathLike[str] | None = None
-               ) -> tuple[Classifier, str, dict[str, Any]]:
+def load_model(
+    model: str, root: str | os.PathLike[str] = "var", data_dir: str | os.PathLike[str] | None = None
+) -> tuple[Classifier, str, dict[str, Any]]:
     """A reference classifier name (trained on first use under root) or an artifact folder."""
     from explainers.artifacts import read_meta
     from explainers.reference import REFERENCE_MODELS, ensure_reference, load_reference
@@ -120,8 +134,10 @@ def load_model(model: str, root: str | os.PathLike[str] = "var", data_dir: str |
     else:
         path = Path(model)
         if not (path / "meta.json").exists():
-            raise FileNotFoundError(f"{model!r} is neither a reference classifier {REFERENCE_MODELS} "
-                                    "nor a classifier artifact folder with meta.json")
+            raise FileNotFoundError(
+                f"{model!r} is neither a reference classifier {REFERENCE_MODELS} "
+                "nor a classifier artifact folder with meta.json"
+            )
     meta = read_meta(path)
     return load_reference(path), str(meta.get("name") or path.name), meta
 
@@ -186,12 +202,18 @@ def true_icaces(pairs: Sequence[Pair], classifier: Classifier) -> np.ndarray:
     texts = list(dict.fromkeys([p.base.text for p in pairs] + [p.counterfactual.text for p in pairs]))
     proba = dict(zip(texts, np.asarray(classifier.predict_proba(texts), float), strict=True))
     return np.array([proba[p.counterfactual.text] - proba[p.base.text] for p in pairs]).reshape(
-        len(pairs), len(classifier.labels))
+        len(pairs), len(classifier.labels)
+    )
 
 
 def estimate_pairs(
-    explainer: Explainer, pairs: Sequence[Pair], classifier: Classifier, k: int, *,
-    truths: np.ndarray | None = None, keep_details: bool = False,
+    explainer: Explainer,
+    pairs: Sequence[Pair],
+    classifier: Classifier,
+    k: int,
+    *,
+    truths: np.ndarray | None = None,
+    keep_details: bool = False,
 ) -> PairEstimates:
     """Run one explainer over the pairs; it sees the base text, intervention and base labels only."""
     started = time.perf_counter()
@@ -200,7 +222,10 @@ def estimate_pairs(
     bar = Progress(len(pairs), f"{getattr(explainer, 'name', type(explainer).__name__)} K={k}", unit="pair")
     for i, p in enumerate(pairs):
         exp = explainer.explain(
-            p.base.text, Intervention(p.concept, p.target, p.source), classifier, top_k=k,
+            p.base.text,
+            Intervention(p.concept, p.target, p.source),
+            classifier,
+            top_k=k,
             base_labels=p.base.clean_labels(),
         )
         est[i] = exp.icace
@@ -210,8 +235,16 @@ def estimate_pairs(
     bar.close()
     wall = time.perf_counter() - started
     tru = true_icaces(pairs, classifier) if truths is None else truths
-    return PairEstimates(getattr(explainer, "name", type(explainer).__name__), k, est, tru,
-                         [p.concept for p in pairs], [p.direction for p in pairs], wall, details)
+    return PairEstimates(
+        getattr(explainer, "name", type(explainer).__name__),
+        k,
+        est,
+        tru,
+        [p.concept for p in pairs],
+        [p.direction for p in pairs],
+        wall,
+        details,
+    )
 
 
 @dataclass
@@ -223,8 +256,13 @@ class BenchRow:
     space: str = "-"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"explainer": self.explainer, "k": self.k, "space": self.space, "wall_s": round(self.wall_s, 3),
-                **self.summary.to_dict()}
+        return {
+            "explainer": self.explainer,
+            "k": self.k,
+            "space": self.space,
+            "wall_s": round(self.wall_s, 3),
+            **self.summary.to_dict(),
+        }
 
 
 @dataclass
@@ -236,8 +274,12 @@ class BenchResult:
     notes: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"config": self.config, "rows": [r.to_dict() for r in self.rows], "errors": self.errors,
-                "notes": self.notes}
+        return {
+            "config": self.config,
+            "rows": [r.to_dict() for r in self.rows],
+            "errors": self.errors,
+            "notes": self.notes,
+        }
 
 
 class BenchError(RuntimeError):
@@ -291,7 +333,11 @@ def run_benchmark(
             errors[name] = f"{type(e).__name__}: {e}"
     if strict and errors:
         raise BenchError("requested methods cannot run: " + "; ".join(f"{n}: {e}" for n, e in errors.items()))
-    cached = classifier if isinstance(classifier, CachingClassifier) else CachingClassifier(classifier, key="bench")
+    cached = (
+        classifier
+        if isinstance(classifier, CachingClassifier)
+        else CachingClassifier(classifier, key="bench")
+    )
     started = time.perf_counter()
     needed = [p.base.text for p in pairs] + [p.counterfactual.text for p in pairs]
     if resources.pool is not None:
@@ -316,14 +362,20 @@ def run_benchmark(
             if on_row:
                 on_row(row)
     cfg = dict(config or {})
-    cfg.update(n_pairs=len(pairs), prep_s=round(prep_s, 2), cache=cached.stats().to_dict(),
-               pool_size=len(resources.pool) if resources.pool is not None else 0)
+    cfg.update(
+        n_pairs=len(pairs),
+        prep_s=round(prep_s, 2),
+        cache=cached.stats().to_dict(),
+        pool_size=len(resources.pool) if resources.pool is not None else 0,
+    )
     return BenchResult(cfg, rows, errors, notes)
 
 
 def _uses_encoder(names: Sequence[str]) -> bool:
-    return any(n not in ("zero", "random", "random_proba", "random_matching", "conexp", "approx", "s_learner")
-               for n in names)
+    return any(
+        n not in ("zero", "random", "random_proba", "random_matching", "conexp", "approx", "s_learner")
+        for n in names
+    )
 
 
 def _f(x: float) -> str:
@@ -335,13 +387,25 @@ def format_table(result: BenchResult) -> str:
     concepts = [c for c in CONCEPT_ORDER if any(c in r.summary.per_concept for r in result.rows)]
     extra = sorted({c for r in result.rows for c in r.summary.per_concept} - set(concepts))
     concepts += extra
-    head = (["explainer", "K", "space", "L2 micro", "Cos micro", "ND micro", "L2 macro", "Cos macro", "ND macro"]
-            + [f"L2 {c}" for c in concepts] + ["pairs", "wall s"])
+    head = (
+        ["explainer", "K", "space", "L2 micro", "Cos micro", "ND micro", "L2 macro", "Cos macro", "ND macro"]
+        + [f"L2 {c}" for c in concepts]
+        + ["pairs", "wall s"]
+    )
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in result.rows:
         s = r.summary
-        cells = [r.explainer, str(r.k), r.space, _f(s.micro["l2"]), _f(s.micro["cos"]), _f(s.micro["normdiff"]),
-                 _f(s.macro["l2"]), _f(s.macro["cos"]), _f(s.macro["normdiff"])]
+        cells = [
+            r.explainer,
+            str(r.k),
+            r.space,
+            _f(s.micro["l2"]),
+            _f(s.micro["cos"]),
+            _f(s.micro["normdiff"]),
+            _f(s.macro["l2"]),
+            _f(s.macro["cos"]),
+            _f(s.macro["normdiff"]),
+        ]
         cells += [_f(s.per_concept[c]["l2"]) if c in s.per_concept else "-" for c in concepts]
         cells += [str(s.n), f"{r.wall_s:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
@@ -367,7 +431,9 @@ def render_markdown(result: BenchResult) -> str:
     return "\n".join([title, "", *facts, "", format_table(result), ""])
 
 
-def default_out(model: str, split: str, limit: int | None, results_dir: Path = Path("benchmarks/results")) -> Path:
+def default_out(
+    model: str, split: str, limit: int | None, results_dir: Path = Path("benchmarks/results")
+) -> Path:
     name = Path(str(split)).stem
     suffix = f"_n{limit}" if limit else ""
     return results_dir / f"cebab_{model}_{name}{suffix}.md"
@@ -382,8 +448,12 @@ def write_result(result: BenchResult, out: Path) -> tuple[Path, Path]:
     return out, js
 
 
-def load_bench_pairs(split: str | os.PathLike[str], data_dir: str | os.PathLike[str] | None = None,
-                     limit: int | None = None, seed: int = 0) -> list[Pair]:
+def load_bench_pairs(
+    split: str | os.PathLike[str],
+    data_dir: str | os.PathLike[str] | None = None,
+    limit: int | None = None,
+    seed: int = 0,
+) -> list[Pair]:
     return select_pairs(build_pairs(load_split(split, data_dir)), limit, seed)
 
 
@@ -401,7 +471,24 @@ def check_overlap(pairs: Sequence[Pair], resources: Resources) -> int:
 
 
 __all__ = [
-    "BenchError", "BenchResult", "BenchRow", "PairEstimates", "benchmark_texts", "build_bench_resources", "check_overlap", "default_out",
-    "estimate_pairs", "format_table", "load_bench_pairs", "load_model", "register_resource_hook", "render_markdown",
-    "run_benchmark", "select_pairs", "space_used", "split_path", "true_icaces", "write_result",
+    "BenchError",
+    "BenchResult",
+    "BenchRow",
+    "PairEstimates",
+    "benchmark_texts",
+    "build_bench_resources",
+    "check_overlap",
+    "default_out",
+    "estimate_pairs",
+    "format_table",
+    "load_bench_pairs",
+    "load_model",
+    "register_resource_hook",
+    "render_markdown",
+    "run_benchmark",
+    "select_pairs",
+    "space_used",
+    "split_path",
+    "true_icaces",
+    "write_result",
 ]

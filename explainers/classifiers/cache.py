@@ -85,8 +85,9 @@ class CachingClassifier:
         proba = np.asarray(self.inner.predict_proba(todo), dtype=np.float64)
         if proba.shape != (len(todo), n_labels):
             # The inner adapter validates its own output; this guards a custom inner classifier.
-            raise ValueError(f"{self.key}: inner classifier returned shape {proba.shape}, "
-                             f"expected {(len(todo), n_labels)}")
+            raise ValueError(
+                f"{self.key}: inner classifier returned shape {proba.shape}, expected {(len(todo), n_labels)}"
+            )
         with self._lock:
             for text, row in zip(todo, proba, strict=True):
                 row = row.copy()

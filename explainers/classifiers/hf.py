@@ -29,16 +29,32 @@ class HFClassifier(HttpClassifier):
 
     protocol = "hf"
 
-    def __init__(self, url: str, labels: Sequence[str], *, batch: bool = True,
-                 parameters: Mapping[str, Any] | None = None, extra: Mapping[str, Any] | None = None,
-                 logits: bool = False, label_map: Mapping[str, str] | None = None,
-                 options: HttpOptions | None = None, transport: httpx.BaseTransport | None = None,
-                 name: str | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        labels: Sequence[str],
+        *,
+        batch: bool = True,
+        parameters: Mapping[str, Any] | None = None,
+        extra: Mapping[str, Any] | None = None,
+        logits: bool = False,
+        label_map: Mapping[str, str] | None = None,
+        options: HttpOptions | None = None,
+        transport: httpx.BaseTransport | None = None,
+        name: str | None = None,
+    ) -> None:
         opts = options or HttpOptions()
         if not batch:
             opts = HttpOptions(**{**vars(opts), "batch_size": 1})
-        super().__init__(url, labels, logits=logits, label_map=label_map, options=opts, transport=transport,
-                         name=name or f"hf:{url.rstrip('/')}")
+        super().__init__(
+            url,
+            labels,
+            logits=logits,
+            label_map=label_map,
+            options=opts,
+            transport=transport,
+            name=name or f"hf:{url.rstrip('/')}",
+        )
         self.batch = batch
         self.parameters = dict(parameters) if parameters is not None else None
         self.extra = dict(extra or {})
@@ -51,19 +67,26 @@ class HFClassifier(HttpClassifier):
 
     def scores(self, body: Any, n: int) -> np.ndarray:
         if isinstance(body, Mapping) and "error" in body:
-            raise MalformedResponse(f"{self.name}: endpoint answered an error object: {str(body['error'])[:200]}")
+            raise MalformedResponse(
+                f"{self.name}: endpoint answered an error object: {str(body['error'])[:200]}"
+            )
         if not isinstance(body, list):
-            raise MalformedResponse(f"{self.name}: expected a JSON list of label/score entries, "
-                                    f"got {type(body).__name__}: {str(body)[:200]!r}")
+            raise MalformedResponse(
+                f"{self.name}: expected a JSON list of label/score entries, "
+                f"got {type(body).__name__}: {str(body)[:200]!r}"
+            )
         if body and all(_is_entry(x) for x in body):
             if n == 1:
                 rows: list[Any] = [body]  # flat: the one text's scores
             elif len(body) == n:
-                raise MalformedResponse(f"{self.name}: got one label per text (top-1 only) for {n} texts; ask the "
-                                        "endpoint for all scores (parameters top_k=null / return_all_scores)")
+                raise MalformedResponse(
+                    f"{self.name}: got one label per text (top-1 only) for {n} texts; ask the "
+                    "endpoint for all scores (parameters top_k=null / return_all_scores)"
+                )
             else:
-                raise MalformedResponse(f"{self.name}: sent {n} texts but got a flat list of {len(body)} "
-                                        "label/score entries")
+                raise MalformedResponse(
+                    f"{self.name}: sent {n} texts but got a flat list of {len(body)} label/score entries"
+                )
         else:
             rows = body
         return self.mapper.matrix(rows, n)

@@ -39,8 +39,15 @@ from explainers.classifiers.base import (
 from explainers.errors import excerpt
 from explainers.outbound import MAX_RETRIES, RETRY_STATUSES, parse_retry_after
 
-__all__ = ["RETRY_STATUSES", "CallStats", "EndpointRejected", "HttpClassifier", "HttpOptions", "LabelMapper",
-           "parse_retry_after"]
+__all__ = [
+    "RETRY_STATUSES",
+    "CallStats",
+    "EndpointRejected",
+    "HttpClassifier",
+    "HttpOptions",
+    "LabelMapper",
+    "parse_retry_after",
+]
 
 
 @dataclass
@@ -70,8 +77,13 @@ class HttpOptions:
             raise ValueError("timeouts must be positive")
 
     def retry_policy(self) -> outbound.RetryPolicy:
-        return outbound.RetryPolicy(retries=self.retries, backoff_s=self.backoff_s, backoff_max_s=self.backoff_max_s,
-                                    retry_after_max_s=self.retry_after_max_s, total_s=self.total_s)
+        return outbound.RetryPolicy(
+            retries=self.retries,
+            backoff_s=self.backoff_s,
+            backoff_max_s=self.backoff_max_s,
+            retry_after_max_s=self.retry_after_max_s,
+            total_s=self.total_s,
+        )
 
 
 @dataclass
@@ -85,8 +97,13 @@ class CallStats:
     waited_s: float = 0.0
 
     def to_dict(self) -> dict[str, float]:
-        return {"requests": self.requests, "retries": self.retries, "texts": self.texts,
-                "failures": self.failures, "waited_s": round(self.waited_s, 3)}
+        return {
+            "requests": self.requests,
+            "retries": self.retries,
+            "texts": self.texts,
+            "failures": self.failures,
+            "waited_s": round(self.waited_s, 3),
+        }
 
 
 def _number(x: Any, where: str, source: str) -> float:
@@ -104,8 +121,14 @@ class LabelMapper:
     "LABEL_0" -> "1").
     """
 
-    def __init__(self, labels: Sequence[str], endpoint_labels: Sequence[str] | None = None,
-                 label_map: Mapping[str, str] | None = None, *, source: str) -> None:
+    def __init__(
+        self,
+        labels: Sequence[str],
+        endpoint_labels: Sequence[str] | None = None,
+        label_map: Mapping[str, str] | None = None,
+        *,
+        source: str,
+    ) -> None:
         self.labels = [str(x) for x in labels]
         if len(set(self.labels)) != len(self.labels):
             raise ValueError(f"{source}: duplicate labels in {self.labels}")
@@ -118,12 +141,16 @@ class LabelMapper:
         names = [self.label_map.get(str(x), str(x)) for x in endpoint_labels]
         unknown = [n for n in names if n not in self.index]
         if unknown:
-            raise MalformedResponse(f"{self.source}: unknown labels {unknown}; declared labels are {self.labels}"
-                                    " (add a label_map if the endpoint names them differently)")
+            raise MalformedResponse(
+                f"{self.source}: unknown labels {unknown}; declared labels are {self.labels}"
+                " (add a label_map if the endpoint names them differently)"
+            )
         missing = [lab for lab in self.labels if lab not in names]
         if missing or len(names) != len(self.labels):
-            raise MalformedResponse(f"{self.source}: endpoint labels {names} do not match declared labels "
-                                    f"{self.labels} (missing {missing})")
+            raise MalformedResponse(
+                f"{self.source}: endpoint labels {names} do not match declared labels "
+                f"{self.labels} (missing {missing})"
+            )
         return [self.index[n] for n in names]
 
     def row(self, raw: Any, i: int, row_labels: Sequence[Any] | None = None) -> np.ndarray:
@@ -142,42 +169,56 @@ class LabelMapper:
             if order is None:
                 order = list(range(len(self.labels)))
             if len(raw) != len(self.labels):
-                raise MalformedResponse(f"{self.source}: {where} has {len(raw)} scores, expected "
-                                        f"{len(self.labels)} (labels {self.labels})")
+                raise MalformedResponse(
+                    f"{self.source}: {where} has {len(raw)} scores, expected "
+                    f"{len(self.labels)} (labels {self.labels})"
+                )
             for j, v in enumerate(raw):
                 out[order[j]] = _number(v, f"{where} score {j}", self.source)
             return out
         else:
-            raise MalformedResponse(f"{self.source}: {where} is {type(raw).__name__} {raw!r:.80}, "
-                                    "expected a list of scores or label->score pairs")
+            raise MalformedResponse(
+                f"{self.source}: {where} is {type(raw).__name__} {raw!r:.80}, "
+                "expected a list of scores or label->score pairs"
+            )
         seen: set[str] = set()
         for lab, v in pairs:
             name = self.label_map.get(str(lab), str(lab))
             if name not in self.index:
-                raise MalformedResponse(f"{self.source}: {where} has unknown label {name!r}; declared labels are "
-                                        f"{self.labels} (add a label_map if the endpoint names them differently)")
+                raise MalformedResponse(
+                    f"{self.source}: {where} has unknown label {name!r}; declared labels are "
+                    f"{self.labels} (add a label_map if the endpoint names them differently)"
+                )
             if name in seen:
                 raise MalformedResponse(f"{self.source}: {where} repeats label {name!r}")
             seen.add(name)
             out[self.index[name]] = _number(v, f"{where} score for {name!r}", self.source)
         missing = [lab for lab in self.labels if lab not in seen]
         if missing:
-            raise MalformedResponse(f"{self.source}: {where} has no score for labels {missing}; if the endpoint "
-                                    "returns only the top label, ask it for all scores (top_k=None)")
+            raise MalformedResponse(
+                f"{self.source}: {where} has no score for labels {missing}; if the endpoint "
+                "returns only the top label, ask it for all scores (top_k=None)"
+            )
         return out
 
-    def matrix(self, rows: Any, n: int, row_labels: Sequence[Sequence[Any]] | Sequence[Any] | None = None
-               ) -> np.ndarray:
+    def matrix(
+        self, rows: Any, n: int, row_labels: Sequence[Sequence[Any]] | Sequence[Any] | None = None
+    ) -> np.ndarray:
         """(n, C) raw scores in declared order; `row_labels` is one label list for all rows or one per row."""
         if not isinstance(rows, list):
-            raise MalformedResponse(f"{self.source}: expected a list of {n} score rows, got {type(rows).__name__}")
+            raise MalformedResponse(
+                f"{self.source}: expected a list of {n} score rows, got {type(rows).__name__}"
+            )
         if len(rows) != n:
             raise MalformedResponse(f"{self.source}: sent {n} texts but got {len(rows)} score rows")
         per_row = row_labels is not None and len(row_labels) > 0 and isinstance(row_labels[0], list)
-        return np.array([
-            self.row(r, i, (row_labels[i] if per_row else row_labels) if row_labels is not None else None)
-            for i, r in enumerate(rows)
-        ], dtype=np.float64).reshape(n, len(self.labels))
+        return np.array(
+            [
+                self.row(r, i, (row_labels[i] if per_row else row_labels) if row_labels is not None else None)
+                for i, r in enumerate(rows)
+            ],
+            dtype=np.float64,
+        ).reshape(n, len(self.labels))
 
 
 class HttpClassifier:
@@ -191,10 +232,18 @@ class HttpClassifier:
 
     protocol = "http"
 
-    def __init__(self, url: str, labels: Sequence[str], *, logits: bool = False,
-                 endpoint_labels: Sequence[str] | None = None, label_map: Mapping[str, str] | None = None,
-                 options: HttpOptions | None = None, transport: httpx.BaseTransport | None = None,
-                 name: str | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        labels: Sequence[str],
+        *,
+        logits: bool = False,
+        endpoint_labels: Sequence[str] | None = None,
+        label_map: Mapping[str, str] | None = None,
+        options: HttpOptions | None = None,
+        transport: httpx.BaseTransport | None = None,
+        name: str | None = None,
+    ) -> None:
         if not labels:
             raise ValueError("a classifier needs at least one label")
         self.url = url.rstrip("/")
@@ -206,9 +255,13 @@ class HttpClassifier:
         o = self.options
         self._client = httpx.Client(
             timeout=httpx.Timeout(o.timeout_s, connect=o.connect_timeout_s),
-            limits=httpx.Limits(max_connections=max(o.max_concurrency, 1) * 2,
-                                max_keepalive_connections=max(o.max_concurrency, 1)),
-            headers=o.headers, transport=transport, follow_redirects=False,
+            limits=httpx.Limits(
+                max_connections=max(o.max_concurrency, 1) * 2,
+                max_keepalive_connections=max(o.max_concurrency, 1),
+            ),
+            headers=o.headers,
+            transport=transport,
+            follow_redirects=False,
         )
         self._stats = CallStats()
         self._lock = threading.Lock()
@@ -233,7 +286,7 @@ class HttpClassifier:
         if not texts:
             return np.zeros((0, len(self._labels)))
         size = self.options.batch_size
-        batches = [texts[i:i + size] for i in range(0, len(texts), size)]
+        batches = [texts[i : i + size] for i in range(0, len(texts), size)]
         if len(batches) == 1 or self.options.max_concurrency == 1:
             parts = [self._predict_batch(b) for b in batches]
         else:
@@ -272,8 +325,9 @@ class HttpClassifier:
         raw = self.scores(body, len(texts))
         raw = np.asarray(raw, dtype=np.float64)
         if raw.shape != (len(texts), len(self._labels)):
-            raise MalformedResponse(f"{self.name}: expected scores of shape {(len(texts), len(self._labels))}, "
-                                    f"got {raw.shape}")
+            raise MalformedResponse(
+                f"{self.name}: expected scores of shape {(len(texts), len(self._labels))}, got {raw.shape}"
+            )
         if not np.all(np.isfinite(raw)):
             bad = sorted({int(i) for i in np.argwhere(~np.isfinite(raw))[:, 0]})
             raise MalformedResponse(f"{self.name}: scores contain NaN or infinity (rows {bad[:10]})")
@@ -301,12 +355,22 @@ class HttpClassifier:
         `ClassifierTimeout` / `ClassifierUnavailable` when the bounded retries run out.
         """
         url = self._url(target)
-        errors = outbound.Errors(timeout=ClassifierTimeout, unavailable=ClassifierUnavailable,
-                                 rejected=EndpointRejected)
+        errors = outbound.Errors(
+            timeout=ClassifierTimeout, unavailable=ClassifierUnavailable, rejected=EndpointRejected
+        )
         try:
             with self._slots:
-                resp = outbound.send(self._client, "POST", url, json=payload, policy=self.options.retry_policy(),
-                                     name=self.name, errors=errors, on_attempt=self._attempt, on_wait=self._waited)
+                resp = outbound.send(
+                    self._client,
+                    "POST",
+                    url,
+                    json=payload,
+                    policy=self.options.retry_policy(),
+                    name=self.name,
+                    errors=errors,
+                    on_attempt=self._attempt,
+                    on_wait=self._waited,
+                )
         except ClassifierUnavailable:
             with self._lock:
                 self._stats.failures += 1
@@ -317,5 +381,7 @@ class HttpClassifier:
         try:
             return json.loads(resp.content)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise MalformedResponse(f"{self.name}: POST {url} answered HTTP {resp.status_code} with non-JSON "
-                                    f"body ({type(e).__name__}): {excerpt(resp.text)!r}") from e
+            raise MalformedResponse(
+                f"{self.name}: POST {url} answered HTTP {resp.status_code} with non-JSON "
+                f"body ({type(e).__name__}): {excerpt(resp.text)!r}"
+            ) from e

@@ -24,12 +24,30 @@ class KServeV1Classifier(HttpClassifier):
 
     protocol = "kserve-v1"
 
-    def __init__(self, url: str, model: str, labels: Sequence[str], *, instance_key: str | None = None,
-                 logits: bool = False, endpoint_labels: Sequence[str] | None = None,
-                 label_map: Mapping[str, str] | None = None, options: HttpOptions | None = None,
-                 transport: httpx.BaseTransport | None = None, name: str | None = None) -> None:
-        super().__init__(url, labels, logits=logits, endpoint_labels=endpoint_labels, label_map=label_map,
-                         options=options, transport=transport, name=name or f"kserve-v1:{model}@{url.rstrip('/')}")
+    def __init__(
+        self,
+        url: str,
+        model: str,
+        labels: Sequence[str],
+        *,
+        instance_key: str | None = None,
+        logits: bool = False,
+        endpoint_labels: Sequence[str] | None = None,
+        label_map: Mapping[str, str] | None = None,
+        options: HttpOptions | None = None,
+        transport: httpx.BaseTransport | None = None,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(
+            url,
+            labels,
+            logits=logits,
+            endpoint_labels=endpoint_labels,
+            label_map=label_map,
+            options=options,
+            transport=transport,
+            name=name or f"kserve-v1:{model}@{url.rstrip('/')}",
+        )
         self.model = model
         self.instance_key = instance_key
         self.path = f"/v1/models/{quote(model, safe='')}:predict"

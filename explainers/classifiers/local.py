@@ -23,7 +23,9 @@ class SklearnClassifier:
         classes = [str(c) for c in getattr(pipeline, "classes_", [])]
         self._labels = list(labels) if labels is not None else classes
         # Map the pipeline's own class order onto the declared label order.
-        self._order = [classes.index(lab) for lab in self._labels] if classes else list(range(len(self._labels)))
+        self._order = (
+            [classes.index(lab) for lab in self._labels] if classes else list(range(len(self._labels)))
+        )
 
     @classmethod
     def load(cls, path: str | Path, labels: Sequence[str] | None = None) -> SklearnClassifier:

@@ -46,8 +46,10 @@ from explainers.classifiers.usage import current
 Endpoint = Literal["chat", "completions"]
 Scoring = Literal["logprobs", "sequence", "sampling"]
 
-DEFAULT_PROMPT = ("Classify the text into exactly one of these labels: {labels}.\n"
-                  "Answer with the label only.\n\nText: {text}\nLabel:")
+DEFAULT_PROMPT = (
+    "Classify the text into exactly one of these labels: {labels}.\n"
+    "Answer with the label only.\n\nText: {text}\nLabel:"
+)
 _PLACEHOLDER = re.compile(r"\{(text|labels)\}")
 _EDGE = "\"'`*_.,;:!?()[]<> \t\n"
 
@@ -64,7 +66,9 @@ def _norm(s: str) -> str:
 
 def _choices(body: Any, source: str) -> list[Any]:
     if not isinstance(body, Mapping):
-        raise MalformedResponse(f"{source}: expected a JSON object, got {type(body).__name__}: {str(body)[:200]!r}")
+        raise MalformedResponse(
+            f"{source}: expected a JSON object, got {type(body).__name__}: {str(body)[:200]!r}"
+        )
     if "error" in body and "choices" not in body:
         raise MalformedResponse(f"{source}: endpoint answered an error object: {str(body['error'])[:200]}")
     choices = body.get("choices")
@@ -84,7 +88,9 @@ def _top_pairs(raw: Any, source: str) -> list[tuple[str, float]]:
     pairs = []
     for tok, lp in items:
         if not isinstance(tok, str) or isinstance(lp, bool) or not isinstance(lp, int | float):
-            raise MalformedResponse(f"{source}: top_logprobs entry {tok!r}: {lp!r} is not a token and a logprob")
+            raise MalformedResponse(
+                f"{source}: top_logprobs entry {tok!r}: {lp!r} is not a token and a logprob"
+            )
         if math.isnan(lp):
             raise MalformedResponse(f"{source}: logprob for token {tok!r} is NaN")
         pairs.append((tok, float(lp)))
@@ -96,20 +102,43 @@ class OpenAIChatClassifier(HttpClassifier):
 
     protocol = "openai-chat"
 
-    def __init__(self, url: str, model: str, labels: Sequence[str], *, endpoint: Endpoint = "chat",
-                 prompt: str = DEFAULT_PROMPT, system: str | None = None, scoring: Scoring = "logprobs",
-                 top_logprobs: int = 20, n: int = 10, temperature: float = 1.0, max_tokens: int = 8,
-                 seed: int | None = 0, label_prefix: str = " ", max_invalid_fraction: float = 0.5,
-                 extra_body: Mapping[str, Any] | None = None, label_map: Mapping[str, str] | None = None,
-                 options: HttpOptions | None = None, transport: httpx.BaseTransport | None = None,
-                 name: str | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        model: str,
+        labels: Sequence[str],
+        *,
+        endpoint: Endpoint = "chat",
+        prompt: str = DEFAULT_PROMPT,
+        system: str | None = None,
+        scoring: Scoring = "logprobs",
+        top_logprobs: int = 20,
+        n: int = 10,
+        temperature: float = 1.0,
+        max_tokens: int = 8,
+        seed: int | None = 0,
+        label_prefix: str = " ",
+        max_invalid_fraction: float = 0.5,
+        extra_body: Mapping[str, Any] | None = None,
+        label_map: Mapping[str, str] | None = None,
+        options: HttpOptions | None = None,
+        transport: httpx.BaseTransport | None = None,
+        name: str | None = None,
+    ) -> None:
         if scoring == "sequence" and endpoint != "completions":
-            raise ValueError("scoring 'sequence' needs the completions endpoint (protocol openai-completions)")
+            raise ValueError(
+                "scoring 'sequence' needs the completions endpoint (protocol openai-completions)"
+            )
         if "{text}" not in prompt:
             raise ValueError("prompt must contain the placeholder {text}")
         self.protocol = f"openai-{endpoint}"
-        super().__init__(url, labels, options=options or HttpOptions(batch_size=1), transport=transport,
-                         name=name or f"openai-{endpoint}:{model}@{url.rstrip('/')}")
+        super().__init__(
+            url,
+            labels,
+            options=options or HttpOptions(batch_size=1),
+            transport=transport,
+            name=name or f"openai-{endpoint}:{model}@{url.rstrip('/')}",
+        )
         self.model = model
         self.endpoint = endpoint
         self.prompt = prompt
@@ -136,18 +165,23 @@ class OpenAIChatClassifier(HttpClassifier):
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         texts = [str(t) for t in texts]
         size = self.options.batch_size
-        batches = [texts[i:i + size] for i in range(0, len(texts), size)]
+        batches = [texts[i : i + size] for i in range(0, len(texts), size)]
         if len(batches) <= 1 or self.options.max_concurrency == 1:
             return super().predict_proba(texts)
         # Worker threads do not inherit context variables: run each batch in a copy of the caller's
         # context so the caller's usage meter sees the tokens.
         contexts = [contextvars.copy_context() for _ in batches]
-        parts = list(self._executor().map(lambda cb: cb[0].run(self._predict_batch, cb[1]),
-                                          zip(contexts, batches, strict=True)))
+        parts = list(
+            self._executor().map(
+                lambda cb: cb[0].run(self._predict_batch, cb[1]), zip(contexts, batches, strict=True)
+            )
+        )
         return np.concatenate(parts, axis=0)
 
     def _predict_batch(self, texts: list[str]) -> np.ndarray:
-        rows = np.array([self.score_text(t) for t in texts], dtype=np.float64).reshape(len(texts), len(self._labels))
+        rows = np.array([self.score_text(t) for t in texts], dtype=np.float64).reshape(
+            len(texts), len(self._labels)
+        )
         with self._lock:
             self._stats.texts += len(texts)
         return check_proba(rows, len(texts), len(self._labels), source=self.name)
@@ -179,26 +213,37 @@ class OpenAIChatClassifier(HttpClassifier):
         usage = answer.get("usage") if isinstance(answer.get("usage"), Mapping) else {}
         meter = current()
         if meter is not None:
-            meter.add(calls=1, prompt_tokens=_int(usage.get("prompt_tokens")),
-                      completion_tokens=_int(usage.get("completion_tokens")))
+            meter.add(
+                calls=1,
+                prompt_tokens=_int(usage.get("prompt_tokens")),
+                completion_tokens=_int(usage.get("completion_tokens")),
+            )
         return choices
 
     def _answer_top(self, prompt: str) -> list[tuple[str, float]]:
         """(token, logprob) of the top tokens at the first answer position after `prompt`."""
         k = self.top_logprobs
         extra = {"logprobs": True, "top_logprobs": k} if self.endpoint == "chat" else {"logprobs": k}
-        target, body = self._body(prompt, max_tokens=1, temperature=0.0, **extra,
-                                  **({"seed": self.seed} if self.seed is not None else {}))
+        target, body = self._body(
+            prompt,
+            max_tokens=1,
+            temperature=0.0,
+            **extra,
+            **({"seed": self.seed} if self.seed is not None else {}),
+        )
         choice = self._call(target, body)[0]
         lp = choice.get("logprobs")
         if not isinstance(lp, Mapping):
-            raise MalformedResponse(f"{self.name}: the answer carries no logprobs (the endpoint may not support "
-                                    "them; use scoring 'sampling')")
+            raise MalformedResponse(
+                f"{self.name}: the answer carries no logprobs (the endpoint may not support "
+                "them; use scoring 'sampling')"
+            )
         try:
             raw = lp["content"][0]["top_logprobs"] if self.endpoint == "chat" else lp["top_logprobs"][0]
         except (KeyError, IndexError, TypeError) as e:
-            raise MalformedResponse(f"{self.name}: no top_logprobs at the answer position in "
-                                    f"{str(lp)[:200]!r}") from e
+            raise MalformedResponse(
+                f"{self.name}: no top_logprobs at the answer position in {str(lp)[:200]!r}"
+            ) from e
         pairs = _top_pairs(raw, self.name)
         if not pairs:
             raise MalformedResponse(f"{self.name}: empty top_logprobs at the answer position")
@@ -217,9 +262,11 @@ class OpenAIChatClassifier(HttpClassifier):
                 seen[i] = True
         if not seen.any():
             top = [t for t, _ in sorted(pairs, key=lambda p: -p[1])[:5]]
-            raise MalformedResponse(f"{self.name}: no declared label {self._labels} among the top {len(pairs)} "
-                                    f"tokens at the answer position (top: {top}); the prompt does not make the "
-                                    "model answer with a label")
+            raise MalformedResponse(
+                f"{self.name}: no declared label {self._labels} among the top {len(pairs)} "
+                f"tokens at the answer position (top: {top}); the prompt does not make the "
+                "model answer with a label"
+            )
         if not seen.all():
             # A label outside the top-k has at most the least likely listed token's probability,
             # and all missing labels together at most the mass the top-k leaves over.
@@ -271,7 +318,11 @@ class OpenAIChatClassifier(HttpClassifier):
         i = 0
         while len(answers) < self.n:
             ask = self.n - len(answers) if self.supports_n is not False else 1
-            fields: dict[str, Any] = {"n": ask, "temperature": self.temperature, "max_tokens": self.max_tokens}
+            fields: dict[str, Any] = {
+                "n": ask,
+                "temperature": self.temperature,
+                "max_tokens": self.max_tokens,
+            }
             if self.seed is not None:
                 fields["seed"] = self.seed + i
             target, body = self._body(prompt, **fields)
@@ -291,8 +342,10 @@ class OpenAIChatClassifier(HttpClassifier):
         if meter is not None:
             meter.add(samples=len(answers), invalid_samples=len(invalid))
         if not counts.any() or len(invalid) > self.max_invalid_fraction * len(answers):
-            raise MalformedResponse(f"{self.name}: {len(invalid)} of {len(answers)} sampled answers name no declared "
-                                    f"label {self._labels} (e.g. {[a[:40] for a in invalid[:3]]})")
+            raise MalformedResponse(
+                f"{self.name}: {len(invalid)} of {len(answers)} sampled answers name no declared "
+                f"label {self._labels} (e.g. {[a[:40] for a in invalid[:3]]})"
+            )
         return counts / counts.sum()
 
     def _answer_text(self, choice: Mapping[str, Any]) -> str:

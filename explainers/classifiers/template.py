@@ -56,15 +56,21 @@ def select(value: Any, steps: Sequence[str | int], *, path: str = "", source: st
     for k, step in enumerate(steps):
         if step == "*":
             if not isinstance(value, list):
-                raise MalformedResponse(f"{source}: path {path!r}: [*] needs a list, got {type(value).__name__}")
-            return [select(v, steps[k + 1:], path=path, source=source) for v in value]
+                raise MalformedResponse(
+                    f"{source}: path {path!r}: [*] needs a list, got {type(value).__name__}"
+                )
+            return [select(v, steps[k + 1 :], path=path, source=source) for v in value]
         if isinstance(step, int):
             if not isinstance(value, list) or not -len(value) <= step < len(value):
-                raise MalformedResponse(f"{source}: path {path!r}: index [{step}] not found in {str(value)[:120]!r}")
+                raise MalformedResponse(
+                    f"{source}: path {path!r}: index [{step}] not found in {str(value)[:120]!r}"
+                )
             value = value[step]
         else:
             if not isinstance(value, Mapping) or step not in value:
-                raise MalformedResponse(f"{source}: path {path!r}: key {step!r} not found in {str(value)[:120]!r}")
+                raise MalformedResponse(
+                    f"{source}: path {path!r}: key {step!r} not found in {str(value)[:120]!r}"
+                )
             value = value[step]
     return value
 
@@ -98,21 +104,41 @@ class TemplateClassifier(HttpClassifier):
 
     protocol = "template"
 
-    def __init__(self, url: str, labels: Sequence[str], *, request_template: Any, scores_path: str,
-                 labels_path: str | None = None, logits: bool = False,
-                 endpoint_labels: Sequence[str] | None = None, label_map: Mapping[str, str] | None = None,
-                 options: HttpOptions | None = None, transport: httpx.BaseTransport | None = None,
-                 name: str | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        labels: Sequence[str],
+        *,
+        request_template: Any,
+        scores_path: str,
+        labels_path: str | None = None,
+        logits: bool = False,
+        endpoint_labels: Sequence[str] | None = None,
+        label_map: Mapping[str, str] | None = None,
+        options: HttpOptions | None = None,
+        transport: httpx.BaseTransport | None = None,
+        name: str | None = None,
+    ) -> None:
         batch = _has(request_template, TEXTS)
         per_text = _has(request_template, TEXT)
         if batch == per_text:
-            raise ValueError(f"request_template must contain exactly one kind of placeholder: {TEXTS!r} "
-                             f"(a list of texts) or {TEXT!r} (one text per request)")
+            raise ValueError(
+                f"request_template must contain exactly one kind of placeholder: {TEXTS!r} "
+                f"(a list of texts) or {TEXT!r} (one text per request)"
+            )
         opts = options or HttpOptions()
         if per_text:
             opts = HttpOptions(**{**vars(opts), "batch_size": 1})
-        super().__init__(url, labels, logits=logits, endpoint_labels=endpoint_labels, label_map=label_map,
-                         options=opts, transport=transport, name=name or f"template:{url.rstrip('/')}")
+        super().__init__(
+            url,
+            labels,
+            logits=logits,
+            endpoint_labels=endpoint_labels,
+            label_map=label_map,
+            options=opts,
+            transport=transport,
+            name=name or f"template:{url.rstrip('/')}",
+        )
         self.template = request_template
         self.batch = batch
         self.scores_path = scores_path
@@ -129,15 +155,22 @@ class TemplateClassifier(HttpClassifier):
         if self._labels_steps is not None:
             row_labels = select(body, self._labels_steps, path=self.labels_path or "", source=self.name)
             if not isinstance(row_labels, list):
-                raise MalformedResponse(f"{self.name}: labels_path {self.labels_path!r} did not select a list")
+                raise MalformedResponse(
+                    f"{self.name}: labels_path {self.labels_path!r} did not select a list"
+                )
         c = len(self.labels)
-        if isinstance(rows, list) and rows and all(isinstance(x, int | float) and not isinstance(x, bool)
-                                                   for x in rows):
+        if (
+            isinstance(rows, list)
+            and rows
+            and all(isinstance(x, int | float) and not isinstance(x, bool) for x in rows)
+        ):
             # A flat tensor (e.g. V2 `outputs[0].data`): n * C numbers, row-major.
             if len(rows) != n * c:
-                raise MalformedResponse(f"{self.name}: {self.scores_path!r} selected {len(rows)} numbers; "
-                                        f"expected {n} rows x {c} labels = {n * c}")
-            rows = [rows[i * c:(i + 1) * c] for i in range(n)]
+                raise MalformedResponse(
+                    f"{self.name}: {self.scores_path!r} selected {len(rows)} numbers; "
+                    f"expected {n} rows x {c} labels = {n * c}"
+                )
+            rows = [rows[i * c : (i + 1) * c] for i in range(n)]
         elif not self.batch:
             rows = [rows]
             if row_labels is not None and row_labels and isinstance(row_labels[0], list):

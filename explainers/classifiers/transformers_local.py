@@ -21,8 +21,16 @@ from explainers.classifiers.base import check_proba, softmax
 class TransformersClassifier:
     """`AutoModelForSequenceClassification` + tokenizer with batched, no-grad softmax inference."""
 
-    def __init__(self, model, tokenizer, labels: Sequence[str] | None = None, *, name: str = "transformers",
-                 batch_size: int = 32, max_len: int = 256) -> None:
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        labels: Sequence[str] | None = None,
+        *,
+        name: str = "transformers",
+        batch_size: int = 32,
+        max_len: int = 256,
+    ) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.name = name
@@ -41,7 +49,9 @@ class TransformersClassifier:
         self._lock = threading.Lock()  # torch modules are not safe to run from several threads at once
 
     @classmethod
-    def load(cls, path_or_name: str | Path, labels: Sequence[str] | None = None, **kwargs) -> TransformersClassifier:
+    def load(
+        cls, path_or_name: str | Path, labels: Sequence[str] | None = None, **kwargs
+    ) -> TransformersClassifier:
         """Load a transformers folder (labels from meta.json if present) or a hub model id."""
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -69,8 +79,13 @@ class TransformersClassifier:
         with self._lock, torch.inference_mode():
             for b in range(0, len(order), self.batch_size):
                 idx = order[b : b + self.batch_size]
-                enc = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True,
-                                     max_length=self.max_len, return_tensors="pt")
+                enc = self.tokenizer(
+                    [texts[i] for i in idx],
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_len,
+                    return_tensors="pt",
+                )
                 logits[idx] = self.model(**enc).logits.float().numpy()
         proba = softmax(logits)[:, self._order]
         return check_proba(proba, len(texts), len(self._labels), source=self.name)

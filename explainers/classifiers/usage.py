@@ -34,8 +34,15 @@ class LLMUsage:
     invalid_samples: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
-    def add(self, *, calls: int = 0, prompt_tokens: int = 0, completion_tokens: int = 0, samples: int = 0,
-            invalid_samples: int = 0) -> None:
+    def add(
+        self,
+        *,
+        calls: int = 0,
+        prompt_tokens: int = 0,
+        completion_tokens: int = 0,
+        samples: int = 0,
+        invalid_samples: int = 0,
+    ) -> None:
         with self._lock:
             self.calls += calls
             self.prompt_tokens += prompt_tokens
@@ -73,8 +80,9 @@ def sampling_n(classifier: object) -> int | None:
     return None
 
 
-def sampling_error(classifier: object, base: np.ndarray, counterfactual: np.ndarray,
-                   usage: LLMUsage | None = None) -> dict[str, Any] | None:
+def sampling_error(
+    classifier: object, base: np.ndarray, counterfactual: np.ndarray, usage: LLMUsage | None = None
+) -> dict[str, Any] | None:
     """The sampling standard errors of a sampled classifier's base prediction and ICaCE, or None.
 
     Each probability is a frequency over n answers, so its standard error is sqrt(p(1-p)/n);

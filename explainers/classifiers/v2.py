@@ -28,16 +28,36 @@ class V2Classifier(HttpClassifier):
 
     protocol = "v2"
 
-    def __init__(self, url: str, model: str, labels: Sequence[str], *, version: str | None = None,
-                 input_name: str = "text", shape: Literal["n1", "n"] = "n1",
-                 input_parameters: Mapping[str, Any] | None = None,
-                 request_parameters: Mapping[str, Any] | None = None,
-                 output_name: str | None = None, request_outputs: Sequence[str] | None = None,
-                 logits: bool = False, endpoint_labels: Sequence[str] | None = None,
-                 label_map: Mapping[str, str] | None = None, options: HttpOptions | None = None,
-                 transport: httpx.BaseTransport | None = None, name: str | None = None) -> None:
-        super().__init__(url, labels, logits=logits, endpoint_labels=endpoint_labels, label_map=label_map,
-                         options=options, transport=transport, name=name or f"v2:{model}@{url.rstrip('/')}")
+    def __init__(
+        self,
+        url: str,
+        model: str,
+        labels: Sequence[str],
+        *,
+        version: str | None = None,
+        input_name: str = "text",
+        shape: Literal["n1", "n"] = "n1",
+        input_parameters: Mapping[str, Any] | None = None,
+        request_parameters: Mapping[str, Any] | None = None,
+        output_name: str | None = None,
+        request_outputs: Sequence[str] | None = None,
+        logits: bool = False,
+        endpoint_labels: Sequence[str] | None = None,
+        label_map: Mapping[str, str] | None = None,
+        options: HttpOptions | None = None,
+        transport: httpx.BaseTransport | None = None,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(
+            url,
+            labels,
+            logits=logits,
+            endpoint_labels=endpoint_labels,
+            label_map=label_map,
+            options=options,
+            transport=transport,
+            name=name or f"v2:{model}@{url.rstrip('/')}",
+        )
         if shape not in ("n1", "n"):
             raise ValueError("shape must be 'n1' ([n, 1]) or 'n' ([n])")
         self.model = model
@@ -86,13 +106,17 @@ class V2Classifier(HttpClassifier):
         try:
             data = np.asarray(out["data"], dtype=np.float64)
         except (TypeError, ValueError) as e:
-            raise MalformedResponse(f"{self.name}: V2 output {out.get('name')!r} is not numeric "
-                                    f"(datatype {out.get('datatype')}): {e}") from e
+            raise MalformedResponse(
+                f"{self.name}: V2 output {out.get('name')!r} is not numeric "
+                f"(datatype {out.get('datatype')}): {e}"
+            ) from e
         c = len(self.labels)
         shape = out.get("shape")
         if data.size != n * c:
-            raise MalformedResponse(f"{self.name}: sent {n} texts with {c} labels, so expected {n * c} scores, "
-                                    f"got {data.size} (output {out.get('name')!r}, shape {shape})")
+            raise MalformedResponse(
+                f"{self.name}: sent {n} texts with {c} labels, so expected {n * c} scores, "
+                f"got {data.size} (output {out.get('name')!r}, shape {shape})"
+            )
         if isinstance(shape, list) and shape and shape[0] != n:
             raise MalformedResponse(f"{self.name}: sent {n} texts but output shape is {shape}")
         rows = data.reshape(n, c).tolist()

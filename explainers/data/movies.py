@@ -20,31 +20,75 @@ CONCEPTS = ("acting", "plot", "music")
 VALUES = ("bad", "good", "unknown")
 WEIGHTS = {"acting": 1.0, "plot": 1.5, "music": 0.5}
 PHRASES = {
-    ("acting", "good"): ["The cast is superb in every scene.", "The lead gives a moving, nuanced performance.",
-                         "Every actor feels completely believable.", "The performances are the best I saw this year.",
-                         "The actors have wonderful chemistry."],
-    ("acting", "bad"): ["The acting is wooden and flat.", "The lead mumbles through every line.",
-                        "Nobody in the cast seems to care.", "The performances are painfully stiff.",
-                        "The actors read their lines like a shopping list."],
-    ("plot", "good"): ["The story is gripping from start to finish.", "The plot twists land perfectly.",
-                       "The script is clever and tightly written.", "The story kept me guessing until the end.",
-                       "The narrative builds to a satisfying ending."],
-    ("plot", "bad"): ["The story makes no sense at all.", "The plot is predictable and dull.",
-                      "The script is a mess of loose ends.", "The story drags and goes nowhere.",
-                      "The twists are obvious an hour ahead."],
-    ("music", "good"): ["The score is beautiful and haunting.", "The soundtrack fits every scene.",
-                        "The music lifts the whole film.", "The songs are catchy and well placed."],
-    ("music", "bad"): ["The score is loud and intrusive.", "The soundtrack is forgettable noise.",
-                       "The music drowns out the dialogue.", "The songs feel cheap and out of place."],
+    ("acting", "good"): [
+        "The cast is superb in every scene.",
+        "The lead gives a moving, nuanced performance.",
+        "Every actor feels completely believable.",
+        "The performances are the best I saw this year.",
+        "The actors have wonderful chemistry.",
+    ],
+    ("acting", "bad"): [
+        "The acting is wooden and flat.",
+        "The lead mumbles through every line.",
+        "Nobody in the cast seems to care.",
+        "The performances are painfully stiff.",
+        "The actors read their lines like a shopping list.",
+    ],
+    ("plot", "good"): [
+        "The story is gripping from start to finish.",
+        "The plot twists land perfectly.",
+        "The script is clever and tightly written.",
+        "The story kept me guessing until the end.",
+        "The narrative builds to a satisfying ending.",
+    ],
+    ("plot", "bad"): [
+        "The story makes no sense at all.",
+        "The plot is predictable and dull.",
+        "The script is a mess of loose ends.",
+        "The story drags and goes nowhere.",
+        "The twists are obvious an hour ahead.",
+    ],
+    ("music", "good"): [
+        "The score is beautiful and haunting.",
+        "The soundtrack fits every scene.",
+        "The music lifts the whole film.",
+        "The songs are catchy and well placed.",
+    ],
+    ("music", "bad"): [
+        "The score is loud and intrusive.",
+        "The soundtrack is forgettable noise.",
+        "The music drowns out the dialogue.",
+        "The songs feel cheap and out of place.",
+    ],
 }
-FILLERS = ["I watched it on a rainy Sunday.", "The cinema was half empty.", "It runs a little over two hours.",
-           "I went with two friends.", "It is the director's third feature.", "We got popcorn before it started.",
-           "It was released last spring.", "I had read nothing about it beforehand.", "The screening started late.",
-           "It is based on a short novel."]
-SCHEMA_DICT = {"domain": "movie review", "concepts": [
-    {"name": c, "values": list(VALUES), "description": f"what the review says about the {c}",
-     "value_descriptions": {"good": f"the review praises the {c}", "bad": f"the review criticises the {c}",
-                            "unknown": f"the review does not mention the {c}"}} for c in CONCEPTS]}
+FILLERS = [
+    "I watched it on a rainy Sunday.",
+    "The cinema was half empty.",
+    "It runs a little over two hours.",
+    "I went with two friends.",
+    "It is the director's third feature.",
+    "We got popcorn before it started.",
+    "It was released last spring.",
+    "I had read nothing about it beforehand.",
+    "The screening started late.",
+    "It is based on a short novel.",
+]
+SCHEMA_DICT = {
+    "domain": "movie review",
+    "concepts": [
+        {
+            "name": c,
+            "values": list(VALUES),
+            "description": f"what the review says about the {c}",
+            "value_descriptions": {
+                "good": f"the review praises the {c}",
+                "bad": f"the review criticises the {c}",
+                "unknown": f"the review does not mention the {c}",
+            },
+        }
+        for c in CONCEPTS
+    ],
+}
 
 
 def rating(labels: dict[str, str], rng: np.random.Generator) -> str:
@@ -56,20 +100,33 @@ def _render(sentences: list[tuple[str, str | None]]) -> str:
     return " ".join(s for s, _ in sentences)
 
 
-def movie_corpus(n_origins: int = 200, *, edits: bool = True, seed: int = 0, prefix: str = "m") -> list[dict[str, Any]]:
+def movie_corpus(
+    n_origins: int = 200, *, edits: bool = True, seed: int = 0, prefix: str = "m"
+) -> list[dict[str, Any]]:
     """Rows {text, labels, origin, id, rating}: each origin's review, then (if `edits`) one edit per concept."""
     rng = np.random.default_rng(seed)
     rows: list[dict[str, Any]] = []
     for o in range(n_origins):
         labels = {c: str(rng.choice(VALUES, p=[0.4, 0.4, 0.2])) for c in CONCEPTS}
-        sentences: list[tuple[str, str | None]] = [(f, None) for f in rng.choice(FILLERS, size=2, replace=False)]
+        sentences: list[tuple[str, str | None]] = [
+            (f, None) for f in rng.choice(FILLERS, size=2, replace=False)
+        ]
         for c in rng.permutation(CONCEPTS):
             if labels[c] != "unknown":
                 options = PHRASES[(c, labels[c])]
-                sentences.insert(int(rng.integers(0, len(sentences) + 1)), (options[rng.integers(len(options))], c))
+                sentences.insert(
+                    int(rng.integers(0, len(sentences) + 1)), (options[rng.integers(len(options))], c)
+                )
         origin = f"{prefix}{seed}-{o}"
-        rows.append({"text": _render(sentences), "labels": dict(labels), "origin": origin, "id": f"{origin}-0",
-                     "rating": rating(labels, rng)})
+        rows.append(
+            {
+                "text": _render(sentences),
+                "labels": dict(labels),
+                "origin": origin,
+                "id": f"{origin}-0",
+                "rating": rating(labels, rng),
+            }
+        )
         if not edits:
             continue
         for k, c in enumerate(CONCEPTS, start=1):
@@ -77,11 +134,21 @@ def movie_corpus(n_origins: int = 200, *, edits: bool = True, seed: int = 0, pre
             edited = [(s, cc) for s, cc in sentences if cc != c]
             if target != "unknown":
                 options = PHRASES[(c, target)]
-                at = next((i for i, (_, cc) in enumerate(sentences) if cc == c), int(rng.integers(0, len(edited) + 1)))
+                at = next(
+                    (i for i, (_, cc) in enumerate(sentences) if cc == c),
+                    int(rng.integers(0, len(edited) + 1)),
+                )
                 edited.insert(min(at, len(edited)), (options[rng.integers(len(options))], c))
             new = {**labels, c: target}
-            rows.append({"text": _render(edited), "labels": new, "origin": origin, "id": f"{origin}-{k}",
-                         "rating": rating(new, rng)})
+            rows.append(
+                {
+                    "text": _render(edited),
+                    "labels": new,
+                    "origin": origin,
+                    "id": f"{origin}-{k}",
+                    "rating": rating(new, rng),
+                }
+            )
     return rows
 
 
@@ -91,7 +158,9 @@ def train_rating_classifier(rows: list[dict[str, Any]]) -> Any:
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import Pipeline
 
-    pipe = Pipeline([("tfidf", TfidfVectorizer(ngram_range=(1, 2))), ("lr", LogisticRegression(C=4.0, max_iter=2000))])
+    pipe = Pipeline(
+        [("tfidf", TfidfVectorizer(ngram_range=(1, 2))), ("lr", LogisticRegression(C=4.0, max_iter=2000))]
+    )
     return pipe.fit([r["text"] for r in rows], [r["rating"] for r in rows])
 
 
@@ -111,10 +180,14 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.what == "corpus":
         rows = movie_corpus(args.origins, seed=args.seed)
-        args.out.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "rating"}) + "\n" for r in rows))
+        args.out.write_text(
+            "".join(json.dumps({k: v for k, v in r.items() if k != "rating"}) + "\n" for r in rows)
+        )
         print(f"{len(rows)} texts ({args.origins} origins with one edit per concept) -> {args.out}")
     else:
-        joblib.dump(train_rating_classifier(movie_corpus(args.origins, edits=False, seed=args.seed + 7)), args.out)
+        joblib.dump(
+            train_rating_classifier(movie_corpus(args.origins, edits=False, seed=args.seed + 7)), args.out
+        )
         print(f"rating classifier (labels neg, pos) -> {args.out}")
     return 0
 

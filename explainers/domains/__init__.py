@@ -39,6 +39,7 @@ def ensure_builtin(name: str, root: Path, data_dir: Any = None, *, encoder: Any,
     module = importlib.import_module(BUILTIN[name][0])
     return getattr(module, f"ensure_{name}_domain")(root, data_dir, encoder=encoder, log=log)
 
+
 __all__ = [
     "BUILTIN",
     "ensure_builtin",

@@ -69,12 +69,18 @@ def infer_schema(rows: Iterable[Mapping[str, Any]], name: str = "text") -> Conce
             seen = seen | {UNKNOWN}
         concepts.append(Concept(c, tuple(sorted(seen))))
     if not concepts:
-        raise DomainBuildError("body.file", "no row carries labels: a domain needs at least one labelled concept")
+        raise DomainBuildError(
+            "body.file", "no row carries labels: a domain needs at least one labelled concept"
+        )
     return ConceptSchema(tuple(concepts), domain=name)
 
 
-def validate_rows(lines: Iterable[str | Mapping[str, Any]], schema: ConceptSchema | None = None,
-                  *, max_text_chars: int = 20000) -> list[dict[str, Any]]:
+def validate_rows(
+    lines: Iterable[str | Mapping[str, Any]],
+    schema: ConceptSchema | None = None,
+    *,
+    max_text_chars: int = 20000,
+) -> list[dict[str, Any]]:
     """Parse and check corpus rows (JSON lines or dicts); errors name the 1-based line."""
     rows: list[dict[str, Any]] = []
     for n, line in enumerate(lines, start=1):
@@ -90,32 +96,56 @@ def validate_rows(lines: Iterable[str | Mapping[str, Any]], schema: ConceptSchem
             obj = dict(line)
         if not isinstance(obj, dict) or not isinstance(obj.get("text"), str) or not obj["text"].strip():
             raise DomainBuildError(where, 'expected {"text": non-empty string, "labels": {concept: value}}')
-        bad = _unstorable([obj["text"], *map(str, obj.get("labels", {}) if isinstance(obj.get("labels"), dict) else ()),
-                           *(map(str, obj["labels"].values()) if isinstance(obj.get("labels"), dict) else ()),
-                           str(obj.get("origin", "")), str(obj.get("id", ""))])
+        bad = _unstorable(
+            [
+                obj["text"],
+                *map(str, obj.get("labels", {}) if isinstance(obj.get("labels"), dict) else ()),
+                *(map(str, obj["labels"].values()) if isinstance(obj.get("labels"), dict) else ()),
+                str(obj.get("origin", "")),
+                str(obj.get("id", "")),
+            ]
+        )
         if bad:
             raise DomainBuildError(where, bad)
         if len(obj["text"]) > max_text_chars:
             raise DomainBuildError(where + ".text", f"at most {max_text_chars} characters")
         labels = obj.get("labels", {})
-        if not isinstance(labels, dict) or not all(isinstance(k, str) and isinstance(v, str) and k and v
-                                                   and len(k) <= MAX_LABEL_CHARS and len(v) <= MAX_LABEL_CHARS
-                                                   for k, v in labels.items()):
-            raise DomainBuildError(where + ".labels", f"must map concept names to value strings "
-                                                      f"(1-{MAX_LABEL_CHARS} characters each)")
+        if not isinstance(labels, dict) or not all(
+            isinstance(k, str)
+            and isinstance(v, str)
+            and k
+            and v
+            and len(k) <= MAX_LABEL_CHARS
+            and len(v) <= MAX_LABEL_CHARS
+            for k, v in labels.items()
+        ):
+            raise DomainBuildError(
+                where + ".labels",
+                f"must map concept names to value strings (1-{MAX_LABEL_CHARS} characters each)",
+            )
         if schema is not None:
             for c, v in labels.items():
                 if c not in schema:
-                    raise DomainBuildError(f"{where}.labels.{c}", f"unknown concept; the schema has {schema.names}")
+                    raise DomainBuildError(
+                        f"{where}.labels.{c}", f"unknown concept; the schema has {schema.names}"
+                    )
                 if v not in schema[c].values:
-                    raise DomainBuildError(f"{where}.labels.{c}", f"{v!r} is not a value of {c!r}; "
-                                                                  f"allowed: {list(schema[c].values)}")
+                    raise DomainBuildError(
+                        f"{where}.labels.{c}",
+                        f"{v!r} is not a value of {c!r}; allowed: {list(schema[c].values)}",
+                    )
         origin, ident = obj.get("origin"), obj.get("id")
         for key, value in (("origin", origin), ("id", ident)):
             if value is not None and not isinstance(value, str | int):
                 raise DomainBuildError(f"{where}.{key}", "must be a string or an integer")
-        rows.append({"text": obj["text"], "labels": labels,
-                     "origin": None if origin is None else str(origin), "id": None if ident is None else str(ident)})
+        rows.append(
+            {
+                "text": obj["text"],
+                "labels": labels,
+                "origin": None if origin is None else str(origin),
+                "id": None if ident is None else str(ident),
+            }
+        )
     if len(rows) < 2:
         raise DomainBuildError("body.file", f"a domain needs at least 2 labelled texts, got {len(rows)}")
     return rows
@@ -167,11 +197,14 @@ def pair_stats(pool: Pool) -> dict[str, Any]:
     for b, cf, c in pool.pairs:
         by_direction[f"{c}:{pool.labels[b][c]}->{pool.labels[cf][c]}"] += 1
     origins = pool.origins or []
-    return {"texts": len(pool), "origins": len(set(origins)),
-            "groups": sum(1 for n in Counter(origins).values() if n > 1),
-            "pairs": {c: by_concept.get(c, 0) for c in pool.schema.names},
-            "pairs_by_direction": dict(sorted(by_direction.items())),
-            "values": {c: dict(Counter(lab[c] for lab in pool.labels)) for c in pool.schema.names}}
+    return {
+        "texts": len(pool),
+        "origins": len(set(origins)),
+        "groups": sum(1 for n in Counter(origins).values() if n > 1),
+        "pairs": {c: by_concept.get(c, 0) for c in pool.schema.names},
+        "pairs_by_direction": dict(sorted(by_direction.items())),
+        "values": {c: dict(Counter(lab[c] for lab in pool.labels)) for c in pool.schema.names},
+    }
 
 
 def _heldout_split(pool: Pool, share: float = 0.2, seed: int = 0) -> tuple[list[int], list[int]]:
@@ -185,8 +218,9 @@ def _heldout_split(pool: Pool, share: float = 0.2, seed: int = 0) -> tuple[list[
     return train, test
 
 
-def fit_taggers(pool: Pool, out: Path, eval_set: tuple[list[str], list[dict[str, str]]] | None = None,
-                log: Log = None) -> dict[str, dict[str, Any]]:
+def fit_taggers(
+    pool: Pool, out: Path, eval_set: tuple[list[str], list[dict[str, str]]] | None = None, log: Log = None
+) -> dict[str, dict[str, Any]]:
     """Fit taggers on the pool, save them to `out`; per concept: held-out accuracy, majority rate, usable."""
     from explainers.taggers import TaggerSet
 
@@ -209,10 +243,16 @@ def fit_taggers(pool: Pool, out: Path, eval_set: tuple[list[str], list[dict[str,
         majority = majority_rate(eval_set[1], c.name, c.values) if eval_set else float("nan")
         a = float(acc.get("accuracy", float("nan")))
         usable = bool(np.isfinite(a) and np.isfinite(majority) and a > majority)
-        report[c.name] = {"accuracy": None if not np.isfinite(a) else round(a, 4),
-                          "majority": None if not np.isfinite(majority) else round(majority, 4),
-                          "n_eval": int(acc.get("n", 0)), "usable": usable, "evaluated_on": how}
-    taggers.save(out, trained_on=f"{len(pool)} domain texts", data_hash=data_hash(pool.texts), accuracy=report)
+        report[c.name] = {
+            "accuracy": None if not np.isfinite(a) else round(a, 4),
+            "majority": None if not np.isfinite(majority) else round(majority, 4),
+            "n_eval": int(acc.get("n", 0)),
+            "usable": usable,
+            "evaluated_on": how,
+        }
+    taggers.save(
+        out, trained_on=f"{len(pool)} domain texts", data_hash=data_hash(pool.texts), accuracy=report
+    )
     if log:
         log(f"taggers: {report}")
     return report
@@ -235,14 +275,27 @@ def train_space(pool: Pool, encoder: Any, out: Path, log: Log = None) -> dict[st
     space.build_indices()
     pretrained = ConceptSpace(pool, encoder, base_vectors=base)
     pretrained.build_indices()
-    diagnostics = {"hit_rate": {c: space.nearest_counterfactual_hit_rate(c) for c in names},
-                   "hit_rate_pretrained": {c: pretrained.nearest_counterfactual_hit_rate(c) for c in names}}
-    space.save(out, name=DEFAULT_SPACE, trainer="head", config=cfg.to_dict(), training=training,
-               diagnostics=diagnostics, n_pairs=len(pool.pairs), build_seconds=round(time.perf_counter() - started, 2))
-    return {"trainer": "head", "hit_rate": diagnostics["hit_rate"],
-            "hit_rate_pretrained": diagnostics["hit_rate_pretrained"],
-            "trained_concepts": [c for c in names if training[c]["queries"] > 0],
-            "build_seconds": round(time.perf_counter() - started, 2)}
+    diagnostics = {
+        "hit_rate": {c: space.nearest_counterfactual_hit_rate(c) for c in names},
+        "hit_rate_pretrained": {c: pretrained.nearest_counterfactual_hit_rate(c) for c in names},
+    }
+    space.save(
+        out,
+        name=DEFAULT_SPACE,
+        trainer="head",
+        config=cfg.to_dict(),
+        training=training,
+        diagnostics=diagnostics,
+        n_pairs=len(pool.pairs),
+        build_seconds=round(time.perf_counter() - started, 2),
+    )
+    return {
+        "trainer": "head",
+        "hit_rate": diagnostics["hit_rate"],
+        "hit_rate_pretrained": diagnostics["hit_rate_pretrained"],
+        "trained_concepts": [c for c in names if training[c]["queries"] > 0],
+        "build_seconds": round(time.perf_counter() - started, 2),
+    }
 
 
 def methods_by_concept(pool: Pool, methods: Iterable[str]) -> dict[str, dict[str, str | None]]:
@@ -250,8 +303,14 @@ def methods_by_concept(pool: Pool, methods: Iterable[str]) -> dict[str, dict[str
     counts = Counter(c for _, _, c in pool.pairs)
     out: dict[str, dict[str, str | None]] = {}
     for c in pool.schema.names:
-        out[c] = {m: ("no counterfactual pairs of this concept in the corpus" if m in PAIR_METHODS
-                      and counts.get(c, 0) == 0 else None) for m in sorted(methods)}
+        out[c] = {
+            m: (
+                "no counterfactual pairs of this concept in the corpus"
+                if m in PAIR_METHODS and counts.get(c, 0) == 0
+                else None
+            )
+            for m in sorted(methods)
+        }
     return out
 
 
@@ -285,11 +344,24 @@ def build_domain(
     space = train_space(pool, encoder, tmp / "spaces" / DEFAULT_SPACE, log)
     if space_meta:
         meta_path = tmp / "spaces" / DEFAULT_SPACE / "meta.json"
-        meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), **space_meta}, indent=2, default=str))
-    write_meta(tmp, KIND, format_version=FORMAT_VERSION, id=domain_id, source=source,
-               schema=pool.schema.to_dict(), data_hash=data_hash(pool.texts), stats=pair_stats(pool),
-               taggers=taggers, space=space, methods=methods_by_concept(pool, available()),
-               generation=generation, build_seconds=round(time.perf_counter() - started, 2))
+        meta_path.write_text(
+            json.dumps({**json.loads(meta_path.read_text()), **space_meta}, indent=2, default=str)
+        )
+    write_meta(
+        tmp,
+        KIND,
+        format_version=FORMAT_VERSION,
+        id=domain_id,
+        source=source,
+        schema=pool.schema.to_dict(),
+        data_hash=data_hash(pool.texts),
+        stats=pair_stats(pool),
+        taggers=taggers,
+        space=space,
+        methods=methods_by_concept(pool, available()),
+        generation=generation,
+        build_seconds=round(time.perf_counter() - started, 2),
+    )
     if replace and out.exists():
         shutil.rmtree(out)
     try:

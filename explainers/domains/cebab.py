@@ -32,15 +32,21 @@ def _taggers_builder(data_dir: str | os.PathLike[str] | None):
         for c in CEBAB_SCHEMA.concepts:
             acc = meta["dev_accuracy"][c.name]
             majority = majority_rate(dev_labels, c.name, c.values)
-            report[c.name] = {"accuracy": acc["accuracy"], "majority": round(majority, 4), "n_eval": acc["n"],
-                              "usable": acc["accuracy"] > majority, "evaluated_on": "CEBaB dev"}
+            report[c.name] = {
+                "accuracy": acc["accuracy"],
+                "majority": round(majority, 4),
+                "n_eval": acc["n"],
+                "usable": acc["accuracy"] > majority,
+                "evaluated_on": "CEBaB dev",
+            }
         return report
 
     return build
 
 
-def ensure_cebab_domain(root: Path, data_dir: str | os.PathLike[str] | None = None, *, encoder: Any,
-                        log: Any = None) -> Domain:
+def ensure_cebab_domain(
+    root: Path, data_dir: str | os.PathLike[str] | None = None, *, encoder: Any, log: Any = None
+) -> Domain:
     """Load root/cebab, building it from the CEBaB split files the first time (minutes on 2 cores)."""
     from explainers.data.pools import cebab_pool
 
@@ -49,8 +55,13 @@ def ensure_cebab_domain(root: Path, data_dir: str | os.PathLike[str] | None = No
         return load_domain(path, encoder=encoder)
     shipped = json.loads(SHIPPED_STACKING.read_text()) if SHIPPED_STACKING.exists() else {}
     stacking = {k: {**v, "shipped_with_library": True} for k, v in shipped.get("stacking", {}).items()}
-    return build_domain(Path(root), DOMAIN_ID, cebab_pool(POOL_SPLIT, data_dir), encoder=encoder,
-                        source=f"CEBaB {POOL_SPLIT} (CC BY 4.0)", taggers_builder=_taggers_builder(data_dir),
-                        space_meta={"train_split": POOL_SPLIT, "stacking": stacking}, log=log)
-
-
+    return build_domain(
+        Path(root),
+        DOMAIN_ID,
+        cebab_pool(POOL_SPLIT, data_dir),
+        encoder=encoder,
+        source=f"CEBaB {POOL_SPLIT} (CC BY 4.0)",
+        taggers_builder=_taggers_builder(data_dir),
+        space_meta={"train_split": POOL_SPLIT, "stacking": stacking},
+        log=log,
+    )

@@ -21,7 +21,9 @@ from explainers.artifacts import read_meta
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="cace domains", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
-    b = sub.add_parser("build", help="build a domain from a JSONL corpus ({text, labels, origin?, id?} per line)")
+    b = sub.add_parser(
+        "build", help="build a domain from a JSONL corpus ({text, labels, origin?, id?} per line)"
+    )
     b.add_argument("id")
     b.add_argument("corpus", type=Path)
     b.add_argument("--schema", type=Path, help="concept schema JSON (default: inferred from the labels)")

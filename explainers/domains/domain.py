@@ -26,8 +26,21 @@ CALIBRATION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 # treated concept: without such pairs they have nothing to transfer.
 PAIR_METHODS = frozenset({"pair_transfer", "stacked"})
 # Methods that return texts (or label means) of the pool with the target value.
-POOL_METHODS = frozenset({"match", "match_dr", "stacked", "pt_match", "approx", "approx_match", "random_matching",
-                          "random", "conexp", "s_learner", "pair_transfer"})
+POOL_METHODS = frozenset(
+    {
+        "match",
+        "match_dr",
+        "stacked",
+        "pt_match",
+        "approx",
+        "approx_match",
+        "random_matching",
+        "random",
+        "conexp",
+        "s_learner",
+        "pair_transfer",
+    }
+)
 
 
 class MethodUnavailable(MissingResource):
@@ -82,9 +95,11 @@ class Domain:
     def unavailable_reason(self, method: str, concept: str, target: str | None = None) -> str | None:
         """Why `method` cannot explain `concept` -> `target` here, or None when it can."""
         if method in PAIR_METHODS and self.pairs_by_concept().get(concept, 0) == 0:
-            return (f"domain {self.id!r} has no counterfactual pairs of concept {concept!r} (texts sharing an origin "
-                    f"that differ only in it), so method {method!r} cannot run for it; add edits or rebuild the "
-                    "domain with generate")
+            return (
+                f"domain {self.id!r} has no counterfactual pairs of concept {concept!r} (texts sharing an origin "
+                f"that differ only in it), so method {method!r} cannot run for it; add edits or rebuild the "
+                "domain with generate"
+            )
         if method in POOL_METHODS and target is not None and not self.pool.indices_with(concept, target):
             return f"domain {self.id!r} has no text with {concept}={target!r} for method {method!r} to use"
         return None
@@ -105,16 +120,33 @@ class Domain:
 
     def resources(self, *, encoder: Any, llm: Any | None = None, seed: int = 0) -> Resources:
         """What every explainer factory reads: this domain's data and nothing else."""
-        return Resources(schema=self.schema, pool=self.pool, encoder=encoder, space=self.space, llm=llm,
-                         taggers=self.taggers, seed=seed, extra=dict(self.extra))
+        return Resources(
+            schema=self.schema,
+            pool=self.pool,
+            encoder=encoder,
+            space=self.space,
+            llm=llm,
+            taggers=self.taggers,
+            seed=seed,
+            extra=dict(self.extra),
+        )
 
     def describe(self) -> dict[str, Any]:
         """The public view: schema, status, stats, taggers, methods per concept."""
         m = self.meta
-        return {"id": self.id, "status": "ready", "schema": self.schema.to_dict(), "source": m.get("source"),
-                "created_at": m.get("created_at"), "stats": m.get("stats", {}), "taggers": m.get("taggers", {}),
-                "space": m.get("space", {}), "methods": m.get("methods", {}), "generation": m.get("generation"),
-                "calibrations": self.calibrations()}
+        return {
+            "id": self.id,
+            "status": "ready",
+            "schema": self.schema.to_dict(),
+            "source": m.get("source"),
+            "created_at": m.get("created_at"),
+            "stats": m.get("stats", {}),
+            "taggers": m.get("taggers", {}),
+            "space": m.get("space", {}),
+            "methods": m.get("methods", {}),
+            "generation": m.get("generation"),
+            "calibrations": self.calibrations(),
+        }
 
 
 def load_domain(directory: Path, encoder: Any | None = None) -> Domain:
@@ -125,14 +157,17 @@ def load_domain(directory: Path, encoder: Any | None = None) -> Domain:
     directory = Path(directory)
     meta = read_meta(directory, KIND)
     if int(meta.get("format_version", 0)) != FORMAT_VERSION:
-        raise ValueError(f"{directory}: domain format {meta.get('format_version')} is not {FORMAT_VERSION}; rebuild it")
+        raise ValueError(
+            f"{directory}: domain format {meta.get('format_version')} is not {FORMAT_VERSION}; rebuild it"
+        )
     space = ConceptSpace.load(directory / "spaces" / DEFAULT_SPACE, encoder=encoder)
     taggers = None
     if (directory / "taggers" / "meta.json").exists():
         usable = [c for c, t in meta.get("taggers", {}).items() if t.get("usable")]
         taggers = TaggerView(TaggerSet.load(directory / "taggers"), usable)
-    return Domain(id=str(meta.get("id") or directory.name), directory=directory, meta=meta, space=space,
-                  taggers=taggers)
+    return Domain(
+        id=str(meta.get("id") or directory.name), directory=directory, meta=meta, space=space, taggers=taggers
+    )
 
 
 def majority_rate(labels: Sequence[Mapping[str, str]], concept: str, values: Sequence[str]) -> float:
@@ -148,11 +183,18 @@ def calibration_summaries(directory: Path) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for d in sorted((Path(directory) / "calibrations").glob("*/meta.json")):
         meta = read_meta(d.parent)
-        report = json.loads((d.parent / "report.json").read_text()) if (d.parent / "report.json").exists() else {}
+        report = (
+            json.loads((d.parent / "report.json").read_text()) if (d.parent / "report.json").exists() else {}
+        )
         out[d.parent.name] = {
-            "created_at": meta.get("created_at"), "fingerprint": meta.get("classifier", {}).get("fingerprint"),
-            "cost": meta.get("cost"), "heldout_pairs": meta.get("protocol", {}).get("heldout_pairs"),
-            "coverage": meta.get("coverage"), "default_estimator": meta.get("default_estimator"),
-            "auto": report.get("auto", {}).get("macro"), "zero": report.get("zero"),
-            "table": {name: row.get("macro") for name, row in report.get("methods", {}).items()}}
+            "created_at": meta.get("created_at"),
+            "fingerprint": meta.get("classifier", {}).get("fingerprint"),
+            "cost": meta.get("cost"),
+            "heldout_pairs": meta.get("protocol", {}).get("heldout_pairs"),
+            "coverage": meta.get("coverage"),
+            "default_estimator": meta.get("default_estimator"),
+            "auto": report.get("auto", {}).get("macro"),
+            "zero": report.get("zero"),
+            "table": {name: row.get("macro") for name, row in report.get("methods", {}).items()},
+        }
     return out

@@ -46,14 +46,21 @@ UNCALIBRATED_DEFAULT: dict[str, float] = {"match@10": 1 / 3, "pair_transfer@10":
 class AutoExplainer:
     name = "auto"
 
-    def __init__(self, resources: Resources, calibration: Calibration | None,
-                 options: Mapping[str, Any] | None = None, max_cached_classifiers: int = 4) -> None:
+    def __init__(
+        self,
+        resources: Resources,
+        calibration: Calibration | None,
+        options: Mapping[str, Any] | None = None,
+        max_cached_classifiers: int = 4,
+    ) -> None:
         self.resources = resources
         self.calibration = calibration
         self.options = dict(options or {})
         self.max_cached = max_cached_classifiers
         self._explainers: dict[str, Explainer] = {}
-        self._classifiers: dict[int, tuple[Classifier, CountingClassifier, CachingClassifier, str | None]] = {}
+        self._classifiers: dict[
+            int, tuple[Classifier, CountingClassifier, CachingClassifier, str | None]
+        ] = {}
 
     def _explainer(self, method: str) -> Explainer:
         if method not in self._explainers:
@@ -70,9 +77,11 @@ class AutoExplainer:
             if self.calibration is not None:
                 ok, got = self.calibration.check_classifier(cached)
                 if not ok:
-                    stale = (f"calibration {self.calibration.meta.get('classifier', {}).get('name')!r} was fit for "
-                             f"fingerprint {self.calibration.meta.get('classifier', {}).get('fingerprint')}, this "
-                             f"classifier gives {got}: the model changed; recalibrate")
+                    stale = (
+                        f"calibration {self.calibration.meta.get('classifier', {}).get('name')!r} was fit for "
+                        f"fingerprint {self.calibration.meta.get('classifier', {}).get('fingerprint')}, this "
+                        f"classifier gives {got}: the model changed; recalibrate"
+                    )
             if len(self._classifiers) >= self.max_cached:
                 self._classifiers.pop(next(iter(self._classifiers)))
             hit = (classifier, counting, cached, stale)
@@ -91,12 +100,24 @@ class AutoExplainer:
         if self.calibration is None:
             return {"calibrated": False, "default": UNCALIBRATED_DEFAULT}
         m = self.calibration.meta
-        return {"calibrated": True, "classifier": m.get("classifier", {}).get("name"),
-                "fingerprint": m.get("classifier", {}).get("fingerprint"), "default": self.calibration.default,
-                "choice": self.calibration.choice, "created_at": m.get("created_at")}
+        return {
+            "calibrated": True,
+            "classifier": m.get("classifier", {}).get("name"),
+            "fingerprint": m.get("classifier", {}).get("fingerprint"),
+            "default": self.calibration.default,
+            "choice": self.calibration.choice,
+            "created_at": m.get("created_at"),
+        }
 
-    def explain(self, text: str, intervention: Intervention, classifier: Classifier, top_k: int = 5, *,
-                base_labels: Mapping[str, str] | None = None) -> Explanation:
+    def explain(
+        self,
+        text: str,
+        intervention: Intervention,
+        classifier: Classifier,
+        top_k: int = 5,
+        *,
+        base_labels: Mapping[str, str] | None = None,
+    ) -> Explanation:
         started = time.perf_counter()
         counting, cached, stale = self._wrapped(classifier)
         calls0, texts0 = counting.calls, counting.texts
@@ -114,37 +135,70 @@ class AutoExplainer:
         parts: dict[str, Explanation] = {}
         for name in needed:
             method, k = parse_component(name)
-            parts[name] = self._explainer(method).explain(text, intervention, cached, top_k=k,
-                                                          base_labels=base_labels)
+            parts[name] = self._explainer(method).explain(
+                text, intervention, cached, top_k=k, base_labels=base_labels
+            )
         base = np.asarray(cached.predict_proba([text]), float)[0]
         ests = {n: np.asarray(e.icace, float)[None, :] for n, e in parts.items()}
-        details: dict[str, Any] = {"source": source, "components": {n: [round(float(x), 5) for x in e.icace]
-                                                                    for n, e in parts.items()}}
+        details: dict[str, Any] = {
+            "source": source,
+            "components": {n: [round(float(x), 5) for x in e.icace] for n, e in parts.items()},
+        }
         if cal is not None:
             icace = cal.estimate(estimator, ests, base[None, :], [concept], [source], [target])[0]
             lower, upper = cal.intervals.bounds(icace, concept, direction)
-            details.update(calibrated=True, **cal.describe_estimator(estimator, concept, direction),
-                           expected_error=cal.expected_error(concept, direction),
-                           interval={"lower": [round(float(x), 5) for x in lower],
-                                     "upper": [round(float(x), 5) for x in upper],
-                                     "coverage": cal.intervals.coverage,
-                                     "kind": "split-conformal per label, from held-out pool pairs"},
-                           calibration={"classifier": cal.meta.get("classifier", {}).get("name"),
-                                        "fingerprint": cal.meta.get("classifier", {}).get("fingerprint"),
-                                        "created_at": cal.meta.get("created_at")})
+            details.update(
+                calibrated=True,
+                **cal.describe_estimator(estimator, concept, direction),
+                expected_error=cal.expected_error(concept, direction),
+                interval={
+                    "lower": [round(float(x), 5) for x in lower],
+                    "upper": [round(float(x), 5) for x in upper],
+                    "coverage": cal.intervals.coverage,
+                    "kind": "split-conformal per label, from held-out pool pairs",
+                },
+                calibration={
+                    "classifier": cal.meta.get("classifier", {}).get("name"),
+                    "fingerprint": cal.meta.get("classifier", {}).get("fingerprint"),
+                    "created_at": cal.meta.get("created_at"),
+                },
+            )
         else:
             icace = project_icace(combine(ests, UNCALIBRATED_DEFAULT), base[None, :])[0]
-            details.update(calibrated=False, estimator="uncalibrated default", weights=UNCALIBRATED_DEFAULT,
-                           note=stale or "no calibration for this classifier and domain: the uncalibrated default "
-                                         "(chosen by measurement on CEBaB dev) is used; no interval")
+            details.update(
+                calibrated=False,
+                estimator="uncalibrated default",
+                weights=UNCALIBRATED_DEFAULT,
+                note=stale
+                or "no calibration for this classifier and domain: the uncalibrated default "
+                "(chosen by measurement on CEBaB dev) is used; no interval",
+            )
         cfs = [c for e in parts.values() for c in e.counterfactuals][: max(top_k, 1)]
-        cost = Cost(classifier_calls=counting.calls - calls0, classifier_texts=counting.texts - texts0,
-                    wall_time_s=time.perf_counter() - started)
-        return Explanation(self.name, list(classifier.labels), base, np.asarray(icace, float), np.zeros_like(base),
-                           counterfactuals=cfs, intervention=intervention, cost=cost, details=details)
+        cost = Cost(
+            classifier_calls=counting.calls - calls0,
+            classifier_texts=counting.texts - texts0,
+            wall_time_s=time.perf_counter() - started,
+        )
+        return Explanation(
+            self.name,
+            list(classifier.labels),
+            base,
+            np.asarray(icace, float),
+            np.zeros_like(base),
+            counterfactuals=cfs,
+            intervention=intervention,
+            cost=cost,
+            details=details,
+        )
 
-    def _prefetch(self, text: str, intervention: Intervention, cached: CachingClassifier, needed: list[str],
-                  base_labels: Mapping[str, str] | None) -> None:
+    def _prefetch(
+        self,
+        text: str,
+        intervention: Intervention,
+        cached: CachingClassifier,
+        needed: list[str],
+        base_labels: Mapping[str, str] | None,
+    ) -> None:
         """One classifier call for the text and every counterfactual the matching components will use."""
         texts = [text]
         widest: dict[str, int] = {}
@@ -164,10 +218,14 @@ def load_calibration(value: Any) -> Calibration | None:
         return value
     if isinstance(value, (str, Path)):
         return Calibration.load(Path(value))
-    raise MissingResource(f"resources.extra['calibration'] must be a Calibration or a folder, not {type(value)}")
+    raise MissingResource(
+        f"resources.extra['calibration'] must be a Calibration or a folder, not {type(value)}"
+    )
 
 
-@register("auto", "The calibrated best estimator for this classifier and domain (uncalibrated default without one)")
+@register(
+    "auto", "The calibrated best estimator for this classifier and domain (uncalibrated default without one)"
+)
 def make_auto(resources: Resources, **options: Any) -> AutoExplainer:
     resources.need("pool", "auto")
     cal = load_calibration(resources.extra.get("calibration"))

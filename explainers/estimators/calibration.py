@@ -149,14 +149,29 @@ class Calibration:
             return {"estimator": estimator, "components": self.combiners[arg].components}
         return {"estimator": estimator}
 
-    def estimate(self, estimator: str, estimates: Mapping[str, np.ndarray], base: np.ndarray,
-                 concepts: Sequence[str], sources: Sequence[str], targets: Sequence[str]) -> np.ndarray:
+    def estimate(
+        self,
+        estimator: str,
+        estimates: Mapping[str, np.ndarray],
+        base: np.ndarray,
+        concepts: Sequence[str],
+        sources: Sequence[str],
+        targets: Sequence[str],
+    ) -> np.ndarray:
         """One estimator's (projected) ICaCE for rows of component estimates."""
-        raw = _candidate_predict(estimator, self.stacks, self.combiners, estimates, base, concepts, sources, targets)
+        raw = _candidate_predict(
+            estimator, self.stacks, self.combiners, estimates, base, concepts, sources, targets
+        )
         return project_icace(raw, base)
 
-    def estimate_auto(self, estimates: Mapping[str, np.ndarray], base: np.ndarray, concepts: Sequence[str],
-                      sources: Sequence[str], targets: Sequence[str]) -> np.ndarray:
+    def estimate_auto(
+        self,
+        estimates: Mapping[str, np.ndarray],
+        base: np.ndarray,
+        concepts: Sequence[str],
+        sources: Sequence[str],
+        targets: Sequence[str],
+    ) -> np.ndarray:
         """Every row with the estimator chosen for its (concept, direction)."""
         base = np.atleast_2d(np.asarray(base, float))
         out = np.zeros_like(base)
@@ -165,10 +180,18 @@ class Calibration:
         for est in set(chosen):
             rows = np.array([c == est for c in chosen])
             idx = [int(i) for i in np.flatnonzero(rows)]
-            out[rows] = self.estimate(est, {n: np.atleast_2d(np.asarray(v))[rows] for n, v in estimates.items()
-                                            if n in self.required_components(est)},
-                                      base[rows], [concepts[i] for i in idx], [sources[i] for i in idx],
-                                      [targets[i] for i in idx])
+            out[rows] = self.estimate(
+                est,
+                {
+                    n: np.atleast_2d(np.asarray(v))[rows]
+                    for n, v in estimates.items()
+                    if n in self.required_components(est)
+                },
+                base[rows],
+                [concepts[i] for i in idx],
+                [sources[i] for i in idx],
+                [targets[i] for i in idx],
+            )
         return out
 
     def expected_error(self, concept: str, direction: str) -> dict[str, float] | None:
@@ -193,11 +216,16 @@ class Calibration:
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
-        body = {"labels": self.labels, "components": self.components,
-                "stacks": {str(k): s.to_dict() for k, s in self.stacks.items()},
-                "combiners": {k: f"combiner_{k}.joblib" for k in self.combiners},
-                "default": self.default, "choice": self.choice, "intervals": self.intervals.to_dict(),
-                "expected": self.expected}
+        body = {
+            "labels": self.labels,
+            "components": self.components,
+            "stacks": {str(k): s.to_dict() for k, s in self.stacks.items()},
+            "combiners": {k: f"combiner_{k}.joblib" for k in self.combiners},
+            "default": self.default,
+            "choice": self.choice,
+            "intervals": self.intervals.to_dict(),
+            "expected": self.expected,
+        }
         (tmp / "calibration.json").write_text(json.dumps(body, indent=1))
         (tmp / "report.json").write_text(json.dumps(self.report, indent=1, default=str))
         (tmp / "probe.json").write_text(json.dumps(self.probe, indent=1))
@@ -217,20 +245,37 @@ class Calibration:
         directory = Path(directory)
         meta = read_meta(directory, KIND)
         if meta.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{directory}: calibration format {meta.get('format_version')!r}, "
-                             f"this library reads {FORMAT_VERSION}; recalibrate")
+            raise ValueError(
+                f"{directory}: calibration format {meta.get('format_version')!r}, "
+                f"this library reads {FORMAT_VERSION}; recalibrate"
+            )
         body = json.loads((directory / "calibration.json").read_text())
         combiners = {k: joblib.load(directory / f) for k, f in body.get("combiners", {}).items()}
-        return cls(meta, list(body["labels"]), list(body["components"]),
-                   {int(k): CellStack.from_dict(v) for k, v in body["stacks"].items()}, combiners,
-                   body["default"], dict(body["choice"]), Intervals.from_dict(body["intervals"]),
-                   body["expected"], json.loads((directory / "report.json").read_text()),
-                   json.loads((directory / "probe.json").read_text()))
+        return cls(
+            meta,
+            list(body["labels"]),
+            list(body["components"]),
+            {int(k): CellStack.from_dict(v) for k, v in body["stacks"].items()},
+            combiners,
+            body["default"],
+            dict(body["choice"]),
+            Intervals.from_dict(body["intervals"]),
+            body["expected"],
+            json.loads((directory / "report.json").read_text()),
+            json.loads((directory / "probe.json").read_text()),
+        )
 
 
-def _candidate_predict(estimator: str, stacks: Mapping[int, CellStack], combiners: Mapping[str, Combiner],
-                       estimates: Mapping[str, np.ndarray], base: np.ndarray, concepts: Sequence[str],
-                       sources: Sequence[str], targets: Sequence[str]) -> np.ndarray:
+def _candidate_predict(
+    estimator: str,
+    stacks: Mapping[int, CellStack],
+    combiners: Mapping[str, Combiner],
+    estimates: Mapping[str, np.ndarray],
+    base: np.ndarray,
+    concepts: Sequence[str],
+    sources: Sequence[str],
+    targets: Sequence[str],
+) -> np.ndarray:
     kind, _, arg = estimator.partition(":")
     if kind == "single":
         return np.atleast_2d(np.asarray(estimates[arg], float))
@@ -261,8 +306,9 @@ def _cell_errors(pred: np.ndarray, truths: np.ndarray, cells: Sequence[str]) -> 
     return out
 
 
-def _table(named: Mapping[str, np.ndarray], truths: np.ndarray, concepts: Sequence[str],
-           directions: Sequence[str]) -> dict[str, Any]:
+def _table(
+    named: Mapping[str, np.ndarray], truths: np.ndarray, concepts: Sequence[str], directions: Sequence[str]
+) -> dict[str, Any]:
     out = {}
     for name, est in named.items():
         s = summarize(est, truths, concepts, directions)
@@ -270,9 +316,17 @@ def _table(named: Mapping[str, np.ndarray], truths: np.ndarray, concepts: Sequen
     return out
 
 
-def fit_calibration(scores: HeldOutScores, labels: Sequence[str], *, ks: Sequence[int],
-                    combiners: Sequence[str] = DEFAULT_COMBINERS, coverage: float = 0.9, min_cell_pairs: int = 40,
-                    seed: int = 0, log: Callable[[str], None] | None = None) -> Calibration:
+def fit_calibration(
+    scores: HeldOutScores,
+    labels: Sequence[str],
+    *,
+    ks: Sequence[int],
+    combiners: Sequence[str] = DEFAULT_COMBINERS,
+    coverage: float = 0.9,
+    min_cell_pairs: int = 40,
+    seed: int = 0,
+    log: Callable[[str], None] | None = None,
+) -> Calibration:
     """Stacks, combiners, per-cell choice, intervals and expected errors from held-out component estimates."""
     truths, base = scores.truths, scores.base
     concepts, directions, groups = scores.concepts, scores.directions, scores.groups
@@ -286,8 +340,12 @@ def fit_calibration(scores: HeldOutScores, labels: Sequence[str], *, ks: Sequenc
     cand: dict[str, np.ndarray] = {f"single:{n}": project_icace(e, base) for n, e in comps.items()}
     stacks: dict[int, CellStack] = {}
     for k in [*ks, 0]:  # K = 0: one stack over every component at every K
-        parts = {component(m, kk): comps[component(m, kk)] for m in methods for kk in ([k] if k else ks)
-                 if component(m, kk) in comps}
+        parts = {
+            component(m, kk): comps[component(m, kk)]
+            for m in methods
+            for kk in ([k] if k else ks)
+            if component(m, kk) in comps
+        }
         if len(parts) < 2:
             continue
         pred = np.zeros_like(truths)
@@ -295,18 +353,25 @@ def fit_calibration(scores: HeldOutScores, labels: Sequence[str], *, ks: Sequenc
             tr, te = fold != f, fold == f
             if not tr.any() or not te.any():
                 continue
-            st = fit_cell_stack({n: e[tr] for n, e in parts.items()}, truths[tr],
-                                [c for c, t in zip(concepts, tr, strict=True) if t],
-                                [d for d, t in zip(directions, tr, strict=True) if t])
-            pred[te] = st.predict({n: e[te] for n, e in parts.items()},
-                                  [c for c, t in zip(concepts, te, strict=True) if t],
-                                  [d for d, t in zip(directions, te, strict=True) if t])
+            st = fit_cell_stack(
+                {n: e[tr] for n, e in parts.items()},
+                truths[tr],
+                [c for c, t in zip(concepts, tr, strict=True) if t],
+                [d for d, t in zip(directions, tr, strict=True) if t],
+            )
+            pred[te] = st.predict(
+                {n: e[te] for n, e in parts.items()},
+                [c for c, t in zip(concepts, te, strict=True) if t],
+                [d for d, t in zip(directions, te, strict=True) if t],
+            )
         cand[f"stack:{k}"] = project_icace(pred, base)
         stacks[k] = fit_cell_stack(parts, truths, concepts, directions)
     fitted_combiners: dict[str, Combiner] = {}
     for kind in combiners:
         started = time.perf_counter()
-        pred = cross_fit_combiner(kind, comps, truths, base, concepts, sources, targets, groups, folds=2, seed=seed)
+        pred = cross_fit_combiner(
+            kind, comps, truths, base, concepts, sources, targets, groups, folds=2, seed=seed
+        )
         cand[f"combiner:{kind}"] = project_icace(pred, base)
         fitted_combiners[kind] = fit_combiner(kind, comps, truths, base, concepts, sources, targets, seed)
         if log:
@@ -328,10 +393,13 @@ def fit_calibration(scores: HeldOutScores, labels: Sequence[str], *, ks: Sequenc
     expected = {}
     auto_cells = _cell_errors(auto_pred, truths, cells)
     for c in sorted(set(cells)):
-        expected[c] = {**{m: round(v, 5) for m, v in auto_cells[c].items() if m != "n"}, "n": auto_cells[c]["n"],
-                       "estimator": choice.get(c, default),
-                       "note": "cross-fitted on the pool's held-out pairs; the choice of estimator was made on "
-                               "these pairs too, so slightly optimistic"}
+        expected[c] = {
+            **{m: round(v, 5) for m, v in auto_cells[c].items() if m != "n"},
+            "n": auto_cells[c]["n"],
+            "estimator": choice.get(c, default),
+            "note": "cross-fitted on the pool's held-out pairs; the choice of estimator was made on "
+            "these pairs too, so slightly optimistic",
+        }
     report = {
         "methods": _table({n: e for n, e in comps.items()}, truths, concepts, directions),
         "candidates": _table(cand, truths, concepts, directions),
@@ -340,8 +408,18 @@ def fit_calibration(scores: HeldOutScores, labels: Sequence[str], *, ks: Sequenc
         "unavailable": scores.unavailable,
         "scoring_wall_s": {k: round(v, 2) for k, v in scores.wall_s.items()},
     }
-    return Calibration({}, list(labels), sorted(comps), stacks, fitted_combiners, default, choice, intervals,
-                       expected, report)
+    return Calibration(
+        {},
+        list(labels),
+        sorted(comps),
+        stacks,
+        fitted_combiners,
+        default,
+        choice,
+        intervals,
+        expected,
+        report,
+    )
 
 
 def calibrate(
@@ -375,14 +453,18 @@ def calibrate(
     rows_kept = _budget_rows(pool, max_classifier_texts, seed)
     if space is not None:
         space_rows = _rows_of(space.pool.texts, pool.texts)
-        space = restrict_space(space, pool, space_rows) if space_rows != list(range(len(space.pool))) else space
+        space = (
+            restrict_space(space, pool, space_rows) if space_rows != list(range(len(space.pool))) else space
+        )
     if rows_kept is not None:
         sub = subset_pool(pool, rows_kept)
         space = restrict_space(space, sub, rows_kept) if space is not None else None
         pool = sub
     if log:
-        log(f"calibrating on {len(pool)} pool texts, {len(pool.pairs)} pairs"
-            + (f" (cut to fit {max_classifier_texts} classifier texts)" if rows_kept is not None else ""))
+        log(
+            f"calibrating on {len(pool)} pool texts, {len(pool.pairs)} pairs"
+            + (f" (cut to fit {max_classifier_texts} classifier texts)" if rows_kept is not None else "")
+        )
     from explainers.baselines import predict_in_chunks
 
     probe = probe_texts(pool)
@@ -390,28 +472,52 @@ def calibrate(
     probe_pred = cached.predict_proba(probe)
     fold_of = origin_folds(pool_origins(pool), folds, seed)
     pairs = stratified_sample(find_heldout_pairs(pool, fold_of), max_pairs, seed)
-    resources = Resources(schema=pool.schema, pool=pool, encoder=encoder, space=space, taggers=taggers, seed=seed)
-    scores = score_heldout(cached, resources, pairs, fold_of, methods, ks, folds=folds, options=options, log=log)
+    resources = Resources(
+        schema=pool.schema, pool=pool, encoder=encoder, space=space, taggers=taggers, seed=seed
+    )
+    scores = score_heldout(
+        cached, resources, pairs, fold_of, methods, ks, folds=folds, options=options, log=log
+    )
     if not scores.estimates:
         raise ValueError(f"no method could be scored: {scores.unavailable}")
-    cal = fit_calibration(scores, list(classifier.labels), ks=ks, combiners=combiners, coverage=coverage, seed=seed,
-                          log=log)
+    cal = fit_calibration(
+        scores, list(classifier.labels), ks=ks, combiners=combiners, coverage=coverage, seed=seed, log=log
+    )
     cal.probe = {"texts": probe, "predictions": np.round(probe_pred, 6).tolist()}
     cal.meta = {
         "format_version": FORMAT_VERSION,
-        "classifier": {"name": classifier_name or getattr(classifier, "name", None),
-                       "fingerprint": fingerprint(probe_pred), "labels": list(classifier.labels),
-                       "probe_size": len(probe)},
-        "pool": {"size": len(pool), "n_pairs": len(pool.pairs), "hash": data_hash(pool.texts),
-                 "space": (space.meta.get("name") if space is not None else None)},
-        "protocol": {"folds": folds, "split": "origins dealt into folds (seeded); a fold's pairs are scored "
-                     "against the pool of every text whose origin is in another fold", "seed": seed,
-                     "heldout_pairs": len(pairs), "max_pairs": max_pairs, "methods": list(methods), "ks": ks,
-                     "combiners": list(combiners), "unavailable": scores.unavailable},
+        "classifier": {
+            "name": classifier_name or getattr(classifier, "name", None),
+            "fingerprint": fingerprint(probe_pred),
+            "labels": list(classifier.labels),
+            "probe_size": len(probe),
+        },
+        "pool": {
+            "size": len(pool),
+            "n_pairs": len(pool.pairs),
+            "hash": data_hash(pool.texts),
+            "space": (space.meta.get("name") if space is not None else None),
+        },
+        "protocol": {
+            "folds": folds,
+            "split": "origins dealt into folds (seeded); a fold's pairs are scored "
+            "against the pool of every text whose origin is in another fold",
+            "seed": seed,
+            "heldout_pairs": len(pairs),
+            "max_pairs": max_pairs,
+            "methods": list(methods),
+            "ks": ks,
+            "combiners": list(combiners),
+            "unavailable": scores.unavailable,
+        },
         "coverage": {"nominal": coverage, "kind": "split-conformal, per label, marginal over pairs"},
         "default_estimator": cal.default,
-        "cost": {"classifier_calls": counting.calls, "classifier_texts": counting.texts,
-                 "max_classifier_texts": max_classifier_texts, "wall_s": round(time.perf_counter() - started, 1)},
+        "cost": {
+            "classifier_calls": counting.calls,
+            "classifier_texts": counting.texts,
+            "max_classifier_texts": max_classifier_texts,
+            "wall_s": round(time.perf_counter() - started, 1),
+        },
     }
     return cal
 
@@ -444,5 +550,15 @@ def _budget_rows(pool: Pool, max_texts: int, seed: int) -> list[int] | None:
     return sorted(keep)
 
 
-__all__ = ["Calibration", "CountingClassifier", "DEFAULT_KS", "DEFAULT_METHODS", "calibrate", "component",
-           "fingerprint", "fit_calibration", "parse_component", "probe_texts"]
+__all__ = [
+    "Calibration",
+    "CountingClassifier",
+    "DEFAULT_KS",
+    "DEFAULT_METHODS",
+    "calibrate",
+    "component",
+    "fingerprint",
+    "fit_calibration",
+    "parse_component",
+    "probe_texts",
+]

@@ -37,16 +37,21 @@ def load_classifier(spec: str, root: Path):
 
     path = ensure_reference(spec, root) if spec in REFERENCE_MODELS else Path(spec)
     if not (path / "meta.json").exists():
-        raise SystemExit(f"--classifier {spec!r}: neither a reference name {REFERENCE_MODELS} nor an artifact folder")
+        raise SystemExit(
+            f"--classifier {spec!r}: neither a reference name {REFERENCE_MODELS} nor an artifact folder"
+        )
     meta = read_meta(path, "classifier")
     return load_reference(path), str(meta.get("name") or path.name)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="cace calibrate", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="cace calibrate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--classifier", required=True)
-    ap.add_argument("--space", type=Path, required=True, help="a trained concept space folder (its pool is the corpus)")
+    ap.add_argument(
+        "--space", type=Path, required=True, help="a trained concept space folder (its pool is the corpus)"
+    )
     ap.add_argument("--out", type=Path, required=True, help="folder to write the calibration to")
     ap.add_argument("--root", type=Path, default=Path("var"), help="where reference classifiers live")
     ap.add_argument("--methods", type=_names, default=list(DEFAULT_METHODS))
@@ -64,18 +69,32 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--space {args.space}: no concept space there (no meta.json)")
     space = ConceptSpace.load(args.space)
     classifier, name = load_classifier(args.classifier, args.root)
-    cal = calibrate(classifier, space.pool, space, space.encoder, methods=args.methods, ks=args.ks,
-                    folds=args.folds, max_pairs=args.max_pairs, max_classifier_texts=args.max_classifier_texts,
-                    coverage=args.coverage, combiners=args.combiners, classifier_name=name, seed=args.seed,
-                    log=lambda m: print(m, file=sys.stderr, flush=True))
+    cal = calibrate(
+        classifier,
+        space.pool,
+        space,
+        space.encoder,
+        methods=args.methods,
+        ks=args.ks,
+        folds=args.folds,
+        max_pairs=args.max_pairs,
+        max_classifier_texts=args.max_classifier_texts,
+        coverage=args.coverage,
+        combiners=args.combiners,
+        classifier_name=name,
+        seed=args.seed,
+        log=lambda m: print(m, file=sys.stderr, flush=True),
+    )
     out = cal.save(args.out)
     print("| candidate | L2 macro | Cos macro | ND macro |\n|---|---|---|---|")
     for cand, row in sorted(cal.report["candidates"].items(), key=lambda kv: kv[1]["macro"]["l2"]):
         m = row["macro"]
         print(f"| {cand} | {m['l2']:.4f} | {m['cos']:.4f} | {m['normdiff']:.4f} |")
     a = cal.report["auto"]["macro"]
-    print(f"\nauto (held-out, cross-fitted): L2 {a['l2']:.4f} Cos {a['cos']:.4f}; default {cal.default}; "
-          f"choice {json.dumps(cal.choice)}")
+    print(
+        f"\nauto (held-out, cross-fitted): L2 {a['l2']:.4f} Cos {a['cos']:.4f}; default {cal.default}; "
+        f"choice {json.dumps(cal.choice)}"
+    )
     print(f"cost {cal.meta['cost']}; fingerprint {cal.meta['classifier']['fingerprint']}; wrote {out}")
     return 0
 

@@ -92,10 +92,13 @@ def subset_pool(pool: Pool, rows: Sequence[int]) -> Pool:
     rows = list(rows)
     new_of = {old: new for new, old in enumerate(rows)}
     return replace(
-        pool, texts=[pool.texts[i] for i in rows], labels=[pool.labels[i] for i in rows],
+        pool,
+        texts=[pool.texts[i] for i in rows],
+        labels=[pool.labels[i] for i in rows],
         ids=[pool.ids[i] for i in rows] if pool.ids else None,
         origins=[pool.origins[i] for i in rows] if pool.origins else None,
-        pairs=[(new_of[b], new_of[c], con) for b, c, con in pool.pairs if b in new_of and c in new_of])
+        pairs=[(new_of[b], new_of[c], con) for b, c, con in pool.pairs if b in new_of and c in new_of],
+    )
 
 
 def restrict_space(space: Any, pool: Pool, rows: Sequence[int]) -> Any:
@@ -107,9 +110,16 @@ def restrict_space(space: Any, pool: Pool, rows: Sequence[int]) -> Any:
     from explainers.matching.space import ConceptSpace
 
     rows = list(map(int, rows))
-    out = ConceptSpace(pool, space.encoder, heads=space.heads, encoders=space.encoders, meta=dict(space.meta),
-                       index_kind=space.index_kind, approx_threshold=space.approx_threshold,
-                       base_vectors=space.base_vectors()[rows])
+    out = ConceptSpace(
+        pool,
+        space.encoder,
+        heads=space.heads,
+        encoders=space.encoders,
+        meta=dict(space.meta),
+        index_kind=space.index_kind,
+        approx_threshold=space.approx_threshold,
+        base_vectors=space.base_vectors()[rows],
+    )
     for c in pool.schema.names:
         if c in space.vectors:
             out.vectors[c] = space.vectors[c][rows]
@@ -166,7 +176,9 @@ def score_heldout(
         raise MissingResource("calibration needs a pool with counterfactual pairs")
     origins = pool_origins(pool)
     preds = np.asarray(classifier.predict_proba(pool.texts), float)
-    truths = np.stack([preds[p.cf] - preds[p.base] for p in pairs]) if pairs else np.zeros((0, preds.shape[1]))
+    truths = (
+        np.stack([preds[p.cf] - preds[p.base] for p in pairs]) if pairs else np.zeros((0, preds.shape[1]))
+    )
     base = np.stack([preds[p.base] for p in pairs]) if pairs else np.zeros((0, preds.shape[1]))
     estimates = {(m, k): np.zeros_like(truths) for m in methods for k in ks}
     unavailable: dict[str, str] = {}
@@ -180,8 +192,12 @@ def score_heldout(
         space = resources.space
         if space is not None:
             space = space_for_pool(sub, rows) if space_for_pool else restrict_space(space, sub, rows)
-        res = replace(resources, pool=sub, space=space, extra={k: v for k, v in resources.extra.items()
-                                                               if not k.startswith("_") and k != "calibration"})
+        res = replace(
+            resources,
+            pool=sub,
+            space=space,
+            extra={k: v for k, v in resources.extra.items() if not k.startswith("_") and k != "calibration"},
+        )
         for m in methods:
             if m in unavailable:
                 continue
@@ -191,12 +207,17 @@ def score_heldout(
                 unavailable[m] = f"{type(e).__name__}: {e}"
                 continue
             started = time.perf_counter()
-            for k in ([ks[0]] if m in K_INDEPENDENT else ks):
+            for k in [ks[0]] if m in K_INDEPENDENT else ks:
                 out = estimates[(m, k)]
                 for i in idx:
                     p = pairs[i]
-                    exp = explainer.explain(pool.texts[p.base], Intervention(p.concept, p.target, p.source),
-                                            classifier, top_k=k, base_labels=pool.labels[p.base])
+                    exp = explainer.explain(
+                        pool.texts[p.base],
+                        Intervention(p.concept, p.target, p.source),
+                        classifier,
+                        top_k=k,
+                        base_labels=pool.labels[p.base],
+                    )
                     out[i] = exp.icace
             if m in K_INDEPENDENT:
                 for k in ks[1:]:

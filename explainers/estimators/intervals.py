@@ -50,28 +50,48 @@ class Intervals:
         return est - h, est + h
 
     def to_dict(self) -> dict[str, Any]:
-        return {"coverage": self.coverage, "pooled": self.pooled, "cells": self.cells, "min_pairs": self.min_pairs}
+        return {
+            "coverage": self.coverage,
+            "pooled": self.pooled,
+            "cells": self.cells,
+            "min_pairs": self.min_pairs,
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Intervals:
-        return cls(float(d["coverage"]), list(d["pooled"]), {k: list(v) for k, v in d.get("cells", {}).items()},
-                   int(d.get("min_pairs", 50)))
+        return cls(
+            float(d["coverage"]),
+            list(d["pooled"]),
+            {k: list(v) for k, v in d.get("cells", {}).items()},
+            int(d.get("min_pairs", 50)),
+        )
 
 
-def fit_intervals(estimates: np.ndarray, truths: np.ndarray, concepts: Sequence[str], directions: Sequence[str],
-                  coverage: float = 0.9, min_pairs: int = 50) -> Intervals:
+def fit_intervals(
+    estimates: np.ndarray,
+    truths: np.ndarray,
+    concepts: Sequence[str],
+    directions: Sequence[str],
+    coverage: float = 0.9,
+    min_pairs: int = 50,
+) -> Intervals:
     if not 0 < coverage < 1:
         raise ValueError("coverage must lie strictly between 0 and 1")
     res = np.abs(np.asarray(truths, float) - np.asarray(estimates, float))
     by_cell: dict[str, list[int]] = defaultdict(list)
     for i, (c, d) in enumerate(zip(concepts, directions, strict=True)):
         by_cell[cell_key(c, d)].append(i)
-    cells = {k: [float(x) for x in conformal_halfwidth(res[idx], coverage)]
-             for k, idx in by_cell.items() if len(idx) >= min_pairs}
+    cells = {
+        k: [float(x) for x in conformal_halfwidth(res[idx], coverage)]
+        for k, idx in by_cell.items()
+        if len(idx) >= min_pairs
+    }
     return Intervals(coverage, [float(x) for x in conformal_halfwidth(res, coverage)], cells, min_pairs)
 
 
-def coverage_of(estimates: np.ndarray, truths: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> dict[str, float]:
+def coverage_of(
+    estimates: np.ndarray, truths: np.ndarray, lower: np.ndarray, upper: np.ndarray
+) -> dict[str, float]:
     """Share of (pair, label) truths inside their interval, and of pairs with every label inside."""
     t = np.asarray(truths, float)
     inside = (t >= np.asarray(lower) - 1e-12) & (t <= np.asarray(upper) + 1e-12)

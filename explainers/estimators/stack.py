@@ -59,8 +59,9 @@ class CellStack:
     def weights(self, concept: str, direction: str) -> dict[str, float]:
         return self.cells.get(cell_key(concept, direction), self.pooled)
 
-    def predict(self, estimates: Mapping[str, np.ndarray], concepts: Sequence[str],
-                directions: Sequence[str]) -> np.ndarray:
+    def predict(
+        self, estimates: Mapping[str, np.ndarray], concepts: Sequence[str], directions: Sequence[str]
+    ) -> np.ndarray:
         first = np.asarray(estimates[self.components[0]], float)
         out = np.zeros_like(first)
         for key in {cell_key(c, d) for c, d in zip(concepts, directions, strict=True)}:
@@ -70,17 +71,36 @@ class CellStack:
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return {"components": self.components, "pooled": self.pooled, "cells": self.cells,
-                "cell_pairs": self.cell_pairs, "tau": self.tau, "min_pairs": self.min_pairs}
+        return {
+            "components": self.components,
+            "pooled": self.pooled,
+            "cells": self.cells,
+            "cell_pairs": self.cell_pairs,
+            "tau": self.tau,
+            "min_pairs": self.min_pairs,
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> CellStack:
-        return cls(list(d["components"]), dict(d["pooled"]), {k: dict(v) for k, v in d.get("cells", {}).items()},
-                   dict(d.get("cell_pairs", {})), float(d.get("tau", 50.0)), int(d.get("min_pairs", 30)))
+        return cls(
+            list(d["components"]),
+            dict(d["pooled"]),
+            {k: dict(v) for k, v in d.get("cells", {}).items()},
+            dict(d.get("cell_pairs", {})),
+            float(d.get("tau", 50.0)),
+            int(d.get("min_pairs", 30)),
+        )
 
 
-def fit_cell_stack(estimates: Mapping[str, np.ndarray], truths: np.ndarray, concepts: Sequence[str],
-                   directions: Sequence[str], *, tau: float = 50.0, min_pairs: int = 30) -> CellStack:
+def fit_cell_stack(
+    estimates: Mapping[str, np.ndarray],
+    truths: np.ndarray,
+    concepts: Sequence[str],
+    directions: Sequence[str],
+    *,
+    tau: float = 50.0,
+    min_pairs: int = 30,
+) -> CellStack:
     """NNLS weights on all pairs, and per cell with enough pairs, shrunk toward the pooled ones."""
     names = list(estimates)
     pooled = fit_weights(estimates, truths)

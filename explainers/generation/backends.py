@@ -122,8 +122,12 @@ class OpenAIBackend:
         self.max_retries = max_retries
         self.backoff_s = backoff_s
         # Bounded: validates max_retries (ValueError above MAX_RETRIES) and caps the whole call.
-        self.retry = outbound.RetryPolicy(retries=max_retries, backoff_s=backoff_s, backoff_max_s=8.0,
-                                          total_s=total_timeout_s or timeout_s * (max_retries + 1))
+        self.retry = outbound.RetryPolicy(
+            retries=max_retries,
+            backoff_s=backoff_s,
+            backoff_max_s=8.0,
+            total_s=total_timeout_s or timeout_s * (max_retries + 1),
+        )
         self.extra_body = dict(extra_body or {})
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.Client(
@@ -141,8 +145,15 @@ class OpenAIBackend:
 
     def _post(self, body: dict[str, Any]) -> dict[str, Any]:
         errors = outbound.Errors(timeout=LLMTimeout, unavailable=LLMUnavailable, rejected=LLMRejected)
-        r = outbound.send(self._client, "POST", "/chat/completions", json=body, policy=self.retry,
-                          name=f"LLM {self.model!r} at {self.base_url}", errors=errors)
+        r = outbound.send(
+            self._client,
+            "POST",
+            "/chat/completions",
+            json=body,
+            policy=self.retry,
+            name=f"LLM {self.model!r} at {self.base_url}",
+            errors=errors,
+        )
         try:
             data = r.json()
         except ValueError as e:
@@ -217,7 +228,9 @@ class LlamaCppBackend:
 
     kind = "llamacpp"
 
-    def __init__(self, model_path: str, *, n_ctx: int = 2048, n_threads: int | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, model_path: str, *, n_ctx: int = 2048, n_threads: int | None = None, **kwargs: Any
+    ) -> None:
         try:
             from llama_cpp import Llama
         except ImportError as e:  # pragma: no cover - depends on the optional extra
@@ -335,15 +348,18 @@ class BackendSpec(BaseModel):
     api_key: str | None = Field(default=None, repr=False, max_length=4096)
     api_key_env: str | None = Field(None, max_length=200)
     timeout_s: float = Field(60.0, gt=0, le=600)
-    max_retries: int = Field(2, ge=0, le=MAX_RETRIES, strict=True,
-                             description=f"Retries per call, at most {MAX_RETRIES}.")
+    max_retries: int = Field(
+        2, ge=0, le=MAX_RETRIES, strict=True, description=f"Retries per call, at most {MAX_RETRIES}."
+    )
     model_path: str | None = Field(None, max_length=4096)
     n_ctx: int = Field(2048, ge=16, le=1_000_000)
     n_threads: int | None = Field(None, ge=1, le=1024)
     device: str = Field("cpu", max_length=32)
 
 
-def build_backend(spec: BackendSpec | Mapping[str, Any], *, transport: httpx.BaseTransport | None = None) -> LLMBackend:
+def build_backend(
+    spec: BackendSpec | Mapping[str, Any], *, transport: httpx.BaseTransport | None = None
+) -> LLMBackend:
     """Make the backend a spec describes; raises ValueError for an incomplete spec."""
     if not isinstance(spec, BackendSpec):
         spec = BackendSpec.model_validate(dict(spec))
@@ -352,7 +368,12 @@ def build_backend(spec: BackendSpec | Mapping[str, Any], *, transport: httpx.Bas
             raise ValueError("an 'openai' LLM needs a base_url (e.g. http://127.0.0.1:8000/v1)")
         key = spec.api_key or (os.environ.get(spec.api_key_env) if spec.api_key_env else None)
         return OpenAIBackend(
-            spec.base_url, spec.model, key, timeout_s=spec.timeout_s, max_retries=spec.max_retries, transport=transport
+            spec.base_url,
+            spec.model,
+            key,
+            timeout_s=spec.timeout_s,
+            max_retries=spec.max_retries,
+            transport=transport,
         )
     if spec.kind == "llamacpp":
         path = spec.model_path or spec.model

@@ -78,7 +78,9 @@ class GenerationCache:
     def put(self, key: str, model: str, completion: Completion) -> None:
         value = json.dumps(asdict(completion), ensure_ascii=False)
         with self._lock, self._connect() as db:
-            db.execute("INSERT OR REPLACE INTO generations (key, model, value) VALUES (?, ?, ?)", (key, model, value))
+            db.execute(
+                "INSERT OR REPLACE INTO generations (key, model, value) VALUES (?, ?, ?)", (key, model, value)
+            )
 
     def __len__(self) -> int:
         with self._connect() as db:

@@ -25,15 +25,24 @@ from explainers.generation.server import LlamaServer
 
 
 def _counterfactuals(args: argparse.Namespace) -> int:
-    schema = ConceptSchema.from_dict(json.loads(Path(args.schema).read_text())) if args.schema else CEBAB_SCHEMA
+    schema = (
+        ConceptSchema.from_dict(json.loads(Path(args.schema).read_text())) if args.schema else CEBAB_SCHEMA
+    )
     if args.gguf:
-        spec = BackendSpec(kind="llamacpp", model=Path(args.gguf).name, model_path=str(args.gguf), n_threads=2)
+        spec = BackendSpec(
+            kind="llamacpp", model=Path(args.gguf).name, model_path=str(args.gguf), n_threads=2
+        )
     else:
         if not args.base_url or not args.model:
             print("need --base-url and --model (or CACE_LLM_BASE_URL / CACE_LLM_MODEL), or --gguf")
             return 2
-        spec = BackendSpec(kind="openai", base_url=args.base_url, model=args.model, api_key_env="CACE_LLM_API_KEY",
-                           timeout_s=args.timeout)
+        spec = BackendSpec(
+            kind="openai",
+            base_url=args.base_url,
+            model=args.model,
+            api_key_env="CACE_LLM_API_KEY",
+            timeout_s=args.timeout,
+        )
     taggers = None
     if args.taggers:
         from explainers.taggers import TaggerSet
@@ -79,7 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--concept", required=True)
     c.add_argument("--target", required=True)
     c.add_argument("--source", default=None)
-    c.add_argument("--labels", default=None, help='the text\'s concept labels as JSON, e.g. \'{"service": "Positive"}\'')
+    c.add_argument(
+        "--labels", default=None, help='the text\'s concept labels as JSON, e.g. \'{"service": "Positive"}\''
+    )
     c.add_argument("--k", type=int, default=3)
     c.add_argument("--base-url", default=os.environ.get("CACE_LLM_BASE_URL"))
     c.add_argument("--model", default=os.environ.get("CACE_LLM_MODEL"))

@@ -98,7 +98,9 @@ class GenerationExplainer(CounterfactualExplainer):
             hit = self.cache.get(key)
             if hit is not None:
                 return hit, True
-        comp = self.backend.chat(messages, n=n, temperature=self.temperature, max_tokens=self.max_tokens, seed=seed)
+        comp = self.backend.chat(
+            messages, n=n, temperature=self.temperature, max_tokens=self.max_tokens, seed=seed
+        )
         if self.cache is not None:
             self.cache.put(key, self.backend.model, comp)
         return comp, False
@@ -121,13 +123,17 @@ class GenerationExplainer(CounterfactualExplainer):
         started = time.perf_counter()
         self.schema.validate(intervention)
         labels = self._source_labels(text, base_labels)
-        if intervention.source is None and labels and labels.get(intervention.concept) in (
-            self.schema[intervention.concept].values
+        if (
+            intervention.source is None
+            and labels
+            and labels.get(intervention.concept) in (self.schema[intervention.concept].values)
         ):
             if labels[intervention.concept] != intervention.target:
                 intervention = intervention.with_source(labels[intervention.concept])
         messages = self.prompts.messages(text, intervention, labels)
-        budget = self.sample_budget if self.sample_budget is not None else math.ceil(self.budget_factor * top_k)
+        budget = (
+            self.sample_budget if self.sample_budget is not None else math.ceil(self.budget_factor * top_k)
+        )
         cost = Cost()
         cached = Cost()
         rejections: Counter[str] = Counter()

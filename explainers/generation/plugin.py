@@ -66,4 +66,3 @@ def bench_resource_hook(resources: Resources, options: Mapping[str, Any]) -> Non
             timeout_s=float(options.get("llm_timeout_s") or 300.0),
         )
     )
-

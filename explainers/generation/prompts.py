@@ -33,7 +33,9 @@ class FewShot:
 class PromptBuilder:
     """Turns (text, intervention, known labels) into chat messages for an LLM."""
 
-    def __init__(self, schema: ConceptSchema, examples: Sequence[FewShot] = (), *, max_examples: int = 2) -> None:
+    def __init__(
+        self, schema: ConceptSchema, examples: Sequence[FewShot] = (), *, max_examples: int = 2
+    ) -> None:
         self.schema = schema
         self.examples = list(examples)
         self.max_examples = max_examples
@@ -48,7 +50,9 @@ class PromptBuilder:
             f"Answer with the edited {self.schema.domain} only: no title, no quotes, no explanation."
         )
 
-    def instruction(self, text: str, intervention: Intervention, labels: Mapping[str, str] | None = None) -> str:
+    def instruction(
+        self, text: str, intervention: Intervention, labels: Mapping[str, str] | None = None
+    ) -> str:
         concept = self.schema[intervention.concept]
         parts = [f"Edit this {self.schema.domain} so that {concept.describe(intervention.target)}."]
         if intervention.source:
@@ -123,11 +127,7 @@ def fewshot_from_cebab(
     """
     from explainers.data.cebab import build_pairs, load_split
 
-    pairs = [
-        p
-        for p in build_pairs(load_split(split))
-        if p.kind == "original->edit"
-    ]
+    pairs = [p for p in build_pairs(load_split(split)) if p.kind == "original->edit"]
     rng = random.Random(seed)
     rng.shuffle(pairs)
     out: list[FewShot] = []
@@ -142,5 +142,7 @@ def fewshot_from_cebab(
                 continue
             seen_targets.add(p.target)
             labels = {k: v for k, v in p.base.clean_labels().items() if k in schema}
-            out.append(FewShot(p.base.text, p.counterfactual.text, Intervention(concept, p.target, p.source), labels))
+            out.append(
+                FewShot(p.base.text, p.counterfactual.text, Intervention(concept, p.target, p.source), labels)
+            )
     return out

@@ -69,9 +69,13 @@ class LlamaServer:
         if not self.gguf.exists():
             raise FileNotFoundError(f"GGUF model not found: {self.gguf}")
         if not llama_python().exists():
-            raise FileNotFoundError(f"llama.cpp server venv missing ({llama_python()}); run scripts/setup.sh test")
+            raise FileNotFoundError(
+                f"llama.cpp server venv missing ({llama_python()}); run scripts/setup.sh test"
+            )
         with open(self.log, "ab") as fh:
-            self.proc = subprocess.Popen(self.command(), stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(
+                self.command(), stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
+            )
         deadline = time.monotonic() + self.start_timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -96,9 +96,7 @@ class Verifier:
         self.length_ratio = length_ratio
         self.check_truncation = check_truncation
 
-    def _text_reason(
-        self, cand: str, source: str, finish: str | None, seen: set[str]
-    ) -> str | None:
+    def _text_reason(self, cand: str, source: str, finish: str | None, seen: set[str]) -> str | None:
         if not cand.strip():
             return "failed"
         n = _norm(cand)

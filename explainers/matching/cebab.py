@@ -86,8 +86,17 @@ def build_cebab_space(
         if trainer == "head":
             heads[c], training[c] = train_head(base, pool.labels, pool.origins, c, names, cfg, log=log)
         else:
-            training[c] = train_full(pool.texts, pool.labels, pool.origins, c, names, full_dir / c,
-                                     base_model=encoder.model_name, config=cfg, log=log)
+            training[c] = train_full(
+                pool.texts,
+                pool.labels,
+                pool.origins,
+                c,
+                names,
+                full_dir / c,
+                base_model=encoder.model_name,
+                config=cfg,
+                log=log,
+            )
             encoders[c] = Encoder(str(full_dir / c))
     space = ConceptSpace(pool, encoder, heads=heads, encoders=encoders, base_vectors=base)
     space.build_indices()
@@ -97,19 +106,30 @@ def build_cebab_space(
         "hit_rate": {c: space.nearest_counterfactual_hit_rate(c) for c in names},
         "hit_rate_pretrained": {c: pretrained.nearest_counterfactual_hit_rate(c) for c in names},
         "note": "share of pool pairs whose counterfactual is the base's nearest text with the target value "
-                "and the base's confounders (query and exact duplicates excluded)",
+        "and the base's confounders (query and exact duplicates excluded)",
     }
-    meta = space.save(out, name=out.name, trainer=trainer, train_split=str(train_split), config=cfg.to_dict(),
-                      training=training, diagnostics=diagnostics, n_pairs=len(pool.pairs),
-                      **({"augmentation": augmentation} if augmentation is not None else {}),
-                      embed_seconds=round(embed_s, 2), build_seconds=round(time.perf_counter() - started, 2))
+    meta = space.save(
+        out,
+        name=out.name,
+        trainer=trainer,
+        train_split=str(train_split),
+        config=cfg.to_dict(),
+        training=training,
+        diagnostics=diagnostics,
+        n_pairs=len(pool.pairs),
+        **({"augmentation": augmentation} if augmentation is not None else {}),
+        embed_seconds=round(embed_s, 2),
+        build_seconds=round(time.perf_counter() - started, 2),
+    )
     if full_dir.exists():
         import shutil
 
         shutil.rmtree(full_dir)
     if log:
-        log(f"space {out} saved: hit rate {meta['diagnostics']['hit_rate']} "
-            f"(pretrained {diagnostics['hit_rate_pretrained']}) in {meta['build_seconds']} s")
+        log(
+            f"space {out} saved: hit rate {meta['diagnostics']['hit_rate']} "
+            f"(pretrained {diagnostics['hit_rate_pretrained']}) in {meta['build_seconds']} s"
+        )
     return out
 
 
@@ -162,13 +182,24 @@ def without_texts(space: ConceptSpace, texts: Collection[str]) -> ConceptSpace:
         return space
     new_of = {old: new for new, old in enumerate(keep)}
     p = space.pool
-    pool = replace(p, texts=[p.texts[i] for i in keep], labels=[p.labels[i] for i in keep],
-                   ids=[p.ids[i] for i in keep] if p.ids else None,
-                   origins=[p.origins[i] for i in keep] if p.origins else None,
-                   pairs=[(new_of[b], new_of[c], con) for b, c, con in p.pairs if b in new_of and c in new_of])
-    out = ConceptSpace(pool, space.encoder, heads=space.heads, encoders=space.encoders, meta=space.meta,
-                       index_kind=space.index_kind, approx_threshold=space.approx_threshold,
-                       base_vectors=space.base_vectors()[keep])
+    pool = replace(
+        p,
+        texts=[p.texts[i] for i in keep],
+        labels=[p.labels[i] for i in keep],
+        ids=[p.ids[i] for i in keep] if p.ids else None,
+        origins=[p.origins[i] for i in keep] if p.origins else None,
+        pairs=[(new_of[b], new_of[c], con) for b, c, con in p.pairs if b in new_of and c in new_of],
+    )
+    out = ConceptSpace(
+        pool,
+        space.encoder,
+        heads=space.heads,
+        encoders=space.encoders,
+        meta=space.meta,
+        index_kind=space.index_kind,
+        approx_threshold=space.approx_threshold,
+        base_vectors=space.base_vectors()[keep],
+    )
     for c in pool.schema.names:
         if c in space.vectors:
             out.vectors[c] = space.vectors[c][keep]

@@ -30,7 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--epochs", type=int, default=None)
     t.add_argument("--lr", type=float, default=None)
     t.add_argument("--tau", type=float, default=0.1)
-    t.add_argument("--lambdas", default=None, help='e.g. "TC=1,TA=1,AC=1" (the paper) ; default TC=1,TA=1,AN=1')
+    t.add_argument(
+        "--lambdas", default=None, help='e.g. "TC=1,TA=1,AC=1" (the paper) ; default TC=1,TA=1,AN=1'
+    )
     t.add_argument("--max-steps", type=int, default=None, help="full trainer: stop after this many steps")
     g = t.add_argument_group("LLM-generated counterfactual groups (for a split without human edits)")
     g.add_argument("--generate-base-url", default=None, help="OpenAI-compatible /v1 URL of the LLM")
@@ -49,7 +51,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "train":
         from explainers.matching.cebab import build_cebab_space
 
-        cfg = TrainConfig(lr=5e-6, batch_size=8, max_a=4, max_n=4, epochs=1) if args.trainer == "full" else TrainConfig()
+        cfg = (
+            TrainConfig(lr=5e-6, batch_size=8, max_a=4, max_n=4, epochs=1)
+            if args.trainer == "full"
+            else TrainConfig()
+        )
         cfg.tau = args.tau
         if args.epochs is not None:
             cfg.epochs = args.epochs
@@ -58,17 +64,32 @@ def main(argv: list[str] | None = None) -> int:
         if args.max_steps is not None:
             cfg.max_steps = args.max_steps
         if args.lambdas:
-            cfg.lambdas = {k.strip(): float(v) for k, _, v in (x.partition("=") for x in args.lambdas.split(","))}
+            cfg.lambdas = {
+                k.strip(): float(v) for k, _, v in (x.partition("=") for x in args.lambdas.split(","))
+            }
         augment = None
         if args.generate_base_url:
             from explainers.matching.augment import llm_augmenter
 
             augment = llm_augmenter(
-                args.generate_base_url, args.generate_model or "default", n_sources=args.generate_sources,
-                concepts_per_source=args.generate_concepts, cache=args.generate_cache,
-                taggers=args.generate_taggers, log=lambda m: print(m, file=sys.stderr))
-        out = build_cebab_space(args.root, args.split, args.trainer, args.data, name=args.name, config=cfg,
-                                augment=augment, log=lambda m: print(m, file=sys.stderr))
+                args.generate_base_url,
+                args.generate_model or "default",
+                n_sources=args.generate_sources,
+                concepts_per_source=args.generate_concepts,
+                cache=args.generate_cache,
+                taggers=args.generate_taggers,
+                log=lambda m: print(m, file=sys.stderr),
+            )
+        out = build_cebab_space(
+            args.root,
+            args.split,
+            args.trainer,
+            args.data,
+            name=args.name,
+            config=cfg,
+            augment=augment,
+            log=lambda m: print(m, file=sys.stderr),
+        )
         print(out)
         return 0
     if args.cmd == "list":
@@ -88,8 +109,25 @@ def main(argv: list[str] | None = None) -> int:
     from explainers.artifacts import read_meta
 
     meta = read_meta(spaces_root / args.name, "concept_space")
-    print(json.dumps({k: meta.get(k) for k in ("name", "trainer", "train_split", "pool_size", "n_pairs",
-                                               "diagnostics", "stacking", "config", "build_seconds")}, indent=1))
+    print(
+        json.dumps(
+            {
+                k: meta.get(k)
+                for k in (
+                    "name",
+                    "trainer",
+                    "train_split",
+                    "pool_size",
+                    "n_pairs",
+                    "diagnostics",
+                    "stacking",
+                    "config",
+                    "build_seconds",
+                )
+            },
+            indent=1,
+        )
+    )
     return 0
 
 

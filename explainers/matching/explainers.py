@@ -61,30 +61,44 @@ class MatchingExplainer(CounterfactualExplainer):
         self.exclude_above = exclude_above
         self.taggers = taggers
 
-    def _confounder_labels(self, text: str, concept: str, base_labels: Mapping[str, str] | None) -> dict[str, str]:
+    def _confounder_labels(
+        self, text: str, concept: str, base_labels: Mapping[str, str] | None
+    ) -> dict[str, str]:
         if self.confounders == "ignore" or (base_labels is None and self.taggers is None):
             return {}
         labels = resolve_labels(text, base_labels, self.taggers, self.name)
         return {c: labels[c] for c in self.space.schema.confounders(concept) if c in labels}
 
     def counterfactuals(
-        self, text: str, intervention: Intervention, top_k: int, *, base_labels: Mapping[str, str] | None = None
+        self,
+        text: str,
+        intervention: Intervention,
+        top_k: int,
+        *,
+        base_labels: Mapping[str, str] | None = None,
     ) -> tuple[list[Counterfactual], dict[str, Any]]:
         self.space.schema.validate(intervention)
         c, v = intervention.concept, intervention.target
         vec = self.space.embed([text], c)[0]
         conf = self._confounder_labels(text, c, base_labels)
-        found = self.space.search(vec, c, v, top_k, confounders=conf or None, exclude_above=self.exclude_above,
-                                  exclude_text=text)
+        found = self.space.search(
+            vec, c, v, top_k, confounders=conf or None, exclude_above=self.exclude_above, exclude_text=text
+        )
         matched = len(found)
         if conf and matched < top_k and self.confounders == "fill":
             seen = {m.row for m in found}
-            extra = self.space.search(vec, c, v, top_k + matched, exclude_above=self.exclude_above, exclude_text=text)
+            extra = self.space.search(
+                vec, c, v, top_k + matched, exclude_above=self.exclude_above, exclude_text=text
+            )
             found += [m for m in extra if m.row not in seen][: top_k - matched]
         return self._result(found, bool(conf), matched)
 
     def counterfactuals_batch(
-        self, texts: Sequence[str], interventions: Sequence[Intervention], top_k: int, *,
+        self,
+        texts: Sequence[str],
+        interventions: Sequence[Intervention],
+        top_k: int,
+        *,
         base_labels: Sequence[Mapping[str, str] | None] | None = None,
     ) -> list[tuple[list[Counterfactual], dict[str, Any]]]:
         """`counterfactuals()` for many texts: one tagger call, one encoder call per concept, and one
@@ -106,9 +120,15 @@ class MatchingExplainer(CounterfactualExplainer):
             groups.setdefault((iv.concept, iv.target, tuple(sorted(confs[i].items()))), []).append(i)
         found: dict[int, list[Any]] = {}
         for (c, v, conf), idx in groups.items():
-            hits = self.space.search_batch(np.stack([vecs[i] for i in idx]), c, v, top_k,
-                                           confounders=dict(conf) or None, exclude_above=self.exclude_above,
-                                           exclude_texts=[texts[i] for i in idx])
+            hits = self.space.search_batch(
+                np.stack([vecs[i] for i in idx]),
+                c,
+                v,
+                top_k,
+                confounders=dict(conf) or None,
+                exclude_above=self.exclude_above,
+                exclude_texts=[texts[i] for i in idx],
+            )
             found.update(zip(idx, hits, strict=True))
         matched = {i: len(found[i]) for i in range(n)}
         if self.confounders == "fill":  # top up short confounder-matched lists, as counterfactuals() does
@@ -118,18 +138,28 @@ class MatchingExplainer(CounterfactualExplainer):
                     iv = interventions[i]
                     short.setdefault((iv.concept, iv.target, top_k + len(found[i])), []).append(i)
             for (c, v, k), idx in short.items():
-                extra = self.space.search_batch(np.stack([vecs[i] for i in idx]), c, v, k,
-                                                exclude_above=self.exclude_above,
-                                                exclude_texts=[texts[i] for i in idx])
+                extra = self.space.search_batch(
+                    np.stack([vecs[i] for i in idx]),
+                    c,
+                    v,
+                    k,
+                    exclude_above=self.exclude_above,
+                    exclude_texts=[texts[i] for i in idx],
+                )
                 for i, more in zip(idx, extra, strict=True):
                     seen = {m.row for m in found[i]}
                     found[i] = found[i] + [m for m in more if m.row not in seen][: top_k - len(found[i])]
         return [self._result(found[i], bool(confs[i]), matched[i]) for i in range(n)]
 
-    def _result(self, found: list[Any], conf: bool, matched: int) -> tuple[list[Counterfactual], dict[str, Any]]:
+    def _result(
+        self, found: list[Any], conf: bool, matched: int
+    ) -> tuple[list[Counterfactual], dict[str, Any]]:
         cfs = [Counterfactual(text=m.text, similarity=m.score, source_id=self._pool_id(m.row)) for m in found]
-        details = {"space": self.space.meta.get("name"), "confounder_matched": matched if conf else None,
-                   "rows": [m.row for m in found]}
+        details = {
+            "space": self.space.meta.get("name"),
+            "confounder_matched": matched if conf else None,
+            "rows": [m.row for m in found],
+        }
         return cfs, details
 
     def _pool_id(self, row: int) -> str:
@@ -152,24 +182,48 @@ class MatchDRExplainer(MatchingExplainer):
 
     def _outcome_model(self, classifier: Classifier) -> Ridge:
         if self._fitted is None or self._fitted[0] != id(classifier):
-            self._fitted = (id(classifier), Ridge(alpha=self.alpha).fit(self.x_pool, self.scores.get(classifier)))
+            self._fitted = (
+                id(classifier),
+                Ridge(alpha=self.alpha).fit(self.x_pool, self.scores.get(classifier)),
+            )
         return self._fitted[1]
 
-    def explain(self, text: str, intervention: Intervention, classifier: Classifier, top_k: int = 5, *,
-                base_labels: Mapping[str, str] | None = None) -> Explanation:
+    def explain(
+        self,
+        text: str,
+        intervention: Intervention,
+        classifier: Classifier,
+        top_k: int = 5,
+        *,
+        base_labels: Mapping[str, str] | None = None,
+    ) -> Explanation:
         exp = super().explain(text, intervention, classifier, top_k, base_labels=base_labels)
         return self._adjust(exp, text, intervention, classifier, base_labels)
 
-    def explain_batch(self, texts: Sequence[str], interventions: Sequence[Intervention], classifier: Classifier,
-                      top_k: int = 5, *, base_labels: Sequence[Mapping[str, str] | None] | None = None
-                      ) -> list[Explanation]:
+    def explain_batch(
+        self,
+        texts: Sequence[str],
+        interventions: Sequence[Intervention],
+        classifier: Classifier,
+        top_k: int = 5,
+        *,
+        base_labels: Sequence[Mapping[str, str] | None] | None = None,
+    ) -> list[Explanation]:
         labels = labels_for_batch(texts, base_labels, self.taggers)
         exps = super().explain_batch(texts, interventions, classifier, top_k, base_labels=labels)
-        return [self._adjust(e, t, iv, classifier, lab)
-                for e, t, iv, lab in zip(exps, texts, interventions, labels, strict=True)]
+        return [
+            self._adjust(e, t, iv, classifier, lab)
+            for e, t, iv, lab in zip(exps, texts, interventions, labels, strict=True)
+        ]
 
-    def _adjust(self, exp: Explanation, text: str, intervention: Intervention, classifier: Classifier,
-                base_labels: Mapping[str, str] | None) -> Explanation:
+    def _adjust(
+        self,
+        exp: Explanation,
+        text: str,
+        intervention: Intervention,
+        classifier: Classifier,
+        base_labels: Mapping[str, str] | None,
+    ) -> Explanation:
         rows = exp.details.get("rows") or []
         if not rows or (base_labels is None and self.taggers is None):
             return exp
@@ -198,8 +252,15 @@ class PairTransferExplainer:
 
     name = "pair_transfer"
 
-    def __init__(self, space: ConceptSpace, *, weighting: str = "mean", taggers: Any | None = None,
-                 max_cached_classifiers: int = 4, scale: str = "proba") -> None:
+    def __init__(
+        self,
+        space: ConceptSpace,
+        *,
+        weighting: str = "mean",
+        taggers: Any | None = None,
+        max_cached_classifiers: int = 4,
+        scale: str = "proba",
+    ) -> None:
         if weighting not in ("mean", "similarity"):
             raise ValueError("weighting must be 'mean' or 'similarity'")
         if scale not in ("proba", "logit"):
@@ -222,9 +283,16 @@ class PairTransferExplainer:
         key = (concept, source, target)
         if key not in self._dirs:
             labels = self.space.pool.labels
-            pairs = np.array([(b, cf) for b, cf, con in self.space.pool.pairs
-                              if con == concept and labels[b].get(concept) == source
-                              and labels[cf].get(concept) == target], dtype=np.int64).reshape(-1, 2)
+            pairs = np.array(
+                [
+                    (b, cf)
+                    for b, cf, con in self.space.pool.pairs
+                    if con == concept
+                    and labels[b].get(concept) == source
+                    and labels[cf].get(concept) == target
+                ],
+                dtype=np.int64,
+            ).reshape(-1, 2)
             vecs = self.space.pool_vectors(concept)
             index: Any = faiss.IndexFlatIP(vecs.shape[1])
             if len(pairs):
@@ -247,8 +315,15 @@ class PairTransferExplainer:
             cache.update(zip(missing, proba, strict=True))
         return cache
 
-    def explain(self, text: str, intervention: Intervention, classifier: Classifier, top_k: int = 5, *,
-                base_labels: Mapping[str, str] | None = None) -> Explanation:
+    def explain(
+        self,
+        text: str,
+        intervention: Intervention,
+        classifier: Classifier,
+        top_k: int = 5,
+        *,
+        base_labels: Mapping[str, str] | None = None,
+    ) -> Explanation:
         import time
 
         started = time.perf_counter()
@@ -256,12 +331,26 @@ class PairTransferExplainer:
         source = resolve_source(text, intervention, base_labels, self.taggers, self.name)
         base = np.asarray(classifier.predict_proba([text]), float)[0]
         cost = Cost(classifier_calls=1, classifier_texts=1)
-        found = self._direction(intervention.concept, source, intervention.target) if source != intervention.target else None
+        found = (
+            self._direction(intervention.concept, source, intervention.target)
+            if source != intervention.target
+            else None
+        )
         if found is None:
-            return Explanation(self.name, list(classifier.labels), base, np.zeros_like(base), np.zeros_like(base),
-                               intervention=intervention, cost=cost,
-                               details={"used": 0, "note": f"no pool pairs for {intervention.concept} "
-                                        f"{source}->{intervention.target}; effect reported as zero"})
+            return Explanation(
+                self.name,
+                list(classifier.labels),
+                base,
+                np.zeros_like(base),
+                np.zeros_like(base),
+                intervention=intervention,
+                cost=cost,
+                details={
+                    "used": 0,
+                    "note": f"no pool pairs for {intervention.concept} "
+                    f"{source}->{intervention.target}; effect reported as zero",
+                },
+            )
         pairs, index = found
         vec = self.space.embed([text], intervention.concept)[0]
         scores, ids = index.search(vec.reshape(1, -1).astype(np.float32), min(top_k, len(pairs)))
@@ -279,15 +368,33 @@ class PairTransferExplainer:
             deltas = np.stack([preds[int(cf)] - preds[int(b)] for b, cf in chosen])
             icace = (w[:, None] * deltas).sum(axis=0)
         spread = np.sqrt((w[:, None] * (deltas - icace) ** 2).sum(axis=0))
-        cfs = [Counterfactual(text=self.space.pool.texts[int(cf)], similarity=float(s),
-                              source_id=f"pair:{self._pool_id(int(b))}->{self._pool_id(int(cf))}",
-                              prediction=[float(x) for x in preds[int(cf)]])
-               for (b, cf), s in zip(chosen, sims, strict=True)]
+        cfs = [
+            Counterfactual(
+                text=self.space.pool.texts[int(cf)],
+                similarity=float(s),
+                source_id=f"pair:{self._pool_id(int(b))}->{self._pool_id(int(cf))}",
+                prediction=[float(x) for x in preds[int(cf)]],
+            )
+            for (b, cf), s in zip(chosen, sims, strict=True)
+        ]
         cost.wall_time_s = time.perf_counter() - started
-        return Explanation(self.name, list(classifier.labels), base, icace, spread, counterfactuals=cfs,
-                           intervention=intervention, cost=cost,
-                           details={"used": len(chosen), "source": source, "pairs_in_direction": len(pairs),
-                                    "space": self.space.meta.get("name"), "scale": self.scale})
+        return Explanation(
+            self.name,
+            list(classifier.labels),
+            base,
+            icace,
+            spread,
+            counterfactuals=cfs,
+            intervention=intervention,
+            cost=cost,
+            details={
+                "used": len(chosen),
+                "source": source,
+                "pairs_in_direction": len(pairs),
+                "space": self.space.meta.get("name"),
+                "scale": self.scale,
+            },
+        )
 
 
 class StackedExplainer:
@@ -295,22 +402,31 @@ class StackedExplainer:
 
     name = "stacked"
 
-    def __init__(self, components: Mapping[str, Explainer], weights: Mapping[str, float],
-                 weights_info: Mapping[str, Any] | None = None,
-                 weights_by_k: Mapping[int, Mapping[str, float]] | None = None) -> None:
+    def __init__(
+        self,
+        components: Mapping[str, Explainer],
+        weights: Mapping[str, float],
+        weights_info: Mapping[str, Any] | None = None,
+        weights_by_k: Mapping[int, Mapping[str, float]] | None = None,
+    ) -> None:
         named = set(weights).union(*(set(w) for w in (weights_by_k or {}).values()))
         missing = {n for n in named if n not in components}
         if missing:
             raise ValueError(f"stacking weights name components that are not given: {sorted(missing)}")
         self.components = dict(components)
         self.weights = {k: float(v) for k, v in weights.items()}
-        self.weights_by_k = {int(k): {n: float(x) for n, x in w.items()} for k, w in (weights_by_k or {}).items()}
+        self.weights_by_k = {
+            int(k): {n: float(x) for n, x in w.items()} for k, w in (weights_by_k or {}).items()
+        }
         self.weights_info = dict(weights_info or {})
 
     def describe(self) -> dict[str, Any]:
         """The weights this stack uses (per K where fit per K) and where they came from."""
-        return {"weights": self.weights, "weights_by_k": {str(k): w for k, w in self.weights_by_k.items()},
-                "weights_info": self.weights_info}
+        return {
+            "weights": self.weights,
+            "weights_by_k": {str(k): w for k, w in self.weights_by_k.items()},
+            "weights_info": self.weights_info,
+        }
 
     def weights_for(self, top_k: int) -> dict[str, float]:
         """Weights fit at the largest fitted K not above top_k (the smallest fitted K if none is)."""
@@ -320,15 +436,24 @@ class StackedExplainer:
         below = [k for k in ks if k <= top_k]
         return self.weights_by_k[below[-1] if below else ks[0]]
 
-    def explain(self, text: str, intervention: Intervention, classifier: Classifier, top_k: int = 5, *,
-                base_labels: Mapping[str, str] | None = None) -> Explanation:
+    def explain(
+        self,
+        text: str,
+        intervention: Intervention,
+        classifier: Classifier,
+        top_k: int = 5,
+        *,
+        base_labels: Mapping[str, str] | None = None,
+    ) -> Explanation:
         cost = Cost()
         parts: dict[str, Explanation] = {}
         weights = self.weights_for(top_k)
         for name, w in weights.items():
             if w == 0.0:
                 continue
-            parts[name] = self.components[name].explain(text, intervention, classifier, top_k, base_labels=base_labels)
+            parts[name] = self.components[name].explain(
+                text, intervention, classifier, top_k, base_labels=base_labels
+            )
             cost.add(parts[name].cost)
         if not parts:  # every weight is zero: the stack says "no effect"
             base = np.asarray(classifier.predict_proba([text]), float)[0]
@@ -339,7 +464,18 @@ class StackedExplainer:
         # The K counterfactuals shown: the heaviest components' first, each text once.
         ranked = sorted(parts, key=lambda n: -weights[n])
         cfs = list({c.text: c for n in ranked for c in parts[n].counterfactuals}.values())[:top_k]
-        return Explanation(self.name, list(classifier.labels), base, np.asarray(icace, float), np.zeros_like(base),
-                           counterfactuals=cfs, intervention=intervention, cost=cost,
-                           details={"weights": weights, "weights_info": self.weights_info,
-                                    "components": {n: [round(float(x), 5) for x in e.icace] for n, e in parts.items()}})
+        return Explanation(
+            self.name,
+            list(classifier.labels),
+            base,
+            np.asarray(icace, float),
+            np.zeros_like(base),
+            counterfactuals=cfs,
+            intervention=intervention,
+            cost=cost,
+            details={
+                "weights": weights,
+                "weights_info": self.weights_info,
+                "components": {n: [round(float(x), 5) for x in e.icace] for n, e in parts.items()},
+            },
+        )

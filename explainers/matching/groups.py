@@ -102,7 +102,9 @@ def build_groups(
     return out
 
 
-def _sample_n(n: int, org: np.ndarray, oq: int, a_all: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+def _sample_n(
+    n: int, org: np.ndarray, oq: int, a_all: np.ndarray, k: int, rng: np.random.Generator
+) -> np.ndarray:
     """Up to k distinct texts of other origins that are not in A (all of them when few)."""
     banned = np.zeros(n, dtype=bool)
     banned[a_all] = True

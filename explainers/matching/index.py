@@ -48,8 +48,10 @@ def exact_topk(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
 
 def recall_at_k(approx: np.ndarray, exact: np.ndarray) -> float:
     """Mean fraction of the exact top-k that the approximate top-k also returns."""
-    hits = [len(set(a[a >= 0].tolist()) & set(e[e >= 0].tolist())) / max(1, int((e >= 0).sum()))
-            for a, e in zip(approx, exact, strict=True)]
+    hits = [
+        len(set(a[a >= 0].tolist()) & set(e[e >= 0].tolist())) / max(1, int((e >= 0).sum()))
+        for a, e in zip(approx, exact, strict=True)
+    ]
     return float(np.mean(hits)) if hits else 1.0
 
 
@@ -110,7 +112,9 @@ class PartitionIndex:
         elif self.kind == "ivf":
             self.index.nprobe = int(value)
 
-    def calibrate(self, x: np.ndarray, *, target_recall: float = 0.95, seed: int = 0, n_queries: int = 200) -> None:
+    def calibrate(
+        self, x: np.ndarray, *, target_recall: float = 0.95, seed: int = 0, n_queries: int = 200
+    ) -> None:
         """Raise efSearch / nprobe until recall@10 vs exact reaches the target on perturbed pool vectors."""
         rng = np.random.default_rng(seed)
         rows = x[rng.choice(len(x), size=min(n_queries, len(x)), replace=False)]
@@ -124,7 +128,9 @@ class PartitionIndex:
             recall = recall_at_k(self.index.search(_as_f32(q), 10)[1], exact)
             if recall >= target_recall:
                 break
-        self.info.update({"breadth": breadth, "recall_at_10": round(recall, 4), "target_recall": target_recall})
+        self.info.update(
+            {"breadth": breadth, "recall_at_10": round(recall, 4), "target_recall": target_recall}
+        )
 
     def search(
         self,
@@ -140,8 +146,13 @@ class PartitionIndex:
         `threshold` drops hits with similarity below it; `exclude_above` drops near-duplicates
         of the query (similarity at or above it), e.g. the query itself when it is in the pool.
         """
-        return self.search_batch(_as_f32(query).reshape(1, -1), k, allowed=allowed, threshold=threshold,
-                                 exclude_above=exclude_above)[0]
+        return self.search_batch(
+            _as_f32(query).reshape(1, -1),
+            k,
+            allowed=allowed,
+            threshold=threshold,
+            exclude_above=exclude_above,
+        )[0]
 
     def search_batch(
         self,

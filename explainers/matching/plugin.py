@@ -41,8 +41,11 @@ def _space(resources: Resources, method: str) -> ConceptSpace:
 def _pretrained_space(resources: Resources) -> ConceptSpace:
     cached = resources.extra.get("_pretrained_space")
     if cached is None:
-        cached = ConceptSpace(resources.need("pool", "pair_transfer"), resources.need("encoder", "pair_transfer"),
-                              meta={"name": "pretrained"})
+        cached = ConceptSpace(
+            resources.need("pool", "pair_transfer"),
+            resources.need("encoder", "pair_transfer"),
+            meta={"name": "pretrained"},
+        )
         cached.build_indices()
         resources.extra["_pretrained_space"] = cached
     return cached
@@ -63,18 +66,26 @@ def make_match(resources: Resources, **options: Any) -> MatchingExplainer:
     return MatchingExplainer(_space(resources, "match"), taggers=resources.taggers, **_matching_kw(options))
 
 
-@register("match_dr", "Concept-space matching plus a regression adjustment for label mismatches (doubly robust)")
+@register(
+    "match_dr", "Concept-space matching plus a regression adjustment for label mismatches (doubly robust)"
+)
 def make_match_dr(resources: Resources, **options: Any) -> MatchDRExplainer:
     return MatchDRExplainer(_space(resources, "match_dr"), taggers=resources.taggers, **_matching_kw(options))
 
 
-@register("pair_transfer", "Mean output change over the K nearest pool counterfactual pairs, same concept and direction")
+@register(
+    "pair_transfer",
+    "Mean output change over the K nearest pool counterfactual pairs, same concept and direction",
+)
 def make_pair_transfer(resources: Resources, **options: Any) -> PairTransferExplainer:
     return _pair_transfer(resources, options, "pair_transfer", "proba", pretrained=False)
 
 
-@register("pair_transfer_logit", "Pair-transfer with the pairs' changes averaged in log-probability space "
-          "and applied to the text's own prediction")
+@register(
+    "pair_transfer_logit",
+    "Pair-transfer with the pairs' changes averaged in log-probability space "
+    "and applied to the text's own prediction",
+)
 def make_pair_transfer_logit(resources: Resources, **options: Any) -> PairTransferExplainer:
     return _pair_transfer(resources, options, "pair_transfer_logit", "logit", pretrained=False)
 
@@ -86,14 +97,16 @@ def make_pt_pair_transfer(resources: Resources, **options: Any) -> PairTransferE
     return exp
 
 
-def _pair_transfer(resources: Resources, options: Mapping[str, Any], method: str, scale: str, *,
-                   pretrained: bool) -> PairTransferExplainer:
+def _pair_transfer(
+    resources: Resources, options: Mapping[str, Any], method: str, scale: str, *, pretrained: bool
+) -> PairTransferExplainer:
     given = resources.space
     space = given if isinstance(given, ConceptSpace) and not pretrained else _pretrained_space(resources)
     if not space.pool.pairs:
         raise MissingResource(f"method {method!r} needs counterfactual pairs in the pool, and it has none")
-    return PairTransferExplainer(space, taggers=resources.taggers, scale=scale,
-                                 weighting=str(options.get("pair_weighting", "mean")))
+    return PairTransferExplainer(
+        space, taggers=resources.taggers, scale=scale, weighting=str(options.get("pair_weighting", "mean"))
+    )
 
 
 def parse_weights(value: Any) -> dict[str, float]:
@@ -142,4 +155,3 @@ def bench_resource_hook(resources: Resources, options: Mapping[str, Any]) -> Non
         keep = set(resources.pool.texts)
         space = without_texts(space, [t for t in space.pool.texts if t not in keep])
     resources.space = space
-

@@ -51,7 +51,9 @@ def _norm(text: str) -> str:
 
 
 def pool_hash(pool: Pool) -> str:
-    return data_hash(t + "\t" + json.dumps(lab, sort_keys=True) for t, lab in zip(pool.texts, pool.labels, strict=True))
+    return data_hash(
+        t + "\t" + json.dumps(lab, sort_keys=True) for t, lab in zip(pool.texts, pool.labels, strict=True)
+    )
 
 
 class ConceptSpace:
@@ -112,15 +114,20 @@ class ConceptSpace:
                 self.rows[(c, v)] = rows
                 self.indices[(c, v)] = PartitionIndex.build(
                     vecs[rows] if len(rows) else np.zeros((0, vecs.shape[1]), np.float32),
-                    kind=self.index_kind, approx_threshold=self.approx_threshold)
+                    kind=self.index_kind,
+                    approx_threshold=self.approx_threshold,
+                )
         self._conf_cache.clear()
 
     def _allowed(self, concept: str, value: str, confounders: Mapping[str, str]) -> np.ndarray:
         key = (concept, value, tuple(sorted(confounders.items())))
         if key not in self._conf_cache:
             rows = self.rows[(concept, value)]
-            ok = [k for k, r in enumerate(rows)
-                  if all(self.pool.labels[r].get(c) == v for c, v in confounders.items())]
+            ok = [
+                k
+                for k, r in enumerate(rows)
+                if all(self.pool.labels[r].get(c) == v for c, v in confounders.items())
+            ]
             self._conf_cache[key] = np.asarray(ok, dtype=np.int64)
         return self._conf_cache[key]
 
@@ -147,8 +154,16 @@ class ConceptSpace:
         if (concept, value) not in self.indices:
             raise KeyError(f"no partition for {concept}={value}; the schema has {self.schema.names}")
         vec = self.embed([query], concept)[0] if isinstance(query, str) else np.asarray(query, np.float32)
-        return self.search_batch(vec.reshape(1, -1), concept, value, k, confounders=confounders, threshold=threshold,
-                                 exclude_above=exclude_above, exclude_texts=[exclude_text])[0]
+        return self.search_batch(
+            vec.reshape(1, -1),
+            concept,
+            value,
+            k,
+            confounders=confounders,
+            threshold=threshold,
+            exclude_above=exclude_above,
+            exclude_texts=[exclude_text],
+        )[0]
 
     def search_batch(
         self,
@@ -172,8 +187,9 @@ class ConceptSpace:
         excludes = list(exclude_texts) if exclude_texts is not None else [None] * len(vectors)
         allowed = self._allowed(concept, value, confounders) if confounders else None
         extra = 2 if any(t is not None for t in excludes) else 0
-        found = self.indices[(concept, value)].search_batch(vectors, k + extra, allowed=allowed, threshold=threshold,
-                                                            exclude_above=exclude_above)
+        found = self.indices[(concept, value)].search_batch(
+            vectors, k + extra, allowed=allowed, threshold=threshold, exclude_above=exclude_above
+        )
         part_rows = self.rows[(concept, value)]
         out = []
         for hits, exclude_text in zip(found, excludes, strict=True):
@@ -201,9 +217,17 @@ class ConceptSpace:
         for b, cf in pairs:
             lab = self.pool.labels[b]
             target = self.pool.labels[cf][concept]
-            found = self.search(vecs[b], concept, target, 1, confounders={c: lab[c] for c in conf},
-                                exclude_text=self.pool.texts[b])
-            hits += bool(found) and (found[0].row == cf or self.pool.texts[found[0].row] == self.pool.texts[cf])
+            found = self.search(
+                vecs[b],
+                concept,
+                target,
+                1,
+                confounders={c: lab[c] for c in conf},
+                exclude_text=self.pool.texts[b],
+            )
+            hits += bool(found) and (
+                found[0].row == cf or self.pool.texts[found[0].row] == self.pool.texts[cf]
+            )
         return round(hits / len(pairs), 4)
 
     # -- persistence ------------------------------------------------------------------------
@@ -216,9 +240,17 @@ class ConceptSpace:
         (tmp / "schema.json").write_text(json.dumps(self.schema.to_dict(), indent=1))
         with open(tmp / "pool.jsonl", "w", encoding="utf-8") as f:
             for i, (t, lab) in enumerate(zip(self.pool.texts, self.pool.labels, strict=True)):
-                f.write(json.dumps({"text": t, "labels": lab,
-                                    "id": self.pool.ids[i] if self.pool.ids else str(i),
-                                    "origin": self.pool.origins[i] if self.pool.origins else str(i)}) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            "text": t,
+                            "labels": lab,
+                            "id": self.pool.ids[i] if self.pool.ids else str(i),
+                            "origin": self.pool.origins[i] if self.pool.origins else str(i),
+                        }
+                    )
+                    + "\n"
+                )
         (tmp / "pairs.json").write_text(json.dumps(self.pool.pairs))
         for c, h in self.heads.items():
             (tmp / "heads").mkdir(exist_ok=True)
@@ -232,9 +264,16 @@ class ConceptSpace:
             idx.save(tmp / "index" / c / f"{v}.faiss")
             np.save(tmp / "index" / c / f"{v}.rows.npy", self.rows[(c, v)])
             index_info[f"{c}={v}"] = {"kind": idx.kind, **idx.info}
-        fields = {**self.meta, **meta_fields, "pool_size": len(self.pool), "pool_hash": pool_hash(self.pool),
-                  "encoder": self.encoder.model_name, "index": index_info,
-                  "index_kind": self.index_kind, "approx_threshold": self.approx_threshold}
+        fields = {
+            **self.meta,
+            **meta_fields,
+            "pool_size": len(self.pool),
+            "pool_hash": pool_hash(self.pool),
+            "encoder": self.encoder.model_name,
+            "index": index_info,
+            "index_kind": self.index_kind,
+            "approx_threshold": self.approx_threshold,
+        }
         fields.pop("kind", None)
         fields.pop("created_at", None)
         fields.pop("library_versions", None)
@@ -270,9 +309,15 @@ class ConceptSpace:
         pool = Pool(texts, labels, schema, ids=ids, origins=origins, pairs=pairs)
         heads = {p.stem: HeadProjection.load(p) for p in sorted((directory / "heads").glob("*.npz"))}
         encoders = {p.name: Encoder(str(p)) for p in sorted((directory / "encoders").glob("*")) if p.is_dir()}
-        space = cls(pool, encoder or Encoder(meta.get("encoder", "sentence-transformers/all-MiniLM-L6-v2")),
-                    heads=heads, encoders=encoders, meta=meta, index_kind=meta.get("index_kind", "auto"),
-                    approx_threshold=meta.get("approx_threshold", DEFAULT_APPROX_THRESHOLD))
+        space = cls(
+            pool,
+            encoder or Encoder(meta.get("encoder", "sentence-transformers/all-MiniLM-L6-v2")),
+            heads=heads,
+            encoders=encoders,
+            meta=meta,
+            index_kind=meta.get("index_kind", "auto"),
+            approx_threshold=meta.get("approx_threshold", DEFAULT_APPROX_THRESHOLD),
+        )
         for c in schema.names:
             for v in schema[c].values:
                 path = directory / "index" / c / f"{v}.faiss"
@@ -293,9 +338,17 @@ def list_spaces(root: Path) -> list[dict[str, Any]]:
                 meta = read_meta(d, KIND)
             except ValueError:
                 continue
-            out.append({"name": d.name, "path": str(d), "created_at": meta.get("created_at"),
-                        "trainer": meta.get("trainer"), "pool_size": meta.get("pool_size"),
-                        "train_split": meta.get("train_split"), "hit_rate": meta.get("diagnostics", {}).get("hit_rate")})
+            out.append(
+                {
+                    "name": d.name,
+                    "path": str(d),
+                    "created_at": meta.get("created_at"),
+                    "trainer": meta.get("trainer"),
+                    "pool_size": meta.get("pool_size"),
+                    "train_split": meta.get("train_split"),
+                    "hit_rate": meta.get("diagnostics", {}).get("hit_rate"),
+                }
+            )
     return out
 
 

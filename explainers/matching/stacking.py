@@ -61,7 +61,12 @@ def group_folds(groups: Sequence[str], folds: int, seed: int = 0) -> np.ndarray:
 
 
 def cross_fit(
-    estimates: Mapping[str, np.ndarray], truths: np.ndarray, groups: Sequence[str], *, folds: int = 2, seed: int = 0
+    estimates: Mapping[str, np.ndarray],
+    truths: np.ndarray,
+    groups: Sequence[str],
+    *,
+    folds: int = 2,
+    seed: int = 0,
 ) -> CrossFit:
     """Score every pair with weights fit only on pairs of other groups' folds."""
     truths = np.asarray(truths, float)
@@ -77,7 +82,9 @@ def cross_fit(
         fold_weights.append(w)
         pred[test] = combine({n: np.asarray(e)[test] for n, e in estimates.items()}, w)
     weights = fit_weights(estimates, truths)
-    procedure = {"method": "non-negative least squares over pairs x labels, no intercept",
-                 "cross_fitting": f"{folds} folds split by group (original_id), seed {seed}",
-                 "n_pairs": int(len(truths))}
+    procedure = {
+        "method": "non-negative least squares over pairs x labels, no intercept",
+        "cross_fitting": f"{folds} folds split by group (original_id), seed {seed}",
+        "n_pairs": int(len(truths)),
+    }
     return CrossFit(pred, fold_weights, weights, folds, procedure)

@@ -97,7 +97,9 @@ def train_head(
     rng = np.random.default_rng(cfg.seed)
     dgroups = _as_dict_groups(groups)
     curve: list[float] = []
-    bar = Progress((cfg.epochs if groups else 0) * -(-len(groups) // cfg.batch_size), f"head {treated}", unit="batch")
+    bar = Progress(
+        (cfg.epochs if groups else 0) * -(-len(groups) // cfg.batch_size), f"head {treated}", unit="batch"
+    )
     for epoch in range(cfg.epochs if groups else 0):
         order = rng.permutation(len(groups))
         losses = []
@@ -121,8 +123,12 @@ def train_head(
             log(f"[{treated}] epoch {epoch + 1}/{cfg.epochs} loss {curve[-1]}")
     bar.close()
     head = HeadProjection(lin.weight.detach().numpy().copy(), lin.bias.detach().numpy().copy())
-    facts = {"queries": len(groups), "group_sizes": group_sizes(groups), "loss_curve": curve,
-             "train_seconds": round(time.perf_counter() - started, 2)}
+    facts = {
+        "queries": len(groups),
+        "group_sizes": group_sizes(groups),
+        "loss_curve": curve,
+        "train_seconds": round(time.perf_counter() - started, 2),
+    }
     return head, facts
 
 
@@ -158,8 +164,9 @@ def train_full(
     curve: list[float] = []
     steps = 0
     planned = (cfg.epochs if groups else 0) * -(-len(groups) // cfg.batch_size)
-    bar = Progress(min(planned, cfg.max_steps) if cfg.max_steps is not None else planned, f"full {treated}",
-                   unit="step")
+    bar = Progress(
+        min(planned, cfg.max_steps) if cfg.max_steps is not None else planned, f"full {treated}", unit="step"
+    )
     for epoch in range(cfg.epochs if groups else 0):
         order = rng.permutation(len(groups))
         losses = []
@@ -175,11 +182,16 @@ def train_full(
             used = sorted(set(q_idx) | {int(j) for idx, m in padded.values() for j in idx[m].tolist()})
             pos = {j: k for k, j in enumerate(used)}
             prep = getattr(model, "preprocess", None) or model.tokenize  # tokenize is deprecated in v5+
-            feats = {k: v.to(device) if hasattr(v, "to") else v for k, v in prep([texts[j] for j in used]).items()}
+            feats = {
+                k: v.to(device) if hasattr(v, "to") else v for k, v in prep([texts[j] for j in used]).items()
+            }
             emb = model(feats)["sentence_embedding"]
             remap = torch.zeros(max(used) + 1, dtype=torch.long)
             remap[torch.tensor(used)] = torch.arange(len(used))
-            local = {g: (remap[idx.clamp(max=max(used))].to(device), m.to(device)) for g, (idx, m) in padded.items()}
+            local = {
+                g: (remap[idx.clamp(max=max(used))].to(device), m.to(device))
+                for g, (idx, m) in padded.items()
+            }
             loss = padded_loss(emb[[pos[j] for j in q_idx]], emb, local, tau=cfg.tau, lambdas=cfg.lambdas)
             opt.zero_grad()
             loss.backward()
@@ -192,14 +204,21 @@ def train_full(
             if log:
                 log(f"[{treated}] full epoch {epoch + 1} steps {steps} loss {curve[-1]}")
         if (cfg.max_steps is not None and steps >= cfg.max_steps) or (
-                time_budget_s is not None and time.perf_counter() - started > time_budget_s):
+            time_budget_s is not None and time.perf_counter() - started > time_budget_s
+        ):
             break
     bar.close()
     model.eval()
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save(str(out_dir))
-    return {"epochs_done": len(curve), "queries": len(groups), "group_sizes": group_sizes(groups), "loss_curve": curve, "steps": steps,
-            "train_seconds": round(time.perf_counter() - started, 2)}
+    return {
+        "epochs_done": len(curve),
+        "queries": len(groups),
+        "group_sizes": group_sizes(groups),
+        "loss_curve": curve,
+        "steps": steps,
+        "train_seconds": round(time.perf_counter() - started, 2),
+    }
 
 
 def project(x: np.ndarray, head: HeadProjection | None) -> np.ndarray:
@@ -207,4 +226,3 @@ def project(x: np.ndarray, head: HeadProjection | None) -> np.ndarray:
     if head is None:
         return (x / np.clip(np.linalg.norm(x, axis=1, keepdims=True), 1e-12, None)).astype(np.float32)
     return head(x)
-

@@ -29,10 +29,12 @@ from explainers.reference.common import LABELS, REFERENCE_MODELS, rated
 def train_tfidf_lr(out: Path, data_dir: Path | None = None) -> dict:
     started = time.perf_counter()
     texts, y = rated(load_split("train_exclusive", data_dir))
-    pipe = Pipeline([
-        ("tfidf", TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True)),
-        ("lr", LogisticRegression(C=4.0, max_iter=2000)),
-    ])
+    pipe = Pipeline(
+        [
+            ("tfidf", TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True)),
+            ("lr", LogisticRegression(C=4.0, max_iter=2000)),
+        ]
+    )
     pipe.fit(texts, y)
     train_s = time.perf_counter() - started
     out.mkdir(parents=True, exist_ok=True)
@@ -40,9 +42,15 @@ def train_tfidf_lr(out: Path, data_dir: Path | None = None) -> dict:
     dev_texts, dev_y = rated(load_split("dev", data_dir))
     acc = float(np.mean(pipe.predict(dev_texts) == np.array(dev_y)))
     return write_meta(
-        out, "classifier", name="tfidf-lr", format="sklearn", labels=LABELS,
+        out,
+        "classifier",
+        name="tfidf-lr",
+        format="sklearn",
+        labels=LABELS,
         trained_on="CEBaB train_exclusive review_majority (no majority dropped)",
-        data_hash=data_hash(texts + y), n_train=len(texts), train_seconds=round(train_s, 2),
+        data_hash=data_hash(texts + y),
+        n_train=len(texts),
+        train_seconds=round(train_s, 2),
         dev_accuracy=round(acc, 4),
     )
 
@@ -87,11 +95,27 @@ def evaluate(classifier: Classifier, split: str | Path = "dev", data_dir: Path |
         tp = float(np.sum((pred == lab) & (gold == lab)))
         denom = float(np.sum(pred == lab) + np.sum(gold == lab))
         f1s.append(2 * tp / denom if denom else 0.0)
-    mae = float(np.mean(np.abs(pred.astype(float) - gold.astype(float)))) if all(
-        lab.isdigit() for lab in classifier.labels) else None
-    return {"split": str(split), "n": len(texts), "accuracy": round(float(np.mean(pred == gold)), 4),
-            "macro_f1": round(float(np.mean(f1s)), 4), "mae": None if mae is None else round(mae, 4),
-            "texts_per_second": round(len(texts) / max(seconds, 1e-9), 1)}
+    mae = (
+        float(np.mean(np.abs(pred.astype(float) - gold.astype(float))))
+        if all(lab.isdigit() for lab in classifier.labels)
+        else None
+    )
+    return {
+        "split": str(split),
+        "n": len(texts),
+        "accuracy": round(float(np.mean(pred == gold)), 4),
+        "macro_f1": round(float(np.mean(f1s)), 4),
+        "mae": None if mae is None else round(mae, 4),
+        "texts_per_second": round(len(texts) / max(seconds, 1e-9), 1),
+    }
 
 
-__all__ = ["LABELS", "REFERENCE_MODELS", "ensure_reference", "evaluate", "load_reference", "rated", "train_tfidf_lr"]
+__all__ = [
+    "LABELS",
+    "REFERENCE_MODELS",
+    "ensure_reference",
+    "evaluate",
+    "load_reference",
+    "rated",
+    "train_tfidf_lr",
+]

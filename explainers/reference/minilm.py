@@ -80,11 +80,16 @@ def fine_tune(
     path = resolve_model(base)
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForSequenceClassification.from_pretrained(
-        path, num_labels=len(names), id2label=dict(enumerate(names)), label2id=index,
+        path,
+        num_labels=len(names),
+        id2label=dict(enumerate(names)),
+        label2id=index,
     )
     model.float().to(device).train()  # float32 whatever dtype the checkpoint was stored in
     chunk = batch_size * 50
-    steps_per_epoch = sum(math.ceil(min(chunk, len(texts) - c) / batch_size) for c in range(0, len(texts), chunk))
+    steps_per_epoch = sum(
+        math.ceil(min(chunk, len(texts) - c) / batch_size) for c in range(0, len(texts), chunk)
+    )
     total = max(1, steps_per_epoch * epochs)
     warmup = max(1, int(0.06 * total))
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
@@ -97,8 +102,13 @@ def fine_tune(
     bar = Progress(total, "fine-tune", unit="step")
     for epoch in range(epochs):
         for b, idx in enumerate(_length_buckets(lengths, batch_size, rng)):
-            enc = tok([texts[i] for i in idx], padding=True, truncation=True, max_length=max_len,
-                      return_tensors="pt")
+            enc = tok(
+                [texts[i] for i in idx],
+                padding=True,
+                truncation=True,
+                max_length=max_len,
+                return_tensors="pt",
+            )
             outp = model(**enc.to(device), labels=torch.from_numpy(y[idx]).to(device))
             outp.loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -108,8 +118,11 @@ def fine_tune(
             losses.append(float(outp.loss.detach()))
             bar.update(note=f"epoch {epoch + 1}/{epochs} loss {np.mean(losses[-20:]):.3f}")
             if log_every and (b + 1) % log_every == 0:
-                print(f"epoch {epoch + 1}/{epochs} step {b + 1}/{steps_per_epoch} "
-                      f"loss {np.mean(losses[-log_every:]):.3f} {time.perf_counter() - started:.0f}s", flush=True)
+                print(
+                    f"epoch {epoch + 1}/{epochs} step {b + 1}/{steps_per_epoch} "
+                    f"loss {np.mean(losses[-log_every:]):.3f} {time.perf_counter() - started:.0f}s",
+                    flush=True,
+                )
     bar.close()
     train_s = time.perf_counter() - started
     model.cpu().eval()
@@ -117,9 +130,16 @@ def fine_tune(
     model.save_pretrained(out)
     tok.save_pretrained(out)
     tail = losses[-steps_per_epoch:] or [float("nan")]
-    return {"train_seconds": round(train_s, 2), "steps": len(losses), "epochs": epochs, "lr": lr,
-            "batch_size": batch_size, "max_len": max_len, "seed": seed,
-            "final_epoch_loss": round(float(np.mean(tail)), 4)}
+    return {
+        "train_seconds": round(train_s, 2),
+        "steps": len(losses),
+        "epochs": epochs,
+        "lr": lr,
+        "batch_size": batch_size,
+        "max_len": max_len,
+        "seed": seed,
+        "final_epoch_loss": round(float(np.mean(tail)), 4),
+    }
 
 
 def train_minilm_ft(out: Path, data_dir: Path | None = None, **options) -> dict:
@@ -133,9 +153,15 @@ def train_minilm_ft(out: Path, data_dir: Path | None = None, **options) -> dict:
     pred = np.array(LABELS)[clf.predict_proba(dev_texts).argmax(axis=1)]
     acc = float(np.mean(pred == np.array(dev_y)))
     return write_meta(
-        Path(out), "classifier", name="minilm-ft", format="transformers", labels=LABELS,
+        Path(out),
+        "classifier",
+        name="minilm-ft",
+        format="transformers",
+        labels=LABELS,
         base_model="sentence-transformers/all-MiniLM-L6-v2",
         trained_on="CEBaB train_exclusive review_majority (no majority dropped)",
-        data_hash=data_hash(list(texts) + list(y)), n_train=len(texts), dev_accuracy=round(acc, 4),
+        data_hash=data_hash(list(texts) + list(y)),
+        n_train=len(texts),
+        dev_accuracy=round(acc, 4),
         **facts,
     )

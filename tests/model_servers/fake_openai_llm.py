@@ -23,15 +23,40 @@ USAGE = {"prompt_tokens": 11, "completion_tokens": 1, "total_tokens": 12}
 
 def _answer(mode: str) -> Any:
     if mode == "no-logprobs":
-        return {"choices": [{"index": 0, "message": {"role": "assistant", "content": "pos"}, "logprobs": None,
-                             "finish_reason": "stop"}], "usage": USAGE}
+        return {
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "pos"},
+                    "logprobs": None,
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": USAGE,
+        }
     if mode == "bad-top-logprobs":
-        return {"choices": [{"index": 0, "message": {"role": "assistant", "content": "pos"},
-                             "logprobs": {"content": [{"token": "pos", "logprob": -0.1, "top_logprobs": "oops"}]},
-                             "finish_reason": "stop"}], "usage": USAGE}
+        return {
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "pos"},
+                    "logprobs": {"content": [{"token": "pos", "logprob": -0.1, "top_logprobs": "oops"}]},
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": USAGE,
+        }
     if mode == "content-not-text":
-        return {"choices": [{"index": 0, "message": {"role": "assistant", "content": {"label": 1}},
-                             "finish_reason": "stop"}], "usage": USAGE}
+        return {
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": {"label": 1}},
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": USAGE,
+        }
     if mode == "no-choices":
         return {"choices": [], "usage": USAGE}
     return None
@@ -48,8 +73,10 @@ async def complete(request: Request) -> Response:
     return JSONResponse(body)
 
 
-app = Starlette(routes=[
-    Route("/{mode}/chat/completions", complete, methods=["POST"]),
-    Route("/{mode}/completions", complete, methods=["POST"]),
-    Route("/healthz", lambda r: PlainTextResponse("ok")),
-])
+app = Starlette(
+    routes=[
+        Route("/{mode}/chat/completions", complete, methods=["POST"]),
+        Route("/{mode}/completions", complete, methods=["POST"]),
+        Route("/healthz", lambda r: PlainTextResponse("ok")),
+    ]
+)

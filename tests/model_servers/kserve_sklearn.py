@@ -44,6 +44,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(parents=[kserve.model_server.parser])
     parser.add_argument("--model_dir", required=True)
     args, _ = parser.parse_known_args()
-    models = [SklearnText(args.model_name, args.model_dir, dict_output=False),
-              SklearnText(f"{args.model_name}-dict", args.model_dir, dict_output=True)]
+    models = [
+        SklearnText(args.model_name, args.model_dir, dict_output=False),
+        SklearnText(f"{args.model_name}-dict", args.model_dir, dict_output=True),
+    ]
     kserve.ModelServer().start(models)

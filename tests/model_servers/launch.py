@@ -43,8 +43,19 @@ def own_server(artifact: Path, name: str = "tfidf-lr") -> Iterator[Server]:
 @contextlib.contextmanager
 def misbehaving_server() -> Iterator[Server]:
     port = free_port()
-    cmd = [python(), "-m", "uvicorn", "tests.model_servers.misbehaving:app", "--host", "127.0.0.1",
-           "--port", str(port), "--log-level", "warning", "--no-access-log"]
+    cmd = [
+        python(),
+        "-m",
+        "uvicorn",
+        "tests.model_servers.misbehaving:app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        "--no-access-log",
+    ]
     with running(cmd, port=port, health_path="/health", timeout=60) as server:
         yield server
 
@@ -56,20 +67,33 @@ def mlserver(artifact: Path, workdir: Path, name: str = "tfidf-lr") -> Iterator[
     model_dir = workdir / "models" / name
     model_dir.mkdir(parents=True, exist_ok=True)
     shutil.copy(artifact / "model.joblib", model_dir / "model.joblib")
-    (model_dir / "model-settings.json").write_text(json.dumps({
-        "name": name,
-        "implementation": "mlserver_sklearn.SKLearnModel",
-        "parameters": {"uri": "./model.joblib"},
-    }))
+    (model_dir / "model-settings.json").write_text(
+        json.dumps(
+            {
+                "name": name,
+                "implementation": "mlserver_sklearn.SKLearnModel",
+                "parameters": {"uri": "./model.joblib"},
+            }
+        )
+    )
     port, grpc_port, metrics_port = free_port(), free_port(), free_port()
-    (workdir / "models" / "settings.json").write_text(json.dumps({
-        "host": "127.0.0.1", "http_port": port, "grpc_port": grpc_port, "metrics_port": metrics_port,
-        # Inference in the main process: no extra worker processes on a 2-core machine.
-        "parallel_workers": 0, "debug": False,
-    }))
+    (workdir / "models" / "settings.json").write_text(
+        json.dumps(
+            {
+                "host": "127.0.0.1",
+                "http_port": port,
+                "grpc_port": grpc_port,
+                "metrics_port": metrics_port,
+                # Inference in the main process: no extra worker processes on a 2-core machine.
+                "parallel_workers": 0,
+                "debug": False,
+            }
+        )
+    )
     cmd = [str(bin_dir / "mlserver"), "start", str(workdir / "models")]
-    with running(cmd, port=port, health_path=f"/v2/models/{name}/ready", env=QUIET_ENV, cwd=workdir,
-                 timeout=180) as server:
+    with running(
+        cmd, port=port, health_path=f"/v2/models/{name}/ready", env=QUIET_ENV, cwd=workdir, timeout=180
+    ) as server:
         yield server
 
 
@@ -82,8 +106,23 @@ def kserve_server(artifact: Path, name: str = "tfidf-lr") -> Iterator[Server]:
     """
     bin_dir = _need(KSERVE_VENV, "21-kserve.sh")
     port, grpc_port = free_port(), free_port()
-    cmd = [str(bin_dir / "python"), str(HERE / "kserve_sklearn.py"), "--model_dir", str(artifact),
-           "--model_name", name, "--http_port", str(port), "--grpc_port", str(grpc_port), "--workers", "1",
-           "--enable_grpc", "false"]
-    with running(cmd, port=port, health_path=f"/v1/models/{name}", env=QUIET_ENV, cwd=ROOT, timeout=180) as server:
+    cmd = [
+        str(bin_dir / "python"),
+        str(HERE / "kserve_sklearn.py"),
+        "--model_dir",
+        str(artifact),
+        "--model_name",
+        name,
+        "--http_port",
+        str(port),
+        "--grpc_port",
+        str(grpc_port),
+        "--workers",
+        "1",
+        "--enable_grpc",
+        "false",
+    ]
+    with running(
+        cmd, port=port, health_path=f"/v1/models/{name}", env=QUIET_ENV, cwd=ROOT, timeout=180
+    ) as server:
         yield server

@@ -46,8 +46,9 @@ def hf_row(scores: list[float], labels: list[str] = LABELS) -> list[dict[str, An
     return [{"label": lab, "score": s} for lab, s in pairs]
 
 
-CALLS: dict[str, dict[str, Any]] = defaultdict(lambda: {"count": 0, "batch_sizes": [], "times": [],
-                                                        "inflight": 0, "max_inflight": 0})
+CALLS: dict[str, dict[str, Any]] = defaultdict(
+    lambda: {"count": 0, "batch_sizes": [], "times": [], "inflight": 0, "max_inflight": 0}
+)
 
 
 async def predict(request: Request) -> Response:
@@ -70,21 +71,28 @@ async def predict(request: Request) -> Response:
             return PlainTextResponse("internal error, try again", status_code=int(q.get("status", "500")))
         elif mode == "ratelimit" and rec["count"] <= n_fail:
             after = float(q.get("after", "1"))
-            value = (email.utils.formatdate(time.time() + after + 1, usegmt=True) if q.get("date")
-                     else str(int(after)))
+            value = (
+                email.utils.formatdate(time.time() + after + 1, usegmt=True)
+                if q.get("date")
+                else str(int(after))
+            )
             return PlainTextResponse("slow down", status_code=429, headers={"Retry-After": value})
         elif mode == "auth" and request.headers.get("authorization") != "Bearer t0ken":
             return JSONResponse({"error": "missing or wrong bearer token"}, status_code=401)
         elif mode == "reject":
             return JSONResponse({"error": "inputs too long"}, status_code=400)
         elif mode == "badjson":
-            return PlainTextResponse("<html>gateway says hi", status_code=200,
-                                     headers={"content-type": "application/json"})
+            return PlainTextResponse(
+                "<html>gateway says hi", status_code=200, headers={"content-type": "application/json"}
+            )
         elif mode == "short":
             texts = texts[:-1]
         elif mode == "nan":
-            return Response('[[{"label": "neg", "score": NaN}, {"label": "neu", "score": 0.5},'
-                            ' {"label": "pos", "score": 0.5}]]', media_type="application/json")
+            return Response(
+                '[[{"label": "neg", "score": NaN}, {"label": "neu", "score": 0.5},'
+                ' {"label": "pos", "score": 0.5}]]',
+                media_type="application/json",
+            )
         elif mode == "unknown":
             return JSONResponse([hf_row(proba(t), ["neg", "neu", "bogus"]) for t in texts])
         elif mode == "top1":
@@ -106,8 +114,10 @@ async def health(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
 
-app = Starlette(routes=[
-    Route("/health", health),
-    Route("/calls/{key}", calls),
-    Route("/{mode}/{key}", predict, methods=["POST"]),
-])
+app = Starlette(
+    routes=[
+        Route("/health", health),
+        Route("/calls/{key}", calls),
+        Route("/{mode}/{key}", predict, methods=["POST"]),
+    ]
+)
