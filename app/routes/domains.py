@@ -11,8 +11,8 @@ from pydantic import ValidationError
 
 from app.problems import ApiError, field_error, not_found, validation_error
 from app.resources import Runtime
-from app.routes.common import problems, queue_full, runtime
-from app.routes.jobs import job_out, requester
+from app.routes.common import problems, runtime
+from app.routes.jobs import requester, submit
 from app.schemas import CalibrationRequest, DomainList, DomainOut, DomainParams, JobOut
 from explainers.concepts import ConceptSchema
 from explainers.domains import DomainBuildError, infer_schema, validate_rows
@@ -137,20 +137,7 @@ def create_domain(
         "schema": schema.to_dict(),
         "generate": p.generate.model_dump() if p.generate else None,
     }
-    job_id = rt.store.create_job(
-        "domain",
-        request,
-        [{"corpus": rows}],
-        limit=rt.settings.job_queue_limit,
-        owner=requester(http_request)[0],
-    )
-    if job_id is None:
-        raise queue_full(rt.settings.job_queue_limit)
-    return JSONResponse(
-        job_out(rt.store.get_job(job_id, with_request=False)).model_dump(mode="json"),
-        status_code=202,
-        headers={"Location": f"/v1/jobs/{job_id}"},
-    )
+    return submit(rt, "domain", request, [{"corpus": rows}], requester(http_request)[0])
 
 
 @router.post(
@@ -190,16 +177,7 @@ def calibrate_domain(
             body.max_pairs or rt.settings.calibration_max_pairs, rt.settings.calibration_max_pairs
         ),
     }
-    job_id = rt.store.create_job(
-        "calibration", request, [{}], limit=rt.settings.job_queue_limit, owner=requester(http_request)[0]
-    )
-    if job_id is None:
-        raise queue_full(rt.settings.job_queue_limit)
-    return JSONResponse(
-        job_out(rt.store.get_job(job_id, with_request=False)).model_dump(mode="json"),
-        status_code=202,
-        headers={"Location": f"/v1/jobs/{job_id}"},
-    )
+    return submit(rt, "calibration", request, [{}], requester(http_request)[0])
 
 
 @router.get(

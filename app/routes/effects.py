@@ -19,8 +19,8 @@ from app import explain
 from app.jobs.handlers import row_out, summarize
 from app.problems import ApiError, field_error, validation_error
 from app.resources import Runtime
-from app.routes.common import problems, queue_full, runtime
-from app.routes.jobs import job_out, requester
+from app.routes.common import problems, runtime
+from app.routes.jobs import requester, submit
 from app.schemas import EffectsInlineResponse, EffectsParams, EffectsRequest, EffectText, JobOut
 
 router = APIRouter(tags=["effects"])
@@ -95,15 +95,7 @@ def _submit(
             raise ApiError(422, "Nothing to estimate", str(e), kind="no-effect") from e
         body = EffectsInlineResponse(result=result, rows=[row_out(x) for x in rows])
         return JSONResponse(body.model_dump(mode="json"))
-    job_id = rt.store.create_job(
-        "effects", request, itertools.chain(payloads, rest or ()), limit=s.job_queue_limit, owner=owner
-    )
-    if job_id is None:
-        raise queue_full(s.job_queue_limit)
-    job = rt.store.get_job(job_id, with_request=False)
-    return JSONResponse(
-        job_out(job).model_dump(mode="json"), status_code=202, headers={"Location": f"/v1/jobs/{job_id}"}
-    )
+    return submit(rt, "effects", request, itertools.chain(payloads, rest or ()), owner)
 
 
 def rt_handler(rt: Runtime) -> Any:

@@ -7,16 +7,16 @@ confirm the id exists), admin keys see every job. With auth off there is one use
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from app.jobs.handlers import row_out
 from app.problems import ApiError, not_found
 from app.resources import Runtime
-from app.routes.common import problems, runtime
+from app.routes.common import problems, queue_full, runtime
 from app.schemas import JobList, JobOut, RowsPage
 
 router = APIRouter(tags=["jobs"])
@@ -46,6 +46,20 @@ def requester(request: Request) -> tuple[str | None, bool]:
     """(API key id or None, whether it sees every job) from what the auth middleware stored."""
     state = request.scope.get("state", {})
     return state.get("api_key_id"), bool(state.get("api_key_admin", True))
+
+
+def submit(
+    rt: Runtime, kind: str, request: dict[str, Any], payloads: Iterable[Any], owner: str | None
+) -> JSONResponse:
+    """Queue a job (429 when the queue is full) and answer 202 with the job and its Location."""
+    job_id = rt.store.create_job(kind, request, payloads, limit=rt.settings.job_queue_limit, owner=owner)
+    if job_id is None:
+        raise queue_full(rt.settings.job_queue_limit)
+    return JSONResponse(
+        job_out(rt.store.get_job(job_id, with_request=False)).model_dump(mode="json"),
+        status_code=202,
+        headers={"Location": f"/v1/jobs/{job_id}"},
+    )
 
 
 def _job(rt: Runtime, job_id: str, request: Request) -> dict[str, Any]:
