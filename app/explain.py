@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from app.problems import ApiError, field_error, validation_error
 from app.resources import Runtime
+from explainers.classifiers.usage import metered
 from explainers.concepts import ConceptSchema, Intervention
 from explainers.domains import Domain
 from explainers.types import Explanation, zero_explanation
@@ -187,8 +188,12 @@ def run(rt: Runtime, r: Resolved, q: Query) -> tuple[Explanation, Intervention, 
         exp.details["note"] = f"the text already has {q.concept}={q.target}; changing it changes nothing"
         exp.details["unchanged"] = True
     else:
-        with r.lock:
+        # Methods outside the counterfactual path (pair-transfer, stacks, CONEXP, ...) call the classifier
+        # themselves: a prompted-LLM classifier's tokens they spend are metered here (a meter only sees
+        # calls no inner meter counted, so nothing is counted twice).
+        with r.lock, metered() as usage:
             exp = r.explainer.explain(q.text, intervention, r.classifier, r.top_k, base_labels=labels)
+        exp.cost.add_classifier_llm(usage)
     done = time.perf_counter()
     timings = {
         "total_ms": round((done - started) * 1000, 3),
