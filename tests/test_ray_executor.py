@@ -157,3 +157,20 @@ def test_job_on_ray_survives_a_killed_actor(ray_cluster: str, tmp_path: Path) ->
         assert [(x["icace"], x["source"], x["status"]) for x in body["rows"]] == [
             (x["icace"], x["source"], x["status"]) for x in rows
         ]
+
+
+def test_actors_never_receive_the_admin_key_or_the_rate_limit_store_url() -> None:
+    from app.jobs.ray_executor import actor_env
+
+    env = actor_env(
+        {
+            "CACE_ADMIN_KEY": "cace_secret",
+            "CACE_RATE_LIMIT_REDIS_URL": "redis://:pw@r:6379/0",
+            "CACE_DATABASE_URL": "postgresql+psycopg://svc@db/cace",
+            "CACE_RAY_ADDRESS": "auto",
+            "HF_HUB_OFFLINE": "1",
+            "HOME": "/root",
+            "AWS_SECRET_ACCESS_KEY": "x",
+        }
+    )
+    assert env == {"CACE_DATABASE_URL": "postgresql+psycopg://svc@db/cace", "HF_HUB_OFFLINE": "1"}

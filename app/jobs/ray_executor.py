@@ -20,6 +20,7 @@ import logging
 import os
 import queue
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,22 @@ from app.settings import Settings
 
 log = logging.getLogger("cace.jobs.ray")
 NAMESPACE = "cace"
+
+
+# Settings an actor never needs and must not see: Ray shows a job's runtime env on its dashboard and
+# in its logs, so the admin key and the rate-limit store's URL (which may carry a password) stay here.
+ACTOR_ENV_WITHHELD = frozenset(
+    {"CACE_ADMIN_KEY", "CACE_API_KEYS_FILE", "CACE_RATE_LIMIT_REDIS_URL", "CACE_RAY_ADDRESS"}
+)
+
+
+def actor_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """The variables actors get: the service's settings and model/thread settings, minus the withheld ones."""
+    return {
+        k: v
+        for k, v in environ.items()
+        if k.startswith(("CACE_", "HF_", "OMP_", "TOKENIZERS_")) and k not in ACTOR_ENV_WITHHELD
+    }
 
 
 class EffectsActor:
@@ -75,13 +92,8 @@ class RayEffectsHandler:
 
                 # Settings travel as CACE_* variables so actors build the same runtime; PYTHONPATH lets a
                 # cluster without the package installed (a local test cluster) import this checkout.
-                env = {
-                    k: v
-                    for k, v in os.environ.items()
-                    if k.startswith(("CACE_", "HF_", "OMP_", "TOKENIZERS_"))
-                }
+                env = actor_env(os.environ)
                 env["PYTHONPATH"] = str(Path(app.__file__).resolve().parents[1])
-                env.pop("CACE_RAY_ADDRESS", None)
                 ray.init(
                     address=self.address,
                     namespace=NAMESPACE,
