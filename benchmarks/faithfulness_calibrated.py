@@ -182,7 +182,7 @@ def run_model(model: str, args, pairs, resources, space) -> dict:
         for fresh in (False, True):
             for name_, exp_ in (("match", match_exp), ("auto", auto_exp)):
                 if fresh:  # forget the query's embedding: the request-time regime of a new text
-                    enc._memory.pop(enc._key(p.base.text), None)
+                    enc.forget([p.base.text])
                 t0 = time.perf_counter()
                 e = exp_.explain(p.base.text, iv, cached, 10, base_labels=p.base.clean_labels())
                 lat[name_ + ("_fresh" if fresh else "")].append(time.perf_counter() - t0)

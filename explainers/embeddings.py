@@ -64,6 +64,10 @@ class _SharedCache:
                 self.rows.move_to_end(key)
             return row
 
+    def pop(self, key: str) -> None:
+        with self.lock:
+            self.rows.pop(key, None)
+
     def put(self, key: str, row: np.ndarray) -> None:
         with self.lock:
             self.rows[key] = row
@@ -151,6 +155,11 @@ class Encoder:
         tmp = self._cache_file.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp.npz")
         np.savez(tmp, keys=keys, vectors=vecs)
         os.replace(tmp, self._cache_file)
+
+    def forget(self, texts: Sequence[str]) -> None:
+        """Drop these texts' cached embeddings (in memory), e.g. to time a new text's request-time embedding."""
+        for t in texts:
+            self._cache.pop(self._key(t))
 
     @staticmethod
     def _key(text: str) -> str:
