@@ -24,53 +24,8 @@ from explainers.classifiers.cache import CachingClassifier
 MAX_CLIENTS = 32
 
 
-def build_classifier_from_spec(
-    spec: dict[str, Any],
-    transport: httpx.BaseTransport | None = None,
-    *,
-    allow_local: bool = True,
-    settings: Any = None,
-    label: str | None = None,
-) -> Classifier:
-    """The one place the service turns an endpoint spec into a Classifier (rules: `app.specs`).
-
-    `allow_local=False` (inline specs in requests) refuses in-process protocols, which load
-    (unpickle) files from the server's disk; registered specs, an admin action, may use them.
-    """
-    from app.specs import build_classifier
-
-    return build_classifier(
-        spec,
-        transport,
-        inline=not allow_local,
-        settings=settings,
-        policy=getattr(transport, "policy", None),
-        label=label,
-    )
-
-
-def build_llm_from_spec(
-    spec: dict[str, Any],
-    transport: httpx.BaseTransport | None = None,
-    *,
-    inline: bool = False,
-    settings: Any = None,
-    label: str | None = None,
-) -> Any:
-    """The one place the service turns an LLM spec into a backend (rules: `app.specs`)."""
-    from app.specs import build_llm
-
-    return build_llm(
-        spec,
-        transport,
-        inline=inline,
-        settings=settings,
-        policy=getattr(transport, "policy", None),
-        label=label,
-    )
-
-
 def spec_key(spec: dict[str, Any]) -> str:
+    """A short, stable key for a spec (same spec, same cached client)."""
     return hashlib.sha1(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -106,6 +61,15 @@ class Clients:
         self._llms: OrderedDict[str, Any] = OrderedDict()
         self._lock = threading.RLock()
 
+    def build(self, kind: str, spec: dict[str, Any], *, inline: bool, label: str | None) -> Any:
+        """The one place a spec becomes a client: checked for its giver (`app.specs`: inline specs may not
+        load in-process models or name server secrets), then built on the URL-policy transport."""
+        from app.specs import build_classifier, build_llm
+
+        build = build_classifier if kind == "classifier" else build_llm
+        policy = getattr(self.transport, "policy", None)
+        return build(spec, self.transport, inline=inline, settings=self.settings, policy=policy, label=label)
+
     def classifier(self, ref: str | dict[str, Any]) -> tuple[Classifier, str]:
         """A registered classifier by name, or an inline spec (never in-process), and its short name."""
         if isinstance(ref, dict):
@@ -119,13 +83,7 @@ class Clients:
             key = f"registered:{ref}:{spec_key(spec)}"
         with self._lock:
             if key not in self._classifiers:
-                built = build_classifier_from_spec(
-                    spec,
-                    self.transport,
-                    allow_local=not inline,
-                    settings=self.settings,
-                    label=None if inline else name,
-                )
+                built = self.build("classifier", spec, inline=inline, label=None if inline else name)
                 remember(self._classifiers, key, CachingClassifier(built, key=key))
             return self._classifiers[key], name
 
@@ -153,15 +111,7 @@ class Clients:
         with self._lock:
             if key not in self._llms:
                 remember(
-                    self._llms,
-                    key,
-                    build_llm_from_spec(
-                        spec,
-                        self.transport,
-                        inline=name.startswith("inline:"),
-                        settings=self.settings,
-                        label=name,
-                    ),
+                    self._llms, key, self.build("llm", spec, inline=name.startswith("inline:"), label=name)
                 )
             return self._llms[key], name
 

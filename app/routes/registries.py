@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, Response
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-from app.clients import build_classifier_from_spec, build_llm_from_spec
+from app.clients import close_quietly
 from app.problems import ApiError, field_error, not_found, validation_error
 from app.resources import Runtime
 from app.routes.common import problems, runtime
@@ -39,10 +39,9 @@ def redact(spec: dict[str, Any]) -> dict[str, Any]:
 def _validate(kind: str, name: str, spec: dict[str, Any], rt: Runtime) -> None:
     """Build the client the spec describes, under the rules for registered specs (`app.specs`)."""
     try:
-        if kind == "classifier":
-            build_classifier_from_spec(spec, rt.clients.transport, settings=rt.settings, label=name)
-        else:
-            build_llm_from_spec(spec, rt.clients.transport, settings=rt.settings, label=name)
+        close_quietly(
+            rt.clients.build(kind, spec, inline=False, label=name)
+        )  # built to check it, then released
     except SpecRefused as e:
         raise field_error(f"body.spec.{e.field}", e.message) from e
     except ValidationError as e:
