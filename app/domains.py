@@ -15,7 +15,7 @@ from typing import Any
 
 from explainers.artifacts import read_meta
 from explainers.domains import DOMAIN_ID, Domain, load_domain
-from explainers.domains.domain import calibration_summaries
+from explainers.domains.domain import describe
 
 
 class DomainCatalog:
@@ -77,20 +77,7 @@ class DomainCatalog:
         """The public view without loading the domain (meta.json only), or the loaded one's."""
         if domain_id in self.pinned:
             return self.pinned[domain_id].describe()
-        meta = read_meta(self.path(domain_id), "domain")
-        return {
-            "id": domain_id,
-            "status": "ready",
-            "schema": meta.get("schema"),
-            "source": meta.get("source"),
-            "created_at": meta.get("created_at"),
-            "stats": meta.get("stats", {}),
-            "taggers": meta.get("taggers", {}),
-            "space": meta.get("space", {}),
-            "methods": meta.get("methods", {}),
-            "generation": meta.get("generation"),
-            "calibrations": calibration_summaries(self.path(domain_id)),
-        }
+        return describe(domain_id, self.path(domain_id), read_meta(self.path(domain_id), "domain"))
 
     def delete(self, domain_id: str) -> bool:
         with self._lock:

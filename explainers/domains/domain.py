@@ -132,21 +132,8 @@ class Domain:
         )
 
     def describe(self) -> dict[str, Any]:
-        """The public view: schema, status, stats, taggers, methods per concept."""
-        m = self.meta
-        return {
-            "id": self.id,
-            "status": "ready",
-            "schema": self.schema.to_dict(),
-            "source": m.get("source"),
-            "created_at": m.get("created_at"),
-            "stats": m.get("stats", {}),
-            "taggers": m.get("taggers", {}),
-            "space": m.get("space", {}),
-            "methods": m.get("methods", {}),
-            "generation": m.get("generation"),
-            "calibrations": self.calibrations(),
-        }
+        """The public view: schema, status, stats, taggers, methods per concept, calibrations."""
+        return describe(self.id, self.directory, self.meta)
 
 
 def load_domain(directory: Path, encoder: Any | None = None) -> Domain:
@@ -198,3 +185,23 @@ def calibration_summaries(directory: Path) -> dict[str, dict[str, Any]]:
             "table": {name: row.get("macro") for name, row in report.get("methods", {}).items()},
         }
     return out
+
+
+def describe(domain_id: str, directory: Path, meta: Mapping[str, Any]) -> dict[str, Any]:
+    """A domain's public view from its folder's meta.json (no need to load the domain)."""
+    keys: dict[str, Any] = {
+        "source": None,
+        "created_at": None,
+        "stats": {},
+        "taggers": {},
+        "space": {},
+        "methods": {},
+        "generation": None,
+    }
+    return {
+        "id": domain_id,
+        "status": "ready",
+        "schema": meta.get("schema"),
+        **{k: meta.get(k, default) for k, default in keys.items()},
+        "calibrations": calibration_summaries(directory),
+    }
