@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from app import observability, openapi, problems, ui
 from app.auth.keys import key_store
@@ -32,6 +32,7 @@ from app.limits import BodyLimitMiddleware, InflightLimitMiddleware, Slots, Time
 from app.ratelimit import build_rate_limiter
 from app.resources import Runtime
 from app.routes import domains, effects, explanations, health, jobs, kserve, registries
+from app.routes.common import storable_json_body
 from app.settings import Settings, get_settings
 from app.specs import outbound_transport
 from app.store import Store
@@ -125,7 +126,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     problems.install(app)
     openapi.install(app)
 
-    # Every route the service answers, in one place.
+    # Every route the service answers, in one place; no JSON body reaches one with a string
+    # that cannot be stored or sent on.
     for router in (
         health.router,
         explanations.router,
@@ -138,7 +140,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         observability.router(metrics),
         ui.router,
     ):
-        app.include_router(router)
+        app.include_router(router, dependencies=[Depends(storable_json_body)])
 
     # Middleware, innermost first (each add_middleware wraps the previous): a request passes
     # observability (ids, logs, metrics) -> body limit (413) -> in-flight cap (503) ->

@@ -472,6 +472,28 @@ def test_bad_text_and_types_are_422_naming_the_field(svc: Server, path: str, raw
     problem(raw_post(svc, path, raw), 422, field)
 
 
+def test_lone_surrogates_anywhere_in_a_body_are_422_not_500(svc: Server, upstream: Upstream) -> None:
+    # Found by the schema fuzzer: a surrogate sent to an HTTP classifier failed while encoding
+    # the outbound request. Field types guard texts; every other string in a body is guarded too.
+    spec = {"protocol": "kserve-v1", "url": upstream.url, "model": "m", "labels": ["neg", "pos"]}
+    inline = json.dumps({**spec, "model": "SURR"})
+    for path, raw, field in [
+        ("/v1/models/tfidf-lr:predict", '{"instances": ["ok", SURR]}', "body.instances.1"),
+        (
+            "/v1/explanations",
+            '{"text": "ok", "method": "zero", "intervention": {"concept": "food", "target": "Negative"}, '
+            f'"classifier": {inline}}}',
+            "body.classifier.model",
+        ),
+        (
+            "/v1/models/tfidf-lr:explain",
+            '{"instances": ["ok"], "parameters": {"method": "zero", "SURR": 1}}',
+            "body.parameters",
+        ),
+    ]:
+        problem(raw_post(svc, path, raw.replace('"SURR"', "SURR")), 422, field)
+
+
 @pytest.mark.parametrize(
     "line", [SURROGATE, '{"text": "ok", "id": SURR}'.replace("SURR", SURROGATE), '"   "']
 )

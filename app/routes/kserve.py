@@ -21,6 +21,7 @@ from app.problems import ApiError, field_error, validation_error
 from app.resources import Runtime
 from app.routes.common import problems, runtime
 from app.schemas import ExplanationRequest, ExplanationResponse
+from app.schemas.types import SafeText
 
 router = APIRouter(tags=["kserve"])
 
@@ -62,7 +63,7 @@ class KServeModelStatus(BaseModel):
 
 
 class KServePredictRequest(BaseModel):
-    instances: list[str] = Field(min_length=1)
+    instances: list[SafeText] = Field(min_length=1)
 
 
 class KServePredictResponse(BaseModel):
