@@ -42,9 +42,10 @@ class Settings(BaseSettings):
     # Calibrate a named classifier on a domain (its own held-out pairs) the first time it is
     # explained there, as a background job; `method: auto` then uses the calibrated estimator.
     auto_calibrate: bool = True
-    # Bounds of one calibration: held-out pairs scored, and classifier texts (one call per pool text).
+    # Bounds of one calibration: held-out pairs scored, and classifier texts: each pool text
+    # once, then up to K new texts per held-out pair for `splice` (its K shrinks to fit).
     calibration_max_pairs: int = Field(4000, ge=50, le=100000)
-    calibration_max_texts: int = Field(20000, ge=100, le=1000000)
+    calibration_max_texts: int = Field(100000, ge=100, le=1000000)
 
     # Work limits (each gives a clear 4xx when exceeded).
     max_text_chars: int = 5000

@@ -47,7 +47,15 @@ from explainers.metrics import summarize  # noqa: E402
 from explainers.registry import build_explainer  # noqa: E402
 
 BASELINES = ("zero", "conexp", "approx", "approx_match", "s_learner", "pt_match")
-COMPONENTS = ("match", "pair_transfer", "pair_transfer_logit", "s_learner", "conexp", "approx_match")
+COMPONENTS = (
+    "match",
+    "pair_transfer",
+    "pair_transfer_logit",
+    "s_learner",
+    "conexp",
+    "approx_match",
+    "splice",
+)
 CONCEPTS = ("food", "service", "ambiance", "noise")
 RESULTS = ROOT / "benchmarks" / "results"
 UNCALIBRATED = {  # mixes that need no classifier-specific fit: candidates for auto's uncalibrated default
@@ -236,7 +244,7 @@ def render(r: dict, n_pairs: int, pool_size: int) -> list[str]:
         f"**{r['coverage']['per_label']:.3f}** per (pair, label), {r['coverage']['all_labels']:.3f} with every label "
         f"inside; per concept " + ", ".join(f"{c} {v:.3f}" for c, v in r["coverage_by_concept"].items()),
         f"- calibration cost: {cost['classifier_calls']} classifier calls, {cost['classifier_texts']} texts "
-        f"(one per pool text), wall {cost['wall_s']} s on this shared 2-core box "
+        f"(each pool text once, then splice's new texts for the held-out pairs), wall {cost['wall_s']} s on this shared 2-core box "
         f"({cal.meta['protocol']['heldout_pairs']} held-out pairs, methods x K = "
         f"{len(cal.meta['protocol']['methods'])} x {cal.meta['protocol']['ks']})",
         f"- latency over {r['n_latency']} dev queries one by one, classifier answers cached: with the query's "
@@ -298,7 +306,10 @@ def main(argv=None) -> int:
         "intervention, cross-fit by origin), combiner:ridge; every candidate is projected so that base + "
         "estimate is a probability vector. `auto` = the calibration's choice per (concept, direction).",
         "- `uncal:*` rows: mixes fit to nothing (candidates for auto's default before a calibration exists).",
-        "- generation as a component: not tried (the configured LLM is a 1.5B model on 2 CPU cores; "
+        "- generation as a component: `splice` (explainers/splice.py) makes counterfactuals of the query "
+        "itself by transplanting the pool's own one-sentence human edits of the same concept and direction "
+        "(nearest first) into the sentence that carries the concept; K is capped at 20 (its @50 row equals @20). "
+        "LLM generation as a component: not tried (the configured LLM is a 1.5B model on 2 CPU cores; "
         "generating for thousands of held-out pairs does not fit a calibration budget).",
         "- errors as CEBaB defines them; macro = mean over (concept, direction) cells, then directions, then concepts.",
         "- dev-fit numbers for comparison (weights fit on dev itself, cross-fitted): "

@@ -26,6 +26,7 @@ PLUGIN_MODULES = (
     "explainers.matching.plugin",
     "explainers.generation.plugin",
     "explainers.estimators.auto",
+    "explainers.splice",
 )
 
 

@@ -64,7 +64,9 @@ class AutoExplainer:
 
     def _explainer(self, method: str) -> Explainer:
         if method not in self._explainers:
-            self._explainers[method] = build_explainer(method, self.resources, **self.options)
+            # Components run as they were calibrated (e.g. splice's K cap), unless told otherwise.
+            fitted = self.calibration.meta.get("protocol", {}).get("options", {}) if self.calibration else {}
+            self._explainers[method] = build_explainer(method, self.resources, **{**fitted, **self.options})
         return self._explainers[method]
 
     def _wrapped(self, classifier: Classifier) -> tuple[CountingClassifier, CachingClassifier, str | None]:

@@ -63,7 +63,17 @@ from explainers.registry import Resources
 
 KIND = "calibration"
 FORMAT_VERSION = 1
-DEFAULT_METHODS = ("match", "pair_transfer", "pair_transfer_logit", "s_learner", "conexp", "approx_match")
+DEFAULT_METHODS = (
+    "match",
+    "pair_transfer",
+    "pair_transfer_logit",
+    "s_learner",
+    "conexp",
+    "approx_match",
+    "splice",
+)
+# Methods that make new texts per query: each costs K classifier texts per held-out pair.
+TEXT_MAKING = ("splice",)
 DEFAULT_KS = (5, 10, 20, 50)
 DEFAULT_COMBINERS = ("hgb", "ridge")
 PROBE_SIZE = 32
@@ -433,7 +443,7 @@ def calibrate(
     ks: Sequence[int] = DEFAULT_KS,
     folds: int = 2,
     max_pairs: int | None = 4000,
-    max_classifier_texts: int = 20_000,
+    max_classifier_texts: int = 100_000,
     coverage: float = 0.9,
     combiners: Sequence[str] = DEFAULT_COMBINERS,
     classifier_name: str | None = None,
@@ -472,12 +482,16 @@ def calibrate(
     probe_pred = cached.predict_proba(probe)
     fold_of = origin_folds(pool_origins(pool), folds, seed)
     pairs = stratified_sample(find_heldout_pairs(pool, fold_of), max_pairs, seed)
+    methods, options, skipped = _fit_text_budget(
+        methods, ks, dict(options or {}), max_classifier_texts - len(pool), len(pairs)
+    )
     resources = Resources(
         schema=pool.schema, pool=pool, encoder=encoder, space=space, taggers=taggers, seed=seed
     )
     scores = score_heldout(
         cached, resources, pairs, fold_of, methods, ks, folds=folds, options=options, log=log
     )
+    scores.unavailable.update(skipped)
     if not scores.estimates:
         raise ValueError(f"no method could be scored: {scores.unavailable}")
     cal = fit_calibration(
@@ -506,6 +520,7 @@ def calibrate(
             "heldout_pairs": len(pairs),
             "max_pairs": max_pairs,
             "methods": list(methods),
+            "options": dict(options),
             "ks": ks,
             "combiners": list(combiners),
             "unavailable": scores.unavailable,
@@ -520,6 +535,33 @@ def calibrate(
         },
     }
     return cal
+
+
+def _fit_text_budget(
+    methods: Sequence[str], ks: Sequence[int], options: dict[str, Any], texts_left: int, n_pairs: int
+) -> tuple[list[str], dict[str, Any], dict[str, str]]:
+    """Cap the K of text-making methods so their new texts fit what the pool left of the budget.
+
+    Each held-out pair costs K classifier texts; K shrinks to fit (its smaller values are
+    cache hits of the larger), and a method that cannot reach the smallest K is left out.
+    """
+    from explainers.splice import DEFAULT_MAX_K
+
+    kept, skipped = [], {}
+    for m in methods:
+        if m not in TEXT_MAKING:
+            kept.append(m)
+            continue
+        cap = min(max(ks), int(options.get("splice_max_k", DEFAULT_MAX_K)), texts_left // max(n_pairs, 1))
+        if cap < min(ks):
+            skipped[m] = (
+                f"budget: {texts_left} classifier texts left after the pool, "
+                f"{n_pairs} held-out pairs need K >= {min(ks)} each"
+            )
+            continue
+        options["splice_max_k"] = cap
+        kept.append(m)
+    return kept, options, skipped
 
 
 def _rows_of(space_texts: Sequence[str], pool_texts: Sequence[str]) -> list[int]:

@@ -1,7 +1,7 @@
 """`cace calibrate`: fit a Calibration of a classifier on a domain's corpus (a concept space's pool and pairs).
 
     cace calibrate --classifier tfidf-lr --space var/spaces/cebab-train_inclusive-head \\
-        --out var/calibrations/tfidf-lr [--ks 5,10,20,50] [--max-pairs 4000] [--max-classifier-texts 20000]
+        --out var/calibrations/tfidf-lr [--ks 5,10,20,50] [--max-pairs 4000] [--max-classifier-texts 100000]
 
 The corpus is the pool a trained space holds (texts, concept labels, origins and the
 counterfactual pairs between them), so any domain a space was trained on can be
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--combiners", type=_names, default=list(DEFAULT_COMBINERS))
     ap.add_argument("--folds", type=int, default=2)
     ap.add_argument("--max-pairs", type=int, default=4000)
-    ap.add_argument("--max-classifier-texts", type=int, default=20_000)
+    ap.add_argument("--max-classifier-texts", type=int, default=100_000)
     ap.add_argument("--coverage", type=float, default=0.9)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)

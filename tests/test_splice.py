@@ -1,0 +1,109 @@
+"""`splice`: the corpus's one-sentence edits transplanted into the query text (explainers/splice.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from explainers.classifiers.local import SklearnClassifier
+from explainers.concepts import ConceptSchema, Intervention
+from explainers.data.movies import movie_corpus, train_rating_classifier
+from explainers.data.pool import Pool
+from explainers.errors import MissingResource
+from explainers.estimators.calibration import _fit_text_budget
+from explainers.splice import SentenceEdits, SpliceExplainer, sentences
+
+SCHEMA = ConceptSchema.simple(["food", "service"], ["good", "bad", "none"], domain="reviews")
+
+
+def review_pool() -> Pool:
+    """Origins of three texts: an original and two edits, each edit rewriting or adding one sentence."""
+    texts, labels, origins, pairs = [], [], [], []
+    foods = {"good": "The soup was delicious.", "bad": "The soup was cold and bland."}
+    services = {"good": "Our waiter was friendly.", "bad": "Our waiter was rude.", "none": ""}
+    for o in range(12):
+        opener = f"We went there on day {o}."
+        service = "good" if o % 2 else "bad"
+        base = " ".join(s for s in (opener, foods["good"], services[service]) if s)
+        food_edit = " ".join(s for s in (opener, foods["bad"], services[service]) if s)
+        no_service = " ".join((opener, foods["good"]))
+        row = len(texts)
+        texts += [base, food_edit, no_service]
+        labels += [
+            {"food": "good", "service": service},
+            {"food": "bad", "service": service},
+            {"food": "good", "service": "none"},
+        ]
+        origins += [f"o{o}"] * 3
+        # food good->bad rewrites a sentence; service none->x adds one, x->none removes one
+        pairs += [(row, row + 1, "food"), (row + 2, row, "service"), (row, row + 2, "service")]
+    return Pool(texts, labels, SCHEMA, origins=origins, pairs=pairs)
+
+
+def test_sentences_split_on_ends_and_newlines() -> None:
+    assert sentences("A b. C d!  E?\nF") == ["A b.", "C d!", "E?", "F"]
+
+
+def test_the_concept_sentence_is_replaced_by_the_nearest_edits_of_that_direction() -> None:
+    edits = SentenceEdits(review_pool())
+    exp = SpliceExplainer(edits)
+    text = "Lunch on a Monday. The soup was delicious. Our waiter was rude."
+    cfs, details = exp.counterfactuals(text, Intervention("food", "bad", "good"), top_k=3)
+    assert details["replaced_sentence"] == "The soup was delicious."
+    assert [c.text for c in cfs] == [
+        "Lunch on a Monday. The soup was cold and bland. Our waiter was rude."
+    ] * 3
+    # An absent value (edits from it add a sentence): the new sentence is appended.
+    assert ("service", "none") in edits.absent and ("food", "good") not in edits.absent
+    cfs, details = exp.counterfactuals(
+        "Lunch on a Monday. The soup was delicious.", Intervention("service", "good", "none"), top_k=2
+    )
+    assert details["replaced_sentence"] is None
+    assert {c.text for c in cfs} == {"Lunch on a Monday. The soup was delicious. Our waiter was friendly."}
+    # To the absent value: the carrying sentence goes.
+    cfs, _ = exp.counterfactuals(text, Intervention("service", "none", "bad"), top_k=1)
+    assert cfs[0].text == "Lunch on a Monday. The soup was delicious."
+
+
+def test_no_change_and_no_edits_give_no_counterfactuals() -> None:
+    exp = SpliceExplainer(SentenceEdits(review_pool()))
+    cfs, details = exp.counterfactuals(
+        "The soup was delicious.", Intervention("food", "good"), 3, base_labels={"food": "good"}
+    )
+    assert cfs == [] and "already" in details["note"]
+    cfs, details = exp.counterfactuals("The soup was cold.", Intervention("food", "good", "bad"), 3)
+    assert cfs == [] and "no corpus edits" in details["note"]
+
+
+def test_a_pool_without_pairs_is_a_missing_resource() -> None:
+    pool = review_pool()
+    with pytest.raises(MissingResource, match="pairs"):
+        SentenceEdits(Pool(pool.texts, pool.labels, SCHEMA))
+
+
+def test_splice_moves_a_real_classifier_the_way_the_human_edits_do() -> None:
+    """On the movie domain, splice's ICaCE has the sign of the true effect of the corpus's own edits."""
+    corpus = movie_corpus(40, seed=3)
+    texts = [r["text"] for r in corpus]
+    from explainers.domains import infer_schema, pool_from_rows, validate_rows
+
+    rows = validate_rows(corpus)
+    pool = pool_from_rows(rows, infer_schema(rows))
+    clf = SklearnClassifier(train_rating_classifier(movie_corpus(60, edits=False, seed=9)), name="rating")
+    exp = SpliceExplainer(SentenceEdits(pool), max_k=5)
+    proba = np.asarray(clf.predict_proba(texts))
+    agree = []
+    for b, e, concept in pool.pairs[:60]:
+        iv = Intervention(concept, pool.labels[e][concept], pool.labels[b][concept])
+        got = exp.explain(pool.texts[b], iv, clf, top_k=5).icace
+        truth = proba[e] - proba[b]
+        if abs(truth[0]) > 0.05:
+            agree.append(np.sign(got[0]) == np.sign(truth[0]))
+    assert len(agree) >= 10 and np.mean(agree) >= 0.8, (len(agree), np.mean(agree))
+
+
+def test_calibration_caps_text_making_methods_to_the_budget() -> None:
+    methods, options, skipped = _fit_text_budget(["match", "splice"], [5, 10, 20], {}, 40_000, 4000)
+    assert methods == ["match", "splice"] and options["splice_max_k"] == 10 and not skipped
+    methods, options, skipped = _fit_text_budget(["match", "splice"], [5, 10], {}, 10_000, 4000)
+    assert methods == ["match"] and "budget" in skipped["splice"]
