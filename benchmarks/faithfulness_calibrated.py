@@ -65,6 +65,14 @@ UNCALIBRATED = {  # mixes that need no classifier-specific fit: candidates for a
     "uncal:match+pair_transfer@10": {"match@10": 0.5, "pair_transfer@10": 0.5},
     "uncal:match+pair_transfer_logit@10": {"match@10": 0.5, "pair_transfer_logit@10": 0.5},
     "uncal:match+pt+s_learner@10": {"match@10": 1 / 3, "pair_transfer@10": 1 / 3, "s_learner@10": 1 / 3},
+    "uncal:splice@10": {"splice@10": 1.0},
+    "uncal:splice+pair_transfer_logit@10": {"splice@10": 0.5, "pair_transfer_logit@10": 0.5},
+    "uncal:splice+match+pt+s_learner@10": {
+        "splice@10": 0.25,
+        "match@10": 0.25,
+        "pair_transfer@10": 0.25,
+        "s_learner@10": 0.25,
+    },
 }
 
 

@@ -530,6 +530,7 @@ class ApproxExplainer(PoolMatcher):
     `relax="nonempty"` uses the best non-empty tier only (fewer than K if need be).
     """
 
+    nested_top_k = True  # one seeded order of the candidates, cut at K
     name = "approx"
     needs_labels = True
 

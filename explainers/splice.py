@@ -148,6 +148,7 @@ class SpliceExplainer(CounterfactualExplainer):
     """Counterfactuals of the query made by putting the corpus's own one-sentence edits in place."""
 
     name = "splice"
+    nested_top_k = True  # one ranked list of edits, cut at K
 
     def __init__(
         self,

@@ -124,6 +124,9 @@ class CounterfactualExplainer:
     """
 
     name: str = "counterfactual"
+    # True where the top-k counterfactuals are the first k of the top-K for any k <= K (a ranked
+    # list cut at K), so one search at the widest K serves every smaller one.
+    nested_top_k: bool = False
 
     def __init__(self, aggregation: str = "mean", similarity_threshold: float | None = None) -> None:
         self.aggregation = aggregation
@@ -166,6 +169,21 @@ class CounterfactualExplainer:
     ) -> Explanation:
         started = time.perf_counter()
         cfs, details = self.counterfactuals(text, intervention, top_k, base_labels=base_labels)
+        searched = time.perf_counter() - started
+        exp = self.explain_counterfactuals(text, intervention, classifier, cfs, details)
+        exp.cost.wall_time_s += searched
+        return exp
+
+    def explain_counterfactuals(
+        self,
+        text: str,
+        intervention: Intervention,
+        classifier: Classifier,
+        cfs: list[Counterfactual],
+        details: dict[str, Any],
+    ) -> Explanation:
+        """The explanation from counterfactuals already found (scoring and aggregation only)."""
+        started = time.perf_counter()
         cost = details.pop("cost", None) or Cost()
         texts = [text] + [c.text for c in cfs]
         with metered() as usage:

@@ -66,13 +66,16 @@ def test_calibration_weights_are_non_negative_and_cells_shrink_to_pooled(calibra
         assert all(w >= 0 for w in st.pooled.values())
         for w in st.cells.values():
             assert all(x >= 0 for x in w.values())
-    assert (
-        calibration.meta["cost"]["classifier_texts"] == calibration.meta["pool"]["size"]
-    )  # one call per text
+    # Each pool text once, then at most splice's capped K new texts per held-out pair.
+    protocol, texts = calibration.meta["protocol"], calibration.meta["cost"]["classifier_texts"]
+    cap = protocol["options"]["splice_max_k"]
+    assert cap == max(KS)
+    size = calibration.meta["pool"]["size"]
+    assert size < texts <= size + protocol["heldout_pairs"] * cap
     assert calibration.meta["classifier"]["fingerprint"]
     assert calibration.meta["coverage"]["nominal"] == 0.9
     table = calibration.report["methods"]
-    assert {"match@1", "pair_transfer@3", "s_learner@1"} <= set(table)
+    assert {"match@1", "pair_transfer@3", "s_learner@1", "splice@3"} <= set(table)
     for row in table.values():
         assert set(row["macro"]) == {"l2", "cos", "normdiff"}
     # Every (concept, direction) of the held-out pairs has an expected error.

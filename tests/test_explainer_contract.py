@@ -81,6 +81,11 @@ def test_every_registered_explainer_honours_the_contract(
         # (auto) may answer a second call from its cache.
         assert exp.cost.wall_time_s >= 0 and exp.cost.classifier_texts >= (1 if k == 1 else 0), exp.cost
         assert exp.intervention is None or exp.intervention.concept == "plot"
+    if getattr(explainer, "nested_top_k", False):  # auto searches once at the widest K and cuts
+        widest, details = explainer.counterfactuals(TEXT, INTERVENTION, 5)
+        cut = explainer.explain_counterfactuals(TEXT, INTERVENTION, classifier, widest[:3], details)
+        assert [c.text for c in cut.counterfactuals] == [c.text for c in exp.counterfactuals], name
+        assert cut.icace == pytest.approx(exp.icace), name
     again = build_explainer(name, resources, **options).explain(TEXT, INTERVENTION, classifier, top_k=3)
     if name != "generate":  # a sampled LLM may word its rewrites differently on a second call
         assert again.icace == pytest.approx(exp.icace), name

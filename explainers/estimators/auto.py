@@ -35,7 +35,7 @@ from explainers.estimators.calibration import Calibration, CountingClassifier, p
 from explainers.estimators.stack import project_icace
 from explainers.matching.stacking import combine
 from explainers.registry import MissingResource, Resources, build_explainer, register
-from explainers.types import Cost, CounterfactualExplainer, Explainer, Explanation
+from explainers.types import Cost, Counterfactual, CounterfactualExplainer, Explainer, Explanation
 
 # The best mix fit to nothing, measured on all CEBaB dev pairs for tfidf-lr
 # (benchmarks/results/faithfulness_calibrated.md, `uncal:*` rows: L2 0.2239 / Cos 0.4666, against
@@ -133,13 +133,18 @@ class AutoExplainer:
             needed = cal.required_components(estimator)
         else:
             estimator, needed = "uncalibrated", list(UNCALIBRATED_DEFAULT)
-        self._prefetch(text, intervention, cached, needed, base_labels)
+        found = self._prefetch(text, intervention, cached, needed, base_labels)
         parts: dict[str, Explanation] = {}
         for name in needed:
             method, k = parse_component(name)
-            parts[name] = self._explainer(method).explain(
-                text, intervention, cached, top_k=k, base_labels=base_labels
-            )
+            explainer = self._explainer(method)
+            if method in found and isinstance(explainer, CounterfactualExplainer):
+                cfs, found_details = found[method]
+                parts[name] = explainer.explain_counterfactuals(
+                    text, intervention, cached, cfs[:k], dict(found_details)
+                )
+            else:
+                parts[name] = explainer.explain(text, intervention, cached, top_k=k, base_labels=base_labels)
         base = np.asarray(cached.predict_proba([text]), float)[0]
         ests = {n: np.asarray(e.icace, float)[None, :] for n, e in parts.items()}
         details: dict[str, Any] = {
@@ -200,19 +205,27 @@ class AutoExplainer:
         cached: CachingClassifier,
         needed: list[str],
         base_labels: Mapping[str, str] | None,
-    ) -> None:
-        """One classifier call for the text and every counterfactual the matching components will use."""
+    ) -> dict[str, tuple[list[Counterfactual], dict[str, Any]]]:
+        """One classifier call for the text and every counterfactual the components will use.
+
+        Returns the counterfactuals found at the widest K of each method whose smaller K are
+        its prefixes (`nested_top_k`), so those methods search once per explanation.
+        """
         texts = [text]
         widest: dict[str, int] = {}
         for name in needed:
             m, k = parse_component(name)
             widest[m] = max(widest.get(m, 0), k)
+        nested: dict[str, tuple[list[Counterfactual], dict[str, Any]]] = {}
         for m, k in widest.items():
             exp = self._explainer(m)
             if isinstance(exp, CounterfactualExplainer):
-                cfs, _ = exp.counterfactuals(text, intervention, k, base_labels=base_labels)
+                cfs, details = exp.counterfactuals(text, intervention, k, base_labels=base_labels)
                 texts += [c.text for c in cfs]
+                if exp.nested_top_k:
+                    nested[m] = (cfs, details)
         cached.predict_proba(list(dict.fromkeys(texts)))
+        return nested
 
 
 def load_calibration(value: Any) -> Calibration | None:

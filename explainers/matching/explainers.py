@@ -42,6 +42,7 @@ class MatchingExplainer(CounterfactualExplainer):
     """Top-K nearest pool texts with the target value in the treated concept's space."""
 
     name = "match"
+    nested_top_k = True  # the K nearest, nearest first (confounder-matched ones, then the fill)
 
     def __init__(
         self,
@@ -171,6 +172,7 @@ class MatchDRExplainer(MatchingExplainer):
     """Matching with a regression adjustment for the matches' leftover label differences."""
 
     name = "match_dr"
+    nested_top_k = False  # its explain() adds a regression adjustment to the counterfactuals' estimate
 
     def __init__(self, space: ConceptSpace, *, alpha: float = 1.0, **kw: Any) -> None:
         kw.setdefault("confounders", "ignore")
