@@ -139,7 +139,12 @@ def resolve(rt: Runtime, params: Any, prefix: str = "body") -> Resolved:
 
 
 def default_method(domain: Domain, classifier_name: str) -> str:
-    """`auto` once the classifier is calibrated on the domain, `match` before (measured the best single method)."""
+    """`auto` once the classifier is calibrated on the domain, `match` before.
+
+    `match` needs neither a fit nor edit pairs, so it answers on any domain; where the domain
+    has pairs, `method: auto` (uncalibrated: splice) or `splice` measure better on CEBaB
+    (benchmarks/results/faithfulness_calibrated*.md, `uncal:*` rows).
+    """
     try:
         calibrated = (domain.calibration_dir(classifier_name) / "meta.json").exists()
     except ValueError:  # an inline classifier has no calibration
