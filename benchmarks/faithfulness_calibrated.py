@@ -55,6 +55,7 @@ COMPONENTS = (
     "conexp",
     "approx_match",
     "splice",
+    "splice_median",
 )
 CONCEPTS = ("food", "service", "ambiance", "noise")
 RESULTS = ROOT / "benchmarks" / "results"
@@ -66,6 +67,8 @@ UNCALIBRATED = {  # mixes that need no classifier-specific fit: candidates for a
     "uncal:match+pair_transfer_logit@10": {"match@10": 0.5, "pair_transfer_logit@10": 0.5},
     "uncal:match+pt+s_learner@10": {"match@10": 1 / 3, "pair_transfer@10": 1 / 3, "s_learner@10": 1 / 3},
     "uncal:splice@10": {"splice@10": 1.0},
+    "uncal:splice_median@10": {"splice_median@10": 1.0},
+    "uncal:splice_median@20": {"splice_median@20": 1.0},
     "uncal:splice+pair_transfer_logit@10": {"splice@10": 0.5, "pair_transfer_logit@10": 0.5},
     "uncal:splice+match+pt+s_learner@10": {
         "splice@10": 0.25,

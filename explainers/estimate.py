@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-AGGREGATIONS = ("mean", "similarity_weighted")
+AGGREGATIONS = ("mean", "similarity_weighted", "median")
 
 
 @dataclass
@@ -49,6 +49,13 @@ def icace_from_predictions(
         w = w / w.sum()
         agg = (w[:, None] * preds).sum(axis=0)
         spread = np.sqrt((w[:, None] * (preds - agg) ** 2).sum(axis=0))
+    elif aggregation == "median":
+        # Per-label median, rescaled to sum as the predictions do: a few counterfactuals that
+        # flip a saturated classifier (a bad edit) do not move it, where they move the mean.
+        med = np.median(preds, axis=0)
+        total = med.sum()
+        agg = med * (preds.sum(axis=1).mean() / total) if total > 0 else med
+        spread = 1.4826 * np.median(np.abs(preds - med), axis=0)  # MAD, scaled to a normal's std
     else:
         agg = preds.mean(axis=0)
         spread = preds.std(axis=0)

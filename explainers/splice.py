@@ -213,7 +213,22 @@ class SpliceExplainer(CounterfactualExplainer):
     "(same concept and direction, nearest first); scored by the classifier",
 )
 def make_splice(resources: Resources, **options: Any) -> SpliceExplainer:
-    pool = resources.need("pool", "splice")
+    return _splice(resources, options, "splice")
+
+
+@register(
+    "splice_median",
+    "splice with the per-label median of the counterfactuals' predictions (robust to edits that "
+    "flip a saturated classifier)",
+)
+def make_splice_median(resources: Resources, **options: Any) -> SpliceExplainer:
+    explainer = _splice(resources, {**options, "aggregation": "median"}, "splice_median")
+    explainer.name = "splice_median"
+    return explainer
+
+
+def _splice(resources: Resources, options: dict[str, Any], method: str) -> SpliceExplainer:
+    pool = resources.need("pool", method)
     cache_key = "_splice_edits"
     edits = resources.extra.get(cache_key)
     if edits is None or edits.pool is not pool:

@@ -39,11 +39,23 @@ def test_threshold_drops_weak_matches_and_none_left_means_zero_effect() -> None:
     assert not none.icace.any() and not none.spread.any()
 
 
+def test_median_ignores_an_outlier_and_stays_a_probability_vector() -> None:
+    base = np.array([0.5, 0.3, 0.2])
+    preds = np.array([[0.6, 0.3, 0.1], [0.62, 0.28, 0.1], [0.58, 0.3, 0.12], [0.0, 0.0, 1.0]])
+    est = icace_from_predictions(base, preds, aggregation="median")
+    assert (base + est.icace).sum() == pytest.approx(1.0)
+    assert np.all(base + est.icace >= 0)
+    assert est.icace[0] > 0.05 and est.icace[2] < 0  # the flipped fourth prediction does not win
+    mean = icace_from_predictions(base, preds).icace
+    assert mean[2] > 0  # where it moves the mean the other way
+    assert est.spread.shape == (3,) and np.all(est.spread >= 0)
+
+
 def test_single_counterfactual_has_zero_spread_and_bad_aggregation_is_refused() -> None:
     est = icace_from_predictions(BASE, PREDS[:1])
     np.testing.assert_allclose(est.spread, 0.0)
     with pytest.raises(ValueError, match="unknown aggregation"):
-        icace_from_predictions(BASE, PREDS, aggregation="median")
+        icace_from_predictions(BASE, PREDS, aggregation="mode")
 
 
 def test_cace_is_the_mean_with_a_bootstrap_interval_around_it() -> None:

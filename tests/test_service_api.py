@@ -192,7 +192,7 @@ def test_already_at_target_is_a_zero_effect(client: httpx.Client) -> None:
         ({"classifier": "nope"}, 422, "body.classifier"),
         ({"top_k": 0}, 422, "body.top_k"),
         ({"top_k": 500}, 422, "body.top_k"),
-        ({"aggregation": "median"}, 422, "body.aggregation"),
+        ({"aggregation": "mode"}, 422, "body.aggregation"),
         ({"domain": "no-such-domain", "method": "match"}, 422, "body.domain"),
         ({"base_labels": {"service": "Bogus"}}, 422, "body.base_labels.service"),
         ({"base_labels": {"price": "high"}}, 422, "body.base_labels.price"),

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BeforeValidator
 
-Aggregation = Literal["mean", "similarity_weighted"]
+Aggregation = Literal["mean", "similarity_weighted", "median"]
 
 # Characters no text field may hold: NUL (PostgreSQL text cannot store it) and lone UTF-16
 # surrogates (not encodable as UTF-8: every later JSON response holding them would fail).

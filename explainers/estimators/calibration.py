@@ -71,9 +71,11 @@ DEFAULT_METHODS = (
     "conexp",
     "approx_match",
     "splice",
+    "splice_median",
 )
-# Methods that make new texts per query: each costs K classifier texts per held-out pair.
-TEXT_MAKING = ("splice",)
+# Methods that make new texts per query: each costs K classifier texts per held-out pair
+# (splice and splice_median make the same texts: the prediction cache scores them once).
+TEXT_MAKING = ("splice", "splice_median")
 DEFAULT_KS = (5, 10, 20, 50)
 DEFAULT_COMBINERS = ("hgb", "ridge")
 PROBE_SIZE = 32
