@@ -38,7 +38,12 @@ sys.path.insert(0, str(ROOT))
 from explainers.bench import runner  # noqa: E402
 from explainers.classifiers.cache import CachingClassifier  # noqa: E402
 from explainers.concepts import Intervention  # noqa: E402
-from explainers.estimators.calibration import Calibration, calibrate, component  # noqa: E402
+from explainers.estimators.calibration import (  # noqa: E402
+    DEFAULT_METHODS,
+    Calibration,
+    calibrate,
+    component,
+)
 from explainers.estimators.intervals import coverage_of  # noqa: E402
 from explainers.estimators.stack import project_icace  # noqa: E402
 from explainers.matching.cebab import ensure_cebab_space, without_texts  # noqa: E402
@@ -47,16 +52,7 @@ from explainers.metrics import summarize  # noqa: E402
 from explainers.registry import build_explainer  # noqa: E402
 
 BASELINES = ("zero", "conexp", "approx", "approx_match", "s_learner", "pt_match")
-COMPONENTS = (
-    "match",
-    "pair_transfer",
-    "pair_transfer_logit",
-    "s_learner",
-    "conexp",
-    "approx_match",
-    "splice",
-    "splice_median",
-)
+COMPONENTS = DEFAULT_METHODS  # what the service calibrates
 CONCEPTS = ("food", "service", "ambiance", "noise")
 RESULTS = ROOT / "benchmarks" / "results"
 UNCALIBRATED = {  # mixes that need no classifier-specific fit: candidates for auto's uncalibrated default
