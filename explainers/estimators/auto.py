@@ -38,12 +38,11 @@ from explainers.registry import MissingResource, Resources, build_explainer, reg
 from explainers.types import Cost, Counterfactual, CounterfactualExplainer, Explainer, Explanation
 
 # The estimator fit to nothing that is best on all CEBaB dev pairs for both reference classifiers
-# (benchmarks/results/faithfulness_calibrated*.md, `uncal:*` rows): splice at K = 10, L2 / Cos
-# 0.2157 / 0.4423 (tfidf-lr) and 0.3514 / 0.3779 (minilm-ft), against 0.2239 / 0.4666 and
-# 0.3844 / 0.4088 for the previous default (match + pair_transfer + s_learner) and 0.3087 / 0.5678
-# and 0.4083 / 0.4336 for match alone. (splice + pair_transfer_logit is better on tfidf-lr,
-# 0.2040 / 0.4228, but was not measured on minilm-ft.)
-UNCALIBRATED_DEFAULT: dict[str, float] = {"splice@10": 1.0}
+# (benchmarks/results/faithfulness_calibrated*.md, `uncal:*` rows): splice_median at K = 20,
+# L2 / Cos 0.2108 / 0.4361 (tfidf-lr) and 0.3289 / 0.3438 (minilm-ft), against 0.2239 / 0.4666 and
+# 0.3844 / 0.4088 for the previous default (match + pair_transfer + s_learner at K = 10) and
+# 0.3087 / 0.5678 and 0.4083 / 0.4336 for match alone.
+UNCALIBRATED_DEFAULT: dict[str, float] = {"splice_median@20": 1.0}
 
 
 class AutoExplainer:
