@@ -95,7 +95,9 @@ class SentenceEdits:
         for (concept, source, _), cell in self.edits.items():
             inserts[(concept, source)] += [not e.removed for e in cell]
         self.absent = {key for key, flags in inserts.items() if np.mean(flags) >= ABSENT_INSERT_SHARE}
-        self.vectorizer = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True)
+        # Words seen once are noise in a corpus of thousands; in a handful of texts they are all there is.
+        min_df = 2 if len(pool.texts) >= 50 else 1
+        self.vectorizer = TfidfVectorizer(ngram_range=(1, 2), min_df=min_df, sublinear_tf=True)
         self.vectorizer.fit(pool.texts)
         self.scorers: dict[str, LogisticRegression] = {}
         for concept, rows in carried.items():

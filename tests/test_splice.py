@@ -75,6 +75,15 @@ def test_no_change_and_no_edits_give_no_counterfactuals() -> None:
     assert cfs == [] and "no corpus edits" in details["note"]
 
 
+def test_a_tiny_pool_still_fits() -> None:
+    pool = review_pool()
+    tiny = Pool(pool.texts[:3], pool.labels[:3], SCHEMA, origins=pool.origins[:3], pairs=pool.pairs[:3])
+    cfs, _ = SpliceExplainer(SentenceEdits(tiny)).counterfactuals(
+        "The soup was delicious. Our waiter was rude.", Intervention("food", "bad", "good"), 2
+    )
+    assert cfs and "cold and bland" in cfs[0].text
+
+
 def test_a_pool_without_pairs_is_a_missing_resource() -> None:
     pool = review_pool()
     with pytest.raises(MissingResource, match="pairs"):
