@@ -116,20 +116,27 @@ class SentenceEdits:
             return found
         return [e for (c, _, t), edits in self.edits.items() if c == concept and t == target for e in edits]
 
-    def carrying_sentence(self, parts: list[str], concept: str, source: str) -> int | None:
-        """The index of the sentence that most carries `concept`; None where the edit should append.
+    def locate(
+        self, parts: list[str], text: str, concept: str, source: str
+    ) -> tuple[int | None, sparse.csr_matrix]:
+        """The sentence that most carries `concept` (None where the edit should append), and the
+        TF-IDF row to rank the edits by: that sentence's, or the whole text's when appending.
 
         A text whose concept has an "absent" value (edits from it mostly add a sentence, as
         CEBaB's `unknown` does) has no sentence to replace.
         """
         scorer = self.scorers.get(concept)
         if scorer is None or not parts or (concept, source) in self.absent:
-            return None
-        return int(np.argmax(scorer.predict_proba(self.vectorizer.transform(parts))[:, 1]))
+            return None, self.vectorizer.transform([text])
+        rows = self.vectorizer.transform(parts)
+        at = int(np.argmax(scorer.predict_proba(rows)[:, 1]))
+        return at, rows[at]
 
     def rank(
-        self, concept: str, source: str, target: str, query: str, by_sentence: bool
+        self, concept: str, source: str, target: str, query: sparse.csr_matrix, by_sentence: bool
     ) -> list[tuple[SentenceEdit, float]]:
+        """This direction's edits, most similar first: by the sentence each replaced (`by_sentence`)
+        or by its whole base text, against the `query` row from `locate`."""
         edits = self.cell(concept, source, target)
         if not edits:
             return []
@@ -141,7 +148,7 @@ class SentenceEdits:
                     for e in edits
                 ]
             ).tocsr()
-        sims = (self._keys[key] @ self.vectorizer.transform([query]).T).toarray().ravel()
+        sims = (self._keys[key] @ query.T).toarray().ravel()
         order = np.argsort(-sims, kind="stable")
         return [(edits[i], float(sims[i])) for i in order]
 
@@ -181,10 +188,8 @@ class SpliceExplainer(CounterfactualExplainer):
         if source == target:
             return [], {**details, "note": "the concept already has the target value; effect is zero"}
         parts = sentences(text)
-        at = self.edits.carrying_sentence(parts, concept, source)
-        ranked = self.edits.rank(
-            concept, source, target, parts[at] if at is not None else text, by_sentence=at is not None
-        )
+        at, query = self.edits.locate(parts, text, concept, source)
+        ranked = self.edits.rank(concept, source, target, query, by_sentence=at is not None)
         out: list[Counterfactual] = []
         # Equal texts from different edits stay: an edit many annotators made weighs more.
         for edit, sim in ranked:

@@ -10,6 +10,7 @@ from fastapi import Request
 
 from app.problems import ApiError, Problem, field_error
 from app.resources import Runtime
+from app.schemas.types import unstorable
 
 
 def runtime(request: Request) -> Runtime:
@@ -23,26 +24,18 @@ _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 def _unstorable_at(value: Any, path: str) -> str | None:
     """The path of the first string (key or value) holding a NUL or a lone surrogate, or None."""
     if isinstance(value, str):
-        return path if _bad_text(value) else None
+        return path if unstorable(value) else None
     if isinstance(value, list):
         for i, item in enumerate(value):
             if (found := _unstorable_at(item, f"{path}.{i}")) is not None:
                 return found
     if isinstance(value, dict):
         for key, item in value.items():
-            if _bad_text(key):
+            if unstorable(key):
                 return path
             if (found := _unstorable_at(item, f"{path}.{key}")) is not None:
                 return found
     return None
-
-
-def _bad_text(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return "\x00" in text
 
 
 async def storable_json_body(request: Request) -> None:

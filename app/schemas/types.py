@@ -14,8 +14,13 @@ Aggregation = Literal["mean", "similarity_weighted", "median"]
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
+def unstorable(text: str) -> bool:
+    """True if `text` holds a NUL or a lone surrogate (cannot be stored or sent on as UTF-8)."""
+    return _UNSTORABLE.search(text) is not None
+
+
 def _storable(v: str) -> str:
-    if _UNSTORABLE.search(v):
+    if unstorable(v):
         raise ValueError("must not contain NUL characters or unpaired UTF-16 surrogates")
     return v
 
