@@ -21,6 +21,8 @@ from app.resources import Runtime
 from explainers.classifiers.usage import metered
 from explainers.concepts import ConceptSchema, Intervention
 from explainers.domains import Domain
+from explainers.errors import MissingResource
+from explainers.labels import tagged
 from explainers.types import Explanation, zero_explanation
 
 
@@ -170,21 +172,29 @@ def check_available(r: Resolved, concept: str, target: str, prefix: str) -> None
         raise field_error(f"{prefix}.method", reason)
 
 
-def source_for(rt: Runtime, domain: Domain, q: Query) -> tuple[str, bool, dict[str, str] | None]:
+def known_labels(
+    domain: Domain, texts: list[str], given: list[dict[str, str] | None], concept: str
+) -> list[dict[str, str]]:
+    """Each text's labels with one for `concept`: the given ones, topped up by the domain's taggers
+    (the one resolver, `explainers.labels.tagged`; one tagger call for the texts that need it)."""
+    if domain.taggers is None and any(lab is None or concept not in lab for lab in given):
+        raise MissingResource(f"domain {domain.id!r} has no concept taggers; pass the labels")
+    return [lab or {} for lab in tagged(texts, given, domain.taggers, concept=concept)]
+
+
+def source_for(domain: Domain, q: Query) -> tuple[str, bool, dict[str, str] | None]:
     """The concept's current value: given, else from known labels, else inferred by the domain's taggers."""
     if q.source is not None:
         return q.source, False, q.labels
-    if q.labels and q.concept in q.labels:
-        return q.labels[q.concept], False, q.labels
-    inferred = rt.infer_labels(domain, [q.text])[0]
-    merged = {**inferred, **(q.labels or {})}
-    return merged[q.concept], True, merged
+    inferred = not (q.labels and q.concept in q.labels)
+    labels = known_labels(domain, [q.text], [q.labels], q.concept)[0]
+    return labels[q.concept], inferred, labels
 
 
 def run(rt: Runtime, r: Resolved, q: Query) -> tuple[Explanation, Intervention, bool, dict[str, float]]:
     """Explain one text; returns the explanation, the full intervention, whether the source was inferred, timings."""
     started = time.perf_counter()
-    src, inferred, labels = source_for(rt, r.domain, q)
+    src, inferred, labels = source_for(r.domain, q)
     t_source = time.perf_counter()
     intervention = Intervention(q.concept, q.target, src)
     if src == q.target:

@@ -281,9 +281,3 @@ class Runtime:
     def calibration_finished(self, domain_id: str, classifier_name: str) -> None:
         with self._lock:
             self._calibrating.discard((domain_id, classifier_name))
-
-    def infer_labels(self, domain: Domain, texts: list[str]) -> list[dict[str, str]]:
-        """Labels of the concepts whose tagger is usable in `domain` (others are absent)."""
-        if domain.taggers is None:
-            raise MissingResource(f"domain {domain.id!r} has no concept taggers; pass the labels")
-        return domain.taggers.predict(texts)

@@ -35,10 +35,10 @@ from scipy import sparse
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 
-from explainers.baselines import resolve_source
 from explainers.concepts import Intervention
 from explainers.data.pool import Pool
 from explainers.errors import MissingResource
+from explainers.labels import source_value
 from explainers.registry import Resources, register
 from explainers.types import Counterfactual, CounterfactualExplainer
 
@@ -183,7 +183,7 @@ class SpliceExplainer(CounterfactualExplainer):
     ) -> tuple[list[Counterfactual], dict[str, Any]]:
         self.edits.pool.schema.validate(intervention)
         concept, target = intervention.concept, intervention.target
-        source = resolve_source(text, intervention, base_labels, self.taggers, self.name)
+        source = source_value(text, intervention, base_labels, self.taggers, self.name)
         details: dict[str, Any] = {"source": source, "max_k": self.max_k}
         if source == target:
             return [], {**details, "note": "the concept already has the target value; effect is zero"}

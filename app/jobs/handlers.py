@@ -79,15 +79,12 @@ class EffectsHandler:
         texts = [p["text"] for p in payloads]
         labels: list[dict[str, str] | None] = [p.get("labels") for p in payloads]
         unknown = [i for i, lab in enumerate(labels) if iv.source is None and not (lab and iv.concept in lab)]
-        if unknown:
-            tags = self.rt.infer_labels(r.domain, [texts[i] for i in unknown])
-            for i, tagged in zip(unknown, tags, strict=True):
-                labels[i] = {**tagged, **(labels[i] or {})}
-        interventions = []
-        for i, text in enumerate(texts):
-            q = explain.Query(text, iv.concept, iv.target, iv.source, labels[i])
-            src, _, labels[i] = explain.source_for(self.rt, r.domain, q)
-            interventions.append(Intervention(iv.concept, iv.target, src))
+        if iv.source is None:
+            known = explain.known_labels(r.domain, texts, labels, iv.concept)
+            labels, sources = list(known), [lab[iv.concept] for lab in known]
+        else:
+            sources = [iv.source] * len(texts)
+        interventions = [Intervention(iv.concept, iv.target, src) for src in sources]
         changed = [i for i, x in enumerate(interventions) if x.source != x.target]
         same = [i for i, x in enumerate(interventions) if x.source == x.target]
         exps: dict[int, Explanation] = {}

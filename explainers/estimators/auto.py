@@ -27,13 +27,14 @@ from typing import Any
 
 import numpy as np
 
-from explainers.baselines import resolve_source
 from explainers.classifiers.base import Classifier
 from explainers.classifiers.cache import CachingClassifier
 from explainers.concepts import Intervention
 from explainers.estimators.calibration import Calibration, CountingClassifier, parse_component
 from explainers.estimators.stack import project_icace
+from explainers.labels import source_value
 from explainers.matching.stacking import combine
+from explainers.pool_kernel import predict_in_chunks
 from explainers.registry import MissingResource, Resources, build_explainer, register
 from explainers.types import Cost, Counterfactual, CounterfactualExplainer, Explainer, Explanation
 
@@ -94,8 +95,6 @@ class AutoExplainer:
 
     def warm(self, classifier: Classifier) -> None:
         """Score every pool text once (in batches), so no explanation pays for first-time pool scoring."""
-        from explainers.baselines import predict_in_chunks
-
         _, cached, _ = self._wrapped(classifier)
         if self.resources.pool is not None:
             predict_in_chunks(cached, list(self.resources.pool.texts))
@@ -126,7 +125,7 @@ class AutoExplainer:
         counting, cached, stale = self._wrapped(classifier)
         calls0, texts0 = counting.calls, counting.texts
         self.resources.schema.validate(intervention)
-        source = resolve_source(text, intervention, base_labels, self.resources.taggers, self.name)
+        source = source_value(text, intervention, base_labels, self.resources.taggers, self.name)
         concept, target = intervention.concept, intervention.target
         direction = f"{source}->{target}"
         cal = self.calibration if stale is None else None

@@ -59,6 +59,7 @@ from explainers.estimators.intervals import Intervals, fit_intervals
 from explainers.estimators.stack import CellStack, cell_key, fit_cell_stack, project_icace
 from explainers.matching.stacking import group_folds
 from explainers.metrics import summarize
+from explainers.pool_kernel import predict_in_chunks
 from explainers.registry import Resources
 
 KIND = "calibration"
@@ -477,8 +478,6 @@ def calibrate(
             f"calibrating on {len(pool)} pool texts, {len(pool.pairs)} pairs"
             + (f" (cut to fit {max_classifier_texts} classifier texts)" if rows_kept is not None else "")
         )
-    from explainers.baselines import predict_in_chunks
-
     probe = probe_texts(pool)
     predict_in_chunks(cached, list(pool.texts))  # every pool text once; the probe set is among them
     probe_pred = cached.predict_proba(probe)

@@ -22,6 +22,7 @@ from explainers.generation.backends import Completion, LLMBackend, LLMError, LLM
 from explainers.generation.cache import GenerationCache, cache_key
 from explainers.generation.prompts import PromptBuilder, clean_output
 from explainers.generation.verify import Tagger, Verifier
+from explainers.labels import tagged
 from explainers.types import Cost, Counterfactual, CounterfactualExplainer
 
 
@@ -106,11 +107,9 @@ class GenerationExplainer(CounterfactualExplainer):
         return comp, False
 
     def _source_labels(self, text: str, base_labels: Mapping[str, str] | None) -> dict[str, str] | None:
-        if base_labels:
-            return {k: v for k, v in base_labels.items() if k in self.schema}
-        if self.taggers is not None:
-            return dict(self.taggers.predict([text])[0])
-        return None
+        """Given labels (of this schema's concepts; none given when empty), else the taggers'."""
+        given = {k: v for k, v in base_labels.items() if k in self.schema} if base_labels else None
+        return tagged([text], [given], self.taggers)[0]
 
     def counterfactuals(
         self,

@@ -29,10 +29,11 @@ import faiss
 import numpy as np
 from sklearn.linear_model import Ridge
 
-from explainers.baselines import PoolScores, labels_for_batch, one_hot, resolve_labels, resolve_source
 from explainers.classifiers.base import Classifier
 from explainers.concepts import Intervention
+from explainers.labels import labels_of, source_value, tagged
 from explainers.matching.space import ConceptSpace
+from explainers.pool_kernel import PoolScores, one_hot
 from explainers.types import Cost, Counterfactual, CounterfactualExplainer, Explainer, Explanation
 
 CONFOUNDER_MODES = ("fill", "require", "ignore")
@@ -67,7 +68,7 @@ class MatchingExplainer(CounterfactualExplainer):
     ) -> dict[str, str]:
         if self.confounders == "ignore" or (base_labels is None and self.taggers is None):
             return {}
-        labels = resolve_labels(text, base_labels, self.taggers, self.name)
+        labels = labels_of(text, base_labels, self.taggers, self.name)
         return {c: labels[c] for c in self.space.schema.confounders(concept) if c in labels}
 
     def counterfactuals(
@@ -107,7 +108,7 @@ class MatchingExplainer(CounterfactualExplainer):
         for iv in interventions:
             self.space.schema.validate(iv)
         n = len(texts)
-        labels = labels_for_batch(texts, base_labels, self.taggers if self.confounders != "ignore" else None)
+        labels = tagged(texts, base_labels, self.taggers if self.confounders != "ignore" else None)
         by_concept: dict[str, list[int]] = {}
         for i, iv in enumerate(interventions):
             by_concept.setdefault(iv.concept, []).append(i)
@@ -211,7 +212,7 @@ class MatchDRExplainer(MatchingExplainer):
         *,
         base_labels: Sequence[Mapping[str, str] | None] | None = None,
     ) -> list[Explanation]:
-        labels = labels_for_batch(texts, base_labels, self.taggers)
+        labels = tagged(texts, base_labels, self.taggers)
         exps = super().explain_batch(texts, interventions, classifier, top_k, base_labels=labels)
         return [
             self._adjust(e, t, iv, classifier, lab)
@@ -229,7 +230,7 @@ class MatchDRExplainer(MatchingExplainer):
         rows = exp.details.get("rows") or []
         if not rows or (base_labels is None and self.taggers is None):
             return exp
-        labels = resolve_labels(text, base_labels, self.taggers, self.name)
+        labels = labels_of(text, base_labels, self.taggers, self.name)
         wanted = dict(labels, **{intervention.concept: intervention.target})
         g = self._outcome_model(classifier)
         g_star = g.predict(one_hot([wanted], self.space.schema))[0]
@@ -330,7 +331,7 @@ class PairTransferExplainer:
 
         started = time.perf_counter()
         self.space.schema.validate(intervention)
-        source = resolve_source(text, intervention, base_labels, self.taggers, self.name)
+        source = source_value(text, intervention, base_labels, self.taggers, self.name)
         base = np.asarray(classifier.predict_proba([text]), float)[0]
         cost = Cost(classifier_calls=1, classifier_texts=1)
         found = (
