@@ -44,10 +44,10 @@ from explainers.estimators.calibration import (  # noqa: E402
     calibrate,
     component,
 )
+from explainers.estimators.crossfit import combine  # noqa: E402
 from explainers.estimators.intervals import coverage_of  # noqa: E402
 from explainers.estimators.stack import project_icace  # noqa: E402
 from explainers.matching.cebab import ensure_cebab_space, without_texts  # noqa: E402
-from explainers.matching.stacking import combine  # noqa: E402
 from explainers.metrics import summarize  # noqa: E402
 from explainers.registry import build_explainer  # noqa: E402
 

@@ -217,8 +217,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace, base_url: str, started: float) -> int:
+    from explainers.estimators.crossfit import cross_fit
     from explainers.matching.cebab import ensure_cebab_space, without_texts
-    from explainers.matching.stacking import cross_fit
 
     spec = {
         "protocol": "openai-chat",

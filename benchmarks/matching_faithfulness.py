@@ -35,9 +35,9 @@ sys.path.insert(0, str(ROOT))
 
 from explainers.bench import runner  # noqa: E402
 from explainers.classifiers.cache import CachingClassifier  # noqa: E402
+from explainers.estimators.crossfit import cross_fit  # noqa: E402
 from explainers.matching.cebab import ensure_cebab_space, without_texts  # noqa: E402
 from explainers.matching.space import ConceptSpace  # noqa: E402
-from explainers.matching.stacking import cross_fit  # noqa: E402
 
 BASELINES = ("zero", "conexp", "approx", "approx_match", "s_learner", "pt_match")
 STACK = ("match", "pair_transfer", "s_learner")

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from explainers.estimators.crossfit import cross_fit, fit_weights, group_folds
 from explainers.matching.groups import build_groups
 from explainers.matching.index import PartitionIndex, exact_topk, recall_at_k
 from explainers.matching.loss import (
@@ -17,7 +18,6 @@ from explainers.matching.loss import (
     padded_groups,
     padded_loss,
 )
-from explainers.matching.stacking import cross_fit, fit_weights, group_folds
 
 CONCEPTS = ["food", "service"]
 # Hand-made corpus: three origins; index -> (origin, food, service).

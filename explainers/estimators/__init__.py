@@ -1,6 +1,8 @@
 """Estimators fit to one (classifier, domain): held-out scoring, stacking, a learned combiner,
 conformal intervals, and the `Calibration` artifact that `auto` explains with.
 
+- `crossfit.py`: the primitives: NNLS weights (`fit_weights`, `combine`), folds by group
+  (`group_folds`) and honest cross-fitted scoring (`cross_fit`).
 - `heldout.py`: split a pool's origins into folds and score methods on each fold's pairs
   against the rest of the pool (no pair's own texts are in the pool it is scored against).
 - `stack.py`: non-negative stacks per K and per (concept, direction), shrunk to the pooled

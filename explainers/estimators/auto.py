@@ -31,9 +31,9 @@ from explainers.classifiers.base import Classifier
 from explainers.classifiers.cache import CachingClassifier
 from explainers.concepts import Intervention
 from explainers.estimators.calibration import Calibration, CountingClassifier, parse_component
+from explainers.estimators.crossfit import combine
 from explainers.estimators.stack import project_icace
 from explainers.labels import source_value
-from explainers.matching.stacking import combine
 from explainers.pool_kernel import predict_in_chunks
 from explainers.registry import MissingResource, Resources, build_explainer, register
 from explainers.types import Cost, Counterfactual, CounterfactualExplainer, Explainer, Explanation

@@ -45,6 +45,7 @@ from explainers.classifiers.base import Classifier
 from explainers.classifiers.cache import CachingClassifier
 from explainers.data.pool import Pool
 from explainers.estimators.combiner import Combiner, cross_fit_combiner, fit_combiner
+from explainers.estimators.crossfit import group_folds
 from explainers.estimators.heldout import (
     HeldOutScores,
     origin_folds,
@@ -57,7 +58,6 @@ from explainers.estimators.heldout import (
 from explainers.estimators.heldout import heldout_pairs as find_heldout_pairs
 from explainers.estimators.intervals import Intervals, fit_intervals
 from explainers.estimators.stack import CellStack, cell_key, fit_cell_stack, project_icace
-from explainers.matching.stacking import group_folds
 from explainers.metrics import summarize
 from explainers.pool_kernel import predict_in_chunks
 from explainers.registry import Resources

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from explainers.matching.stacking import group_folds
+from explainers.estimators.crossfit import group_folds
 
 KINDS = ("hgb", "ridge")
 

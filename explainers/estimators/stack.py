@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from explainers.matching.stacking import combine, fit_weights
+from explainers.estimators.crossfit import combine, fit_weights
 
 
 def project_to_simplex(v: np.ndarray) -> np.ndarray:

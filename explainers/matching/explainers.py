@@ -17,7 +17,8 @@
   logits by about the same amount whatever the text, while the change in probability depends
   on where the text starts (a text already at 5 stars cannot gain much 5-star probability).
 - `StackedExplainer` ("stacked"): a non-negative weighted sum of component estimates
-  (match, pair_transfer, s_learner by default), weights fit by `stacking.py`.
+  (match, pair_transfer, s_learner by default): a fixed-weight view over the same NNLS
+  primitives the calibration uses (`explainers.estimators.crossfit`: `fit_weights`, `combine`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from sklearn.linear_model import Ridge
 
 from explainers.classifiers.base import Classifier
 from explainers.concepts import Intervention
+from explainers.estimators.crossfit import combine
 from explainers.labels import labels_of, source_value, tagged
 from explainers.matching.space import ConceptSpace
 from explainers.pool_kernel import PoolScores, one_hot
@@ -463,7 +465,7 @@ class StackedExplainer:
             icace = np.zeros_like(base)
         else:
             base = next(iter(parts.values())).base_prediction
-            icace = sum(weights[n] * np.asarray(e.icace, float) for n, e in parts.items())
+            icace = combine({n: e.icace for n, e in parts.items()}, {n: weights[n] for n in parts})
         # The K counterfactuals shown: the heaviest components' first, each text once.
         ranked = sorted(parts, key=lambda n: -weights[n])
         cfs = list({c.text: c for n in ranked for c in parts[n].counterfactuals}.values())[:top_k]
