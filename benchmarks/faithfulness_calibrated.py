@@ -38,12 +38,8 @@ sys.path.insert(0, str(ROOT))
 from explainers.bench import runner  # noqa: E402
 from explainers.classifiers.cache import CachingClassifier  # noqa: E402
 from explainers.concepts import Intervention  # noqa: E402
-from explainers.estimators.calibration import (  # noqa: E402
-    DEFAULT_METHODS,
-    Calibration,
-    calibrate,
-    component,
-)
+from explainers.estimators.calibration import Calibration, component  # noqa: E402
+from explainers.estimators.calibration_fit import DEFAULT_METHODS, calibrate  # noqa: E402
 from explainers.estimators.crossfit import combine  # noqa: E402
 from explainers.estimators.intervals import coverage_of  # noqa: E402
 from explainers.estimators.stack import project_icace  # noqa: E402

@@ -7,7 +7,8 @@ import pytest
 
 from explainers.concepts import Intervention
 from explainers.embeddings import Encoder
-from explainers.estimators.calibration import Calibration, calibrate, fingerprint
+from explainers.estimators.calibration import Calibration, fingerprint
+from explainers.estimators.calibration_fit import calibrate
 from explainers.estimators.heldout import heldout_pairs, origin_folds, pool_origins, subset_pool
 from explainers.estimators.intervals import conformal_halfwidth, coverage_of, fit_intervals
 from explainers.estimators.stack import fit_cell_stack, project_icace, project_to_simplex

@@ -10,7 +10,7 @@ from explainers.concepts import ConceptSchema, Intervention
 from explainers.data.movies import movie_corpus, train_rating_classifier
 from explainers.data.pool import Pool
 from explainers.errors import MissingResource
-from explainers.estimators.calibration import _fit_text_budget
+from explainers.estimators.calibration_fit import _fit_text_budget
 from explainers.splice import SentenceEdits, SpliceExplainer, sentences
 
 SCHEMA = ConceptSchema.simple(["food", "service"], ["good", "bad", "none"], domain="reviews")

@@ -223,7 +223,7 @@ class CalibrationHandler:
         self.rt = rt
 
     def process(self, job_id: str, request: dict[str, Any], payload: Any, index: int) -> dict[str, Any]:
-        from explainers.estimators.calibration import calibrate
+        from explainers.estimators.calibration_fit import calibrate
 
         domain = self.rt.domain(request["domain_id"])
         name = request["classifier"]

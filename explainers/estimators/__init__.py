@@ -10,6 +10,7 @@ conformal intervals, and the `Calibration` artifact that `auto` explains with.
 - `combiner.py`: a learned combiner (gradient boosting or ridge) over the component
   estimates, the base prediction and the intervention, cross-fit by origin.
 - `intervals.py`: split-conformal per-label intervals from held-out residuals.
-- `calibration.py`: `calibrate()` and the saved `Calibration` (meta.json, fingerprint).
+- `calibration.py`: the saved `Calibration` (meta.json, fingerprint) that `auto` reads;
+  `calibration_fit.py`: `calibrate()`, the fit that makes one.
 - `auto.py`: the `auto` explainer (registered in `explainers.registry`).
 """

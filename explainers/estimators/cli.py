@@ -17,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from explainers.estimators.calibration import DEFAULT_COMBINERS, DEFAULT_KS, DEFAULT_METHODS, calibrate
+from explainers.estimators.calibration_fit import DEFAULT_COMBINERS, DEFAULT_KS, DEFAULT_METHODS, calibrate
 
 
 def _ints(value: str) -> list[int]:
