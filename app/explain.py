@@ -18,11 +18,14 @@ from pydantic import ValidationError
 
 from app.problems import ApiError, field_error, validation_error
 from app.resources import Runtime
+from app.schemas.explanations import MethodRequest
+from explainers.artifacts import META
 from explainers.classifiers.usage import metered
 from explainers.concepts import ConceptSchema, Intervention
 from explainers.domains import Domain
 from explainers.errors import MissingResource
 from explainers.labels import tagged
+from explainers.registry import method_options
 from explainers.types import Explanation, zero_explanation
 
 
@@ -86,7 +89,7 @@ def needs_labels(domain: Domain, concept: str) -> bool:
     return not domain.tagger_usable(concept)
 
 
-def resolve(rt: Runtime, params: Any, prefix: str = "body") -> Resolved:
+def resolve(rt: Runtime, params: MethodRequest, prefix: str = "body") -> Resolved:
     """Domain, classifier and explainer for a request (ExplanationRequest or EffectsParams), with 4xx on bad refs."""
     s = rt.settings
     if params.top_k > s.max_top_k:
@@ -120,23 +123,22 @@ def resolve(rt: Runtime, params: Any, prefix: str = "body") -> Resolved:
     reason = domain.unavailable_reason(method, iv.concept)  # concept-level: no pairs to transfer
     if reason:
         raise field_error(f"{prefix}.method", reason)
+    options = params.method_options()
+    declared = method_options(method)
+    unknown = sorted(set(options) - declared)
+    if unknown:
+        raise field_error(
+            f"{prefix}.{unknown[0]}",
+            f"method {method!r} does not take {unknown[0]!r}; its options: {sorted(declared)}",
+        )
     try:
         explainer, lock, info = rt.explainer(
-            method,
-            domain,
-            llm=params.llm,
-            aggregation=params.aggregation,
-            similarity_threshold=params.similarity_threshold,
-            classifier_name=clf_name,
+            method, domain, llm=params.llm, options=options, classifier_name=clf_name
         )
     except LookupError as e:
         raise field_error(f"{prefix}.llm", str(e).strip("'\"")) from e
     except ValidationError as e:
         raise field_error(f"{prefix}.llm", str(e)) from e
-    if params.similarity_threshold is not None and not hasattr(explainer, "similarity_threshold"):
-        raise field_error(f"{prefix}.similarity_threshold", f"method {method!r} does not use it")
-    if params.aggregation != "mean" and not hasattr(explainer, "aggregation"):
-        raise field_error(f"{prefix}.aggregation", f"method {method!r} does not aggregate counterfactuals")
     return Resolved(clf, clf_name, domain, explainer, lock, info, params.top_k, method)
 
 
@@ -148,7 +150,7 @@ def default_method(domain: Domain, classifier_name: str) -> str:
     (benchmarks/results/faithfulness_calibrated*.md, `uncal:*` rows).
     """
     try:
-        calibrated = (domain.calibration_dir(classifier_name) / "meta.json").exists()
+        calibrated = (domain.calibration_dir(classifier_name) / META).exists()
     except ValueError:  # an inline classifier has no calibration
         calibrated = False
     return "auto" if calibrated else "match"

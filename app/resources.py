@@ -19,7 +19,8 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from app.clients import Clients, remember
 from app.domains import DomainCatalog
 from app.settings import Settings
 from app.store import Store
+from explainers.artifacts import META
 from explainers.classifiers.base import Classifier
 from explainers.classifiers.cache import CachingClassifier
 from explainers.domains import BUILTIN as BUILTIN_DOMAINS
@@ -57,6 +59,17 @@ class Component:
         }
 
 
+@dataclass(frozen=True)
+class ExplainerKey:
+    """What a built explainer depends on: one is built, and cached, per distinct key."""
+
+    domain_id: str
+    method: str
+    llm: str | None  # the LLM's name (generate)
+    stack_key: str | None  # the classifier whose fitted weights or calibration it uses (stacked, auto)
+    options: tuple[tuple[str, Any], ...]  # the request's method options, sorted by key
+
+
 class Runtime:
     """Shared state of one service process."""
 
@@ -72,7 +85,7 @@ class Runtime:
         self.domains = DomainCatalog(Path(settings.data_dir) / "domains", self.encoder)
         self.default_domain_id: str | None = None
         self.clients = Clients(settings, store)
-        self._explainers: OrderedDict[tuple, tuple[Any, threading.Lock]] = OrderedDict()
+        self._explainers: OrderedDict[ExplainerKey, tuple[Any, threading.Lock]] = OrderedDict()
         self._calibrating: set[tuple[str, str]] = set()
         self.handlers: dict[str, Any] = {}  # job kind -> handler (set by the app factory)
         self._lock = threading.RLock()
@@ -198,12 +211,12 @@ class Runtime:
         """Drop cached clients (closing them) and explainers of a deleted or replaced registration."""
         self.clients.forget(kind, name)
         with self._lock:
-            for built in [k for k in self._explainers if name in (k[2], k[3])]:
+            for built in [k for k in self._explainers if name in (k.llm, k.stack_key)]:
                 self._explainers.pop(built)
 
     def forget_domain(self, domain_id: str) -> None:
         with self._lock:
-            for k in [k for k in self._explainers if k[0] == domain_id]:
+            for k in [k for k in self._explainers if k.domain_id == domain_id]:
                 self._explainers.pop(k)
 
     # ---- explainers -----------------------------------------------------------------------
@@ -216,11 +229,13 @@ class Runtime:
         domain: Domain,
         *,
         llm: str | dict[str, Any] | None = None,
-        aggregation: str = "mean",
-        similarity_threshold: float | None = None,
+        options: Mapping[str, Any] | None = None,
         classifier_name: str | None = None,
     ) -> tuple[Any, threading.Lock, dict[str, Any]]:
         """A built explainer over `domain`'s data (cached), its lock, and facts to report (LLM name).
+
+        `options` are the method options a request set, already checked against the method's
+        declaration (`app.explain.resolve`).
 
         `classifier_name` picks the stacking weights the domain's space holds for that classifier
         (`stacked` falls back to equal weights, and says so, when none were fit for it).
@@ -239,21 +254,19 @@ class Runtime:
             info["llm"] = llm_name
         # Methods fit per classifier: the stack's weights, and auto's calibration.
         stack_key = classifier_name if method.startswith("stacked") or method == "auto" else None
-        key = (domain.id, method, llm_name, stack_key, aggregation, similarity_threshold)
+        key = ExplainerKey(domain.id, method, llm_name, stack_key, tuple(sorted((options or {}).items())))
         with self._lock:
             hit = self._explainers.get(key)
             if hit is None:
-                options: dict[str, Any] = {"aggregation": aggregation}
-                if similarity_threshold is not None:
-                    options["similarity_threshold"] = similarity_threshold
+                built_options = dict(key.options)
                 res = domain.resources(encoder=self.encoder(), llm=backend)
                 if method == "auto":
                     path = domain.calibration_dir(stack_key) if stack_key else None
-                    if path is not None and (path / "meta.json").exists():
+                    if path is not None and (path / META).exists():
                         res.extra["calibration"] = path
                 elif stack_key:
-                    options["stack_key"] = stack_key
-                hit = (build_explainer(method, res, **options), threading.Lock())
+                    built_options["stack_key"] = stack_key
+                hit = (build_explainer(method, res, **built_options), threading.Lock())
                 remember(self._explainers, key, hit, limit=16)
         return hit[0], hit[1], info
 
@@ -268,7 +281,7 @@ class Runtime:
             return None
         key = (domain.id, classifier_name)
         with self._lock:
-            if key in self._calibrating or (domain.calibration_dir(classifier_name) / "meta.json").exists():
+            if key in self._calibrating or (domain.calibration_dir(classifier_name) / META).exists():
                 return None
             self._calibrating.add(key)
         request = {

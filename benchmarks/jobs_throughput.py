@@ -84,7 +84,7 @@ def library_pass(method: str, texts: list[str], top_k: int, batch: int) -> dict[
     enc.encode(pool.texts)
     space = ensure_cebab_space(DATA_DIR, encoder=enc) if method in ("match", "match_dr", "stacked") else None
     res = Resources(schema=CEBAB_SCHEMA, pool=pool, encoder=enc, space=space, taggers=taggers, seed=0)
-    explainer = build_explainer(method, res, aggregation="mean")
+    explainer = build_explainer(method, res)
     started = time.perf_counter()
     cpu0 = time.process_time()
     n_changed = 0

@@ -397,20 +397,20 @@ class ApproxMatchExplainer(ApproxExplainer):
         return -sims, sims
 
 
-_MATCHER_OPTIONS = ("aggregation", "similarity_threshold")
+MATCHER_OPTIONS = ("aggregation", "similarity_threshold")
 
 
 def _matcher_kwargs(
     resources: Resources, options: Mapping[str, Any], encoder: bool = False
 ) -> dict[str, Any]:
-    kw: dict[str, Any] = {k: options[k] for k in _MATCHER_OPTIONS if k in options}
+    kw: dict[str, Any] = {k: options[k] for k in MATCHER_OPTIONS if k in options}
     kw.update(seed=resources.seed, taggers=resources.taggers)
     if encoder:
         kw["encoder"] = resources.encoder
     return kw
 
 
-# Factories take the shared options of a benchmark run; options meant for other methods are ignored.
+# Each factory gets only the options it declares: the registry refuses any other.
 
 
 @register("zero", "No effect (ICaCE = 0): the estimate every method must beat")
@@ -418,7 +418,7 @@ def _zero(resources: Resources, **_: Any) -> ZeroExplainer:
     return ZeroExplainer()
 
 
-@register("random", "K random pool texts, any labels")
+@register("random", "K random pool texts, any labels", options=MATCHER_OPTIONS)
 def _random(resources: Resources, **options: Any) -> RandomExplainer:
     return RandomExplainer(resources.need("pool", "random"), **_matcher_kwargs(resources, options))
 
@@ -428,7 +428,7 @@ def _random_proba(resources: Resources, **_: Any) -> RandomProbaExplainer:
     return RandomProbaExplainer(seed=resources.seed)
 
 
-@register("random_matching", "K random pool texts with the target value")
+@register("random_matching", "K random pool texts with the target value", options=MATCHER_OPTIONS)
 def _random_matching(resources: Resources, **options: Any) -> RandomMatchingExplainer:
     return RandomMatchingExplainer(
         resources.need("pool", "random_matching"), **_matcher_kwargs(resources, options)
@@ -440,13 +440,21 @@ def _conexp(resources: Resources, **_: Any) -> ConexpExplainer:
     return ConexpExplainer(resources.need("pool", "conexp"), taggers=resources.taggers)
 
 
-@register("approx", "K random pool texts with the target value and the same confounder labels")
+@register(
+    "approx",
+    "K random pool texts with the target value and the same confounder labels",
+    options=(*MATCHER_OPTIONS, "relax"),
+)
 def _approx(resources: Resources, **options: Any) -> ApproxExplainer:
     kw = _matcher_kwargs(resources, options)
     return ApproxExplainer(resources.need("pool", "approx"), relax=options.get("relax", "fill"), **kw)
 
 
-@register("approx_match", "Approx's candidates, top-K by pretrained-encoder cosine")
+@register(
+    "approx_match",
+    "Approx's candidates, top-K by pretrained-encoder cosine",
+    options=(*MATCHER_OPTIONS, "relax"),
+)
 def _approx_match(resources: Resources, **options: Any) -> ApproxMatchExplainer:
     resources.need("encoder", "approx_match")
     kw = _matcher_kwargs(resources, options, encoder=True)
@@ -455,7 +463,11 @@ def _approx_match(resources: Resources, **options: Any) -> ApproxMatchExplainer:
     )
 
 
-@register("s_learner", "Logistic regression from concept labels to the model's prediction, intervened on")
+@register(
+    "s_learner",
+    "Logistic regression from concept labels to the model's prediction, intervened on",
+    options=("s_learner_target",),
+)
 def _s_learner(resources: Resources, **options: Any) -> SLearnerExplainer:
     return SLearnerExplainer(
         resources.need("pool", "s_learner"),
@@ -464,7 +476,11 @@ def _s_learner(resources: Resources, **options: Any) -> SLearnerExplainer:
     )
 
 
-@register("pt_match", "Pretrained MiniLM cosine top-K among pool texts with the target value")
+@register(
+    "pt_match",
+    "Pretrained MiniLM cosine top-K among pool texts with the target value",
+    options=MATCHER_OPTIONS,
+)
 def _pt_match(resources: Resources, **options: Any) -> PretrainedMatchExplainer:
     resources.need("encoder", "pt_match")
     return PretrainedMatchExplainer(

@@ -11,7 +11,8 @@ raised it. Modelled on httpx's single hierarchy:
     │   ├── UpstreamRejected          ... refused the request with a 4xx           (502)
     │   ├── UpstreamMalformed         ... answered something unusable              (502)
     │   └── OutboundDenied            the URL policy refused the target            (403)
-    └── MissingResource               the deployment lacks what a method needs     (409)
+    ├── MissingResource               the deployment lacks what a method needs     (409)
+    └── UnknownOption                 a method was given an option it does not declare
 
 `OutboundDenied` is deliberately *not* an `httpx.TransportError`: a denial is a decision,
 not a network fault, and nothing may retry it. Each upstream error carries `what`
@@ -86,6 +87,10 @@ class MissingResource(CaceError, ValueError):
     """The method needs a resource (pool, space, LLM, ...) this deployment does not have."""
 
 
+class UnknownOption(CaceError, ValueError):
+    """A method was built with an option it does not declare (the message names the allowed keys)."""
+
+
 __all__ = [
     "CaceError",
     "MissingResource",
@@ -95,5 +100,6 @@ __all__ = [
     "UpstreamRejected",
     "UpstreamTimeout",
     "UpstreamUnavailable",
+    "UnknownOption",
     "excerpt",
 ]

@@ -218,6 +218,7 @@ class SpliceExplainer(CounterfactualExplainer):
     "splice",
     "The query with its concept sentence replaced by the corpus's own one-sentence edits "
     "(same concept and direction, nearest first); scored by the classifier",
+    options=("aggregation", "similarity_threshold", "splice_max_k"),
 )
 def make_splice(resources: Resources, **options: Any) -> SpliceExplainer:
     return _splice(resources, options, "splice")
@@ -227,6 +228,7 @@ def make_splice(resources: Resources, **options: Any) -> SpliceExplainer:
     "splice_median",
     "splice with the per-label median of the counterfactuals' predictions (robust to edits that "
     "flip a saturated classifier)",
+    options=("similarity_threshold", "splice_max_k"),  # the aggregation is the median
 )
 def make_splice_median(resources: Resources, **options: Any) -> SpliceExplainer:
     explainer = _splice(resources, {**options, "aggregation": "median"}, "splice_median")

@@ -16,11 +16,12 @@ import numpy as np
 import pytest
 
 from explainers.classifiers.local import SklearnClassifier
-from explainers.concepts import Intervention
+from explainers.concepts import CEBAB_SCHEMA, Intervention
 from explainers.data.movies import movie_corpus, train_rating_classifier
 from explainers.domains import Domain, build_domain, infer_schema, pool_from_rows, validate_rows
 from explainers.embeddings import Encoder
-from explainers.registry import available, build_explainer
+from explainers.errors import UnknownOption
+from explainers.registry import Resources, allowed_options, available, build_explainer, options_for
 from explainers.types import Explanation
 
 GGUF = (
@@ -57,6 +58,17 @@ def llm_backend() -> object:
 
     return build_backend(
         {"kind": "llamacpp", "model": "smollm2", "model_path": str(GGUF), "n_ctx": 1024, "n_threads": 2}
+    )
+
+
+@pytest.mark.parametrize("name", sorted(available()))
+def test_an_undeclared_option_is_refused_naming_the_method_and_the_allowed_keys(name: str) -> None:
+    allowed = sorted(allowed_options(name))
+    with pytest.raises(UnknownOption) as refused:
+        build_explainer(name, Resources(schema=CEBAB_SCHEMA), aggregaton="median")  # a typo, say
+    assert repr(name) in str(refused.value) and str(allowed) in str(refused.value)
+    assert options_for(name, {"aggregaton": "median", **dict.fromkeys(allowed, 1)}) == dict.fromkeys(
+        allowed, 1
     )
 
 

@@ -197,6 +197,9 @@ def test_already_at_target_is_a_zero_effect(client: httpx.Client) -> None:
         ({"base_labels": {"service": "Bogus"}}, 422, "body.base_labels.service"),
         ({"base_labels": {"price": "high"}}, 422, "body.base_labels.price"),
         ({"similarity_threshold": 0.5, "method": "zero"}, 422, "body.similarity_threshold"),
+        # generate declares no similarity threshold: refused, not silently ignored
+        ({"similarity_threshold": 0.5, "method": "generate"}, 422, "body.similarity_threshold"),
+        ({"aggregation": "median", "method": "pair_transfer"}, 422, "body.aggregation"),
         (
             {"classifier": {"protocol": "hf", "url": "http://127.0.0.1:9/predict"}},
             422,

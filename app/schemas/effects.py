@@ -6,8 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.schemas.explanations import CLASSIFIER_FIELD, DOMAIN_FIELD, EXAMPLE_TEXT, InterventionIn
-from app.schemas.types import MAX_SEED, Aggregation, Labels, NonBlankText, SafeText, StrictFloat, StrictInt
+from app.schemas.explanations import EXAMPLE_TEXT, MethodRequest
+from app.schemas.types import MAX_SEED, Labels, NonBlankText, SafeText, StrictFloat, StrictInt
 
 
 class EffectText(BaseModel):
@@ -18,7 +18,7 @@ class EffectText(BaseModel):
     labels: Labels | None = Field(None, description="Known concept labels of this text.")
 
 
-class EffectsParams(BaseModel):
+class EffectsParams(MethodRequest):
     """Everything of an effects request but the texts (the JSON part of an upload)."""
 
     model_config = ConfigDict(
@@ -33,18 +33,6 @@ class EffectsParams(BaseModel):
         }
     )
 
-    intervention: InterventionIn
-    domain: str | None = DOMAIN_FIELD
-    classifier: SafeText | dict[str, Any] | None = CLASSIFIER_FIELD
-    method: SafeText | None = Field(
-        None,
-        description="As in ExplanationRequest (default: auto once calibrated, else match).",
-        examples=["pt_match"],
-    )
-    top_k: StrictInt = Field(5, ge=1)
-    aggregation: Aggregation = "mean"
-    similarity_threshold: StrictFloat | None = Field(None, ge=-1.0, le=1.0)
-    llm: SafeText | dict[str, Any] | None = None
     confidence: StrictFloat = Field(0.95, gt=0.0, lt=1.0, description="Bootstrap CI level.")
     seed: StrictInt = Field(
         0, ge=0, le=MAX_SEED, description="Bootstrap seed (results are reproducible for a seed)."

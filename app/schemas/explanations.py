@@ -34,22 +34,10 @@ class InterventionIn(BaseModel):
     source: SafeText | None = Field(None, max_length=64, examples=["Negative"])
 
 
-class ExplanationRequest(BaseModel):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "text": EXAMPLE_TEXT,
-                    "intervention": {"concept": "service", "target": "Positive"},
-                    "classifier": "tfidf-lr",
-                    "method": "match",
-                    "top_k": 5,
-                }
-            ]
-        }
-    )
+class MethodRequest(BaseModel):
+    """What an explanation runs: the intervention, where (domain), on what (classifier), how (method
+    and its options). One model for `ExplanationRequest` and `EffectsParams`, so both validate alike."""
 
-    text: NonBlankText = Field(min_length=1, description="The text to explain.", examples=[EXAMPLE_TEXT])
     intervention: InterventionIn
     domain: str | None = DOMAIN_FIELD
     classifier: SafeText | dict[str, Any] | None = CLASSIFIER_FIELD
@@ -68,6 +56,35 @@ class ExplanationRequest(BaseModel):
         None,
         description="Registered LLM name or inline LLM spec for generate (default: CACE_LLM_* settings).",
     )
+
+    def method_options(self) -> dict[str, Any]:
+        """The method options this request sets (a field left at its default sets nothing): the
+        service checks each against what the method declares (`explainers.registry.method_options`)."""
+        return {
+            k: getattr(self, k) for k in METHOD_OPTION_FIELDS if getattr(self, k) != METHOD_OPTION_FIELDS[k]
+        }
+
+
+# Request fields that are method options (checked against the method's declaration), with their defaults.
+METHOD_OPTION_FIELDS: dict[str, Any] = {"aggregation": "mean", "similarity_threshold": None}
+
+
+class ExplanationRequest(MethodRequest):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "text": EXAMPLE_TEXT,
+                    "intervention": {"concept": "service", "target": "Positive"},
+                    "classifier": "tfidf-lr",
+                    "method": "match",
+                    "top_k": 5,
+                }
+            ]
+        }
+    )
+
+    text: NonBlankText = Field(min_length=1, description="The text to explain.", examples=[EXAMPLE_TEXT])
     base_labels: Labels | None = Field(
         None,
         description="The text's concept labels, if known (else the domain's taggers infer what a method "

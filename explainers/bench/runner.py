@@ -6,9 +6,8 @@ intervention and the base's concept labels, and its estimate is scored with CEBa
 L2 / Cosine / NormDiff errors (micro and macro, see `explainers.metrics`).
 
 The runner is generic: it needs explainers by name from `explainers.registry` and a
-`Resources` from `build_bench_resources`, which other method modules extend through
-`register_resource_hook` (e.g. load a trained space when `--resource space=PATH` is
-given). Every text a run needs is scored once, up front, through a `CachingClassifier`.
+`Resources` from `build_bench_resources`, which the method modules' resource hooks extend
+(e.g. load a trained space when `--resource space=PATH` is given). Every text a run needs is scored once, up front, through a `CachingClassifier`.
 `estimate_pairs` returns the per-pair estimates for callers that fit on them (stacking).
 """
 
@@ -25,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from explainers.artifacts import META
 from explainers.classifiers.base import Classifier
 from explainers.classifiers.cache import CachingClassifier
 from explainers.concepts import CEBAB_SCHEMA, Intervention
@@ -32,7 +32,7 @@ from explainers.data.cebab import Pair, build_pairs, load_split, split_path
 from explainers.data.pools import DEFAULT_POOL_SPLIT, cebab_pool
 from explainers.metrics import ErrorSummary, summarize
 from explainers.progress import Progress
-from explainers.registry import Resources, build_explainer
+from explainers.registry import Resources, build_explainer, options_for
 from explainers.types import Explainer
 
 DEFAULT_EXPLAINERS = (
@@ -49,22 +49,13 @@ DEFAULT_KS = (1, 5, 10)
 CONCEPT_ORDER = ("food", "service", "ambiance", "noise")
 
 ResourceHook = Callable[[Resources, Mapping[str, Any]], None]
-_RESOURCE_HOOKS: list[ResourceHook] = []
-
-
-def register_resource_hook(hook: ResourceHook) -> ResourceHook:
-    """Let a method module add what it needs (a space, an LLM, taggers) to benchmark resources.
-
-    A hook gets the `Resources` being built and the run's options (`--resource KEY=VALUE`
-    pairs plus keyword options of `build_bench_resources`) and sets fields on them.
-    """
-    if hook not in _RESOURCE_HOOKS:
-        _RESOURCE_HOOKS.append(hook)
-    return hook
 
 
 def _builtin_hooks() -> list[ResourceHook]:
     """The method modules' hooks (a space from `--resource space=PATH`, an LLM from `llm_base_url=...`).
+
+    A hook gets the `Resources` being built and the run's options (`--resource KEY=VALUE`
+    pairs plus keyword options of `build_bench_resources`) and sets fields on them.
 
     The benchmark imports them, never the other way round: run-time code does not depend on it.
     """
@@ -117,7 +108,7 @@ def build_bench_resources(
     )
     resources.extra.setdefault("pool_split", str(pool_split))
     resources.extra.setdefault("data_dir", str(data_dir) if data_dir is not None else None)
-    for hook in [*_builtin_hooks(), *_RESOURCE_HOOKS]:
+    for hook in _builtin_hooks():
         hook(resources, resources.extra)
     return resources
 
@@ -133,7 +124,7 @@ def load_model(
         path = ensure_reference(model, Path(root), Path(data_dir) if data_dir else None)
     else:
         path = Path(model)
-        if not (path / "meta.json").exists():
+        if not (path / META).exists():
             raise FileNotFoundError(
                 f"{model!r} is neither a reference classifier {REFERENCE_MODELS} "
                 "nor a classifier artifact folder with meta.json"
@@ -328,7 +319,7 @@ def run_benchmark(
     errors: dict[str, str] = {}
     for name in explainers:
         try:
-            built[name] = build_explainer(name, resources, **dict(explainer_options or {}))
+            built[name] = build_explainer(name, resources, **options_for(name, explainer_options or {}))
         except (KeyError, ValueError) as e:  # MissingResource is a ValueError
             errors[name] = f"{type(e).__name__}: {e}"
     if strict and errors:
@@ -483,7 +474,6 @@ __all__ = [
     "format_table",
     "load_bench_pairs",
     "load_model",
-    "register_resource_hook",
     "render_markdown",
     "run_benchmark",
     "select_pairs",

@@ -35,7 +35,7 @@ from explainers.estimators.crossfit import combine
 from explainers.estimators.stack import project_icace
 from explainers.labels import source_value
 from explainers.pool_kernel import predict_in_chunks
-from explainers.registry import MissingResource, Resources, build_explainer, register
+from explainers.registry import MissingResource, Resources, build_explainer, options_for, register
 from explainers.types import Cost, Counterfactual, CounterfactualExplainer, Explainer, Explanation
 
 # The estimator fit to nothing that is best on all CEBaB dev pairs for both reference classifiers
@@ -69,7 +69,9 @@ class AutoExplainer:
         if method not in self._explainers:
             # Components run as they were calibrated (e.g. splice's K cap), unless told otherwise.
             fitted = self.calibration.meta.get("protocol", {}).get("options", {}) if self.calibration else {}
-            self._explainers[method] = build_explainer(method, self.resources, **{**fitted, **self.options})
+            self._explainers[method] = build_explainer(
+                method, self.resources, **options_for(method, {**fitted, **self.options})
+            )
         return self._explainers[method]
 
     def _wrapped(self, classifier: Classifier) -> tuple[CountingClassifier, CachingClassifier, str | None]:
@@ -240,15 +242,16 @@ def load_calibration(value: Any) -> Calibration | None:
 
 
 @register(
-    "auto", "The calibrated best estimator for this classifier and domain (uncalibrated default without one)"
+    "auto",
+    "The calibrated best estimator for this classifier and domain (uncalibrated default without one)",
+    composite=True,
 )
 def make_auto(resources: Resources, **options: Any) -> AutoExplainer:
     resources.need("pool", "auto")
     cal = load_calibration(resources.extra.get("calibration"))
     if cal is not None:
         resources.extra["calibration"] = cal
-    sub = {k: v for k, v in options.items() if k not in ("stack_key", "stack_weights")}
-    auto = AutoExplainer(resources, cal, sub)
+    auto = AutoExplainer(resources, cal, options)
     # Build every component now, so a missing resource (no space) is an error when the method is asked for.
     if cal is None:
         needed = set(UNCALIBRATED_DEFAULT)

@@ -21,7 +21,7 @@ import numpy as np
 from explainers.classifiers.base import Classifier
 from explainers.concepts import Intervention
 from explainers.data.pool import Pool
-from explainers.registry import MissingResource, Resources, build_explainer
+from explainers.registry import MissingResource, Resources, build_explainer, options_for
 from explainers.types import CounterfactualExplainer
 
 # Methods whose estimate does not depend on K: scored once, reused for every K.
@@ -203,7 +203,7 @@ def score_heldout(
             if m in unavailable:
                 continue
             try:
-                explainer = build_explainer(m, res, **dict(options or {}))
+                explainer = build_explainer(m, res, **options_for(m, options or {}))
             except (MissingResource, KeyError, ValueError) as e:
                 unavailable[m] = f"{type(e).__name__}: {e}"
                 continue

@@ -1,8 +1,7 @@
 """Registers the `generate` method with `explainers.registry` (and a benchmark resource hook).
 
 The factory needs `resources.llm` (an `LLMBackend`); `resources.taggers`, when present,
-turns on the tagger checks. Options a caller may pass (all optional; others are ignored
-because the registry hands every factory the same options):
+turns on the tagger checks. Options it declares (all optional; the registry refuses others):
 temperature, max_tokens, budget_factor, sample_budget, max_rounds, sampling,
 max_concurrency, check_confounders, aggregation, cache_path (or resources.extra
 ["generation_cache"]), fewshot (a list of `FewShot`, or resources.extra["fewshot"]).
@@ -32,7 +31,11 @@ _OPTIONS = (
 )
 
 
-@register("generate", "LLM-generated counterfactuals, verified and filtered (Gat et al.)")
+@register(
+    "generate",
+    "LLM-generated counterfactuals, verified and filtered (Gat et al.)",
+    options=(*_OPTIONS, "cache_path", "fewshot"),
+)
 def make_generate(resources: Resources, **options: Any) -> GenerationExplainer:
     """LLM-generated counterfactuals, verified and filtered (Gat et al.)."""
     llm = resources.need("llm", "generate")

@@ -26,9 +26,11 @@ from explainers.matching.explainers import (
     StackedExplainer,
 )
 from explainers.matching.space import ConceptSpace
-from explainers.registry import MissingResource, Resources, build_explainer, register
+from explainers.registry import MissingResource, Resources, build_explainer, options_for, register
 
 DEFAULT_COMPONENTS = ("match", "pair_transfer", "s_learner")
+MATCHING_OPTIONS = ("aggregation", "similarity_threshold", "confounders")
+PAIR_TRANSFER_OPTIONS = ("pair_weighting",)
 
 
 def _space(resources: Resources, method: str) -> ConceptSpace:
@@ -61,13 +63,19 @@ def _matching_kw(options: Mapping[str, Any]) -> dict[str, Any]:
     return kw
 
 
-@register("match", "Top-K nearest pool texts with the target value in the trained concept space")
+@register(
+    "match",
+    "Top-K nearest pool texts with the target value in the trained concept space",
+    options=MATCHING_OPTIONS,
+)
 def make_match(resources: Resources, **options: Any) -> MatchingExplainer:
     return MatchingExplainer(_space(resources, "match"), taggers=resources.taggers, **_matching_kw(options))
 
 
 @register(
-    "match_dr", "Concept-space matching plus a regression adjustment for label mismatches (doubly robust)"
+    "match_dr",
+    "Concept-space matching plus a regression adjustment for label mismatches (doubly robust)",
+    options=MATCHING_OPTIONS,
 )
 def make_match_dr(resources: Resources, **options: Any) -> MatchDRExplainer:
     return MatchDRExplainer(_space(resources, "match_dr"), taggers=resources.taggers, **_matching_kw(options))
@@ -76,6 +84,7 @@ def make_match_dr(resources: Resources, **options: Any) -> MatchDRExplainer:
 @register(
     "pair_transfer",
     "Mean output change over the K nearest pool counterfactual pairs, same concept and direction",
+    options=PAIR_TRANSFER_OPTIONS,
 )
 def make_pair_transfer(resources: Resources, **options: Any) -> PairTransferExplainer:
     return _pair_transfer(resources, options, "pair_transfer", "proba", pretrained=False)
@@ -85,12 +94,17 @@ def make_pair_transfer(resources: Resources, **options: Any) -> PairTransferExpl
     "pair_transfer_logit",
     "Pair-transfer with the pairs' changes averaged in log-probability space "
     "and applied to the text's own prediction",
+    options=PAIR_TRANSFER_OPTIONS,
 )
 def make_pair_transfer_logit(resources: Resources, **options: Any) -> PairTransferExplainer:
     return _pair_transfer(resources, options, "pair_transfer_logit", "logit", pretrained=False)
 
 
-@register("pt_pair_transfer", "Pair-transfer with pairs ranked by the pretrained encoder (no trained space)")
+@register(
+    "pt_pair_transfer",
+    "Pair-transfer with pairs ranked by the pretrained encoder (no trained space)",
+    options=PAIR_TRANSFER_OPTIONS,
+)
 def make_pt_pair_transfer(resources: Resources, **options: Any) -> PairTransferExplainer:
     exp = _pair_transfer(resources, options, "pt_pair_transfer", "proba", pretrained=True)
     exp.name = "pt_pair_transfer"
@@ -120,7 +134,12 @@ def parse_weights(value: Any) -> dict[str, float]:
     return out
 
 
-@register("stacked", "Weighted sum of match, pair_transfer and s_learner, weights cross-fit on dev")
+@register(
+    "stacked",
+    "Weighted sum of match, pair_transfer and s_learner, weights cross-fit on dev",
+    options=("stack_weights", "stack_key"),
+    composite=True,
+)
 def make_stacked(resources: Resources, **options: Any) -> StackedExplainer:
     space = _space(resources, "stacked")
     info: dict[str, Any]
@@ -137,9 +156,8 @@ def make_stacked(resources: Resources, **options: Any) -> StackedExplainer:
         else:
             weights = {n: 1.0 / len(DEFAULT_COMPONENTS) for n in DEFAULT_COMPONENTS}
             info = {"source": "equal weights: none fit for this classifier", "stack_key": key}
-    sub = {k: v for k, v in options.items() if k not in ("stack_weights",)}
     names = set(weights).union(*(set(w) for w in by_k.values()))
-    components = {n: build_explainer(n, resources, **sub) for n in sorted(names)}
+    components = {n: build_explainer(n, resources, **options_for(n, options)) for n in sorted(names)}
     return StackedExplainer(components, weights, info, weights_by_k=by_k)
 
 
