@@ -13,7 +13,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-from explainers.artifacts import read_meta
+from explainers.artifacts import META, read_meta
 from explainers.domains import DOMAIN_ID, Domain, load_domain
 from explainers.domains.domain import describe
 
@@ -38,7 +38,7 @@ class DomainCatalog:
 
     def exists(self, domain_id: str) -> bool:
         return domain_id in self.pinned or (
-            self.valid_id(domain_id) and (self.root / domain_id / "meta.json").exists()
+            self.valid_id(domain_id) and (self.root / domain_id / META).exists()
         )
 
     def pin(self, domain: Domain) -> None:
@@ -63,11 +63,7 @@ class DomainCatalog:
 
     def ids(self) -> list[str]:
         found = (
-            [
-                p.name
-                for p in sorted(self.root.iterdir())
-                if (p / "meta.json").exists() and self.valid_id(p.name)
-            ]
+            [p.name for p in sorted(self.root.iterdir()) if (p / META).exists() and self.valid_id(p.name)]
             if self.root.is_dir()
             else []
         )
@@ -83,7 +79,7 @@ class DomainCatalog:
         with self._lock:
             self._loaded.pop(domain_id, None)
         p = self.path(domain_id)
-        if not (p / "meta.json").exists():
+        if not (p / META).exists():
             return False
         shutil.rmtree(p)
         return True

@@ -159,11 +159,6 @@ def upstream_error(exc: BaseException, what: str | None = None) -> ApiError:
     return ApiError(502, f"{name} unavailable", detail, kind=f"{what}-unavailable")
 
 
-def is_llm_error(exc: BaseException) -> bool:
-    """An upstream error raised by an LLM backend (by class: `UpstreamError` with what == "llm")."""
-    return isinstance(exc, UpstreamError) and getattr(exc, "what", None) == "llm"
-
-
 def install(app: FastAPI) -> None:
     """Register the handlers that turn every exception into problem+json."""
 

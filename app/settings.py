@@ -26,9 +26,6 @@ class Settings(BaseSettings):
     # Machine-wide caches (embeddings, LLM generations, built wheels). The library reads the
     # same variable, CACE_CACHE_DIR, directly; default ~/.cache/cace.
     cache_dir: Path | None = None
-    # Sentence-encoder backend: torch (sentence-transformers), onnx or onnx-int8 (ONNX Runtime,
-    # `pip install .[onnx]`). The library reads the same variable, CACE_ENCODER_BACKEND, directly.
-    encoder_backend: str = "torch"
 
     host: str = "127.0.0.1"
     port: int = 8000
@@ -79,8 +76,6 @@ class Settings(BaseSettings):
     table_prefix: str = "cace_"
     # This replica's name in leases; None means host-pid-random.
     instance_id: str | None = None
-    # Bootstrap resamples for CaCE confidence intervals.
-    effects_n_boot: int = 1000
     # Effects requests above max_inline_texts become jobs; `mode` in the request can force either way.
 
     # Default LLM for the generate route (an OpenAI-compatible server), if any.

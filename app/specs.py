@@ -32,7 +32,6 @@ from explainers.errors import OutboundDenied
 from explainers.net import OutboundPolicy
 
 IN_PROCESS_CLASSIFIERS = ("sklearn", "transformers")
-IN_PROCESS_LLMS = ("llamacpp", "transformers")
 _HEADER_SAFE = re.compile(r"^[\x20-\x7e]*$")
 _URL_SAFE = re.compile(r"^[\x21-\x7e]+$")
 

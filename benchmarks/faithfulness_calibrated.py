@@ -35,6 +35,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from explainers.artifacts import META  # noqa: E402
 from explainers.bench import runner  # noqa: E402
 from explainers.classifiers.cache import CachingClassifier  # noqa: E402
 from explainers.concepts import Intervention  # noqa: E402
@@ -103,7 +104,7 @@ def run_model(model: str, args, pairs, resources, space) -> dict:
     clf, name, meta = runner.load_model(model, args.root)
     cal_dir = args.root / "calibrations" / name
     started = time.perf_counter()
-    if args.reuse and (cal_dir / "meta.json").exists():
+    if args.reuse and (cal_dir / META).exists():
         cal = Calibration.load(cal_dir)
         log(f"{name}: reusing calibration {cal_dir}")
     else:

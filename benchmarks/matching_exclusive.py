@@ -38,6 +38,7 @@ from generation_model import assemble  # noqa: E402
 from matching_faithfulness import BASELINES, RESULTS, STACK, run_methods, stacked, table  # noqa: E402
 from matching_hit_rate import hit_rate_table  # noqa: E402
 
+from explainers.artifacts import META  # noqa: E402
 from explainers.bench import runner  # noqa: E402
 from explainers.classifiers.cache import CachingClassifier  # noqa: E402
 from explainers.data.pools import cebab_pool  # noqa: E402
@@ -55,14 +56,14 @@ def build_space(root: Path, args, exclude: set[str], encoder, *, tagged: bool = 
     edits that taggers trained on train_exclusive read as reaching the target value."""
     name = TAGGED if tagged else SPACE
     path = root / "spaces" / name
-    if not (path / "meta.json").exists() or args.retrain:
+    if not (path / META).exists() or args.retrain:
         from explainers.generation.server import LlamaServer
         from explainers.taggers import train_cebab_taggers
 
         taggers = None
         if tagged:
             taggers = root / "taggers" / "cebab-train_exclusive"
-            if not (taggers / "meta.json").exists():
+            if not (taggers / META).exists():
                 train_cebab_taggers(taggers, split="train_exclusive")
         gguf = assemble(QWEN_GGUF)
         (root / "gen").mkdir(parents=True, exist_ok=True)

@@ -33,6 +33,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from explainers.artifacts import META  # noqa: E402
 from explainers.bench import runner  # noqa: E402
 from explainers.classifiers.cache import CachingClassifier  # noqa: E402
 from explainers.estimators.crossfit import cross_fit  # noqa: E402
@@ -239,7 +240,7 @@ def main(argv=None) -> int:
         args.models.split(",")
         if args.models
         else ["tfidf-lr"]
-        + (["minilm-ft"] if (args.root / "classifiers" / "minilm-ft" / "meta.json").exists() else [])
+        + (["minilm-ft"] if (args.root / "classifiers" / "minilm-ft" / META).exists() else [])
     )
     ks = [int(k) for k in args.ks.split(",")]
     pairs = runner.load_bench_pairs("dev", limit=args.limit)
@@ -301,7 +302,7 @@ def main(argv=None) -> int:
             "stacked",
             "stacked_wide",
         ]
-        head_meta = json.loads((head_dir / "meta.json").read_text())
+        head_meta = json.loads((head_dir / META).read_text())
         stacking = head_meta.get("stacking", {})
         stacking[name] = {
             "weights": fits[max(fits)].weights,

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from explainers import env
 from explainers.artifacts import cache_dir, model_fingerprint
 from explainers.progress import Progress
 
@@ -83,7 +84,7 @@ class Encoder:
     _caches: dict[str, _SharedCache] = {}
     _lock = threading.Lock()
     # Texts kept in memory per model (about 1.6 KB each for a 384-d model).
-    max_cached = int(os.environ.get("CACE_EMBEDDING_CACHE_ITEMS", 200_000))
+    max_cached = env.embedding_cache_items()
 
     def __init__(
         self,
@@ -97,7 +98,7 @@ class Encoder:
         self.path = resolve_model(model)
         self.batch_size = batch_size
         self.use_disk_cache = use_disk_cache
-        self.backend = backend or os.environ.get("CACE_ENCODER_BACKEND") or "torch"
+        self.backend = backend or env.encoder_backend() or "torch"
         if self.backend not in BACKENDS:
             raise ValueError(f"unknown encoder backend {self.backend!r}; choose one of {BACKENDS}")
         # fp32 ONNX gives torch's vectors (within ~1e-6), so they share a cache; int8 vectors differ.

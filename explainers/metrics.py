@@ -23,8 +23,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-METRICS = ("l2", "cos", "normdiff")
-
 
 def l2(estimate: np.ndarray, true: np.ndarray) -> np.ndarray:
     """Row-wise Euclidean distance between (n, C) arrays (or a scalar for two vectors)."""

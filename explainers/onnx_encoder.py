@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from explainers import env
+
 VARIANTS = ("onnx", "onnx-int8")
 _export_lock = threading.Lock()
 
@@ -117,7 +119,7 @@ class OnnxSentenceModel:
         self.variant = variant
         self.path = onnx_path(model_path, variant)
         opts = ort.SessionOptions()
-        n = threads if threads is not None else int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
+        n = threads if threads is not None else env.omp_threads()
         opts.intra_op_num_threads = max(0, n)
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

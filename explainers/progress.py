@@ -12,11 +12,12 @@ stay quiet. The `cace` subcommands call `enable()` first. `CACE_PROGRESS=0` sile
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from types import TracebackType
 from typing import TextIO
+
+from explainers import env
 
 _enabled = False
 
@@ -28,12 +29,8 @@ def enable(on: bool = True) -> None:
 
 
 def enabled() -> bool:
-    env = os.environ.get("CACE_PROGRESS", "").strip().lower()
-    if env in ("0", "false", "no", "off"):
-        return False
-    if env in ("1", "true", "yes", "on"):
-        return True
-    return _enabled
+    forced = env.progress()
+    return _enabled if forced is None else forced
 
 
 def _duration(seconds: float) -> str:

@@ -16,7 +16,6 @@ explained exactly as a user's remote model would be (through HTTP, batching, ret
 from __future__ import annotations
 
 import argparse
-import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +25,8 @@ import numpy as np
 from fastapi import Body, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 
+from explainers import env
+from explainers.artifacts import META
 from explainers.classifiers.base import Classifier, ClassifierError
 
 MAX_INPUTS = 4096
@@ -189,14 +190,14 @@ def load_classifier(path_or_name: str, root: str | Path | None = None) -> tuple[
     from explainers.reference import REFERENCE_MODELS, ensure_reference, load_reference
 
     p = Path(path_or_name)
-    if p.is_dir() and (p / "meta.json").exists():
+    if p.is_dir() and (p / META).exists():
         return load_reference(p), p.name
     if p.is_file() and p.suffix == ".joblib":
         from explainers.classifiers.local import SklearnClassifier
 
         return SklearnClassifier.load(p), p.stem
     if path_or_name in REFERENCE_MODELS:
-        base = Path(root or os.environ.get("CACE_DATA_DIR", "var"))
+        base = Path(root) if root else env.data_dir()
         return load_reference(ensure_reference(path_or_name, base)), path_or_name
     raise ValueError(
         f"{path_or_name!r} is neither a classifier artifact directory, a .joblib file, "

@@ -29,7 +29,7 @@ from scipy import sparse
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 
-from explainers.artifacts import data_hash, read_meta, write_meta
+from explainers.artifacts import META, data_hash, read_meta, write_meta
 from explainers.concepts import CEBAB_SCHEMA, ConceptSchema
 
 FEATURES = ("minilm", "tfidf")
@@ -233,7 +233,7 @@ def train_cebab_taggers(
 def ensure_taggers(root: Path, data_dir: Path | None = None) -> Path:
     """Path to the CEBaB taggers under root/taggers/cebab, training them on first use."""
     out = Path(root) / "taggers" / "cebab"
-    if not (out / "meta.json").exists():
+    if not (out / META).exists():
         train_cebab_taggers(out, data_dir)
     return out
 
@@ -251,8 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.cmd == "train":
         out = Path(args.root) / "taggers" / "cebab"
-        if args.force and (out / "meta.json").exists():
-            (out / "meta.json").unlink()
+        if args.force and (out / META).exists():
+            (out / META).unlink()
         path = ensure_taggers(args.root, args.data)
         print(json.dumps(read_meta(path)["dev_accuracy"], indent=2))
         return 0

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from explainers.artifacts import META
 from explainers.bench.cli import main
 from explainers.bench.runner import select_pairs, true_icaces
 from explainers.data.cebab import build_pairs, load_split, split_path
@@ -239,7 +240,7 @@ def test_cace_calibrate_writes_a_calibration_the_bench_auto_uses(
     assert rc == 0
     printed = capsys.readouterr().out
     assert "| single:match@1 |" in printed and "fingerprint" in printed
-    meta = json.loads((out / "meta.json").read_text())
+    meta = json.loads((out / META).read_text())
     assert meta["kind"] == "calibration" and meta["classifier"]["name"] == "tfidf-lr"
     pool, split = small_files
     table_out = tmp_path / "auto.md"

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from explainers.artifacts import META
 from explainers.concepts import CEBAB_SCHEMA, Intervention
 from explainers.data.cebab import load_split, split_path
 from explainers.generation.backends import BackendSpec, Completion, OpenAIBackend, build_backend
@@ -24,7 +25,7 @@ def tfidf_taggers(test_data_dir: Path):
     from explainers.taggers import TaggerSet, cebab_corpus
 
     path = test_data_dir / "generation-taggers-tfidf"
-    if (path / "meta.json").exists():
+    if (path / META).exists():
         return TaggerSet.load(path)
     texts, labels = cebab_corpus("train_inclusive")
     ts = TaggerSet(CEBAB_SCHEMA, features=("tfidf",)).fit(texts[::3], labels[::3])

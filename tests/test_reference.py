@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from explainers.artifacts import read_meta
+from explainers.artifacts import META, read_meta
 from explainers.classifiers.base import Classifier
 from explainers.classifiers.hf import HFClassifier
 from explainers.classifiers.transformers_local import TransformersClassifier
@@ -104,7 +104,7 @@ def test_label_order_follows_meta_then_config(tiny_minilm: Path, tmp_path: Path)
     # Without meta.json the labels come from config.id2label.
     bare = tmp_path / "bare"
     shutil.copytree(tiny_minilm, bare)
-    (bare / "meta.json").unlink()
+    (bare / META).unlink()
     plain = TransformersClassifier.load(bare)
     assert plain.labels == LABELS
     np.testing.assert_allclose(plain.predict_proba(GOOD), p, atol=1e-6)

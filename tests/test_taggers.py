@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from explainers.artifacts import META
 from explainers.concepts import ConceptSchema
 from explainers.taggers import TaggerSet, main
 
@@ -135,7 +136,7 @@ def test_minilm_plus_tfidf_round_trip(tmp_path: Path) -> None:
 
 
 def test_load_rejects_other_artifacts(tmp_path: Path) -> None:
-    (tmp_path / "meta.json").write_text(json.dumps({"kind": "classifier"}))
+    (tmp_path / META).write_text(json.dumps({"kind": "classifier"}))
     with pytest.raises(ValueError, match="not a 'taggers'"):
         TaggerSet.load(tmp_path)
 

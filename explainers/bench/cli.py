@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from explainers.artifacts import META
 from explainers.bench import runner
 
 # Methods that search a trained concept space when one is given (pair_transfer: else the pretrained encoder).
@@ -153,7 +154,7 @@ def _attach_space(
             root, data_dir=data, encoder=resources.encoder, log=lambda m: print(m, file=sys.stderr)
         )
     else:
-        if not (Path(path) / "meta.json").exists():
+        if not (Path(path) / META).exists():
             raise SystemExit(f"--resource space={path}: no concept space there (no meta.json)")
         space = ConceptSpace.load(Path(path), encoder=resources.encoder)
     if resources.pool is not None:

@@ -453,18 +453,6 @@ class ClassifierEndpoint(RootModel[ClassifierSpec]):
     """Any classifier spec; its name is what validation errors are titled with."""
 
 
-PROTOCOLS = (
-    "v2",
-    "kserve-v1",
-    "hf",
-    "template",
-    "openai-chat",
-    "openai-completions",
-    "sklearn",
-    "transformers",
-)
-
-
 def parse_spec(
     data: Any,
 ) -> (

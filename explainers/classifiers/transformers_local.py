@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from explainers.artifacts import META
 from explainers.classifiers.base import check_proba, softmax
 
 
@@ -56,7 +57,7 @@ class TransformersClassifier:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         p = Path(path_or_name)
-        meta_file = p / "meta.json"
+        meta_file = p / META
         if labels is None and meta_file.exists():
             labels = json.loads(meta_file.read_text()).get("labels")
         model = AutoModelForSequenceClassification.from_pretrained(str(path_or_name))

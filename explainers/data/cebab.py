@@ -16,9 +16,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from explainers import env
+
 CONCEPTS = ("food", "service", "ambiance", "noise")
 VALUES = ("Positive", "Negative", "unknown")
-SPLITS = ("train_exclusive", "train_inclusive", "train_observational", "dev", "test")
 
 
 @dataclass(frozen=True)
@@ -60,9 +61,9 @@ class Pair:
 
 def default_data_dir() -> Path:
     """Where the CEBaB split files are: $CACE_CEBAB_DIR, else ../shared/data/cebab, else ./data/cebab."""
-    env = os.environ.get("CACE_CEBAB_DIR")
-    if env:
-        return Path(env)
+    given = env.cebab_dir()
+    if given is not None:
+        return given
     repo = Path(__file__).resolve().parents[2]
     for candidate in (repo.parent / "shared" / "data" / "cebab", repo / "data" / "cebab"):
         if candidate.is_dir():

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from explainers.artifacts import data_hash, write_meta
+from explainers.artifacts import META, data_hash, write_meta
 from explainers.concepts import Concept, ConceptSchema
 from explainers.data.pool import Pool
 from explainers.domains.domain import (
@@ -343,7 +343,7 @@ def build_domain(
     taggers = (taggers_builder or (lambda d: fit_taggers(pool, d, tagger_eval, log)))(tmp / "taggers")
     space = train_space(pool, encoder, tmp / "spaces" / DEFAULT_SPACE, log)
     if space_meta:
-        meta_path = tmp / "spaces" / DEFAULT_SPACE / "meta.json"
+        meta_path = tmp / "spaces" / DEFAULT_SPACE / META
         meta_path.write_text(
             json.dumps({**json.loads(meta_path.read_text()), **space_meta}, indent=2, default=str)
         )

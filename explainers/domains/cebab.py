@@ -13,12 +13,13 @@ import os
 from pathlib import Path
 from typing import Any
 
+from explainers.artifacts import META
 from explainers.domains.build import build_domain
 from explainers.domains.domain import Domain, load_domain, majority_rate
+from explainers.matching.cebab import SHIPPED_STACKING
 
 DOMAIN_ID = "cebab"
 POOL_SPLIT = "train_inclusive"
-SHIPPED_STACKING = Path(__file__).resolve().parents[1] / "matching" / "cebab_stacking.json"
 
 
 def _taggers_builder(data_dir: str | os.PathLike[str] | None):
@@ -51,7 +52,7 @@ def ensure_cebab_domain(
     from explainers.data.pools import cebab_pool
 
     path = Path(root) / DOMAIN_ID
-    if (path / "meta.json").exists():
+    if (path / META).exists():
         return load_domain(path, encoder=encoder)
     shipped = json.loads(SHIPPED_STACKING.read_text()) if SHIPPED_STACKING.exists() else {}
     stacking = {k: {**v, "shipped_with_library": True} for k, v in shipped.get("stacking", {}).items()}

@@ -15,7 +15,7 @@ import json
 import shutil
 from pathlib import Path
 
-from explainers.artifacts import read_meta
+from explainers.artifacts import META, read_meta
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{d.parent.name:<24} {meta['stats']['texts']:>7} texts  concepts {names}")
         return 0
     path = args.root / args.id
-    if not (path / "meta.json").exists():
+    if not (path / META).exists():
         print(f"no domain {args.id!r} under {args.root}")
         return 1
     if args.cmd == "show":

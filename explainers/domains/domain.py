@@ -11,13 +11,13 @@ from typing import Any
 
 import numpy as np
 
-from explainers.artifacts import read_meta
+from explainers.artifacts import FORMAT_VERSIONS, META, read_meta
 from explainers.concepts import ConceptSchema
 from explainers.data.pool import Pool
 from explainers.registry import MissingResource, Resources
 
 KIND = "domain"
-FORMAT_VERSION = 1
+FORMAT_VERSION = FORMAT_VERSIONS[KIND]
 DOMAIN_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 DEFAULT_SPACE = "default"
 CALIBRATION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -142,14 +142,10 @@ def load_domain(directory: Path, encoder: Any | None = None) -> Domain:
     from explainers.taggers import TaggerSet
 
     directory = Path(directory)
-    meta = read_meta(directory, KIND)
-    if int(meta.get("format_version", 0)) != FORMAT_VERSION:
-        raise ValueError(
-            f"{directory}: domain format {meta.get('format_version')} is not {FORMAT_VERSION}; rebuild it"
-        )
+    meta = read_meta(directory, KIND)  # checks the format version
     space = ConceptSpace.load(directory / "spaces" / DEFAULT_SPACE, encoder=encoder)
     taggers = None
-    if (directory / "taggers" / "meta.json").exists():
+    if (directory / "taggers" / META).exists():
         usable = [c for c, t in meta.get("taggers", {}).items() if t.get("usable")]
         taggers = TaggerView(TaggerSet.load(directory / "taggers"), usable)
     return Domain(

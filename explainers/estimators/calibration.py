@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from explainers.artifacts import read_meta, write_meta
+from explainers.artifacts import FORMAT_VERSIONS, read_meta, write_meta
 from explainers.classifiers.base import Classifier
 from explainers.data.pool import Pool
 from explainers.estimators.combiner import Combiner
@@ -30,7 +30,7 @@ from explainers.estimators.intervals import Intervals
 from explainers.estimators.stack import CellStack, cell_key, project_icace
 
 KIND = "calibration"
-FORMAT_VERSION = 1
+FORMAT_VERSION = FORMAT_VERSIONS[KIND]
 PROBE_SIZE = 32
 
 
@@ -208,12 +208,7 @@ class Calibration:
         import joblib
 
         directory = Path(directory)
-        meta = read_meta(directory, KIND)
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise ValueError(
-                f"{directory}: calibration format {meta.get('format_version')!r}, "
-                f"this library reads {FORMAT_VERSION}; recalibrate"
-            )
+        meta = read_meta(directory, KIND)  # checks the format version
         body = json.loads((directory / "calibration.json").read_text())
         combiners = {k: joblib.load(directory / f) for k, f in body.get("combiners", {}).items()}
         return cls(

@@ -17,6 +17,7 @@ import json
 import sys
 from pathlib import Path
 
+from explainers.artifacts import META
 from explainers.estimators.calibration_fit import DEFAULT_COMBINERS, DEFAULT_KS, DEFAULT_METHODS, calibrate
 
 
@@ -36,7 +37,7 @@ def load_classifier(spec: str, root: Path):
     from explainers.reference import REFERENCE_MODELS, ensure_reference, load_reference
 
     path = ensure_reference(spec, root) if spec in REFERENCE_MODELS else Path(spec)
-    if not (path / "meta.json").exists():
+    if not (path / META).exists():
         raise SystemExit(
             f"--classifier {spec!r}: neither a reference name {REFERENCE_MODELS} nor an artifact folder"
         )
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     from explainers.matching.space import ConceptSpace
 
-    if not (args.space / "meta.json").exists():
+    if not (args.space / META).exists():
         raise SystemExit(f"--space {args.space}: no concept space there (no meta.json)")
     space = ConceptSpace.load(args.space)
     classifier, name = load_classifier(args.classifier, args.root)

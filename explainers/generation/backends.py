@@ -19,7 +19,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
-from explainers import outbound
+from explainers import env, outbound
 from explainers.errors import (
     UpstreamError,
     UpstreamMalformed,
@@ -366,7 +366,7 @@ def build_backend(
     if spec.kind == "openai":
         if not spec.base_url:
             raise ValueError("an 'openai' LLM needs a base_url (e.g. http://127.0.0.1:8000/v1)")
-        key = spec.api_key or (os.environ.get(spec.api_key_env) if spec.api_key_env else None)
+        key = spec.api_key or (env.secret(spec.api_key_env) if spec.api_key_env else None)
         return OpenAIBackend(
             spec.base_url,
             spec.model,

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 from dataclasses import asdict
 from pathlib import Path
 
+from explainers import env
 from explainers.concepts import CEBAB_SCHEMA, ConceptSchema, Intervention
 from explainers.generation.backends import BackendSpec, LLMError, build_backend
 from explainers.generation.cache import GenerationCache
@@ -92,8 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         "--labels", default=None, help='the text\'s concept labels as JSON, e.g. \'{"service": "Positive"}\''
     )
     c.add_argument("--k", type=int, default=3)
-    c.add_argument("--base-url", default=os.environ.get("CACE_LLM_BASE_URL"))
-    c.add_argument("--model", default=os.environ.get("CACE_LLM_MODEL"))
+    c.add_argument("--base-url", default=env.llm_base_url())
+    c.add_argument("--model", default=env.llm_model())
     c.add_argument("--gguf", default=None, help="in-process llama.cpp instead of a server")
     c.add_argument("--timeout", type=float, default=120.0)
     c.add_argument("--temperature", type=float, default=0.8)

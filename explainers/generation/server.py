@@ -18,13 +18,12 @@ from types import TracebackType
 
 import httpx
 
+from explainers import env
+
 
 def llama_python() -> Path:
     """The Python of the llama.cpp server venv (override with CACE_LLAMA_PYTHON)."""
-    if os.environ.get("CACE_LLAMA_PYTHON"):
-        return Path(os.environ["CACE_LLAMA_PYTHON"])
-    cache = Path(os.environ.get("CACE_CACHE_DIR", Path.home() / ".cache" / "cace"))
-    return cache / "venvs" / "llama" / "bin" / "python"
+    return env.llama_python() or env.cache_dir() / "venvs" / "llama" / "bin" / "python"
 
 
 def _free_port() -> int:

@@ -21,6 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from explainers.artifacts import META
 from explainers.data.pool import Pool
 from explainers.data.pools import cebab_pool
 from explainers.embeddings import Encoder
@@ -144,7 +145,7 @@ def ensure_cebab_space(
 ) -> ConceptSpace:
     """Load root/spaces/<default name>, training it first if it does not exist."""
     path = Path(root) / "spaces" / space_name(train_split, trainer)
-    if not (path / "meta.json").exists():
+    if not (path / META).exists():
         build_cebab_space(root, train_split, trainer, data_dir, encoder=encoder, log=log)
     space = ConceptSpace.load(path, encoder=encoder)
     _add_shipped_stacking(space, train_split, trainer)

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from explainers.artifacts import data_hash, read_meta, write_meta
+from explainers.artifacts import META, data_hash, read_meta, write_meta
 from explainers.concepts import ConceptSchema
 from explainers.data.pool import Pool
 from explainers.embeddings import Encoder
@@ -286,7 +286,7 @@ class ConceptSpace:
 
     def update_meta(self, directory: Path, **fields: Any) -> None:
         """Add fields (e.g. stacking weights fit later) to a saved space's meta.json."""
-        path = Path(directory) / "meta.json"
+        path = Path(directory) / META
         meta = json.loads(path.read_text())
         meta.update(fields)
         path.write_text(json.dumps(meta, indent=2, default=str))
@@ -333,7 +333,7 @@ def list_spaces(root: Path) -> list[dict[str, Any]]:
     """Every space under root (one directory each) with the headline facts of its meta.json."""
     out = []
     for d in sorted(Path(root).glob("*")):
-        if (d / "meta.json").exists():
+        if (d / META).exists():
             try:
                 meta = read_meta(d, KIND)
             except ValueError:
@@ -358,7 +358,7 @@ def delete_space(root: Path, name: str) -> bool:
     d = (root / name).resolve()
     if d.parent != root:
         raise ValueError(f"space name {name!r} escapes {root}")
-    if not (d / "meta.json").exists():
+    if not (d / META).exists():
         return False
     read_meta(d, KIND)
     shutil.rmtree(d)

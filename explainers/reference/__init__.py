@@ -19,7 +19,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 
-from explainers.artifacts import data_hash, read_meta, write_meta
+from explainers.artifacts import META, data_hash, read_meta, write_meta
 from explainers.classifiers.base import Classifier
 from explainers.classifiers.local import SklearnClassifier
 from explainers.data.cebab import load_split
@@ -71,7 +71,7 @@ def ensure_reference(name: str, root: Path, data_dir: Path | None = None) -> Pat
     if name not in REFERENCE_MODELS:
         raise ValueError(f"unknown reference classifier {name!r}; choose one of {REFERENCE_MODELS}")
     out = Path(root) / "classifiers" / name
-    if (out / "meta.json").exists():
+    if (out / META).exists():
         return out
     if name == "tfidf-lr":
         train_tfidf_lr(out, data_dir)

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from explainers.artifacts import read_meta
+from explainers.artifacts import META, read_meta
 from explainers.reference import REFERENCE_MODELS, ensure_reference, evaluate, load_reference
 
 
@@ -38,8 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.cmd == "train":
         out = Path(args.root) / "classifiers" / args.name
-        if args.force and (out / "meta.json").exists():
-            (out / "meta.json").unlink()
+        if args.force and (out / META).exists():
+            (out / META).unlink()
         path = ensure_reference(args.name, args.root, args.data)
         print(read_meta(path))
     elif args.cmd == "eval":
