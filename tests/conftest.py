@@ -1,8 +1,16 @@
-"""Shared fixtures: where test artifacts live, and the trained reference classifier."""
+"""Shared fixtures: where test artifacts live, and the trained reference classifier; the test tiers.
+
+Tiers (README, "Tests"): a test module that imports the process launchers (`tests/servers.py`,
+`tests/service_server.py`) starts real servers, and every test in it is marked `server` here,
+so nobody has to remember to; a test that starts another process by itself carries the mark
+explicitly. `make test-fast` runs `-m "not server and not slow and not llm"`: in process, no
+servers, no model loads beyond MiniLM.
+"""
 
 from __future__ import annotations
 
 import os
+import types
 from pathlib import Path
 
 import pytest
@@ -35,3 +43,28 @@ def tfidf_lr(tfidf_lr_dir: Path):
     from explainers.reference import load_reference
 
     return load_reference(tfidf_lr_dir)
+
+
+# Modules whose import marks a test module as one that starts servers.
+LAUNCHERS = ("tests.servers", "tests.service_server")
+
+
+def _starts_servers(module: types.ModuleType) -> bool:
+    for value in vars(module).values():
+        origin = value.__name__ if isinstance(value, types.ModuleType) else getattr(value, "__module__", None)
+        if origin in LAUNCHERS:
+            return True
+    return False
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark `server` every test of a module that imports the launchers (see the module doc)."""
+    verdicts: dict[str, bool] = {}
+    for item in items:
+        module = getattr(item, "module", None)
+        if module is None:
+            continue
+        if module.__name__ not in verdicts:
+            verdicts[module.__name__] = _starts_servers(module)
+        if verdicts[module.__name__]:
+            item.add_marker(pytest.mark.server)

@@ -85,3 +85,63 @@ def test_the_spec_describes_uploads_as_files_and_errors_as_problems(client: Test
                         op["operationId"],
                         code,
                     )
+
+
+@pytest.mark.parametrize(
+    "path, raw, field",
+    [
+        (
+            "/v1/explanations",
+            '{"text": SURR, "intervention": {"concept": "food", "target": "Negative"}}',
+            "body.text",
+        ),
+        (
+            "/v1/effects",
+            '{"texts": [SURR], "intervention": {"concept": "food", "target": "Negative"}}',
+            "body.texts",
+        ),
+        (
+            "/v1/effects",
+            '{"texts": [{"text": "ok", "id": SURR}], "intervention": {"concept": "food", "target": '
+            '"Negative"}, "mode": "job"}',
+            "body.texts",
+        ),
+        (
+            "/v1/effects",
+            '{"texts": ["a\\u0000b"], "intervention": {"concept": "food", "target": "Negative"}}',
+            "body.texts",
+        ),
+        (
+            "/v1/explanations",
+            '{"text": "   \\n\\t ", "intervention": {"concept": "food", "target": "Negative"}}',
+            "body.text",
+        ),
+        (
+            "/v1/effects",
+            '{"texts": ["  "], "intervention": {"concept": "food", "target": "Negative"}}',
+            "body.texts",
+        ),
+        (
+            "/v1/explanations",
+            '{"text": "ok", "top_k": true, "intervention": {"concept": "food", "target": "Negative"}}',
+            "body.top_k",
+        ),
+        (
+            "/v1/effects",
+            '{"texts": ["ok"], "seed": -1, "intervention": {"concept": "food", "target": "Negative"}}',
+            "body.seed",
+        ),
+        ("/v1/classifiers", '{"name": "n", "description": "a\\u0000b", "spec": {}}', "body.description"),
+    ],
+)
+def test_bad_text_and_types_are_422_naming_the_field(
+    client: TestClient, path: str, raw: str, field: str
+) -> None:
+    """Every 500 a probe found in request validation (lone surrogates, NUL, blank text, wrong types)."""
+    r = client.post(
+        path, content=raw.replace("SURR", '"\\ud800"').encode(), headers={"content-type": "application/json"}
+    )
+    body = problem(r, 422)
+    assert any(e["field"].startswith(field) for e in body.get("errors") or []) or field in body["detail"], (
+        body
+    )

@@ -72,7 +72,11 @@ def test_an_undeclared_option_is_refused_naming_the_method_and_the_allowed_keys(
     )
 
 
-@pytest.mark.parametrize("name", sorted(available()))
+@pytest.mark.parametrize(
+    "name",
+    # generate loads a llama.cpp model in process: not for the fast tier
+    [pytest.param(n, marks=pytest.mark.llm) if n == "generate" else n for n in sorted(available())],
+)
 def test_every_registered_explainer_honours_the_contract(
     name: str, domain: Domain, classifier: SklearnClassifier
 ) -> None:

@@ -7,6 +7,8 @@ import re
 import select
 import time
 
+import pytest
+
 from explainers import progress
 from explainers.progress import Progress
 
@@ -91,6 +93,7 @@ def test_silent_unless_enabled(monkeypatch) -> None:
         progress.enable(False)
 
 
+@pytest.mark.server  # runs `cace bench` as a process
 def test_cace_bench_reports_progress_on_a_terminal_and_in_a_pipe(tfidf_lr_dir) -> None:
     """The `cace` entry point switches progress on: a bar on a pseudo-terminal, plain lines into a pipe."""
     import subprocess

@@ -1,4 +1,7 @@
-"""Hostile input against a live service (issue #12): every hole a probe found, as a regression test.
+"""The live service under hostile input: secrets, upstream faults, limits, in-process models, keys, jobs.
+
+Every hole a probe found, as a regression test (the request-validation ones that need no server
+are in the fast tier, tests/test_api_inprocess.py).
 
 Each test talks HTTP to a real uvicorn process (`tests.service_server.service`) with the
 minimal embedded defaults (the tfidf-lr classifier; no pool, taggers or space, which these
@@ -419,57 +422,6 @@ def raw_post(srv: Server, path: str, raw: str) -> httpx.Response:
         headers={"content-type": "application/json"},
         timeout=60,
     )
-
-
-@pytest.mark.parametrize(
-    "path, raw, field",
-    [
-        (
-            "/v1/explanations",
-            '{"text": SURR, "intervention": {"concept": "food", "target": "Negative"}}',
-            "body.text",
-        ),
-        (
-            "/v1/effects",
-            '{"texts": [SURR], "intervention": {"concept": "food", "target": "Negative"}}',
-            "body.texts",
-        ),
-        (
-            "/v1/effects",
-            '{"texts": [{"text": "ok", "id": SURR}], "intervention": {"concept": "food", "target": '
-            '"Negative"}, "mode": "job"}',
-            "body.texts",
-        ),
-        (
-            "/v1/effects",
-            '{"texts": ["a\\u0000b"], "intervention": {"concept": "food", "target": "Negative"}}',
-            "body.texts",
-        ),
-        (
-            "/v1/explanations",
-            '{"text": "   \\n\\t ", "intervention": {"concept": "food", "target": "Negative"}}',
-            "body.text",
-        ),
-        (
-            "/v1/effects",
-            '{"texts": ["  "], "intervention": {"concept": "food", "target": "Negative"}}',
-            "body.texts",
-        ),
-        (
-            "/v1/explanations",
-            '{"text": "ok", "top_k": true, "intervention": {"concept": "food", "target": "Negative"}}',
-            "body.top_k",
-        ),
-        (
-            "/v1/effects",
-            '{"texts": ["ok"], "seed": -1, "intervention": {"concept": "food", "target": "Negative"}}',
-            "body.seed",
-        ),
-        ("/v1/classifiers", '{"name": "n", "description": "a\\u0000b", "spec": {}}', "body.description"),
-    ],
-)
-def test_bad_text_and_types_are_422_naming_the_field(svc: Server, path: str, raw: str, field: str) -> None:
-    problem(raw_post(svc, path, raw), 422, field)
 
 
 def test_lone_surrogates_anywhere_in_a_body_are_422_not_500(svc: Server, upstream: Upstream) -> None:
