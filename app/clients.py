@@ -53,10 +53,12 @@ def remember(cache: OrderedDict, key: Any, value: Any, limit: int = MAX_CLIENTS)
 class Clients:
     """Classifier and LLM clients, built once per spec and closed when dropped."""
 
-    def __init__(self, settings: Settings, store: Store) -> None:
+    def __init__(
+        self, settings: Settings, store: Store, transport: httpx.BaseTransport | None = None
+    ) -> None:
         self.settings = settings
         self.store = store
-        self.transport: httpx.BaseTransport | None = None  # the URL-policy transport (set by the app factory)
+        self.transport = transport  # the URL-policy transport every outbound client is built on
         self._classifiers: OrderedDict[str, Classifier] = OrderedDict()
         self._llms: OrderedDict[str, Any] = OrderedDict()
         self._lock = threading.RLock()

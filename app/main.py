@@ -19,6 +19,7 @@ import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from fastapi import Depends, FastAPI
 
@@ -50,6 +51,20 @@ problem+json.
 """
 
 
+def job_handlers(rt: Runtime) -> dict[str, Any]:
+    """The runtime's job handlers: effects (on Ray actors when CACE_RAY_ADDRESS is set), domains, calibrations."""
+    handlers: dict[str, Any] = {
+        "effects": EffectsHandler(rt),
+        "domain": DomainHandler(rt),
+        "calibration": CalibrationHandler(rt),
+    }
+    if rt.settings.ray_address:  # effects batches run on Ray actors; the store and finalize stay here
+        from app.jobs.ray_executor import RayEffectsHandler
+
+        handlers["effects"] = RayEffectsHandler(handlers["effects"], rt.settings)
+    return handlers
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
@@ -57,16 +72,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # The library reads its cache location from the environment (it never imports app).
         os.environ["CACE_CACHE_DIR"] = str(settings.cache_dir)
     store = Store(settings.job_store_url, settings.table_prefix)
-    rt = Runtime(settings, store)
-    rt.handlers = {
-        "effects": EffectsHandler(rt),
-        "domain": DomainHandler(rt),
-        "calibration": CalibrationHandler(rt),
-    }
-    if settings.ray_address:  # effects batches run on Ray actors; the store and finalize stay here
-        from app.jobs.ray_executor import RayEffectsHandler
-
-        rt.handlers["effects"] = RayEffectsHandler(rt.handlers["effects"], settings)
+    # Every classifier and LLM client gets this deny-by-default transport (app.specs labels it per client).
+    transport = outbound_transport(settings)
+    rt = Runtime(settings, store, transport=transport, handlers=job_handlers)
     workers = Workers(
         store,
         rt.handlers,
@@ -77,11 +85,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         poll_s=settings.job_poll_s,
         max_attempts=settings.job_max_attempts,
     )
-
-    # Every classifier and LLM client gets this deny-by-default transport (app.specs labels it per client).
-    transport = outbound_transport(settings)
-    policy = transport.policy
-    rt.clients.transport = transport
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -115,14 +118,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     metrics = observability.build_metrics(app)
     transport.observers.append(metrics.observe_outbound)
     observability.configure_logging(settings.log_format)
-    app.state.settings = settings
+    # What routes and collectors read from app.state (routes through app.routes.common.RuntimeDep).
     app.state.runtime = rt
-    app.state.workers = workers
-    app.state.outbound_policy = policy
-    app.state.outbound_transport = transport
-    app.state.api_keys = keys
     app.state.slots = slots
-    app.state.metrics = metrics
     problems.install(app)
     openapi.install(app)
 

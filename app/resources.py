@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from app.clients import Clients, remember
 from app.domains import DomainCatalog
 from app.settings import Settings
@@ -70,10 +72,25 @@ class ExplainerKey:
     options: tuple[tuple[str, Any], ...]  # the request's method options, sorted by key
 
 
-class Runtime:
-    """Shared state of one service process."""
+# Builds the job handlers of a runtime (job kind -> handler); handlers need the runtime they serve.
+HandlerFactory = Callable[["Runtime"], dict[str, Any]]
 
-    def __init__(self, settings: Settings, store: Store) -> None:
+
+class Runtime:
+    """Shared state of one service process.
+
+    Everything it depends on comes in through the constructor: the settings, the job store, the
+    URL-policy transport every outbound client is built on, and the factory of its job handlers.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        *,
+        transport: httpx.BaseTransport | None = None,
+        handlers: HandlerFactory | None = None,
+    ) -> None:
         self.settings = settings
         self.store = store
         self.instance_id = (
@@ -84,13 +101,13 @@ class Runtime:
         self._encoder: Any = None
         self.domains = DomainCatalog(Path(settings.data_dir) / "domains", self.encoder)
         self.default_domain_id: str | None = None
-        self.clients = Clients(settings, store)
+        self.clients = Clients(settings, store, transport)
         self._explainers: OrderedDict[ExplainerKey, tuple[Any, threading.Lock]] = OrderedDict()
         self._calibrating: set[tuple[str, str]] = set()
-        self.handlers: dict[str, Any] = {}  # job kind -> handler (set by the app factory)
         self._lock = threading.RLock()
         self.components: dict[str, Component] = {}
         self.loaded = threading.Event()
+        self.handlers: dict[str, Any] = handlers(self) if handlers else {}  # job kind -> handler
 
     # ---- embedded defaults ----------------------------------------------------------------
     def default_classifier_name(self) -> str | None:

@@ -58,9 +58,12 @@ class EffectsActor:
         from app.store import Store
 
         settings = Settings()
-        self.rt = Runtime(settings, Store(settings.job_store_url, settings.table_prefix))
         # The same deny-by-default URL policy as the service: requests' classifier specs reach the actor.
-        self.rt.clients.transport = outbound_transport(settings)
+        self.rt = Runtime(
+            settings,
+            Store(settings.job_store_url, settings.table_prefix),
+            transport=outbound_transport(settings),
+        )
         self.rt.load_defaults()
         self.handler = EffectsHandler(self.rt)
 

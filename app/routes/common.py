@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import Request
+from fastapi import Depends, Request
 
 from app.problems import ApiError, Problem, field_error
 from app.resources import Runtime
@@ -15,6 +15,10 @@ from app.schemas.types import unstorable
 
 def runtime(request: Request) -> Runtime:
     return request.app.state.runtime
+
+
+# A route's runtime: `rt: RuntimeDep` in its signature.
+RuntimeDep = Annotated[Runtime, Depends(runtime)]
 
 
 # A JSON escape of a UTF-16 surrogate: the only way a JSON body can carry one (raw UTF-8 cannot).

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFile
+from fastapi import APIRouter, File, Form, Request, Response, UploadFile
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from app.problems import ApiError, field_error, not_found, validation_error
 from app.resources import Runtime
-from app.routes.common import problems, runtime
+from app.routes.common import RuntimeDep, problems
 from app.routes.jobs import requester, submit
 from app.schemas import CalibrationRequest, DomainList, DomainOut, DomainParams, JobOut
 from explainers.concepts import ConceptSchema
@@ -45,7 +45,7 @@ def _building(rt: Runtime) -> list[DomainOut]:
 
 
 @router.get("/v1/domains", operation_id="list_domains", response_model=DomainList)
-def list_domains(rt: Runtime = Depends(runtime)) -> DomainList:
+def list_domains(rt: RuntimeDep) -> DomainList:
     """Every domain on this server with its schema and status (the default one is marked)."""
     return DomainList(domains=[_out(rt, d) for d in rt.domains.ids()] + _building(rt))
 
@@ -53,7 +53,7 @@ def list_domains(rt: Runtime = Depends(runtime)) -> DomainList:
 @router.get(
     "/v1/domains/{domain_id}", operation_id="get_domain", response_model=DomainOut, responses=problems(404)
 )
-def get_domain(domain_id: str, rt: Runtime = Depends(runtime)) -> DomainOut:
+def get_domain(domain_id: str, rt: RuntimeDep) -> DomainOut:
     """One domain: schema, corpus stats (pairs per concept and direction), tagger accuracy, methods per concept."""
     if not rt.domains.exists(domain_id):
         raise not_found("domain", domain_id)
@@ -63,7 +63,7 @@ def get_domain(domain_id: str, rt: Runtime = Depends(runtime)) -> DomainOut:
 @router.delete(
     "/v1/domains/{domain_id}", operation_id="delete_domain", status_code=204, responses=problems(404, 409)
 )
-def delete_domain(domain_id: str, rt: Runtime = Depends(runtime)) -> Response:
+def delete_domain(domain_id: str, rt: RuntimeDep) -> Response:
     """Delete a domain (not the server's default one)."""
     if domain_id == rt.default_domain_id:
         raise ApiError(
@@ -85,6 +85,7 @@ def delete_domain(domain_id: str, rt: Runtime = Depends(runtime)) -> Response:
 )
 def create_domain(
     http_request: Request,
+    rt: RuntimeDep,
     file: UploadFile = File(
         ...,
         description='JSONL corpus: one {"text", "labels": {concept: value}, "origin"?, '
@@ -95,7 +96,6 @@ def create_domain(
         description='DomainParams as JSON, e.g. {"id": "movie-reviews"}',
         examples=['{"id": "movie-reviews"}'],
     ),
-    rt: Runtime = Depends(runtime),
 ) -> JSONResponse:
     """Build a domain from a labelled corpus, as a job: schema, pairs, taggers, concept space.
 
@@ -148,7 +148,7 @@ def create_domain(
     responses=problems(404, 409, 422, 429),
 )
 def calibrate_domain(
-    domain_id: str, body: CalibrationRequest, http_request: Request, rt: Runtime = Depends(runtime)
+    domain_id: str, body: CalibrationRequest, http_request: Request, rt: RuntimeDep
 ) -> JSONResponse:
     """Calibrate the estimators for a registered classifier on this domain's own held-out pairs (a job).
 
@@ -186,7 +186,7 @@ def calibrate_domain(
     response_model=dict[str, dict[str, Any]],
     responses=problems(404),
 )
-def list_calibrations(domain_id: str, rt: Runtime = Depends(runtime)) -> dict[str, dict[str, Any]]:
+def list_calibrations(domain_id: str, rt: RuntimeDep) -> dict[str, dict[str, Any]]:
     """Per calibrated classifier: its fingerprint, cost and the held-out error of every method (macro)."""
     if not rt.domains.exists(domain_id):
         raise not_found("domain", domain_id)

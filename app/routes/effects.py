@@ -11,7 +11,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
+from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
@@ -19,7 +19,7 @@ from app import explain
 from app.jobs.handlers import row_out, summarize
 from app.problems import ApiError, field_error, validation_error
 from app.resources import Runtime
-from app.routes.common import problems, runtime
+from app.routes.common import RuntimeDep, problems
 from app.routes.jobs import requester, submit
 from app.schemas import EffectsInlineResponse, EffectsParams, EffectsRequest, EffectText, JobOut
 
@@ -112,7 +112,7 @@ def rt_handler(rt: Runtime) -> Any:
         **problems(409, 413, 422, 429, 502, 504),
     },
 )
-def estimate_effects(req: EffectsRequest, request: Request, rt: Runtime = Depends(runtime)) -> JSONResponse:
+def estimate_effects(req: EffectsRequest, request: Request, rt: RuntimeDep) -> JSONResponse:
     """CaCE of one intervention over a list of texts, with a bootstrap CI and per-text ICaCE rows."""
     params = EffectsParams.model_validate(req.model_dump(exclude={"texts"}))
     return _submit(
@@ -132,13 +132,13 @@ def estimate_effects(req: EffectsRequest, request: Request, rt: Runtime = Depend
 )
 def upload_effects(
     request: Request,
+    rt: RuntimeDep,
     file: UploadFile = File(..., description="JSONL: one JSON string or {text, id?, labels?} per line"),
     params: str = Form(
         ...,
         description="EffectsParams as a JSON string",
         examples=['{"intervention": {"concept": "food", "target": "Negative"}, "method": "pt_match"}'],
     ),
-    rt: Runtime = Depends(runtime),
 ) -> JSONResponse:
     """Like /v1/effects, with the texts in an uploaded JSONL file (large inputs usually become jobs)."""
     try:

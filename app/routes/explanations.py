@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 
 from app import explain
-from app.resources import Runtime
-from app.routes.common import problems, runtime
+from app.routes.common import RuntimeDep, problems
 from app.schemas import ExplanationRequest, ExplanationResponse
 
 router = APIRouter(tags=["explanations"])
@@ -18,7 +17,7 @@ router = APIRouter(tags=["explanations"])
     response_model=ExplanationResponse,
     responses=problems(409, 422, 502, 504),
 )
-def create_explanation(req: ExplanationRequest, rt: Runtime = Depends(runtime)) -> dict:
+def create_explanation(req: ExplanationRequest, rt: RuntimeDep) -> dict:
     """How would the classifier's output change if only `intervention.concept` were `intervention.target`?
 
     Finds counterfactuals in the request's domain (default: the server's) by the chosen

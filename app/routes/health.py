@@ -2,24 +2,23 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from app.resources import Runtime
-from app.routes.common import runtime
+from app.routes.common import RuntimeDep
 from app.schemas import Health, MethodsOut
 
 router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz", operation_id="healthz", response_model=Health)
-def healthz(rt: Runtime = Depends(runtime)) -> Health:
+def healthz(rt: RuntimeDep) -> Health:
     """Alive: answers as soon as the process serves HTTP, even while defaults load."""
     return Health(status="ok", ready=rt.ready, instance=rt.instance_id)
 
 
 @router.get("/readyz", operation_id="readyz", response_model=Health, responses={503: {"model": Health}})
-def readyz(request: Request, rt: Runtime = Depends(runtime)) -> JSONResponse:
+def readyz(request: Request, rt: RuntimeDep) -> JSONResponse:
     """Ready once the embedded defaults are loaded and the job store answers (503 until then).
 
     Degraded (503) while requests that timed out still hold worker threads past their deadline.
@@ -54,6 +53,6 @@ def readyz(request: Request, rt: Runtime = Depends(runtime)) -> JSONResponse:
 
 
 @router.get("/v1/methods", operation_id="list_methods", response_model=MethodsOut, tags=["explanations"])
-def list_methods(rt: Runtime = Depends(runtime)) -> MethodsOut:
+def list_methods(rt: RuntimeDep) -> MethodsOut:
     """Explanation methods this server can run (generate, match, baselines), with one-line descriptions."""
     return MethodsOut(methods=rt.methods())

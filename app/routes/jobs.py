@@ -10,13 +10,13 @@ import json
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from app.jobs.handlers import row_out
 from app.problems import ApiError, not_found
 from app.resources import Runtime
-from app.routes.common import problems, queue_full, runtime
+from app.routes.common import RuntimeDep, problems, queue_full
 from app.schemas import JobList, JobOut, RowsPage
 
 router = APIRouter(tags=["jobs"])
@@ -73,11 +73,11 @@ def _job(rt: Runtime, job_id: str, request: Request) -> dict[str, Any]:
 @router.get("/v1/jobs", operation_id="list_jobs", response_model=JobList)
 def list_jobs(
     request: Request,
+    rt: RuntimeDep,
     status: str | None = Query(None, pattern="^(queued|running|succeeded|failed|cancelled)$"),
     kind: str | None = Query(None, max_length=32),
     limit: int = Query(50, ge=1, le=500),
     offset: int = Query(0, ge=0, le=MAX_OFFSET),
-    rt: Runtime = Depends(runtime),
 ) -> JobList:
     """Jobs, newest first (without results; GET one job for its result). A key sees its own jobs; admin all."""
     key_id, sees_all = requester(request)
@@ -88,7 +88,7 @@ def list_jobs(
 
 
 @router.get("/v1/jobs/{job_id}", operation_id="get_job", response_model=JobOut, responses=problems(404))
-def get_job(job_id: str, request: Request, rt: Runtime = Depends(runtime)) -> JobOut:
+def get_job(job_id: str, request: Request, rt: RuntimeDep) -> JobOut:
     """Status, progress, item counts, errors, and (once succeeded) the result."""
     return job_out(_job(rt, job_id, request))
 
@@ -96,7 +96,7 @@ def get_job(job_id: str, request: Request, rt: Runtime = Depends(runtime)) -> Jo
 @router.post(
     "/v1/jobs/{job_id}/cancel", operation_id="cancel_job", response_model=JobOut, responses=problems(404, 409)
 )
-def cancel_job(job_id: str, request: Request, rt: Runtime = Depends(runtime)) -> JobOut:
+def cancel_job(job_id: str, request: Request, rt: RuntimeDep) -> JobOut:
     """Cancel a queued or running job; finished items are kept, the rest are never started."""
     job = _job(rt, job_id, request)
     if not rt.store.cancel_job(job_id):
@@ -110,9 +110,9 @@ def cancel_job(job_id: str, request: Request, rt: Runtime = Depends(runtime)) ->
 def list_job_rows(
     job_id: str,
     request: Request,
+    rt: RuntimeDep,
     offset: int = Query(0, ge=0, le=MAX_OFFSET),
     limit: int = Query(100, ge=1, le=1000),
-    rt: Runtime = Depends(runtime),
 ) -> RowsPage:
     """Per-text ICaCE rows of an effects job, in input order, a page at a time."""
     job = _job(rt, job_id, request)
@@ -135,7 +135,7 @@ def list_job_rows(
         **problems(404),
     },
 )
-def download_job_rows(job_id: str, request: Request, rt: Runtime = Depends(runtime)) -> StreamingResponse:
+def download_job_rows(job_id: str, request: Request, rt: RuntimeDep) -> StreamingResponse:
     """All per-text rows as JSON Lines (streamed in pages)."""
     _job(rt, job_id, request)  # 404 (unknown, or another key's) before the stream starts
 

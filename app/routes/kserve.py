@@ -13,13 +13,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from pydantic import BaseModel, Field, ValidationError
 
 from app import explain
 from app.problems import ApiError, field_error, validation_error
 from app.resources import Runtime
-from app.routes.common import problems, runtime
+from app.routes.common import RuntimeDep, problems
 from app.schemas import ExplanationRequest, ExplanationResponse
 from app.schemas.types import SafeText
 
@@ -116,7 +116,7 @@ def _requests(body: KServeExplainRequest, ref: str | dict[str, Any]) -> list[Exp
     response_model=KServeExplainResponse,
     responses=problems(404, 409, 413, 422, 502, 504),
 )
-def kserve_explain(name: str, body: KServeExplainRequest, rt: Runtime = Depends(runtime)) -> dict[str, Any]:
+def kserve_explain(name: str, body: KServeExplainRequest, rt: RuntimeDep) -> dict[str, Any]:
     """KServe V1 explain: one ICaCE explanation per instance (see POST /v1/explanations)."""
     s = rt.settings
     if len(body.instances) > s.max_inline_texts:
@@ -136,7 +136,7 @@ def kserve_explain(name: str, body: KServeExplainRequest, rt: Runtime = Depends(
     response_model=KServePredictResponse,
     responses=problems(404, 409, 413, 422, 502, 504),
 )
-def kserve_predict(name: str, body: KServePredictRequest, rt: Runtime = Depends(runtime)) -> dict[str, Any]:
+def kserve_predict(name: str, body: KServePredictRequest, rt: RuntimeDep) -> dict[str, Any]:
     """KServe V1 predict: the classifier's probabilities per label, so the explainer can be probed alone."""
     s = rt.settings
     if len(body.instances) > s.max_inline_texts:
@@ -155,7 +155,7 @@ def kserve_predict(name: str, body: KServePredictRequest, rt: Runtime = Depends(
     response_model=KServeModelStatus,
     responses=problems(404, 409, 422),
 )
-def kserve_model_status(name: str, rt: Runtime = Depends(runtime)) -> dict[str, Any]:
+def kserve_model_status(name: str, rt: RuntimeDep) -> dict[str, Any]:
     """KServe V1 model readiness."""
     ref = _classifier_ref(rt, name)
     return {"name": name, "ready": bool(rt.ready) if isinstance(ref, str) else bool(rt.loaded.is_set())}

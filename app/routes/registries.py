@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from app.clients import close_quietly
 from app.problems import ApiError, field_error, not_found, validation_error
 from app.resources import Runtime
-from app.routes.common import problems, runtime
+from app.routes.common import RuntimeDep, problems
 from app.schemas import Registration, RegistrationList, RegistrationOut
 from app.specs import SpecRefused
 
@@ -61,7 +61,7 @@ def _out(row: dict[str, Any] | None) -> RegistrationOut:
 
 
 def _routes(kind: str, path: str, tag: str, plural: str) -> None:
-    def list_items(rt: Runtime = Depends(runtime)) -> RegistrationList:
+    def list_items(rt: RuntimeDep) -> RegistrationList:
         items = []
         if kind == "classifier":
             items = [
@@ -71,7 +71,7 @@ def _routes(kind: str, path: str, tag: str, plural: str) -> None:
         items += [_out(r) for r in rt.store.registry_list(kind)]
         return RegistrationList(items=items)
 
-    def register(reg: Registration, rt: Runtime = Depends(runtime)) -> JSONResponse:
+    def register(reg: Registration, rt: RuntimeDep) -> JSONResponse:
         if kind == "classifier" and reg.name in rt.builtin_meta:
             raise ApiError(409, "Name taken", f"{reg.name!r} is a built-in classifier", kind="conflict")
         _validate(kind, reg.name, reg.spec, rt)
@@ -87,7 +87,7 @@ def _routes(kind: str, path: str, tag: str, plural: str) -> None:
             _out(row).model_dump(mode="json"), status_code=201, headers={"Location": f"{path}/{reg.name}"}
         )
 
-    def get_item(name: str, rt: Runtime = Depends(runtime)) -> RegistrationOut:
+    def get_item(name: str, rt: RuntimeDep) -> RegistrationOut:
         if kind == "classifier" and name in rt.builtin_meta:
             return RegistrationOut(
                 name=name, kind=kind, spec=rt.builtin_meta[name], builtin=True, description="embedded default"
@@ -97,7 +97,7 @@ def _routes(kind: str, path: str, tag: str, plural: str) -> None:
             raise not_found(kind, name)
         return _out(row)
 
-    def delete_item(name: str, rt: Runtime = Depends(runtime)) -> Response:
+    def delete_item(name: str, rt: RuntimeDep) -> Response:
         if kind == "classifier" and name in rt.builtin_meta:
             raise ApiError(409, "Built-in", f"{name!r} is built in and cannot be deleted", kind="conflict")
         if not rt.store.registry_delete(kind, name):
