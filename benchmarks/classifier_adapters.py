@@ -9,7 +9,7 @@ Measures, on this machine:
    server's no-model route, which isolates the adapter + HTTP overhead;
 4. the prediction cache's all-hit throughput.
 
-    python benchmarks/classifier_adapters.py [--texts 512] [--quick]
+    python -m benchmarks.classifier_adapters [--texts 512] [--quick]
 
 Writes benchmarks/results/classifier_adapters.md and prints the same markdown.
 """
@@ -25,12 +25,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 import numpy as np  # noqa: E402
 
+from benchmarks.harness import RESULTS, ROOT  # noqa: E402
+from benchmarks.harness.model_servers import launch  # noqa: E402
+from benchmarks.harness.model_servers.misbehaving import LABELS as TOY_LABELS  # noqa: E402
 from explainers.classifiers.cache import CachingClassifier  # noqa: E402
 from explainers.classifiers.hf import HFClassifier  # noqa: E402
 from explainers.classifiers.http import HttpOptions  # noqa: E402
@@ -38,11 +39,9 @@ from explainers.classifiers.kserve_v1 import KServeV1Classifier  # noqa: E402
 from explainers.classifiers.v2 import V2Classifier  # noqa: E402
 from explainers.data.cebab import load_split  # noqa: E402
 from explainers.reference import ensure_reference, load_reference  # noqa: E402
-from tests.model_servers import launch  # noqa: E402
-from tests.model_servers.misbehaving import LABELS as TOY_LABELS  # noqa: E402
 
 LABELS = ["1", "2", "3", "4", "5"]
-OUT = ROOT / "benchmarks" / "results" / "classifier_adapters.md"
+OUT = RESULTS / "classifier_adapters.md"
 
 
 def timed(fn: Callable[[], object], repeat: int = 3) -> float:

@@ -9,7 +9,7 @@ base text, the intervention and the base's labels. Errors are CEBaB's macro L2 /
 NormDiff (explainers.metrics). `stacked` has no weights fit for this classifier, so it uses
 equal weights (what the service does today before calibration).
 
-    .venv/bin/python benchmarks/domain_movies.py [--origins 300] [--eval-origins 100]
+    .venv/bin/python -m benchmarks.domain_movies [--origins 300] [--eval-origins 100]
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.harness import RESULTS
 from explainers.classifiers.cache import CachingClassifier
 from explainers.classifiers.local import SklearnClassifier
 from explainers.concepts import Intervention
@@ -32,7 +33,6 @@ from explainers.metrics import summarize
 from explainers.registry import available, build_explainer
 
 KS = (1, 5, 10)
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def main() -> int:

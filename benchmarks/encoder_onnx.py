@@ -10,7 +10,7 @@ For torch, onnx (fp32) and onnx-int8, on the same texts and threads:
 - the whole `match` explanation (K=10, tfidf-lr in process) over a 100k synthetic-vector
   pool with request-time embedding, p50/p99 (benchmarks/matching_perf.py's setup).
 
-    .venv/bin/python benchmarks/encoder_onnx.py [--texts 512] [--pairs 400] [--threads 2]
+    .venv/bin/python -m benchmarks.encoder_onnx [--texts 512] [--pairs 400] [--threads 2]
 """
 
 from __future__ import annotations
@@ -18,14 +18,13 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from benchmarks.harness import RESULTS, ROOT
+
 DATA_DIR = Path(os.environ.get("CACE_TEST_DATA_DIR", ROOT / "var" / "test"))
 BACKENDS = ("torch", "onnx", "onnx-int8")
 
@@ -122,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         "--queries", type=int, default=100, help="whole explanations per backend on the 100k pool"
     )
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "encoder_onnx.md")
+    ap.add_argument("--out", type=Path, default=RESULTS / "encoder_onnx.md")
     args = ap.parse_args(argv)
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     import faiss

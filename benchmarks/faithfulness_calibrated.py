@@ -1,6 +1,6 @@
 """Self-calibrated estimators on CEBaB under the honest protocol (issue 17).
 
-    OMP_NUM_THREADS=1 nice -n 10 python benchmarks/faithfulness_calibrated.py [--models tfidf-lr,minilm-ft]
+    OMP_NUM_THREADS=1 nice -n 10 python -m benchmarks.faithfulness_calibrated [--models tfidf-lr,minilm-ft]
 
 For each reference classifier:
 
@@ -32,26 +32,23 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from explainers.artifacts import META  # noqa: E402
-from explainers.bench import runner  # noqa: E402
-from explainers.classifiers.cache import CachingClassifier  # noqa: E402
-from explainers.concepts import Intervention  # noqa: E402
-from explainers.estimators.calibration import Calibration, component  # noqa: E402
-from explainers.estimators.calibration_fit import DEFAULT_METHODS, calibrate  # noqa: E402
-from explainers.estimators.crossfit import combine  # noqa: E402
-from explainers.estimators.intervals import coverage_of  # noqa: E402
-from explainers.estimators.stack import project_icace  # noqa: E402
-from explainers.matching.cebab import ensure_cebab_space, without_texts  # noqa: E402
-from explainers.metrics import summarize  # noqa: E402
-from explainers.registry import build_explainer  # noqa: E402
+from benchmarks.harness import RESULTS, ROOT
+from explainers.artifacts import META
+from explainers.bench import runner
+from explainers.classifiers.cache import CachingClassifier
+from explainers.concepts import Intervention
+from explainers.estimators.calibration import Calibration, component
+from explainers.estimators.calibration_fit import DEFAULT_METHODS, calibrate
+from explainers.estimators.crossfit import combine
+from explainers.estimators.intervals import coverage_of
+from explainers.estimators.stack import project_icace
+from explainers.matching.cebab import ensure_cebab_space, without_texts
+from explainers.metrics import summarize
+from explainers.registry import build_explainer
 
 BASELINES = ("zero", "conexp", "approx", "approx_match", "s_learner", "pt_match")
 COMPONENTS = DEFAULT_METHODS  # what the service calibrates
 CONCEPTS = ("food", "service", "ambiance", "noise")
-RESULTS = ROOT / "benchmarks" / "results"
 UNCALIBRATED = {  # mixes that need no classifier-specific fit: candidates for auto's uncalibrated default
     "uncal:match@10": {"match@10": 1.0},
     "uncal:pair_transfer@10": {"pair_transfer@10": 1.0},

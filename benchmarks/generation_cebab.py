@@ -7,8 +7,8 @@ Phase 2 (fast): score the kept counterfactuals with each reference classifier, c
 the ICaCE errors with the baselines the bench runner offers on the same pairs, and write
 a markdown table (plus JSON) naming the LLM, keep rate, rejection reasons and cost.
 
-    python benchmarks/generation_cebab.py --limit 200 --k 3           # starts llama.cpp's server
-    python benchmarks/generation_cebab.py --base-url http://host/v1 --llm-model NAME
+    python -m benchmarks.generation_cebab --limit 200 --k 3           # starts llama.cpp's server
+    python -m benchmarks.generation_cebab --base-url http://host/v1 --llm-model NAME
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -24,19 +23,17 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from explainers.bench.runner import load_bench_pairs, load_model, true_icaces  # noqa: E402
-from explainers.concepts import CEBAB_SCHEMA, Intervention  # noqa: E402
-from explainers.data.cebab import Pair, split_path  # noqa: E402
-from explainers.estimate import icace_from_predictions  # noqa: E402
-from explainers.generation.backends import OpenAIBackend  # noqa: E402
-from explainers.generation.cache import GenerationCache  # noqa: E402
-from explainers.generation.explainer import GenerationExplainer  # noqa: E402
-from explainers.generation.prompts import PromptBuilder, fewshot_from_cebab  # noqa: E402
-from explainers.generation.server import LlamaServer  # noqa: E402
-from explainers.metrics import summarize  # noqa: E402
+from benchmarks.harness import RESULTS, ROOT
+from explainers.bench.runner import load_bench_pairs, load_model, true_icaces
+from explainers.concepts import CEBAB_SCHEMA, Intervention
+from explainers.data.cebab import Pair, split_path
+from explainers.estimate import icace_from_predictions
+from explainers.generation.backends import OpenAIBackend
+from explainers.generation.cache import GenerationCache
+from explainers.generation.explainer import GenerationExplainer
+from explainers.generation.prompts import PromptBuilder, fewshot_from_cebab
+from explainers.generation.server import LlamaServer
+from explainers.metrics import summarize
 
 CACHE = Path(os.environ.get("CACE_CACHE_DIR", Path.home() / ".cache" / "cace"))
 QWEN = CACHE / "models" / "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
@@ -345,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--classifiers", default="tfidf-lr,var/classifiers/minilm-ft")
     ap.add_argument("--baselines", default="zero,random_matching,approx,conexp,pt_match,match")
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "generation_cebab_dev.md")
+    ap.add_argument("--out", type=Path, default=RESULTS / "generation_cebab_dev.md")
     args = ap.parse_args(argv)
     args.log.parent.mkdir(parents=True, exist_ok=True)
     pairs = interleaved(load_bench_pairs(args.split, limit=args.limit, seed=args.seed), args.seed)

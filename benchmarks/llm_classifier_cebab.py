@@ -17,7 +17,7 @@ only scores what is new. conexp and s_learner need the classifier on every pool 
 an LLM on 2 shared cores cannot afford: they get a random pool subset (size in the table);
 the matching methods search the full pool and only score the K texts they pick.
 
-    OMP_NUM_THREADS=1 nice python benchmarks/llm_classifier_cebab.py --acc-n 150 --pairs 80 --k 5
+    OMP_NUM_THREADS=1 nice python -m benchmarks.llm_classifier_cebab --acc-n 150 --pairs 80 --k 5
 """
 
 from __future__ import annotations
@@ -35,16 +35,14 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from explainers.bench import runner  # noqa: E402
-from explainers.classifiers.spec import build_classifier  # noqa: E402
-from explainers.classifiers.usage import LLMUsage, metered  # noqa: E402
-from explainers.data.cebab import Pair, load_split  # noqa: E402
-from explainers.estimate import icace_from_predictions  # noqa: E402
-from explainers.generation.server import LlamaServer  # noqa: E402
-from explainers.registry import build_explainer  # noqa: E402
+from benchmarks.harness import RESULTS, ROOT
+from explainers.bench import runner
+from explainers.classifiers.spec import build_classifier
+from explainers.classifiers.usage import LLMUsage, metered
+from explainers.data.cebab import Pair, load_split
+from explainers.estimate import icace_from_predictions
+from explainers.generation.server import LlamaServer
+from explainers.registry import build_explainer
 
 CACHE = Path(os.environ.get("CACE_CACHE_DIR", Path.home() / ".cache" / "cace"))
 QWEN = CACHE / "models" / "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
@@ -55,7 +53,7 @@ PROMPT = (
     "Rate the restaurant review below from 1 (very negative) to 5 (very positive). "
     "Answer with a single digit: {labels}.\n\nReview: {text}"
 )
-SAMPLES = ROOT / "benchmarks" / "results" / "generation_cebab_dev_samples.jsonl"
+SAMPLES = RESULTS / "generation_cebab_dev_samples.jsonl"
 
 
 class DiskCachedClassifier:
@@ -205,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         help="methods a stack combines (those that ran); several stacks separated by ';'",
     )
     ap.add_argument("--no-generate", action="store_true")
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "llm_classifier_cebab.md")
+    ap.add_argument("--out", type=Path, default=RESULTS / "llm_classifier_cebab.md")
     args = ap.parse_args(argv)
     started = time.perf_counter()
     if args.base_url:

@@ -13,9 +13,9 @@ During every scenario a probe hits /healthz once a second, to show liveness unde
 Clients do not retry, so every refusal is counted. Writes a markdown report to
 benchmarks/results/load.md (or --out).
 
-    .venv/bin/python benchmarks/load.py                 # all scenarios (~2.5 min on 2 cores)
-    .venv/bin/python benchmarks/load.py --quick         # shorter runs
-    .venv/bin/python benchmarks/load.py --url http://host:8000 --scenarios steady
+    .venv/bin/python -m benchmarks.load                 # all scenarios (~2.5 min on 2 cores)
+    .venv/bin/python -m benchmarks.load --quick         # shorter runs
+    .venv/bin/python -m benchmarks.load --url http://host:8000 --scenarios steady
 """
 
 from __future__ import annotations
@@ -37,8 +37,7 @@ from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from benchmarks.harness import RESULTS, ROOT
 
 TEXTS = [
     "The food was delicious but the waiter ignored us for twenty minutes.",
@@ -287,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         "--data-dir", type=Path, default=Path(os.environ.get("CACE_TEST_DATA_DIR", ROOT / "var" / "test"))
     )
     ap.add_argument("--pool", default="train_inclusive", help="CEBaB split for the pool (CACE_DEFAULT_POOL)")
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "load.md")
+    ap.add_argument("--out", type=Path, default=RESULTS / "load.md")
     args = ap.parse_args(argv)
     quick = args.quick
     scenarios = {

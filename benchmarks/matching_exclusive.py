@@ -1,6 +1,6 @@
 """The realistic setting: a concept space trained from `train_exclusive` + LLM-generated edits.
 
-    python benchmarks/matching_exclusive.py [--sources 400] [--concepts 2] [--models tfidf-lr,minilm-ft]
+    python -m benchmarks.matching_exclusive [--sources 400] [--concepts 2] [--models tfidf-lr,minilm-ft]
 
 `train_exclusive` holds one text per origin, so it has no counterfactual groups. This
 script asks an LLM (Qwen2.5-Coder-1.5B-Instruct Q4_K_M on llama.cpp's OpenAI-compatible
@@ -29,22 +29,18 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from generation_model import DEFAULT_OUT as QWEN_GGUF  # noqa: E402
-from generation_model import assemble  # noqa: E402
-from matching_faithfulness import BASELINES, RESULTS, STACK, run_methods, stacked, table  # noqa: E402
-from matching_hit_rate import hit_rate_table  # noqa: E402
-
-from explainers.artifacts import META  # noqa: E402
-from explainers.bench import runner  # noqa: E402
-from explainers.classifiers.cache import CachingClassifier  # noqa: E402
-from explainers.data.pools import cebab_pool  # noqa: E402
-from explainers.matching.augment import llm_augmenter  # noqa: E402
-from explainers.matching.cebab import build_cebab_space, ensure_cebab_space, without_texts  # noqa: E402
-from explainers.matching.space import ConceptSpace  # noqa: E402
+from benchmarks.generation_model import DEFAULT_OUT as QWEN_GGUF
+from benchmarks.generation_model import assemble
+from benchmarks.harness import RESULTS, ROOT
+from benchmarks.matching_faithfulness import BASELINES, STACK, run_methods, stacked, table
+from benchmarks.matching_hit_rate import hit_rate_table
+from explainers.artifacts import META
+from explainers.bench import runner
+from explainers.classifiers.cache import CachingClassifier
+from explainers.data.pools import cebab_pool
+from explainers.matching.augment import llm_augmenter
+from explainers.matching.cebab import build_cebab_space, ensure_cebab_space, without_texts
+from explainers.matching.space import ConceptSpace
 
 SPACE = "cebab-train_exclusive-gen-head"
 TAGGED = "cebab-train_exclusive-gentagged-head"

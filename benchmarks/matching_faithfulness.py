@@ -1,6 +1,6 @@
 """Faithfulness of the concept-space methods on CEBaB dev, beside every baseline.
 
-    python benchmarks/matching_faithfulness.py [--models tfidf-lr,minilm-ft] [--limit N]
+    python -m benchmarks.matching_faithfulness [--models tfidf-lr,minilm-ft] [--limit N]
 
 For each reference classifier (minilm-ft only once var/classifiers/minilm-ft exists) it
 scores, on every dev pair at K = 1, 5, 10, with the benchmark runner
@@ -30,19 +30,16 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from explainers.artifacts import META  # noqa: E402
-from explainers.bench import runner  # noqa: E402
-from explainers.classifiers.cache import CachingClassifier  # noqa: E402
-from explainers.estimators.crossfit import cross_fit  # noqa: E402
-from explainers.matching.cebab import ensure_cebab_space, without_texts  # noqa: E402
-from explainers.matching.space import ConceptSpace  # noqa: E402
+from benchmarks.harness import RESULTS, ROOT
+from explainers.artifacts import META
+from explainers.bench import runner
+from explainers.classifiers.cache import CachingClassifier
+from explainers.estimators.crossfit import cross_fit
+from explainers.matching.cebab import ensure_cebab_space, without_texts
+from explainers.matching.space import ConceptSpace
 
 BASELINES = ("zero", "conexp", "approx", "approx_match", "s_learner", "pt_match")
 STACK = ("match", "pair_transfer", "s_learner")
-RESULTS = ROOT / "benchmarks" / "results"
 
 
 class PrecomputedVectors:

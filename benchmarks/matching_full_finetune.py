@@ -2,8 +2,8 @@
 
 Two steps:
 
-    python benchmarks/matching_full_finetune.py prepare var/gpu     # here: pool + dev texts + fp16 model
-    python benchmarks/matching_full_finetune.py train var/gpu $OUT  # on the GPU machine
+    python -m benchmarks.matching_full_finetune prepare var/gpu     # here: pool + dev texts + fp16 model
+    python -m benchmarks.matching_full_finetune train var/gpu $OUT  # on the GPU machine
 
 `train` fine-tunes one encoder per concept with the ordered contrastive loss (`train_full`,
 paper defaults: tau 0.1, lr 5e-6, 8 epochs unless the time budget ends first) and writes
@@ -19,9 +19,6 @@ import json
 import sys
 import time
 from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def prepare(out: Path) -> None:

@@ -1,6 +1,6 @@
 """Nearest-counterfactual hit rate on held-out CEBaB dev, per concept and space.
 
-    python benchmarks/matching_hit_rate.py
+    python -m benchmarks.matching_hit_rate
 
 The diagnostic every space reports, measured where no space was trained: for each dev
 pair (base, counterfactual) on concept c, is the counterfactual the base's nearest dev
@@ -16,18 +16,15 @@ from __future__ import annotations
 import json
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from explainers.data.pools import cebab_pool  # noqa: E402
-from explainers.embeddings import Encoder  # noqa: E402
-from explainers.matching.loss import DEFAULT_LAMBDAS, PAPER_LAMBDAS  # noqa: E402
-from explainers.matching.space import ConceptSpace  # noqa: E402
-from explainers.matching.trainers import TrainConfig, train_head  # noqa: E402
+from benchmarks.harness import RESULTS, ROOT
+from explainers.data.pools import cebab_pool
+from explainers.embeddings import Encoder
+from explainers.matching.loss import DEFAULT_LAMBDAS, PAPER_LAMBDAS
+from explainers.matching.space import ConceptSpace
+from explainers.matching.trainers import TrainConfig, train_head
 
 
 def hit_rate_table(rows: dict[str, dict[str, float]], names: list[str]) -> list[str]:
@@ -62,8 +59,7 @@ def main() -> int:
         print(label, f"{time.perf_counter() - t:.0f} s", file=sys.stderr)
     full = ROOT / "var" / "full_ft"
     if (full / "full_finetune.json").exists():
-        sys.path.insert(0, str(ROOT / "benchmarks"))
-        from matching_faithfulness import PrecomputedVectors
+        from benchmarks.matching_faithfulness import PrecomputedVectors
 
         texts = json.loads((ROOT / "var" / "gpu" / "bundle.json").read_text())["texts"]
         from explainers.matching.cebab import without_texts
@@ -90,7 +86,7 @@ def main() -> int:
         "",
         *hit_rate_table(rows, names),
     ]
-    out = ROOT / "benchmarks" / "results" / "matching_hit_rate.md"
+    out = RESULTS / "matching_hit_rate.md"
     out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

@@ -1,6 +1,6 @@
 """Matching performance: FAISS latency, build time, memory and recall; embedding throughput; explanation p50.
 
-    python benchmarks/matching_perf.py [--sizes 10000,100000,1000000]
+    python -m benchmarks.matching_perf [--sizes 10000,100000,1000000]
 
 Pools of 10k / 100k / 1M vectors are synthetic but shaped like real ones: real MiniLM
 embeddings of CEBaB texts plus Gaussian noise, renormalised (uniform random vectors in
@@ -13,18 +13,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from explainers.matching.index import PartitionIndex, exact_topk, recall_at_k  # noqa: E402
-
-RESULTS = ROOT / "benchmarks" / "results"
+from benchmarks.harness import RESULTS, ROOT
+from explainers.matching.index import PartitionIndex, exact_topk, recall_at_k
 
 
 def rss_mb() -> float:

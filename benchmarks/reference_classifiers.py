@@ -7,7 +7,7 @@ run (seconds). minilm-ft's training time is read from its meta.json (where and h
 trained); `--measure-steps N` also times N CPU optimiser steps of the same training loop
 and extrapolates to the full run, the number that matters on a CPU-only machine.
 
-    python benchmarks/reference_classifiers.py [--root var] [--data DIR] [--measure-steps 20]
+    python -m benchmarks.reference_classifiers [--root var] [--data DIR] [--measure-steps 20]
 
 Writes benchmarks/results/reference_classifiers.md and prints the same markdown.
 """
@@ -16,21 +16,19 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from benchmarks.harness import RESULTS  # noqa: E402
 from explainers.artifacts import read_meta  # noqa: E402
 from explainers.data.cebab import load_split  # noqa: E402
 from explainers.reference import ensure_reference, evaluate, load_reference, rated, train_tfidf_lr  # noqa: E402
 
-OUT = ROOT / "benchmarks" / "results" / "reference_classifiers.md"
+OUT = RESULTS / "reference_classifiers.md"
 
 
 def cpu_step_seconds(steps: int, data_dir: Path | None, meta: dict) -> float:
@@ -98,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             "",
             *notes,
             "",
-            "Command: `python benchmarks/reference_classifiers.py`",
+            "Command: `python -m benchmarks.reference_classifiers`",
             "",
         ]
     )

@@ -5,7 +5,7 @@ Starts `cace serve` (uvicorn subprocess) on the embedded defaults and measures:
 - an effects job over N CEBaB dev texts: texts/s from submission to `succeeded`, on SQLite and PostgreSQL.
 Prints a markdown table and writes it to benchmarks/results/service_latency.md.
 
-    .venv/bin/python benchmarks/service_latency.py [--n-requests 100] [--n-texts 300]
+    .venv/bin/python -m benchmarks.service_latency [--n-requests 100] [--n-texts 300]
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,11 +20,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from explainers.data.cebab import load_split  # noqa: E402
-from tests.service_server import drop_pg_prefix, service, store_env  # noqa: E402
+from benchmarks.harness import RESULTS
+from benchmarks.harness.service import drop_pg_prefix, service, store_env
+from explainers.data.cebab import load_split
 
 
 def texts(n: int) -> list[str]:
@@ -117,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         ]
     )
     print(table)
-    out = ROOT / "benchmarks" / "results" / "service_latency.md"
+    out = RESULTS / "service_latency.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(table)
     return 0

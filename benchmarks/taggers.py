@@ -5,7 +5,7 @@ and scores dev per concept (rows whose majority label is Positive/Negative/unkno
 The majority-class column is what a tagger must beat: "unknown" dominates noise and ambiance.
 Embeddings come from the shared disk cache, so a second run costs only the regressions.
 
-    python benchmarks/taggers.py [--data DIR] [--features minilm,tfidf minilm tfidf]
+    python -m benchmarks.taggers [--data DIR] [--features minilm,tfidf minilm tfidf]
 
 Writes benchmarks/results/taggers.md and prints the same markdown.
 """
@@ -14,20 +14,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from collections import Counter
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from benchmarks.harness import RESULTS  # noqa: E402
 from explainers.concepts import CEBAB_SCHEMA  # noqa: E402
 from explainers.taggers import TaggerSet, cebab_corpus  # noqa: E402
 
-OUT = ROOT / "benchmarks" / "results" / "taggers.md"
+OUT = RESULTS / "taggers.md"
 
 
 def majority_accuracy(
@@ -93,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             "",
             *table,
             "",
-            "Command: `python benchmarks/taggers.py`",
+            "Command: `python -m benchmarks.taggers`",
             "",
         ]
     )

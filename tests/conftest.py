@@ -1,7 +1,7 @@
 """Shared fixtures: where test artifacts live, and the trained reference classifier; the test tiers.
 
-Tiers (README, "Tests"): a test module that imports the process launchers (`tests/servers.py`,
-`tests/service_server.py`) starts real servers, and every test in it is marked `server` here,
+Tiers (README, "Quickstart"): a test module that imports the process launchers (`benchmarks/harness/`:
+servers.py, service.py, model_servers/) starts real servers, and every test in it is marked `server` here,
 so nobody has to remember to; a test that starts another process by itself carries the mark
 explicitly. `make test-fast` runs `-m "not server and not slow and not llm"`: in process, no
 servers, no model loads beyond MiniLM.
@@ -46,13 +46,13 @@ def tfidf_lr(tfidf_lr_dir: Path):
 
 
 # Modules whose import marks a test module as one that starts servers.
-LAUNCHERS = ("tests.servers", "tests.service_server")
+LAUNCHERS = ("benchmarks.harness.servers", "benchmarks.harness.service", "benchmarks.harness.model_servers")
 
 
 def _starts_servers(module: types.ModuleType) -> bool:
     for value in vars(module).values():
         origin = value.__name__ if isinstance(value, types.ModuleType) else getattr(value, "__module__", None)
-        if origin in LAUNCHERS:
+        if isinstance(origin, str) and origin.startswith(LAUNCHERS):
             return True
     return False
 

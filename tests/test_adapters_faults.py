@@ -1,6 +1,6 @@
 """HTTP adapter behaviour under real faults, against a real misbehaving server on 127.0.0.1.
 
-The server (tests/model_servers/misbehaving.py) is a real uvicorn process that fails on
+The server (benchmarks/harness/model_servers/misbehaving.py) is a real uvicorn process that fails on
 purpose; it counts requests per test key, so retries, Retry-After and batching are
 checked from the server's side, not just from the client's counters.
 """
@@ -15,13 +15,13 @@ import httpx
 import numpy as np
 import pytest
 
+from benchmarks.harness.model_servers.launch import misbehaving_server
+from benchmarks.harness.model_servers.misbehaving import LABELS, logits, proba
+from benchmarks.harness.servers import Server, free_port
 from explainers.classifiers.base import ClassifierUnavailable, MalformedResponse
 from explainers.classifiers.hf import HFClassifier
 from explainers.classifiers.http import EndpointRejected, HttpOptions
 from explainers.classifiers.spec import build_classifier
-from tests.model_servers.launch import misbehaving_server
-from tests.model_servers.misbehaving import LABELS, logits, proba
-from tests.servers import Server, free_port
 
 TEXTS = ["the pasta was amazing", "slow service", "noisy and cramped", "a fine meal", "bad"]
 FAST = dict(backoff_s=0.01, backoff_max_s=0.05)

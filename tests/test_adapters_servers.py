@@ -16,6 +16,8 @@ import httpx
 import numpy as np
 import pytest
 
+from benchmarks.harness.model_servers.launch import kserve_server, mlserver, own_server
+from benchmarks.harness.servers import Server
 from explainers.classifiers.hf import HFClassifier
 from explainers.classifiers.http import HttpOptions
 from explainers.classifiers.kserve_v1 import KServeV1Classifier
@@ -23,8 +25,6 @@ from explainers.classifiers.spec import build_classifier
 from explainers.classifiers.template import TemplateClassifier
 from explainers.classifiers.v2 import V2Classifier
 from explainers.data.cebab import load_split
-from tests.model_servers.launch import kserve_server, mlserver, own_server
-from tests.servers import Server
 
 LABELS = ["1", "2", "3", "4", "5"]
 REVERSED = LABELS[::-1]

@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from app.settings import Settings
-from tests.servers import ROOT
+from benchmarks.harness.servers import ROOT
 
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"

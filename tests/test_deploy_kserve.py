@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.servers import Server
+from benchmarks.harness.servers import Server
 from tests.test_security import service
 
 TEXTS = ["The food was delicious but the waiter ignored us.", "Rude staff, cold fries, loud music."]

@@ -18,9 +18,9 @@ import httpx
 import joblib
 import pytest
 
+from benchmarks.harness.servers import free_port, python, running
+from benchmarks.harness.service import service, store_env
 from explainers.data.movies import movie_corpus, train_rating_classifier
-from tests.servers import free_port, python, running
-from tests.service_server import service, store_env
 
 METHODS_WITHOUT_LLM = (
     "match",

@@ -20,10 +20,10 @@ import httpx
 import numpy as np
 import pytest
 
+from benchmarks.harness.servers import ROOT, free_port, python, running
 from explainers.concepts import CEBAB_SCHEMA, Intervention
 from explainers.generation.backends import LLMBadResponse, LLMUnavailable, OpenAIBackend
 from explainers.generation.explainer import GenerationExplainer
-from tests.servers import ROOT, free_port, python, running
 
 SRC = "The food was great and the waiter was friendly."
 NEG_FOOD = Intervention("food", "Negative", "Positive")

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.harness.servers import free_port, running
 from explainers.concepts import CEBAB_SCHEMA, Intervention
 from explainers.generation.backends import LLMUnavailable, OpenAIBackend, build_backend
 from explainers.generation.cache import GenerationCache
 from explainers.generation.explainer import GenerationExplainer
 from explainers.generation.server import llama_python
 from explainers.registry import MissingResource, Resources, build_explainer
-from tests.servers import free_port, running
 from tests.test_generation_units import tfidf_taggers  # noqa: F401  (shared fixture)
 
 pytestmark = pytest.mark.llm

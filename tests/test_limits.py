@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.servers import Server
+from benchmarks.harness.servers import Server
 from tests.test_security import service
 
 SLOW_S = 4.0

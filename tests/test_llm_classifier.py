@@ -3,7 +3,7 @@
 The server is llama-cpp-python's OpenAI-compatible server with SmolLM2-135M-Instruct (set up
 by scripts/setup.d/30-llama.sh; these tests skip locally without it and fail under CI).
 Faults llama.cpp cannot produce (an answer without logprobs, malformed choices, non-JSON)
-come from the FAKE server tests/model_servers/fake_openai_llm.py.
+come from the FAKE server benchmarks/harness/model_servers/fake_openai_llm.py.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from benchmarks.harness.servers import Server, free_port, python, running
 from explainers.classifiers.base import ClassifierUnavailable, MalformedResponse
 from explainers.classifiers.openai_chat import OpenAIChatClassifier, render
 from explainers.classifiers.spec import build_classifier, parse_spec
@@ -22,7 +23,6 @@ from explainers.classifiers.usage import metered
 from explainers.concepts import Intervention
 from explainers.generation.server import llama_python
 from explainers.types import Counterfactual, CounterfactualExplainer
-from tests.servers import Server, free_port, python, running
 from tests.test_generation_llama import GGUF, _require_setup
 
 pytestmark = pytest.mark.llm
@@ -51,7 +51,7 @@ def fake() -> Iterator[Server]:
         python(),
         "-m",
         "uvicorn",
-        "tests.model_servers.fake_openai_llm:app",
+        "benchmarks.harness.model_servers.fake_openai_llm:app",
         "--port",
         str(port),
         "--log-level",
@@ -296,7 +296,7 @@ def test_label_aliases_and_first_token_prefixes() -> None:
 def test_service_explains_a_registered_llm_classifier_with_its_token_cost(llama: str, tmp_path) -> None:
     import httpx
 
-    from tests.service_server import service, store_env
+    from benchmarks.harness.service import service, store_env
 
     spec = {
         "protocol": "openai-chat",

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.servers import Server
+from benchmarks.harness.servers import Server
 
 # The KServe V1 predictor fixture is shared with the limit tests (one module-scoped server per module).
 from tests.test_limits import predictor  # noqa: F401

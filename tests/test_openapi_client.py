@@ -20,8 +20,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from benchmarks.harness.service import service, store_env
 from explainers.data.movies import movie_corpus
-from tests.service_server import service, store_env
 
 GENERATOR = Path(sys.executable).parent / "openapi-python-client"
 

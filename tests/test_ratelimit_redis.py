@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from app.ratelimit import RedisTokenBuckets, TokenBuckets, build_rate_limiter
-from tests.servers import free_port
+from benchmarks.harness.servers import free_port
 from tests.test_security import service
 
 REDIS_URL = os.environ.get("CACE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")

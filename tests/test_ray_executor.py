@@ -20,8 +20,8 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from tests.servers import free_port  # noqa: E402
-from tests.service_server import service, store_env  # noqa: E402
+from benchmarks.harness.servers import free_port  # noqa: E402
+from benchmarks.harness.service import service, store_env  # noqa: E402
 from tests.test_service_e2e import all_rows, dev_texts, wait_job  # noqa: E402
 
 REQUEST = {

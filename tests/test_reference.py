@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from benchmarks.harness.servers import free_port, python, running
 from explainers.artifacts import META, read_meta
 from explainers.classifiers.base import Classifier
 from explainers.classifiers.hf import HFClassifier
@@ -21,7 +22,6 @@ from explainers.classifiers.transformers_local import TransformersClassifier
 from explainers.data.cebab import CONCEPTS
 from explainers.reference import LABELS, evaluate, load_reference
 from explainers.reference.cli import main
-from tests.servers import free_port, python, running
 
 GOOD = [
     "the food was wonderful and the staff lovely",

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import ROOT, Server
+from benchmarks.harness.servers import ROOT, Server
 from tests.test_security import service
 
 MAX_EXAMPLES = os.environ.get("CACE_FUZZ_EXAMPLES", "6")

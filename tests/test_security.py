@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.servers import ROOT, Server, free_port, python, running
+from benchmarks.harness.servers import ROOT, Server, free_port, python, running
 
 
 @contextlib.contextmanager

@@ -16,9 +16,9 @@ import httpx
 import numpy as np
 import pytest
 
+from benchmarks.harness.servers import free_port, python, running
+from benchmarks.harness.service import service, store_env
 from explainers.data.cebab import load_split
-from tests.servers import free_port, python, running
-from tests.service_server import service, store_env
 
 LABELS = ["1", "2", "3", "4", "5"]
 PROBLEM = "application/problem+json"
@@ -488,7 +488,7 @@ def test_domain_corpus_and_schema_are_validated_naming_the_line(client: httpx.Cl
 def test_queue_bound_and_registry_persist_across_restarts(
     backend: str, tmp_path: Path, tfidf_lr_dir: Path
 ) -> None:
-    from tests.service_server import drop_pg_prefix
+    from benchmarks.harness.service import drop_pg_prefix
 
     env = {
         **store_env(backend, tmp_path),

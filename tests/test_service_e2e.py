@@ -15,10 +15,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from benchmarks.harness.servers import free_port, running
+from benchmarks.harness.service import drop_pg_prefix, service, store_env
 from explainers.concepts import CEBAB_SCHEMA
 from explainers.data.cebab import load_split
-from tests.servers import free_port, running
-from tests.service_server import drop_pg_prefix, service, store_env
 
 CACHE = Path(os.environ.get("CACE_CACHE_DIR", Path.home() / ".cache" / "cace"))
 GGUF = CACHE / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -3,7 +3,7 @@
 Every hole a probe found, as a regression test (the request-validation ones that need no server
 are in the fast tier, tests/test_api_inprocess.py).
 
-Each test talks HTTP to a real uvicorn process (`tests.service_server.service`) with the
+Each test talks HTTP to a real uvicorn process (`benchmarks.harness.service.service`) with the
 minimal embedded defaults (the tfidf-lr classifier; no pool, taggers or space, which these
 checks do not need). Upstreams are a real HTTP server in this process (`Upstream`) whose
 routes fail the way real model servers do: 503s, slow bodies, long error pages. Where the
@@ -27,8 +27,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.servers import ROOT, Server, free_port, python, running
-from tests.service_server import drop_pg_prefix, service, store_env
+from benchmarks.harness.servers import ROOT, Server, free_port, python, running
+from benchmarks.harness.service import drop_pg_prefix, service, store_env
 
 MINIMAL = {
     "CACE_DEFAULT_POOL": "",

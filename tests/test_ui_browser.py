@@ -20,8 +20,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from benchmarks.harness.service import service
 from explainers.data.cebab import load_split
-from tests.service_server import service
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="the test extra installs playwright")
 CHROMIUM = os.environ.get("CACE_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
@@ -435,7 +435,7 @@ def test_with_api_keys_on_the_page_asks_for_a_key(browser, tmp_path: Path) -> No
 @pytest.mark.llm
 def test_generate_shows_verification_and_rejections(browser, tmp_path: Path) -> None:
     """generate through llama.cpp (SmolLM2-135M, when set up): each kept rewrite's verdict and the rejection counts."""
-    from tests.servers import free_port, running
+    from benchmarks.harness.servers import free_port, running
     from tests.test_service_e2e import GGUF, LLAMA_PY
 
     if not (GGUF.exists() and LLAMA_PY.exists()):

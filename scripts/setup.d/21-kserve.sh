@@ -2,7 +2,7 @@
 # The KServe Python model server (V1 protocol) in its own venv, for the V1 adapter tests.
 # kserve brings kubernetes, grpc and ray-free serving deps the service does not need, so
 # it lives at $CACHE/venvs/kserve. scikit-learn/numpy/joblib are pinned to .venv's
-# versions so the test model (tests/model_servers/kserve_sklearn.py) can unpickle the
+# versions so the test model (benchmarks/harness/model_servers/kserve_sklearn.py) can unpickle the
 # tfidf-lr pipeline. Idempotent via a stamp keyed by the pins.
 set -euo pipefail
 ROOT=${ROOT:-$(cd "$(dirname "$0")/../.." && pwd)}

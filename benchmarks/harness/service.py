@@ -17,9 +17,9 @@ from pathlib import Path
 import httpx
 import sqlalchemy as sa
 
-from tests.servers import Server, free_port, python, running
+from benchmarks.harness.servers import Server, free_port, python, running
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TEST_DATA_DIR = Path(os.environ.get("CACE_TEST_DATA_DIR", ROOT / "var" / "test"))
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 # A fresh machine trains the taggers and the CEBaB space on the first start.

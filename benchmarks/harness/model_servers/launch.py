@@ -1,6 +1,6 @@
 """Start the real model servers the adapter tests and benchmarks talk to.
 
-Each helper is a context manager yielding a `tests.servers.Server` on 127.0.0.1:
+Each helper is a context manager yielding a `benchmarks.harness.servers.Server` on 127.0.0.1:
 the project's own classifier server (explainers.serving), the misbehaving test server,
 MLServer (V2) and the KServe model server (V1), the last two from their own venvs built
 by scripts/setup.d/20-mlserver.sh and 21-kserve.sh.
@@ -15,7 +15,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests.servers import ROOT, Server, free_port, python, running
+from benchmarks.harness.servers import ROOT, Server, free_port, python, running
 
 HERE = Path(__file__).resolve().parent
 CACHE = Path(os.environ.get("CACE_CACHE_DIR", Path.home() / ".cache" / "cace"))
@@ -47,7 +47,7 @@ def misbehaving_server() -> Iterator[Server]:
         python(),
         "-m",
         "uvicorn",
-        "tests.model_servers.misbehaving:app",
+        "benchmarks.harness.model_servers.misbehaving:app",
         "--host",
         "127.0.0.1",
         "--port",

@@ -8,7 +8,7 @@ labels, top-1-only answers, a bearer-token check. Every route speaks Hugging Fac
 so tests can check retries, Retry-After and batching from the server's side
 (`GET /calls/{key}`).
 
-    uvicorn tests.model_servers.misbehaving:app --port PORT
+    uvicorn benchmarks.harness.model_servers.misbehaving:app --port PORT
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ that do not support them), top_logprobs that are not a list, a choice whose cont
 not text, an empty choices list, and a non-JSON body. Route: POST /{mode}/chat/completions
 (and /{mode}/completions); every answer carries a usage block so token counting is visible.
 
-    uvicorn tests.model_servers.fake_openai_llm:app --port PORT
+    uvicorn benchmarks.harness.model_servers.fake_openai_llm:app --port PORT
 """
 
 from __future__ import annotations
