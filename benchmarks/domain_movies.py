@@ -15,14 +15,13 @@ equal weights (what the service does today before calibration).
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.harness import RESULTS
+from benchmarks.harness import RESULTS, write_result
 from explainers.classifiers.cache import CachingClassifier
 from explainers.classifiers.local import SklearnClassifier
 from explainers.concepts import Intervention
@@ -144,9 +143,7 @@ def main() -> int:
             f"Best on {metric}: {best[1]} K={best[2]} {best[0]:.4f} vs best baseline {base[1]} K={base[2]} "
             f"{base[0]:.4f} ({100 * (base[0] - best[0]) / base[0]:+.1f}% lower)."
         )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
-    args.out.with_suffix(".json").write_text(json.dumps(table, indent=1))
+    write_result(args.out, "\n".join(lines) + "\n", table)
     print("\n".join(lines))
     return 0
 

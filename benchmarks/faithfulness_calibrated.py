@@ -23,7 +23,6 @@ Writes benchmarks/results/faithfulness_calibrated.md (+ .json) and the calibrati
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -32,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.harness import RESULTS, ROOT
+from benchmarks.harness import RESULTS, ROOT, write_result
 from explainers.artifacts import META
 from explainers.bench import runner
 from explainers.classifiers.cache import CachingClassifier
@@ -321,7 +320,6 @@ def main(argv=None) -> int:
     ]
     for r in results:
         lines += render(r, len(pairs), len(resources.pool))
-    args.out.write_text("\n".join(lines))
     js = {
         r["name"]: {
             "table": {n: s.to_dict() for n, s in r["table"].items()},
@@ -337,7 +335,7 @@ def main(argv=None) -> int:
         }
         for r in results
     }
-    args.out.with_suffix(".json").write_text(json.dumps(js, indent=1, default=str))
+    write_result(args.out, "\n".join(lines), js)
     print("\n".join(lines))
     return 0
 
