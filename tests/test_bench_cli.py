@@ -104,6 +104,18 @@ def test_cli_unknown_explainer_is_an_error_before_scoring(
     assert not out.exists()
 
 
+def test_cli_option_no_requested_method_takes_is_an_error_before_scoring(
+    tfidf_lr_dir: Path, small_files, tmp_path: Path, capsys
+) -> None:
+    pool, split = small_files
+    out = tmp_path / "never.md"
+    argv = ["cebab", "--model", str(tfidf_lr_dir), "--split", str(split), "--pool", str(pool)]
+    rc = main([*argv, "--explainers", "zero,conexp", "--option", "relax=nonempty", "--out", str(out)])
+    assert rc == 2
+    assert "relax" in capsys.readouterr().err
+    assert not out.exists()
+
+
 @pytest.fixture(scope="module")
 def small_space(small_files, tmp_path_factory) -> Path:
     """A pretrained-encoder space (no heads) over the small pool file, saved like any trained space."""
@@ -214,6 +226,7 @@ def test_cli_list(capsys) -> None:
     assert "approx_match" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # a whole calibration and benchmark run
 def test_cace_calibrate_writes_a_calibration_the_bench_auto_uses(
     tfidf_lr_dir: Path, small_files, small_space, tmp_path: Path, capsys
 ) -> None:

@@ -15,6 +15,9 @@ pytest.importorskip("onnx")
 from explainers.embeddings import Encoder, resolve_model  # noqa: E402
 from explainers.onnx_encoder import OnnxSentenceModel, onnx_path  # noqa: E402
 
+# Exports MiniLM to ONNX (fp32 and int8) and compares: minutes on 2 cores, not for the fast tier.
+pytestmark = pytest.mark.slow
+
 TEXTS = [
     "The food was cold and bland, but our waiter was friendly and quick.",
     "ok",

@@ -21,7 +21,9 @@ from app.store import ItemOutcome, Store
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(
+    params=["sqlite", pytest.param("postgresql", marks=pytest.mark.server)]
+)  # PostgreSQL: a server
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
     if request.param == "sqlite":
         s = Store(f"sqlite:///{tmp_path / 'jobs.sqlite'}", prefix="t_")
@@ -270,6 +272,7 @@ def test_a_streamed_job_is_inserted_in_chunks_and_all_or_nothing(store: Store) -
     assert store.create_job("square", {}, iter([{"x": 1}]), limit=1) is None  # the queue bound holds
 
 
+@pytest.mark.slow  # a large bootstrap
 def test_blockwise_bootstrap_equals_one_index_matrix() -> None:
     import numpy as np
 

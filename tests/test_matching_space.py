@@ -222,6 +222,7 @@ def test_stacked_reads_weights_per_k_from_space_meta(space_dir, tfidf_lr) -> Non
     assert fallback.weights_info["source"].startswith("equal weights")
 
 
+@pytest.mark.slow  # fine-tunes the whole encoder (minutes on 2 cores)
 def test_full_fine_tune_space_is_self_contained_and_explains(tmp_path, tfidf_lr) -> None:
     """The full trainer's space carries its fine-tuned encoder: it loads and explains from its folder alone."""
     from explainers.matching.trainers import train_full

@@ -119,6 +119,7 @@ def test_rejects_bad_input() -> None:
         TaggerSet(SCHEMA).predict(["x"])
 
 
+@pytest.mark.slow  # trains MiniLM-feature taggers
 def test_minilm_plus_tfidf_round_trip(tmp_path: Path) -> None:
     texts, labels = corpus()
     ts = TaggerSet(SCHEMA).fit(texts, labels)  # default features: MiniLM embedding + TF-IDF

@@ -6,8 +6,8 @@
 
 `--limit N` runs a deterministic subset of N pairs stratified over (concept, direction).
 `--resource KEY=VALUE` (repeatable) passes options to resource hooks that method modules
-register; `--option KEY=VALUE` passes options to every explainer factory (e.g.
-`aggregation=similarity_weighted`).
+register; `--option KEY=VALUE` passes an option to every requested method that declares it
+(e.g. `aggregation=similarity_weighted`); an option none of them declares is an error.
 
 Spaces: every method that searches a concept space uses the default trained space
 (<root>/spaces/cebab-train_inclusive-head, trained on first use) unless `--resource
@@ -77,6 +77,10 @@ def _cebab_parser(sub: argparse._SubParsersAction) -> None:
 def run_cebab(args: argparse.Namespace) -> int:
     ks = [int(k) for k in str(args.k).split(",") if k.strip()]
     names = [n.strip() for n in args.explainers.split(",") if n.strip()]
+    unused = sorted(set(_kv(args.option)) - runner.declared_options(names))
+    if unused:
+        print(f"error: no requested method takes option(s) {unused}", file=sys.stderr)
+        return 2
     started = time.perf_counter()
     classifier, model_name, meta = runner.load_model(args.model, args.root, args.data)
     pairs = runner.load_bench_pairs(args.split, args.data, args.limit, args.seed)

@@ -22,7 +22,7 @@ from explainers.classifiers.base import Classifier
 from explainers.concepts import Intervention
 from explainers.data.pool import Pool
 from explainers.registry import MissingResource, Resources, build_explainer, options_for
-from explainers.types import CounterfactualExplainer
+from explainers.types import explain_batch
 
 # Methods whose estimate does not depend on K: scored once, reused for every K.
 K_INDEPENDENT = frozenset({"zero", "conexp", "s_learner", "random_proba"})
@@ -212,14 +212,9 @@ def score_heldout(
             interventions = [Intervention(pairs[i].concept, pairs[i].target, pairs[i].source) for i in idx]
             labels = [pool.labels[pairs[i].base] for i in idx]
             for k in [ks[0]] if m in K_INDEPENDENT else ks:
-                out = estimates[(m, k)]
-                if isinstance(explainer, CounterfactualExplainer):
-                    # One classifier call for every new text of the fold (splice, generate).
-                    found = explainer.explain_batch(queries, interventions, classifier, k, base_labels=labels)
-                    out[idx] = np.stack([e.icace for e in found])
-                    continue
-                for i, q, iv, lab in zip(idx, queries, interventions, labels, strict=True):
-                    out[i] = explainer.explain(q, iv, classifier, top_k=k, base_labels=lab).icace
+                # Batched where the method can (one classifier call for every new text of the fold).
+                found = explain_batch(explainer, queries, interventions, classifier, k, base_labels=labels)
+                estimates[(m, k)][idx] = np.stack([e.icace for e in found])
             if m in K_INDEPENDENT:
                 for k in ks[1:]:
                     estimates[(m, k)][idx] = estimates[(m, ks[0])][idx]
