@@ -14,6 +14,7 @@ import shutil
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,10 @@ CAPS = {
     "CACE_DOMAIN_MAX_CONCEPTS": "6",
     "CACE_DOMAIN_MAX_VALUES": "6",
 }
-ESCAPE = "../../../../../../escaped/plot"  # six levels up from the old layout's heads/ folder
+# Up to / from any folder the old layout joined it under (heads/, index/), then into /tmp: where the
+# issue's probe wrote x.npz and x/*.faiss. Within the 64 characters a label key may have.
+ESCAPED_TO = Path("/tmp") / f"cace-escape-{uuid.uuid4().hex[:8]}"
+ESCAPE = "../" * 12 + str(ESCAPED_TO).lstrip("/")
 SLASHED = "sound/track"
 BAD_VALUE = "../../bad"
 _PORTS = iter(range(9200, 9300))
@@ -173,7 +177,13 @@ def test_hostile_concept_and_value_names_never_become_paths(svc: Server, data: P
     before = {p for p in data.rglob("*") if p.is_file()}
     r = upload(svc.base_url, "names", rows)
     assert r.status_code == 202, r.text
-    job = wait_job(svc.base_url, r.json()["id"])
+    try:
+        job = wait_job(svc.base_url, r.json()["id"])
+        escaped = [p for p in (ESCAPED_TO, ESCAPED_TO.with_suffix(".npz")) if p.exists()]
+    finally:
+        shutil.rmtree(ESCAPED_TO, ignore_errors=True)
+        ESCAPED_TO.with_suffix(".npz").unlink(missing_ok=True)
+    assert not escaped, f"the build wrote outside the data dir: {escaped}"
     assert job["status"] == "succeeded", job
     domains = data / "data" / "domains"
     allowed = (domains / "names", domains / ".locks", data / "jobs.sqlite")
@@ -182,7 +192,6 @@ def test_hostile_concept_and_value_names_never_become_paths(svc: Server, data: P
         p for p in new if not any(p == a or a in p.parents for a in allowed) and "jobs.sqlite" not in p.name
     ]
     assert not outside, outside
-    assert not (data / "escaped").exists() and not (domains / "escaped").exists()
     assert building(domains, "names") == []
     described = httpx.get(svc.base_url + "/v1/domains/names", timeout=30).json()
     schema = {c["name"]: c["values"] for c in described["schema"]["concepts"]}
@@ -289,7 +298,8 @@ def _case_repetitive() -> bytes:
 def test_uploads_past_a_cap_are_422_naming_it(svc: Server, case: Any, field: str, limit: str) -> None:
     """Before: each was accepted (202) and built, the repetitive one all-against-all (minutes, GBs)."""
     started = time.monotonic()
-    f, message = problem(upload(svc.base_url, "capped", case()), 422)
+    domain_id = case.__name__.strip("_").replace("_", "-")  # one id per case: none blocks another
+    f, message = problem(upload(svc.base_url, domain_id, case()), 422)
     assert f == field and limit in message, (f, message)
     assert time.monotonic() - started < 10
     assert not httpx.get(svc.base_url + "/v1/jobs", params={"kind": "domain", "status": "queued"}).json()[
@@ -388,7 +398,9 @@ def two_replicas(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tup
 def test_concurrent_builds_of_one_id_admit_one(two_replicas: tuple[Server, Server, Path]) -> None:
     """Before: three concurrent uploads of one id were all accepted and all "succeeded" (last writer wins)."""
     a, b, domains = two_replicas
-    body = corpus_bytes(movie_corpus(10, seed=2))
+    # 1,200 lines: reading and checking them takes long enough for the three requests to overlap
+    # (the old code checked the id before reading the corpus and queued the job after).
+    body = corpus_bytes(movie_corpus(300, seed=2))
     answers: list[httpx.Response] = []
     lock = threading.Lock()
     go = threading.Barrier(3)
@@ -413,7 +425,7 @@ def test_concurrent_builds_of_one_id_admit_one(two_replicas: tuple[Server, Serve
     # Cancelled, the build stops and the id is free again on either replica.
     assert httpx.post(f"{a.base_url}/v1/jobs/{accepted}/cancel", timeout=30).status_code == 200
     wait_until(lambda: not building(domains, "same"), 60, "the build to stop")
-    again = upload(b.base_url, "same", body)
+    again = upload(b.base_url, "same", movie_corpus(10, seed=2))
     assert again.status_code == 202, again.text
     httpx.post(f"{b.base_url}/v1/jobs/{again.json()['id']}/cancel", timeout=30)
     wait_until(lambda: not building(domains, "same"), 60, "the second build to stop")
