@@ -89,7 +89,9 @@ def main() -> None:
         f"{limits.domain_max_group_texts} texts per origin, {limits.domain_max_pairs:,} pairs, "
         f"{limits.domain_max_concepts} concepts, {limits.domain_max_values} values). Before the caps, "
         "each corpus was queued and built: pairing below, then heads and the hit rate over every pair. "
-        "Now the upload is refused (422 naming the cap) after the checks timed in the last column.\n\n"
+        "Now the upload is refused (422 naming the cap) after the checks timed in the last column. "
+        "Pairing is timed with tracemalloc on (it slows allocation-heavy Python a few times), on a "
+        "2-core machine shared with other work.\n\n"
         "| corpus | pairs the build made | pairing (`pool_from_rows`) | pairs counted (no pairs built) "
         "| refused by the caps |\n|---|---|---|---|---|\n" + "\n".join(rows_out) + "\n"
     )
