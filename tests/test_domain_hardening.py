@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import socket
 import threading
@@ -429,6 +430,47 @@ def test_concurrent_builds_of_one_id_admit_one(two_replicas: tuple[Server, Serve
     assert again.status_code == 202, again.text
     httpx.post(f"{b.base_url}/v1/jobs/{again.json()['id']}/cancel", timeout=30)
     wait_until(lambda: not building(domains, "same"), 60, "the second build to stop")
+
+
+# -- 2. build folders of dead builds -------------------------------------------------------------
+
+
+def test_start_up_removes_the_folders_of_dead_builds_only(tmp_path: Path) -> None:
+    """Before: `<id>.building-*` folders of failed or killed builds stayed for good (the shared test
+    data dir had ten of CEBaB's). At start-up, a folder whose owner process is dead goes (both
+    layouts); one whose owner is alive (a build in progress on this host) stays."""
+    import subprocess
+    import sys
+
+    domains = tmp_path / "data" / "domains"
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a pid that is surely dead
+    old_style = domains / f"dead.building-{gone.pid}-abc123"
+    dead = domains / ".staging" / "dead2-0123456789ab"
+    live = domains / ".staging" / "live-0123456789ab"
+    for folder, pid in ((dead, gone.pid), (live, os.getpid())):
+        (folder / "spaces").mkdir(parents=True)
+        (folder / "owner.json").write_text(
+            json.dumps({"host": socket.gethostname(), "pid": pid, "process_start": _start(pid)})
+        )
+    (old_style / "taggers").mkdir(parents=True)
+    env = {
+        **store_env("sqlite", tmp_path),
+        "CACE_DATA_DIR": str(tmp_path / "data"),
+        "CACE_DEFAULT_DOMAIN": "none",
+    }
+    with service(env, port=port()) as srv:
+        assert not old_style.exists() and not dead.exists()
+        assert live.exists()
+        listed = httpx.get(srv.base_url + "/v1/domains", timeout=30).json()["domains"]
+        assert listed == [], listed
+
+
+def _start(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[19]
+    except OSError:
+        return None
 
 
 # -- 6. kill -9 mid-build --------------------------------------------------------------------------
