@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFile
@@ -117,7 +118,8 @@ def create_domain(
     limits = _limits(rt)
     schema = _schema(p.schema_) if p.schema_ is not None else None
     if schema is not None:
-        _check_limits(lambda: check_schema(schema, limits))
+        given = schema
+        _check_limits(lambda: check_schema(given, limits))
     if p.generate is not None:
         try:
             backend, _ = rt.llm(p.generate.llm)
@@ -197,7 +199,8 @@ def _limits(rt: Runtime) -> CorpusLimits:
     )
 
 
-def _check_limits(check: Any) -> None:
+def _check_limits(check: Callable[[], object]) -> None:
+    """Run one of explainers.domains.limits' checks; a cap exceeded is a 422 naming it."""
     try:
         check()
     except CorpusTooLarge as e:
