@@ -8,7 +8,6 @@ shared test data dir (linked in, never retrained), used only to explain against 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -477,47 +476,52 @@ def _start(pid: int) -> str | None:
 
 
 @pytest.mark.chaos
-def test_a_server_killed_mid_build_serves_nothing_half_built_and_resumes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_server_killed_mid_build_serves_nothing_half_built_and_resumes(
+    tmp_path: Path, backend: str
+) -> None:
     """SIGKILL during a domain build, then a restart on the same data dir and store: the dead build's
     folder is removed at start-up, the domain is never listed as ready before it is complete, and the
     job is resumed (its lease lapses) to a domain that loads, or fails with a reason."""
     env = {
-        **store_env("sqlite", tmp_path),
+        **store_env(backend, tmp_path),
         "CACE_DATA_DIR": str(tmp_path / "data"),
         "CACE_DEFAULT_DOMAIN": "none",
         "CACE_JOB_LEASE_S": "3",
         "CACE_JOB_WORKERS": "1",
     }
     domains = tmp_path / "data" / "domains"
-    with service(env, port=port()) as first:
-        r = upload(first.base_url, "killed", movie_corpus(60, seed=4))
-        assert r.status_code == 202, r.text
-        job_id = r.json()["id"]
-        wait_until(lambda: building(domains, "killed"), 300, "the build's folder")
-        time.sleep(1.0)
-        first.kill()
-    leftovers = building(domains, "killed")
-    assert leftovers and not (domains / "killed").exists()  # killed mid-build indeed
-    with service(env, port=port()) as second:
-        assert all(not p.exists() for p in leftovers), leftovers  # removed at start-up
-        listed = httpx.get(second.base_url + "/v1/domains", timeout=30).json()["domains"]
-        assert all(d["status"] != "ready" for d in listed if d["id"] == "killed"), listed
-        got = httpx.get(second.base_url + "/v1/domains/killed", timeout=30)
-        assert got.status_code == 404 or got.json()["status"] == "building", got.text
-        started = time.monotonic()
-        job = wait_job(second.base_url, job_id, timeout=900)
-        recovered_s = time.monotonic() - started
-        if job["status"] == "succeeded":
-            d = httpx.get(second.base_url + "/v1/domains/killed", timeout=30).json()
-            assert d["status"] == "ready" and d["stats"]["texts"] > 0, d
-            assert (domains / "killed" / "spaces" / "default" / "meta.json").exists()
-        else:
-            assert job["status"] == "failed" and job.get("error"), job
-            assert not (domains / "killed").exists()
-        assert building(domains, "killed") == []
-        print(f"kill -9 mid-build: job {job['status']} {recovered_s:.1f}s after the restart")
-    with contextlib.suppress(FileNotFoundError):
-        shutil.rmtree(tmp_path / "data")
+    try:
+        with service(env, port=port()) as first:
+            r = upload(first.base_url, "killed", movie_corpus(60, seed=4))
+            assert r.status_code == 202, r.text
+            job_id = r.json()["id"]
+            wait_until(lambda: building(domains, "killed"), 300, "the build's folder")
+            time.sleep(1.0)
+            first.kill()
+        leftovers = building(domains, "killed")
+        assert leftovers and not (domains / "killed").exists()  # killed mid-build indeed
+        with service(env, port=port()) as second:
+            assert all(not p.exists() for p in leftovers), leftovers  # removed at start-up
+            listed = httpx.get(second.base_url + "/v1/domains", timeout=30).json()["domains"]
+            assert all(d["status"] != "ready" for d in listed if d["id"] == "killed"), listed
+            got = httpx.get(second.base_url + "/v1/domains/killed", timeout=30)
+            assert got.status_code == 404 or got.json()["status"] == "building", got.text
+            started = time.monotonic()
+            job = wait_job(second.base_url, job_id, timeout=900)
+            recovered_s = time.monotonic() - started
+            if job["status"] == "succeeded":
+                d = httpx.get(second.base_url + "/v1/domains/killed", timeout=30).json()
+                assert d["status"] == "ready" and d["stats"]["texts"] > 0, d
+                assert (domains / "killed" / "spaces" / "default" / "meta.json").exists()
+            else:
+                assert job["status"] == "failed" and job.get("error"), job
+                assert not (domains / "killed").exists()
+            assert building(domains, "killed") == []
+            print(f"kill -9 mid-build ({backend}): job {job['status']} {recovered_s:.1f}s after the restart")
+    finally:
+        if "CACE_TABLE_PREFIX" in env:
+            drop_pg_prefix(env["CACE_TABLE_PREFIX"])
 
 
 def test_pairs_are_counted_as_the_build_makes_them() -> None:
