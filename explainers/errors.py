@@ -12,7 +12,9 @@ raised it. Modelled on httpx's single hierarchy:
     │   ├── UpstreamMalformed         ... answered something unusable              (502)
     │   └── OutboundDenied            the URL policy refused the target            (403)
     ├── MissingResource               the deployment lacks what a method needs     (409)
-    └── UnknownOption                 a method was given an option it does not declare
+    ├── UnknownOption                 a method was given an option it does not declare
+    ├── UnsafeName                    a name cannot address a file (it would leave its folder)
+    └── Cancelled                     long work stopped at a checkpoint: its job was cancelled
 
 `OutboundDenied` is deliberately *not* an `httpx.TransportError`: a denial is a decision,
 not a network fault, and nothing may retry it. Each upstream error carries `what`
@@ -91,10 +93,20 @@ class UnknownOption(CaceError, ValueError):
     """A method was built with an option it does not declare (the message names the allowed keys)."""
 
 
+class UnsafeName(CaceError, ValueError):
+    """A name (concept, value, domain, classifier) cannot address a file: it would leave its folder."""
+
+
+class Cancelled(CaceError):
+    """Long work stopped at a checkpoint because its job was cancelled (not a failure of the work)."""
+
+
 __all__ = [
     "CaceError",
+    "Cancelled",
     "MissingResource",
     "OutboundDenied",
+    "UnsafeName",
     "UpstreamError",
     "UpstreamMalformed",
     "UpstreamRejected",

@@ -11,12 +11,14 @@ from typing import Any
 
 import numpy as np
 
-from explainers.artifacts import FORMAT_VERSIONS, META, read_meta
+from explainers.artifacts import FORMAT_VERSIONS, META, child_path, read_meta
 from explainers.concepts import ConceptSchema
 from explainers.data.pool import Pool
 from explainers.registry import MissingResource, Resources
 
 KIND = "domain"
+# 2: the space names its files by concept/value position (names are data); 1: after the names
+# (still loaded, every path checked to stay in the folder). read_meta checks it (artifacts.READABLE_VERSIONS).
 FORMAT_VERSION = FORMAT_VERSIONS[KIND]
 DOMAIN_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 DEFAULT_SPACE = "default"
@@ -113,7 +115,7 @@ class Domain:
         """Where the calibration of a (named) classifier on this domain lives."""
         if not CALIBRATION_NAME.match(classifier_name):
             raise ValueError(f"classifier name {classifier_name!r} cannot name a calibration")
-        return self.directory / "calibrations" / classifier_name
+        return child_path(self.directory, "calibrations", classifier_name)
 
     def calibrations(self) -> dict[str, dict[str, Any]]:
         return calibration_summaries(self.directory)
