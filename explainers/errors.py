@@ -86,8 +86,22 @@ class MissingResource(CaceError, ValueError):
     """The method needs a resource (pool, space, LLM, ...) this deployment does not have."""
 
 
+class Cancelled(CaceError):
+    """The caller cancelled the work (a job); what is in flight stops at the next check."""
+
+
+class BudgetExhausted(CaceError):
+    """A cost budget (texts a classifier may be sent in a window, say) has no room for this work."""
+
+    def __init__(self, message: str, *, retry_at: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_at = retry_at  # when the budget has room again (epoch seconds), if known
+
+
 __all__ = [
+    "BudgetExhausted",
     "CaceError",
+    "Cancelled",
     "MissingResource",
     "OutboundDenied",
     "UpstreamError",

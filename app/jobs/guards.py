@@ -1,0 +1,81 @@
+"""Checks long job items make as they go: was the job cancelled, and is there budget for the next call.
+
+Why: a calibration is one item that runs for minutes and sends a classifier tens of thousands of
+texts; the worker only looks at a job's status between items, so without these a cancelled
+calibration ran to its end and a failing one spent its whole text allowance on every attempt.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from app.store import Store
+from explainers.classifiers.base import Classifier
+from explainers.errors import BudgetExhausted, Cancelled
+
+
+class CancelCheck:
+    """Raises `Cancelled` once the job is cancelled; reads the job's status at most every `every_s`."""
+
+    def __init__(self, store: Store, job_id: str, every_s: float = 0.5) -> None:
+        self.store = store
+        self.job_id = job_id
+        self.every_s = every_s
+        self._next = 0.0
+
+    def __call__(self, *_: object) -> None:
+        now = time.monotonic()
+        if now < self._next:
+            return
+        self._next = now + self.every_s
+        if self.store.job_status(self.job_id) == "cancelled":
+            raise Cancelled(f"job {self.job_id} was cancelled")
+
+
+class BudgetedClassifier:
+    """A classifier whose every call is first charged to a shared text budget (all or nothing) and
+    checked for cancellation: a call that does not fit raises `BudgetExhausted` before anything is sent."""
+
+    def __init__(
+        self,
+        inner: Classifier,
+        *,
+        store: Store,
+        budget_key: str,
+        budget_texts: int,
+        window_s: float,
+        cancel: CancelCheck | None = None,
+    ) -> None:
+        self.inner = inner
+        self.name = getattr(inner, "name", budget_key)
+        self.store = store
+        self.budget_key = budget_key
+        self.budget_texts = budget_texts
+        self.window_s = window_s
+        self.cancel = cancel
+        self.charged = 0
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.inner.labels)
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        if self.cancel is not None:
+            self.cancel()
+        n = len(texts)
+        if n:
+            ok, window_end = self.store.charge_calibration(
+                self.budget_key, n, self.budget_texts, self.window_s
+            )
+            if not ok:
+                raise BudgetExhausted(
+                    f"classifier {self.budget_key!r}: {n} more texts would pass its calibration budget of "
+                    f"{self.budget_texts} texts per {self.window_s:g} s (CACE_CALIBRATION_BUDGET_TEXTS); "
+                    f"the window ends at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(window_end))}",
+                    retry_at=window_end,
+                )
+            self.charged += n
+        return self.inner.predict_proba(texts)
