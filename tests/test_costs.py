@@ -125,3 +125,205 @@ def test_an_effects_result_over_mostly_failed_texts_is_refused() -> None:
 
 def calls(srv_url: str, key: str) -> dict[str, Any]:
     return httpx.get(f"{srv_url}/calls/{key}", timeout=10).json()
+
+
+# ---- against live servers ---------------------------------------------------------------------
+LABELS = ["neg", "neu", "pos"]
+BUDGET = 400
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[Any]:
+    from tests.model_servers.launch import misbehaving_server
+
+    with misbehaving_server() as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def two_replicas(upstream: Any) -> Iterator[tuple[Any, Any]]:
+    """Two service replicas sharing one PostgreSQL store (a private table prefix), auto-calibration on."""
+    from tests.service_server import PG_URL as SERVICE_PG_URL
+    from tests.service_server import drop_pg_prefix, service
+
+    prefix = f"t{uuid.uuid4().hex[:10]}_"
+    env = {
+        "CACE_DATABASE_URL": SERVICE_PG_URL,
+        "CACE_TABLE_PREFIX": prefix,
+        "CACE_AUTO_CALIBRATE": "true",
+        "CACE_CALIBRATION_BUDGET_TEXTS": str(BUDGET),
+        "CACE_CALIBRATION_BACKOFF_S": "3600",
+        "CACE_JOB_CLAIM_BATCH": "4",
+        "OMP_NUM_THREADS": "1",
+    }
+    try:
+        with service({**env, "CACE_INSTANCE_ID": "a"}) as a, service({**env, "CACE_INSTANCE_ID": "b"}) as b:
+            yield a, b
+    finally:
+        drop_pg_prefix(prefix)
+
+
+def register(c: httpx.Client, name: str, url: str) -> None:
+    r = c.post(
+        "/v1/classifiers", json={"name": name, "spec": {"protocol": "hf", "url": url, "labels": LABELS}}
+    )
+    assert r.status_code in (200, 201), r.text
+
+
+def calibration_jobs(c: httpx.Client) -> list[dict[str, Any]]:
+    return c.get("/v1/jobs", params={"kind": "calibration", "limit": 100}).json()["jobs"]
+
+
+def explain(
+    c: httpx.Client, classifier: str, text: str = "The food was cold and the waiter was rude."
+) -> httpx.Response:
+    return c.post(
+        "/v1/explanations",
+        json={
+            "text": text,
+            "intervention": {"concept": "service", "target": "Positive", "source": "Negative"},
+            "classifier": classifier,
+            "method": "pt_match",
+            "top_k": 5,
+        },
+    )
+
+
+def sent(upstream: Any, key: str) -> int:
+    """Texts the classifier server received under `key` (every HTTP attempt counted)."""
+    return sum(calls(upstream.base_url, key)["batch_sizes"])
+
+
+@pytest.mark.slow
+def test_auto_calibration_only_after_success_with_backoff_and_budget_shared_by_replicas(
+    upstream: Any, two_replicas: tuple[Any, Any]
+) -> None:
+    """Today: a failed explanation queues a calibration, a failed calibration is queued again by the
+    next explanation on any replica, and nothing bounds what calibrations send a classifier."""
+    a, b = two_replicas
+    with (
+        httpx.Client(base_url=a.base_url, timeout=120) as ca,
+        httpx.Client(base_url=b.base_url, timeout=120) as cb,
+    ):
+        register(ca, "broken", f"{upstream.base_url}/reject/broken")
+        # Explanations send at most 6 texts per request; calibrations send batches of 32, which fail.
+        register(ca, "smallonly", f"{upstream.base_url}/bigfail/smallonly?max=8")
+        register(ca, "budgeted", f"{upstream.base_url}/ok/budgeted")
+
+        # 1. A failed explanation queues nothing.
+        assert explain(ca, "broken").status_code >= 400
+        time.sleep(1)
+        assert calibration_jobs(ca) == []
+
+        # 2. A successful one queues one calibration; it fails; the next explanations, on this replica
+        #    and on the other, queue none (the backoff is in the store).
+        assert explain(ca, "smallonly").status_code == 200, "explanation failed"
+        deadline = time.monotonic() + 120
+        while not (jobs := calibration_jobs(ca)):
+            assert time.monotonic() < deadline, "no calibration was queued"
+            time.sleep(0.5)
+        assert len(jobs) == 1
+        first = wait_job_http(ca, jobs[0]["id"])
+        assert first["status"] == "failed", first
+        for client in (ca, cb, ca, cb):
+            time.sleep(5.5)  # past each replica's local check interval
+            assert explain(client, "smallonly", "The waiter was slow and rude.").status_code == 200
+        time.sleep(2)
+        assert len(calibration_jobs(ca)) == 1, "a failed calibration was queued again"
+
+        # 3. The budget: what calibrations send one classifier, per window, over every replica.
+        r = ca.post("/v1/domains/cebab/calibrations", json={"classifier": "budgeted"})
+        assert r.status_code == 202, r.text
+        done = wait_job_http(ca, r.json()["id"], timeout=900)
+        assert sent(upstream, "budgeted") <= BUDGET, done
+        before = sent(upstream, "budgeted")
+        r = cb.post("/v1/domains/cebab/calibrations", json={"classifier": "budgeted"})
+        assert r.status_code == 202, r.text
+        again = wait_job_http(cb, r.json()["id"], timeout=120)
+        assert again["status"] == "failed" and "CACE_CALIBRATION_BUDGET_TEXTS" in again["error"], again
+        assert sent(upstream, "budgeted") == before
+
+
+def wait_job_http(c: httpx.Client, job_id: str, timeout: float = 300) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = c.get(f"/v1/jobs/{job_id}").json()
+        if job["status"] in ("succeeded", "failed", "cancelled"):
+            return job
+        time.sleep(0.3)
+    raise TimeoutError(job)
+
+
+@pytest.mark.slow
+def test_cancel_stops_a_calibration_and_an_effects_job_within_seconds(
+    upstream: Any, two_replicas: tuple[Any, Any]
+) -> None:
+    """Today a cancelled calibration runs to its end (minutes of classifier calls)."""
+    from tests.test_service_e2e import dev_texts
+
+    a, _ = two_replicas
+    with httpx.Client(base_url=a.base_url, timeout=120) as c:
+        register(c, "slowcal", f"{upstream.base_url}/slow/slowcal?s=0.3")
+        register(c, "sloweff", f"{upstream.base_url}/slow/sloweff?s=0.3")
+        cal = c.post("/v1/domains/cebab/calibrations", json={"classifier": "slowcal"}).json()["id"]
+        eff = c.post(
+            "/v1/effects",
+            json={
+                "texts": dev_texts(120),
+                "intervention": {"concept": "food", "target": "Negative"},
+                "classifier": "sloweff",
+                "method": "pt_match",
+                "mode": "job",
+            },
+        ).json()["id"]
+        deadline = time.monotonic() + 300
+        while (
+            calls(upstream.base_url, "slowcal")["count"] < 3
+            or calls(upstream.base_url, "sloweff")["count"] < 3
+        ):
+            assert time.monotonic() < deadline, "the jobs never reached the classifier"
+            time.sleep(0.2)
+        for job_id in (cal, eff):
+            r = c.post(f"/v1/jobs/{job_id}/cancel")
+            assert r.status_code == 200 and r.json()["status"] == "cancelled", r.text
+        cancelled_at = time.monotonic()
+        time.sleep(5)  # what was in flight finishes (one request each)
+        counts = {k: calls(upstream.base_url, k)["count"] for k in ("slowcal", "sloweff")}
+        time.sleep(6)
+        assert {k: calls(upstream.base_url, k)["count"] for k in counts} == counts, (
+            "still calling after cancel"
+        )
+        assert time.monotonic() - cancelled_at < 30
+        for job_id in (cal, eff):
+            assert c.get(f"/v1/jobs/{job_id}").json()["status"] == "cancelled"
+
+
+@pytest.mark.slow
+def test_an_effects_job_whose_texts_mostly_failed_is_failed_not_succeeded(
+    upstream: Any, two_replicas: tuple[Any, Any]
+) -> None:
+    """Today: 192 of 200 rows failed and the job `succeeded` with a CaCE and a tight CI from 8 texts."""
+    from tests.test_service_e2e import dev_texts
+
+    a, _ = two_replicas
+    texts = dev_texts(200)
+    body = {
+        "intervention": {"concept": "food", "target": "Negative"},
+        "classifier": "marked",
+        "method": "pt_match",
+        "mode": "job",
+    }
+    with httpx.Client(base_url=a.base_url, timeout=120) as c:
+        register(c, "marked", f"{upstream.base_url}/rejectmarked/marked?mark=FAIL")
+        mostly_failed = [t if i < 8 else t + " FAIL" for i, t in enumerate(texts)]
+        job = wait_job_http(c, c.post("/v1/effects", json={**body, "texts": mostly_failed}).json()["id"], 600)
+        assert job["status"] == "failed", job
+        assert "192 of 200 texts failed" in job["error"] and job["result"] is None
+        rows = c.get(f"/v1/jobs/{job['id']}/rows", params={"limit": 500}).json()["rows"]
+        assert sum(r["status"] == "failed" for r in rows) == 192  # the rows stay readable
+        few_failed = [t + " FAIL" if i < 2 else t for i, t in enumerate(texts[:40])]
+        job = wait_job_http(c, c.post("/v1/effects", json={**body, "texts": few_failed}).json()["id"], 600)
+        assert job["status"] == "succeeded", job
+        summary = job["result"]["summary"]
+        assert summary["n_failed"] == 2 and summary["n_used"] == 38 - summary["n_unchanged"]
+        assert "2 of 40 texts failed" in job["result"]["warnings"][0]
