@@ -28,6 +28,7 @@ Ray is an optional extra (`pip install .[ray]`); without CACE_RAY_ADDRESS nothin
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -354,7 +355,8 @@ class RayEffectsHandler:
                 try:
                     cancel()
                 except Cancelled:
-                    ray.cancel(ref)  # best effort: a running synchronous task finishes its batch
+                    with contextlib.suppress(Exception):  # best effort: a running sync task ends its batch
+                        ray.cancel(ref)
                     raise
             return ray.get(ref)
         except RetryableError:
