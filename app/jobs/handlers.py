@@ -140,7 +140,11 @@ class EffectsHandler:
         params = EffectsParams.model_validate(request)
         result = summarize(params, rows, max_failed_fraction=self.rt.settings.effects_max_failed_fraction)
         if isinstance(params.classifier, str):  # a job that explained its texts may queue a calibration
-            self.rt.maybe_calibrate(self.rt.domain(params.domain), params.classifier)
+            try:
+                domain = self.rt.domain(params.domain)
+            except (LookupError, ValueError):  # deleted meanwhile: nothing to calibrate on
+                return result
+            self.rt.maybe_calibrate(domain, params.classifier)
         return result
 
 
