@@ -319,9 +319,16 @@ class RayEffectsHandler:
             self._pools.clear()
 
     def _is_dead(self, actor: Any) -> bool:
-        """After an actor error: True when the actor is gone for good (its restarts are spent), False while
-        Ray restarts it (a probe then waits for the restart instead of failing)."""
+        """After an actor error: True when the actor is gone for good (its restarts are spent), False
+        while Ray restarts it. Asks the GCS actor table (authoritative, no dashboard needed); if that
+        cannot be read, a probe call tells a dead actor (fails at once) from a restarting one (waits)."""
         ray = self._ray
+        try:
+            from ray._private.state import actors as actor_table
+
+            return bool(actor_table(actor_id=actor._actor_id.hex()).get("State") == "DEAD")
+        except Exception:  # noqa: BLE001 - a Ray without that table: probe instead
+            pass
         try:
             ray.get(actor.pid.remote(), timeout=5)
         except ray.exceptions.ActorDiedError:
