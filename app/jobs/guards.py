@@ -62,7 +62,19 @@ class BudgetedClassifier:
     def labels(self) -> list[str]:
         return list(self.inner.labels)
 
+    # Texts per upstream call: a calibration asks for a whole pool at once, so without chunks a cancel
+    # (or the budget) would only be seen after thousands of texts. 128 = an HTTP client's default
+    # batch (32) x concurrency (4): chunks keep its parallelism.
+    CHUNK = 128
+
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        texts = list(texts)
+        if len(texts) <= self.CHUNK:
+            return self._predict(texts)
+        parts = [self._predict(texts[i : i + self.CHUNK]) for i in range(0, len(texts), self.CHUNK)]
+        return np.concatenate(parts)
+
+    def _predict(self, texts: list[str]) -> np.ndarray:
         if self.cancel is not None:
             self.cancel()
         n = len(texts)
@@ -78,4 +90,4 @@ class BudgetedClassifier:
                     retry_at=window_end,
                 )
             self.charged += n
-        return self.inner.predict_proba(texts)
+        return np.asarray(self.inner.predict_proba(texts), float)
