@@ -27,6 +27,7 @@ import pytest
 
 from tests.servers import free_port
 from tests.service_server import service
+from tests.tiny_domain import TINY_IV, tiny_env, tiny_texts
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
 
@@ -98,17 +99,16 @@ def rows(c: httpx.Client, job_id: str) -> dict[int, dict[str, Any]]:
 
 
 def test_postgres_restarted_mid_job_loses_nothing_and_redoes_nothing(
-    private_pg: PrivatePostgres, upstream: Any
+    private_pg: PrivatePostgres, upstream: Any, tmp_path: Path
 ) -> None:
-    from tests.test_service_e2e import dev_texts
-
     env = {
+        **tiny_env(tmp_path),
         "CACE_DATABASE_URL": private_pg.url,
         "CACE_JOB_CLAIM_BATCH": "4",
         "CACE_JOB_LEASE_S": "10",
         "OMP_NUM_THREADS": "1",
     }
-    texts = dev_texts(120)
+    texts = tiny_texts(120)
     with service(env) as srv, httpx.Client(base_url=srv.base_url, timeout=30) as c:
         r = c.post(
             "/v1/classifiers",
@@ -118,8 +118,8 @@ def test_postgres_restarted_mid_job_loses_nothing_and_redoes_nothing(
             },
         )
         assert r.status_code in (200, 201), r.text
-        body = {"texts": texts, "intervention": {"concept": "food", "target": "Negative"}}
-        r = c.post("/v1/effects", json={**body, "classifier": "slow", "method": "pt_match", "mode": "job"})
+        body = {"texts": texts, "intervention": TINY_IV}
+        r = c.post("/v1/effects", json={**body, "classifier": "slow", "method": "match", "mode": "job"})
         assert r.status_code == 202, r.text
         job_id = r.json()["id"]
         deadline = time.monotonic() + 600
