@@ -1,6 +1,9 @@
 """Effects jobs on a real local Ray cluster (a head and one more worker node started here), with an
 actor SIGKILLed mid-job: the job still succeeds, nothing finished is redone, and its rows equal
-the same request run inline in the service process. Needs the `ray` extra.
+the same request run inline in the service process; and the bounds on what callers can make Ray
+run (one pool for inline specs, a pool cap, idle actors stopped, no secret where Ray shows things).
+The service runs on the tiny movie domain (tests/tiny_domain.py) with a registered HTTP classifier
+(the misbehaving test server, behaving). Needs the `ray` extra.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -23,14 +27,25 @@ ray = pytest.importorskip("ray")
 
 from tests.servers import free_port  # noqa: E402
 from tests.service_server import service, store_env  # noqa: E402
-from tests.test_service_e2e import all_rows, dev_texts, wait_job  # noqa: E402
+from tests.test_service_e2e import all_rows, wait_job  # noqa: E402
+from tests.tiny_domain import TINY_IV, tiny_env, tiny_texts  # noqa: E402
 
-REQUEST = {
-    "intervention": {"concept": "service", "target": "Negative"},
-    "method": "pt_match",
-    "top_k": 5,
-    "seed": 11,
-}
+REQUEST = {"intervention": TINY_IV, "method": "match", "top_k": 5, "seed": 11, "classifier": "reg"}
+LABELS = ["neg", "neu", "pos"]
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[Any]:
+    from tests.model_servers.launch import misbehaving_server
+
+    with misbehaving_server() as srv:
+        yield srv
+
+
+def register(c: httpx.Client, upstream: Any) -> None:
+    spec = {"protocol": "hf", "url": f"{upstream.base_url}/ok/reg", "labels": LABELS}
+    r = c.post("/v1/classifiers", json={"name": "reg", "spec": spec})
+    assert r.status_code == 201, r.text
 
 
 def _ray_bin() -> str:
@@ -121,8 +136,9 @@ def restarted_pid(actor, timeout: float = 300) -> int:
 
 
 @pytest.mark.slow
-def test_job_on_ray_survives_a_killed_actor(ray_cluster: str, tmp_path: Path) -> None:
+def test_job_on_ray_survives_a_killed_actor(ray_cluster: str, upstream: Any, tmp_path: Path) -> None:
     env = {
+        **tiny_env(tmp_path),
         **store_env("sqlite", tmp_path),
         "CACE_RAY_ADDRESS": ray_cluster,
         "CACE_INSTANCE_ID": "svc",
@@ -132,8 +148,9 @@ def test_job_on_ray_survives_a_killed_actor(ray_cluster: str, tmp_path: Path) ->
         "CACE_RAY_ACTORS_PER_CLASSIFIER": "2",
         "OMP_NUM_THREADS": "1",
     }
-    texts = dev_texts(48)
+    texts = tiny_texts(48)
     with service(env) as srv, httpx.Client(base_url=srv.base_url, timeout=300) as c:
+        register(c, upstream)
         r = c.post("/v1/effects", json={**REQUEST, "mode": "job", "texts": texts})
         assert r.status_code == 202, r.text
         job_id = r.json()["id"]
@@ -146,7 +163,7 @@ def test_job_on_ray_survives_a_killed_actor(ray_cluster: str, tmp_path: Path) ->
         for i in range(2):  # actors start on demand: the second with the second concurrent batch
             while True:
                 try:
-                    actors.append(ray.get_actor(f"effects-svc-tfidf-lr-{i}", namespace="cace"))
+                    actors.append(ray.get_actor(f"effects-svc-reg-{i}", namespace="cace"))
                     break
                 except ValueError:
                     assert time.monotonic() < deadline, f"actor {i} never started"
@@ -229,17 +246,17 @@ def effects_actors(prefix: str) -> list[dict]:
 
 @pytest.mark.slow
 def test_inline_specs_share_one_bounded_pool_idle_actors_stop_and_no_secret_reaches_ray(
-    ray_cluster: str, tmp_path: Path
+    ray_cluster: str, upstream: Any, tmp_path: Path
 ) -> None:
     """50 effects jobs whose inline specs differ only by a query string: one pool of one actor runs them
     all (today: two actors per spec, 100 in all, and the jobs block once the cluster is full); a job of
     another classifier evicts the idle inline pool (CACE_RAY_MAX_POOLS=1); idle actors stop; the
     database password and the LLM key appear nowhere Ray keeps or logs things."""
-    from tests.model_servers.launch import misbehaving_server
     from tests.service_server import drop_pg_prefix
 
     prefix = f"t{uuid.uuid4().hex[:10]}_"
     env = {
+        **tiny_env(tmp_path),
         "CACE_DATABASE_URL": f"postgresql+psycopg://postgres:{DB_PASSWORD}@127.0.0.1:5432/test",
         "CACE_TABLE_PREFIX": prefix,
         "CACE_LLM_API_KEY": LLM_KEY,
@@ -253,18 +270,15 @@ def test_inline_specs_share_one_bounded_pool_idle_actors_stop_and_no_secret_reac
         "CACE_RAY_ACQUIRE_TIMEOUT_S": "400",
         "OMP_NUM_THREADS": "1",
     }
-    texts = dev_texts(2)
+    texts = tiny_texts(2)
     try:
-        with (
-            misbehaving_server() as up,
-            service(env) as srv,
-            httpx.Client(base_url=srv.base_url, timeout=60) as c,
-        ):
+        with service(env) as srv, httpx.Client(base_url=srv.base_url, timeout=60) as c:
+            register(c, upstream)
             jobs = []
             for i in range(50):
                 spec = {
                     "protocol": "hf",
-                    "url": f"{up.base_url}/ok/ray?v={i}",
+                    "url": f"{upstream.base_url}/ok/ray?v={i}",
                     "labels": ["neg", "neu", "pos"],
                 }
                 r = c.post("/v1/effects", json={**REQUEST, "mode": "job", "texts": texts, "classifier": spec})
@@ -277,17 +291,15 @@ def test_inline_specs_share_one_bounded_pool_idle_actors_stop_and_no_secret_reac
             started = effects_actors("effects-rc-")
             assert [a["Name"] for a in started] == ["effects-rc-inline-0"], started
             # Another classifier's job: the idle inline pool makes room (one pool at most).
-            r = c.post(
-                "/v1/effects", json={**REQUEST, "mode": "job", "texts": texts, "classifier": "tfidf-lr"}
-            )
+            r = c.post("/v1/effects", json={**REQUEST, "mode": "job", "texts": texts, "classifier": "reg"})
             assert r.status_code == 202, r.text
             assert wait_job(c, r.json()["id"])["status"] == "succeeded"
             by_name = {a["Name"]: a for a in effects_actors("effects-rc-")}
-            assert set(by_name) == {"effects-rc-inline-0", "effects-rc-tfidf-lr-1"}
+            assert set(by_name) == {"effects-rc-inline-0", "effects-rc-reg-1"}
             assert by_name["effects-rc-inline-0"]["State"] == "DEAD"
             # Idle for CACE_RAY_ACTOR_IDLE_S: stopped.
             deadline = time.monotonic() + 120
-            while effects_actors("effects-rc-tfidf-lr-1")[0]["State"] != "DEAD":
+            while effects_actors("effects-rc-reg-1")[0]["State"] != "DEAD":
                 assert time.monotonic() < deadline, "the idle actor was never stopped"
                 time.sleep(2)
             exposed = ray_exposed(ray_cluster)
