@@ -20,6 +20,10 @@ from app.store.tables import ACTIVE, Tables
 class CalibrationStore(Tables):
     # ---- the budget: texts a classifier may be sent by calibrations per window --------------
     def _ensure_budget_row(self, classifier: str, now: float) -> None:
+        b = self.calibration_budget
+        with self.engine.connect() as c:  # a read first: a failing INSERT per call would fill the DB's log
+            if c.execute(sa.select(b.c.classifier).where(b.c.classifier == classifier)).first():
+                return
         try:
             with self.engine.begin() as c:
                 c.execute(
@@ -67,6 +71,11 @@ class CalibrationStore(Tables):
 
     # ---- auto-calibration claims and backoff ------------------------------------------------
     def _ensure_state_row(self, domain_id: str, classifier: str) -> None:
+        st = self.calibration_state
+        with self.engine.connect() as c:
+            key = sa.and_(st.c.domain_id == domain_id, st.c.classifier == classifier)
+            if c.execute(sa.select(st.c.domain_id).where(key)).first():
+                return
         try:
             with self.engine.begin() as c:
                 c.execute(
