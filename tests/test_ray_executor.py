@@ -307,3 +307,33 @@ def test_inline_specs_share_one_bounded_pool_idle_actors_stop_and_no_secret_reac
             assert DB_PASSWORD.encode() not in exposed and LLM_KEY.encode() not in exposed
     finally:
         drop_pg_prefix(prefix)
+
+
+@pytest.mark.slow
+def test_a_job_that_cannot_get_an_actor_fails_within_a_bound(
+    ray_cluster: str, upstream: Any, tmp_path: Path
+) -> None:
+    """Actors the cluster can never place (8 CPUs each on a 2-CPU cluster): today the batch waits for
+    one forever and the job never ends; now each attempt waits CACE_RAY_ACQUIRE_TIMEOUT_S, and after
+    CACE_JOB_MAX_ATTEMPTS the job fails, saying why."""
+    env = {
+        **tiny_env(tmp_path),
+        **store_env("sqlite", tmp_path),
+        "CACE_RAY_ADDRESS": ray_cluster,
+        "CACE_INSTANCE_ID": "full",
+        "CACE_RAY_ACTOR_CPUS": "8",
+        "CACE_RAY_ACQUIRE_TIMEOUT_S": "8",
+        "CACE_JOB_MAX_ATTEMPTS": "2",
+        "OMP_NUM_THREADS": "1",
+    }
+    with service(env) as srv, httpx.Client(base_url=srv.base_url, timeout=60) as c:
+        register(c, upstream)
+        started = time.monotonic()
+        r = c.post("/v1/effects", json={**REQUEST, "mode": "job", "texts": tiny_texts(2)})
+        assert r.status_code == 202, r.text
+        job = wait_job(c, r.json()["id"], timeout=180)
+        took = time.monotonic() - started
+        assert job["status"] == "failed", job
+        assert job["counts"]["failed"] == 2 and "CACE_RAY_ACQUIRE_TIMEOUT_S" in job["item_errors"][0]["error"]
+        assert took < 120, took
+        print(f"ray: a job that could get no actor failed after {took:.1f} s")
