@@ -86,8 +86,12 @@ class MissingResource(CaceError, ValueError):
     """The method needs a resource (pool, space, LLM, ...) this deployment does not have."""
 
 
+class UnsafeName(CaceError, ValueError):
+    """A name (concept, value, domain, classifier) cannot address a file: it would leave its folder."""
+
+
 class Cancelled(CaceError):
-    """The caller cancelled the work (a job); what is in flight stops at the next check."""
+    """Long work stopped at a checkpoint because its job was cancelled (not a failure of the work)."""
 
 
 class BudgetExhausted(CaceError):
@@ -104,6 +108,7 @@ __all__ = [
     "Cancelled",
     "MissingResource",
     "OutboundDenied",
+    "UnsafeName",
     "UpstreamError",
     "UpstreamMalformed",
     "UpstreamRejected",

@@ -1,4 +1,5 @@
-"""Checks long job items make as they go: was the job cancelled, and is there budget for the next call.
+"""The check a calibration's classifier calls make as they go: is there budget for the next chunk,
+and (through `explainers.progress.checkpoint`) was the job cancelled.
 
 Why: a calibration is one item that runs for minutes and sends a classifier tens of thousands of
 texts; the worker only looks at a job's status between items, so without these a cancelled
@@ -14,30 +15,13 @@ import numpy as np
 
 from app.store import Store
 from explainers.classifiers.base import Classifier
-from explainers.errors import BudgetExhausted, Cancelled
-
-
-class CancelCheck:
-    """Raises `Cancelled` once the job is cancelled; reads the job's status at most every `every_s`."""
-
-    def __init__(self, store: Store, job_id: str, every_s: float = 0.5) -> None:
-        self.store = store
-        self.job_id = job_id
-        self.every_s = every_s
-        self._next = 0.0
-
-    def __call__(self, *_: object) -> None:
-        now = time.monotonic()
-        if now < self._next:
-            return
-        self._next = now + self.every_s
-        if self.store.job_status(self.job_id) == "cancelled":
-            raise Cancelled(f"job {self.job_id} was cancelled")
+from explainers.errors import BudgetExhausted
+from explainers.progress import checkpoint
 
 
 class BudgetedClassifier:
     """A classifier whose every call is first charged to a shared text budget (all or nothing) and
-    checked for cancellation: a call that does not fit raises `BudgetExhausted` before anything is sent."""
+    a cancellation checkpoint: a call that does not fit raises `BudgetExhausted` before anything is sent."""
 
     def __init__(
         self,
@@ -47,7 +31,6 @@ class BudgetedClassifier:
         budget_key: str,
         budget_texts: int,
         window_s: float,
-        cancel: CancelCheck | None = None,
     ) -> None:
         self.inner = inner
         self.name = getattr(inner, "name", budget_key)
@@ -55,7 +38,6 @@ class BudgetedClassifier:
         self.budget_key = budget_key
         self.budget_texts = budget_texts
         self.window_s = window_s
-        self.cancel = cancel
         self.charged = 0
 
     @property
@@ -75,8 +57,7 @@ class BudgetedClassifier:
         return np.concatenate(parts)
 
     def _predict(self, texts: list[str]) -> np.ndarray:
-        if self.cancel is not None:
-            self.cancel()
+        checkpoint()  # inside a `cancellable` block: raises Cancelled once the job is cancelled
         n = len(texts)
         if n:
             ok, window_end = self.store.charge_calibration(

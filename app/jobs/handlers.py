@@ -8,6 +8,7 @@ bootstrap is seeded by the request.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
@@ -17,7 +18,7 @@ import httpx
 import numpy as np
 
 from app import explain
-from app.jobs.guards import BudgetedClassifier, CancelCheck
+from app.jobs.guards import BudgetedClassifier
 from app.jobs.worker import RetryableError
 from app.problems import ApiError
 from app.resources import MIN_CALIBRATION_TEXTS, Runtime
@@ -26,7 +27,10 @@ from explainers.concepts import ConceptSchema, Intervention
 from explainers.data.pool import Pool
 from explainers.errors import BudgetExhausted, Cancelled, UpstreamUnavailable
 from explainers.estimate import cace
+from explainers.progress import cancellable, checkpoint
 from explainers.types import Explanation, explain_batch, zero_explanation
+
+log = logging.getLogger(__name__)
 
 
 class EffectsHandler:
@@ -245,6 +249,15 @@ def row_out(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def job_cancelled(store: Any, job_id: str) -> bool:
+    """Whether a running job's work should stop (cancelled, or otherwise final) as the store says."""
+    try:
+        return store.job_status(job_id) not in ("queued", "running")
+    except Exception:  # a store that blinks does not stop the work; the next check asks again
+        log.warning("job %s: could not read its status", job_id, exc_info=True)
+        return False
+
+
 class CalibrationHandler:
     """Calibrate the estimators of one named classifier on one domain (one item), saved in the domain.
 
@@ -263,9 +276,9 @@ class CalibrationHandler:
         domain = self.rt.domain(request["domain_id"])
         name = request["classifier"]
         clf, _ = self.rt.classifier(name)
-        cancel = CancelCheck(store, job_id)
         try:
-            cancel()
+            if job_cancelled(store, job_id):
+                raise Cancelled("cancelled")
             left, window_end = store.calibration_budget_left(
                 name, s.calibration_budget_texts, s.calibration_budget_window_s
             )
@@ -283,19 +296,20 @@ class CalibrationHandler:
                 budget_key=name,
                 budget_texts=s.calibration_budget_texts,
                 window_s=s.calibration_budget_window_s,
-                cancel=cancel,
             )
-            cal = calibrate(
-                budgeted,
-                domain.pool,
-                domain.space,
-                self.rt.encoder(),
-                taggers=domain.taggers,
-                max_pairs=request.get("max_pairs") or s.calibration_max_pairs,
-                max_classifier_texts=max_texts,
-                classifier_name=name,
-                log=cancel,  # called between stages: a cancel is seen there too
-            )
+            # Every classifier chunk and every stage's progress is a checkpoint: a cancel stops it there.
+            with cancellable(lambda: job_cancelled(store, job_id), interval_s=0.5):
+                cal = calibrate(
+                    budgeted,
+                    domain.pool,
+                    domain.space,
+                    self.rt.encoder(),
+                    taggers=domain.taggers,
+                    max_pairs=request.get("max_pairs") or s.calibration_max_pairs,
+                    max_classifier_texts=max_texts,
+                    classifier_name=name,
+                    log=lambda _: checkpoint(),  # called between stages: a cancel is seen there too
+                )
         except (UpstreamUnavailable, httpx.TransportError) as e:
             raise RetryableError(f"{type(e).__name__}: {e}") from e
         except Cancelled:
@@ -344,9 +358,12 @@ class DomainHandler:
         pool = pool_from_rows(payload["corpus"], schema)
         augment = self._augmenter(job_id, pool, request["generate"]) if request.get("generate") else None
         domain_id = request["domain_id"]
-        domain = build_domain(
-            self.rt.domains.root, domain_id, pool, encoder=self.rt.encoder(), augment=augment
-        )
+        # Cancelling the job stops the build at its next checkpoint (a training batch, an embedding
+        # batch, a stage): the store says so to every replica; the build's folder is then removed.
+        with cancellable(lambda: self._cancelled(job_id)):
+            domain = build_domain(
+                self.rt.domains.root, domain_id, pool, encoder=self.rt.encoder(), augment=augment
+            )
         self.rt.forget_domain(domain_id)
         d = domain.describe()
         return {
@@ -357,6 +374,9 @@ class DomainHandler:
             "methods": d["methods"],
             "generation": d["generation"],
         }
+
+    def _cancelled(self, job_id: str) -> bool:
+        return job_cancelled(self.rt.store, job_id)
 
     def _augmenter(self, job_id: str, pool: Pool, gen: dict[str, Any]) -> Any:
         """Add LLM-generated counterfactuals, cached per job so a re-run item resumes, not restarts.
@@ -389,6 +409,7 @@ class DomainHandler:
         return run
 
     def finalize(self, job_id: str, request: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
+        self.rt.domains.release_build(request["domain_id"], job_id)
         row = rows[0]
         if row["status"] != "done":
             raise ValueError(row.get("error") or "domain build failed")

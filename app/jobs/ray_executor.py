@@ -40,10 +40,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from app.jobs.guards import CancelCheck
 from app.jobs.worker import RetryableError
 from app.settings import Settings
 from explainers.errors import Cancelled
+from explainers.progress import cancellable, checkpoint
 
 log = logging.getLogger("cace.jobs.ray")
 NAMESPACE = "cace"
@@ -224,7 +224,7 @@ class RayEffectsHandler:
                 return True
         return False
 
-    def _acquire(self, key: str, cancel: CancelCheck) -> tuple[ActorPool, Any, bool]:
+    def _acquire(self, key: str) -> tuple[ActorPool, Any, bool]:
         """A free actor of the key's pool (started if the pool has room): (pool, actor, new).
 
         Waits at most the acquire timeout: a RetryableError then hands the batch back to pending.
@@ -258,7 +258,7 @@ class RayEffectsHandler:
                         "CACE_RAY_ACQUIRE_TIMEOUT_S)"
                     )
                 self._cond.wait(min(left, 1.0))
-                cancel()
+                checkpoint()
 
     def _release(self, pool: ActorPool, actor: Any, *, dead: bool = False) -> None:
         with self._cond:
@@ -339,17 +339,24 @@ class RayEffectsHandler:
 
     # ---- the job kind -----------------------------------------------------------------------
     def process_batch(self, job_id: str, request: dict[str, Any], items: list[tuple[Any, int]]) -> list[Any]:
+        from app.jobs.handlers import job_cancelled
+
+        store = self.local.rt.store
+        # Waiting for an actor, for it to start, or for the batch: each second is a checkpoint.
+        with cancellable(lambda: job_cancelled(store, job_id), interval_s=0.5):
+            checkpoint()
+            return self._run_remote(job_id, request, items)
+
+    def _run_remote(self, job_id: str, request: dict[str, Any], items: list[tuple[Any, int]]) -> list[Any]:
         ray = self._connect()
-        cancel = CancelCheck(self.local.rt.store, job_id)
-        cancel()
-        pool, actor, new = self._acquire(self.pool_key(request), cancel)
+        pool, actor, new = self._acquire(self.pool_key(request))
         dead = False
         try:
             if new:  # wait (bounded) for it to start: on a full cluster it never would
                 started = time.monotonic()
                 ready = actor.pid.remote()
                 while not ray.wait([ready], timeout=1.0)[0]:
-                    cancel()
+                    checkpoint()
                     if time.monotonic() - started > self.acquire_timeout_s:
                         dead = True
                         raise RetryableError(
@@ -360,7 +367,7 @@ class RayEffectsHandler:
             ref = actor.process_batch.remote(job_id, request, items)
             while not ray.wait([ref], timeout=1.0)[0]:
                 try:
-                    cancel()
+                    checkpoint()
                 except Cancelled:
                     with contextlib.suppress(Exception):  # best effort: a running sync task ends its batch
                         ray.cancel(ref)
