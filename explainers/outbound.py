@@ -454,8 +454,8 @@ def send(
         except httpx.TimeoutException as e:
             timed_out = True
             last = (
-                f"timed out ({type(e).__name__}, connect {timeout.connect:g}s / "
-                f"whole response {timeout.read:g}s)"
+                f"timed out ({type(e).__name__}, connect {timeout.connect:g}s / read {timeout.read:g}s,"
+                " wall clock for the whole response)"
             )
         except httpx.TransportError as e:
             timed_out, last = False, f"cannot reach the endpoint: connection failed ({type(e).__name__})"

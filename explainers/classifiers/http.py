@@ -387,10 +387,9 @@ class HttpClassifier:
     def _json(self, resp: httpx.Response, url: str) -> Any:
         try:
             return outbound.parse_json(resp.content)
-        except (
-            ValueError
-        ) as e:  # JSONDecodeError, UnicodeDecodeError, NaN/Infinity, digits past the int limit
+        # ValueError: JSONDecodeError, UnicodeDecodeError, NaN/Infinity, digits past the int limit.
+        except ValueError as e:
             raise MalformedResponse(
-                f"{self.name}: POST {url} answered HTTP {resp.status_code} with a body that is not "
-                f"finite JSON ({type(e).__name__}: {excerpt(str(e))}): {excerpt(resp.text)!r}"
+                f"{self.name}: POST {url} answered HTTP {resp.status_code} with non-JSON body "
+                f"({type(e).__name__}: {excerpt(str(e), 80)}): {excerpt(resp.text)!r}"
             ) from e

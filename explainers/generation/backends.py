@@ -160,7 +160,7 @@ class OpenAIBackend:
             data = outbound.parse_json(r.content)
         except ValueError as e:  # not JSON, or NaN/Infinity/overflowing numbers in it
             raise LLMBadResponse(
-                f"LLM server sent no finite JSON ({excerpt(str(e))}): {excerpt(r.text)!r}"
+                f"LLM server sent non-JSON ({excerpt(str(e), 80)}): {excerpt(r.text)!r}"
             ) from e
         if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
             raise LLMBadResponse(f"LLM server sent no 'choices': {excerpt(str(data))}")
