@@ -91,6 +91,8 @@ class RawUpstream:
     def close(self) -> None:
         self._stop = True
         with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the accept loop, so the port is free at once
+        with contextlib.suppress(OSError):
             self.sock.close()
 
 
