@@ -200,7 +200,12 @@ def main() -> None:
         "zero, an inline hf classifier at a healthy upstream on 127.0.0.1, back to back. Attack: "
         f"{args.attackers} clients in a closed loop against an upstream that sends a 1 MB Content-Length "
         "then one byte every 0.2 s (spec `timeout_s` 30, so no per-read timeout ever fires). "
-        "Health probed every 50 ms.",
+        "Health probed every 50 ms."
+        + (
+            f" Default domain from the environment: `{os.environ['CACE_DEFAULT_DOMAIN']}` (method zero does not use it)."
+            if os.environ.get("CACE_DEFAULT_DOMAIN")
+            else ""
+        ),
         "",
         "| phase | /healthz p50 ms | /healthz p99 ms | /healthz max ms | /readyz p99 ms | /readyz max ms "
         "| health answers | normal p50 ms | normal p99 ms | normal n | normal answers |",
