@@ -224,12 +224,15 @@ class LockFreeCalls:
     def __init__(self, inner: Any, lock: threading.Lock) -> None:
         self.inner = inner
         self._lock = lock
+        self._holder = threading.get_ident()  # built by the thread that holds the lock
 
     @property
     def labels(self) -> list[str]:
         return list(self.inner.labels)
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        if threading.get_ident() != self._holder:  # a helper thread of the explainer: the lock is not its own
+            return np.asarray(self.inner.predict_proba(texts))
         self._lock.release()
         try:
             return np.asarray(self.inner.predict_proba(texts))
