@@ -87,6 +87,9 @@ class Settings(BaseSettings):
     # An effects job whose failed texts exceed this fraction of its texts is `failed`, not `succeeded`
     # (its rows stay readable); below it, the result says how many rows were used and failed.
     effects_max_failed_fraction: float = Field(0.1, ge=0.0, le=1.0)
+    # Wall-clock seconds one attempt at a claim's items may take, splitting a failed batch and every
+    # outbound retry included; an item thus spends at most job_max_attempts x this failing.
+    job_item_timeout_s: float = Field(120.0, gt=0)
     # Run effects batches on a Ray cluster ("auto", "ray://host:10001" or "host:6379"); None: in process.
     # Needs `pip install .[ray]`. Each classifier gets its own pool of actors (bounded concurrency);
     # set job_workers to at least the actors you want busy.
@@ -116,6 +119,10 @@ class Settings(BaseSettings):
 
     # Security: comma-separated hosts/CIDRs that outbound calls may reach despite the policy.
     outbound_allow: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Outbound bounds (deploy/README.md, "Outbound calls"): bytes one upstream response may carry
+    # (502 past it), and seconds a call waits for one of a classifier endpoint's concurrency slots.
+    upstream_max_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    upstream_slot_wait_s: float = Field(5.0, ge=0)
     # API keys are off when no key is configured (the embedded default is a local tool).
     auth_enabled: bool = False
     # JSON list of {"name", "sha256", "scopes"} (e.g. a mounted Secret); keys can also live in the store.

@@ -68,6 +68,8 @@ class EffectsHandler:
         except (UpstreamUnavailable, httpx.TransportError) as e:  # classifier or LLM, timeouts included
             raise RetryableError(f"{type(e).__name__}: {e}") from e
         except ApiError as e:
+            if e.status == 503:  # busy (the explainer's lock within the item's deadline): try again later
+                raise RetryableError(e.detail) from e
             raise ValueError(e.detail) from e
 
     def row(self, r: explain.Resolved, params: EffectsParams, payload: dict[str, Any]) -> dict[str, Any]:
@@ -97,12 +99,12 @@ class EffectsHandler:
         same = [i for i, x in enumerate(interventions) if x.source == x.target]
         exps: dict[int, Explanation] = {}
         if changed:
-            with r.lock:
+            with explain.explaining(r) as classifier:
                 found = explain_batch(
                     r.explainer,
                     [texts[i] for i in changed],
                     [interventions[i] for i in changed],
-                    r.classifier,
+                    classifier,
                     r.top_k,
                     base_labels=[labels[i] for i in changed],
                 )
