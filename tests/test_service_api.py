@@ -153,6 +153,49 @@ def test_explanation_with_match_reports_the_domain_and_space(client: httpx.Clien
     assert all(c["similarity"] is not None for c in e["counterfactuals"])
 
 
+def test_each_counterfactual_carries_the_taggers_reading_of_every_concept(client: httpx.Client) -> None:
+    r = explain(client, method="splice", top_k=4, intervention={"concept": "food", "target": "Negative"})
+    assert r.status_code == 200, r.text
+    e = r.json()
+    schema = [c["name"] for c in client.get("/v1/domains/cebab").json()["schema"]["concepts"]]
+    base = e["base_concepts"]
+    assert base and set(base) <= set(schema) and base["food"] == e["intervention"]["source"]
+    assert e["counterfactuals"] and e["timings"]["concepts_ms"] > 0
+    assert e["timings"]["total_ms"] >= e["timings"]["concepts_ms"]
+    for cf in e["counterfactuals"]:
+        assert set(cf["concepts"]) == set(base)
+        # The same taggers, asked through the source inference of the counterfactual as a query.
+        alone = explain(
+            client, text=cf["text"], method="zero", intervention={"concept": "service", "target": "Positive"}
+        ).json()
+        assert alone["base_concepts"] == cf["concepts"]
+        assert alone["intervention"]["source"] == cf["concepts"]["service"]
+
+
+def test_uncalibrated_auto_reports_the_spread_its_counterfactuals_measured(client: httpx.Client) -> None:
+    """It said 0.000 on every label while its counterfactuals disagreed."""
+    r = explain(client, method="auto", top_k=5, intervention={"concept": "food", "target": "Negative"})
+    assert r.status_code == 200, r.text
+    e = r.json()
+    assert e["details"]["calibrated"] is False, "the shared test domain is not calibrated"
+    preds = np.array([[c["prediction"][lab] for lab in LABELS] for c in e["counterfactuals"]])
+    assert len(preds) >= 2 and preds.std(axis=0).max() > 0.01, "the counterfactuals disagree"
+    assert e["uncertainty"]["n_counterfactuals"] >= len(preds)
+    assert max(e["uncertainty"]["spread"].values()) > 0.001
+
+
+def test_methods_say_generate_needs_an_llm(client: httpx.Client) -> None:
+    got = client.get("/v1/methods").json()
+    assert "generate" in got["methods"] and "LLM" in got["unavailable"]["generate"]
+    spec = {"kind": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "m"}
+    assert client.post("/v1/llms", json={"name": "for-generate", "spec": spec}).status_code == 201
+    try:
+        assert "generate" not in client.get("/v1/methods").json()["unavailable"]
+    finally:
+        client.delete("/v1/llms/for-generate")
+    assert "generate" in client.get("/v1/methods").json()["unavailable"]
+
+
 def test_source_is_inferred_by_the_taggers(client: httpx.Client) -> None:
     r = explain(
         client,
