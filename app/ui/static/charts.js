@@ -50,7 +50,8 @@ export function distributionChart(labels, base, cf, width = 560) {
       svg.append(s("rect", { x: cx + dx, y: y(v), width: bw, height: Math.max(0.5, y(0) - y(v)),
         class: `bar ${series}`, "data-label": lab, "data-series": series, "data-value": value },
       s("title", {}, `${series === "base" ? "base" : "counterfactual mean"} p(${lab}) = ${fmt(value)}`)),
-      bw >= 24 ? s("text", { x: cx + dx + bw / 2, y: y(v) - 4, class: "value", "text-anchor": "middle" }, fmt(value, 2)) : null);
+      // The value over its bar where the bar is wide enough to carry it (the table has every number).
+      ...(bw >= 24 ? [s("text", { x: cx + dx + bw / 2, y: y(v) - 4, class: "value", "text-anchor": "middle" }, fmt(value, 2))] : []));
     }
     svg.append(s("text", { x: cx, y: H - bottom + 16, class: "axis-label", "text-anchor": "middle" }, lab));
   });

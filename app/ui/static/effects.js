@@ -1,7 +1,7 @@
 // The Effects page: many texts as a job, its live progress, the CaCE with its CI, and the per-text rows.
 
 import { api, pollJob } from "./api.js";
-import { effectChart } from "./charts.js";
+import { drawCharts, effectChart, fitted } from "./charts.js";
 import { $, download, h, keyValueTable, scrollBox, showProblem, signed, swapTable } from "./dom.js";
 import { TIPS } from "./glossary.js";
 import { labelName, readParams } from "./params.js";
@@ -125,7 +125,7 @@ function renderResult() {
         `A bootstrap interval from fewer than ${SMALL_N} texts is unreliable (usually too narrow); add texts before ` +
         "reading much into it.") : null,
       h("div", { class: "charts" },
-        h("figure", {}, effectChart(res.labels, res.cace, res.ci_low, res.ci_high, { name: "CaCE", interval: "CI" }),
+        h("figure", {}, fitted((w) => effectChart(res.labels, res.cace, res.ci_low, res.ci_high, { name: "CaCE", interval: "CI", width: w })),
           h("figcaption", {}, "CaCE per label (bar) with its bootstrap confidence interval (whiskers)")),
         h("div", { class: "side-by-side" },
           h("table", { class: "grid numbers", id: "effects-cace" },
@@ -150,6 +150,7 @@ function renderResult() {
       "scroll sideways for every label's ICaCE"), h("div", { class: "pager", id: "rows-pager" })));
   box.replaceChildren(...parts);
   box.hidden = false;
+  drawCharts(box);
   renderRows();
 }
 
