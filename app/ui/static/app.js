@@ -6,7 +6,7 @@ import { initDomains, refreshDomains } from "./domains.js";
 import { initEffects } from "./effects.js";
 import { explainNow, initExplain } from "./explain.js";
 import { initGlossary } from "./glossary.js";
-import { initJobs, showJobs } from "./jobs.js";
+import { showJobs } from "./jobs.js";
 import { buildParamFields, loadCatalog, writeParams } from "./params.js";
 
 const TABS = ["explain", "effects", "domains", "jobs", "keys"];
@@ -207,5 +207,4 @@ initKeys();
 initExplain(recordExplanation);
 initEffects();
 initDomains();
-initJobs();
 start();

@@ -10,8 +10,6 @@ let timer = null;
 let wrap = null;
 let generation = 0; // one polling loop at a time: a newer one retires the older
 
-export function initJobs() {}
-
 // Poll while the Jobs tab is shown; stop when it is hidden.
 export function showJobs(on) {
   clearTimeout(timer);
