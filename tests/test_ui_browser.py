@@ -52,7 +52,12 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     tmp = tmp_path_factory.mktemp("ui")
     # No calibration behind the tests' back: it would land in the shared test data dir's CEBaB domain.
     with service(
-        {"CACE_DATABASE_URL": f"sqlite:///{tmp / 'jobs.sqlite'}", "CACE_AUTO_CALIBRATE": "false"}
+        {
+            "CACE_DATABASE_URL": f"sqlite:///{tmp / 'jobs.sqlite'}",
+            "CACE_AUTO_CALIBRATE": "false",
+            # The first splice/auto request builds its explainer: past 60 s on a loaded 2-core machine.
+            "CACE_REQUEST_TIMEOUT_S": "300",
+        }
     ) as srv:
         yield srv.base_url
 

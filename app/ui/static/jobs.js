@@ -28,12 +28,21 @@ function took(job) {
   return s < 60 ? `${s.toFixed(1)} s` : `${Math.floor(s / 60)} min ${Math.round(s % 60)} s`;
 }
 
-// A job's own page has its freshest progress; the list is asked for every job in one call.
+// A job's own page has its exact progress and counts (the list's may lag or be empty): asked for
+// every running job on each poll and once for each finished one (a final job never changes).
+const finished = new Map(); // id -> the job as GET /v1/jobs/{id} gave it once final
+
 async function detailed(jobs) {
-  const live = jobs.filter((j) => !FINAL.includes(j.status)).slice(0, 10);
-  const fresh = await Promise.all(live.map((j) => api(`/v1/jobs/${encodeURIComponent(j.id)}`).catch(() => j)));
-  const byId = Object.fromEntries(fresh.map((j) => [j.id, j]));
-  return jobs.map((j) => byId[j.id] || j);
+  const ask = [...jobs.filter((j) => !FINAL.includes(j.status)).slice(0, 10),
+    ...jobs.filter((j) => FINAL.includes(j.status) && !finished.has(j.id)).slice(0, 20)];
+  const fresh = await Promise.all(ask.map((j) => api(`/v1/jobs/${encodeURIComponent(j.id)}`).catch(() => null)));
+  const byId = {};
+  for (const j of fresh) {
+    if (!j) continue;
+    byId[j.id] = j;
+    if (FINAL.includes(j.status)) finished.set(j.id, j);
+  }
+  return jobs.map((j) => byId[j.id] || finished.get(j.id) || j);
 }
 
 function row(job) {
