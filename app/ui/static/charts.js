@@ -10,8 +10,9 @@ const resized = new ResizeObserver((entries) => {
 });
 
 function drawSlot(slot) {
-  const width = Math.floor(slot.clientWidth);
-  if (width <= 0 || Number(slot.dataset.width) === width) return;
+  // The exact (fractional) width, so one viewBox unit is one CSS pixel and 11 px text stays 11 px.
+  const width = slot.getBoundingClientRect().width;
+  if (width <= 0 || Math.abs(Number(slot.dataset.width) - width) < 0.5) return;
   slot.dataset.width = String(width);
   slot.replaceChildren(draws.get(slot)(Math.max(260, width)));
 }
