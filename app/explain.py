@@ -275,8 +275,34 @@ def explain_one(rt: Runtime, req: Any, prefix: str = "body") -> dict[str, Any]:
     check_query(r, q, f"{prefix}.base_labels", f"{prefix}.intervention.source")
     check_available(r, iv.concept, iv.target, prefix)
     exp, intervention, inferred, timings = run(rt, r, q)
+    started = time.perf_counter()
+    readings = concept_readings(rt, r.domain, req.text, exp)
+    spent = round((time.perf_counter() - started) * 1000, 3)
+    timings["concepts_ms"] = spent
+    timings["total_ms"] = round(timings["total_ms"] + spent, 3)
+    out = response(exp, r, intervention, inferred, timings)
     rt.maybe_calibrate(r.domain, r.classifier_name)  # only after an explanation that worked
-    return response(exp, r, intervention, inferred, timings)
+    if readings is not None:
+        out["base_concepts"], per_cf = readings
+        for cf, read in zip(out["counterfactuals"], per_cf, strict=True):
+            cf["concepts"] = read
+    return out
+
+
+def concept_readings(
+    rt: Runtime, domain: Domain, text: str, exp: Explanation
+) -> tuple[dict[str, str], list[dict[str, str]]] | None:
+    """The domain's taggers' reading of every concept, on the text and on each counterfactual.
+
+    Why: a counterfactual should change the target concept only; one that also changed another
+    concept (a splice sentence praising food and service together) confounds the estimate, and
+    the reader can only see that if the taggers read both texts. One batched tagger call; None
+    when the domain has no taggers. Concepts without a usable tagger are absent.
+    """
+    if domain.taggers is None:
+        return None
+    read = rt.infer_labels(domain, [text, *(c.text for c in exp.counterfactuals)])
+    return read[0], read[1:]
 
 
 def as_map(labels: list[str], values: Any) -> dict[str, float]:

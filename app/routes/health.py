@@ -81,4 +81,11 @@ async def readyz(request: Request) -> JSONResponse:
 @router.get("/v1/methods", operation_id="list_methods", response_model=MethodsOut, tags=["explanations"])
 def list_methods(rt: Runtime = Depends(runtime)) -> MethodsOut:
     """Explanation methods this server can run (generate, match, baselines), with one-line descriptions."""
-    return MethodsOut(methods=rt.methods())
+    methods = rt.methods()
+    unavailable = {}
+    s = rt.settings
+    if "generate" in methods and not (s.llm_base_url and s.llm_model) and not rt.store.registry_list("llm"):
+        unavailable["generate"] = (
+            "no LLM: set CACE_LLM_BASE_URL and CACE_LLM_MODEL, or register one (POST /v1/llms)"
+        )
+    return MethodsOut(methods=methods, unavailable=unavailable)
