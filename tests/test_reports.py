@@ -15,16 +15,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import joblib
 import numpy as np
 import pytest
 
 from explainers.reports.report import Cell, holm, sign_flip_p, summarize_report
-from tests.servers import Server, python, running
+from tests.servers import Server
 from tests.service_server import service, store_env
 
+pytest_plugins = ["tests.report_fixtures"]  # other_model: a second classifier served over HTTP
+
 ADMIN = "cace_reports-test-admin-key"
-PORTS = iter(range(9610, 9690))
+PORTS = iter(range(9610, 9660))
 DEV = Path("/work/shared/data/cebab/dev.json")
 
 
@@ -40,37 +41,6 @@ def wait(c: httpx.Client, location: str, timeout: float = 300) -> dict:
             return job
         time.sleep(0.3)
     raise TimeoutError(job)
-
-
-def dev_rows(n: int) -> list[dict]:
-    from explainers.data.cebab import load_split
-
-    seen: dict[str, dict] = {}
-    for r in load_split("dev"):
-        if r.text not in seen and r.review_majority:
-            seen[r.text] = {"text": r.text, "y": r.review_majority}
-        if len(seen) == n:
-            break
-    return list(seen.values())
-
-
-@pytest.fixture(scope="module")
-def other_model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A second rating model with tfidf-lr's labels (a bag of words fit on 300 dev reviews), served over HTTP."""
-    from sklearn.feature_extraction.text import CountVectorizer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-
-    rows = dev_rows(300)
-    model = make_pipeline(CountVectorizer(min_df=2), LogisticRegression(max_iter=500, C=0.3))
-    model.fit([r["text"] for r in rows], [r["y"] for r in rows])
-    assert list(model.classes_) == ["1", "2", "3", "4", "5"]
-    path = tmp_path_factory.mktemp("clf") / "bow.joblib"
-    joblib.dump(model, path)
-    port = next(PORTS)
-    cmd = [python(), "-m", "explainers.serving", str(path), "--port", str(port)]
-    with running(cmd, port=port, health_path="/health", timeout=120) as srv:
-        yield srv.base_url + "/predict"
 
 
 @pytest.fixture(scope="module")
