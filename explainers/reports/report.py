@@ -85,58 +85,58 @@ def predict_unique(classifier: Classifier, texts: Sequence[str], chunk: int = PR
 class ShuffledLabelPlacebo:
     """The concept-space search with the concept's labels shuffled (a random intervention).
 
-    For cell (c, s -> t) the candidates are a random subset of the pool as large as the pool's
-    c = t partition, drawn once per cell from `seed`; each text gets its K nearest candidates in
-    c's space, those sharing its other concepts' labels first (as `match` fills), itself excluded.
+    For cell (c, s -> t) and one text, the candidates are a random subset of the pool holding
+    each pool text with probability |c = t partition| / |pool| (the target partition's size,
+    labels shuffled), drawn afresh for every text from (seed, cell, text); the text gets its K
+    nearest candidates in c's space, those sharing its other concepts' labels first (as `match`
+    fills), itself excluded. Fresh subsets per text make the texts' placebo effects independent,
+    which the sign-flip test needs.
     """
 
     def __init__(self, space: Any, seed: int = 0) -> None:
         self.space = space
         self.seed = seed
-        self._subsets: dict[str, np.ndarray] = {}
         self._conf_masks: dict[tuple[str, tuple[tuple[str, str], ...]], np.ndarray] = {}
 
-    def subset(self, cell: Cell) -> np.ndarray:
-        if cell.key not in self._subsets:
-            n_pool = len(self.space.pool)
-            size = min(n_pool, len(self.space.pool.indices_with(cell.concept, cell.target)))
-            rng = np.random.default_rng(_seed(self.seed, "placebo:" + cell.key))
-            self._subsets[cell.key] = np.sort(rng.choice(n_pool, size=size, replace=False))
-        return self._subsets[cell.key]
+    def share(self, cell: Cell) -> float:
+        n_pool = len(self.space.pool)
+        return len(self.space.pool.indices_with(cell.concept, cell.target)) / n_pool if n_pool else 0.0
 
-    def _conf_mask(self, cell: Cell, rows: np.ndarray, conf: tuple[tuple[str, str], ...]) -> np.ndarray:
-        key = (cell.key, conf)
+    def _conf_mask(self, cell: Cell, conf: tuple[tuple[str, str], ...]) -> np.ndarray:
+        key = (cell.concept, conf)
         if key not in self._conf_masks:
             labels = self.space.pool.labels
             self._conf_masks[key] = np.array(
-                [all(labels[int(r)].get(c) == v for c, v in conf) for r in rows], dtype=bool
+                [all(lab.get(c) == v for c, v in conf) for lab in labels], dtype=bool
             )
         return self._conf_masks[key]
 
     def counterfactuals(
         self, cell: Cell, texts: Sequence[str], labels: Sequence[Mapping[str, str]], k: int
     ) -> list[list[Counterfactual]]:
-        rows = self.subset(cell)
-        if not len(rows) or not texts:
+        share = self.share(cell)
+        if share <= 0 or not texts:
             return [[] for _ in texts]
-        pool_vecs = np.asarray(self.space.pool_vectors(cell.concept), np.float32)[rows]
+        pool_vecs = np.asarray(self.space.pool_vectors(cell.concept), np.float32)
         queries = np.asarray(self.space.embed(list(texts), cell.concept), np.float32)
         sims = queries @ pool_vecs.T
         confounders = self.space.schema.confounders(cell.concept)
         pool_texts = self.space.pool.texts
         out = []
         for j, text in enumerate(texts):
+            rng = np.random.default_rng(_seed(self.seed, f"placebo:{cell.key}:{text}"))
+            rows = np.flatnonzero(rng.random(len(pool_texts)) < share)
             conf = tuple(sorted((c, labels[j][c]) for c in confounders if c in labels[j]))
-            matched = self._conf_mask(cell, rows, conf) if conf else np.ones(len(rows), bool)
+            matched = self._conf_mask(cell, conf)[rows] if conf else np.ones(len(rows), bool)
             # Confounder-matched candidates first, each group nearest first.
-            order = np.lexsort((-sims[j], ~matched))
+            order = np.lexsort((-sims[j, rows], ~matched))
             own = _norm(text)
             picked: list[Counterfactual] = []
             for p in order:
                 r = int(rows[p])
                 if _norm(pool_texts[r]) == own:
                     continue
-                picked.append(Counterfactual(pool_texts[r], similarity=float(sims[j, p]), source_id=str(r)))
+                picked.append(Counterfactual(pool_texts[r], similarity=float(sims[j, r]), source_id=str(r)))
                 if len(picked) >= k:
                     break
             out.append(picked)
