@@ -121,9 +121,11 @@ def plan(
     if isinstance(params, ComparisonRequest):
         refs: list[Any] = list(params.classifiers)
         where = [f"body.classifiers.{i}" for i in range(len(refs))]
-        for c in params.thresholds or {}:
+        for c, v in (params.thresholds or {}).items():
             if c not in schema:
                 raise field_error(f"body.thresholds.{c}", f"unknown concept {c!r}; known: {schema.names}")
+            if not 0.0 <= v <= 1.0:
+                raise field_error(f"body.thresholds.{c}", "a threshold is between 0 and 1")
     else:
         ref = params.classifier if params.classifier is not None else rt.default_classifier_name()
         if ref is None:

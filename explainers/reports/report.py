@@ -58,7 +58,7 @@ class Cell:
 
 def plan_cells(schema: ConceptSchema, concepts: Sequence[str] | None = None) -> list[Cell]:
     """Every (concept, source -> target) with source != target, in schema order."""
-    names = list(concepts) if concepts is not None else list(schema.names)
+    names = list(dict.fromkeys(concepts)) if concepts is not None else list(schema.names)
     return [Cell(c, s, t) for c in names for s in schema[c].values for t in schema[c].values if s != t]
 
 
