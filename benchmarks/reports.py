@@ -161,9 +161,22 @@ def setup_cebab(args: argparse.Namespace, encoder: Any) -> Setup:
     domain = load_domain(args.root / "domains" / "cebab", encoder=encoder)
     dev = load_split("dev")
     pairs = [(p.base.text, p.counterfactual.text, p.concept, p.source, p.target) for p in build_pairs(dev)]
+    # Originals first; beyond their number (272), dev's edited texts too (each a review with its own labels).
     originals = [r for r in dev if r.is_original]
+    seen = {r.text for r in originals}
+    for r in dev:
+        if not r.is_original and r.text not in seen:
+            seen.add(r.text)
+            originals.append(r)
+    n_orig = sum(r.is_original for r in dev)
     rng = np.random.default_rng(args.seed)
-    pick = sorted(rng.choice(len(originals), size=min(args.texts, len(originals)), replace=False).tolist())
+    if args.texts <= n_orig:
+        pick = sorted(rng.choice(n_orig, size=args.texts, replace=False).tolist())
+    else:
+        extra = rng.choice(
+            len(originals) - n_orig, size=min(args.texts, len(originals)) - n_orig, replace=False
+        )
+        pick = list(range(n_orig)) + sorted((n_orig + extra).tolist())
     clfs: dict[str, Any] = {}
     for m in args.models.split(","):
         if m == "bow-lr":
@@ -178,7 +191,7 @@ def setup_cebab(args: argparse.Namespace, encoder: Any) -> Setup:
         [originals[i].clean_labels() for i in pick],
         pairs,
         clfs,
-        f"{len(pick)} CEBaB dev originals (gold concept labels); pool train_inclusive (no dev text); "
+        f"{len(pick)} CEBaB dev texts ({min(len(pick), n_orig)} originals, the rest edits; gold concept labels); pool train_inclusive (no dev text); "
         f"true CaCE = mean f(edit) - f(base) over the {len(pairs)} dev pairs of each cell",
     )
 
