@@ -228,14 +228,14 @@ function init() {
     tab.addEventListener("click", () => document.querySelectorAll(".rp-page").forEach((x) => { x.hidden = true; }));
   }
   // This module runs before app.js, which resets an unknown hash to its first tab: a shared
-  // #report/... URL is put back once it has.
+  // #report/... URL is put back once every module has run (the load event).
   const initial = location.hash;
-  setTimeout(() => {
+  window.addEventListener("load", () => {
     if (PAGES.includes(initial.slice(1).split("/")[0])) {
-      history.replaceState(null, "", initial);
+      if (location.hash !== initial) history.replaceState(null, "", initial);
       show();
     }
-  }, 0);
+  });
 }
 
 init();
