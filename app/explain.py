@@ -217,8 +217,8 @@ def explain_one(rt: Runtime, req: Any, prefix: str = "body") -> dict[str, Any]:
     q = Query(req.text, iv.concept, iv.target, iv.source, req.base_labels)
     check_query(r, q, f"{prefix}.base_labels", f"{prefix}.intervention.source")
     check_available(r, iv.concept, iv.target, prefix)
-    rt.maybe_calibrate(r.domain, r.classifier_name)
     exp, intervention, inferred, timings = run(rt, r, q)
+    rt.maybe_calibrate(r.domain, r.classifier_name)  # only after an explanation that worked
     return response(exp, r, intervention, inferred, timings)
 
 

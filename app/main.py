@@ -162,6 +162,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     buckets = build_rate_limiter(
         settings.rate_limit_per_s, settings.rate_limit_burst, settings.rate_limit_redis_url
     )
+    app.state.rate_limiter = buckets  # /readyz reports whether its shared store answers
     app.add_middleware(
         AuthMiddleware,
         keys=keys,

@@ -43,6 +43,10 @@ def readyz(request: Request, rt: Runtime = Depends(runtime)) -> JSONResponse:
         if stuck
         else f"{slots.inflight if slots is not None else 0} in flight",
     }
+    limiter_health = getattr(getattr(request.app.state, "rate_limiter", None), "health", None)
+    if limiter_health is not None:  # not required: without Redis, requests are limited per replica
+        status, detail = limiter_health()
+        components["rate_limit"] = {"status": status, "required": False, "detail": detail}
     ready = rt.ready and components["store"]["status"] == "ready" and not stuck
     body = Health(
         status="ready" if ready else "loading" if not rt.loaded.is_set() else "degraded",
