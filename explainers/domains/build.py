@@ -350,8 +350,14 @@ def _build_domain(
     space_meta: Mapping[str, Any] | None = None,
     replace: bool = False,
     log: Log = None,
+    task: str | None = None,
+    label_names: Mapping[str, str] | None = None,
 ) -> Domain:
-    """Build root/domain_id atomically (a temporary folder renamed at the end) and load it."""
+    """Build root/domain_id atomically (a temporary folder renamed at the end) and load it.
+
+    `task` and `label_names` say what the classifiers' labels mean in this domain (e.g. star
+    ratings), for people reading its explanations; nothing computes with them.
+    """
     from explainers.registry import available
 
     started = time.perf_counter()
@@ -386,6 +392,8 @@ def _build_domain(
         space=space,
         methods=methods_by_concept(pool, available()),
         generation=generation,
+        task=task,
+        label_names=dict(label_names) if label_names else None,
         build_seconds=round(time.perf_counter() - started, 2),
     )
     checkpoint()
