@@ -325,10 +325,14 @@ def build_domain(
     tagger_eval: tuple[list[str], list[dict[str, str]]] | None = None,
     taggers_builder: Callable[[Path], dict[str, dict[str, Any]]] | None = None,
     space_meta: Mapping[str, Any] | None = None,
+    finish: Callable[[Path], Mapping[str, Any]] | None = None,
     replace: bool = False,
     log: Log = None,
 ) -> Domain:
-    """Build root/domain_id atomically (a temporary folder renamed at the end) and load it."""
+    """Build root/domain_id atomically (a temporary folder renamed at the end) and load it.
+
+    `finish(folder)` may write more files into the folder and returns more meta.json fields
+    (the LLM build's provenance and report)."""
     from explainers.registry import available
 
     started = time.perf_counter()
@@ -347,6 +351,7 @@ def build_domain(
         meta_path.write_text(
             json.dumps({**json.loads(meta_path.read_text()), **space_meta}, indent=2, default=str)
         )
+    extra = dict(finish(tmp)) if finish is not None else {}
     write_meta(
         tmp,
         KIND,
@@ -361,6 +366,7 @@ def build_domain(
         methods=methods_by_concept(pool, available()),
         generation=generation,
         build_seconds=round(time.perf_counter() - started, 2),
+        **extra,
     )
     if replace and out.exists():
         shutil.rmtree(out)
