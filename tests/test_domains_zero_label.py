@@ -13,6 +13,8 @@ Three tiers:
 from __future__ import annotations
 
 import json
+import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,7 +26,7 @@ from fastapi.testclient import TestClient
 from app.main import create_app
 from app.settings import Settings
 from explainers.concepts import ConceptSchema, Intervention
-from explainers.data.movies import SCHEMA_DICT
+from explainers.data.movies import SCHEMA_DICT, movie_corpus
 from explainers.domains.llm_labels import (
     Label,
     LabelExample,
@@ -51,6 +53,7 @@ from explainers.generation.prompts import FewShot
 from explainers.llm_answers import answer_option, first_token_distribution
 
 SCHEMA = ConceptSchema.from_dict(SCHEMA_DICT)  # acting, plot, music: good / bad / unknown
+CONCEPT_DICTS: list[dict] = list(SCHEMA_DICT["concepts"])  # type: ignore[arg-type]
 TEXTS = [
     "The acting is superb. The plot drags.",
     "I went with two friends. The music is lovely.",
@@ -67,7 +70,7 @@ def test_label_prompts_share_their_prefix_and_put_the_text_last() -> None:
     schema = ConceptSchema.from_dict(
         {
             **SCHEMA_DICT,
-            "concepts": [{**SCHEMA_DICT["concepts"][1], "value_examples": {"bad": ["Dull plot."]}}],
+            "concepts": [{**CONCEPT_DICTS[1], "value_examples": {"bad": ["Dull plot."]}}],
         }
     )
     p = LabelPrompts(schema, examples)
@@ -104,7 +107,7 @@ def test_worked_examples_come_from_human_rows_and_are_left_out_of_the_check() ->
             for v, c in (("bad", 0.9), ("good", 0.5), ("good", 0.4), ("bad", 0.7))
         ]
     )
-    rep = label_report(run, ConceptSchema.from_dict({**SCHEMA_DICT, "concepts": [SCHEMA_DICT["concepts"][1]]}),
+    rep = label_report(run, ConceptSchema.from_dict({**SCHEMA_DICT, "concepts": [CONCEPT_DICTS[1]]}),
                        labels, exclude=used)  # fmt: skip
     plot = rep["plot"]
     checked = [i for i in (0, 1, 3) if i not in used]
@@ -208,7 +211,7 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
         yield c
 
 
-def _post(c: TestClient, rows: list[dict], **params: object) -> httpx.Response:
+def _post(c: TestClient | httpx.Client, rows: list[dict], **params: object) -> httpx.Response:
     body = "\n".join(json.dumps(r) for r in rows).encode()
     return c.post(
         "/v1/domains", files={"file": ("c.jsonl", body)}, data={"params": json.dumps({"id": "z", **params})}
@@ -263,3 +266,141 @@ def test_a_budget_too_small_is_refused_before_any_llm_call(tmp_path: Path) -> No
         # Within the budget, the plan needs the LLM's speed: an unreachable LLM is a 502, not a 500.
         r = _post(c, _rows(6), schema=SCHEMA_DICT, dry_run=True)
         assert r.status_code == 502 and "speed probe" in r.json()["detail"], r.text
+
+
+# -- end to end: a real llama.cpp server (SmolLM2-135M) and the service over HTTP -----------------
+
+CACHE = Path(os.environ.get("CACE_CACHE_DIR", Path.home() / ".cache" / "cace"))
+GGUF = CACHE / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+LLAMA_PORT, SERVICE_PORT, RATING_PORT = 9511, 9512, 9513
+
+
+@pytest.fixture(scope="module")
+def llama_url() -> Iterator[str]:
+    from explainers.generation.server import llama_python
+    from tests.servers import running
+
+    missing = [str(p) for p in (GGUF, llama_python()) if not p.exists()]
+    if missing:
+        msg = f"llama.cpp setup missing ({', '.join(missing)}); run scripts/setup.sh test"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    cmd = [str(llama_python()), "-m", "llama_cpp.server", "--model", str(GGUF), "--host", "127.0.0.1",
+           "--port", str(LLAMA_PORT), "--n_ctx", "4096", "--n_threads", "1"]  # fmt: skip
+    with running(cmd, port=LLAMA_PORT, health_path="/v1/models", timeout=120) as srv:
+        yield srv.base_url + "/v1"
+
+
+@pytest.fixture(scope="module")
+def rating_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The black box: a movie rating model trained on reviews without edits, served over HTTP."""
+    import joblib
+
+    from explainers.data.movies import train_rating_classifier
+    from tests.servers import python, running
+
+    path = tmp_path_factory.mktemp("clf") / "movie-rating.joblib"
+    joblib.dump(train_rating_classifier(movie_corpus(300, edits=False, seed=7)), path)
+    cmd = [python(), "-m", "explainers.serving", str(path), "--port", str(RATING_PORT)]
+    with running(cmd, port=RATING_PORT, health_path="/health", timeout=120) as srv:
+        yield srv.base_url + "/predict"
+
+
+def _wait(c: httpx.Client, job_id: str, timeout: float = 1500) -> dict:
+    deadline = time.monotonic() + timeout
+    seen_progress = None
+    while time.monotonic() < deadline:
+        job = c.get(f"/v1/jobs/{job_id}").json()
+        if job["status"] in ("succeeded", "failed", "cancelled"):
+            return {**job, "seen_progress": seen_progress}
+        building = [d for d in c.get("/v1/domains").json()["domains"] if d["status"] == "building"]
+        if building and building[0].get("progress"):
+            seen_progress = building[0]["progress"]
+        time.sleep(1)
+    raise TimeoutError(job_id)
+
+
+def test_an_unlabelled_domain_end_to_end_through_the_api(
+    tmp_path: Path, llama_url: str, rating_url: str
+) -> None:
+    from tests.service_server import service, store_env
+
+    # 16 movie reviews, no edits; three keep their human labels (worked examples and a check).
+    corpus = movie_corpus(16, edits=False, seed=3)
+    rows = [
+        {"text": r["text"], "labels": r["labels"] if i < 3 else {}, "id": f"t{i}"}
+        for i, r in enumerate(corpus)
+    ]
+    env = {**store_env("sqlite", tmp_path), "CACE_DATA_DIR": str(tmp_path / "data"), "CACE_DEFAULT_DOMAIN": "none",
+           "CACE_LLM_BASE_URL": llama_url, "CACE_LLM_MODEL": "smollm2", "CACE_CALIBRATION_MAX_PAIRS": "50"}  # fmt: skip
+    build = {"edits_per_direction": 1, "max_concurrency": 2, "max_tokens": 80, "max_llm_calls": 500}
+    with service(env, port=SERVICE_PORT) as svc, httpx.Client(base_url=svc.base_url, timeout=600) as c:
+        dry = _post(c, rows, schema=SCHEMA_DICT, llm_build=build, dry_run=True)
+        assert dry.status_code == 200, dry.text
+        plan = dry.json()["plan"]
+        assert plan["labelling"]["llm_calls"] == 16 * 3 and plan["pairs"]["planned_edits"] == 18
+        assert plan["llm_calls"] == 48 + 18 * 3 and plan["estimated_seconds"] > 0
+        assert plan["speed"]["measured"] is True
+        assert c.get("/v1/jobs").json()["jobs"] == []  # a dry run builds nothing
+
+        r = _post(c, rows, schema=SCHEMA_DICT, llm_build=build)
+        assert r.status_code == 202 and r.headers["location"].startswith("/v1/jobs/"), r.text
+        assert r.json()["plan"]["llm_calls"] == plan["llm_calls"]
+        job = _wait(c, r.json()["id"])
+        assert job["status"] == "succeeded", job
+        assert job["seen_progress"] is None or job["seen_progress"]["stage"] in (
+            "labels",
+            "taggers",
+            "pairs",
+            "space",
+        )
+        d = c.get("/v1/domains/z").json()
+        prov, report = d["provenance"], d["llm_build"]
+        # Provenance: 3 rows x 3 concepts of human labels, the rest the LLM's; every pair LLM-made.
+        assert prov["labels"] == {"human": 9, "llm": 13 * 3}
+        assert prov["pairs"]["human"] == 0 and prov["pairs_origin"] == (
+            "llm" if prov["pairs"]["llm"] else "none"
+        )
+        lab = report["labelling"]
+        assert lab["llm_calls"] + lab["cached_llm_calls"] >= 48 and sum(lab["scored_by"].values()) == 48
+        for t in d["taggers"].values():  # the honest report per concept
+            llm = t["llm_labels"]
+            assert 0 < (llm["mean_confidence"] or 0) <= 1 and sum(llm["values"].values()) == 16
+            assert llm["human_checked"] <= 3 and t["agreement_with_llm"] == t["accuracy"]
+            if llm["usable_labels"] is False:
+                assert t["usable"] is False and "majority rate" in t["why_unusable"]
+        pr = report["pairs"]
+        # Every planned edit is kept or rejected for a named reason; the plan bounds what was spent.
+        assert pr["kept_edits"] + sum(pr["rejections"].values()) == pr["planned_edits"] <= 18
+        assert prov["pairs"]["llm"] == pr["kept_edits"] == sum(d["stats"]["pairs"].values())
+        assert report["llm_calls"] <= plan["llm_calls"]
+        assert pr["kept_edits"] > 0, pr  # the downstream methods below need pairs
+
+        spec = {"protocol": "hf", "url": rating_url, "labels": ["neg", "pos"]}
+        assert c.post("/v1/classifiers", json={"name": "movie-rating", "spec": spec}).status_code == 201
+        q = {"domain": "z", "classifier": "movie-rating", "top_k": 3, "text": rows[5]["text"]}
+        concept = next(k.split(":")[0] for k in pr["kept_by_direction"])
+        target = next(k.split("->")[1] for k in pr["kept_by_direction"] if k.startswith(concept))
+        q["intervention"] = {"concept": concept, "target": target, "source": next(
+            v for v in SCHEMA[concept].values if v != target)}  # fmt: skip
+        for method in ("match", "splice"):
+            e = c.post("/v1/explanations", json={**q, "method": method})
+            assert e.status_code == 200, (method, e.text)
+            assert abs(sum(e.json()["icace"].values())) < 1e-6
+        cal = c.post("/v1/domains/z/calibrations", json={"classifier": "movie-rating"})
+        assert cal.status_code == 202, cal.text
+        assert _wait(c, cal.json()["id"])["status"] == "succeeded"
+        assert c.get("/v1/domains/z/calibrations").json()["movie-rating"]["pairs_origin"] == "llm"
+        auto = c.post("/v1/explanations", json={**q, "method": "auto"}).json()
+        assert auto["details"]["calibrated"] is True and auto["uncertainty"]["pairs_origin"] == "llm", auto
+
+        # A second build of the same texts asks the LLM nothing new: every answer is on disk.
+        again = _post(c, rows, schema=SCHEMA_DICT, llm_build=build)
+        assert again.status_code == 409  # the id exists
+        r2 = c.post("/v1/domains", files={"file": ("c.jsonl", "\n".join(json.dumps(x) for x in rows).encode())},
+                    data={"params": json.dumps({"id": "z2", "schema": SCHEMA_DICT, "llm_build": build})})  # fmt: skip
+        assert _wait(c, r2.json()["id"])["status"] == "succeeded"
+        d2 = c.get("/v1/domains/z2").json()
+        assert d2["llm_build"]["llm_calls"] == 0 and d2["llm_build"]["labelling"]["cache_hits"] == 48
+        assert d2["provenance"] == prov
