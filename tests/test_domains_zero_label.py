@@ -199,6 +199,37 @@ def test_plan_refuses_a_budget_that_gives_no_pairs_or_cannot_label() -> None:
         plan_build(_rows(10), SCHEMA, LLMBuildOptions(max_llm_calls=20), budget=1000)
 
 
+# -- an endpoint without logprobs (a FAKE server: llama.cpp always sends them) ------------------
+
+
+def test_labels_fall_back_to_sampling_where_the_endpoint_has_no_logprobs(tmp_path: Path) -> None:
+    from explainers.domains.llm_labels import LLMLabeller
+    from explainers.generation.backends import OpenAIBackend
+    from explainers.generation.cache import GenerationCache
+    from tests.servers import python, running
+
+    schema = ConceptSchema.from_dict(
+        {
+            "domain": "review",
+            "concepts": [{"name": "tone", "values": ["neg", "pos"], "description": "the tone"}],
+        }
+    )
+    cmd = [python(), "-m", "uvicorn", "tests.model_servers.fake_openai_llm:app", "--port", "9514",
+           "--log-level", "warning"]  # fmt: skip
+    with running(cmd, port=9514, health_path="/healthz", timeout=60) as srv:
+        backend = OpenAIBackend(f"{srv.base_url}/no-logprobs", "fake", max_retries=0)
+        cache = GenerationCache(tmp_path / "c.sqlite")
+        labeller = LLMLabeller(backend, schema, cache=cache, samples=3, max_concurrency=2)
+        run = labeller.label(TEXTS)
+        assert labeller.logprobs is False and run.by_method == {"sampling": len(TEXTS)}
+        assert all(row["tone"].value == "pos" and row["tone"].confidence == 1.0 for row in run.labels)
+        assert run.cost.prompt_tokens > 0 and run.cost.llm_calls >= len(TEXTS)
+        # The same texts again: every answer comes from the on-disk cache, nothing is asked.
+        again = LLMLabeller(backend, schema, cache=cache, samples=3).label(TEXTS)
+        assert again.cost.llm_calls == 0 and again.cache_hits == len(TEXTS)
+        assert again.values() == run.values()
+
+
 # -- 4xx through the app (in process) -------------------------------------------------------------
 
 

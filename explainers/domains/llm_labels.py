@@ -187,7 +187,14 @@ class LLMLabeller:
         self.seed = seed
         # None: not known yet; False: the endpoint sent no logprobs once, so sample from then on.
         self.logprobs: bool | None = None if hasattr(backend, "answer_logprobs") else False
+        if cache is not None and (cache.get_value(self._endpoint_key()) or {}).get("no_logprobs"):
+            self.logprobs = False  # learnt by an earlier run: do not ask this endpoint again
         self._lock = threading.Lock()
+
+    def _endpoint_key(self) -> str:
+        return (
+            f"label:endpoint:{self.backend.kind}:{self.backend.model}:{getattr(self.backend, 'base_url', '')}"
+        )
 
     def label(
         self, texts: Sequence[str], concepts: Sequence[str] | None = None, progress: Progress = None
@@ -279,6 +286,8 @@ class LLMLabeller:
                 raise
             with self._lock:
                 self.logprobs = False
+            if self.cache is not None:
+                self.cache.put_value(self._endpoint_key(), self.backend.model, {"no_logprobs": True})
             return None, False
         with self._lock:
             self.logprobs = True

@@ -313,7 +313,8 @@ def run(
         report = fit_taggers(pool, out, log=log)
         for c, row in report.items():
             lr = labels_report[c]
-            row["agreement_with_llm"] = row["accuracy"] if lr["human_checked"] < len(pool) else None
+            # Held-out accuracy against the labels it was trained on: the LLM's (human ones where given).
+            row["agreement_with_llm"] = row["accuracy"]
             row["llm_labels"] = lr
             if lr["usable_labels"] is False:
                 row["usable"] = False
