@@ -44,7 +44,7 @@ def _building(rt: Runtime) -> list[DomainOut]:
                             "status": "building",
                             "schema": req.get("schema"),
                             "progress": llm_builds.read_progress(rt, job["id"]),
-                        }  # fmt: skip
+                        }
                     )
                 )
     return out

@@ -34,7 +34,7 @@ from explainers.concepts import ConceptSchema
 from explainers.data.pool import Pool
 from explainers.domains.llm_labels import LabelPrompts, LLMLabeller, examples_from_rows, label_report
 from explainers.domains.llm_pairs import directions, generate_pairs, plan_pair_edits
-from explainers.generation.backends import LLMBackend
+from explainers.generation.backends import LLMBackend, LLMUnavailable
 from explainers.generation.cache import GenerationCache
 
 CHARS_PER_TOKEN = 4.0  # a rough rule for English text; the plan says it is an estimate
@@ -305,6 +305,9 @@ def run(
         temperature=options.temperature, max_tokens=options.max_tokens, seed=options.seed,
         progress=stage("pairs"),
     )  # fmt: skip
+    if pairs_report.planned and pairs_report.errors == pairs_report.planned:
+        # Every request failed: an outage, not "no edit passed". Retryable; the labels are cached.
+        raise LLMUnavailable(f"the LLM answered none of the {pairs_report.planned} edit requests")
     if log:
         log(f"llm pairs: {pairs_report.to_dict()}")
     llm_pairs = len(pool.pairs) - human_pairs
