@@ -357,21 +357,21 @@ def test_an_unlabelled_domain_end_to_end_through_the_api(
 ) -> None:
     from tests.service_server import service, store_env
 
-    # 16 movie reviews, no edits; three keep their human labels (worked examples and a check).
-    corpus = movie_corpus(16, edits=False, seed=3)
+    # 12 movie reviews, no edits; three keep their human labels (worked examples and a check).
+    corpus = movie_corpus(12, edits=False, seed=3)
     rows = [
         {"text": r["text"], "labels": r["labels"] if i < 3 else {}, "id": f"t{i}"}
         for i, r in enumerate(corpus)
     ]
     env = {**store_env("sqlite", tmp_path), "CACE_DATA_DIR": str(tmp_path / "data"), "CACE_DEFAULT_DOMAIN": "none",
            "CACE_LLM_BASE_URL": llama_url, "CACE_LLM_MODEL": "smollm2", "CACE_CALIBRATION_MAX_PAIRS": "50"}  # fmt: skip
-    build = {"edits_per_direction": 1, "max_concurrency": 2, "max_tokens": 80, "max_llm_calls": 500}
+    build = {"edits_per_direction": 2, "max_concurrency": 2, "max_tokens": 120, "max_llm_calls": 500}
     with service(env, port=SERVICE_PORT) as svc, httpx.Client(base_url=svc.base_url, timeout=600) as c:
         dry = _post(c, rows, schema=SCHEMA_DICT, llm_build=build, dry_run=True)
         assert dry.status_code == 200, dry.text
         plan = dry.json()["plan"]
-        assert plan["labelling"]["llm_calls"] == 16 * 3 and plan["pairs"]["planned_edits"] == 18
-        assert plan["llm_calls"] == 48 + 18 * 3 and plan["estimated_seconds"] > 0
+        assert plan["labelling"]["llm_calls"] == 12 * 3 and plan["pairs"]["planned_edits"] == 36
+        assert plan["llm_calls"] == 36 + 36 * 3 and plan["estimated_seconds"] > 0
         assert plan["speed"]["measured"] is True
         assert c.get("/v1/jobs").json()["jobs"] == []  # a dry run builds nothing
 
@@ -389,21 +389,21 @@ def test_an_unlabelled_domain_end_to_end_through_the_api(
         d = c.get("/v1/domains/z").json()
         prov, report = d["provenance"], d["llm_build"]
         # Provenance: 3 rows x 3 concepts of human labels, the rest the LLM's; every pair LLM-made.
-        assert prov["labels"] == {"human": 9, "llm": 13 * 3}
+        assert prov["labels"] == {"human": 9, "llm": 9 * 3}
         assert prov["pairs"]["human"] == 0 and prov["pairs_origin"] == (
             "llm" if prov["pairs"]["llm"] else "none"
         )
         lab = report["labelling"]
-        assert lab["llm_calls"] + lab["cached_llm_calls"] >= 48 and sum(lab["scored_by"].values()) == 48
+        assert lab["llm_calls"] + lab["cached_llm_calls"] >= 36 and sum(lab["scored_by"].values()) == 36
         for t in d["taggers"].values():  # the honest report per concept
             llm = t["llm_labels"]
-            assert 0 < (llm["mean_confidence"] or 0) <= 1 and sum(llm["values"].values()) == 16
+            assert 0 < (llm["mean_confidence"] or 0) <= 1 and sum(llm["values"].values()) == 12
             assert llm["human_checked"] <= 3 and t["agreement_with_llm"] == t["accuracy"]
             if llm["usable_labels"] is False:
                 assert t["usable"] is False and "majority rate" in t["why_unusable"]
         pr = report["pairs"]
         # Every planned edit is kept or rejected for a named reason; the plan bounds what was spent.
-        assert pr["kept_edits"] + sum(pr["rejections"].values()) == pr["planned_edits"] <= 18
+        assert pr["kept_edits"] + sum(pr["rejections"].values()) == pr["planned_edits"] <= 36
         assert prov["pairs"]["llm"] == pr["kept_edits"] == sum(d["stats"]["pairs"].values())
         assert report["llm_calls"] <= plan["llm_calls"]
         assert pr["kept_edits"] > 0, pr  # the downstream methods below need pairs
@@ -411,10 +411,9 @@ def test_an_unlabelled_domain_end_to_end_through_the_api(
         spec = {"protocol": "hf", "url": rating_url, "labels": ["neg", "pos"]}
         assert c.post("/v1/classifiers", json={"name": "movie-rating", "spec": spec}).status_code == 201
         q = {"domain": "z", "classifier": "movie-rating", "top_k": 3, "text": rows[5]["text"]}
-        concept = next(k.split(":")[0] for k in pr["kept_by_direction"])
-        target = next(k.split("->")[1] for k in pr["kept_by_direction"] if k.startswith(concept))
-        q["intervention"] = {"concept": concept, "target": target, "source": next(
-            v for v in SCHEMA[concept].values if v != target)}  # fmt: skip
+        concept, direction = next(iter(pr["kept_by_direction"])).split(":")
+        source, target = direction.split("->")
+        q["intervention"] = {"concept": concept, "target": target, "source": source}
         for method in ("match", "splice"):
             e = c.post("/v1/explanations", json={**q, "method": method})
             assert e.status_code == 200, (method, e.text)
@@ -433,5 +432,5 @@ def test_an_unlabelled_domain_end_to_end_through_the_api(
                     data={"params": json.dumps({"id": "z2", "schema": SCHEMA_DICT, "llm_build": build})})  # fmt: skip
         assert _wait(c, r2.json()["id"])["status"] == "succeeded"
         d2 = c.get("/v1/domains/z2").json()
-        assert d2["llm_build"]["llm_calls"] == 0 and d2["llm_build"]["labelling"]["cache_hits"] == 48
+        assert d2["llm_build"]["llm_calls"] == 0 and d2["llm_build"]["labelling"]["cache_hits"] == 36
         assert d2["provenance"] == prov
