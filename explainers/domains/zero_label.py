@@ -90,7 +90,9 @@ def measure_speed(backend: LLMBackend) -> LLMSpeed:
 
     def timed(text: str, max_tokens: int) -> tuple[float, int, int]:
         t0 = time.perf_counter()
-        c = backend.chat([{"role": "user", "content": text}], n=1, temperature=0.0, max_tokens=max_tokens, seed=0)
+        c = backend.chat(
+            [{"role": "user", "content": text}], n=1, temperature=0.0, max_tokens=max_tokens, seed=0
+        )
         return time.perf_counter() - t0, c.prompt_tokens, c.completion_tokens
 
     t_short, p_short, _ = timed(SPEED_PROBE, 1)
