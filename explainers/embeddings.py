@@ -185,8 +185,9 @@ class Encoder:
         missing = list(dict.fromkeys(t for t, row in zip(texts, found, strict=True) if row is None))
         fresh: dict[str, np.ndarray] = {}
         if missing:
-            # In chunks, so a long embedding run (a fresh pool) can report progress.
-            chunk = self.batch_size * 16
+            # In chunks, so a long embedding run (a fresh pool) can report progress, and a cancelled
+            # job's run stops within one model batch (Progress.update is a cancellation checkpoint).
+            chunk = self.batch_size
             parts: list[np.ndarray] = []
             with Progress(len(missing), "embed", unit="text") as bar:
                 for start in range(0, len(missing), chunk):

@@ -8,17 +8,62 @@ Library code creates `Progress(total, "what")` and calls `update()`; it writes n
 progress is switched on, so the service (which trains the same heads at start-up) and tests
 stay quiet. The `cace` subcommands call `enable()` first. `CACE_PROGRESS=0` silences it and
 `CACE_PROGRESS=1` forces it on.
+
+The same calls are where long work can be stopped: inside `cancellable(is_cancelled)`, every
+`Progress.update()` and every `checkpoint()` raises `explainers.errors.Cancelled` once
+`is_cancelled()` says so (asked at most once per interval). A service runs a domain build in
+such a block, so cancelling its job stops training within one batch.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 import sys
 import time
+from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import TextIO
 
+from explainers.errors import Cancelled
+
 _enabled = False
+
+
+class _Canceller:
+    def __init__(self, is_cancelled: Callable[[], bool], interval_s: float) -> None:
+        self.is_cancelled = is_cancelled
+        self.interval_s = interval_s
+        self._next = 0.0
+
+    def check(self) -> None:
+        now = time.monotonic()
+        if now < self._next:
+            return
+        self._next = now + self.interval_s
+        if self.is_cancelled():
+            raise Cancelled("cancelled")
+
+
+_canceller: contextvars.ContextVar[_Canceller | None] = contextvars.ContextVar("cace_canceller", default=None)
+
+
+@contextlib.contextmanager
+def cancellable(is_cancelled: Callable[[], bool], interval_s: float = 1.0) -> Iterator[None]:
+    """Within the block, `checkpoint()` and `Progress.update()` raise Cancelled once `is_cancelled()`."""
+    token = _canceller.set(_Canceller(is_cancelled, interval_s))
+    try:
+        yield
+    finally:
+        _canceller.reset(token)
+
+
+def checkpoint() -> None:
+    """Raise Cancelled if the enclosing `cancellable` block's work was cancelled (else a no-op)."""
+    canceller = _canceller.get()
+    if canceller is not None:
+        canceller.check()
 
 
 def enable(on: bool = True) -> None:
@@ -89,6 +134,7 @@ class Progress:
         self.n += n
         if note is not None:
             self.note = note
+        checkpoint()
         if not self.active:
             return
         now = time.monotonic()

@@ -31,6 +31,7 @@ from sklearn.linear_model import LogisticRegression
 
 from explainers.artifacts import data_hash, read_meta, write_meta
 from explainers.concepts import CEBAB_SCHEMA, ConceptSchema
+from explainers.progress import checkpoint
 
 FEATURES = ("minilm", "tfidf")
 DEFAULT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
@@ -115,6 +116,7 @@ class TaggerSet:
         X = self._features(texts)
         self.taggers = {}
         for concept in self.schema.concepts:
+            checkpoint()  # a cancelled build stops between concepts
             values = list(concept.values)
             keep = [i for i, row in enumerate(labels) if row.get(concept.name) in values]
             if not keep:

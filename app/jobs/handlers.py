@@ -8,6 +8,7 @@ bootstrap is seeded by the request.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
@@ -25,7 +26,10 @@ from explainers.concepts import ConceptSchema, Intervention
 from explainers.data.pool import Pool
 from explainers.errors import UpstreamUnavailable
 from explainers.estimate import cace
+from explainers.progress import cancellable
 from explainers.types import Explanation, explain_batch, zero_explanation
+
+log = logging.getLogger(__name__)
 
 
 class EffectsHandler:
@@ -268,16 +272,19 @@ class DomainHandler:
 
         schema = ConceptSchema.from_dict(request["schema"])
         domain_id = request["domain_id"]
-        if request.get("llm_build"):  # no labels or edits in the corpus: an LLM makes them first
-            from app.llm_builds import run_llm_stages
+        # Cancelling the job stops the build at its next checkpoint (a training batch, an embedding
+        # batch, a stage): the store says so to every replica; the build's folder is then removed.
+        with cancellable(lambda: self._cancelled(job_id)):
+            if request.get("llm_build"):  # no labels or edits in the corpus: an LLM makes them first
+                from app.llm_builds import run_llm_stages
 
-            pool, hooks = run_llm_stages(self.rt, job_id, schema, payload["corpus"], request["llm_build"])
-        else:
-            pool, hooks = pool_from_rows(payload["corpus"], schema), {}
-        augment = self._augmenter(job_id, pool, request["generate"]) if request.get("generate") else None
-        domain = build_domain(
-            self.rt.domains.root, domain_id, pool, encoder=self.rt.encoder(), augment=augment, **hooks
-        )
+                pool, hooks = run_llm_stages(self.rt, job_id, schema, payload["corpus"], request["llm_build"])
+            else:
+                pool, hooks = pool_from_rows(payload["corpus"], schema), {}
+            augment = self._augmenter(job_id, pool, request["generate"]) if request.get("generate") else None
+            domain = build_domain(
+                self.rt.domains.root, domain_id, pool, encoder=self.rt.encoder(), augment=augment, **hooks
+            )
         self.rt.forget_domain(domain_id)
         d = domain.describe()
         return {
@@ -290,6 +297,13 @@ class DomainHandler:
             "provenance": d["provenance"],
             "llm_build": d["llm_build"],
         }
+
+    def _cancelled(self, job_id: str) -> bool:
+        try:
+            return self.rt.store.job_status(job_id) not in ("queued", "running")
+        except Exception:  # a store that blinks does not stop a build; the next check asks again
+            log.warning("job %s: could not read its status", job_id, exc_info=True)
+            return False
 
     def _augmenter(self, job_id: str, pool: Pool, gen: dict[str, Any]) -> Any:
         """Add LLM-generated counterfactuals, cached per job so a re-run item resumes, not restarts.
@@ -322,6 +336,7 @@ class DomainHandler:
         return run
 
     def finalize(self, job_id: str, request: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
+        self.rt.domains.release_build(request["domain_id"], job_id)
         row = rows[0]
         if row["status"] != "done":
             raise ValueError(row.get("error") or "domain build failed")

@@ -18,10 +18,8 @@ The same steps build every domain, an uploaded corpus and CEBaB alike:
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -29,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from explainers.artifacts import data_hash, write_meta
+from explainers.artifacts import OWNER, child_path, data_hash, staging_dir, touch_staging, write_meta
 from explainers.concepts import Concept, ConceptSchema
 from explainers.data.pool import Pool
 from explainers.domains.domain import (
@@ -41,6 +39,8 @@ from explainers.domains.domain import (
     load_domain,
     majority_rate,
 )
+from explainers.jsonl import loads_line
+from explainers.progress import checkpoint
 
 UNKNOWN = "unknown"
 MAX_LABEL_CHARS = 64
@@ -80,8 +80,11 @@ def validate_rows(
     schema: ConceptSchema | None = None,
     *,
     max_text_chars: int = 20000,
+    max_labels: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Parse and check corpus rows (JSON lines or dicts); errors name the 1-based line."""
+    """Parse and check corpus rows (JSON lines or dicts); errors name the 1-based line.
+
+    `max_labels` caps the concepts one row may label (a service's per-domain concept limit)."""
     rows: list[dict[str, Any]] = []
     for n, line in enumerate(lines, start=1):
         where = f"body.file.line{n}"
@@ -89,9 +92,9 @@ def validate_rows(
             if not line.strip():
                 continue
             try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DomainBuildError(where, f"invalid JSON: {e.msg}") from e
+                obj = loads_line(line)
+            except ValueError as e:  # bad syntax, nesting too deep, an integer too long
+                raise DomainBuildError(where, str(e)) from e
         else:
             obj = dict(line)
         if not isinstance(obj, dict) or not isinstance(obj.get("text"), str) or not obj["text"].strip():
@@ -110,6 +113,11 @@ def validate_rows(
         if len(obj["text"]) > max_text_chars:
             raise DomainBuildError(where + ".text", f"at most {max_text_chars} characters")
         labels = obj.get("labels", {})
+        if max_labels is not None and isinstance(labels, dict) and len(labels) > max_labels:
+            raise DomainBuildError(
+                where + ".labels",
+                f"{len(labels)} concepts on one line; this server allows at most {max_labels} per domain",
+            )
         if not isinstance(labels, dict) or not all(
             isinstance(k, str)
             and isinstance(v, str)
@@ -314,12 +322,27 @@ def methods_by_concept(pool: Pool, methods: Iterable[str]) -> dict[str, dict[str
     return out
 
 
-def build_domain(
+def build_domain(root: Path, domain_id: str, pool: Pool, *, encoder: Any, **options: Any) -> Domain:
+    """Build root/domain_id atomically and load it (see `_build_domain` for the options).
+
+    The build writes into a folder of its own under root/.staging, renamed into place when
+    complete; whatever ends it early (an error, a cancelled job) removes that folder, and a
+    process killed mid-build leaves one that `clean_stale_staging` removes at the next start.
+    """
+    tmp = staging_dir(Path(root), domain_id)
+    try:
+        return _build_domain(root, domain_id, pool, encoder=encoder, tmp=tmp, **options)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # after success it was renamed: nothing is left there
+
+
+def _build_domain(
     root: Path,
     domain_id: str,
     pool: Pool,
     *,
     encoder: Any,
+    tmp: Path,
     source: str = "upload",
     augment: Callable[[Pool], tuple[Pool, dict[str, Any]]] | None = None,
     tagger_eval: tuple[list[str], list[dict[str, str]]] | None = None,
@@ -336,16 +359,19 @@ def build_domain(
     from explainers.registry import available
 
     started = time.perf_counter()
-    out = Path(root) / domain_id
-    # A folder of its own per build: two processes building one domain (replicas starting on a
-    # shared volume) never write into each other's files; the first to finish wins.
-    tmp = out.with_name(f"{out.name}.building-{os.getpid()}-{uuid.uuid4().hex[:6]}")
-    tmp.mkdir(parents=True)
+    # A folder of its own per build (`tmp`): two processes building one domain (replicas starting
+    # on a shared volume) never write into each other's files; the first to finish wins.
+    out = child_path(Path(root), domain_id)
     generation = None
     if augment is not None:
         pool, generation = augment(pool)
+        checkpoint()
+        touch_staging(tmp)
     taggers = (taggers_builder or (lambda d: fit_taggers(pool, d, tagger_eval, log)))(tmp / "taggers")
+    checkpoint()
+    touch_staging(tmp)
     space = train_space(pool, encoder, tmp / "spaces" / DEFAULT_SPACE, log)
+    checkpoint()
     if space_meta:
         meta_path = tmp / "spaces" / DEFAULT_SPACE / "meta.json"
         meta_path.write_text(
@@ -368,6 +394,8 @@ def build_domain(
         build_seconds=round(time.perf_counter() - started, 2),
         **extra,
     )
+    checkpoint()
+    (tmp / OWNER).unlink(missing_ok=True)  # the staging record is not part of the domain
     if replace and out.exists():
         shutil.rmtree(out)
     try:
