@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import anyio.to_thread
 from fastapi import Depends, FastAPI
 
 from app import observability, openapi, problems, ui
@@ -76,6 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         batch=settings.job_claim_batch,
         poll_s=settings.job_poll_s,
         max_attempts=settings.job_max_attempts,
+        item_timeout_s=settings.job_item_timeout_s,
     )
 
     # Every classifier and LLM client gets this deny-by-default transport (app.specs labels it per client).
@@ -85,6 +87,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Sync routes run on anyio's worker threads (40 by default): with fewer threads than
+        # admitted requests, requests stuck on slow upstreams would starve the rest while the
+        # in-flight cap still admits them. Admission (CACE_MAX_INFLIGHT) is the one gate.
+        threads = anyio.to_thread.current_default_thread_limiter()
+        threads.total_tokens = max(threads.total_tokens, settings.max_inflight + 8)
+
         def boot() -> None:
             rt.load_defaults()
             if not stopping.is_set():
@@ -149,6 +157,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     buckets = build_rate_limiter(
         settings.rate_limit_per_s, settings.rate_limit_burst, settings.rate_limit_redis_url
     )
+    app.state.rate_limiter = buckets  # /readyz reports whether its shared store answers
     app.add_middleware(
         AuthMiddleware,
         keys=keys,

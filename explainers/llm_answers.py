@@ -30,6 +30,9 @@ import numpy as np
 from explainers.errors import UpstreamMalformed
 
 EDGE = "\"'`*_.,;:!?()[]<> \t\n"
+# Logprobs above 0 by more than rounding are malformed; below the floor they are all probability 0.
+LOGPROB_SLACK = 1e-3
+LOGPROB_FLOOR = -1e4
 
 
 def norm(s: str) -> str:
@@ -48,9 +51,13 @@ def top_pairs(raw: Any, source: str, error: type[Exception] = UpstreamMalformed)
     for tok, lp in items:
         if not isinstance(tok, str) or isinstance(lp, bool) or not isinstance(lp, int | float):
             raise error(f"{source}: top_logprobs entry {tok!r}: {lp!r} is not a token and a logprob")
-        if math.isnan(lp):
-            raise error(f"{source}: logprob for token {tok!r} is NaN")
-        pairs.append((tok, float(lp)))
+        if not math.isfinite(lp):
+            raise error(f"{source}: logprob for token {tok!r} is {lp!r}, not a finite number")
+        if lp > LOGPROB_SLACK:
+            raise error(f"{source}: logprob for token {tok!r} is {lp:.3g}; a log-probability is at most 0")
+        # Rounding may put a certain token a hair above 0; a vanishing one may be -1e308. Neither
+        # may reach exp() or a sum of logprobs as such: clamp to the range that means something.
+        pairs.append((tok, min(0.0, max(LOGPROB_FLOOR, float(lp)))))
     return pairs
 
 
@@ -92,6 +99,11 @@ def first_token_distribution(
         listed = [math.exp(lp) for _, lp in pairs]
         leftover = max(0.0, 1.0 - sum(listed))
         mass[~seen] = min(min(listed), leftover / int((~seen).sum()))
+    if not mass.sum() > 0:
+        raise error(
+            f"{source}: the {what}s' tokens carry no probability at the answer position "
+            f"(logprobs {[round(lp, 1) for _, lp in pairs[:5]]})"
+        )
     return mass / mass.sum()
 
 

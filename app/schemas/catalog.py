@@ -176,6 +176,10 @@ class DomainOut(BaseModel):
         None, description="An LLM-built domain: its plan, labelling report per concept, pairs report, cost"
     )
     progress: dict[str, Any] | None = Field(None, description="While building: the stage and how far it is")
+    task: str | None = Field(None, description="What the classifiers' labels mean in this domain")
+    label_names: dict[str, str] | None = Field(
+        None, description="A readable name per classifier label (e.g. '4' -> '4 stars')"
+    )
     calibrations: dict[str, Any] = Field(default_factory=dict)
 
     model_config = ConfigDict(populate_by_name=True)
@@ -187,6 +191,11 @@ class DomainList(BaseModel):
 
 class MethodsOut(BaseModel):
     methods: dict[str, str]
+    unavailable: dict[str, str] = Field(
+        default_factory=dict,
+        description="Methods above that cannot run as this server is configured now, with the reason "
+        "(e.g. generate while no LLM is set or registered; a request's inline LLM spec still works).",
+    )
 
 
 class Health(BaseModel):

@@ -41,6 +41,7 @@ from explainers.classifiers.base import MalformedResponse, check_proba
 from explainers.classifiers.http import HttpClassifier, HttpOptions
 from explainers.classifiers.usage import current
 from explainers.llm_answers import answer_option, first_token_distribution, norm, top_pairs
+from explainers.outbound import token_count
 
 Endpoint = Literal["chat", "completions"]
 Scoring = Literal["logprobs", "sequence", "sampling"]
@@ -314,4 +315,4 @@ class OpenAIChatClassifier(HttpClassifier):
 
 
 def _int(x: Any) -> int:
-    return int(x) if isinstance(x, int | float) and not isinstance(x, bool) else 0
+    return token_count(x)

@@ -351,8 +351,13 @@ def _build_domain(
     finish: Callable[[Path], Mapping[str, Any]] | None = None,
     replace: bool = False,
     log: Log = None,
+    task: str | None = None,
+    label_names: Mapping[str, str] | None = None,
 ) -> Domain:
     """Build root/domain_id atomically (a temporary folder renamed at the end) and load it.
+
+    `task` and `label_names` say what the classifiers' labels mean in this domain (e.g. star
+    ratings), for people reading its explanations; nothing computes with them.
 
     `finish(folder)` may write more files into the folder and returns more meta.json fields
     (the LLM build's provenance and report)."""
@@ -391,6 +396,8 @@ def _build_domain(
         space=space,
         methods=methods_by_concept(pool, available()),
         generation=generation,
+        task=task,
+        label_names=dict(label_names) if label_names else None,
         build_seconds=round(time.perf_counter() - started, 2),
         **extra,
     )

@@ -19,6 +19,9 @@ from explainers.domains.domain import Domain, load_domain, majority_rate
 DOMAIN_ID = "cebab"
 POOL_SPLIT = "train_inclusive"
 SHIPPED_STACKING = Path(__file__).resolve().parents[1] / "matching" / "cebab_stacking.json"
+# What the reference classifiers' labels mean here: a review's overall rating in stars.
+TASK = "the review's overall rating: 1 to 5 stars"
+LABEL_NAMES = {str(n): f"{n} star{'s' if n > 1 else ''}" for n in range(1, 6)}
 
 
 def _taggers_builder(data_dir: str | os.PathLike[str] | None):
@@ -52,7 +55,11 @@ def ensure_cebab_domain(
 
     path = Path(root) / DOMAIN_ID
     if (path / "meta.json").exists():
-        return load_domain(path, encoder=encoder)
+        domain = load_domain(path, encoder=encoder)
+        # Builds from before the label description had none.
+        domain.meta.setdefault("task", TASK)
+        domain.meta.setdefault("label_names", LABEL_NAMES)
+        return domain
     shipped = json.loads(SHIPPED_STACKING.read_text()) if SHIPPED_STACKING.exists() else {}
     stacking = {k: {**v, "shipped_with_library": True} for k, v in shipped.get("stacking", {}).items()}
     return build_domain(
@@ -64,4 +71,6 @@ def ensure_cebab_domain(
         taggers_builder=_taggers_builder(data_dir),
         space_meta={"train_split": POOL_SPLIT, "stacking": stacking},
         log=log,
+        task=TASK,
+        label_names=LABEL_NAMES,
     )

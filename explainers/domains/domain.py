@@ -216,6 +216,8 @@ def describe(domain_id: str, directory: Path, meta: Mapping[str, Any]) -> dict[s
         "generation": None,
         "provenance": None,
         "llm_build": None,
+        "task": None,
+        "label_names": None,
     }
     return {
         "id": domain_id,
