@@ -28,11 +28,12 @@ from app.auth.keys import key_store
 from app.auth.middleware import AuthMiddleware
 from app.auth.router import keys_router
 from app.jobs.handlers import CalibrationHandler, DomainHandler, EffectsHandler
+from app.jobs.reports import ReportHandler
 from app.jobs.worker import Workers
 from app.limits import BodyLimitMiddleware, InflightLimitMiddleware, Slots, TimeoutMiddleware
 from app.ratelimit import build_rate_limiter
 from app.resources import Runtime
-from app.routes import domains, effects, explanations, health, jobs, kserve, registries
+from app.routes import domains, effects, explanations, health, jobs, kserve, registries, reports
 from app.routes.common import storable_json_body
 from app.settings import Settings, get_settings
 from app.specs import outbound_transport
@@ -63,6 +64,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "effects": EffectsHandler(rt),
         "domain": DomainHandler(rt),
         "calibration": CalibrationHandler(rt),
+        "report": ReportHandler(rt, "report"),
+        "comparison": ReportHandler(rt, "comparison"),
     }
     if settings.ray_address:  # effects batches run on Ray actors; the store and finalize stay here
         from app.jobs.ray_executor import RayEffectsHandler
@@ -115,7 +118,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         openapi_tags=[
             {"name": n}
-            for n in ("explanations", "effects", "jobs", "classifiers", "llms", "domains", "health")
+            for n in (
+                "explanations",
+                "effects",
+                "reports",
+                "jobs",
+                "classifiers",
+                "llms",
+                "domains",
+                "health",
+            )
         ],
     )
     keys = key_store(store.engine, settings, store.metadata)
@@ -140,6 +152,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         health.router,
         explanations.router,
         effects.router,
+        reports.router,
         jobs.router,
         registries.router,
         domains.router,

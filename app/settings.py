@@ -60,6 +60,8 @@ class Settings(BaseSettings):
     max_top_k: int = 50
     max_inline_texts: int = 50
     max_effect_texts: int = 10000
+    # Texts per report or comparison (each text costs one search per concept and target value).
+    max_report_texts: int = 2000
     # Texts per JSONL upload (/v1/effects/upload streams into the store; max_body_bytes still applies).
     max_upload_texts: int = 1_000_000
     max_body_bytes: int = 10 * 1024 * 1024

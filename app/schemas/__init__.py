@@ -41,6 +41,7 @@ from app.schemas.explanations import (
     Timings,
     Uncertainty,
 )
+from app.schemas.reports import ComparisonRequest, ReportFormat, ReportRequest, SampleSpec
 from app.schemas.types import (
     MAX_SEED,
     Aggregation,
@@ -52,6 +53,10 @@ from app.schemas.types import (
 )
 
 __all__ = [
+    "ComparisonRequest",
+    "ReportFormat",
+    "ReportRequest",
+    "SampleSpec",
     "Aggregation",
     "CLASSIFIER_FIELD",
     "CaceResult",

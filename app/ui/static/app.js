@@ -53,11 +53,18 @@ function initTabs() {
   // Back and Forward (and a link or an edited URL) switch tabs and restore a shared explanation.
   window.addEventListener("popstate", () => followHash());
   window.addEventListener("hashchange", () => followHash());
-  select(parseHash().tab, { push: false });
+  if (!ownedElsewhere()) select(parseHash().tab, { push: false });
 }
 
 let shown = ""; // the explanation query the page last ran or restored
+// A hash naming a page another module built (#report/..., #compare/...) is that module's to show.
+function ownedElsewhere() {
+  const name = location.hash.slice(1).split(/[/?]/)[0];
+  return name !== "" && !TABS.includes(name) && document.getElementById(`page-${name}`) !== null;
+}
+
 function followHash() {
+  if (ownedElsewhere()) return;
   const { tab, query } = parseHash();
   select(tab, { push: false });
   if (tab === "explain" && query && serviceReady && query.toString() !== shown) restoreExplanation(query);
