@@ -348,6 +348,7 @@ def _build_domain(
     tagger_eval: tuple[list[str], list[dict[str, str]]] | None = None,
     taggers_builder: Callable[[Path], dict[str, dict[str, Any]]] | None = None,
     space_meta: Mapping[str, Any] | None = None,
+    finish: Callable[[Path], Mapping[str, Any]] | None = None,
     replace: bool = False,
     log: Log = None,
     task: str | None = None,
@@ -357,7 +358,9 @@ def _build_domain(
 
     `task` and `label_names` say what the classifiers' labels mean in this domain (e.g. star
     ratings), for people reading its explanations; nothing computes with them.
-    """
+
+    `finish(folder)` may write more files into the folder and returns more meta.json fields
+    (the LLM build's provenance and report)."""
     from explainers.registry import available
 
     started = time.perf_counter()
@@ -379,6 +382,7 @@ def _build_domain(
         meta_path.write_text(
             json.dumps({**json.loads(meta_path.read_text()), **space_meta}, indent=2, default=str)
         )
+    extra = dict(finish(tmp)) if finish is not None else {}
     write_meta(
         tmp,
         KIND,
@@ -395,6 +399,7 @@ def _build_domain(
         task=task,
         label_names=dict(label_names) if label_names else None,
         build_seconds=round(time.perf_counter() - started, 2),
+        **extra,
     )
     checkpoint()
     (tmp / OWNER).unlink(missing_ok=True)  # the staging record is not part of the domain
