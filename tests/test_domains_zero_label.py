@@ -202,11 +202,12 @@ def test_plan_refuses_a_budget_that_gives_no_pairs_or_cannot_label() -> None:
 # -- an endpoint without logprobs (a FAKE server: llama.cpp always sends them) ------------------
 
 
+@pytest.mark.server  # starts servers (launchers imported inside the test)
 def test_labels_fall_back_to_sampling_where_the_endpoint_has_no_logprobs(tmp_path: Path) -> None:
+    from benchmarks.harness.servers import python, running
     from explainers.domains.llm_labels import LLMLabeller
     from explainers.generation.backends import OpenAIBackend
     from explainers.generation.cache import GenerationCache
-    from tests.servers import python, running
 
     schema = ConceptSchema.from_dict(
         {
@@ -214,7 +215,7 @@ def test_labels_fall_back_to_sampling_where_the_endpoint_has_no_logprobs(tmp_pat
             "concepts": [{"name": "tone", "values": ["neg", "pos"], "description": "the tone"}],
         }
     )
-    cmd = [python(), "-m", "uvicorn", "tests.model_servers.fake_openai_llm:app", "--port", "9514",
+    cmd = [python(), "-m", "uvicorn", "benchmarks.harness.model_servers.fake_openai_llm:app", "--port", "9514",
            "--log-level", "warning"]  # fmt: skip
     with running(cmd, port=9514, health_path="/healthz", timeout=60) as srv:
         backend = OpenAIBackend(f"{srv.base_url}/no-logprobs", "fake", max_retries=0)
@@ -308,8 +309,8 @@ LLAMA_PORT, SERVICE_PORT, RATING_PORT = 9511, 9512, 9513
 
 @pytest.fixture(scope="module")
 def llama_url() -> Iterator[str]:
+    from benchmarks.harness.servers import running
     from explainers.generation.server import llama_python
-    from tests.servers import running
 
     missing = [str(p) for p in (GGUF, llama_python()) if not p.exists()]
     if missing:
@@ -328,8 +329,8 @@ def rating_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The black box: a movie rating model trained on reviews without edits, served over HTTP."""
     import joblib
 
+    from benchmarks.harness.servers import python, running
     from explainers.data.movies import train_rating_classifier
-    from tests.servers import python, running
 
     path = tmp_path_factory.mktemp("clf") / "movie-rating.joblib"
     joblib.dump(train_rating_classifier(movie_corpus(300, edits=False, seed=7)), path)
@@ -352,10 +353,11 @@ def _wait(c: httpx.Client, job_id: str, timeout: float = 1500) -> dict:
     raise TimeoutError(job_id)
 
 
+@pytest.mark.server  # starts servers (launchers imported inside the test)
 def test_an_unlabelled_domain_end_to_end_through_the_api(
     tmp_path: Path, llama_url: str, rating_url: str
 ) -> None:
-    from tests.service_server import service, store_env
+    from benchmarks.harness.service import service, store_env
 
     # 12 movie reviews, no edits; three keep their human labels (worked examples and a check).
     corpus = movie_corpus(12, edits=False, seed=3)

@@ -74,6 +74,23 @@ FILLERS = [
     "It is based on a short novel.",
 ]
 
+SCHEMA_DICT = {
+    "domain": "movie review",
+    "concepts": [
+        {
+            "name": c,
+            "values": list(VALUES),
+            "description": f"what the review says about the {c}",
+            "value_descriptions": {
+                "good": f"the review praises the {c}",
+                "bad": f"the review criticises the {c}",
+                "unknown": f"the review does not mention the {c}",
+            },
+        }
+        for c in CONCEPTS
+    ],
+}
+
 
 def rating(labels: dict[str, str], rng: np.random.Generator) -> str:
     score = sum(WEIGHTS[c] * {"good": 1.0, "bad": -1.0}.get(labels[c], 0.0) for c in CONCEPTS)
