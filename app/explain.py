@@ -187,6 +187,7 @@ def run(rt: Runtime, r: Resolved, q: Query) -> tuple[Explanation, Intervention, 
     src, inferred, labels = source_for(rt, r.domain, q)
     t_source = time.perf_counter()
     intervention = Intervention(q.concept, q.target, src)
+    locked = t_source
     if src == q.target:
         base = np.asarray(r.classifier.predict_proba([q.text]), float)[0]
         exp = zero_explanation(r.method, r.classifier.labels, base, intervention)
@@ -196,20 +197,33 @@ def run(rt: Runtime, r: Resolved, q: Query) -> tuple[Explanation, Intervention, 
         # Methods outside the counterfactual path (pair-transfer, stacks, CONEXP, ...) call the classifier
         # themselves: a prompted-LLM classifier's tokens they spend are metered here (a meter only sees
         # calls no inner meter counted, so nothing is counted twice).
-        with r.lock, metered() as usage:
-            exp = r.explainer.explain(q.text, intervention, r.classifier, r.top_k, base_labels=labels)
+        with r.lock:
+            locked = time.perf_counter()
+            with metered() as usage:
+                exp = r.explainer.explain(q.text, intervention, r.classifier, r.top_k, base_labels=labels)
         exp.cost.add_classifier_llm(usage)
     done = time.perf_counter()
+    waited_lock = locked - t_source
     timings = {
         "total_ms": round((done - started) * 1000, 3),
+        "lock_wait_ms": round(waited_lock * 1000, 3),
         "source_inference_ms": round((t_source - started) * 1000, 3),
-        "explain_ms": round((done - t_source) * 1000, 3),
+        "explain_ms": round((done - t_source - waited_lock) * 1000, 3),
     }
     return exp, intervention, inferred, timings
 
 
-def explain_one(rt: Runtime, req: Any, prefix: str = "body") -> dict[str, Any]:
-    """The whole path of one ExplanationRequest: resolve, check, explain, answer (routes and `:explain`)."""
+def explain_one(
+    rt: Runtime, req: Any, prefix: str = "body", received_at: float | None = None
+) -> dict[str, Any]:
+    """The whole path of one ExplanationRequest: resolve, check, explain, answer (routes and `:explain`).
+
+    `received_at` (time.perf_counter() when the request arrived) makes `timings.total_ms` count
+    the wait before this function ran too; resolving (with any explainer built on the way) and
+    waiting for the explainer's lock are timed on their own.
+    """
+    began = time.perf_counter()
+    arrived = received_at if received_at is not None and received_at <= began else began
     if len(req.text) > rt.settings.max_text_chars:
         raise field_error(f"{prefix}.text", f"at most {rt.settings.max_text_chars} characters")
     r = resolve(rt, req, prefix)
@@ -217,8 +231,15 @@ def explain_one(rt: Runtime, req: Any, prefix: str = "body") -> dict[str, Any]:
     q = Query(req.text, iv.concept, iv.target, iv.source, req.base_labels)
     check_query(r, q, f"{prefix}.base_labels", f"{prefix}.intervention.source")
     check_available(r, iv.concept, iv.target, prefix)
-    rt.maybe_calibrate(r.domain, r.classifier_name)
+    rt.maybe_calibrate(r.domain, r.classifier_name, queued_by="explanation")
+    resolved = time.perf_counter()
     exp, intervention, inferred, timings = run(rt, r, q)
+    timings = {
+        **timings,
+        "total_ms": round((time.perf_counter() - arrived) * 1000, 3),
+        "waited_ms": round((began - arrived) * 1000, 3),
+        "resolve_ms": round((resolved - began) * 1000, 3),
+    }
     return response(exp, r, intervention, inferred, timings)
 
 

@@ -31,15 +31,18 @@ from explainers.classifiers.base import Classifier
 from explainers.classifiers.cache import CachingClassifier
 from explainers.domains import BUILTIN as BUILTIN_DOMAINS
 from explainers.domains import Domain
+from explainers.progress import Stages
 from explainers.registry import MissingResource, available, build_explainer
 
 log = logging.getLogger("cace.resources")
+# What the first start is doing: one line per stage and per 10% (explainers.progress.Stages).
+startup_log = logging.getLogger("cace.startup")
 
 BUILTIN = "builtin"
 
 
 class Component:
-    """Load state of one embedded default."""
+    """Load state of one embedded default, with its stages while it loads (`/readyz`, the log, the UI)."""
 
     def __init__(self, name: str, required: bool) -> None:
         self.name = name
@@ -47,13 +50,19 @@ class Component:
         self.status = "pending"
         self.detail = ""
         self.seconds: float | None = None
+        self.stages = Stages(f"default {name}", log=startup_log.info)
 
     def to_dict(self) -> dict[str, Any]:
+        progress = self.stages.snapshot()
+        detail = self.detail
+        if self.status == "loading" and progress["stage"]:
+            detail = f"{progress['stage']}: {self.stages.line()}"
         return {
             "status": self.status,
-            "detail": self.detail,
+            "detail": detail,
             "required": self.required,
             "seconds": self.seconds,
+            "progress": progress,
         }
 
 
@@ -106,8 +115,9 @@ class Runtime:
             try:
                 comp.detail = fn()
                 comp.status = "ready"
-                with self._lock:
-                    self._explainers.clear()  # rebuild with the newly loaded resource
+                startup_log.info(
+                    "default %s ready in %.1fs: %s", name, time.perf_counter() - started, comp.detail
+                )
             except ModuleNotFoundError as e:
                 comp.status, comp.detail = "unavailable", f"library module missing: {e.name}"
             except Exception as e:  # keep serving what did load
@@ -115,6 +125,29 @@ class Runtime:
                 comp.status, comp.detail = "failed", f"{type(e).__name__}: {e}"
             comp.seconds = round(time.perf_counter() - started, 2)
         self.loaded.set()
+
+    def prewarm_methods(self) -> list[str]:
+        """The methods built for the default domain and classifier before the service is ready."""
+        return [m for m in self.settings.prewarm_methods if m in available()]
+
+    def _prewarm(self, domain: Domain, stages: Stages) -> list[str]:
+        """Build the default domain's explainers for the default classifier now, not in a first request.
+
+        Each build (a fit on the corpus: splice's sentence index, auto's calibration) took up to
+        tens of seconds inside the first request; they are cached like any other explainer.
+        """
+        name = self.default_classifier_name()
+        methods = self.prewarm_methods()
+        built = []
+        with stages.stage("explainers", ", ".join(methods)):
+            for i, method in enumerate(methods):
+                try:
+                    self.explainer(method, domain, classifier_name=name)
+                    built.append(method)
+                except MissingResource as e:  # e.g. a method this domain cannot run: later requests say why
+                    log.info("explainer %s not prebuilt for domain %s: %s", method, domain.id, e)
+                stages.update((i + 1) / len(methods), f"{i + 1}/{len(methods)} methods")
+        return built
 
     @property
     def ready(self) -> bool:
@@ -128,8 +161,10 @@ class Runtime:
 
         name = self.default_classifier_name()
         assert name is not None
-        path = ensure_reference(name, self.settings.data_dir, self.settings.datasets_dir)
-        clf = CachingClassifier(load_reference(path), key=f"{BUILTIN}:{name}")
+        stages = self.components["classifier"].stages
+        with stages.stage("load", name):
+            path = ensure_reference(name, self.settings.data_dir, self.settings.datasets_dir)
+            clf = CachingClassifier(load_reference(path), key=f"{BUILTIN}:{name}")
         meta = read_meta(path)
         self.builtin_classifiers[name] = clf
         self.builtin_meta[name] = {
@@ -151,19 +186,32 @@ class Runtime:
 
     def _load_default_domain(self) -> str:
         """A built-in domain by name (built on first start), or an operator's domain folder."""
-        from explainers.domains import ensure_builtin, load_domain
+        from explainers.domains import ensure_builtin, ensure_corpus_domain
 
         name = self.settings.default_domain
+        stages = self.components["domain"].stages
+        # Declared first so the stages the library adds (load, or a build's) come before it.
+        stages.expect([("explainers", 0.5)])
         if name in BUILTIN_DOMAINS:
             domain = ensure_builtin(
-                name, self.domains.root, self.settings.datasets_dir, encoder=self.encoder()
+                name,
+                self.domains.root,
+                self.settings.datasets_dir,
+                encoder=self.encoder(),
+                log=log.info,
+                stages=stages,
             )
-        else:
-            domain = load_domain(Path(name), encoder=self.encoder())
-        domain.space.base_vectors()  # warm the embedding cache so the first request is fast
+        else:  # a domain folder, or a folder with a corpus.jsonl built in place on first start
+            domain = ensure_corpus_domain(Path(name), encoder=self.encoder(), log=log.info, stages=stages)
+        with self._lock:
+            self._explainers.clear()  # rebuilt over the newly loaded domain
+        built = self._prewarm(domain, stages)
         self.domains.pin(domain)
         self.default_domain_id = domain.id
-        return f"domain {domain.id}: {len(domain.pool)} texts, {len(domain.pool.pairs)} pairs"
+        return (
+            f"domain {domain.id}: {len(domain.pool)} texts, {len(domain.pool.pairs)} pairs; "
+            f"explainers ready: {', '.join(built) or 'none'}"
+        )
 
     def domain(self, domain_id: str | None) -> Domain:
         """The named domain, or the default; LookupError/MissingResource say what is missing."""
@@ -257,7 +305,9 @@ class Runtime:
                 remember(self._explainers, key, hit, limit=16)
         return hit[0], hit[1], info
 
-    def maybe_calibrate(self, domain: Domain, classifier_name: str) -> str | None:
+    def maybe_calibrate(
+        self, domain: Domain, classifier_name: str, queued_by: str = "explanation"
+    ) -> str | None:
         """Queue the calibration of a named classifier on a domain the first time it is explained there.
 
         Bounded by CACE_CALIBRATION_MAX_TEXTS classifier texts; off with CACE_AUTO_CALIBRATE=false.
@@ -276,7 +326,15 @@ class Runtime:
             "classifier": classifier_name,
             "max_pairs": s.calibration_max_pairs,
         }
-        return self.store.create_job("calibration", request, [{}], limit=s.job_queue_limit)
+        why = f"service: first {queued_by} of classifier {classifier_name!r} on domain {domain.id!r}"
+        job_id = self.store.create_job(
+            "calibration", request, [{}], limit=s.job_queue_limit, queued_by=why[:200]
+        )
+        if job_id is None:  # the queue is full: try again on a later request
+            self.calibration_finished(domain.id, classifier_name)
+        else:
+            log.info("queued calibration job %s (%s)", job_id, why)
+        return job_id
 
     def calibration_finished(self, domain_id: str, classifier_name: str) -> None:
         with self._lock:

@@ -46,6 +46,11 @@ class Settings(BaseSettings):
     # once, then up to K new texts per held-out pair for `splice` (its K shrinks to fit).
     calibration_max_pairs: int = Field(4000, ge=50, le=100000)
     calibration_max_texts: int = Field(100000, ge=100, le=1000000)
+    # Explainers built for the default domain and classifier before /readyz turns 200, so a first
+    # request costs what the tenth does (comma-separated method names; unknown names are skipped).
+    prewarm_methods: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["match", "splice", "auto"]
+    )
 
     # Work limits (each gives a clear 4xx when exceeded).
     max_text_chars: int = 5000
@@ -124,7 +129,14 @@ class Settings(BaseSettings):
     # Proxies (IPs/CIDRs) whose X-Forwarded-For / X-Forwarded-Proto are believed; empty: none.
     trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
-    @field_validator("outbound_allow", "kserve_labels", "llm_secret_envs", "trusted_proxies", mode="before")
+    @field_validator(
+        "outbound_allow",
+        "kserve_labels",
+        "llm_secret_envs",
+        "trusted_proxies",
+        "prewarm_methods",
+        mode="before",
+    )
     @classmethod
     def _comma_list(cls, v: object) -> object:
         if isinstance(v, str):

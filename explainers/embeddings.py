@@ -102,6 +102,7 @@ class Encoder:
             raise ValueError(f"unknown encoder backend {self.backend!r}; choose one of {BACKENDS}")
         # fp32 ONNX gives torch's vectors (within ~1e-6), so they share a cache; int8 vectors differ.
         fingerprint = model_fingerprint(self.path) + ("-int8" if self.backend == "onnx-int8" else "")
+        self.fingerprint = fingerprint
         with Encoder._lock:
             self._cache = Encoder._caches.setdefault(fingerprint, _SharedCache(self.max_cached))
         self._cache_file = cache_dir() / "embeddings" / f"{fingerprint}.npz"
@@ -156,6 +157,11 @@ class Encoder:
         np.savez(tmp, keys=keys, vectors=vecs)
         os.replace(tmp, self._cache_file)
 
+    def remember(self, texts: Sequence[str], vectors: np.ndarray) -> None:
+        """Put known embeddings of `texts` (this model's, e.g. a build's saved stage output) in the cache."""
+        for t, v in zip(texts, np.asarray(vectors, dtype=np.float32), strict=True):
+            self._cache.put(self._key(t), v)
+
     def forget(self, texts: Sequence[str]) -> None:
         """Drop these texts' cached embeddings (in memory), e.g. to time a new text's request-time embedding."""
         for t in texts:
@@ -183,6 +189,9 @@ class Encoder:
         keys = [self._key(t) for t in texts]
         found = [self._cache.get(k) for k in keys]
         missing = list(dict.fromkeys(t for t, row in zip(texts, found, strict=True) if row is None))
+        # By length, so each batch pads to texts of about its own length (less work; the chunks
+        # keep no order the caller sees: rows are looked up by text).
+        missing.sort(key=len)
         fresh: dict[str, np.ndarray] = {}
         if missing:
             # In chunks, so a long embedding run (a fresh pool) can report progress.
@@ -190,14 +199,15 @@ class Encoder:
             parts: list[np.ndarray] = []
             with Progress(len(missing), "embed", unit="text") as bar:
                 for start in range(0, len(missing), chunk):
-                    parts.append(np.asarray(self._embed(missing[start : start + chunk]), dtype=np.float32))
+                    part = missing[start : start + chunk]
+                    parts.append(np.asarray(self._embed(part), dtype=np.float32))
+                    for t, v in zip(part, parts[-1], strict=True):
+                        fresh[self._key(t)] = v
+                        self._cache.put(self._key(t), v)
                     bar.update(len(parts[-1]))
-            vecs = np.concatenate(parts)
-            for t, v in zip(missing, vecs, strict=True):
-                fresh[self._key(t)] = v
-                self._cache.put(self._key(t), v)
-            if len(missing) >= 32:
-                self._save_disk()
+                    if len(missing) >= 32:
+                        # Written as it grows, so a run killed half way (a first start) resumes here.
+                        self._save_disk()
         # Fresh rows are read from `fresh`, not the cache: a big call may have evicted its own first rows.
         return np.stack(
             [row if row is not None else fresh[k] for row, k in zip(found, keys, strict=True)]

@@ -8,6 +8,7 @@ bootstrap is seeded by the request.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
@@ -25,7 +26,10 @@ from explainers.concepts import ConceptSchema, Intervention
 from explainers.data.pool import Pool
 from explainers.errors import UpstreamUnavailable
 from explainers.estimate import cace
+from explainers.progress import Stages
 from explainers.types import Explanation, explain_batch, zero_explanation
+
+log = logging.getLogger("cace.jobs")
 
 
 class EffectsHandler:
@@ -219,6 +223,11 @@ def row_out(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def job_stages(rt: Runtime, job_id: str, what: str) -> Stages:
+    """Progress of a one-item job's work, stored on its job row (at most once a second) for GET /v1/jobs."""
+    return Stages(what, log=log.info, on_update=lambda snap: rt.store.set_job_stages(job_id, snap))
+
+
 class CalibrationHandler:
     """Calibrate the estimators of one named classifier on one domain (one item), saved in the domain."""
 
@@ -241,6 +250,7 @@ class CalibrationHandler:
                 max_pairs=request.get("max_pairs") or self.rt.settings.calibration_max_pairs,
                 max_classifier_texts=self.rt.settings.calibration_max_texts,
                 classifier_name=name,
+                stages=job_stages(self.rt, job_id, f"calibration of {name} on {domain.id}"),
             )
         except (UpstreamUnavailable, httpx.TransportError) as e:
             raise RetryableError(f"{type(e).__name__}: {e}") from e
@@ -270,7 +280,12 @@ class DomainHandler:
         augment = self._augmenter(job_id, pool, request["generate"]) if request.get("generate") else None
         domain_id = request["domain_id"]
         domain = build_domain(
-            self.rt.domains.root, domain_id, pool, encoder=self.rt.encoder(), augment=augment
+            self.rt.domains.root,
+            domain_id,
+            pool,
+            encoder=self.rt.encoder(),
+            augment=augment,
+            stages=job_stages(self.rt, job_id, f"domain build {domain_id}"),
         )
         self.rt.forget_domain(domain_id)
         d = domain.describe()

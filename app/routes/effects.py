@@ -78,7 +78,7 @@ def _submit(
         q = explain.Query(p["text"], iv.concept, iv.target, iv.source, p.get("labels"))
         explain.check_query(r, q, f"{where}.{i}.labels", f"{where}.{i}.labels")
     explain.check_available(r, iv.concept, iv.target, "body")
-    rt.maybe_calibrate(r.domain, r.classifier_name)
+    rt.maybe_calibrate(r.domain, r.classifier_name, queued_by="effects request")
     inline = rest is None and (
         params.mode == "inline" or (params.mode == "auto" and len(payloads) <= s.max_inline_texts)
     )

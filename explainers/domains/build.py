@@ -13,17 +13,28 @@ The same steps build every domain, an uploaded corpus and CEBaB alike:
 5. a concept space (one contrastive head per concept over frozen MiniLM; a concept without
    pairs keeps the pretrained projection) with its nearest-counterfactual hit rate;
 6. `meta.json`, written last: an interrupted build leaves no domain behind.
+
+The build reports its stages (`BUILD_STAGES`: embed, taggers, space, save) to a
+`explainers.progress.Stages`, and is resumable per stage: it works in a staging folder named
+by a hash of everything its output depends on (`<id>.building-<key>`), records each finished
+stage there, and a build of the same inputs after a kill reuses them. A file lock on the
+folder keeps two processes (replicas on a shared volume) from writing into the same one: the
+second waits for the first and loads its domain. Staging folders nobody holds (another
+input's, or an older version's) are removed when a build of that domain starts.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import json
 import os
 import shutil
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -41,10 +52,25 @@ from explainers.domains.domain import (
     load_domain,
     majority_rate,
 )
+from explainers.progress import Stages
 
 UNKNOWN = "unknown"
 MAX_LABEL_CHARS = 64
 Log = Callable[[str], None] | None
+# A build's stages and their share of the work (CEBaB on 2 CPU cores: embedding the corpus with
+# MiniLM dominates; see benchmarks/results/startup.md). The weights shape the percent only:
+# the ETA comes from the rate measured while the build runs.
+BUILD_STAGES: tuple[tuple[str, float], ...] = (
+    ("embed", 6.0),
+    ("taggers", 2.0),
+    ("space", 2.0),
+    ("save", 0.3),
+    ("load", 0.3),
+)
+LOAD_STAGE = ("load", 1.0)
+AUGMENT_STAGE = ("augment", 20.0)
+# Bumped when a stage's output format changes, so a staging folder of older code is not reused.
+STAGING_VERSION = 1
 
 
 class DomainBuildError(ValueError):
@@ -258,27 +284,43 @@ def fit_taggers(
     return report
 
 
-def train_space(pool: Pool, encoder: Any, out: Path, log: Log = None) -> dict[str, Any]:
-    """One contrastive head per concept over frozen MiniLM (concepts without pairs stay pretrained)."""
+def train_space(
+    pool: Pool,
+    encoder: Any,
+    out: Path,
+    log: Log = None,
+    *,
+    base: np.ndarray | None = None,
+    stages: Stages | None = None,
+) -> dict[str, Any]:
+    """One contrastive head per concept over frozen MiniLM (concepts without pairs stay pretrained).
+
+    `base`: the corpus's embeddings when the caller has them; `stages`: the running build's
+    progress, whose current stage this fills (heads first, then the hit-rate diagnostics).
+    """
     from explainers.matching.space import ConceptSpace
     from explainers.matching.trainers import TrainConfig, train_head
 
     started = time.perf_counter()
-    base = encoder.encode(pool.texts)
+    base = encoder.encode(pool.texts) if base is None else base
     cfg = TrainConfig()
     names = pool.schema.names
     origins = pool.origins or [str(i) for i in range(len(pool))]
     heads, training = {}, {}
-    for c in names:
-        heads[c], training[c] = train_head(base, pool.labels, origins, c, names, cfg, log=log)
+    part = _spans(stages)
+    for i, c in enumerate(names):
+        with part(0.6 * i / len(names), 0.6 * (i + 1) / len(names)):
+            heads[c], training[c] = train_head(base, pool.labels, origins, c, names, cfg, log=log)
     space = ConceptSpace(pool, encoder, heads=heads, base_vectors=base)
     space.build_indices()
     pretrained = ConceptSpace(pool, encoder, base_vectors=base)
     pretrained.build_indices()
-    diagnostics = {
-        "hit_rate": {c: space.nearest_counterfactual_hit_rate(c) for c in names},
-        "hit_rate_pretrained": {c: pretrained.nearest_counterfactual_hit_rate(c) for c in names},
-    }
+    hit_rate, hit_rate_pretrained = {}, {}
+    for i, c in enumerate(names):
+        with part(0.6 + 0.4 * i / len(names), 0.6 + 0.4 * (i + 1) / len(names)):
+            hit_rate[c] = space.nearest_counterfactual_hit_rate(c)
+            hit_rate_pretrained[c] = pretrained.nearest_counterfactual_hit_rate(c)
+    diagnostics = {"hit_rate": hit_rate, "hit_rate_pretrained": hit_rate_pretrained}
     space.save(
         out,
         name=DEFAULT_SPACE,
@@ -298,6 +340,13 @@ def train_space(pool: Pool, encoder: Any, out: Path, log: Log = None) -> dict[st
     }
 
 
+def _spans(stages: Stages | None) -> Callable[[float, float], contextlib.AbstractContextManager[None]]:
+    """`stages.span`, or a no-op when nobody watches."""
+    if stages is None:
+        return lambda low, high: contextlib.nullcontext()
+    return stages.span
+
+
 def methods_by_concept(pool: Pool, methods: Iterable[str]) -> dict[str, dict[str, str | None]]:
     """For each concept, each method: None if it can run, else why not."""
     counts = Counter(c for _, _, c in pool.pairs)
@@ -314,6 +363,116 @@ def methods_by_concept(pool: Pool, methods: Iterable[str]) -> dict[str, dict[str
     return out
 
 
+def build_key(
+    pool: Pool,
+    *,
+    encoder: Any,
+    source: str,
+    tagger_eval: tuple[list[str], list[dict[str, str]]] | None,
+    taggers_builder: Callable[[Path], dict[str, dict[str, Any]]] | None,
+    space_meta: Mapping[str, Any] | None,
+) -> str:
+    """A hash of everything a build's stage outputs depend on: same key, same outputs."""
+    from explainers.matching.trainers import TrainConfig
+
+    h = hashlib.sha256()
+    parts = [
+        f"staging-v{STAGING_VERSION}",
+        f"format-v{FORMAT_VERSION}",
+        source,
+        json.dumps(pool.schema.to_dict(), sort_keys=True),
+        data_hash(pool.texts),
+        data_hash(json.dumps(lab, sort_keys=True) for lab in pool.labels),
+        data_hash(pool.origins or []),
+        data_hash(pool.ids or []),
+        getattr(encoder, "fingerprint", None) or str(getattr(encoder, "model_name", type(encoder).__name__)),
+        json.dumps(TrainConfig().to_dict(), sort_keys=True),
+        getattr(taggers_builder, "__qualname__", "fit_taggers"),
+        json.dumps(space_meta or {}, sort_keys=True, default=str),
+        data_hash(tagger_eval[0]) + data_hash(json.dumps(x, sort_keys=True) for x in tagger_eval[1])
+        if tagger_eval
+        else "",
+    ]
+    for part in parts:
+        h.update(part.encode("utf-8"))
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+def _lock(folder: Path, *, wait: bool) -> int | None:
+    """An exclusive lock on `folder` (a file inside it), held until its descriptor closes; None if taken."""
+    fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def remove_stale_staging(root: Path, domain_id: str, keep: Path | None = None) -> list[Path]:
+    """Remove `<id>.building-*` folders no live build holds (a killed build's, other inputs')."""
+    removed = []
+    for folder in sorted(Path(root).glob(f"{domain_id}.building-*")):
+        if folder == keep or not folder.is_dir():
+            continue
+        try:
+            fd = _lock(folder, wait=False)
+        except OSError:
+            continue
+        if fd is None:
+            continue  # another process is building there
+        try:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+        finally:
+            os.close(fd)
+    return removed
+
+
+@contextlib.contextmanager
+def _staging(out: Path, key: str | None, log: Log) -> Iterator[Path]:
+    """The locked staging folder of this build: `<id>.building-<key>` (resumable) or a private one."""
+    suffix = key if key is not None else f"{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    tmp = out.with_name(f"{out.name}.building-{suffix}")
+    tmp.mkdir(parents=True, exist_ok=True)
+    fd = _lock(tmp, wait=False)
+    if fd is None:
+        if log:
+            log(f"another process is building {out.name} from the same inputs; waiting for it")
+        fd = _lock(tmp, wait=True)
+    assert fd is not None  # a blocking lock returns once held
+    try:
+        for stale in remove_stale_staging(out.parent, out.name, keep=tmp):
+            if log:
+                log(f"removed an abandoned build folder {stale.name}")
+        yield tmp
+    finally:
+        os.close(fd)
+
+
+class _StageRecord:
+    """Which stages of a staging folder are finished, and what they reported (stages.json)."""
+
+    def __init__(self, folder: Path, key: str | None) -> None:
+        self.path = folder / "stages.json"
+        self.key = key
+        self.done: dict[str, Any] = {}
+        if key is not None and self.path.exists():
+            try:
+                saved = json.loads(self.path.read_text())
+            except (OSError, ValueError):
+                saved = {}
+            if saved.get("key") == key:
+                self.done = dict(saved.get("done", {}))
+
+    def finish(self, stage: str, report: Any = None) -> None:
+        self.done[stage] = report
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"key": self.key, "done": self.done}, default=str))
+        os.replace(tmp, self.path)
+
+
 def build_domain(
     root: Path,
     domain_id: str,
@@ -327,45 +486,167 @@ def build_domain(
     space_meta: Mapping[str, Any] | None = None,
     replace: bool = False,
     log: Log = None,
+    stages: Stages | None = None,
 ) -> Domain:
-    """Build root/domain_id atomically (a temporary folder renamed at the end) and load it."""
+    """Build root/domain_id atomically (a staging folder renamed at the end) and load it.
+
+    Resumable per stage when the inputs are known up front (no `augment`: LLM generations
+    keep their own cache). `stages` receives the progress (see the module doc).
+    """
     from explainers.registry import available
 
     started = time.perf_counter()
     out = Path(root) / domain_id
-    # A folder of its own per build: two processes building one domain (replicas starting on a
-    # shared volume) never write into each other's files; the first to finish wins.
-    tmp = out.with_name(f"{out.name}.building-{os.getpid()}-{uuid.uuid4().hex[:6]}")
-    tmp.mkdir(parents=True)
-    generation = None
-    if augment is not None:
-        pool, generation = augment(pool)
-    taggers = (taggers_builder or (lambda d: fit_taggers(pool, d, tagger_eval, log)))(tmp / "taggers")
-    space = train_space(pool, encoder, tmp / "spaces" / DEFAULT_SPACE, log)
-    if space_meta:
-        meta_path = tmp / "spaces" / DEFAULT_SPACE / "meta.json"
-        meta_path.write_text(
-            json.dumps({**json.loads(meta_path.read_text()), **space_meta}, indent=2, default=str)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stages = stages or Stages(f"domain {domain_id}", log=log)
+    stages.expect(([AUGMENT_STAGE] if augment is not None else []) + list(BUILD_STAGES))
+    key = (
+        None
+        if augment is not None
+        else build_key(
+            pool,
+            encoder=encoder,
+            source=source,
+            tagger_eval=tagger_eval,
+            taggers_builder=taggers_builder,
+            space_meta=space_meta,
         )
-    write_meta(
-        tmp,
-        KIND,
-        format_version=FORMAT_VERSION,
-        id=domain_id,
-        source=source,
-        schema=pool.schema.to_dict(),
-        data_hash=data_hash(pool.texts),
-        stats=pair_stats(pool),
-        taggers=taggers,
-        space=space,
-        methods=methods_by_concept(pool, available()),
-        generation=generation,
-        build_seconds=round(time.perf_counter() - started, 2),
     )
-    if replace and out.exists():
-        shutil.rmtree(out)
-    try:
-        tmp.rename(out)
-    except OSError:  # another build of this domain finished first: keep it
-        shutil.rmtree(tmp, ignore_errors=True)
-    return load_domain(out, encoder=encoder)
+    with _staging(out, key, log) as tmp:
+        if not replace and (out / "meta.json").exists():
+            # Another process finished this build while we waited for its lock.
+            for name, _ in BUILD_STAGES[:-1]:
+                stages.end(name, reused=True)
+            shutil.rmtree(tmp, ignore_errors=True)  # ours (we hold its lock), made after theirs was renamed
+            return load_stage(out, encoder, stages)
+        record = _StageRecord(tmp, key)
+        reused = sorted(s for s in record.done if s in dict(BUILD_STAGES))
+        if reused and log:
+            log(f"resuming an interrupted build of {domain_id}: {', '.join(reused)} already done")
+        generation = None
+        if augment is not None:
+            with stages.stage("augment"):
+                pool, generation = augment(pool)
+        base_file = tmp / "embeddings.npy"
+        if "embed" in record.done and base_file.exists():
+            base = np.load(base_file)
+            remember = getattr(encoder, "remember", None)
+            if remember is not None:
+                remember(pool.texts, base)
+            stages.end("embed", reused=True)
+        else:
+            with stages.stage("embed", f"{len(pool)} texts"):
+                base = np.asarray(encoder.encode(pool.texts), dtype=np.float32)
+            np.save(base_file.with_suffix(".tmp.npy"), base)
+            os.replace(base_file.with_suffix(".tmp.npy"), base_file)
+            record.finish("embed", {"texts": len(pool)})
+        if "taggers" in record.done and (tmp / "taggers" / "meta.json").exists():
+            taggers = record.done["taggers"]
+            stages.end("taggers", reused=True)
+        else:
+            with stages.stage("taggers", f"{len(pool.schema.names)} concepts"):
+                build_taggers = taggers_builder or (lambda d: fit_taggers(pool, d, tagger_eval, log))
+                taggers = build_taggers(tmp / "taggers")
+            record.finish("taggers", taggers)
+        space_dir = tmp / "spaces" / DEFAULT_SPACE
+        if "space" in record.done and (space_dir / "meta.json").exists():
+            space = record.done["space"]
+            stages.end("space", reused=True)
+        else:
+            with stages.stage("space", f"{len(pool.schema.names)} heads, {len(pool.pairs)} pairs"):
+                space = train_space(pool, encoder, space_dir, log, base=base, stages=stages)
+                if space_meta:
+                    meta_path = space_dir / "meta.json"
+                    meta_path.write_text(
+                        json.dumps({**json.loads(meta_path.read_text()), **space_meta}, indent=2, default=str)
+                    )
+            record.finish("space", space)
+        with stages.stage("save"):
+            write_meta(
+                tmp,
+                KIND,
+                format_version=FORMAT_VERSION,
+                id=domain_id,
+                source=source,
+                schema=pool.schema.to_dict(),
+                data_hash=data_hash(pool.texts),
+                stats=pair_stats(pool),
+                taggers=taggers,
+                space=space,
+                methods=methods_by_concept(pool, available()),
+                generation=generation,
+                build_seconds=round(time.perf_counter() - started, 2),
+                resumed_stages=reused,
+            )
+            for leftover in ("stages.json", "embeddings.npy"):
+                (tmp / leftover).unlink(missing_ok=True)
+            if replace and out.exists():
+                shutil.rmtree(out)
+            if out.is_dir() and not (out / "meta.json").exists() and (out / CORPUS_FILE).exists():
+                _move_into(tmp, out)  # a corpus folder built in place (ensure_corpus_domain)
+            else:
+                try:
+                    tmp.rename(out)
+                except OSError:  # another build of this domain finished first: keep it
+                    shutil.rmtree(tmp, ignore_errors=True)
+            (out / ".lock").unlink(missing_ok=True)
+    return load_stage(out, encoder, stages)
+
+
+def load_stage(directory: Path, encoder: Any, stages: Stages | None = None) -> Domain:
+    """Load a domain folder as a build's `load` stage: its files, then the corpus's embeddings
+    (from the encoder's cache), so the first request embeds only its own text."""
+    stages = stages or Stages(f"domain {Path(directory).name}")
+    stages.expect([LOAD_STAGE])
+    with stages.stage("load"):
+        domain = load_domain(directory, encoder=encoder)
+        domain.space.base_vectors()
+    return domain
+
+
+CORPUS_FILE = "corpus.jsonl"
+SCHEMA_FILE = "schema.json"
+
+
+def _move_into(tmp: Path, out: Path) -> None:
+    """Move a finished build's files into an existing folder, meta.json last (it marks the domain done)."""
+    for child in sorted(tmp.iterdir(), key=lambda p: p.name == "meta.json"):
+        if child.name == ".lock":
+            continue
+        target = out / child.name
+        if target.is_dir():
+            shutil.rmtree(target)
+        os.replace(child, target)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def ensure_corpus_domain(
+    folder: Path, *, encoder: Any, log: Log = None, stages: Stages | None = None
+) -> Domain:
+    """Load a domain folder, or build it in place from the `corpus.jsonl` (and optional `schema.json`) it holds.
+
+    How an operator makes their own corpus the service's default domain (CACE_DEFAULT_DOMAIN=folder):
+    the first start builds it (resumable, like every build), later starts load it.
+    """
+    folder = Path(folder)
+    if (folder / "meta.json").exists() or not (folder / CORPUS_FILE).exists():
+        return load_stage(folder, encoder, stages)  # a domain, or a FileNotFoundError naming meta.json
+    from explainers.domains.domain import DOMAIN_ID
+
+    if not DOMAIN_ID.match(folder.name):
+        raise DomainBuildError(
+            "default_domain", f"folder name {folder.name!r} must match {DOMAIN_ID.pattern}"
+        )
+    schema_file = folder / SCHEMA_FILE
+    schema = ConceptSchema.from_dict(json.loads(schema_file.read_text())) if schema_file.exists() else None
+    rows = validate_rows((folder / CORPUS_FILE).read_text(encoding="utf-8").splitlines(), schema)
+    schema = schema or infer_schema(rows, name=folder.name)
+    return build_domain(
+        folder.parent,
+        folder.name,
+        pool_from_rows(rows, schema),
+        encoder=encoder,
+        source=f"{CORPUS_FILE} in {folder.name}",
+        log=log,
+        stages=stages,
+    )

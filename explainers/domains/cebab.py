@@ -13,8 +13,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from explainers.domains.build import build_domain
-from explainers.domains.domain import Domain, load_domain, majority_rate
+from explainers.domains.build import build_domain, load_stage
+from explainers.domains.domain import Domain, majority_rate
+from explainers.progress import Stages
 
 DOMAIN_ID = "cebab"
 POOL_SPLIT = "train_inclusive"
@@ -45,14 +46,22 @@ def _taggers_builder(data_dir: str | os.PathLike[str] | None):
 
 
 def ensure_cebab_domain(
-    root: Path, data_dir: str | os.PathLike[str] | None = None, *, encoder: Any, log: Any = None
+    root: Path,
+    data_dir: str | os.PathLike[str] | None = None,
+    *,
+    encoder: Any,
+    log: Any = None,
+    stages: Stages | None = None,
 ) -> Domain:
-    """Load root/cebab, building it from the CEBaB split files the first time (minutes on 2 cores)."""
+    """Load root/cebab, building it from the CEBaB split files the first time (minutes on 2 cores).
+
+    `stages` receives the progress: one `load` stage, or the build's stages (see `build_domain`).
+    """
     from explainers.data.pools import cebab_pool
 
     path = Path(root) / DOMAIN_ID
     if (path / "meta.json").exists():
-        return load_domain(path, encoder=encoder)
+        return load_stage(path, encoder, stages)
     shipped = json.loads(SHIPPED_STACKING.read_text()) if SHIPPED_STACKING.exists() else {}
     stacking = {k: {**v, "shipped_with_library": True} for k, v in shipped.get("stacking", {}).items()}
     return build_domain(
@@ -64,4 +73,5 @@ def ensure_cebab_domain(
         taggers_builder=_taggers_builder(data_dir),
         space_meta={"train_split": POOL_SPLIT, "stacking": stacking},
         log=log,
+        stages=stages,
     )
