@@ -13,13 +13,15 @@ import hashlib
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from explainers.artifacts import cache_dir, model_fingerprint
-from explainers.progress import Progress
+from explainers.progress import Progress, current_sink, reporting_to
 
 DEFAULT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 # How the model runs: sentence-transformers on torch, or the same model exported to ONNX Runtime
@@ -181,8 +183,66 @@ class Encoder:
             show_progress_bar=False,
         )
 
-    def encode(self, texts: Sequence[str]) -> np.ndarray:
-        """(n, d) float32 unit vectors; cached texts are not re-encoded."""
+    def _replica(self, i: int) -> Any:
+        """The i-th copy of the torch model (0 is `model`): each parallel worker runs its own."""
+        if i == 0:
+            return self.model
+        key = f"{self.backend}:{self.path}#{i}"
+        with Encoder._lock:
+            if key not in Encoder._models:
+                from sentence_transformers import SentenceTransformer
+
+                Encoder._models[key] = SentenceTransformer(self.path, device="cpu")
+            return Encoder._models[key]
+
+    def _embed_parallel(
+        self, chunks: list[list[str]], workers: int, done: Callable[[list[str], np.ndarray], None]
+    ) -> None:
+        """Embed chunks on `workers` threads, each running its own model copy on one core.
+
+        Why: a small encoder's batches keep two intra-op threads poorly busy (and on a shared,
+        busy machine their spin-waits burn the CPU they wait for); independent single-threaded
+        workers keep every core on useful work. Torch releases the GIL while it computes.
+        """
+        import torch
+
+        previous = torch.get_num_threads()
+        lock = threading.Lock()
+        queue = list(reversed(chunks))
+        sink = current_sink()
+
+        def work(i: int) -> None:
+            torch.set_num_threads(1)
+            model = self._replica(i)
+            with reporting_to(sink):
+                while True:
+                    with lock:
+                        if not queue:
+                            return
+                        part = queue.pop()
+                    vecs = model.encode(
+                        part,
+                        batch_size=self.batch_size,
+                        normalize_embeddings=True,
+                        convert_to_numpy=True,
+                        show_progress_bar=False,
+                    )
+                    with lock:
+                        done(part, np.asarray(vecs, dtype=np.float32))
+
+        try:
+            with ThreadPoolExecutor(workers, thread_name_prefix="cace-embed") as pool:
+                for f in [pool.submit(work, i) for i in range(workers)]:
+                    f.result()
+        finally:
+            torch.set_num_threads(previous)
+
+    def encode(self, texts: Sequence[str], *, workers: int = 1) -> np.ndarray:
+        """(n, d) float32 unit vectors; cached texts are not re-encoded.
+
+        `workers` > 1 (torch backend): embed on that many single-threaded model copies at once
+        (a corpus at a domain build; see `_embed_parallel`).
+        """
         self._load_disk()
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
@@ -194,20 +254,26 @@ class Encoder:
         missing.sort(key=len)
         fresh: dict[str, np.ndarray] = {}
         if missing:
-            # In chunks, so a long embedding run (a fresh pool) can report progress.
-            chunk = self.batch_size * 16
-            parts: list[np.ndarray] = []
+            # In chunks, so a long embedding run (a fresh pool) can report progress (and parallel
+            # workers share the work evenly).
+            chunk = self.batch_size * (4 if workers > 1 else 16)
             with Progress(len(missing), "embed", unit="text") as bar:
-                for start in range(0, len(missing), chunk):
-                    part = missing[start : start + chunk]
-                    parts.append(np.asarray(self._embed(part), dtype=np.float32))
-                    for t, v in zip(part, parts[-1], strict=True):
+
+                def done(part: list[str], vecs: np.ndarray) -> None:
+                    for t, v in zip(part, vecs, strict=True):
                         fresh[self._key(t)] = v
                         self._cache.put(self._key(t), v)
-                    bar.update(len(parts[-1]))
+                    bar.update(len(vecs))
                     if len(missing) >= 32:
                         # Written as it grows, so a run killed half way (a first start) resumes here.
                         self._save_disk()
+
+                chunks = [missing[start : start + chunk] for start in range(0, len(missing), chunk)]
+                if workers > 1 and self.backend == "torch" and len(chunks) > 1:
+                    self._embed_parallel(chunks, min(workers, len(chunks)), done)
+                else:
+                    for part in chunks:
+                        done(part, np.asarray(self._embed(part), dtype=np.float32))
         # Fresh rows are read from `fresh`, not the cache: a big call may have evicted its own first rows.
         return np.stack(
             [row if row is not None else fresh[k] for row, k in zip(found, keys, strict=True)]

@@ -150,6 +150,24 @@ class Progress:
             self.active = False
 
 
+def current_sink() -> Callable[[float, str], None] | None:
+    """Where Progress bars created here would report (to hand to a worker thread)."""
+    return _stage_sink.get()
+
+
+@contextmanager
+def reporting_to(sink: Callable[[float, str], None] | None) -> Iterator[None]:
+    """Progress bars created inside (in this thread or context) report their fraction to `sink`.
+
+    What a worker thread uses to feed its share of a stage (threads do not inherit the caller's).
+    """
+    token = _stage_sink.set(sink)
+    try:
+        yield
+    finally:
+        _stage_sink.reset(token)
+
+
 class Stages:
     """Progress of one build made of named, weighted stages, readable from any thread.
 

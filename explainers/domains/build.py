@@ -28,13 +28,16 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import inspect
 import json
 import os
 import shutil
+import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +55,7 @@ from explainers.domains.domain import (
     load_domain,
     majority_rate,
 )
-from explainers.progress import Stages
+from explainers.progress import Stages, reporting_to
 
 UNKNOWN = "unknown"
 MAX_LABEL_CHARS = 64
@@ -69,6 +72,28 @@ BUILD_STAGES: tuple[tuple[str, float], ...] = (
 )
 LOAD_STAGE = ("load", 1.0)
 AUGMENT_STAGE = ("augment", 20.0)
+
+
+def build_workers() -> int:
+    """Cores a build keeps busy with independent single-threaded workers (embedding, heads): the
+    cores this process may use (OMP_NUM_THREADS when set), at most 4."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        cores = min(cores, int(env))
+    return max(1, min(4, cores))
+
+
+def _encode(encoder: Any, texts: list[str], workers: int) -> np.ndarray:
+    """Embed with parallel workers when the encoder can (explainers.embeddings.Encoder)."""
+    if workers > 1 and "workers" in inspect.signature(encoder.encode).parameters:
+        return np.asarray(encoder.encode(texts, workers=workers), dtype=np.float32)
+    return np.asarray(encoder.encode(texts), dtype=np.float32)
+
+
 # Bumped when a stage's output format changes, so a staging folder of older code is not reused.
 STAGING_VERSION = 1
 
@@ -307,10 +332,34 @@ def train_space(
     names = pool.schema.names
     origins = pool.origins or [str(i) for i in range(len(pool))]
     heads, training = {}, {}
+    # One head per concept, trained side by side on single-threaded workers (each head's small
+    # batches keep two intra-op threads poorly busy; see Encoder._embed_parallel). Each head is
+    # the same function of its inputs as when trained alone.
+    fractions = [0.0] * len(names)
+    lock = threading.Lock()
+
+    def train(i: int, c: str) -> tuple[Any, dict[str, Any]]:
+        def sink(fraction: float, note: str) -> None:
+            with lock:
+                fractions[i] = fraction
+                share = 0.6 * sum(fractions) / len(names)
+            if stages is not None:
+                stages.update(share, f"heads: {c} {note}")
+
+        if workers > 1:
+            import torch
+
+            torch.set_num_threads(1)  # this worker's own ops (restored for the process below)
+        with reporting_to(sink):
+            return train_head(base, pool.labels, origins, c, names, cfg, log=log)
+
+    workers = max(1, min(build_workers(), len(names)))
+    with torch_threads(None if workers == 1 else torch_thread_count()):
+        with ThreadPoolExecutor(workers, thread_name_prefix="cace-head") as ex:
+            futures = {c: ex.submit(train, i, c) for i, c in enumerate(names)}
+            for c in names:
+                heads[c], training[c] = futures[c].result()
     part = _spans(stages)
-    for i, c in enumerate(names):
-        with part(0.6 * i / len(names), 0.6 * (i + 1) / len(names)):
-            heads[c], training[c] = train_head(base, pool.labels, origins, c, names, cfg, log=log)
     space = ConceptSpace(pool, encoder, heads=heads, base_vectors=base)
     space.build_indices()
     pretrained = ConceptSpace(pool, encoder, base_vectors=base)
@@ -338,6 +387,28 @@ def train_space(
         "trained_concepts": [c for c in names if training[c]["queries"] > 0],
         "build_seconds": round(time.perf_counter() - started, 2),
     }
+
+
+def torch_thread_count() -> int:
+    import torch
+
+    return int(torch.get_num_threads())
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Set torch's intra-op threads for the block and restore them after (None: leave them be)."""
+    if n is None:
+        yield
+        return
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _spans(stages: Stages | None) -> Callable[[float, float], contextlib.AbstractContextManager[None]]:
@@ -487,11 +558,14 @@ def build_domain(
     replace: bool = False,
     log: Log = None,
     stages: Stages | None = None,
+    embed_also: Sequence[str] = (),
 ) -> Domain:
     """Build root/domain_id atomically (a staging folder renamed at the end) and load it.
 
     Resumable per stage when the inputs are known up front (no `augment`: LLM generations
-    keep their own cache). `stages` receives the progress (see the module doc).
+    keep their own cache). `stages` receives the progress (see the module doc). `embed_also`:
+    more texts the later stages embed (a tagger evaluation set), embedded in the embed stage
+    with the corpus, on every core.
     """
     from explainers.registry import available
 
@@ -535,8 +609,9 @@ def build_domain(
                 remember(pool.texts, base)
             stages.end("embed", reused=True)
         else:
-            with stages.stage("embed", f"{len(pool)} texts"):
-                base = np.asarray(encoder.encode(pool.texts), dtype=np.float32)
+            extra = [t for t in dict.fromkeys(embed_also) if t not in set(pool.texts)]
+            with stages.stage("embed", f"{len(pool) + len(extra)} texts"):
+                base = _encode(encoder, list(pool.texts) + extra, build_workers())[: len(pool)]
             np.save(base_file.with_suffix(".tmp.npy"), base)
             os.replace(base_file.with_suffix(".tmp.npy"), base_file)
             record.finish("embed", {"texts": len(pool)})

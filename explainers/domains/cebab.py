@@ -74,4 +74,13 @@ def ensure_cebab_domain(
         space_meta={"train_split": POOL_SPLIT, "stacking": stacking},
         log=log,
         stages=stages,
+        # The taggers embed their training split and score on dev: embedded up front, on every core.
+        embed_also=tagger_texts(data_dir),
     )
+
+
+def tagger_texts(data_dir: str | os.PathLike[str] | None) -> list[str]:
+    from explainers.taggers import cebab_corpus
+
+    folder = Path(data_dir) if data_dir else None
+    return cebab_corpus(POOL_SPLIT, folder)[0] + cebab_corpus("dev", folder)[0]
