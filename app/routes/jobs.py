@@ -134,15 +134,25 @@ def list_job_rows(
     )
 
 
+class NDJSONResponse(StreamingResponse):
+    """JSON Lines: the only media type the download declares (a client must not parse it as one JSON)."""
+
+    media_type = "application/x-ndjson"
+
+
 @router.get(
     "/v1/jobs/{job_id}/rows.jsonl",
     operation_id="download_job_rows",
+    response_class=NDJSONResponse,
     responses={
-        200: {"content": {"application/x-ndjson": {}}, "description": "One EffectRow per line"},
+        200: {
+            "content": {"application/x-ndjson": {"schema": {"type": "string", "format": "binary"}}},
+            "description": "One EffectRow (JSON) per line",
+        },
         **problems(404),
     },
 )
-def download_job_rows(job_id: str, request: Request, rt: Runtime = Depends(runtime)) -> StreamingResponse:
+def download_job_rows(job_id: str, request: Request, rt: Runtime = Depends(runtime)) -> NDJSONResponse:
     """All per-text rows as JSON Lines (streamed in pages)."""
     _job(rt, job_id, request)  # 404 (unknown, or another key's) before the stream starts
 
@@ -150,7 +160,7 @@ def download_job_rows(job_id: str, request: Request, rt: Runtime = Depends(runti
         for r in rt.store.iter_item_rows(job_id):  # keyset pages: linear time, bounded memory
             yield (json.dumps(row_out(r)) + "\n").encode()
 
-    return StreamingResponse(
+    return NDJSONResponse(
         lines(),
         media_type="application/x-ndjson",
         headers={"Content-Disposition": f'attachment; filename="{job_id}.jsonl"'},
