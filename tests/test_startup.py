@@ -340,3 +340,32 @@ def test_every_job_kind_the_app_runs_has_a_typed_result(tmp_path: Path) -> None:
 
     app = create_app(Settings(default_domain="none", data_dir=tmp_path))
     assert set(app.state.runtime.handlers) <= set(JOB_RESULT_KINDS)
+
+
+def test_cace_domains_list_reads_the_settings_and_says_when_there_is_nothing(tmp_path: Path) -> None:
+    from explainers.artifacts import write_meta
+
+    def domains_list(data_dir: Path) -> subprocess.CompletedProcess[str]:
+        env = {**child_env(), "CACE_DATA_DIR": str(data_dir)}
+        return subprocess.run(
+            [sys.executable, "-m", "app.cli", "domains", "list"],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp_path,  # no var/ here: the folder must come from CACE_DATA_DIR
+            timeout=120,
+        )
+
+    empty = domains_list(tmp_path / "fresh")
+    assert empty.returncode == 0 and empty.stdout == ""
+    assert "no domains" in empty.stderr and str(tmp_path / "fresh" / "domains") in empty.stderr
+    folder = tmp_path / "data" / "domains" / "reviews"
+    folder.mkdir(parents=True)
+    write_meta(
+        folder,
+        "domain",
+        schema={"concepts": [{"name": "food", "values": ["bad", "good"]}]},
+        stats={"texts": 12},
+    )
+    listed = domains_list(tmp_path / "data")
+    assert listed.returncode == 0 and listed.stdout.split()[:2] == ["reviews", "12"], listed
