@@ -250,6 +250,8 @@ class Stages:
     def begin(self, name: str, note: str = "") -> None:
         self.expect([(name, 1.0)])
         with self._lock:
+            if all(st == "pending" for st in self._status.values()):
+                self.started = self.clock()  # elapsed and the rate count from the first stage
             self._current = name
             self._status[name] = "running"
             self._fraction, self._note, self._span = 0.0, note, (0.0, 1.0)

@@ -235,12 +235,12 @@ def test_readyz_reports_the_first_start_and_a_killed_start_resumes(tmp_path: Pat
     assert loading, samples[:3]
     first = loading[0]
     names = [s["name"] for s in first["progress"]["stages"]]
-    assert names == ["embed", "taggers", "space", "save", "load", "explainers"], names
+    assert names == ["read", "embed", "taggers", "space", "save", "load", "explainers"], names
     assert first["detail"].startswith(first["progress"]["stage"]), first["detail"]
     percents = [s["progress"]["percent"] for s in loading]
     assert percents == sorted(percents) and 0 <= percents[0] < percents[-1] < 100
     assert any(s["progress"]["eta_s"] is not None for s in loading), "an ETA once a rate is measured"
-    assert "stage 1/6 embed started" in log and "stage embed done in" in log, log[-2000:]
+    assert "stage 2/7 embed started" in log and "stage embed done in" in log, log[-2000:]
     staging = list(tmp_path.glob("movies.building-*"))
     assert len(staging) == 1, "the killed build's finished stages are kept"
 

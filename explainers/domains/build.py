@@ -71,6 +71,7 @@ BUILD_STAGES: tuple[tuple[str, float], ...] = (
     ("load", 0.3),
 )
 LOAD_STAGE = ("load", 1.0)
+READ_STAGE = ("read", 0.3)
 AUGMENT_STAGE = ("augment", 20.0)
 
 
@@ -712,14 +713,20 @@ def ensure_corpus_domain(
         raise DomainBuildError(
             "default_domain", f"folder name {folder.name!r} must match {DOMAIN_ID.pattern}"
         )
-    schema_file = folder / SCHEMA_FILE
-    schema = ConceptSchema.from_dict(json.loads(schema_file.read_text())) if schema_file.exists() else None
-    rows = validate_rows((folder / CORPUS_FILE).read_text(encoding="utf-8").splitlines(), schema)
-    schema = schema or infer_schema(rows, name=folder.name)
+    stages = stages or Stages(f"domain {folder.name}", log=log)
+    stages.expect([READ_STAGE])
+    with stages.stage("read", CORPUS_FILE):
+        schema_file = folder / SCHEMA_FILE
+        schema = (
+            ConceptSchema.from_dict(json.loads(schema_file.read_text())) if schema_file.exists() else None
+        )
+        rows = validate_rows((folder / CORPUS_FILE).read_text(encoding="utf-8").splitlines(), schema)
+        schema = schema or infer_schema(rows, name=folder.name)
+        pool = pool_from_rows(rows, schema)
     return build_domain(
         folder.parent,
         folder.name,
-        pool_from_rows(rows, schema),
+        pool,
         encoder=encoder,
         source=f"{CORPUS_FILE} in {folder.name}",
         log=log,

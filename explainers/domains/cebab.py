@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from explainers.domains.build import build_domain, load_stage
+from explainers.domains.build import READ_STAGE, build_domain, load_stage
 from explainers.domains.domain import Domain, majority_rate
 from explainers.progress import Stages
 
@@ -62,12 +62,17 @@ def ensure_cebab_domain(
     path = Path(root) / DOMAIN_ID
     if (path / "meta.json").exists():
         return load_stage(path, encoder, stages)
+    stages = stages or Stages(f"domain {DOMAIN_ID}", log=log)
+    stages.expect([READ_STAGE])
+    with stages.stage("read", "CEBaB split files"):
+        pool = cebab_pool(POOL_SPLIT, data_dir)
+        extra = tagger_texts(data_dir)
     shipped = json.loads(SHIPPED_STACKING.read_text()) if SHIPPED_STACKING.exists() else {}
     stacking = {k: {**v, "shipped_with_library": True} for k, v in shipped.get("stacking", {}).items()}
     return build_domain(
         Path(root),
         DOMAIN_ID,
-        cebab_pool(POOL_SPLIT, data_dir),
+        pool,
         encoder=encoder,
         source=f"CEBaB {POOL_SPLIT} (CC BY 4.0)",
         taggers_builder=_taggers_builder(data_dir),
@@ -75,7 +80,7 @@ def ensure_cebab_domain(
         log=log,
         stages=stages,
         # The taggers embed their training split and score on dev: embedded up front, on every core.
-        embed_also=tagger_texts(data_dir),
+        embed_also=extra,
     )
 
 
