@@ -31,6 +31,7 @@ from sklearn.linear_model import LogisticRegression
 
 from explainers.artifacts import data_hash, read_meta, write_meta
 from explainers.concepts import CEBAB_SCHEMA, ConceptSchema
+from explainers.progress import Progress
 
 FEATURES = ("minilm", "tfidf")
 DEFAULT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
@@ -114,6 +115,7 @@ class TaggerSet:
             self.vectorizer.fit(list(texts))
         X = self._features(texts)
         self.taggers = {}
+        bar = Progress(len(self.schema.concepts), "taggers", unit="concept")
         for concept in self.schema.concepts:
             values = list(concept.values)
             keep = [i for i, row in enumerate(labels) if row.get(concept.name) in values]
@@ -124,10 +126,13 @@ class TaggerSet:
                 only = str(y[0])
                 order = [only] + [v for v in values if v != only]
                 self.taggers[concept.name] = ConceptTagger(concept.name, order, None)
+                bar.update(note=concept.name)
                 continue
             model = LogisticRegression(C=self.C, max_iter=3000)
             model.fit(X[keep], y)
             self.taggers[concept.name] = ConceptTagger(concept.name, values, model)
+            bar.update(note=concept.name)
+        bar.close()
         return self
 
     def _check_fitted(self) -> None:
