@@ -137,17 +137,45 @@ class Runtime:
         tens of seconds inside the first request; they are cached like any other explainer.
         """
         name = self.default_classifier_name()
+        classifier = self.builtin_classifiers.get(name) if name else None
         methods = self.prewarm_methods()
         built = []
         with stages.stage("explainers", ", ".join(methods)):
+            sample = self._warm_up_query(domain) if classifier is not None else None
             for i, method in enumerate(methods):
                 try:
-                    self.explainer(method, domain, classifier_name=name)
+                    explainer, lock, _ = self.explainer(method, domain, classifier_name=name)
                     built.append(method)
                 except MissingResource as e:  # e.g. a method this domain cannot run: later requests say why
                     log.info("explainer %s not prebuilt for domain %s: %s", method, domain.id, e)
+                    continue
+                if sample is not None:
+                    # One real explanation of a new text: the encoder's first run, the taggers,
+                    # the indices and the classifier each pay their first-call costs here.
+                    text, intervention, labels = sample
+                    try:
+                        with lock:
+                            explainer.explain(text, intervention, classifier, 5, base_labels=labels)
+                    except Exception as e:  # a warm-up only: the request that hits it will say why
+                        log.warning("warm-up explanation with %s failed: %s: %s", method, type(e).__name__, e)
                 stages.update((i + 1) / len(methods), f"{i + 1}/{len(methods)} methods")
         return built
+
+    def _warm_up_query(self, domain: Domain) -> tuple[str, Any, dict[str, str]] | None:
+        """A new text (a corpus text, reworded) and an intervention on it that the domain can answer."""
+        from explainers.concepts import Intervention
+
+        if not len(domain.pool):
+            return None
+        text = f"{domain.pool.texts[0]} (warm-up)"
+        labels = domain.taggers.predict([text])[0] if domain.taggers is not None else {}
+        labels = {**domain.pool.labels[0], **labels}
+        for concept in domain.schema.concepts:
+            source = labels.get(concept.name)
+            targets = [v for v in concept.values if v != source and domain.pool.indices_with(concept.name, v)]
+            if source is not None and targets:
+                return text, Intervention(concept.name, targets[0], source), labels
+        return None
 
     @property
     def ready(self) -> bool:

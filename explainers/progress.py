@@ -198,6 +198,8 @@ class Stages:
         self._weight: dict[str, float] = {}
         self._status: dict[str, str] = {}  # pending, running, done, reused
         self._seconds: dict[str, float] = {}
+        self._cpu: dict[str, float] = {}  # process CPU seconds (all threads) spent while the stage ran
+        self._stage_cpu = 0.0
         self._fraction = 0.0
         self._note = ""
         self._span = (0.0, 1.0)
@@ -256,6 +258,7 @@ class Stages:
             self._status[name] = "running"
             self._fraction, self._note, self._span = 0.0, note, (0.0, 1.0)
             self._stage_started = self.clock()
+            self._stage_cpu = time.process_time()
             index = self._names.index(name) + 1
         self._say(f"stage {index}/{len(self._names)} {name} started" + (f" ({note})" if note else ""))
         self._notify(force=True)
@@ -284,6 +287,8 @@ class Stages:
                 took = 0.0
             self._status[name] = "reused" if reused else "done"
             self._seconds[name] = round(took, 2)
+            if took:
+                self._cpu[name] = round(time.process_time() - self._stage_cpu, 2)
             if self._current == name:
                 self._current, self._fraction, self._note = None, 0.0, ""
         self._say(
@@ -320,7 +325,13 @@ class Stages:
             "elapsed_s": round(elapsed, 1),
             "eta_s": eta,
             "stages": [
-                {"name": n, "status": self._status[n], "seconds": self._seconds.get(n)} for n in self._names
+                {
+                    "name": n,
+                    "status": self._status[n],
+                    "seconds": self._seconds.get(n),
+                    "cpu_s": self._cpu.get(n),
+                }
+                for n in self._names
             ],
         }
 

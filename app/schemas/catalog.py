@@ -147,6 +147,7 @@ class StageOut(BaseModel):
         description="reused: its output came from an earlier, interrupted run of the same build."
     )
     seconds: float | None = Field(None, description="How long it took (done stages).")
+    cpu_s: float | None = Field(None, description="Process CPU seconds (all threads) while it ran.")
 
 
 class StartProgress(BaseModel):
