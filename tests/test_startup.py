@@ -369,3 +369,19 @@ def test_cace_domains_list_reads_the_settings_and_says_when_there_is_nothing(tmp
     )
     listed = domains_list(tmp_path / "data")
     assert listed.returncode == 0 and listed.stdout.split()[:2] == ["reviews", "12"], listed
+
+
+def test_taggers_fitted_side_by_side_equal_those_fitted_one_by_one() -> None:
+    import numpy as np
+
+    from explainers.domains import infer_schema, pool_from_rows, validate_rows
+    from explainers.taggers import TaggerSet
+
+    rows = validate_rows([{k: v for k, v in r.items() if k != "rating"} for r in movie_corpus(30, seed=2)])
+    pool = pool_from_rows(rows, infer_schema(rows, name="movies"))
+    one = TaggerSet(pool.schema).fit(pool.texts, pool.labels)
+    two = TaggerSet(pool.schema).fit(pool.texts, pool.labels, workers=2)
+    assert list(one.taggers) == list(two.taggers) == pool.schema.names
+    probe = pool.texts[:40]
+    for concept, p in one.predict_proba(probe).items():
+        assert np.allclose(p, two.predict_proba(probe)[concept], atol=1e-6), concept

@@ -279,14 +279,16 @@ def fit_taggers(
     schema = pool.schema
     if eval_set is None and len(pool) >= 10:
         train, test = _heldout_split(pool)
-        probe = TaggerSet(schema).fit([pool.texts[i] for i in train], [pool.labels[i] for i in train])
+        probe = TaggerSet(schema).fit(
+            [pool.texts[i] for i in train], [pool.labels[i] for i in train], workers=build_workers()
+        )
         eval_set = ([pool.texts[i] for i in test], [pool.labels[i] for i in test])
         accuracy = probe.accuracy(*eval_set)
         how = "held-out origins (20%)"
     else:
         accuracy = None
         how = "given evaluation set" if eval_set else "none (fewer than 10 texts)"
-    taggers = TaggerSet(schema).fit(pool.texts, pool.labels)
+    taggers = TaggerSet(schema).fit(pool.texts, pool.labels, workers=build_workers())
     if accuracy is None and eval_set is not None:
         accuracy = taggers.accuracy(*eval_set)
     report: dict[str, dict[str, Any]] = {}

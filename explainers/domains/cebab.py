@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from explainers.domains.build import READ_STAGE, build_domain, load_stage
+from explainers.domains.build import READ_STAGE, build_domain, build_workers, load_stage
 from explainers.domains.domain import Domain, majority_rate
 from explainers.progress import Stages
 
@@ -27,7 +27,9 @@ def _taggers_builder(data_dir: str | os.PathLike[str] | None):
         from explainers.concepts import CEBAB_SCHEMA
         from explainers.taggers import cebab_corpus, train_cebab_taggers
 
-        meta = train_cebab_taggers(out, Path(data_dir) if data_dir else None, split=POOL_SPLIT)
+        meta = train_cebab_taggers(
+            out, Path(data_dir) if data_dir else None, split=POOL_SPLIT, workers=build_workers()
+        )
         _, dev_labels = cebab_corpus("dev", Path(data_dir) if data_dir else None)
         report = {}
         for c in CEBAB_SCHEMA.concepts:
