@@ -716,8 +716,10 @@ def ensure_corpus_domain(
             "default_domain", f"folder name {folder.name!r} must match {DOMAIN_ID.pattern}"
         )
     stages = stages or Stages(f"domain {folder.name}", log=log)
-    stages.expect([READ_STAGE])
+    stages.expect([READ_STAGE, *BUILD_STAGES])  # the whole plan up front: the percent never goes back
     with stages.stage("read", CORPUS_FILE):
+        import explainers.matching.trainers  # noqa: F401  (torch's import, counted in a stage)
+
         schema_file = folder / SCHEMA_FILE
         schema = (
             ConceptSchema.from_dict(json.loads(schema_file.read_text())) if schema_file.exists() else None

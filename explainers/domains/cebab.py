@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from explainers.domains.build import READ_STAGE, build_domain, build_workers, load_stage
+from explainers.domains.build import BUILD_STAGES, READ_STAGE, build_domain, build_workers, load_stage
 from explainers.domains.domain import Domain, majority_rate
 from explainers.progress import Stages
 
@@ -65,10 +65,11 @@ def ensure_cebab_domain(
     if (path / "meta.json").exists():
         return load_stage(path, encoder, stages)
     stages = stages or Stages(f"domain {DOMAIN_ID}", log=log)
-    stages.expect([READ_STAGE])
+    stages.expect([READ_STAGE, *BUILD_STAGES])  # the whole plan up front: the percent never goes back
     with stages.stage("read", "CEBaB split files"):
         pool = cebab_pool(POOL_SPLIT, data_dir)
         extra = tagger_texts(data_dir)
+        import explainers.matching.trainers  # noqa: F401  (torch's import, counted in a stage)
     shipped = json.loads(SHIPPED_STACKING.read_text()) if SHIPPED_STACKING.exists() else {}
     stacking = {k: {**v, "shipped_with_library": True} for k, v in shipped.get("stacking", {}).items()}
     return build_domain(
