@@ -87,6 +87,7 @@ class Runtime:
         self._lock = threading.RLock()
         self.components: dict[str, Component] = {}
         self.loaded = threading.Event()
+        self._prewarm_on_load = True
 
     # ---- embedded defaults ----------------------------------------------------------------
     def default_classifier_name(self) -> str | None:
@@ -106,8 +107,13 @@ class Runtime:
             self.components[name] = Component(name, required)
         return steps
 
-    def load_defaults(self) -> None:
-        """Load every configured default; failures are recorded, not raised (the rest still loads)."""
+    def load_defaults(self, *, prewarm: bool = True) -> None:
+        """Load every configured default; failures are recorded, not raised (the rest still loads).
+
+        `prewarm=False` (`cace serve --prepare-only`) builds the artifacts but not the in-memory
+        explainers, which a process that exits would throw away.
+        """
+        self._prewarm_on_load = prewarm
         for name, _, fn in self.plan_defaults():
             comp = self.components[name]
             comp.status = "loading"
@@ -219,7 +225,8 @@ class Runtime:
         name = self.settings.default_domain
         stages = self.components["domain"].stages
         # Declared first so the stages the library adds (load, or a build's) come before it.
-        stages.expect([("explainers", 0.5)])
+        if self._prewarm_on_load:
+            stages.expect([("explainers", 0.5)])
         if name in BUILTIN_DOMAINS:
             domain = ensure_builtin(
                 name,
@@ -233,7 +240,7 @@ class Runtime:
             domain = ensure_corpus_domain(Path(name), encoder=self.encoder(), log=log.info, stages=stages)
         with self._lock:
             self._explainers.clear()  # rebuilt over the newly loaded domain
-        built = self._prewarm(domain, stages)
+        built = self._prewarm(domain, stages) if self._prewarm_on_load else []
         self.domains.pin(domain)
         self.default_domain_id = domain.id
         return (
