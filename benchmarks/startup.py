@@ -170,7 +170,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--port", type=int, default=9710)
     ap.add_argument("--timeout", type=float, default=1800)
     ap.add_argument("--out", type=Path, default=OUT / "startup.md")
+    ap.add_argument("--render-only", action="store_true", help="rewrite the .md from the .json beside it")
     args = ap.parse_args(argv)
+    if args.render_only:
+        saved = json.loads(args.out.with_suffix(".json").read_text())
+        write(args.out, saved["results"], saved["took_s"], saved.get("date"))
+        return 0
     runs = [r.strip() for r in args.runs.split(",") if r.strip()]
     base = f"http://127.0.0.1:{args.port}"
     work = Path(tempfile.mkdtemp(prefix="cace-startup-"))
@@ -223,15 +228,17 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
     finally:
-        shutil.copy(log, OUT / "startup_server.log") if log.exists() and "--keep-log" in sys.argv else None
         shutil.rmtree(work, ignore_errors=True)
-    write(args.out, results, time.time() - begun)
+    took = time.time() - begun
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(
+        json.dumps({"results": results, "took_s": took, "date": time.strftime("%Y-%m-%d")}, indent=1)
+    )
+    write(args.out, results, took)
     return 0
 
 
-def write(path: Path, results: dict[str, Any], took: float) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.with_suffix(".json").write_text(json.dumps(results, indent=1))
+def write(path: Path, results: dict[str, Any], took: float, date: str | None = None) -> None:
     lines = [
         "# Start-up: time to ready of `cace serve` on the embedded defaults (CEBaB + tfidf-lr)",
         "",
@@ -252,7 +259,11 @@ def write(path: Path, results: dict[str, Any], took: float) -> None:
         for comp in ("classifier", "domain"):
             prog = (comps.get(comp) or {}).get("progress") or {}
             for s in prog.get("stages", []):
-                stages.append(f"{s['name']} {s['seconds'] if s['status'] != 'reused' else 'reused'}")
+                if s["status"] == "reused":
+                    stages.append(f"{s['name']} reused")
+                else:
+                    cpu = f" (CPU {s['cpu_s']})" if s.get("cpu_s") is not None else ""
+                    stages.append(f"{s['name']} {s['seconds']}{cpu}")
         label = (
             name
             if name != "resume"
@@ -279,7 +290,7 @@ def write(path: Path, results: dict[str, Any], took: float) -> None:
                 lines.append(
                     f"| {name} | {m} | {t['first_ms']} / {t['first_total_ms']} | {t['tenth_ms']} / {t['tenth_total_ms']} |"
                 )
-    lines += ["", f"Run took {took / 60:.1f} min on {time.strftime('%Y-%m-%d')}.", ""]
+    lines += ["", f"Run took {took / 60:.1f} min on {date or time.strftime('%Y-%m-%d')}.", ""]
     path.write_text("\n".join(lines))
     print("\n".join(lines))
 
