@@ -31,7 +31,7 @@ from explainers.classifiers.base import Classifier
 from explainers.classifiers.cache import CachingClassifier
 from explainers.domains import BUILTIN as BUILTIN_DOMAINS
 from explainers.domains import Domain
-from explainers.progress import Stages
+from explainers.progress import Stages, reporting_to
 from explainers.registry import MissingResource, available, build_explainer
 
 log = logging.getLogger("cace.resources")
@@ -160,7 +160,7 @@ class Runtime:
                     # the indices and the classifier each pay their first-call costs here.
                     text, intervention, labels = sample
                     try:
-                        with lock:
+                        with lock, reporting_to(None):  # its inner bars (one text) are not the stage's
                             explainer.explain(text, intervention, classifier, 5, base_labels=labels)
                     except Exception as e:  # a warm-up only: the request that hits it will say why
                         log.warning("warm-up explanation with %s failed: %s: %s", method, type(e).__name__, e)
