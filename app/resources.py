@@ -226,7 +226,7 @@ class Runtime:
         stages = self.components["domain"].stages
         # Declared first so the stages the library adds (load, or a build's) come before it.
         if self._prewarm_on_load:
-            stages.expect([("explainers", 0.5)])
+            stages.expect([("explainers", 1.5)])  # weight: see explainers.domains.build.BUILD_STAGES
         if name in BUILTIN_DOMAINS:
             domain = ensure_builtin(
                 name,

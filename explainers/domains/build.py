@@ -63,15 +63,16 @@ Log = Callable[[str], None] | None
 # A build's stages and their share of the work (CEBaB on 2 CPU cores: embedding the corpus with
 # MiniLM dominates; see benchmarks/results/startup.md). The weights shape the percent only:
 # the ETA comes from the rate measured while the build runs.
+# Weights: CPU seconds per stage of a CEBaB build / 20 (benchmarks/results/startup.md).
 BUILD_STAGES: tuple[tuple[str, float], ...] = (
     ("embed", 6.0),
-    ("taggers", 2.0),
+    ("taggers", 1.2),
     ("space", 2.0),
-    ("save", 0.3),
-    ("load", 0.3),
+    ("save", 0.1),
+    ("load", 0.1),
 )
 LOAD_STAGE = ("load", 1.0)
-READ_STAGE = ("read", 0.3)
+READ_STAGE = ("read", 0.2)
 AUGMENT_STAGE = ("augment", 20.0)
 
 
