@@ -14,7 +14,7 @@ The same steps build every domain, an uploaded corpus and CEBaB alike:
    pairs keeps the pretrained projection) with its nearest-counterfactual hit rate;
 6. `meta.json`, written last: an interrupted build leaves no domain behind.
 
-The build reports its stages (`BUILD_STAGES`: embed, taggers, space, save) to a
+The build reports its stages (`BUILD_STAGES`: embed, taggers, space, save, load) to a
 `explainers.progress.Stages`, and is resumable per stage: it works in a staging folder named
 by a hash of everything its output depends on (`<id>.building-<key>`), records each finished
 stage there, and a build of the same inputs after a kill reuses them. A file lock on the
@@ -60,10 +60,9 @@ from explainers.progress import Stages, reporting_to
 UNKNOWN = "unknown"
 MAX_LABEL_CHARS = 64
 Log = Callable[[str], None] | None
-# A build's stages and their share of the work (CEBaB on 2 CPU cores: embedding the corpus with
-# MiniLM dominates; see benchmarks/results/startup.md). The weights shape the percent only:
-# the ETA comes from the rate measured while the build runs.
-# Weights: CPU seconds per stage of a CEBaB build / 20 (benchmarks/results/startup.md).
+# A build's stages and their share of the work: CPU seconds per stage of a CEBaB build / 20
+# (embedding the corpus with MiniLM dominates; benchmarks/results/startup.md). The weights shape
+# the percent only: the ETA comes from the rate measured while the build runs.
 BUILD_STAGES: tuple[tuple[str, float], ...] = (
     ("embed", 6.0),
     ("taggers", 1.2),
