@@ -115,7 +115,7 @@ def kill_after_stage(cmd: list[str], staging_parent: Path, stage: str, env: dict
             if stage in finished_stages(staging_parent):
                 proc.send_signal(signal.SIGKILL)
                 proc.wait(10)
-                return next(staging_parent.glob("movies.building-*"))
+                return next(p.parent for p in staging_parent.glob("movies.building-*/stages.json"))
             assert proc.poll() is None, "the build ended before it could be killed"
             time.sleep(0.02)
     finally:
@@ -151,7 +151,11 @@ def test_a_killed_build_resumes_its_finished_stages_and_leaves_no_staging_folder
     from explainers.embeddings import Encoder
 
     folder = movies_folder(tmp_path, originals=60)
-    (tmp_path / "movies.building-123-abcdef").mkdir()  # an older version's killed build
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    (tmp_path / f"movies.building-{dead.stdout.strip()}-abcdef").mkdir()  # an older version's killed build
+    (tmp_path / f"movies.building-{os.getpid()}-abcdef").mkdir()  # an older version's build still running
     staging = kill_after_stage(
         [sys.executable, "-c", BUILD_SCRIPT, str(folder)], tmp_path, "embed", child_env()
     )
@@ -162,7 +166,8 @@ def test_a_killed_build_resumes_its_finished_stages_and_leaves_no_staging_folder
     assert status["embed"] == "reused" and status["load"] == "done", status
     assert "embed" in domain.meta["resumed_stages"]
     assert len(domain.pool) == 240 and domain.meta["space"]["hit_rate"]["plot"] > 0.9
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["movies"], "staging folders are cleaned up"
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == ["movies", f"movies.building-{os.getpid()}-abcdef"], "only a live build's folder is kept"
     assert not (folder / "stages.json").exists() and not (folder / ".lock").exists()
 
 

@@ -490,6 +490,8 @@ def remove_stale_staging(root: Path, domain_id: str, keep: Path | None = None) -
     for folder in sorted(Path(root).glob(f"{domain_id}.building-*")):
         if folder == keep or not folder.is_dir():
             continue
+        if not (folder / ".lock").exists() and _builder_alive(folder.name):
+            continue  # an older version's build (no lock file) whose process still runs
         try:
             fd = _lock(folder, wait=False)
         except OSError:
@@ -502,6 +504,20 @@ def remove_stale_staging(root: Path, domain_id: str, keep: Path | None = None) -
         finally:
             os.close(fd)
     return removed
+
+
+def _builder_alive(name: str) -> bool:
+    """Whether the process named in an older build folder (`<id>.building-<pid>-<random>`) runs here."""
+    parts = name.rsplit(".building-", 1)[-1].split("-")
+    if len(parts) != 2 or not parts[0].isdigit():
+        return False
+    try:
+        os.kill(int(parts[0]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, as another user's process
+        return True
+    return True
 
 
 @contextlib.contextmanager
