@@ -60,6 +60,13 @@ class Settings(BaseSettings):
     # Texts per JSONL upload (/v1/effects/upload streams into the store; max_body_bytes still applies).
     max_upload_texts: int = 1_000_000
     max_body_bytes: int = 10 * 1024 * 1024
+    # Caps on one domain upload (POST /v1/domains answers 422 naming the cap): distinct texts per
+    # origin (pairs are made within an origin, all against all), counterfactual pairs, concepts
+    # (also per line) and values per concept. See explainers/domains/limits.py.
+    domain_max_group_texts: int = Field(64, ge=2, le=10000)
+    domain_max_pairs: int = Field(50_000, ge=1, le=10_000_000)
+    domain_max_concepts: int = Field(32, ge=1, le=1000)
+    domain_max_values: int = Field(32, ge=2, le=1000)
     request_timeout_s: float = 60.0
 
     # Jobs.

@@ -9,6 +9,7 @@ local folder, and knows the all-MiniLM-L6-v2 copy that ships in the
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import os
 import threading
@@ -21,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from explainers.artifacts import cache_dir, model_fingerprint
-from explainers.progress import Progress, current_sink, reporting_to
+from explainers.progress import Progress
 
 DEFAULT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 # How the model runs: sentence-transformers on torch, or the same model exported to ONNX Runtime
@@ -209,30 +210,35 @@ class Encoder:
         previous = torch.get_num_threads()
         lock = threading.Lock()
         queue = list(reversed(chunks))
-        sink = current_sink()
 
         def work(i: int) -> None:
             torch.set_num_threads(1)
             model = self._replica(i)
-            with reporting_to(sink):
-                while True:
-                    with lock:
-                        if not queue:
-                            return
-                        part = queue.pop()
-                    vecs = model.encode(
-                        part,
-                        batch_size=self.batch_size,
-                        normalize_embeddings=True,
-                        convert_to_numpy=True,
-                        show_progress_bar=False,
-                    )
-                    with lock:
+            while True:
+                with lock:
+                    if not queue:
+                        return
+                    part = queue.pop()
+                vecs = model.encode(
+                    part,
+                    batch_size=self.batch_size,
+                    normalize_embeddings=True,
+                    convert_to_numpy=True,
+                    show_progress_bar=False,
+                )
+                with lock:
+                    try:
                         done(part, np.asarray(vecs, dtype=np.float32))
+                    except BaseException:  # cancelled (or failed): the other workers stop too
+                        queue.clear()
+                        raise
 
         try:
+            # Each worker runs in a copy of the caller's context: its progress reaches the caller's
+            # stage, and a cancelled job stops it at its next batch (explainers.progress).
             with ThreadPoolExecutor(workers, thread_name_prefix="cace-embed") as pool:
-                for f in [pool.submit(work, i) for i in range(workers)]:
+                futures = [pool.submit(contextvars.copy_context().run, work, i) for i in range(workers)]
+                for f in futures:
                     f.result()
         finally:
             torch.set_num_threads(previous)
@@ -254,9 +260,10 @@ class Encoder:
         missing.sort(key=len)
         fresh: dict[str, np.ndarray] = {}
         if missing:
-            # In chunks, so a long embedding run (a fresh pool) can report progress (and parallel
-            # workers share the work evenly).
-            chunk = self.batch_size * (4 if workers > 1 else 16)
+            # In chunks (one model batch each), so a long embedding run (a fresh pool) reports progress,
+            # parallel workers share the work evenly, and a cancelled job's run stops within one
+            # batch (Progress.update is a cancellation checkpoint).
+            chunk = self.batch_size
             with Progress(len(missing), "embed", unit="text") as bar:
 
                 def done(part: list[str], vecs: np.ndarray) -> None:

@@ -86,10 +86,20 @@ class MissingResource(CaceError, ValueError):
     """The method needs a resource (pool, space, LLM, ...) this deployment does not have."""
 
 
+class UnsafeName(CaceError, ValueError):
+    """A name (concept, value, domain, classifier) cannot address a file: it would leave its folder."""
+
+
+class Cancelled(CaceError):
+    """Long work stopped at a checkpoint because its job was cancelled (not a failure of the work)."""
+
+
 __all__ = [
     "CaceError",
+    "Cancelled",
     "MissingResource",
     "OutboundDenied",
+    "UnsafeName",
     "UpstreamError",
     "UpstreamMalformed",
     "UpstreamRejected",

@@ -9,6 +9,10 @@ progress is switched on, so the service (which trains the same heads at start-up
 stay quiet. The `cace` subcommands call `enable()` first. `CACE_PROGRESS=0` silences it and
 `CACE_PROGRESS=1` forces it on.
 
+The same calls are where long work can be stopped: inside `cancellable(is_cancelled)`, every
+`Progress.update()` and every `checkpoint()` raises `explainers.errors.Cancelled` once
+`is_cancelled()` says so (asked at most once per interval). A service runs a domain build in
+such a block, so cancelling its job stops training within one batch.
 `Stages` tracks a build made of named stages (a domain build: embed, taggers, space, ...) for
 whoever asks while it runs: a snapshot with the stage, the percent and an ETA from the measured
 rate, and a log line per stage and per 10% step. A `Progress` created while a stage runs (the
@@ -18,6 +22,7 @@ without knowing who watches.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import os
 import sys
@@ -28,11 +33,48 @@ from contextlib import contextmanager
 from types import TracebackType
 from typing import Any, TextIO
 
+from explainers.errors import Cancelled
+
 _enabled = False
 # Where a Progress reports its fraction done, when a `Stages` stage is running in this context.
 _stage_sink: contextvars.ContextVar[Callable[[float, str], None] | None] = contextvars.ContextVar(
     "cace_stage_sink", default=None
 )
+
+
+class _Canceller:
+    def __init__(self, is_cancelled: Callable[[], bool], interval_s: float) -> None:
+        self.is_cancelled = is_cancelled
+        self.interval_s = interval_s
+        self._next = 0.0
+
+    def check(self) -> None:
+        now = time.monotonic()
+        if now < self._next:
+            return
+        self._next = now + self.interval_s
+        if self.is_cancelled():
+            raise Cancelled("cancelled")
+
+
+_canceller: contextvars.ContextVar[_Canceller | None] = contextvars.ContextVar("cace_canceller", default=None)
+
+
+@contextlib.contextmanager
+def cancellable(is_cancelled: Callable[[], bool], interval_s: float = 1.0) -> Iterator[None]:
+    """Within the block, `checkpoint()` and `Progress.update()` raise Cancelled once `is_cancelled()`."""
+    token = _canceller.set(_Canceller(is_cancelled, interval_s))
+    try:
+        yield
+    finally:
+        _canceller.reset(token)
+
+
+def checkpoint() -> None:
+    """Raise Cancelled if the enclosing `cancellable` block's work was cancelled (else a no-op)."""
+    canceller = _canceller.get()
+    if canceller is not None:
+        canceller.check()
 
 
 def enable(on: bool = True) -> None:
@@ -104,6 +146,7 @@ class Progress:
         self.n += n
         if note is not None:
             self.note = note
+        checkpoint()
         if self._sink is not None and self.total:
             self._sink(min(1.0, self.n / self.total), f"{self.n}/{self.total} {self.unit}")
         if not self.active:

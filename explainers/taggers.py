@@ -17,6 +17,7 @@ Any labelled corpus works; rows whose label for a concept is not one of its valu
 from __future__ import annotations
 
 import argparse
+import contextvars
 import json
 import threading
 import time
@@ -33,7 +34,7 @@ from sklearn.linear_model import LogisticRegression
 
 from explainers.artifacts import data_hash, read_meta, write_meta
 from explainers.concepts import CEBAB_SCHEMA, Concept, ConceptSchema
-from explainers.progress import Progress, current_sink, reporting_to
+from explainers.progress import Progress, checkpoint
 
 FEATURES = ("minilm", "tfidf")
 DEFAULT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
@@ -128,6 +129,7 @@ class TaggerSet:
         lock = threading.Lock()
 
         def fit_one(concept: Concept) -> ConceptTagger:
+            checkpoint()  # a cancelled build stops between concepts
             values = list(concept.values)
             keep = [i for i, row in enumerate(labels) if row.get(concept.name) in values]
             if not keep:
@@ -148,16 +150,13 @@ class TaggerSet:
         if workers > 1 and len(concepts) > 1:
             # Each concept's fit is independent (and deterministic): side by side on single-threaded
             # BLAS, as many as `workers` cores (the solver's sparse products release the GIL).
+            # Each worker runs in a copy of this context: progress reaches the caller's stage and
+            # a cancelled build stops its fits (explainers.progress.cancellable).
             from threadpoolctl import threadpool_limits
 
-            sink = current_sink()
-
-            def fit_reporting(concept: Concept) -> ConceptTagger:
-                with reporting_to(sink):
-                    return fit_one(concept)
-
             with threadpool_limits(1), ThreadPoolExecutor(min(workers, len(concepts))) as pool:
-                fitted = list(pool.map(fit_reporting, concepts))
+                futures = [pool.submit(contextvars.copy_context().run, fit_one, c) for c in concepts]
+                fitted = [f.result() for f in futures]
         else:
             fitted = [fit_one(c) for c in concepts]
         self.taggers = {c.name: t for c, t in zip(concepts, fitted, strict=True)}

@@ -26,7 +26,7 @@ from explainers.concepts import ConceptSchema, Intervention
 from explainers.data.pool import Pool
 from explainers.errors import UpstreamUnavailable
 from explainers.estimate import cace
-from explainers.progress import Stages
+from explainers.progress import Stages, cancellable
 from explainers.types import Explanation, explain_batch, zero_explanation
 
 log = logging.getLogger("cace.jobs")
@@ -279,14 +279,17 @@ class DomainHandler:
         pool = pool_from_rows(payload["corpus"], schema)
         augment = self._augmenter(job_id, pool, request["generate"]) if request.get("generate") else None
         domain_id = request["domain_id"]
-        domain = build_domain(
-            self.rt.domains.root,
-            domain_id,
-            pool,
-            encoder=self.rt.encoder(),
-            augment=augment,
-            stages=job_stages(self.rt, job_id, f"domain build {domain_id}"),
-        )
+        # Cancelling the job stops the build at its next checkpoint (a training batch, an embedding
+        # batch, a stage): the store says so to every replica; the build's folder is then removed.
+        with cancellable(lambda: self._cancelled(job_id)):
+            domain = build_domain(
+                self.rt.domains.root,
+                domain_id,
+                pool,
+                encoder=self.rt.encoder(),
+                augment=augment,
+                stages=job_stages(self.rt, job_id, f"domain build {domain_id}"),
+            )
         self.rt.forget_domain(domain_id)
         d = domain.describe()
         return {
@@ -297,6 +300,13 @@ class DomainHandler:
             "methods": d["methods"],
             "generation": d["generation"],
         }
+
+    def _cancelled(self, job_id: str) -> bool:
+        try:
+            return self.rt.store.job_status(job_id) not in ("queued", "running")
+        except Exception:  # a store that blinks does not stop a build; the next check asks again
+            log.warning("job %s: could not read its status", job_id, exc_info=True)
+            return False
 
     def _augmenter(self, job_id: str, pool: Pool, gen: dict[str, Any]) -> Any:
         """Add LLM-generated counterfactuals, cached per job so a re-run item resumes, not restarts.
@@ -329,6 +339,7 @@ class DomainHandler:
         return run
 
     def finalize(self, job_id: str, request: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
+        self.rt.domains.release_build(request["domain_id"], job_id)
         row = rows[0]
         if row["status"] != "done":
             raise ValueError(row.get("error") or "domain build failed")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFile
@@ -14,8 +15,17 @@ from app.resources import Runtime
 from app.routes.common import problems, runtime
 from app.routes.jobs import requester, submit
 from app.schemas import CalibrationRequest, DomainList, DomainOut, DomainParams, JobOut
+from app.store.tables import FINAL
 from explainers.concepts import ConceptSchema
-from explainers.domains import DomainBuildError, infer_schema, validate_rows
+from explainers.domains import BUILTIN, DomainBuildError, infer_schema, validate_rows
+from explainers.domains.limits import (
+    CorpusLimits,
+    CorpusTooLarge,
+    check_corpus,
+    check_labels_seen,
+    check_schema,
+)
+from explainers.jsonl import split_lines
 
 router = APIRouter(tags=["domains"])
 
@@ -104,11 +114,12 @@ def create_domain(
     cannot run for that concept (or ask for `generate` to add LLM-made edits first).
     """
     p = _params(params)
-    if rt.domains.exists(p.id) or any(d.id == p.id for d in _building(rt)):
-        raise ApiError(
-            409, "Domain exists", f"domain {p.id!r} already exists; DELETE it first", kind="conflict"
-        )
+    _check_id_free(rt, p.id)
+    limits = _limits(rt)
     schema = _schema(p.schema_) if p.schema_ is not None else None
+    if schema is not None:
+        given = schema
+        _check_limits(lambda: check_schema(given, limits))
     if p.generate is not None:
         try:
             backend, _ = rt.llm(p.generate.llm)
@@ -119,8 +130,9 @@ def create_domain(
                 "body.params.generate.llm",
                 "no default LLM is configured (CACE_LLM_BASE_URL, CACE_LLM_MODEL); name a registered LLM",
             )
-    rows = _corpus(file, schema, rt.settings.max_body_bytes, rt.settings.max_text_chars)
+    rows = _corpus(file, schema, rt.settings.max_body_bytes, rt.settings.max_text_chars, limits)
     if schema is None:
+        _check_limits(lambda: check_labels_seen(rows, limits))
         schema = infer_schema(rows, name=p.description or p.id)
         single = [c.name for c in schema.concepts if len(c.values) < 2]
         if single:
@@ -132,12 +144,67 @@ def create_domain(
     unlabelled = [c for c in schema.names if not any(c in r["labels"] for r in rows)]
     if unlabelled:
         raise field_error("body.file", f"no text carries a label for concept(s) {unlabelled}")
+    final_schema = schema
+    _check_limits(lambda: check_corpus(rows, final_schema, limits))
     request = {
         "domain_id": p.id,
         "schema": schema.to_dict(),
         "generate": p.generate.model_dump() if p.generate else None,
     }
-    return submit(rt, "domain", request, [{"corpus": rows}], requester(http_request)[0])
+    # One build per id, also between replicas: the lock is claimed before the job exists and
+    # then names it; a concurrent upload of the same id gets 409 here.
+    held, token = rt.domains.claim_build(p.id, lambda job_id: _job_active(rt, job_id))
+    if held is not None:
+        raise ApiError(
+            409,
+            "Domain being built",
+            f"domain {p.id!r} is being built"
+            + (f" by job {held}" if held else "")
+            + "; wait for it or cancel it",
+            kind="conflict",
+        )
+    try:
+        _check_id_free(rt, p.id)  # a build that finished while this upload was being read
+        response = submit(rt, "domain", request, [{"corpus": rows}], requester(http_request)[0])
+    except BaseException:
+        rt.domains.release_build(p.id, token)
+        raise
+    rt.domains.bind_build(p.id, token, json.loads(bytes(response.body))["id"])
+    return response
+
+
+def _check_id_free(rt: Runtime, domain_id: str) -> None:
+    """409 when the id is taken (a domain, a build under way); 422 when it is reserved."""
+    if domain_id in BUILTIN and domain_id != rt.default_domain_id:
+        # A built-in id is the library's domain: an upload by that name would later be served as it.
+        raise field_error("body.params.id", f"{domain_id!r} is reserved for a built-in domain")
+    if rt.domains.exists(domain_id) or any(d.id == domain_id for d in _building(rt)):
+        raise ApiError(
+            409, "Domain exists", f"domain {domain_id!r} already exists; DELETE it first", kind="conflict"
+        )
+
+
+def _job_active(rt: Runtime, job_id: str) -> bool:
+    job = rt.store.get_job(job_id, with_request=False)
+    return job is not None and job["status"] not in FINAL
+
+
+def _limits(rt: Runtime) -> CorpusLimits:
+    s = rt.settings
+    return CorpusLimits(
+        domain_max_group_texts=s.domain_max_group_texts,
+        domain_max_pairs=s.domain_max_pairs,
+        domain_max_concepts=s.domain_max_concepts,
+        domain_max_values=s.domain_max_values,
+    )
+
+
+def _check_limits(check: Callable[[], object]) -> None:
+    """Run one of explainers.domains.limits' checks; a cap exceeded is a 422 naming it."""
+    try:
+        check()
+    except CorpusTooLarge as e:
+        raise field_error(e.where, e.message) from e
 
 
 @router.post(
@@ -227,7 +294,7 @@ def _schema(raw: dict[str, Any]) -> ConceptSchema:
 
 
 def _corpus(
-    file: UploadFile, schema: ConceptSchema | None, max_bytes: int, max_chars: int
+    file: UploadFile, schema: ConceptSchema | None, max_bytes: int, max_chars: int, limits: CorpusLimits
 ) -> list[dict[str, Any]]:
     raw = file.file.read(max_bytes + 1)
     if len(raw) > max_bytes:
@@ -237,7 +304,9 @@ def _corpus(
     except UnicodeDecodeError as e:
         raise field_error("body.file", f"not UTF-8 (byte {e.start})") from e
     try:
-        return validate_rows(text.splitlines(), schema, max_text_chars=max_chars)
+        return validate_rows(
+            split_lines(text), schema, max_text_chars=max_chars, max_labels=limits.domain_max_concepts
+        )
     except DomainBuildError as e:
         raise field_error(e.where, e.message) from e
     except json.JSONDecodeError as e:  # pragma: no cover - validate_rows wraps these

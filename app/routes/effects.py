@@ -7,7 +7,6 @@ whose items are stored per text, answered with 202 and a Location to poll.
 from __future__ import annotations
 
 import itertools
-import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,6 +21,7 @@ from app.resources import Runtime
 from app.routes.common import problems, runtime
 from app.routes.jobs import requester, submit
 from app.schemas import EffectsInlineResponse, EffectsParams, EffectsRequest, EffectText, JobOut
+from explainers.jsonl import loads_line
 
 router = APIRouter(tags=["effects"])
 
@@ -175,9 +175,9 @@ def iter_upload(
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
+            obj = loads_line(line)  # nesting too deep or an integer too long is a ValueError too
             item = EffectText(text=obj) if isinstance(obj, str) else EffectText.model_validate(obj)
-        except (json.JSONDecodeError, ValidationError) as e:
+        except (ValueError, ValidationError) as e:
             raise field_error(
                 f"file.line{n}", f"not a JSON string or {{text, id, labels}} object: {e}"
             ) from e

@@ -26,6 +26,7 @@ input's, or an older version's) are removed when a build of that domain starts.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import fcntl
 import hashlib
 import inspect
@@ -43,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from explainers.artifacts import data_hash, write_meta
+from explainers.artifacts import OWNER, child_path, data_hash, staging_dir, touch_staging, write_meta
 from explainers.concepts import Concept, ConceptSchema
 from explainers.data.pool import Pool
 from explainers.domains.domain import (
@@ -55,7 +56,8 @@ from explainers.domains.domain import (
     load_domain,
     majority_rate,
 )
-from explainers.progress import Stages, reporting_to
+from explainers.jsonl import loads_line
+from explainers.progress import Stages, checkpoint, reporting_to
 
 UNKNOWN = "unknown"
 MAX_LABEL_CHARS = 64
@@ -132,8 +134,11 @@ def validate_rows(
     schema: ConceptSchema | None = None,
     *,
     max_text_chars: int = 20000,
+    max_labels: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Parse and check corpus rows (JSON lines or dicts); errors name the 1-based line."""
+    """Parse and check corpus rows (JSON lines or dicts); errors name the 1-based line.
+
+    `max_labels` caps the concepts one row may label (a service's per-domain concept limit)."""
     rows: list[dict[str, Any]] = []
     for n, line in enumerate(lines, start=1):
         where = f"body.file.line{n}"
@@ -141,9 +146,9 @@ def validate_rows(
             if not line.strip():
                 continue
             try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DomainBuildError(where, f"invalid JSON: {e.msg}") from e
+                obj = loads_line(line)
+            except ValueError as e:  # bad syntax, nesting too deep, an integer too long
+                raise DomainBuildError(where, str(e)) from e
         else:
             obj = dict(line)
         if not isinstance(obj, dict) or not isinstance(obj.get("text"), str) or not obj["text"].strip():
@@ -162,6 +167,11 @@ def validate_rows(
         if len(obj["text"]) > max_text_chars:
             raise DomainBuildError(where + ".text", f"at most {max_text_chars} characters")
         labels = obj.get("labels", {})
+        if max_labels is not None and isinstance(labels, dict) and len(labels) > max_labels:
+            raise DomainBuildError(
+                where + ".labels",
+                f"{len(labels)} concepts on one line; this server allows at most {max_labels} per domain",
+            )
         if not isinstance(labels, dict) or not all(
             isinstance(k, str)
             and isinstance(v, str)
@@ -359,7 +369,8 @@ def train_space(
     workers = max(1, min(build_workers(), len(names)))
     with torch_threads(None if workers == 1 else torch_thread_count()):
         with ThreadPoolExecutor(workers, thread_name_prefix="cace-head") as ex:
-            futures = {c: ex.submit(train, i, c) for i, c in enumerate(names)}
+            # Each worker runs in a copy of this context, so a cancelled build stops its heads too.
+            futures = {c: ex.submit(contextvars.copy_context().run, train, i, c) for i, c in enumerate(names)}
             for c in names:
                 heads[c], training[c] = futures[c].result()
     part = _spans(stages)
@@ -564,11 +575,47 @@ class _StageRecord:
 
 
 def build_domain(
+    root: Path, domain_id: str, pool: Pool, *, encoder: Any, resumable: bool = False, **options: Any
+) -> Domain:
+    """Build root/domain_id atomically and load it (see `_build_domain` for the options).
+
+    An upload's build writes into a folder of its own under root/.staging, renamed into place
+    when complete; whatever ends it early (an error, a cancelled job) removes that folder, and a
+    process killed mid-build leaves one that `clean_stale_staging` removes at the next start.
+
+    A `resumable` build (the service's default domain) works in `<id>.building-<key>` instead,
+    named by a hash of its inputs and locked while it runs: each finished stage is kept there,
+    so a build of the same inputs after a kill or a failure resumes, and `remove_stale_staging`
+    removes such folders once no build holds them.
+    """
+    if resumable and options.get("augment") is None:
+        key = build_key(
+            pool,
+            encoder=encoder,
+            source=options.get("source", "upload"),
+            tagger_eval=options.get("tagger_eval"),
+            taggers_builder=options.get("taggers_builder"),
+            space_meta=options.get("space_meta"),
+        )
+        out = child_path(Path(root), domain_id)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with _staging(out, key, options.get("log")) as tmp:
+            return _build_domain(root, domain_id, pool, encoder=encoder, tmp=tmp, key=key, **options)
+    tmp = staging_dir(Path(root), domain_id)
+    try:
+        return _build_domain(root, domain_id, pool, encoder=encoder, tmp=tmp, key=None, **options)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # after success it was renamed: nothing is left there
+
+
+def _build_domain(
     root: Path,
     domain_id: str,
     pool: Pool,
     *,
     encoder: Any,
+    tmp: Path,
+    key: str | None = None,
     source: str = "upload",
     augment: Callable[[Pool], tuple[Pool, dict[str, Any]]] | None = None,
     tagger_eval: tuple[list[str], list[dict[str, str]]] | None = None,
@@ -579,111 +626,106 @@ def build_domain(
     stages: Stages | None = None,
     embed_also: Sequence[str] = (),
 ) -> Domain:
-    """Build root/domain_id atomically (a staging folder renamed at the end) and load it.
+    """Build root/domain_id in `tmp` (renamed into place at the end) and load it.
 
-    Resumable per stage when the inputs are known up front (no `augment`: LLM generations
-    keep their own cache). `stages` receives the progress (see the module doc). `embed_also`:
+    With a `key` (a resumable build, `tmp` locked and named by it) finished stages recorded in
+    `tmp` are reused. `stages` receives the progress (see the module doc). `embed_also`:
     more texts the later stages embed (a tagger evaluation set), embedded in the embed stage
     with the corpus, on every core.
     """
     from explainers.registry import available
 
     started = time.perf_counter()
-    out = Path(root) / domain_id
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = child_path(Path(root), domain_id)
     stages = stages or Stages(f"domain {domain_id}", log=log)
     stages.expect(([AUGMENT_STAGE] if augment is not None else []) + list(BUILD_STAGES))
-    key = (
-        None
-        if augment is not None
-        else build_key(
-            pool,
-            encoder=encoder,
+    if key is not None and not replace and (out / "meta.json").exists():
+        # Another process finished this build while we waited for its lock.
+        for name, _ in BUILD_STAGES[:-1]:
+            stages.end(name, reused=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # ours (we hold its lock), made after theirs was renamed
+        return load_stage(out, encoder, stages)
+    record = _StageRecord(tmp, key)
+    reused = sorted(s for s in record.done if s in dict(BUILD_STAGES))
+    if reused and log:
+        log(f"resuming an interrupted build of {domain_id}: {', '.join(reused)} already done")
+    generation = None
+    if augment is not None:
+        with stages.stage("augment"):
+            pool, generation = augment(pool)
+        checkpoint()
+        touch_staging(tmp)
+    base_file = tmp / "embeddings.npy"
+    if "embed" in record.done and base_file.exists():
+        base = np.load(base_file)
+        remember = getattr(encoder, "remember", None)
+        if remember is not None:
+            remember(pool.texts, base)
+        stages.end("embed", reused=True)
+    else:
+        extra = [t for t in dict.fromkeys(embed_also) if t not in set(pool.texts)]
+        with stages.stage("embed", f"{len(pool) + len(extra)} texts"):
+            base = _encode(encoder, list(pool.texts) + extra, build_workers())[: len(pool)]
+        np.save(base_file.with_suffix(".tmp.npy"), base)
+        os.replace(base_file.with_suffix(".tmp.npy"), base_file)
+        record.finish("embed", {"texts": len(pool)})
+    checkpoint()
+    touch_staging(tmp)
+    if "taggers" in record.done and (tmp / "taggers" / "meta.json").exists():
+        taggers = record.done["taggers"]
+        stages.end("taggers", reused=True)
+    else:
+        with stages.stage("taggers", f"{len(pool.schema.names)} concepts"):
+            build_taggers = taggers_builder or (lambda d: fit_taggers(pool, d, tagger_eval, log))
+            taggers = build_taggers(tmp / "taggers")
+        record.finish("taggers", taggers)
+    checkpoint()
+    touch_staging(tmp)
+    space_dir = tmp / "spaces" / DEFAULT_SPACE
+    if "space" in record.done and (space_dir / "meta.json").exists():
+        space = record.done["space"]
+        stages.end("space", reused=True)
+    else:
+        with stages.stage("space", f"{len(pool.schema.names)} heads, {len(pool.pairs)} pairs"):
+            space = train_space(pool, encoder, space_dir, log, base=base, stages=stages)
+            if space_meta:
+                meta_path = space_dir / "meta.json"
+                meta_path.write_text(
+                    json.dumps({**json.loads(meta_path.read_text()), **space_meta}, indent=2, default=str)
+                )
+        record.finish("space", space)
+    checkpoint()
+    with stages.stage("save"):
+        write_meta(
+            tmp,
+            KIND,
+            format_version=FORMAT_VERSION,
+            id=domain_id,
             source=source,
-            tagger_eval=tagger_eval,
-            taggers_builder=taggers_builder,
-            space_meta=space_meta,
+            schema=pool.schema.to_dict(),
+            data_hash=data_hash(pool.texts),
+            stats=pair_stats(pool),
+            taggers=taggers,
+            space=space,
+            methods=methods_by_concept(pool, available()),
+            generation=generation,
+            build_seconds=round(time.perf_counter() - started, 2),
+            resumed_stages=reused,
         )
-    )
-    with _staging(out, key, log) as tmp:
-        if not replace and (out / "meta.json").exists():
-            # Another process finished this build while we waited for its lock.
-            for name, _ in BUILD_STAGES[:-1]:
-                stages.end(name, reused=True)
-            shutil.rmtree(tmp, ignore_errors=True)  # ours (we hold its lock), made after theirs was renamed
-            return load_stage(out, encoder, stages)
-        record = _StageRecord(tmp, key)
-        reused = sorted(s for s in record.done if s in dict(BUILD_STAGES))
-        if reused and log:
-            log(f"resuming an interrupted build of {domain_id}: {', '.join(reused)} already done")
-        generation = None
-        if augment is not None:
-            with stages.stage("augment"):
-                pool, generation = augment(pool)
-        base_file = tmp / "embeddings.npy"
-        if "embed" in record.done and base_file.exists():
-            base = np.load(base_file)
-            remember = getattr(encoder, "remember", None)
-            if remember is not None:
-                remember(pool.texts, base)
-            stages.end("embed", reused=True)
+        checkpoint()
+        # The staging records are not part of the domain.
+        for leftover in ("stages.json", "embeddings.npy", OWNER):
+            (tmp / leftover).unlink(missing_ok=True)
+        if replace and out.exists():
+            shutil.rmtree(out)
+        if out.is_dir() and not (out / "meta.json").exists() and (out / CORPUS_FILE).exists():
+            _move_into(tmp, out)  # a corpus folder built in place (ensure_corpus_domain)
         else:
-            extra = [t for t in dict.fromkeys(embed_also) if t not in set(pool.texts)]
-            with stages.stage("embed", f"{len(pool) + len(extra)} texts"):
-                base = _encode(encoder, list(pool.texts) + extra, build_workers())[: len(pool)]
-            np.save(base_file.with_suffix(".tmp.npy"), base)
-            os.replace(base_file.with_suffix(".tmp.npy"), base_file)
-            record.finish("embed", {"texts": len(pool)})
-        if "taggers" in record.done and (tmp / "taggers" / "meta.json").exists():
-            taggers = record.done["taggers"]
-            stages.end("taggers", reused=True)
-        else:
-            with stages.stage("taggers", f"{len(pool.schema.names)} concepts"):
-                build_taggers = taggers_builder or (lambda d: fit_taggers(pool, d, tagger_eval, log))
-                taggers = build_taggers(tmp / "taggers")
-            record.finish("taggers", taggers)
-        space_dir = tmp / "spaces" / DEFAULT_SPACE
-        if "space" in record.done and (space_dir / "meta.json").exists():
-            space = record.done["space"]
-            stages.end("space", reused=True)
-        else:
-            with stages.stage("space", f"{len(pool.schema.names)} heads, {len(pool.pairs)} pairs"):
-                space = train_space(pool, encoder, space_dir, log, base=base, stages=stages)
-                if space_meta:
-                    meta_path = space_dir / "meta.json"
-                    meta_path.write_text(
-                        json.dumps({**json.loads(meta_path.read_text()), **space_meta}, indent=2, default=str)
-                    )
-            record.finish("space", space)
-        with stages.stage("save"):
-            write_meta(
-                tmp,
-                KIND,
-                format_version=FORMAT_VERSION,
-                id=domain_id,
-                source=source,
-                schema=pool.schema.to_dict(),
-                data_hash=data_hash(pool.texts),
-                stats=pair_stats(pool),
-                taggers=taggers,
-                space=space,
-                methods=methods_by_concept(pool, available()),
-                generation=generation,
-                build_seconds=round(time.perf_counter() - started, 2),
-                resumed_stages=reused,
-            )
-            for leftover in ("stages.json", "embeddings.npy"):
-                (tmp / leftover).unlink(missing_ok=True)
-            if replace and out.exists():
-                shutil.rmtree(out)
-            if out.is_dir() and not (out / "meta.json").exists() and (out / CORPUS_FILE).exists():
-                _move_into(tmp, out)  # a corpus folder built in place (ensure_corpus_domain)
-            else:
-                try:
-                    tmp.rename(out)
-                except OSError:  # another build of this domain finished first: keep it
-                    shutil.rmtree(tmp, ignore_errors=True)
-            (out / ".lock").unlink(missing_ok=True)
+            try:
+                tmp.rename(out)
+            except OSError:  # another build of this domain finished first: keep it
+                shutil.rmtree(tmp, ignore_errors=True)
+        (out / ".lock").unlink(missing_ok=True)
     return load_stage(out, encoder, stages)
 
 
@@ -751,4 +793,5 @@ def ensure_corpus_domain(
         source=f"{CORPUS_FILE} in {folder.name}",
         log=log,
         stages=stages,
+        resumable=True,
     )

@@ -84,6 +84,7 @@ def ensure_cebab_domain(
         stages=stages,
         # The taggers embed their training split and score on dev: embedded up front, on every core.
         embed_also=extra,
+        resumable=True,
     )
 
 

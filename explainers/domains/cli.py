@@ -56,12 +56,13 @@ def main(argv: list[str] | None = None) -> int:
             validate_rows,
         )
         from explainers.embeddings import Encoder
+        from explainers.jsonl import split_lines
 
         if not DOMAIN_ID.match(args.id):
             ap.error(f"domain id must match {DOMAIN_ID.pattern}")
         schema = ConceptSchema.from_dict(json.loads(args.schema.read_text())) if args.schema else None
         try:
-            rows = validate_rows(args.corpus.read_text(encoding="utf-8").splitlines(), schema)
+            rows = validate_rows(split_lines(args.corpus.read_text(encoding="utf-8")), schema)
         except DomainBuildError as e:
             print(f"{args.corpus}: {e}")
             return 2

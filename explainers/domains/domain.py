@@ -11,13 +11,16 @@ from typing import Any
 
 import numpy as np
 
-from explainers.artifacts import read_meta
+from explainers.artifacts import child_path, read_meta
 from explainers.concepts import ConceptSchema
 from explainers.data.pool import Pool
 from explainers.registry import MissingResource, Resources
 
 KIND = "domain"
-FORMAT_VERSION = 1
+# 2: the space names its files by concept/value position (names are data); 1: after the names
+# (still loaded, every path checked to stay in the folder).
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 DOMAIN_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 DEFAULT_SPACE = "default"
 CALIBRATION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -113,7 +116,7 @@ class Domain:
         """Where the calibration of a (named) classifier on this domain lives."""
         if not CALIBRATION_NAME.match(classifier_name):
             raise ValueError(f"classifier name {classifier_name!r} cannot name a calibration")
-        return self.directory / "calibrations" / classifier_name
+        return child_path(self.directory, "calibrations", classifier_name)
 
     def calibrations(self) -> dict[str, dict[str, Any]]:
         return calibration_summaries(self.directory)
@@ -143,9 +146,10 @@ def load_domain(directory: Path, encoder: Any | None = None) -> Domain:
 
     directory = Path(directory)
     meta = read_meta(directory, KIND)
-    if int(meta.get("format_version", 0)) != FORMAT_VERSION:
+    if int(meta.get("format_version", 0)) not in READABLE_VERSIONS:
         raise ValueError(
-            f"{directory}: domain format {meta.get('format_version')} is not {FORMAT_VERSION}; rebuild it"
+            f"{directory}: domain format {meta.get('format_version')} is not one of {READABLE_VERSIONS}; "
+            "rebuild it"
         )
     space = ConceptSpace.load(directory / "spaces" / DEFAULT_SPACE, encoder=encoder)
     taggers = None

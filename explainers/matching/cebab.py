@@ -21,6 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from explainers.artifacts import child_path
 from explainers.data.pool import Pool
 from explainers.data.pools import cebab_pool
 from explainers.embeddings import Encoder
@@ -92,12 +93,12 @@ def build_cebab_space(
                 pool.origins,
                 c,
                 names,
-                full_dir / c,
+                child_path(full_dir, c),
                 base_model=encoder.model_name,
                 config=cfg,
                 log=log,
             )
-            encoders[c] = Encoder(str(full_dir / c))
+            encoders[c] = Encoder(str(child_path(full_dir, c)))
     space = ConceptSpace(pool, encoder, heads=heads, encoders=encoders, base_vectors=base)
     space.build_indices()
     pretrained = ConceptSpace(pool, encoder, base_vectors=base)

@@ -7,9 +7,14 @@ Layout of a space directory:
     schema.json          the ConceptSchema
     pool.jsonl           pool texts, labels, ids, origins
     pairs.json           counterfactual pairs in the pool (base, cf, concept)
-    heads/<c>.npz        projection head of concept c (trainer "head")
-    encoders/<c>/        a fine-tuned sentence-transformers model (trainer "full")
-    index/<c>/<v>.faiss  FAISS index over the pool texts with c = v, in c's space (+ .json, .rows.npy)
+    heads/c<i>.npz       projection head of the i-th concept (trainer "head")
+    encoders/c<i>/       a fine-tuned sentence-transformers model (trainer "full")
+    index/c<i>/v<j>.faiss  FAISS index over the pool texts whose i-th concept has its j-th value,
+                         in that concept's space (+ .json, .rows.npy)
+
+Concept and value names are data: files are named by position, and meta.json's `files` maps
+each name to its slug (format 2). A format-1 space (files named after concepts and values) still
+loads, every path checked to stay in the folder (`explainers.artifacts.child_path`).
 
 One space per treated concept, as in the paper: matching for an intervention on c embeds
 the query with c's projection and searches the partition of pool texts whose c equals the
@@ -27,14 +32,40 @@ from typing import Any
 
 import numpy as np
 
-from explainers.artifacts import data_hash, read_meta, write_meta
+from explainers.artifacts import child_path, data_hash, read_meta, slugs, write_meta
 from explainers.concepts import ConceptSchema
 from explainers.data.pool import Pool
 from explainers.embeddings import Encoder
 from explainers.matching.index import DEFAULT_APPROX_THRESHOLD, PartitionIndex
 from explainers.matching.trainers import HeadProjection, project
+from explainers.progress import checkpoint
 
 KIND = "concept_space"
+# 2: files named by concept/value position (meta.json `files`); 1: named after the concepts and values.
+FORMAT_VERSION = 2
+
+
+def file_names(schema: ConceptSchema) -> dict[str, dict[str, Any]]:
+    """Per concept: its file slug and its values' slugs (what a format-2 space records in `files`)."""
+    return {
+        c: {"slug": slug, "values": slugs(schema[c].values, "v")}
+        for c, slug in slugs(schema.names, "c").items()
+    }
+
+
+def _layout(directory: Path, meta: Mapping[str, Any], schema: ConceptSchema) -> dict[str, dict[str, Any]]:
+    """The name -> file slug map a saved space uses (format 1: the names themselves)."""
+    version = int(meta.get("format_version", 1))
+    if version == FORMAT_VERSION:
+        files = meta.get("files") or {}
+        if set(files) != set(schema.names):
+            raise ValueError(f"{directory}: meta.json `files` does not list the schema's concepts")
+        return {c: {"slug": str(f["slug"]), "values": dict(f["values"])} for c, f in files.items()}
+    if version == 1:
+        return {c: {"slug": c, "values": {v: v for v in schema[c].values}} for c in schema.names}
+    raise ValueError(
+        f"{directory}: space format {version} is not one this library reads (1, {FORMAT_VERSION})"
+    )
 
 
 @dataclass
@@ -218,6 +249,7 @@ class ConceptSpace:
         # for each such group instead of one per pair (the same hits; a first start's largest cost).
         groups: dict[tuple[str, tuple[tuple[str, str], ...]], list[tuple[int, int]]] = {}
         for b, cf in pairs:
+            checkpoint()  # one search per pair: a cancelled build stops here too
             lab = self.pool.labels[b]
             key = (self.pool.labels[cf][concept], tuple((c, lab[c]) for c in conf))
             groups.setdefault(key, []).append((b, cf))
@@ -257,11 +289,12 @@ class ConceptSpace:
                     + "\n"
                 )
         (tmp / "pairs.json").write_text(json.dumps(self.pool.pairs))
+        files = file_names(self.schema)
         for c, h in self.heads.items():
             (tmp / "heads").mkdir(exist_ok=True)
-            h.save(tmp / "heads" / f"{c}.npz")
+            h.save(child_path(tmp, "heads", f"{files[c]['slug']}.npz"))
         for c, enc in self.encoders.items():
-            shutil.copytree(enc.path, tmp / "encoders" / c)
+            shutil.copytree(enc.path, child_path(tmp, "encoders", files[c]["slug"]))
         if not self.indices:
             self.build_indices()
         base_fingerprint = getattr(self.encoder, "fingerprint", None)
@@ -271,8 +304,9 @@ class ConceptSpace:
             np.save(tmp / "base.npy", np.asarray(self._base, dtype=np.float32))
         index_info = {}
         for (c, v), idx in self.indices.items():
-            idx.save(tmp / "index" / c / f"{v}.faiss")
-            np.save(tmp / "index" / c / f"{v}.rows.npy", self.rows[(c, v)])
+            slug, value_slug = files[c]["slug"], files[c]["values"][v]
+            idx.save(child_path(tmp, "index", slug, f"{value_slug}.faiss"))
+            np.save(child_path(tmp, "index", slug, f"{value_slug}.rows.npy"), self.rows[(c, v)])
             index_info[f"{c}={v}"] = {"kind": idx.kind, **idx.info}
         fields = {
             **self.meta,
@@ -284,6 +318,8 @@ class ConceptSpace:
             "index_kind": self.index_kind,
             "approx_threshold": self.approx_threshold,
             "base_fingerprint": base_fingerprint if self._base is not None else None,
+            "format_version": FORMAT_VERSION,
+            "files": files,
         }
         fields.pop("kind", None)
         fields.pop("created_at", None)
@@ -318,8 +354,15 @@ class ConceptSpace:
                 origins.append(row["origin"])
         pairs = [tuple(p) for p in json.loads((directory / "pairs.json").read_text())]
         pool = Pool(texts, labels, schema, ids=ids, origins=origins, pairs=pairs)
-        heads = {p.stem: HeadProjection.load(p) for p in sorted((directory / "heads").glob("*.npz"))}
-        encoders = {p.name: Encoder(str(p)) for p in sorted((directory / "encoders").glob("*")) if p.is_dir()}
+        layout = _layout(directory, meta, schema)
+        heads, encoders = {}, {}
+        for c, names in layout.items():
+            head = child_path(directory, "heads", f"{names['slug']}.npz")
+            if head.exists():
+                heads[c] = HeadProjection.load(head)
+            tuned = child_path(directory, "encoders", names["slug"])
+            if tuned.is_dir():
+                encoders[c] = Encoder(str(tuned))
         space = cls(
             pool,
             encoder or Encoder(meta.get("encoder", "sentence-transformers/all-MiniLM-L6-v2")),
@@ -342,10 +385,13 @@ class ConceptSpace:
                 if remember is not None:
                     remember(pool.texts, base)
         for c in schema.names:
+            slug = layout[c]["slug"]
             for v in schema[c].values:
-                path = directory / "index" / c / f"{v}.faiss"
-                space.indices[(c, v)] = PartitionIndex.load(path)
-                space.rows[(c, v)] = np.load(directory / "index" / c / f"{v}.rows.npy")
+                value_slug = layout[c]["values"][v]
+                space.indices[(c, v)] = PartitionIndex.load(
+                    child_path(directory, "index", slug, f"{value_slug}.faiss")
+                )
+                space.rows[(c, v)] = np.load(child_path(directory, "index", slug, f"{value_slug}.rows.npy"))
         space.directory = directory
         return space
 
