@@ -147,6 +147,8 @@ class Runtime:
         methods = self.prewarm_methods()
         built = []
         with stages.stage("explainers", ", ".join(methods)):
+            for concept in domain.schema.names:  # each concept's projected corpus (built on first use)
+                domain.space.pool_vectors(concept)
             sample = self._warm_up_query(domain) if classifier is not None else None
             for i, method in enumerate(methods):
                 try:
