@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.render_only:
         saved = json.loads(args.out.with_suffix(".json").read_text())
-        write(args.out, saved["results"], saved["took_s"], saved.get("date"))
+        write(args.out, saved["results"], saved["took_s"], saved.get("date"), saved.get("notes", []))
         return 0
     runs = [r.strip() for r in args.runs.split(",") if r.strip()]
     base = f"http://127.0.0.1:{args.port}"
@@ -238,7 +238,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def write(path: Path, results: dict[str, Any], took: float, date: str | None = None) -> None:
+def write(
+    path: Path, results: dict[str, Any], took: float, date: str | None = None, notes: list[str] | None = None
+) -> None:
     lines = [
         "# Start-up: time to ready of `cace serve` on the embedded defaults (CEBaB + tfidf-lr)",
         "",
@@ -291,6 +293,8 @@ def write(path: Path, results: dict[str, Any], took: float, date: str | None = N
                     f"| {name} | {m} | {t['first_ms']} / {t['first_total_ms']} | {t['tenth_ms']} / {t['tenth_total_ms']} |"
                 )
     lines += ["", f"Run took {took / 60:.1f} min on {date or time.strftime('%Y-%m-%d')}.", ""]
+    if notes:
+        lines += ["## Notes", "", *[f"- {n}" for n in notes], ""]
     path.write_text("\n".join(lines))
     print("\n".join(lines))
 
