@@ -1,6 +1,7 @@
 """The `cace` command line: one entry point that hands each subcommand to its own module.
 
-Each subcommand module owns its argparse, so the library's commands (bench, training)
+Each subcommand module owns its argparse (`module:function` names one of several commands in a
+module), so the library's commands (bench, training)
 live beside the code they run and this file stays a table.
 """
 
@@ -23,6 +24,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "train, list or delete concept spaces of the built-in corpus (benchmarks)",
     ),
     "generate": ("explainers.generation.cli", "generate counterfactuals with an LLM"),
+    "explain": ("app.client:explain_main", "explain one text through a running service (or --in-process)"),
+    "effects": ("app.client:effects_main", "CaCE over a file of texts through a running service"),
+    "report": ("app.client:report_main", "a model report: every concept's effect, as JSON/CSV/Markdown/HTML"),
+    "compare": (
+        "app.client:compare_main",
+        "compare two classifiers on the same counterfactuals; --max-shift makes it a CI gate",
+    ),
     "calibrate": (
         "explainers.estimators.cli",
         "fit the auto estimator to a classifier on a domain's own pairs",
@@ -53,8 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     if argv[0] != "serve":  # long CLI work shows progress (a bar on a terminal, periodic lines in a log)
         importlib.import_module("explainers.progress").enable()
         export_settings()
-    module = importlib.import_module(COMMANDS[argv[0]][0])
-    return int(module.main(argv[1:]) or 0)
+    # "module" runs module.main; "module:function" runs that function (several commands, one module).
+    module_name, _, function = COMMANDS[argv[0]][0].partition(":")
+    module = importlib.import_module(module_name)
+    return int(getattr(module, function or "main")(argv[1:]) or 0)
 
 
 if __name__ == "__main__":

@@ -8,8 +8,11 @@ explainer identically, and check requests against the domain's schema the same w
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -18,6 +21,7 @@ from pydantic import ValidationError
 
 from app.problems import ApiError, field_error, validation_error
 from app.resources import Runtime
+from explainers import outbound
 from explainers.classifiers.usage import metered
 from explainers.concepts import ConceptSchema, Intervention
 from explainers.domains import Domain
@@ -197,10 +201,10 @@ def run(rt: Runtime, r: Resolved, q: Query) -> tuple[Explanation, Intervention, 
         # Methods outside the counterfactual path (pair-transfer, stacks, CONEXP, ...) call the classifier
         # themselves: a prompted-LLM classifier's tokens they spend are metered here (a meter only sees
         # calls no inner meter counted, so nothing is counted twice).
-        with r.lock:
+        with explaining(r) as classifier:
             locked = time.perf_counter()
             with metered() as usage:
-                exp = r.explainer.explain(q.text, intervention, r.classifier, r.top_k, base_labels=labels)
+                exp = r.explainer.explain(q.text, intervention, classifier, r.top_k, base_labels=labels)
         exp.cost.add_classifier_llm(usage)
     done = time.perf_counter()
     waited_lock = locked - t_source
@@ -211,6 +215,59 @@ def run(rt: Runtime, r: Resolved, q: Query) -> tuple[Explanation, Intervention, 
         "explain_ms": round((done - t_source - waited_lock) * 1000, 3),
     }
     return exp, intervention, inferred, timings
+
+
+class LockFreeCalls:
+    """The classifier as an explainer holding its lock sees it: the lock is let go during each call.
+
+    Why: the explainer's lock serialises its own steps (search, generation state), but a
+    classifier call inside it made one slow endpoint (a drip, a hang) hold up every explanation
+    of that method, whatever classifier those asked for, until its deadline. The standard flow
+    (find counterfactuals, score them, estimate) keeps its state in locals across the call.
+    """
+
+    def __init__(self, inner: Any, lock: threading.Lock) -> None:
+        self.inner = inner
+        self._lock = lock
+        self._holder = threading.get_ident()  # built by the thread that holds the lock
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.inner.labels)
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        if threading.get_ident() != self._holder:  # a helper thread of the explainer: the lock is not its own
+            return np.asarray(self.inner.predict_proba(texts))
+        self._lock.release()
+        try:
+            return np.asarray(self.inner.predict_proba(texts))
+        finally:
+            self._lock.acquire()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+@contextlib.contextmanager
+def explaining(r: Resolved) -> Iterator[Any]:
+    """Hold the explainer's lock, waiting no longer than the request's deadline; yield the classifier to use.
+
+    A 503 (Retry-After) when the lock does not come free in time: the thread goes back instead of
+    queueing past the point where its client already has a 504.
+    """
+    left = outbound.remaining()
+    if not r.lock.acquire(timeout=-1 if left is None else max(0.0, left)):
+        raise ApiError(
+            503,
+            "Explainer busy",
+            f"the {r.method!r} explainer did not come free within the request's deadline",
+            kind="overloaded",
+            headers={"Retry-After": "1"},
+        )
+    try:
+        yield LockFreeCalls(r.classifier, r.lock)
+    finally:
+        r.lock.release()
 
 
 def explain_one(
@@ -231,16 +288,40 @@ def explain_one(
     q = Query(req.text, iv.concept, iv.target, iv.source, req.base_labels)
     check_query(r, q, f"{prefix}.base_labels", f"{prefix}.intervention.source")
     check_available(r, iv.concept, iv.target, prefix)
-    rt.maybe_calibrate(r.domain, r.classifier_name, queued_by="explanation")
     resolved = time.perf_counter()
     exp, intervention, inferred, timings = run(rt, r, q)
+    started = time.perf_counter()
+    readings = concept_readings(rt, r.domain, req.text, exp)
     timings = {
         **timings,
+        "concepts_ms": round((time.perf_counter() - started) * 1000, 3),
         "total_ms": round((time.perf_counter() - arrived) * 1000, 3),
         "waited_ms": round((began - arrived) * 1000, 3),
         "resolve_ms": round((resolved - began) * 1000, 3),
     }
-    return response(exp, r, intervention, inferred, timings)
+    out = response(exp, r, intervention, inferred, timings)
+    rt.maybe_calibrate(r.domain, r.classifier_name)  # only after an explanation that worked
+    if readings is not None:
+        out["base_concepts"], per_cf = readings
+        for cf, read in zip(out["counterfactuals"], per_cf, strict=True):
+            cf["concepts"] = read
+    return out
+
+
+def concept_readings(
+    rt: Runtime, domain: Domain, text: str, exp: Explanation
+) -> tuple[dict[str, str], list[dict[str, str]]] | None:
+    """The domain's taggers' reading of every concept, on the text and on each counterfactual.
+
+    Why: a counterfactual should change the target concept only; one that also changed another
+    concept (a splice sentence praising food and service together) confounds the estimate, and
+    the reader can only see that if the taggers read both texts. One batched tagger call; None
+    when the domain has no taggers. Concepts without a usable tagger are absent.
+    """
+    if domain.taggers is None:
+        return None
+    read = rt.infer_labels(domain, [text, *(c.text for c in exp.counterfactuals)])
+    return read[0], read[1:]
 
 
 def as_map(labels: list[str], values: Any) -> dict[str, float]:

@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import anyio.to_thread
 from fastapi import Depends, FastAPI
 
 from app import observability, openapi, problems, ui
@@ -27,11 +28,12 @@ from app.auth.keys import key_store
 from app.auth.middleware import AuthMiddleware
 from app.auth.router import keys_router
 from app.jobs.handlers import CalibrationHandler, DomainHandler, EffectsHandler
+from app.jobs.reports import ReportHandler
 from app.jobs.worker import Workers
 from app.limits import BodyLimitMiddleware, InflightLimitMiddleware, Slots, TimeoutMiddleware
 from app.ratelimit import build_rate_limiter
 from app.resources import Runtime
-from app.routes import domains, effects, explanations, health, jobs, kserve, registries
+from app.routes import domains, effects, explanations, health, jobs, kserve, registries, reports
 from app.routes.common import storable_json_body
 from app.settings import Settings, get_settings
 from app.specs import outbound_transport
@@ -62,6 +64,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "effects": EffectsHandler(rt),
         "domain": DomainHandler(rt),
         "calibration": CalibrationHandler(rt),
+        "report": ReportHandler(rt, "report"),
+        "comparison": ReportHandler(rt, "comparison"),
     }
     if settings.ray_address:  # effects batches run on Ray actors; the store and finalize stay here
         from app.jobs.ray_executor import RayEffectsHandler
@@ -76,6 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         batch=settings.job_claim_batch,
         poll_s=settings.job_poll_s,
         max_attempts=settings.job_max_attempts,
+        item_timeout_s=settings.job_item_timeout_s,
     )
 
     # Every classifier and LLM client gets this deny-by-default transport (app.specs labels it per client).
@@ -85,6 +90,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Sync routes run on anyio's worker threads (40 by default): with fewer threads than
+        # admitted requests, requests stuck on slow upstreams would starve the rest while the
+        # in-flight cap still admits them. Admission (CACE_MAX_INFLIGHT) is the one gate.
+        threads = anyio.to_thread.current_default_thread_limiter()
+        threads.total_tokens = max(threads.total_tokens, settings.max_inflight + 8)
+
         def boot() -> None:
             rt.load_defaults()
             if not stopping.is_set():
@@ -107,7 +118,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         openapi_tags=[
             {"name": n}
-            for n in ("explanations", "effects", "jobs", "classifiers", "llms", "domains", "health")
+            for n in (
+                "explanations",
+                "effects",
+                "reports",
+                "jobs",
+                "classifiers",
+                "llms",
+                "domains",
+                "health",
+            )
         ],
     )
     keys = key_store(store.engine, settings, store.metadata)
@@ -132,6 +152,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         health.router,
         explanations.router,
         effects.router,
+        reports.router,
         jobs.router,
         registries.router,
         domains.router,
@@ -149,6 +170,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     buckets = build_rate_limiter(
         settings.rate_limit_per_s, settings.rate_limit_burst, settings.rate_limit_redis_url
     )
+    app.state.rate_limiter = buckets  # /readyz reports whether its shared store answers
     app.add_middleware(
         AuthMiddleware,
         keys=keys,

@@ -14,6 +14,7 @@ import re
 from typing import Any
 
 import httpx
+import sqlalchemy.exc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -159,6 +160,11 @@ def upstream_error(exc: BaseException, what: str | None = None) -> ApiError:
     return ApiError(502, f"{name} unavailable", detail, kind=f"{what}-unavailable")
 
 
+# Errors that mean the job store (database) cannot be reached right now.
+STORE_DOWN = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)
+STORE_DOWN_DETAIL = "the job store cannot be reached: this request was not carried out; retry shortly"
+
+
 def is_llm_error(exc: BaseException) -> bool:
     """An upstream error raised by an LLM backend (by class: `UpstreamError` with what == "llm")."""
     return isinstance(exc, UpstreamError) and getattr(exc, "what", None) == "llm"
@@ -221,6 +227,16 @@ def install(app: FastAPI) -> None:
     async def _httpx(request: Request, exc: httpx.HTTPError) -> JSONResponse:
         e = upstream_error(exc, "upstream")
         return problem_response(request, e.status, e.title, e.detail, kind=e.kind)
+
+    # The job store (database) unreachable: a passing outage, not a bug; say so and when to retry.
+    @app.exception_handler(sqlalchemy.exc.OperationalError)
+    @app.exception_handler(sqlalchemy.exc.InterfaceError)
+    async def _store_down(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("job store unreachable on %s: %s", request.url.path, type(exc).__name__)
+        return problem_response(
+            request, 503, "Store unavailable", STORE_DOWN_DETAIL, kind="store-unavailable",
+            headers={"Retry-After": "5"},
+        )  # fmt: skip
 
     @app.exception_handler(Exception)
     async def _bug(request: Request, exc: Exception) -> JSONResponse:

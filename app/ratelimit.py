@@ -118,6 +118,14 @@ class RedisTokenBuckets:
             self._down_until = 0.0
         return int(micros) / 1_000_000
 
+    def health(self) -> tuple[str, str]:
+        """(status, detail) for /readyz: whether the buckets are shared right now (one quick ping)."""
+        try:
+            self.client.ping()
+        except Exception as e:  # redis.RedisError, OSError
+            return "degraded", f"shared store unreachable ({type(e).__name__}): limiting per replica"
+        return "ready", "shared by every replica (Redis)"
+
 
 def build_rate_limiter(rate: float, burst: int, redis_url: str | None = None) -> RateLimiter:
     return RedisTokenBuckets(redis_url, rate, burst) if redis_url else TokenBuckets(rate, burst)

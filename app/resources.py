@@ -39,6 +39,10 @@ log = logging.getLogger("cace.resources")
 startup_log = logging.getLogger("cace.startup")
 
 BUILTIN = "builtin"
+# The fewest classifier texts worth a calibration (calibrate() cuts a pool to whole origins).
+MIN_CALIBRATION_TEXTS = 100
+# How often one replica asks the store whether an auto-calibration may be queued for a (domain, classifier).
+CALIBRATION_CHECK_EVERY_S = 5.0
 
 
 class Component:
@@ -82,7 +86,7 @@ class Runtime:
         self.default_domain_id: str | None = None
         self.clients = Clients(settings, store)
         self._explainers: OrderedDict[tuple, tuple[Any, threading.Lock]] = OrderedDict()
-        self._calibrating: set[tuple[str, str]] = set()
+        self._calibration_checked: dict[tuple[str, str], float] = {}
         self.handlers: dict[str, Any] = {}  # job kind -> handler (set by the app factory)
         self._lock = threading.RLock()
         self.components: dict[str, Component] = {}
@@ -345,19 +349,45 @@ class Runtime:
     def maybe_calibrate(
         self, domain: Domain, classifier_name: str, queued_by: str = "explanation"
     ) -> str | None:
-        """Queue the calibration of a named classifier on a domain the first time it is explained there.
+        """Queue the calibration of a classifier on a domain after its first successful explanation there.
 
-        Bounded by CACE_CALIBRATION_MAX_TEXTS classifier texts; off with CACE_AUTO_CALIBRATE=false.
-        Returns the job id when one was queued.
+        Only for built-in and registered classifiers (an inline spec is anyone's URL: no calibration
+        is sent there); at most one queued or running per (domain, classifier) across replicas, none
+        during the backoff after a failed one, none when the classifier's calibration budget is spent
+        (all kept in the store). Off with CACE_AUTO_CALIBRATE=false. Returns the job id when one was queued.
         """
         s = self.settings
         if not s.auto_calibrate or classifier_name.startswith("inline:") or not domain.pool.pairs:
             return None
-        key = (domain.id, classifier_name)
+        # The store decides (below); this only spares it a few writes per explanation on a busy replica.
+        key, now = (domain.id, classifier_name), time.monotonic()
         with self._lock:
-            if key in self._calibrating or (domain.calibration_dir(classifier_name) / "meta.json").exists():
+            if now < self._calibration_checked.get(key, 0.0):
                 return None
-            self._calibrating.add(key)
+            if len(self._calibration_checked) > 1024:
+                self._calibration_checked.clear()
+            self._calibration_checked[key] = now + CALIBRATION_CHECK_EVERY_S
+        try:
+            return self._queue_calibration(domain, classifier_name, queued_by)
+        except Exception:  # the explanation that asked worked: a store blip here must not fail it
+            log.exception("queueing the calibration of %r on %r failed", classifier_name, domain.id)
+            return None
+
+    def _queue_calibration(self, domain: Domain, classifier_name: str, queued_by: str) -> str | None:
+        s = self.settings
+        if classifier_name not in self.builtin_classifiers and (
+            self.store.registry_get("classifier", classifier_name) is None
+        ):
+            return None
+        if (domain.calibration_dir(classifier_name) / "meta.json").exists():
+            return None
+        left, _ = self.store.calibration_budget_left(
+            classifier_name, s.calibration_budget_texts, s.calibration_budget_window_s
+        )
+        if left < MIN_CALIBRATION_TEXTS:
+            return None
+        if not self.store.claim_calibration(domain.id, classifier_name):
+            return None
         request = {
             "domain_id": domain.id,
             "classifier": classifier_name,
@@ -367,15 +397,10 @@ class Runtime:
         job_id = self.store.create_job(
             "calibration", request, [{}], limit=s.job_queue_limit, queued_by=why[:200]
         )
-        if job_id is None:  # the queue is full: try again on a later request
-            self.calibration_finished(domain.id, classifier_name)
-        else:
+        self.store.set_calibration_job(domain.id, classifier_name, job_id)
+        if job_id is not None:
             log.info("queued calibration job %s (%s)", job_id, why)
         return job_id
-
-    def calibration_finished(self, domain_id: str, classifier_name: str) -> None:
-        with self._lock:
-            self._calibrating.discard((domain_id, classifier_name))
 
     def infer_labels(self, domain: Domain, texts: list[str]) -> list[dict[str, str]]:
         """Labels of the concepts whose tagger is usable in `domain` (others are absent)."""

@@ -51,12 +51,22 @@ class Settings(BaseSettings):
     prewarm_methods: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["match", "splice", "auto"]
     )
+    # What calibrations may send one classifier, shared by every replica (kept in the job store):
+    # texts per window, counting every attempt; a calibration that would pass it fails and waits.
+    calibration_budget_texts: int = Field(200000, ge=0)
+    calibration_budget_window_s: float = Field(86400.0, gt=0)
+    # After a failed (or cancelled) calibration of a (domain, classifier), explanations queue no new
+    # one for this long, doubling per further failure up to the max; shared by replicas.
+    calibration_backoff_s: float = Field(900.0, ge=0)
+    calibration_backoff_max_s: float = Field(86400.0, ge=0)
 
     # Work limits (each gives a clear 4xx when exceeded).
     max_text_chars: int = 5000
     max_top_k: int = 50
     max_inline_texts: int = 50
     max_effect_texts: int = 10000
+    # Texts per report or comparison (each text costs one search per concept and target value).
+    max_report_texts: int = 2000
     # Texts per JSONL upload (/v1/effects/upload streams into the store; max_body_bytes still applies).
     max_upload_texts: int = 1_000_000
     max_body_bytes: int = 10 * 1024 * 1024
@@ -81,12 +91,26 @@ class Settings(BaseSettings):
     job_poll_s: float = 0.25
     # Attempts per item before it is marked failed (retryable upstream errors only).
     job_max_attempts: int = 3
+    # An effects job whose failed texts exceed this fraction of its texts is `failed`, not `succeeded`
+    # (its rows stay readable); below it, the result says how many rows were used and failed.
+    effects_max_failed_fraction: float = Field(0.1, ge=0.0, le=1.0)
+    # Wall-clock seconds one attempt at a claim's items may take, splitting a failed batch and every
+    # outbound retry included; an item thus spends at most job_max_attempts x this failing.
+    job_item_timeout_s: float = Field(120.0, gt=0)
     # Run effects batches on a Ray cluster ("auto", "ray://host:10001" or "host:6379"); None: in process.
     # Needs `pip install .[ray]`. Each classifier gets its own pool of actors (bounded concurrency);
     # set job_workers to at least the actors you want busy.
     ray_address: str | None = None
-    ray_actors_per_classifier: int = 2
+    ray_actors_per_classifier: int = Field(2, ge=1)
     ray_actor_cpus: float = 1.0
+    # Actor pools at once (one per registered or built-in classifier, one shared by every inline spec);
+    # beyond it the least recently used idle pool is stopped. Actors idle this long are stopped.
+    ray_max_pools: int = Field(4, ge=1)
+    ray_actor_idle_s: float = Field(300.0, gt=0)
+    # Restarts Ray grants an actor that dies; a dead actor leaves its pool (a new one starts on demand).
+    ray_actor_max_restarts: int = Field(3, ge=0)
+    # How long a batch waits for a free actor (a busy pool, a full cluster) before it is retried later.
+    ray_acquire_timeout_s: float = Field(120.0, gt=0)
     # Table-name prefix in the job store: lets several deployments (or test runs) share one database.
     table_prefix: str = "cace_"
     # This replica's name in leases; None means host-pid-random.
@@ -102,6 +126,10 @@ class Settings(BaseSettings):
 
     # Security: comma-separated hosts/CIDRs that outbound calls may reach despite the policy.
     outbound_allow: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Outbound bounds (deploy/README.md, "Outbound calls"): bytes one upstream response may carry
+    # (502 past it), and seconds a call waits for one of a classifier endpoint's concurrency slots.
+    upstream_max_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    upstream_slot_wait_s: float = Field(5.0, ge=0)
     # API keys are off when no key is configured (the embedded default is a local tool).
     auth_enabled: bool = False
     # JSON list of {"name", "sha256", "scopes"} (e.g. a mounted Secret); keys can also live in the store.

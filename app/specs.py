@@ -16,7 +16,9 @@ the difference between them is the security boundary:
 
 Each refusal is a `SpecRefused` naming the spec field; policy denials are `OutboundDenied`
 (403). Outbound clients built here carry a bounded metrics label (the registered name or
-`inline`) and a total deadline no longer than a request's.
+`inline`), a total deadline no longer than a request's, the response byte cap of the shared
+transport (`CACE_UPSTREAM_MAX_BYTES`) and a bounded wait for an endpoint's concurrency slot
+(`CACE_UPSTREAM_SLOT_WAIT_S`).
 """
 
 from __future__ import annotations
@@ -171,6 +173,7 @@ def build_classifier(
         transport=labelled(transport, "classifier", None if inline else label),
         cache=False,
         allow_local=False,
+        slot_wait_s=getattr(settings, "upstream_slot_wait_s", None),
     )
 
 
@@ -259,4 +262,6 @@ def outbound_transport(settings: Any) -> Any:
     """The deny-by-default transport every classifier and LLM client gets (allow-list: CACE_OUTBOUND_ALLOW)."""
     from explainers.net import OutboundPolicy, PolicyTransport
 
-    return PolicyTransport(OutboundPolicy.from_allow(settings.outbound_allow))
+    return PolicyTransport(
+        OutboundPolicy.from_allow(settings.outbound_allow), max_response_bytes=settings.upstream_max_bytes
+    )

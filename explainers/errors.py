@@ -94,7 +94,16 @@ class Cancelled(CaceError):
     """Long work stopped at a checkpoint because its job was cancelled (not a failure of the work)."""
 
 
+class BudgetExhausted(CaceError):
+    """A cost budget (texts a classifier may be sent in a window, say) has no room for this work."""
+
+    def __init__(self, message: str, *, retry_at: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_at = retry_at  # when the budget has room again (epoch seconds), if known
+
+
 __all__ = [
+    "BudgetExhausted",
     "CaceError",
     "Cancelled",
     "MissingResource",

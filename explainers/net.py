@@ -38,6 +38,7 @@ import httpcore
 import httpx
 
 from explainers.errors import OutboundDenied
+from explainers.outbound import DeadlineBackend, GuardedTransport, install_backend
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -295,8 +296,12 @@ class OutboundPolicy:
         return addrs[0]
 
 
-class _PinnedBackend(httpcore.SyncBackend):
-    """Resolves through the policy and connects to exactly the address it checked."""
+class _PinnedBackend(DeadlineBackend):
+    """Resolves through the policy and connects to exactly the address it checked.
+
+    A `DeadlineBackend`: every socket operation on the connection also ends by the outbound
+    call's wall-clock deadline (`explainers.outbound`).
+    """
 
     def __init__(self, policy: OutboundPolicy) -> None:
         self.policy = policy
@@ -333,15 +338,6 @@ class _AsyncPinnedBackend(httpcore.AnyIOBackend):
         return await super().connect_tcp(str(ip), port, timeout, local_address, socket_options)
 
 
-def _install_backend(transport: httpx.HTTPTransport | httpx.AsyncHTTPTransport, backend: Any) -> None:
-    pool = getattr(transport, "_pool", None)
-    if pool is None or not hasattr(pool, "_network_backend"):
-        raise RuntimeError(
-            "this httpx/httpcore version does not expose the connection pool's network backend"
-        )
-    pool._network_backend = backend
-
-
 # Called after every outbound request: (request, seconds, response or None, error or None).
 # The service hangs its metrics here; the library never imports a metrics package.
 Observer = Callable[[httpx.Request, float, "httpx.Response | None", "BaseException | None"], None]
@@ -361,22 +357,25 @@ def _notify(
             pass
 
 
-class PolicyTransport(httpx.HTTPTransport):
+class PolicyTransport(GuardedTransport):
     """An httpx transport that enforces an `OutboundPolicy` on every request and connection.
 
     Use as ``httpx.Client(transport=PolicyTransport(policy))``. Proxies are not supported: a
     proxy would make the policy check the proxy's address instead of the target's. Functions
-    appended to `observers` see every request's outcome and latency (denials included).
+    appended to `observers` see every request's outcome and latency (denials included). A
+    `GuardedTransport`: wall-clock deadline per attempt and `max_response_bytes` per response.
     """
 
     def __init__(self, policy: OutboundPolicy | None = None, **kwargs: Any) -> None:
         if kwargs.get("proxy") is not None:
             raise ValueError("PolicyTransport does not support proxies")
-        super().__init__(**kwargs)
         self.policy = policy or OutboundPolicy()
         self.observers: list[Observer] = []
         self._backend = _PinnedBackend(self.policy)
-        _install_backend(self, self._backend)
+        super().__init__(**kwargs)
+
+    def _network_backend(self) -> httpcore.NetworkBackend:
+        return self._backend
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         started = time.perf_counter()
@@ -401,7 +400,7 @@ class AsyncPolicyTransport(httpx.AsyncHTTPTransport):
             raise ValueError("AsyncPolicyTransport does not support proxies")
         super().__init__(**kwargs)
         self.policy = policy or OutboundPolicy()
-        _install_backend(self, _AsyncPinnedBackend(self.policy))
+        install_backend(self, _AsyncPinnedBackend(self.policy))
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         try:

@@ -11,7 +11,25 @@ no upper bound and backed off for half an hour). Here, once:
   request being served (`deadline()` sets it; the service sets it to the request timeout), so
   no thread keeps calling out after the client got its answer;
 * what is retried: connection errors, timeouts, 429 and 5xx. Never a policy denial
-  (`OutboundDenied`) and never another 4xx: the same request gets the same answer.
+  (`OutboundDenied`), never another 4xx (the same request gets the same answer) and never a
+  response refused for its size or encoding.
+
+And the wire itself, through `GuardedTransport` (every client's transport; the service's URL
+policy transport is one):
+
+* a WALL-CLOCK deadline per attempt, body included. httpx's timeouts are per socket operation,
+  so an upstream that sends one byte a second never trips a 30 s read timeout and holds the
+  caller for as long as its Content-Length lasts. Here every socket read, write, connect and
+  TLS handshake gets at most the time left until the attempt's deadline (the client's connect +
+  read timeout, and never past the call's total or the request's deadline), and fails with a
+  timeout once it has passed;
+* a byte cap on every response (`max_response_bytes`): a Content-Length over it is refused
+  before the body is read, and a body without one is counted as it streams and cut off there
+  (`ResponseTooLarge`, a malformed answer: 502 in the service). Responses are asked for with
+  ``Accept-Encoding: identity`` and a compressed one is refused, so the bytes counted are the
+  bytes kept (a 1 MB gzip bomb cannot become 1 GB after the cap);
+* JSON from an upstream is parsed by `parse_json`: NaN, Infinity and numbers that overflow to
+  infinity are malformed answers, not values that reach the arithmetic.
 """
 
 from __future__ import annotations
@@ -19,18 +37,25 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import email.utils
+import json as jsonlib
+import math
 import random
+import socket
+import ssl
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import httpcore
 import httpx
 
 from explainers.errors import (
     OutboundDenied,
     UpstreamError,
+    UpstreamMalformed,
     UpstreamRejected,
     UpstreamTimeout,
     UpstreamUnavailable,
@@ -41,9 +66,17 @@ from explainers.errors import (
 MAX_RETRIES = 5
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
+# Bytes one upstream response may carry unless the transport is given another cap.
+DEFAULT_MAX_RESPONSE_BYTES = 32 * 1024 * 1024
+
 # Monotonic time by which the work on the current request must be done (None: no request deadline).
 _deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
     "cace_outbound_deadline", default=None
+)
+# Monotonic time by which the current attempt's bytes must be in; `send` sets it around each
+# attempt and `DeadlineStream` caps every socket operation by it (None: outside `send`).
+_wire_until: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "cace_outbound_wire_until", default=None
 )
 
 
@@ -131,6 +164,7 @@ class Errors:
     timeout: type[UpstreamError] = UpstreamTimeout
     unavailable: type[UpstreamError] = UpstreamUnavailable
     rejected: type[UpstreamError] = UpstreamRejected
+    malformed: type[UpstreamError] = UpstreamMalformed
 
 
 def _capped_timeout(base: httpx.Timeout, left: float | None) -> httpx.Timeout:
@@ -145,6 +179,233 @@ def _capped_timeout(base: httpx.Timeout, left: float | None) -> httpx.Timeout:
     )
 
 
+def _attempt_until(base: httpx.Timeout, until: float | None) -> float | None:
+    """When one attempt must be over, body included: connect + read timeout from now, and by `until`.
+
+    The client's read timeout thus bounds the whole response of an attempt, not each socket read.
+    """
+    own = None
+    if base.read is not None:
+        own = time.monotonic() + (base.connect or 0.0) + base.read
+    ends = [t for t in (own, until) if t is not None]
+    return min(ends) if ends else None
+
+
+# ---- the wire: wall-clock deadline per socket operation, byte cap per response ------------------
+class ResponseRefused(UpstreamMalformed):
+    """An upstream response refused before it is kept: too large, or in an encoding not asked for."""
+
+
+class ResponseTooLarge(ResponseRefused):
+    """An upstream response larger than the transport's `max_response_bytes`."""
+
+
+def _time_left(exc: type[Exception], timeout: float | None) -> float | None:
+    """`timeout` capped by the current attempt's wall-clock deadline; `exc` once it has passed."""
+    until = _wire_until.get()
+    if until is None:
+        return timeout
+    left = until - time.monotonic()
+    if left <= 0:
+        raise exc("the outbound call's wall-clock deadline passed")
+    return left if timeout is None else min(timeout, left)
+
+
+def _shutdown(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked in recv on this socket
+
+
+class DeadlineStream(httpcore.NetworkStream):
+    """A network stream whose every read and write ends by the attempt's wall-clock deadline.
+
+    A read that returns one byte a second restarts a plain socket timeout forever; here each
+    operation's timeout is what is left until the deadline, so the drip ends there. A TLS
+    handshake is one call of many reads, so a timer shuts the socket down at the deadline.
+    """
+
+    def __init__(self, inner: httpcore.NetworkStream) -> None:
+        self._inner = inner
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._inner.read(max_bytes, _time_left(httpcore.ReadTimeout, timeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._inner.write(buffer, _time_left(httpcore.WriteTimeout, timeout))
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.NetworkStream:
+        t = _time_left(httpcore.ConnectTimeout, timeout)
+        sock = self._inner.get_extra_info("socket")
+        timer = threading.Timer(t, _shutdown, (sock,)) if t is not None and sock is not None else None
+        if timer is not None:
+            timer.daemon = True
+            timer.start()
+        try:
+            return DeadlineStream(self._inner.start_tls(ssl_context, server_hostname, t))
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+class DeadlineBackend(httpcore.SyncBackend):
+    """httpcore's socket backend with `DeadlineStream`s: connects and every later I/O end by the deadline."""
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        t = _time_left(httpcore.ConnectTimeout, timeout)
+        return DeadlineStream(super().connect_tcp(host, port, t, local_address, socket_options))
+
+
+def install_backend(transport: httpx.HTTPTransport | httpx.AsyncHTTPTransport, backend: Any) -> None:
+    """Put `backend` under `transport`'s connection pool (httpx has no public hook for it)."""
+    pool = getattr(transport, "_pool", None)
+    if pool is None or not hasattr(pool, "_network_backend"):
+        raise RuntimeError(
+            "this httpx/httpcore version does not expose the connection pool's network backend"
+        )
+    pool._network_backend = backend
+
+
+class CappedStream(httpx.SyncByteStream):
+    """A response body that raises `ResponseTooLarge` once more than `limit` bytes have arrived."""
+
+    def __init__(self, inner: httpx.SyncByteStream, limit: int, url: httpx.URL) -> None:
+        self._inner = inner
+        self._limit = limit
+        self._url = url
+
+    def __iter__(self) -> Iterator[bytes]:
+        seen = 0
+        for chunk in self._inner:
+            seen += len(chunk)
+            if seen > self._limit:
+                raise ResponseTooLarge(
+                    f"the response from {self._url.host} exceeds {self._limit} bytes; the rest was not read"
+                )
+            yield chunk
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+class GuardedTransport(httpx.HTTPTransport):
+    """An httpx transport with the wire bounds of this module (see its docstring).
+
+    Every outbound client uses one: the classifier adapters and LLM backends default to a
+    `GuardedTransport()`, and the service's URL-policy transport (`explainers.net.PolicyTransport`)
+    is one. `max_response_bytes` caps each response body (``CACE_UPSTREAM_MAX_BYTES`` in the service).
+    """
+
+    def __init__(self, *, max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES, **kwargs: Any) -> None:
+        if max_response_bytes < 1:
+            raise ValueError("max_response_bytes must be at least 1")
+        super().__init__(**kwargs)
+        self.max_response_bytes = max_response_bytes
+        install_backend(self, self._network_backend())
+
+    def _network_backend(self) -> httpcore.NetworkBackend:
+        return DeadlineBackend()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        # The bytes counted must be the bytes kept: no compressed body that inflates past the cap.
+        request.headers["Accept-Encoding"] = "identity"
+        response = super().handle_request(request)
+        try:
+            encoding = response.headers.get("content-encoding", "identity").strip().lower()
+            if encoding not in ("", "identity"):
+                raise ResponseRefused(
+                    f"the response from {request.url.host} is {encoding!r}-encoded although "
+                    "identity was asked for; refused (its size after decoding is unknown)"
+                )
+            declared = response.headers.get("content-length", "")
+            if declared.strip().isdigit() and int(declared) > self.max_response_bytes:
+                raise ResponseTooLarge(
+                    f"the response from {request.url.host} declares {int(declared)} bytes; "
+                    f"the limit is {self.max_response_bytes}"
+                )
+        except ResponseRefused:
+            response.close()
+            raise
+        assert isinstance(response.stream, httpx.SyncByteStream)
+        response.stream = CappedStream(response.stream, self.max_response_bytes, request.url)
+        return response
+
+
+def guarded(transport: httpx.BaseTransport | None) -> httpx.BaseTransport:
+    """`transport`, or a fresh `GuardedTransport` when the caller gave none."""
+    return transport if transport is not None else GuardedTransport()
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"the JSON holds {name}, which is not a number")
+
+
+def _finite_float(text: str) -> float:
+    x = float(text)
+    if not math.isfinite(x):
+        raise ValueError(f"the JSON holds {text[:40]}, which overflows to infinity")
+    return x
+
+
+def parse_json(content: bytes | str) -> Any:
+    """Parse an upstream JSON body; ValueError for NaN, Infinity or a number that overflows to infinity.
+
+    Why: Python's json accepts all three, and an infinity in a score or logprob turns into a
+    NaN or an OverflowError far from where it came in.
+    """
+    return jsonlib.loads(content, parse_constant=_no_constant, parse_float=_finite_float)
+
+
+def token_count(x: Any) -> int:
+    """A token count an upstream reports, as a sane int (0 when it is not a count to believe).
+
+    Why bounded: a count of 1e308 or a 5,000-digit integer would overflow a database column or
+    a cost sum far from where it came in.
+    """
+    if isinstance(x, bool) or not isinstance(x, int | float) or not 0 <= x < 2**31:
+        return 0
+    return int(x)
+
+
+@contextlib.contextmanager
+def slot(
+    semaphore: threading.Semaphore, *, wait_s: float, name: str, errors: Errors | None = None
+) -> Iterator[None]:
+    """Hold one of an endpoint's concurrency slots, waiting at most `wait_s` for it.
+
+    Never past the request's deadline either: a caller queued behind a slow upstream gets a
+    timeout (504 in the service) and its thread back, instead of waiting out every holder.
+    """
+    left = remaining()
+    wait = max(0.0, wait_s if left is None else min(wait_s, left))
+    if not semaphore.acquire(timeout=wait):
+        raise (errors or Errors()).timeout(
+            f"{name}: no free connection slot to the endpoint within {wait:.3g} s "
+            "(its max_concurrency requests are all in flight)"
+        )
+    try:
+        yield
+    finally:
+        semaphore.release()
+
+
 def send(
     client: httpx.Client,
     method: str,
@@ -157,11 +418,13 @@ def send(
     on_attempt: Callable[[int], None] | None = None,
     on_wait: Callable[[float], None] | None = None,
 ) -> httpx.Response:
-    """Send one request with bounded retries; return the first response below 300.
+    """Send one request with bounded retries; return the first response below 300, body read.
 
-    Raises `OutboundDenied` at once, `errors.rejected` for a 4xx other than 429, and
-    `errors.timeout` / `errors.unavailable` when attempts or time run out. Messages quote at
-    most a short sanitised excerpt of an upstream body.
+    Raises `OutboundDenied` at once, `errors.rejected` for a 4xx other than 429,
+    `errors.malformed` for a response refused by the transport (too large, compressed), and
+    `errors.timeout` / `errors.unavailable` when attempts or time run out. Each attempt ends by
+    its wall-clock deadline, body included (see `GuardedTransport`). Messages quote at most a
+    short sanitised excerpt of an upstream body.
     """
     errors = errors or Errors()
     started = time.monotonic()
@@ -181,13 +444,19 @@ def send(
             on_attempt(attempt)
         retry_after: float | None = None
         timeout = _capped_timeout(client.timeout, left)
+        wire = _wire_until.set(_attempt_until(client.timeout, until))
         try:
             resp = client.request(method, url, json=json, timeout=timeout)
         except OutboundDenied:
             raise  # a decision, not a fault: the same URL is refused every time
+        except ResponseRefused as e:
+            raise errors.malformed(f"{name}: {method} {url}: {e}") from None
         except httpx.TimeoutException as e:
             timed_out = True
-            last = f"timed out ({type(e).__name__}, connect {timeout.connect:g}s / read {timeout.read:g}s)"
+            last = (
+                f"timed out ({type(e).__name__}, connect {timeout.connect:g}s / read {timeout.read:g}s,"
+                " wall clock for the whole response)"
+            )
         except httpx.TransportError as e:
             timed_out, last = False, f"cannot reach the endpoint: connection failed ({type(e).__name__})"
         else:
@@ -202,6 +471,8 @@ def send(
             after = parse_retry_after(resp.headers.get("retry-after"))
             if after is not None:
                 retry_after = min(after, policy.retry_after_max_s)
+        finally:
+            _wire_until.reset(wire)
         if attempt == policy.retries:
             break
         wait = policy.backoff(attempt) if retry_after is None else retry_after
@@ -217,14 +488,26 @@ def send(
 
 
 __all__ = [
+    "DEFAULT_MAX_RESPONSE_BYTES",
     "MAX_RETRIES",
     "RETRY_STATUSES",
+    "CappedStream",
+    "DeadlineBackend",
+    "DeadlineStream",
     "Errors",
+    "GuardedTransport",
+    "ResponseRefused",
+    "ResponseTooLarge",
     "RetryPolicy",
     "deadline",
+    "guarded",
+    "install_backend",
+    "parse_json",
     "parse_retry_after",
     "remaining",
     "reset_deadline",
     "send",
     "set_deadline",
+    "slot",
+    "token_count",
 ]

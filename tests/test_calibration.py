@@ -172,6 +172,21 @@ def test_auto_without_calibration_says_so(domain) -> None:
     )
     assert e.details["calibrated"] is False and "no calibration" in e.details["note"]
     assert np.all(e.base_prediction + e.icace >= -1e-9)  # projected onto the simplex
+    # Its uncertainty is the spread its counterfactuals measured (it was 0.000 whatever they said).
+    (component,) = auto_components = list(e.details["weights"])
+    method, k = component.split("@")
+    alone = build_explainer(
+        method, Resources(schema=pool.schema, pool=pool, encoder=enc, space=space)
+    ).explain(
+        pool.texts[3],
+        Intervention("service", "Negative", "Positive"),
+        LexiconClassifier(),
+        int(k),
+        base_labels=pool.labels[3],
+    )
+    assert len(alone.counterfactuals) >= 2, auto_components
+    np.testing.assert_allclose(e.spread, alone.spread)
+    assert e.details["used"] == len(alone.counterfactuals)
 
 
 def test_budget_cuts_the_pool_to_whole_origins(domain) -> None:

@@ -177,8 +177,8 @@ def test_failures_are_recorded_and_retryable_errors_retried(store: Store) -> Non
 
 
 class BatchSquareHandler(SquareHandler):
-    """SquareHandler with `process_batch`: records each batch; a bad item fails its whole batch (the
-    worker must then run the items one by one), a flaky item makes the whole batch retryable."""
+    """SquareHandler with `process_batch`: records each batch; a bad item fails any batch holding it,
+    a flaky item makes the batch holding it fail once with a retryable error."""
 
     def __init__(self, fail_on: set[int] | None = None, flaky_on: set[int] | None = None) -> None:
         super().__init__(fail_on, flaky_on)
@@ -197,7 +197,7 @@ class BatchSquareHandler(SquareHandler):
         return [{"sq": p["x"] ** 2} for p, _ in items]
 
 
-def test_batches_run_whole_and_a_bad_item_fails_alone(store: Store) -> None:
+def test_a_failed_batch_is_split_until_the_bad_item_fails_alone(store: Store) -> None:
     job = store.create_job("square", {}, [{"x": i} for i in range(24)])
     handler = BatchSquareHandler(fail_on={5}, flaky_on={13})
     workers = Workers(store, {"square": handler}, owner="w", threads=1, lease_s=5, batch=8, poll_s=0.05)
@@ -208,15 +208,23 @@ def test_batches_run_whole_and_a_bad_item_fails_alone(store: Store) -> None:
         workers.stop()
     assert final["status"] == "succeeded"
     assert final["result"] == {"sum": sum(i * i for i in range(24) if i != 5), "failed": [5]}
-    assert handler.batches[0] == list(range(8))  # the claim's items went to the handler together
-    assert sorted(i for _, i in handler.calls) == list(range(8))  # only the failed batch ran per item
-    assert [b for b in handler.batches if 13 in b] == [
-        list(range(8, 16)),
-        list(range(8, 16)),
-    ]  # retried whole
+    # The claim's items went to the handler together; the failing batch was halved, and halved
+    # again, until item 5 failed alone: its batch mates finished in the same attempt.
+    assert handler.batches[:7] == [
+        list(range(8)),
+        [0, 1, 2, 3],
+        [4, 5, 6, 7],
+        [4, 5],
+        [4],
+        [5],
+        [6, 7],
+    ]
+    # A batch that blinked (a retryable error) is split too, and its halves finish at once.
+    assert [b for b in handler.batches if 13 in b] == [list(range(8, 16)), [12, 13, 14, 15]]
+    assert handler.calls == []  # never one call per item
     rows = store.item_rows(job)
-    assert [r["attempts"] for r in rows[8:16]] == [2] * 8 and rows[16]["attempts"] == 1
-    assert final["item_errors"] == [{"index": 5, "error": "ValueError: bad item 5"}]
+    assert [r["attempts"] for r in rows] == [1] * 24
+    assert final["item_errors"] == [{"index": 5, "error": "ValueError: bad items in [5]"}]
 
 
 def test_batch_skips_items_whose_lease_was_taken_over(store: Store) -> None:

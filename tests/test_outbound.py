@@ -10,12 +10,19 @@ import http.server
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
 
 from explainers import outbound
-from explainers.errors import OutboundDenied, UpstreamRejected, UpstreamTimeout, UpstreamUnavailable
+from explainers.errors import (
+    OutboundDenied,
+    UpstreamMalformed,
+    UpstreamRejected,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 from explainers.net import OutboundPolicy, PolicyTransport
 
 
@@ -95,3 +102,112 @@ def test_an_expired_deadline_sends_nothing(server: tuple[str, list[str]]) -> Non
         time.sleep(0.01)
         outbound.send(c, "POST", url + "/busy", policy=outbound.RetryPolicy(), name="t")
     assert len(hits) == before
+
+
+# ---- the wire (issue #20): wall clock per attempt, byte cap, finite JSON, slot wait ----------
+def _raw_server(port: int, reply: bytes, drip_s: float = 0.0) -> tuple[Any, list[float]]:
+    """A raw socket server on `port` that sends `reply` (byte by byte every `drip_s` if set); records how
+    long each connection stayed open."""
+    from tests.test_chaos_upstreams import RawUpstream
+
+    def handle(conn: Any, _body: bytes, _up: Any) -> None:
+        if drip_s:
+            for b in reply:
+                conn.sendall(bytes([b]))
+                time.sleep(drip_s)
+        else:
+            conn.sendall(reply)
+
+    up = RawUpstream(port, handle)
+    return up, [s[1] - s[0] for s in up.spans]
+
+
+def _send(url: str, read_s: float = 30.0, **policy: Any) -> httpx.Response:
+    with httpx.Client(
+        timeout=httpx.Timeout(read_s, connect=1.0), transport=outbound.GuardedTransport(**policy)
+    ) as c:
+        return outbound.send(c, "POST", url, json={}, policy=outbound.RetryPolicy(retries=0), name="t")
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b" " * 100000,  # a dripping body
+        b"HTTP/1.1 200 OK\r\nX-Pad: " + b"a" * 100000,  # dripping headers
+    ],
+    ids=["body", "headers"],
+)
+def test_a_dripping_upstream_is_cut_off_by_the_attempts_wall_clock(reply: bytes) -> None:
+    up, _ = _raw_server(9350, reply, drip_s=0.05)
+    try:
+        started = time.monotonic()
+        with pytest.raises(UpstreamTimeout, match="wall clock"):
+            _send(up.url, read_s=1.0)  # each read returns within 0.05 s: a per-read timeout never fires
+        assert time.monotonic() - started < 2.5  # connect 1 s + read 1 s, not 5,000 s of drip
+        time.sleep(0.3)
+        assert up.spans and max(b - a for a, b in up.spans) < 2.5  # and the socket was let go
+    finally:
+        up.close()
+
+
+def test_a_request_deadline_cuts_a_drip_too() -> None:
+    up, _ = _raw_server(9351, b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b" " * 1000, drip_s=0.05)
+    try:
+        started = time.monotonic()
+        with outbound.deadline(0.5), pytest.raises(UpstreamTimeout):
+            _send(up.url, read_s=30.0)
+        assert time.monotonic() - started < 1.5
+    finally:
+        up.close()
+
+
+@pytest.mark.parametrize(
+    ("reply", "match"),
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 99999999\r\n\r\n[", "declares 99999999 bytes"),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + b"4000\r\n"
+            + b"1" * 0x4000
+            + b"\r\n" * 1,
+            "exceeds 10000 bytes",
+        ),
+        (b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 2\r\n\r\n[]", "'gzip'-encoded"),
+    ],
+    ids=["declared", "streamed", "compressed"],
+)
+def test_responses_past_the_byte_cap_or_compressed_are_malformed(reply: bytes, match: str) -> None:
+    up, _ = _raw_server(9352, reply)
+    try:
+        with pytest.raises(UpstreamMalformed, match=match):
+            _send(up.url, max_response_bytes=10000)
+    finally:
+        up.close()
+
+
+@pytest.mark.parametrize(
+    "raw", ['{"a": NaN}', '{"a": Infinity}', '{"a": -Infinity}', '{"a": 1e999}', '{"a": 1' + "0" * 5000 + "}"]
+)
+def test_parse_json_refuses_non_finite_numbers(raw: str) -> None:
+    with pytest.raises(ValueError):
+        outbound.parse_json(raw)
+    assert outbound.parse_json('{"a": 1e308, "b": -2.5}') == {"a": 1e308, "b": -2.5}
+
+
+def test_waiting_for_an_endpoint_slot_is_bounded() -> None:
+    sem = threading.BoundedSemaphore(1)
+    sem.acquire()
+    started = time.monotonic()
+    with (
+        pytest.raises(UpstreamTimeout, match="no free connection slot"),
+        outbound.slot(sem, wait_s=0.3, name="t"),
+    ):
+        pass
+    assert 0.25 < time.monotonic() - started < 1.0
+    with outbound.deadline(0.1), pytest.raises(UpstreamTimeout):  # never past the request's deadline
+        with outbound.slot(sem, wait_s=30, name="t"):
+            pass
+    sem.release()
+    with outbound.slot(sem, wait_s=0, name="t"):
+        assert not sem.acquire(blocking=False)
+    assert sem.acquire(blocking=False)

@@ -27,7 +27,9 @@ PROBLEM = "application/problem+json"
 @pytest.fixture(scope="module")
 def base(tmp_path_factory: pytest.TempPathFactory) -> str:
     tmp = tmp_path_factory.mktemp("svc")
-    with service({**store_env("sqlite", tmp), "CACE_MAX_INLINE_TEXTS": "5"}) as srv:
+    # The first splice/auto request builds its explainer: past 60 s on a loaded 2-core machine.
+    env = {**store_env("sqlite", tmp), "CACE_MAX_INLINE_TEXTS": "5", "CACE_REQUEST_TIMEOUT_S": "300"}
+    with service(env) as srv:
         yield srv.base_url
 
 
@@ -151,6 +153,51 @@ def test_explanation_with_match_reports_the_domain_and_space(client: httpx.Clien
     assert e["domain"] == "cebab" and e["space_id"] == "default" and e["pool"]["pairs"] > 0
     assert 1 <= len(e["counterfactuals"]) <= 3
     assert all(c["similarity"] is not None for c in e["counterfactuals"])
+
+
+def test_each_counterfactual_carries_the_taggers_reading_of_every_concept(client: httpx.Client) -> None:
+    r = explain(client, method="match", top_k=4, intervention={"concept": "food", "target": "Negative"})
+    assert r.status_code == 200, r.text
+    e = r.json()
+    schema = [c["name"] for c in client.get("/v1/domains/cebab").json()["schema"]["concepts"]]
+    base = e["base_concepts"]
+    assert base and set(base) <= set(schema) and base["food"] == e["intervention"]["source"]
+    assert e["counterfactuals"] and e["timings"]["concepts_ms"] > 0
+    assert e["timings"]["total_ms"] >= e["timings"]["concepts_ms"]
+    for cf in e["counterfactuals"]:
+        assert set(cf["concepts"]) == set(base)
+        # The same taggers, asked through the source inference of the counterfactual as a query.
+        alone = explain(
+            client, text=cf["text"], method="zero", intervention={"concept": "service", "target": "Positive"}
+        ).json()
+        assert alone["base_concepts"] == cf["concepts"]
+        assert alone["intervention"]["source"] == cf["concepts"]["service"]
+
+
+def test_uncalibrated_auto_reports_the_spread_its_counterfactuals_measured(client: httpx.Client) -> None:
+    """It said 0.000 on every label while its counterfactuals disagreed."""
+    body = {"text": "The food was great but the waiter was rude and slow.", "method": "auto", "top_k": 5}
+    body["intervention"] = {"concept": "food", "target": "Negative"}
+    r = client.post("/v1/explanations", json=body, timeout=300)
+    assert r.status_code == 200, r.text
+    e = r.json()
+    assert e["details"]["calibrated"] is False, "the shared test domain is not calibrated"
+    preds = np.array([[c["prediction"][lab] for lab in LABELS] for c in e["counterfactuals"]])
+    assert len(preds) >= 2 and preds.std(axis=0).max() > 0.01, "the counterfactuals disagree"
+    assert e["uncertainty"]["n_counterfactuals"] >= len(preds)
+    assert max(e["uncertainty"]["spread"].values()) > 0.001
+
+
+def test_methods_say_generate_needs_an_llm(client: httpx.Client) -> None:
+    got = client.get("/v1/methods").json()
+    assert "generate" in got["methods"] and "LLM" in got["unavailable"]["generate"]
+    spec = {"kind": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "m"}
+    assert client.post("/v1/llms", json={"name": "for-generate", "spec": spec}).status_code == 201
+    try:
+        assert "generate" not in client.get("/v1/methods").json()["unavailable"]
+    finally:
+        client.delete("/v1/llms/for-generate")
+    assert "generate" in client.get("/v1/methods").json()["unavailable"]
 
 
 def test_source_is_inferred_by_the_taggers(client: httpx.Client) -> None:

@@ -52,7 +52,12 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     tmp = tmp_path_factory.mktemp("ui")
     # No calibration behind the tests' back: it would land in the shared test data dir's CEBaB domain.
     with service(
-        {"CACE_DATABASE_URL": f"sqlite:///{tmp / 'jobs.sqlite'}", "CACE_AUTO_CALIBRATE": "false"}
+        {
+            "CACE_DATABASE_URL": f"sqlite:///{tmp / 'jobs.sqlite'}",
+            "CACE_AUTO_CALIBRATE": "false",
+            # The first splice/auto request builds its explainer: past 60 s on a loaded 2-core machine.
+            "CACE_REQUEST_TIMEOUT_S": "300",
+        }
     ) as srv:
         yield srv.base_url
 
@@ -150,6 +155,10 @@ def test_explain_draws_the_services_numbers(page, server: str) -> None:
         assert row.locator("td.cf").inner_text() == fmt(base + icace)
         assert row.locator("td.icace").inner_text() == signed(icace)
         assert row.locator("td.spread").inner_text() == fmt(api["uncertainty"]["spread"][lab])
+    # Labels as the domain names them (CEBaB: star ratings).
+    names = httpx.get(server + "/v1/domains/cebab").json()["label_names"]
+    assert names["4"] == "4 stars"
+    assert page.locator('#explain-numbers tr[data-label="4"] th').inner_text() == "4 (4 stars)"
     # The bars: one base and one counterfactual-mean bar per label, carrying the exact values and
     # taller when the value is larger.
     bars = page.eval_on_selector_all(
@@ -183,7 +192,8 @@ def test_explain_draws_the_services_numbers(page, server: str) -> None:
         assert rebuilt["cf"] == " ".join(cf["text"].split())
         assert rebuilt["changed"] > 0
         assert f"similarity {fmt(cf['similarity'])}" in card.inner_text()
-    assert "classifier_texts" in page.inner_text("#explain-result")
+    cost = page.locator('#explain-cost tr[data-key="classifier_texts"] td').inner_text()
+    assert cost == str(api["cost"]["classifier_texts"])
     shot(page, "explain")
 
 
@@ -416,7 +426,8 @@ def test_with_api_keys_on_the_page_asks_for_a_key(browser, tmp_path: Path) -> No
         pg.fill("#key-input", key)
         pg.click("#key-save")
         pg.wait_for_selector('#service-status[data-state="ready"]')
-        assert err.is_hidden() and "accepts it" in pg.inner_text("#key-status")
+        assert err.is_hidden() and "accepts this key" in pg.inner_text("#key-status")
+        assert "API keys are on" in pg.inner_text("#key-mode")
         assert pg.evaluate("sessionStorage.getItem('cace.apiKey')") == key
         pg.click("#tab-explain")
         fill_params(pg, "explain", "food", "Negative", "zero", 1)
@@ -493,10 +504,329 @@ def test_generate_shows_verification_and_rejections(browser, tmp_path: Path) -> 
             read = (cf["verification"] or {}).get("tags", {}).get("food")
             want = "verified" if read in (None, "Negative") else "kept, tagger disagrees"
             assert badges.nth(i).inner_text() == want
-        cost_row = pg.locator("#explain-result table.kv tr", has=pg.locator('th:text-is("llm_calls")'))
+        cost_row = pg.locator('#explain-cost tr[data-key="llm_calls"]')
         assert (
             cost_row.locator("td").inner_text() == str(res["cost"]["llm_calls"])
             and res["cost"]["llm_calls"] > 0
         )
         shot(pg, "explain-generate")
         pg.context.close()
+
+
+# ---- fits every screen, tells the truth --------------------------------------------------------
+
+WIDTHS = (390, 768, 1280, 1920)
+# Per visible element: line boxes of siblings that intersect (inline elements by their line fragments,
+# so text that wraps is not mistaken for an overlap), content clipped sideways with no hint, and chart
+# text smaller than 11 px on screen or drawn outside its chart.
+LAYOUT_JS = """() => {
+  const shown = (e) => {
+    const cs = getComputedStyle(e);
+    const r = e.getBoundingClientRect();
+    return cs.display !== 'none' && cs.visibility !== 'hidden' && r.width > 0 && r.height > 0;
+  };
+  const kids = (p) => [...p.children].flatMap((e) =>
+    getComputedStyle(e).display === 'contents' ? kids(e) : [e]);
+  const skip = new Set(['OPTION', 'DATALIST', 'SCRIPT', 'STYLE', 'TITLE', 'BR']);
+  const name = (e) => e.tagName.toLowerCase() + (e.id ? '#' + e.id : '') +
+    (e.className && typeof e.className === 'string' ? '.' + e.className.trim().split(/\\s+/).join('.') : '');
+  const overlaps = [];
+  for (const parent of document.querySelectorAll('body, body *')) {
+    if (parent.closest('svg') || skip.has(parent.tagName) || !shown(parent)) continue;
+    const items = kids(parent).filter((e) => !skip.has(e.tagName) && shown(e));
+    for (let i = 0; i < items.length; i++) {
+      for (let j = i + 1; j < items.length; j++) {
+        for (const a of items[i].getClientRects()) {
+          for (const b of items[j].getClientRects()) {
+            const w = Math.min(a.right, b.right) - Math.max(a.left, b.left);
+            const h = Math.min(a.bottom, b.bottom) - Math.max(a.top, b.top);
+            if (w > 1 && h > 1) overlaps.push(name(items[i]) + ' / ' + name(items[j]));
+          }
+        }
+      }
+    }
+  }
+  const clipped = [...document.querySelectorAll('main div, main section, main figure')].filter((e) => {
+    if (!shown(e) || e.scrollWidth <= e.clientWidth + 1) return false;
+    const hint = e.parentElement && e.parentElement.querySelector(':scope > .scroll-hint');
+    return !(hint && shown(hint) && e.classList.contains('scroll'));
+  }).map((e) => name(e) + ' ' + e.scrollWidth + '>' + e.clientWidth);
+  const chartText = [];
+  for (const svg of document.querySelectorAll('svg.chart')) {
+    if (!shown(svg)) continue;
+    const vb = svg.viewBox.baseVal;
+    const scale = svg.getBoundingClientRect().width / vb.width;
+    for (const t of svg.querySelectorAll('text')) {
+      const px = parseFloat(getComputedStyle(t).fontSize) * scale;
+      const box = t.getBBox();
+      if (px < 10.99) chartText.push(`${t.textContent}: ${px.toFixed(1)} px`);
+      if (box.x < -0.5 || box.x + box.width > vb.width + 0.5) chartText.push(`${t.textContent}: outside the chart`);
+    }
+  }
+  const narrowCards = [...document.querySelectorAll('.cf-card')].filter(shown).flatMap((card) => {
+    const diff = card.querySelector('.diff').getBoundingClientRect().width;
+    return diff < 0.6 * (card.clientWidth - 30) ? [`diff ${Math.round(diff)} px of ${card.clientWidth}`] : [];
+  });
+  return {
+    page: document.documentElement.scrollWidth, body: document.body.scrollWidth, viewport: window.innerWidth,
+    overlaps: [...new Set(overlaps)], clipped, chartText, narrowCards,
+  };
+}"""
+
+
+def check_layout(pg, where: str) -> list[str]:
+    got = pg.evaluate(LAYOUT_JS)
+    problems = []
+    if max(got["page"], got["body"]) > got["viewport"]:
+        problems.append(f"{where}: page {got['page']} px wide in a {got['viewport']} px viewport")
+    for key in ("overlaps", "clipped", "chartText", "narrowCards"):
+        if got[key]:
+            problems.append(f"{where}: {key}: {got[key][:6]}")
+    return problems
+
+
+def test_every_page_fits_390_768_1280_and_1920_px(browser, server: str) -> None:
+    """No sideways page scroll, no overlaps, wide tables scroll in their box with a hint, chart text >= 11 px."""
+    texts = [" ".join(r.text.split()) for r in load_split("dev")][:8]
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    pg = context.new_page()
+    pg.set_default_timeout(TIMEOUT_MS)
+    pg.goto(server + "/ui")
+    ready(pg)
+    # An `auto` answer with its method details open (its JSON made the page 5,261 px wide).
+    pg.fill("#explain-text", TEXT)
+    fill_params(pg, "explain", "food", "Negative", "auto", 5)
+    pg.click("#explain-submit")
+    pg.wait_for_selector("#explain-numbers")
+    pg.click("#explain-method-details summary")
+    # A finished effects job with five labels' ICaCE columns.
+    pg.click("#tab-effects")
+    pg.fill("#effects-texts", "\n".join(texts))
+    fill_params(pg, "effects", "service", "Positive", "match", 2)
+    pg.click("#effects-submit")
+    pg.wait_for_selector("#effects-rows tbody tr")
+    # A CI from a handful of changed texts says so.
+    n_changed = int(pg.inner_text("#effects-summary").split(" of ")[0])
+    assert n_changed < 30 and f"rests on {n_changed} changed text" in pg.inner_text("#effects-small-n")
+    pg.click("#tab-domains")
+    pg.wait_for_selector('article.domain[data-id="cebab"]')
+    problems: list[str] = []
+    for width in WIDTHS:
+        pg.set_viewport_size({"width": width, "height": 900})
+        for tab in ("explain", "effects", "domains", "jobs", "keys"):
+            pg.click(f"#tab-{tab}")
+            pg.wait_for_timeout(150)  # one frame for the charts to redraw at the new width
+            problems += check_layout(pg, f"{width} px, {tab}")
+        if width == 390:
+            pg.click("#tab-effects")
+            # The ICaCE columns are off-screen at this width: the box scrolls, and says so.
+            assert pg.locator("#rows-table .scroll-hint").is_visible()
+            shot(pg, "effects-390")
+            pg.click("#tab-explain")
+            shot(pg, "explain-390")
+    context.close()
+    assert not problems, "\n".join(problems)
+
+
+def test_states_tell_the_truth(browser, server: str) -> None:
+    """Disabled with the reason while loading; keys off said as such; spread only where measured; no
+    verified badge without a check; generate only with an LLM."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    pg = context.new_page()
+    pg.set_default_timeout(TIMEOUT_MS)
+    # A fake for a state a test cannot wait for: the service still loading its domain (minutes on a
+    # fresh machine). /readyz answers 503 "loading" until the test lets it through.
+    loading = {"on": True}
+
+    def readyz(route) -> None:
+        if loading["on"]:
+            body = {
+                "status": "loading",
+                "ready": False,
+                "components": {"domain": {"status": "loading", "detail": "space"}},
+            }
+            route.fulfill(status=503, content_type="application/json", body=json.dumps(body))
+        else:
+            route.continue_()
+
+    pg.route("**/readyz", readyz)
+    sent: list[str] = []
+    pg.on("request", lambda r: sent.append(r.url) if r.url.endswith("/v1/explanations") else None)
+    pg.goto(server + "/ui")
+    pg.wait_for_selector('#service-status[data-state="loading"]')
+    assert pg.locator("#explain-submit").is_disabled()
+    assert "Waiting for the service" in pg.inner_text("#explain-submit-why")
+    pg.locator("#explain-k").press("Enter")  # no way around the disabled button
+    pg.wait_for_timeout(300)
+    assert not sent and pg.locator("#explain-error").is_hidden()
+    loading["on"] = False
+    ready(pg)
+    assert pg.locator("#explain-submit").is_enabled() and pg.locator("#explain-submit-why").is_hidden()
+
+    # generate: listed, not offered, while the server has no LLM (the API says why).
+    methods = httpx.get(server + "/v1/methods").json()
+    assert "generate" in methods["unavailable"]
+    gen = pg.locator('#explain-method option[value="generate"]')
+    assert gen.is_disabled() and "LLM" in (gen.get_attribute("title") or "")
+    assert pg.locator("#explain-llm-field").is_hidden()
+
+    # Keys off: a made-up key is not "accepted"; the page says keys are off and it was not checked.
+    pg.click("#tab-keys")
+    pg.fill("#key-input", "cace_made_up")
+    pg.click("#key-save")
+    playwright_api.expect(pg.locator("#key-mode")).to_contain_text("API keys are off")
+    playwright_api.expect(pg.locator("#key-status")).to_contain_text("cannot be checked")
+    assert "accept" not in pg.inner_text("#key-status")
+    pg.click("#key-clear")
+
+    # One counterfactual: no spread was measured, so none is shown and no whisker drawn.
+    pg.click("#tab-explain")
+    pg.fill("#explain-text", TEXT)
+    fill_params(pg, "explain", "service", "Positive", "match", 1)
+    with pg.expect_response(lambda r: r.url.endswith("/v1/explanations")) as resp:
+        pg.click("#explain-submit")
+    assert resp.value.json()["uncertainty"]["n_counterfactuals"] == 1
+    pg.wait_for_selector("#explain-numbers")
+    assert set(pg.locator("#explain-numbers td.spread").all_inner_texts()) == {"not measured"}
+    assert pg.locator("svg.effect line.interval").count() == 0
+    assert "no spread was measured" in pg.inner_text("#explain-whiskers")
+
+    # Uncalibrated auto: the spread its counterfactuals measured (it showed 0.000 everywhere).
+    fill_params(pg, "explain", "food", "Negative", "auto", 5)
+    with pg.expect_response(lambda r: r.url.endswith("/v1/explanations")) as resp:
+        pg.click("#explain-submit")
+    res = resp.value.json()
+    pg.wait_for_selector("#explain-numbers")
+    playwright_api.expect(pg.locator("#explain-summary")).to_contain_text(" · auto · ")
+    spread = res["uncertainty"]["spread"]
+    assert max(spread.values()) > 0.001
+    shown_spread = pg.locator("#explain-numbers td.spread").all_inner_texts()
+    assert shown_spread == [fmt(spread[lab]) for lab in res["labels"]]
+
+    # Pool counterfactuals (approx: found by matching confounders) carry facts, not a "verified" badge.
+    fill_params(pg, "explain", "service", "Positive", "approx", 3)
+    with pg.expect_response(lambda r: r.url.endswith("/v1/explanations")) as resp:
+        pg.click("#explain-submit")
+    res = resp.value.json()
+    pg.wait_for_selector("#explain-numbers")
+    playwright_api.expect(pg.locator("#explain-summary")).to_contain_text(" · approx · ")
+    assert res["counterfactuals"] and all(cf["verification"] for cf in res["counterfactuals"])
+    assert pg.locator("#explain-counterfactuals .verification .badge").count() == 0
+    assert "confounders matched" in pg.locator("#explain-counterfactuals .verification").first.inner_text()
+    context.close()
+
+
+def test_counterfactuals_show_every_concept_before_and_after(page, server: str) -> None:
+    """The taggers' reading of each concept on the text and on each counterfactual; a warning where a
+    concept other than the target changed."""
+    ready(page)
+    page.fill("#explain-text", "The food was bland and cold. Our waiter was friendly and quick.")
+    fill_params(page, "explain", "food", "Positive", "splice", 6)
+    page.fill("#explain-source", "Negative")
+    with page.expect_response(lambda r: r.url.endswith("/v1/explanations")) as resp:
+        page.click("#explain-submit")
+    res = resp.value.json()
+    page.wait_for_selector("#explain-numbers")
+    base = res["base_concepts"]
+    assert base and res["counterfactuals"]
+    cards = page.locator("#explain-counterfactuals > li")
+    for i, cf in enumerate(res["counterfactuals"]):
+        card = cards.nth(i)
+        readings = card.locator(".concept-check .reading").evaluate_all(
+            "els => els.map(e => [e.dataset.concept, e.dataset.before, e.dataset.after])"
+        )
+        assert readings == [[c, base[c], cf["concepts"][c]] for c in base]
+        others = [c for c in base if c != "food" and cf["concepts"][c] != base[c]]
+        warning = card.locator(".other-warning")
+        if others:
+            assert warning.inner_text() == "also changed: " + ", ".join(others)
+        else:
+            assert warning.count() == 0
+        target = card.locator(".target-check")
+        assert ("tagger reads food = Positive" == target.inner_text()) == (
+            cf["concepts"]["food"] == "Positive"
+        )
+
+
+def test_a_result_is_a_url_and_back_works(page, server: str) -> None:
+    ready(page)
+    page.fill("#explain-text", TEXT)
+    fill_params(page, "explain", "ambiance", "Positive", "match", 2)
+    page.click("#explain-submit")
+    page.wait_for_selector("#explain-numbers")
+    url = page.url
+    assert "#explain?" in url and "concept=ambiance" in url and "k=2" in url
+    page.click("#tab-domains")
+    assert page.url.endswith("#domains") and page.locator("#page-domains").is_visible()
+    page.click("#tab-jobs")
+    page.go_back()
+    playwright_api.expect(page.locator("#page-domains")).to_be_visible()
+    page.go_back()
+    playwright_api.expect(page.locator("#page-explain")).to_be_visible()
+    assert page.url == url
+    # The URL alone, in a fresh page, restores the form and reruns the explanation.
+    other = page.context.new_page()
+    with other.expect_request(lambda r: r.url.endswith("/v1/explanations")) as req:
+        other.goto(url)
+    sent = json.loads(req.value.post_data)
+    assert sent["text"] == TEXT and sent["intervention"] == {"concept": "ambiance", "target": "Positive"}
+    assert sent["method"] == "match" and sent["top_k"] == 2 and sent["domain"] == "cebab"
+    other.wait_for_selector("#explain-numbers")
+    assert other.input_value("#explain-text") == TEXT and other.input_value("#explain-concept") == "ambiance"
+    # A tab in the URL opens that tab.
+    other.goto(server + "/ui#jobs")
+    playwright_api.expect(other.locator("#page-jobs")).to_be_visible()
+    other.close()
+
+
+def test_jobs_tab_lists_background_work_with_progress(page, server: str) -> None:
+    """A job started elsewhere (here: straight through the API) shows up, live, with the API's progress."""
+    texts = [" ".join(r.text.split()) for r in load_split("dev")][:4]
+    ready(page)
+    page.click("#tab-jobs")
+    body = {
+        "texts": texts,
+        "intervention": {"concept": "food", "target": "Negative"},
+        "method": "match",
+        "top_k": 2,
+        "mode": "job",
+    }
+    job_id = httpx.post(server + "/v1/effects", json=body, timeout=60).json()["id"]
+    row = page.locator(f'#jobs-table tr[data-id="{job_id}"]')
+    row.wait_for()  # listed without a reload
+    playwright_api.expect(row).to_have_attribute("data-status", "succeeded", timeout=TIMEOUT_MS)
+    job = httpx.get(f"{server}/v1/jobs/{job_id}").json()
+    assert row.locator("progress").evaluate("e => e.value") == job["progress"] == 1.0
+    assert (
+        row.locator("td.counts").inner_text()
+        == f"{job['counts'].get('done', 0) + job['counts'].get('failed', 0)}/4"
+    )
+    assert row.get_attribute("data-kind") == job["kind"]
+
+
+def test_csv_export_escapes_formulas(page) -> None:
+    """OWASP CSV injection: a cell that starts with = + - @ tab or CR is written with a leading quote."""
+    ready(page)
+    hostile = [
+        "-1+cmd|' /C calc'!A0",
+        '=HYPERLINK("http://x")',
+        "+1",
+        "@SUM(A1)",
+        "\tx",
+        "\rx",
+        "-0.5",
+        "plain",
+    ]
+    csv_text = page.evaluate(
+        """async (texts) => {
+        const m = await import('./ui/static/effects.js');
+        const rows = texts.map((t, i) => ({index: i, id: t, status: 'done', source: t, n_counterfactuals: 2,
+            icace: {a: -0.25}, base_prediction: {a: 0.5}, error: null}));
+        return m.rowsCsv(rows, ['a'], texts);
+    }""",
+        hostile,
+    )
+    table = list(csv.DictReader(io.StringIO(csv_text, newline="")))
+    assert [r["text"] for r in table] == [("'" + t if t[0] in "=+-@\t\r" else t) for t in hostile]
+    assert [r["id"] for r in table] == [r["text"] for r in table]
+    assert all(r["icace_a"] == "-0.25" and r["n_counterfactuals"] == "2" for r in table)

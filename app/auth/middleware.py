@@ -14,6 +14,7 @@ import math
 
 from app.auth.keys import KeyStore
 from app.limits import ASGIApp, Receive, Scope, Send, header, send_problem
+from app.problems import STORE_DOWN, STORE_DOWN_DETAIL
 from app.ratelimit import RateLimiter
 
 PUBLIC_PATHS = frozenset(
@@ -71,9 +72,18 @@ class AuthMiddleware:
         state = scope.setdefault("state", {})
         identity: str
         rate: float | None = None
-        if self.enabled():
-            token = presented_key(scope)
-            rec = self.keys.lookup(token) if token else None
+        token = presented_key(scope)
+        try:
+            enabled = self.enabled()
+            rec = self.keys.lookup(token) if enabled and token else None
+        except STORE_DOWN:
+            # Keys live in the job store: while it is unreachable nobody can be checked (fail closed).
+            await send_problem(
+                send, 503, "Store unavailable", STORE_DOWN_DETAIL, kind="store-unavailable", path=path,
+                headers=[("Retry-After", "5")],
+            )  # fmt: skip
+            return
+        if enabled:
             if rec is None:
                 detail = "missing API key" if not token else "unknown or revoked API key"
                 await send_problem(

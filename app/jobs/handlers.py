@@ -18,15 +18,16 @@ import httpx
 import numpy as np
 
 from app import explain
+from app.jobs.guards import BudgetedClassifier
 from app.jobs.worker import RetryableError
 from app.problems import ApiError
-from app.resources import Runtime
+from app.resources import MIN_CALIBRATION_TEXTS, Runtime
 from app.schemas import DomainGenerate, EffectsParams
 from explainers.concepts import ConceptSchema, Intervention
 from explainers.data.pool import Pool
-from explainers.errors import UpstreamUnavailable
+from explainers.errors import BudgetExhausted, Cancelled, UpstreamUnavailable
 from explainers.estimate import cace
-from explainers.progress import Stages, cancellable
+from explainers.progress import Stages, cancellable, checkpoint
 from explainers.types import Explanation, explain_batch, zero_explanation
 
 log = logging.getLogger("cace.jobs")
@@ -67,6 +68,8 @@ class EffectsHandler:
         except (UpstreamUnavailable, httpx.TransportError) as e:  # classifier or LLM, timeouts included
             raise RetryableError(f"{type(e).__name__}: {e}") from e
         except ApiError as e:
+            if e.status == 503:  # busy (the explainer's lock within the item's deadline): try again later
+                raise RetryableError(e.detail) from e
             raise ValueError(e.detail) from e
 
     def row(self, r: explain.Resolved, params: EffectsParams, payload: dict[str, Any]) -> dict[str, Any]:
@@ -96,12 +99,12 @@ class EffectsHandler:
         same = [i for i, x in enumerate(interventions) if x.source == x.target]
         exps: dict[int, Explanation] = {}
         if changed:
-            with r.lock:
+            with explain.explaining(r) as classifier:
                 found = explain_batch(
                     r.explainer,
                     [texts[i] for i in changed],
                     [interventions[i] for i in changed],
-                    r.classifier,
+                    classifier,
                     r.top_k,
                     base_labels=[labels[i] for i in changed],
                 )
@@ -141,11 +144,22 @@ class EffectsHandler:
     ) -> dict[str, Any]:
         self._resolved.pop(job_id, None)
         params = EffectsParams.model_validate(request)
-        return summarize(params, rows)
+        result = summarize(params, rows, max_failed_fraction=self.rt.settings.effects_max_failed_fraction)
+        if isinstance(params.classifier, str):  # a job that explained its texts may queue a calibration
+            try:
+                domain = self.rt.domain(params.domain)
+            except (LookupError, ValueError):  # deleted meanwhile: nothing to calibrate on
+                return result
+            self.rt.maybe_calibrate(domain, params.classifier, queued_by="effects job")
+        return result
 
 
-def summarize(params: EffectsParams, rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    """CaCE + CI over changed texts; raises ValueError if no text was changed.
+def summarize(
+    params: EffectsParams, rows: Iterable[dict[str, Any]], *, max_failed_fraction: float = 1.0
+) -> dict[str, Any]:
+    """CaCE + CI over changed texts; raises ValueError if no text was changed, or if more than
+    `max_failed_fraction` of the texts failed (a CaCE with a tight CI over the few texts that
+    worked would misrepresent the request: the job fails instead, and its rows stay readable).
 
     One pass over `rows` (an iterator of a million stored rows is fine): counts and sources are
     tallied as rows arrive and only the changed texts' ICaCE vectors are kept, as compact arrays,
@@ -173,6 +187,12 @@ def summarize(params: EffectsParams, rows: Iterable[dict[str, Any]]) -> dict[str
                 pending = []
     if pending:
         blocks.append(np.asarray(pending, dtype=float))
+    if n_rows and failed / n_rows > max_failed_fraction:
+        raise ValueError(
+            f"{failed} of {n_rows} texts failed ({failed / n_rows:.0%}), more than the "
+            f"{max_failed_fraction:.0%} allowed (CACE_EFFECTS_MAX_FAILED_FRACTION): no CaCE is reported; "
+            "the rows (with each text's error) stay at the job's rows link"
+        )
     if labels is None:
         raise ValueError(
             f"no text could be explained: {n_results} already had "
@@ -181,6 +201,12 @@ def summarize(params: EffectsParams, rows: Iterable[dict[str, Any]]) -> dict[str
     icaces = np.concatenate(blocks)
     est = cace(icaces, confidence=params.confidence, seed=params.seed)
     mean_abs = np.abs(icaces).mean(axis=0)
+    warnings = []
+    if failed:
+        warnings.append(
+            f"{failed} of {n_rows} texts failed and are not in the CaCE: it and its CI are over the "
+            f"{len(icaces)} changed texts that succeeded, which may not represent all the texts"
+        )
     return {
         "labels": labels,
         "cace": explain.as_map(labels, est.cace),
@@ -191,6 +217,7 @@ def summarize(params: EffectsParams, rows: Iterable[dict[str, Any]]) -> dict[str
             "n_texts": n_rows,
             "n_changed": len(icaces),
             "n_unchanged": n_results - len(icaces),
+            "n_used": len(icaces),
             "n_failed": failed,
             "sources": dict(sources),
             "mean_abs_icace": explain.as_map(labels, mean_abs),
@@ -200,6 +227,7 @@ def summarize(params: EffectsParams, rows: Iterable[dict[str, Any]]) -> dict[str
             "top_k": params.top_k,
             "intervention": params.intervention.model_dump(),
         },
+        "warnings": warnings,
     }
 
 
@@ -228,8 +256,22 @@ def job_stages(rt: Runtime, job_id: str, what: str) -> Stages:
     return Stages(what, log=log.info, on_update=lambda snap: rt.store.set_job_stages(job_id, snap))
 
 
+def job_cancelled(store: Any, job_id: str) -> bool:
+    """Whether a running job's work should stop (cancelled, or otherwise final) as the store says."""
+    try:
+        return store.job_status(job_id) not in ("queued", "running")
+    except Exception:  # a store that blinks does not stop the work; the next check asks again
+        log.warning("job %s: could not read its status", job_id, exc_info=True)
+        return False
+
+
 class CalibrationHandler:
-    """Calibrate the estimators of one named classifier on one domain (one item), saved in the domain."""
+    """Calibrate the estimators of one named classifier on one domain (one item), saved in the domain.
+
+    Bounded: every classifier call is charged first to the classifier's calibration budget in the
+    store (shared by replicas, counting every attempt), and checks whether the job was cancelled;
+    how it ended sets the (domain, classifier)'s auto-calibration backoff there.
+    """
 
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
@@ -237,32 +279,77 @@ class CalibrationHandler:
     def process(self, job_id: str, request: dict[str, Any], payload: Any, index: int) -> dict[str, Any]:
         from explainers.estimators.calibration import calibrate
 
+        s, store = self.rt.settings, self.rt.store
         domain = self.rt.domain(request["domain_id"])
         name = request["classifier"]
         clf, _ = self.rt.classifier(name)
         try:
-            cal = calibrate(
-                clf,
-                domain.pool,
-                domain.space,
-                self.rt.encoder(),
-                taggers=domain.taggers,
-                max_pairs=request.get("max_pairs") or self.rt.settings.calibration_max_pairs,
-                max_classifier_texts=self.rt.settings.calibration_max_texts,
-                classifier_name=name,
-                stages=job_stages(self.rt, job_id, f"calibration of {name} on {domain.id}"),
+            if job_cancelled(store, job_id):
+                raise Cancelled("cancelled")
+            left, window_end = store.calibration_budget_left(
+                name, s.calibration_budget_texts, s.calibration_budget_window_s
             )
+            max_texts = min(s.calibration_max_texts, left)
+            if max_texts < MIN_CALIBRATION_TEXTS:
+                raise BudgetExhausted(
+                    f"classifier {name!r} has {left} of its {s.calibration_budget_texts} calibration texts "
+                    f"per {s.calibration_budget_window_s:g} s left (CACE_CALIBRATION_BUDGET_TEXTS); a "
+                    f"calibration needs at least {MIN_CALIBRATION_TEXTS}",
+                    retry_at=window_end,
+                )
+            budgeted = BudgetedClassifier(
+                clf,
+                store=store,
+                budget_key=name,
+                budget_texts=s.calibration_budget_texts,
+                window_s=s.calibration_budget_window_s,
+            )
+            # Every classifier chunk and every stage's progress is a checkpoint: a cancel stops it there.
+            with cancellable(lambda: job_cancelled(store, job_id), interval_s=0.5):
+                cal = calibrate(
+                    budgeted,
+                    domain.pool,
+                    domain.space,
+                    self.rt.encoder(),
+                    taggers=domain.taggers,
+                    max_pairs=request.get("max_pairs") or s.calibration_max_pairs,
+                    max_classifier_texts=max_texts,
+                    classifier_name=name,
+                    log=lambda _: checkpoint(),  # called between stages: a cancel is seen there too
+                    stages=job_stages(self.rt, job_id, f"calibration of {name} on {domain.id}"),
+                )
         except (UpstreamUnavailable, httpx.TransportError) as e:
             raise RetryableError(f"{type(e).__name__}: {e}") from e
+        except Cancelled:
+            # A cancelled job is never finalized: its backoff is set here (no auto re-queue at once).
+            store.calibration_outcome(
+                domain.id,
+                name,
+                error="cancelled",
+                backoff_s=s.calibration_backoff_s,
+                backoff_max_s=s.calibration_backoff_max_s,
+            )
+            raise
+        except BudgetExhausted as e:
+            store.calibration_defer(domain.id, name, e.retry_at)
+            raise
         cal.save(domain.calibration_dir(name))
         self.rt.forget_domain(domain.id)  # `auto` explainers rebuild with the calibration
         return {"domain_id": domain.id, "classifier": name, **domain.calibrations()[name]}
 
     def finalize(self, job_id: str, request: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
-        self.rt.calibration_finished(request["domain_id"], request["classifier"])
+        s = self.rt.settings
         row = rows[0]
-        if row["status"] != "done":
-            raise ValueError(row.get("error") or "calibration failed")
+        error = None if row["status"] == "done" else (row.get("error") or "calibration failed")
+        self.rt.store.calibration_outcome(
+            request["domain_id"],
+            request["classifier"],
+            error=error,
+            backoff_s=s.calibration_backoff_s,
+            backoff_max_s=s.calibration_backoff_max_s,
+        )
+        if error is not None:
+            raise ValueError(error)
         return row["result"]
 
 
@@ -302,11 +389,7 @@ class DomainHandler:
         }
 
     def _cancelled(self, job_id: str) -> bool:
-        try:
-            return self.rt.store.job_status(job_id) not in ("queued", "running")
-        except Exception:  # a store that blinks does not stop a build; the next check asks again
-            log.warning("job %s: could not read its status", job_id, exc_info=True)
-            return False
+        return job_cancelled(self.rt.store, job_id)
 
     def _augmenter(self, job_id: str, pool: Pool, gen: dict[str, Any]) -> Any:
         """Add LLM-generated counterfactuals, cached per job so a re-run item resumes, not restarts.

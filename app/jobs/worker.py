@@ -4,7 +4,8 @@ Each job kind has a handler with two steps: `process` one item (one text of an e
 job, the single training step of a space job) and `finalize` the job from all item
 results (CaCE with its bootstrap CI, say). A handler that also has `process_batch` gets
 each claim's items of one job at once (effects: one encoder call, one search, one
-classifier call for the batch); a failing batch falls back to `process` per item.
+classifier call for the batch); a failing batch is split in halves until the items that fail
+are alone, and one attempt at a claim has a wall-clock bound (`item_timeout_s`).
 Items are leased, so a crash (SIGKILL, OOM, a lost replica) costs at most the items in flight: their leases expire and any worker,
 here or in another replica, picks them up. Finished items are never redone because
 `finish_item` only counts while the lease is held, and `claim` never hands out done items.
@@ -20,6 +21,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
 from app.store import Claimed, ItemOutcome, Store
+from explainers import outbound
 
 log = logging.getLogger("cace.jobs")
 
@@ -63,6 +65,7 @@ class Workers:
         batch: int = 8,
         poll_s: float = 0.25,
         max_attempts: int = 3,
+        item_timeout_s: float | None = None,
     ) -> None:
         self.store = store
         self.handlers = dict(handlers)
@@ -72,6 +75,8 @@ class Workers:
         self.batch = batch
         self.poll_s = poll_s
         self.max_attempts = max_attempts
+        # Wall-clock bound of one attempt at a claim's items (None: only the outbound clients' own).
+        self.item_timeout_s = item_timeout_s
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._held: set[tuple[str, int]] = set()
@@ -148,9 +153,11 @@ class Workers:
     def _run_batch(self, job_id: str, items: list[Claimed], active: bool) -> None:
         """Run one job's claimed items as one batch when its handler can (`process_batch`).
 
-        A batch that fails on an upstream outage (RetryableError) goes back to pending as a
-        whole; one that fails otherwise is re-run item by item, so one bad text fails alone.
-        Outcomes are written in one transaction, each only if its lease is still held.
+        A batch that fails is split in halves and each half tried on its own (`_bisect`), so a
+        text the upstream chokes on, or a flapping upstream, fails only the items it fails on
+        and the others finish now. The whole attempt, splits and every outbound retry included,
+        ends by `item_timeout_s` (the outbound deadline); items it did not reach go back to
+        pending. Outcomes are written in one transaction, each only if its lease is still held.
         """
         job = self._job(job_id)
         handler = self.handlers.get(job[0]) if job else None
@@ -174,34 +181,54 @@ class Workers:
         try:
             if not run:
                 return
-            try:
-                results = process_batch(job_id, job[1], [(i.payload, i.idx) for i in run])
-                if len(results) != len(run):
-                    raise RuntimeError(f"process_batch returned {len(results)} results for {len(run)} items")
-                outcomes = [ItemOutcome(i.idx, result=r) for i, r in zip(run, results, strict=True)]
-            except RetryableError as e:
-                outcomes = [
-                    ItemOutcome(i.idx, error=str(e), retry=i.attempts < self.max_attempts) for i in run
-                ]
-                log.warning("job %s: batch of %d hit a retryable error: %s", job_id, len(run), e)
-            except Exception as e:
-                log.warning(
-                    "job %s: batch of %d failed (%s: %s); running its items one by one",
-                    job_id,
-                    len(run),
-                    type(e).__name__,
-                    e,
-                )
-                for item in run:
-                    if self._stop.is_set():
-                        break
-                    self._run(item, active)
-                return
+            with outbound.deadline(self.item_timeout_s):
+                outcomes = self._bisect(job_id, job[1], process_batch, run)
             written = self.store.finish_items(self.owner, job_id, outcomes)
             self.processed += sum(1 for o in outcomes if o.idx in written and o.error is None)
         finally:
             with self._held_lock:
                 self._held.difference_update(keys)
+
+    def _bisect(
+        self, job_id: str, request: dict[str, Any], process_batch: Any, run: list[Claimed]
+    ) -> list[ItemOutcome]:
+        """Outcomes of `run` as one batch; on failure, of its two halves, each split again if it fails.
+
+        A single item's RetryableError sends it back to pending (until max_attempts), any other
+        error fails it. Once the attempt's deadline has passed (or the worker stops) the items
+        not yet run go back to pending untried.
+        """
+        left = outbound.remaining()
+        if self._stop.is_set() or (left is not None and left <= 0):
+            why = (
+                "worker stopping"
+                if self._stop.is_set()
+                else f"item deadline ({self.item_timeout_s:g} s) passed"
+            )
+            return [ItemOutcome(i.idx, error=why, retry=i.attempts < self.max_attempts) for i in run]
+        try:
+            results = process_batch(job_id, request, [(i.payload, i.idx) for i in run])
+            if len(results) != len(run):
+                raise RuntimeError(f"process_batch returned {len(results)} results for {len(run)} items")
+            return [ItemOutcome(i.idx, result=r) for i, r in zip(run, results, strict=True)]
+        except Exception as e:
+            if len(run) == 1:
+                item = run[0]
+                if isinstance(e, RetryableError):
+                    return [ItemOutcome(item.idx, error=str(e), retry=item.attempts < self.max_attempts)]
+                log.warning("job %s item %s failed: %s", job_id, item.idx, e)
+                return [ItemOutcome(item.idx, error=f"{type(e).__name__}: {e}")]
+            log.warning(
+                "job %s: batch of %d failed (%s: %s); splitting it",
+                job_id,
+                len(run),
+                type(e).__name__,
+                e,
+            )
+            mid = len(run) // 2
+            return self._bisect(job_id, request, process_batch, run[:mid]) + self._bisect(
+                job_id, request, process_batch, run[mid:]
+            )
 
     def _run(self, item: Claimed, active: bool = True) -> None:
         key = (item.job_id, item.idx)
@@ -224,7 +251,10 @@ class Workers:
         try:
             if handler is None:
                 raise ValueError(f"no handler for job kind {kind!r} in this server")
-            result = handler.process(item.job_id, request, item.payload, item.idx)
+            # Items of batch kinds are small units with a wall-clock bound; a build is one long item.
+            bounded = getattr(handler, "process_batch", None) is not None
+            with outbound.deadline(self.item_timeout_s if bounded else None):
+                result = handler.process(item.job_id, request, item.payload, item.idx)
             self.store.finish_item(self.owner, item.job_id, item.idx, result=result)
             self.processed += 1
         except RetryableError as e:

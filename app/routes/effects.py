@@ -78,7 +78,6 @@ def _submit(
         q = explain.Query(p["text"], iv.concept, iv.target, iv.source, p.get("labels"))
         explain.check_query(r, q, f"{where}.{i}.labels", f"{where}.{i}.labels")
     explain.check_available(r, iv.concept, iv.target, "body")
-    rt.maybe_calibrate(r.domain, r.classifier_name, queued_by="effects request")
     inline = rest is None and (
         params.mode == "inline" or (params.mode == "auto" and len(payloads) <= s.max_inline_texts)
     )
@@ -93,6 +92,9 @@ def _submit(
             result = summarize(params, rows)
         except ValueError as e:
             raise ApiError(422, "Nothing to estimate", str(e), kind="no-effect") from e
+        rt.maybe_calibrate(
+            r.domain, r.classifier_name, queued_by="effects request"
+        )  # only after texts were explained
         body = EffectsInlineResponse(result=result, rows=[row_out(x) for x in rows])
         return JSONResponse(body.model_dump(mode="json"))
     return submit(rt, "effects", request, itertools.chain(payloads, rest or ()), owner)

@@ -48,6 +48,7 @@ from app.schemas.explanations import (
     Timings,
     Uncertainty,
 )
+from app.schemas.reports import ComparisonRequest, ReportFormat, ReportRequest, SampleSpec
 from app.schemas.types import (
     MAX_SEED,
     Aggregation,
@@ -59,6 +60,10 @@ from app.schemas.types import (
 )
 
 __all__ = [
+    "ComparisonRequest",
+    "ReportFormat",
+    "ReportRequest",
+    "SampleSpec",
     "Aggregation",
     "CLASSIFIER_FIELD",
     "CaceResult",

@@ -128,6 +128,10 @@ class DomainOut(BaseModel):
         default_factory=dict, description="Per concept, per method: null if available, else why not"
     )
     generation: dict[str, Any] | None = None
+    task: str | None = Field(None, description="What the classifiers' labels mean in this domain")
+    label_names: dict[str, str] | None = Field(
+        None, description="A readable name per classifier label (e.g. '4' -> '4 stars')"
+    )
     calibrations: dict[str, Any] = Field(default_factory=dict)
 
     model_config = ConfigDict(populate_by_name=True)
@@ -139,6 +143,11 @@ class DomainList(BaseModel):
 
 class MethodsOut(BaseModel):
     methods: dict[str, str]
+    unavailable: dict[str, str] = Field(
+        default_factory=dict,
+        description="Methods above that cannot run as this server is configured now, with the reason "
+        "(e.g. generate while no LLM is set or registered; a request's inline LLM spec still works).",
+    )
 
 
 class StageOut(BaseModel):

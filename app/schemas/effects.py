@@ -93,7 +93,13 @@ class CaceResult(BaseModel):
     ci_low: dict[str, float]
     ci_high: dict[str, float]
     confidence: float
-    summary: dict[str, Any]
+    summary: dict[str, Any] = Field(
+        description="Counts (n_texts, n_used: the changed texts the CaCE is over, n_unchanged, n_failed), "
+        "sources, mean |ICaCE|, the method."
+    )
+    warnings: list[str] = Field(
+        default_factory=list, description="What the numbers do not show, e.g. texts that failed."
+    )
 
 
 class EffectsInlineResponse(BaseModel):

@@ -82,6 +82,11 @@ class CounterfactualOut(BaseModel):
     similarity: float | None = Field(None, description="Cosine similarity to the query (matching methods).")
     verification: dict[str, Any] | None = Field(None, description="Verification result (generated texts).")
     source_id: str | None = None
+    concepts: dict[str, str] | None = Field(
+        None,
+        description="The domain's concept taggers' reading of this text, per concept with a usable tagger; "
+        "compare with the answer's base_concepts to see which concepts the counterfactual changed.",
+    )
 
 
 class InterventionOut(BaseModel):
@@ -93,7 +98,8 @@ class InterventionOut(BaseModel):
 
 class Uncertainty(BaseModel):
     spread: dict[str, float] = Field(
-        description="Per-label std of the counterfactual predictions (0 if K < 2)."
+        description="Per-label spread of the counterfactual predictions (std, or scaled MAD for median "
+        "aggregation; for auto, its components' spreads); not measured, and 0, when n_counterfactuals < 2."
     )
     n_counterfactuals: int = Field(description="Counterfactuals the estimate used.")
     interval: dict[str, list[float]] | None = Field(
@@ -120,6 +126,7 @@ class Timings(BaseModel):
     lock_wait_ms: float = Field(0.0, description="Waiting for the explainer while another request used it.")
     source_inference_ms: float
     explain_ms: float
+    concepts_ms: float = Field(0.0, description="Reading every concept of the text and counterfactuals.")
 
 
 class ExplanationResponse(BaseModel):
@@ -172,4 +179,9 @@ class ExplanationResponse(BaseModel):
         default_factory=dict, description="Size of the domain's pool (texts, pairs)."
     )
     llm: str | None = None
+    base_concepts: dict[str, str] | None = Field(
+        None,
+        description="The domain's concept taggers' reading of the text, per concept with a usable tagger "
+        "(absent when the domain has no taggers).",
+    )
     details: dict[str, Any] = Field(default_factory=dict)

@@ -13,13 +13,14 @@ Every table name carries a prefix so test runs and deployments can share a datab
 
 from __future__ import annotations
 
+from app.store.calibrations import CalibrationStore
 from app.store.items import ItemStore
 from app.store.jobs import JobStore
 from app.store.registry import RegistryStore
 from app.store.tables import ACTIVE, FINAL, Claimed, ItemOutcome
 
 
-class Store(RegistryStore, JobStore, ItemStore):
+class Store(RegistryStore, JobStore, ItemStore, CalibrationStore):
     """All persistence for the service; thread-safe (one engine, short transactions)."""
 
 

@@ -106,6 +106,27 @@ class Tables:
             sa.Column("finished_at", sa.Float, nullable=True),
             sa.Index(f"{prefix}ix_items_status", "status", "job_id"),
         )
+        # What calibrations sent each classifier in the current window (the budget every replica shares).
+        self.calibration_budget = sa.Table(
+            f"{prefix}calibration_budget",
+            md,
+            sa.Column("classifier", sa.String(256), primary_key=True),
+            sa.Column("window_start", sa.Float, nullable=False),
+            sa.Column("texts", sa.BigInteger, nullable=False),
+        )
+        # Auto-calibration per (domain, classifier): the job queued, and the backoff after failures.
+        self.calibration_state = sa.Table(
+            f"{prefix}calibration_state",
+            md,
+            sa.Column("domain_id", sa.String(128), primary_key=True),
+            sa.Column("classifier", sa.String(256), primary_key=True),
+            sa.Column("job_id", sa.String(40), nullable=True),
+            sa.Column("claimed_at", sa.Float, nullable=True),
+            sa.Column("failures", sa.Integer, nullable=False),
+            sa.Column("retry_at", sa.Float, nullable=True),
+            sa.Column("last_error", sa.Text, nullable=True),
+            sa.Column("updated_at", sa.Float, nullable=False),
+        )
         self.metadata = md
         md.create_all(self.engine)
         self._migrate()

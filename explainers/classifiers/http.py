@@ -17,7 +17,6 @@ never retried.
 from __future__ import annotations
 
 import contextvars
-import json
 import threading
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -65,6 +64,9 @@ class HttpOptions:
     headers: dict[str, str] = field(default_factory=dict)
     # Total seconds per request, retries included (None: timeouts x attempts, and the request's deadline).
     total_s: float | None = None
+    # Most seconds a call waits for one of the endpoint's `max_concurrency` slots (and never past
+    # the request's deadline); then it fails as a timeout instead of queueing behind a slow endpoint.
+    slot_wait_s: float = 10.0
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -75,6 +77,8 @@ class HttpOptions:
             raise ValueError(f"retries must be between 0 and {MAX_RETRIES}")
         if self.timeout_s <= 0 or self.connect_timeout_s <= 0:
             raise ValueError("timeouts must be positive")
+        if self.slot_wait_s < 0:
+            raise ValueError("slot_wait_s must be >= 0")
 
     def retry_policy(self) -> outbound.RetryPolicy:
         return outbound.RetryPolicy(
@@ -260,7 +264,7 @@ class HttpClassifier:
                 max_keepalive_connections=max(o.max_concurrency, 1),
             ),
             headers=o.headers,
-            transport=transport,
+            transport=outbound.guarded(transport),
             follow_redirects=False,
         )
         self._stats = CallStats()
@@ -356,10 +360,13 @@ class HttpClassifier:
         """
         url = self._url(target)
         errors = outbound.Errors(
-            timeout=ClassifierTimeout, unavailable=ClassifierUnavailable, rejected=EndpointRejected
+            timeout=ClassifierTimeout,
+            unavailable=ClassifierUnavailable,
+            rejected=EndpointRejected,
+            malformed=MalformedResponse,
         )
         try:
-            with self._slots:
+            with outbound.slot(self._slots, wait_s=self.options.slot_wait_s, name=self.name, errors=errors):
                 resp = outbound.send(
                     self._client,
                     "POST",
@@ -379,9 +386,10 @@ class HttpClassifier:
 
     def _json(self, resp: httpx.Response, url: str) -> Any:
         try:
-            return json.loads(resp.content)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            return outbound.parse_json(resp.content)
+        # ValueError: JSONDecodeError, UnicodeDecodeError, NaN/Infinity, digits past the int limit.
+        except ValueError as e:
             raise MalformedResponse(
-                f"{self.name}: POST {url} answered HTTP {resp.status_code} with non-JSON "
-                f"body ({type(e).__name__}): {excerpt(resp.text)!r}"
+                f"{self.name}: POST {url} answered HTTP {resp.status_code} with non-JSON body "
+                f"({type(e).__name__}: {excerpt(str(e), 80)}): {excerpt(resp.text)!r}"
             ) from e

@@ -42,6 +42,7 @@ import numpy as np
 from explainers.classifiers.base import MalformedResponse, check_proba
 from explainers.classifiers.http import HttpClassifier, HttpOptions
 from explainers.classifiers.usage import current
+from explainers.outbound import token_count
 
 Endpoint = Literal["chat", "completions"]
 Scoring = Literal["logprobs", "sequence", "sampling"]
@@ -52,6 +53,9 @@ DEFAULT_PROMPT = (
 )
 _PLACEHOLDER = re.compile(r"\{(text|labels)\}")
 _EDGE = "\"'`*_.,;:!?()[]<> \t\n"
+# Logprobs above 0 by more than rounding are malformed; below the floor they are all probability 0.
+LOGPROB_SLACK = 1e-3
+LOGPROB_FLOOR = -1e4
 
 
 def render(template: str, text: str, labels: Sequence[str]) -> str:
@@ -91,9 +95,15 @@ def _top_pairs(raw: Any, source: str) -> list[tuple[str, float]]:
             raise MalformedResponse(
                 f"{source}: top_logprobs entry {tok!r}: {lp!r} is not a token and a logprob"
             )
-        if math.isnan(lp):
-            raise MalformedResponse(f"{source}: logprob for token {tok!r} is NaN")
-        pairs.append((tok, float(lp)))
+        if not math.isfinite(lp):
+            raise MalformedResponse(f"{source}: logprob for token {tok!r} is {lp!r}, not a finite number")
+        if lp > LOGPROB_SLACK:
+            raise MalformedResponse(
+                f"{source}: logprob for token {tok!r} is {lp:.3g}; a log-probability is at most 0"
+            )
+        # Rounding may put a certain token a hair above 0; a vanishing one may be -1e308. Neither
+        # may reach exp() or a sum of logprobs as such: clamp to the range that means something.
+        pairs.append((tok, min(0.0, max(LOGPROB_FLOOR, float(lp)))))
     return pairs
 
 
@@ -273,6 +283,11 @@ class OpenAIChatClassifier(HttpClassifier):
             listed = [math.exp(lp) for _, lp in pairs]
             leftover = max(0.0, 1.0 - sum(listed))
             mass[~seen] = min(min(listed), leftover / int((~seen).sum()))
+        if not mass.sum() > 0:
+            raise MalformedResponse(
+                f"{self.name}: the labels' tokens carry no probability at the answer position "
+                f"(logprobs {[round(lp, 1) for _, lp in pairs[:5]]})"
+            )
         return mass / mass.sum()
 
     def _token_label(self, token: str) -> int | None:
@@ -379,4 +394,4 @@ class OpenAIChatClassifier(HttpClassifier):
 
 
 def _int(x: Any) -> int:
-    return int(x) if isinstance(x, int | float) and not isinstance(x, bool) else 0
+    return token_count(x)

@@ -11,6 +11,7 @@ cache unless asked not to.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from typing import Annotated, Any, Literal
@@ -498,12 +499,15 @@ def build_classifier(
     cache: bool = True,
     cache_items: int = 100_000,
     allow_local: bool = True,
+    slot_wait_s: float | None = None,
 ) -> Classifier:
     """Make a Classifier from a spec (model or dict).
 
     `transport` is handed to HTTP adapters (the service passes its outbound-URL policy
     here). `allow_local=False` refuses sklearn/transformers specs: loading them unpickles
     or executes files from disk, which an inline request from a user must not trigger.
+    `slot_wait_s` overrides how long an HTTP adapter's call waits for a concurrency slot
+    (an operator's setting, not a spec field).
     """
     s = parse_spec(spec)
     clf: Any
@@ -590,4 +594,6 @@ def build_classifier(
             transport=transport,
             **s.common(),
         )
+    if slot_wait_s is not None and isinstance(getattr(clf, "options", None), HttpOptions):
+        clf.options = dataclasses.replace(clf.options, slot_wait_s=slot_wait_s)
     return CachingClassifier(clf, key=s.key(), max_items=cache_items) if cache else clf

@@ -625,13 +625,17 @@ def _build_domain(
     log: Log = None,
     stages: Stages | None = None,
     embed_also: Sequence[str] = (),
+    task: str | None = None,
+    label_names: Mapping[str, str] | None = None,
 ) -> Domain:
     """Build root/domain_id in `tmp` (renamed into place at the end) and load it.
 
     With a `key` (a resumable build, `tmp` locked and named by it) finished stages recorded in
     `tmp` are reused. `stages` receives the progress (see the module doc). `embed_also`:
     more texts the later stages embed (a tagger evaluation set), embedded in the embed stage
-    with the corpus, on every core.
+    with the corpus, on every core. `task` and `label_names` say what the classifiers' labels
+    mean in this domain (e.g. star ratings), for people reading its explanations; nothing
+    computes with them.
     """
     from explainers.registry import available
 
@@ -709,6 +713,8 @@ def _build_domain(
             space=space,
             methods=methods_by_concept(pool, available()),
             generation=generation,
+            task=task,
+            label_names=dict(label_names) if label_names else None,
             build_seconds=round(time.perf_counter() - started, 2),
             resumed_stages=reused,
         )

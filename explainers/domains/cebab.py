@@ -20,6 +20,9 @@ from explainers.progress import Stages
 DOMAIN_ID = "cebab"
 POOL_SPLIT = "train_inclusive"
 SHIPPED_STACKING = Path(__file__).resolve().parents[1] / "matching" / "cebab_stacking.json"
+# What the reference classifiers' labels mean here: a review's overall rating in stars.
+TASK = "the review's overall rating: 1 to 5 stars"
+LABEL_NAMES = {str(n): f"{n} star{'s' if n > 1 else ''}" for n in range(1, 6)}
 
 
 def _taggers_builder(data_dir: str | os.PathLike[str] | None):
@@ -63,7 +66,11 @@ def ensure_cebab_domain(
 
     path = Path(root) / DOMAIN_ID
     if (path / "meta.json").exists():
-        return load_stage(path, encoder, stages)
+        domain = load_stage(path, encoder, stages)
+        # Builds from before the label description had none.
+        domain.meta.setdefault("task", TASK)
+        domain.meta.setdefault("label_names", LABEL_NAMES)
+        return domain
     stages = stages or Stages(f"domain {DOMAIN_ID}", log=log)
     stages.expect([READ_STAGE, *BUILD_STAGES])  # the whole plan up front: the percent never goes back
     with stages.stage("read", "CEBaB split files"):
@@ -85,6 +92,8 @@ def ensure_cebab_domain(
         # The taggers embed their training split and score on dev: embedded up front, on every core.
         embed_also=extra,
         resumable=True,
+        task=TASK,
+        label_names=LABEL_NAMES,
     )
 
 

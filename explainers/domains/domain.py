@@ -201,6 +201,8 @@ def describe(domain_id: str, directory: Path, meta: Mapping[str, Any]) -> dict[s
         "space": {},
         "methods": {},
         "generation": None,
+        "task": None,
+        "label_names": None,
     }
     return {
         "id": domain_id,

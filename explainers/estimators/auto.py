@@ -183,6 +183,9 @@ class AutoExplainer:
                 "(chosen by measurement on CEBaB dev) is used; no interval",
             )
         cfs = [c for e in parts.values() for c in e.counterfactuals][: max(top_k, 1)]
+        spread = counterfactual_spread(parts, None if cal is not None else UNCALIBRATED_DEFAULT, len(base))
+        # The most counterfactuals any component averaged (the answer shows at most top_k of them).
+        details["used"] = max((len(e.counterfactuals) for e in parts.values()), default=0)
         cost = Cost(
             classifier_calls=counting.calls - calls0,
             classifier_texts=counting.texts - texts0,
@@ -193,7 +196,7 @@ class AutoExplainer:
             list(classifier.labels),
             base,
             np.asarray(icace, float),
-            np.zeros_like(base),
+            spread,
             counterfactuals=cfs,
             intervention=intervention,
             cost=cost,
@@ -228,6 +231,25 @@ class AutoExplainer:
                     nested[m] = (cfs, details)
         cached.predict_proba(list(dict.fromkeys(texts)))
         return nested
+
+
+def counterfactual_spread(
+    parts: Mapping[str, Explanation], weights: Mapping[str, float] | None, n_labels: int
+) -> np.ndarray:
+    """How much the components' counterfactuals disagree: their measured spreads, weighted.
+
+    Only components that averaged two or more counterfactuals measured a spread (a baseline or a
+    single text has none); with `weights` (the uncalibrated default's) those weigh, else they count
+    equally. Zero only when no component measured one: the answer's `n_counterfactuals` then says so.
+    """
+    measured = {n: e for n, e in parts.items() if len(e.counterfactuals) >= 2}
+    if not measured:
+        return np.zeros(n_labels)
+    w = {n: float((weights or {}).get(n, 1.0 if weights is None else 0.0)) for n in measured}
+    total = sum(w.values())
+    if total <= 0:
+        w, total = dict.fromkeys(measured, 1.0), float(len(measured))
+    return np.asarray(sum(w[n] * np.asarray(e.spread, float) for n, e in measured.items()), float) / total
 
 
 def load_calibration(value: Any) -> Calibration | None:

@@ -134,7 +134,7 @@ class OpenAIBackend:
             base_url=self.base_url,
             headers=headers,
             timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s),
-            transport=transport,
+            transport=outbound.guarded(transport),
         )
         # None: unknown yet; False: the server returned fewer choices than asked once.
         self.supports_n: bool | None = None
@@ -144,7 +144,9 @@ class OpenAIBackend:
         self._client.close()
 
     def _post(self, body: dict[str, Any]) -> dict[str, Any]:
-        errors = outbound.Errors(timeout=LLMTimeout, unavailable=LLMUnavailable, rejected=LLMRejected)
+        errors = outbound.Errors(
+            timeout=LLMTimeout, unavailable=LLMUnavailable, rejected=LLMRejected, malformed=LLMBadResponse
+        )
         r = outbound.send(
             self._client,
             "POST",
@@ -155,9 +157,11 @@ class OpenAIBackend:
             errors=errors,
         )
         try:
-            data = r.json()
-        except ValueError as e:
-            raise LLMBadResponse(f"LLM server sent non-JSON: {excerpt(r.text)!r}") from e
+            data = outbound.parse_json(r.content)
+        except ValueError as e:  # not JSON, or NaN/Infinity/overflowing numbers in it
+            raise LLMBadResponse(
+                f"LLM server sent non-JSON ({excerpt(str(e), 80)}): {excerpt(r.text)!r}"
+            ) from e
         if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
             raise LLMBadResponse(f"LLM server sent no 'choices': {excerpt(str(data))}")
         return data
@@ -173,8 +177,15 @@ class OpenAIBackend:
                 raise LLMBadResponse(f"choice content is not text: {excerpt(str(choice))}")
             texts.append(content or "")
             reasons.append(choice.get("finish_reason") if isinstance(choice, dict) else None)
-        usage = data.get("usage") or {}
-        return texts, reasons, int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+        usage = data.get("usage")
+        if not isinstance(usage, dict):
+            usage = {}
+        return (
+            texts,
+            reasons,
+            outbound.token_count(usage.get("prompt_tokens")),
+            outbound.token_count(usage.get("completion_tokens")),
+        )
 
     def chat(
         self,

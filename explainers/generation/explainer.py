@@ -9,6 +9,7 @@ can judge how much evidence stands behind the estimate.
 
 from __future__ import annotations
 
+import contextvars
 import math
 import threading
 import time
@@ -148,7 +149,9 @@ class GenerationExplainer(CounterfactualExplainer):
                 reqs = [(need, round_seed)]
             else:
                 reqs = [(1, round_seed + j) for j in range(need)]
-            futures = [self._pool.submit(self._request, messages, n, s) for n, s in reqs]
+            # Each call runs in a copy of the caller's context: the request's outbound deadline holds there too.
+            ctx = contextvars.copy_context()
+            futures = [self._pool.submit(ctx.copy().run, self._request, messages, n, s) for n, s in reqs]
             asked += need
             rounds += 1
             for (n, _), fut in zip(reqs, futures, strict=True):

@@ -1,7 +1,7 @@
 """A test-only classifier server that misbehaves on purpose (run with uvicorn from .venv).
 
 Real faults that a healthy MLServer or KServe will not produce on demand: slowness, a 500
-before success, 429 with Retry-After, non-JSON, the wrong number of rows, NaN, unknown
+before success, a 400 for texts carrying a mark, a 500 for large batches, 429 with Retry-After, non-JSON, the wrong number of rows, NaN, unknown
 labels, top-1-only answers, a bearer-token check. Every route speaks Hugging Face text-classification JSON
 (`{"inputs": [...]}` -> nested label/score rows) for labels neg/neu/pos, and records per
 `key` how many requests arrived, their batch sizes, arrival times and peak concurrency,
@@ -81,6 +81,10 @@ async def predict(request: Request) -> Response:
             return JSONResponse({"error": "missing or wrong bearer token"}, status_code=401)
         elif mode == "reject":
             return JSONResponse({"error": "inputs too long"}, status_code=400)
+        elif mode == "rejectmarked" and any(q.get("mark", "FAIL") in t for t in texts):
+            return JSONResponse({"error": "a text carries the mark"}, status_code=400)
+        elif mode == "bigfail" and len(texts) > int(q.get("max", "8")):
+            return PlainTextResponse("batch too large, try again", status_code=500)
         elif mode == "badjson":
             return PlainTextResponse(
                 "<html>gateway says hi", status_code=200, headers={"content-type": "application/json"}

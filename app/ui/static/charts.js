@@ -1,10 +1,39 @@
 // SVG charts: class distributions side by side, and signed effects with an interval.
 
-import { fmt, s, signed } from "./dom.js";
+import { fmt, h, s, signed } from "./dom.js";
+
+// Charts are drawn at the width they get on screen (viewBox = pixels), so their text keeps its
+// CSS size (11-12 px) on a phone as on a desktop; they are redrawn when that width changes.
+const draws = new WeakMap(); // slot -> draw(width)
+const resized = new ResizeObserver((entries) => {
+  for (const e of entries) drawSlot(e.target);
+});
+
+function drawSlot(slot) {
+  // The exact (fractional) width, so one viewBox unit is one CSS pixel and 11 px text stays 11 px.
+  const width = slot.getBoundingClientRect().width;
+  if (width <= 0 || Math.abs(Number(slot.dataset.width) - width) < 0.5) return;
+  slot.dataset.width = String(width);
+  slot.replaceChildren(draws.get(slot)(Math.max(260, width)));
+}
+
+// A box that holds a chart drawn by build(width); drawCharts() draws it once it is on the page.
+export function fitted(build) {
+  const slot = h("div", { class: "chart-slot" });
+  draws.set(slot, build);
+  resized.observe(slot);
+  return slot;
+}
+
+// Draw every chart under root now (synchronously, so the result is complete when it appears).
+export function drawCharts(root) {
+  for (const slot of root.querySelectorAll(".chart-slot")) drawSlot(slot);
+}
 
 // Base distribution beside the counterfactuals' mean (base + ICaCE), one pair of bars per label.
-export function distributionChart(labels, base, cf) {
-  const W = 560, H = 230, top = 22, bottom = 36, left = 40, right = 10;
+export function distributionChart(labels, base, cf, width = 560) {
+  const W = width, twoLines = W < 420, top = 22, bottom = twoLines ? 50 : 36, left = 40, right = 10;
+  const H = 194 + bottom;
   const plotH = H - top - bottom;
   const slot = (W - left - right) / labels.length;
   const bw = Math.min(34, slot * 0.34);
@@ -22,22 +51,26 @@ export function distributionChart(labels, base, cf) {
       svg.append(s("rect", { x: cx + dx, y: y(v), width: bw, height: Math.max(0.5, y(0) - y(v)),
         class: `bar ${series}`, "data-label": lab, "data-series": series, "data-value": value },
       s("title", {}, `${series === "base" ? "base" : "counterfactual mean"} p(${lab}) = ${fmt(value)}`)),
-      s("text", { x: cx + dx + bw / 2, y: y(v) - 4, class: "value", "text-anchor": "middle" }, fmt(value, 2)));
+      // The value over its bar where the bar is wide enough to carry it (the table has every number).
+      ...(bw >= 24 ? [s("text", { x: cx + dx + bw / 2, y: y(v) - 4, class: "value", "text-anchor": "middle" }, fmt(value, 2))] : []));
     }
     svg.append(s("text", { x: cx, y: H - bottom + 16, class: "axis-label", "text-anchor": "middle" }, lab));
   });
   svg.append(s("line", { x1: left, x2: W - right, y1: y(0), y2: y(0), class: "axis" }));
-  const legend = s("g", { class: "legend", transform: `translate(${left},${H - 8})` },
+  // On a narrow chart the second legend entry goes on its own line.
+  const [x2, y2] = twoLines ? [0, 0] : [90, 0];
+  const legend = s("g", { class: "legend", transform: `translate(${twoLines ? 8 : left},${H - (twoLines ? 22 : 8)})` },
     s("rect", { x: 0, y: -9, width: 10, height: 10, class: "bar base" }), s("text", { x: 14, y: 0 }, "base text"),
-    s("rect", { x: 90, y: -9, width: 10, height: 10, class: "bar cf" }),
-    s("text", { x: 104, y: 0 }, "counterfactuals' mean (base + ICaCE)"));
+    s("g", { transform: `translate(${x2},${twoLines ? 16 : y2})` },
+      s("rect", { x: 0, y: -9, width: 10, height: 10, class: "bar cf" }),
+      s("text", { x: 14, y: 0 }, "counterfactuals' mean (base + ICaCE)")));
   svg.append(legend);
   return svg;
 }
 
 // Signed effect per label as a bar from zero, with a whisker from low to high (spread or CI).
-export function effectChart(labels, center, low, high, { name = "ICaCE", interval = "spread" } = {}) {
-  const rowH = 30, top = 24, left = 46, right = 64, W = 560;
+export function effectChart(labels, center, low, high, { name = "ICaCE", interval = "spread", width = 560 } = {}) {
+  const rowH = 30, top = 24, left = 46, right = 64, W = width;
   const H = top + rowH * labels.length + 10;
   const vals = labels.flatMap((l) => [center[l], low[l], high[l]]).filter((v) => Number.isFinite(v));
   const m = Math.max(0.05, ...vals.map(Math.abs)) * 1.1;

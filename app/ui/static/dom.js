@@ -59,21 +59,57 @@ export function showProblem(box, err) {
   box.hidden = false;
 }
 
-export function keyValueTable(obj, caption) {
+// A table in a box that scrolls sideways when the table is wider than the page, with a hint
+// shown only while it does (the page itself never scrolls sideways).
+const boxes = new WeakMap(); // table -> its scroll box
+const overflowWatch = new ResizeObserver((entries) => {
+  for (const e of entries) {
+    const box = boxes.get(e.target) || e.target;
+    const hint = box.nextElementSibling;
+    if (hint && hint.classList.contains("scroll-hint")) hint.hidden = box.scrollWidth <= box.clientWidth + 1;
+  }
+});
+
+export function scrollBox(table, hint = "scroll sideways for more columns") {
+  const box = h("div", { class: "scroll" }, table);
+  boxes.set(table, box);
+  overflowWatch.observe(box);
+  overflowWatch.observe(table);
+  return h("div", { class: "table-wrap" }, box, h("p", { class: "scroll-hint", hidden: true }, hint));
+}
+
+// Replace the table in a box made by scrollBox (rows re-rendered), keeping the hint in step.
+export function swapTable(wrap, table) {
+  const box = wrap.querySelector(".scroll");
+  const old = box.firstElementChild;
+  if (old) overflowWatch.unobserve(old);
+  box.replaceChildren(table);
+  boxes.set(table, box);
+  overflowWatch.observe(table);
+}
+
+function cellText(v) {
+  if (v && typeof v === "object") return JSON.stringify(v);
+  return typeof v === "number" && !Number.isInteger(v) ? String(Number(v.toPrecision(4))) : String(v);
+}
+
+// rows: [key, value] or [key, value, tooltip]; objects become their JSON (wrapped, never wider than the page).
+export function keyValueTable(obj, caption, { tips = {}, units = {} } = {}) {
   const rows = Object.entries(obj || {}).map(([k, v]) =>
-    h("tr", {}, h("th", { scope: "row" }, k), h("td", {}, typeof v === "object" ? JSON.stringify(v) :
-      typeof v === "number" && !Number.isInteger(v) ? String(Number(v.toPrecision(4))) : String(v))));
+    h("tr", {}, h("th", { scope: "row", title: tips[k] || null, class: tips[k] ? "term" : null }, k),
+      h("td", { class: typeof v === "number" ? "num" : null }, cellText(v) + (units[k] ? ` ${units[k]}` : ""))));
   return h("table", { class: "kv" }, caption ? h("caption", {}, caption) : null, h("tbody", {}, rows));
 }
 
 // A table from a list of flat objects (columns: the union of their keys, first-seen order).
-export function objectsTable(rows, caption) {
+export function objectsTable(rows, caption, tips = {}) {
+  const tip = typeof tips === "function" ? tips : (c) => tips[c] || null;
   const cols = [];
   for (const r of rows) for (const k of Object.keys(r)) if (!cols.includes(k)) cols.push(k);
   const cell = (v) => (typeof v === "number" ? (Number.isInteger(v) ? String(v) : fmt(v)) : v === null || v === undefined ? "" :
     typeof v === "object" ? JSON.stringify(v) : String(v));
   return h("table", { class: "grid" }, caption ? h("caption", {}, caption) : null,
-    h("thead", {}, h("tr", {}, cols.map((c) => h("th", { scope: "col" }, c)))),
+    h("thead", {}, h("tr", {}, cols.map((c) => h("th", { scope: "col", title: tip(c), class: tip(c) ? "term" : null }, c)))),
     h("tbody", {}, rows.map((r) => h("tr", {}, cols.map((c) => h("td", { class: typeof r[c] === "number" ? "num" : null }, cell(r[c])))))));
 }
 

@@ -2,7 +2,8 @@
 // build a new one from a JSONL file as a job with a progress bar.
 
 import { api, pollJob } from "./api.js";
-import { $, fmt, h, objectsTable, showProblem } from "./dom.js";
+import { $, fmt, h, objectsTable, scrollBox, showProblem } from "./dom.js";
+import { TIPS, tipFor } from "./glossary.js";
 import { progressUpdate } from "./effects.js";
 import { catalog, loadCatalog } from "./params.js";
 
@@ -15,10 +16,10 @@ export function initDomains() {
 
 function schemaTable(schema) {
   const concepts = (schema && schema.concepts) || [];
-  return h("table", { class: "grid schema" }, h("caption", {}, "Concepts"),
+  return scrollBox(h("table", { class: "grid schema" }, h("caption", {}, "Concepts"),
     h("thead", {}, h("tr", {}, ["concept", "values", "description"].map((c) => h("th", { scope: "col" }, c)))),
     h("tbody", {}, concepts.map((c) => h("tr", {}, h("th", { scope: "row" }, c.name),
-      h("td", {}, (c.values || []).join(", ")), h("td", {}, c.description || "")))));
+      h("td", {}, (c.values || []).join(", ")), h("td", {}, c.description || ""))))));
 }
 
 const num = (v) => (typeof v === "number" ? (Number.isInteger(v) ? String(v) : fmt(v)) : v);
@@ -42,7 +43,7 @@ function statsTable(obj, caption) {
 function taggersTable(taggers) {
   const rows = Object.entries(taggers).map(([concept, t]) => (t && typeof t === "object"
     ? { concept, ...t, usable: t.usable === undefined ? "" : t.usable ? "yes" : "no" } : { concept, accuracy: t }));
-  return objectsTable(rows, "Concept taggers (held-out accuracy beside the majority-value rate)");
+  return scrollBox(objectsTable(rows, "Concept taggers (held-out accuracy beside the majority-value rate)"));
 }
 
 function methodsTable(methods) {
@@ -52,7 +53,20 @@ function methodsTable(methods) {
     const no = Object.entries(ms).filter(([, why]) => why).map(([m, why]) => `${m} (${why})`);
     return { concept, available: ok.join(", "), "not available": no.join("; ") };
   });
-  return objectsTable(rows, "Methods per concept");
+  return scrollBox(objectsTable(rows, "Methods per concept"));
+}
+
+// Each estimator's name (stack:0, combiner:ridge, match@10) with what it is as its tooltip.
+function methodTips(table) {
+  for (const td of table.querySelectorAll("tbody tr td:first-child")) {
+    const name = td.textContent.replace(/ \(default\)$/, "").split("@")[0];
+    const tip = tipFor(name) || catalog.methods[name];
+    if (tip) {
+      td.title = tip;
+      td.classList.add("term");
+    }
+  }
+  return table;
 }
 
 // One classifier's calibration: the held-out error of every method (macro), the chosen default, the cost.
@@ -63,9 +77,9 @@ function calibration(clf, c) {
   const facts = {};
   for (const k of ["created_at", "heldout_pairs", "coverage", "default_estimator"]) if (c[k] !== undefined && c[k] !== null) facts[k] = c[k];
   return h("details", { class: "calibration", "data-classifier": clf },
-    h("summary", {}, `Calibration of ${clf}: ${rows.length} estimators on ${c.heldout_pairs ?? "?"} held-out pairs, ` +
+    h("summary", { title: TIPS.calibration }, `Calibration of ${clf}: ${rows.length} estimators on ${c.heldout_pairs ?? "?"} held-out pairs, ` +
       `default ${c.default_estimator ?? "?"}`),
-    objectsTable(rows, "Held-out error per estimator (macro; lower is better)"),
+    scrollBox(methodTips(objectsTable(rows, "Held-out error per estimator (macro; lower is better)", tipFor))),
     Object.keys(facts).length ? statsTable(facts, "Calibration facts") : null);
 }
 
@@ -75,6 +89,7 @@ function domainCard(d) {
     h("h3", {}, d.id, d.default ? h("span", { class: "badge" }, "default") : null,
       h("span", { class: `badge domain-status ${d.status || ""}` }, d.status || "unknown")),
     d.source ? h("p", { class: "note" }, d.source) : null,
+    d.task ? h("p", { class: "note domain-task" }, `Classifier labels: ${d.task}`) : null,
     schemaTable(d.schema),
     h("div", { class: "side-by-side" },
       d.stats && Object.keys(d.stats).length ? statsTable(d.stats, "Corpus") : null,

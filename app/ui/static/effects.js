@@ -1,9 +1,13 @@
 // The Effects page: many texts as a job, its live progress, the CaCE with its CI, and the per-text rows.
 
 import { api, pollJob } from "./api.js";
-import { effectChart } from "./charts.js";
-import { $, download, h, keyValueTable, showProblem, signed } from "./dom.js";
-import { readParams } from "./params.js";
+import { drawCharts, effectChart, fitted } from "./charts.js";
+import { $, download, h, keyValueTable, scrollBox, showProblem, signed, swapTable } from "./dom.js";
+import { TIPS } from "./glossary.js";
+import { labelName, readParams } from "./params.js";
+
+// Fewer changed texts than this and a bootstrap interval is too unreliable to read without a warning.
+const SMALL_N = 30;
 
 const PAGE = 25;
 const MAX_ROWS = 50000;
@@ -40,6 +44,7 @@ async function run() {
   const file = $("effects-file").files[0];
   let job, texts;
   const button = $("effects-submit");
+  if (button.disabled) return; // the service is not ready: the button says why
   button.disabled = true;
   try {
     if (file) {
@@ -60,7 +65,7 @@ async function run() {
   } finally {
     button.disabled = false;
   }
-  current = { job, texts, rows: [], labels: [], sort: { key: "index", dir: 1 }, filter: "", status: "", page: 0 };
+  current = { job, texts, rows: [], labels: [], sort: { key: "index", dir: 1 }, filter: "", status: "", page: 0, domain: params.domain };
   $("effects-result").hidden = true;
   $("effects-progress").hidden = false;
   $("effects-cancel").hidden = false;
@@ -107,18 +112,26 @@ function renderResult() {
   const res = job.result;
   if (res) {
     const sm = res.summary || {};
-    parts.push(h("h3", {}, `CaCE with ${Math.round(res.confidence * 100)}% confidence interval`),
+    const name = (l) => labelName(res.domain || current.domain, l);
+    const small = typeof sm.n_changed === "number" && sm.n_changed < SMALL_N;
+    parts.push(h("h3", {}, h("span", { class: "term", title: TIPS.cace }, "CaCE"), " with ",
+      h("span", { class: "term", title: TIPS.ci }, `${Math.round(res.confidence * 100)}% confidence interval`)),
       h("p", { class: "summary", id: "effects-summary" },
         `${sm.n_changed} of ${sm.n_texts} texts changed by the intervention`,
         sm.n_unchanged ? `, ${sm.n_unchanged} already at the target` : "", sm.n_failed ? `, ${sm.n_failed} failed` : "",
-        sm.most_increased ? ` · most increased: ${sm.most_increased}, most decreased: ${sm.most_decreased}` : ""),
+        sm.most_increased ? ` · most increased: ${name(sm.most_increased)}, most decreased: ${name(sm.most_decreased)}` : ""),
+      small ? h("p", { class: "problem small-n", id: "effects-small-n", role: "note" },
+        h("strong", {}, `Small sample: the interval rests on ${sm.n_changed} changed text${sm.n_changed === 1 ? "" : "s"}. `),
+        `A bootstrap interval from fewer than ${SMALL_N} texts is unreliable (usually too narrow); add texts before ` +
+        "reading much into it.") : null,
       h("div", { class: "charts" },
-        h("figure", {}, effectChart(res.labels, res.cace, res.ci_low, res.ci_high, { name: "CaCE", interval: "CI" }),
+        h("figure", {}, fitted((w) => effectChart(res.labels, res.cace, res.ci_low, res.ci_high, { name: "CaCE", interval: "CI", width: w })),
           h("figcaption", {}, "CaCE per label (bar) with its bootstrap confidence interval (whiskers)")),
         h("div", { class: "side-by-side" },
           h("table", { class: "grid numbers", id: "effects-cace" },
-            h("thead", {}, h("tr", {}, ["label", "CaCE", "CI low", "CI high"].map((c) => h("th", { scope: "col" }, c)))),
-            h("tbody", {}, res.labels.map((l) => h("tr", { "data-label": l }, h("th", { scope: "row" }, l),
+            h("thead", {}, h("tr", {}, [["label", null], ["CaCE", TIPS.cace], ["CI low", TIPS.ci], ["CI high", TIPS.ci]]
+              .map(([c, tip]) => h("th", { scope: "col", title: tip, class: tip ? "term" : null }, c)))),
+            h("tbody", {}, res.labels.map((l) => h("tr", { "data-label": l }, h("th", { scope: "row" }, name(l)),
               h("td", { class: "num cace" }, signed(res.cace[l])), h("td", { class: "num" }, signed(res.ci_low[l])),
               h("td", { class: "num" }, signed(res.ci_high[l])))))),
           sm.sources ? keyValueTable(sm.sources, "Source values of the texts") : null)));
@@ -133,9 +146,11 @@ function renderResult() {
         ["", "done", "unchanged", "failed", "pending", "running"].map((s) => h("option", { value: s }, s || "any"))),
       h("button", { type: "button", id: "rows-jsonl", onclick: downloadJsonl }, "Download JSONL"),
       h("button", { type: "button", id: "rows-csv", onclick: downloadCsv }, "Download CSV")),
-    h("div", { id: "rows-table" }));
+    h("div", { id: "rows-table" }, scrollBox(h("table", { class: "grid rows", id: "effects-rows" }),
+      "scroll sideways for every label's ICaCE"), h("div", { class: "pager", id: "rows-pager" })));
   box.replaceChildren(...parts);
   box.hidden = false;
+  drawCharts(box);
   renderRows();
 }
 
@@ -163,9 +178,10 @@ function renderRows() {
   const shown = rows.slice(current.page * PAGE, (current.page + 1) * PAGE);
   const cols = [["index", "#"], ["id", "id"], ["text", "text"], ["status", "status"], ["source", "source"],
     ...current.labels.map((l) => [`icace:${l}`, `ICaCE ${l}`]), ["n_counterfactuals", "K used"]];
+  const tips = { n_counterfactuals: TIPS.k, ...Object.fromEntries(current.labels.map((l) => [`icace:${l}`, TIPS.icace])) };
   const head = h("tr", {}, cols.map(([key, name]) => {
     const sorted = current.sort.key === key;
-    return h("th", { scope: "col", "aria-sort": sorted ? (current.sort.dir > 0 ? "ascending" : "descending") : "none" },
+    return h("th", { scope: "col", title: tips[key] || null, "aria-sort": sorted ? (current.sort.dir > 0 ? "ascending" : "descending") : "none" },
       h("button", { type: "button", class: "sort", "data-key": key, onclick: () => {
         current.sort = { key, dir: sorted ? -current.sort.dir : 1 };
         renderRows();
@@ -177,12 +193,12 @@ function renderRows() {
     h("td", {}, r.source || ""),
     current.labels.map((l) => h("td", { class: "num", "data-label": l }, r.icace ? signed(r.icace[l]) : "")),
     h("td", { class: "num" }, r.n_counterfactuals ?? "")));
-  $("rows-table").replaceChildren(
-    h("table", { class: "grid rows", id: "effects-rows" }, h("thead", {}, head), h("tbody", {}, body)),
-    h("div", { class: "pager" },
+  swapTable($("rows-table").querySelector(".table-wrap"),
+    h("table", { class: "grid rows", id: "effects-rows" }, h("thead", {}, head), h("tbody", {}, body)));
+  $("rows-pager").replaceChildren(
       h("button", { type: "button", disabled: current.page === 0, onclick: () => { current.page--; renderRows(); } }, "‹ Previous"),
       h("span", { id: "rows-count" }, `${rows.length} row${rows.length === 1 ? "" : "s"} · page ${current.page + 1} of ${pages}`),
-      h("button", { type: "button", disabled: current.page >= pages - 1, onclick: () => { current.page++; renderRows(); } }, "Next ›")));
+      h("button", { type: "button", disabled: current.page >= pages - 1, onclick: () => { current.page++; renderRows(); } }, "Next ›"));
 }
 
 async function downloadJsonl() {
@@ -194,10 +210,14 @@ async function downloadJsonl() {
   }
 }
 
-function csvCell(v) {
+// One CSV cell, safe to open in a spreadsheet (OWASP "CSV Injection"): every cell is quoted with
+// its quotes doubled, and text that starts with = + - @ tab or CR gets a leading ' so it is never
+// run as a formula ("-1+cmd|..." included: looking like a number is not being one). Numbers the
+// page computed are written as numbers.
+export function csvCell(v) {
+  if (typeof v === "number") return Number.isFinite(v) ? String(v) : "";
   const t = v === null || v === undefined ? "" : String(v);
-  // Quote always-safe; a leading =,+,-,@ is prefixed so spreadsheets do not run it as a formula.
-  const safe = /^[=+\-@\t\r]/.test(t) && !/^-?\d/.test(t) ? "'" + t : t;
+  const safe = /^[=+\-@\t\r]/.test(t) ? "'" + t : t;
   return `"${safe.replace(/"/g, '""')}"`;
 }
 

@@ -3,8 +3,9 @@
 
 import { api } from "./api.js";
 import { $, h } from "./dom.js";
+import { TIPS } from "./glossary.js";
 
-export const catalog = { domains: [], classifiers: [], llms: [], methods: {} };
+export const catalog = { domains: [], classifiers: [], llms: [], methods: {}, unavailable: {} };
 
 // Domains (with their concept schemas), classifiers and methods; every form is refilled from them.
 export async function loadCatalog() {
@@ -14,13 +15,14 @@ export async function loadCatalog() {
   catalog.classifiers = classifiers.items.map((c) => c.name);
   catalog.llms = llms.items.map((c) => c.name);
   catalog.methods = methods.methods;
+  catalog.unavailable = methods.unavailable || {};
   for (const prefix of Object.keys(built)) fill(prefix);
 }
 
 const built = {};
 
-function field(id, label, control, hint) {
-  return h("div", { class: "field" }, h("label", { for: id }, label), control,
+function field(id, label, control, hint, tip) {
+  return h("div", { class: "field", id: `${id}-field` }, h("label", { for: id, title: tip || null, class: tip ? "term" : null }, label), control,
     hint !== undefined ? h("small", { id: `${id}-hint`, class: "field-hint" }, hint) : null);
 }
 
@@ -43,8 +45,10 @@ export function buildParamFields() {
       h("datalist", { id: `${p}-values` }),
       field(`${p}-method`, "Method", h("select", { id: `${p}-method`, "aria-describedby": `${p}-method-hint` }), ""),
       field(`${p}-llm`, "LLM (for generate)", h("select", { id: `${p}-llm` })),
-      field(`${p}-k`, "K (counterfactuals)", h("input", { id: `${p}-k`, type: "number", min: 1, step: 1, value: 5 })),
+      field(`${p}-k`, "K (counterfactuals)", h("input", { id: `${p}-k`, type: "number", min: 1, step: 1, value: 5 }),
+        undefined, TIPS.k),
     );
+    $(`${p}-llm-field`).hidden = true; // only for generate
     $(`${p}-domain`).addEventListener("change", () => fillConcepts(p));
     $(`${p}-concept`).addEventListener("input", () => fillValues(p));
     $(`${p}-method`).addEventListener("change", () => describeMethod(p));
@@ -67,7 +71,16 @@ function fill(p) {
   options(llm, [["", "server default"], ...catalog.llms.map((n) => [n, n])], llm.value);
   const method = $(`${p}-method`);
   options(method, [["", "server default (auto once calibrated, else match)"],
-    ...Object.keys(catalog.methods).sort().map((m) => [m, m])], method.value);
+    ...Object.keys(catalog.methods).sort().map((m) => [m, m + (catalog.unavailable[m] ? " (unavailable)" : "")])],
+  method.value);
+  // A method the server cannot run as configured (generate without an LLM) is shown, but not offered.
+  for (const o of method.options) {
+    if (catalog.unavailable[o.value]) {
+      o.disabled = true;
+      o.title = catalog.unavailable[o.value];
+    }
+  }
+  if (catalog.unavailable[method.value]) method.value = "";
   describeMethod(p);
   fillConcepts(p);
 }
@@ -100,7 +113,43 @@ function fillValues(p) {
 
 function describeMethod(p) {
   const m = $(`${p}-method`).value;
-  $(`${p}-method-hint`).textContent = m ? catalog.methods[m] || "" : "the domain picks per classifier";
+  const off = Object.keys(catalog.unavailable).map((x) => `${x}: ${catalog.unavailable[x]}`).join("; ");
+  $(`${p}-method-hint`).textContent = (m ? catalog.methods[m] || "" : "the domain picks per classifier") +
+    (off ? ` · not available here: ${off}` : "");
+  $(`${p}-llm-field`).hidden = m !== "generate";
+}
+
+// Set the form's fields from a request (a shared URL); options not offered yet are kept for fill().
+export function writeParams(p, q) {
+  const set = (id, v) => {
+    if (v === undefined || v === null) return;
+    const el = $(`${p}-${id}`);
+    if (el.tagName === "SELECT" && ![...el.options].some((o) => o.value === v)) el.append(h("option", { value: v }, v));
+    el.value = v;
+  };
+  set("domain", q.domain);
+  fillConcepts(p);
+  set("classifier", q.classifier);
+  set("concept", q.concept);
+  fillValues(p);
+  set("target", q.target);
+  set("source", q.source ?? "");
+  set("method", q.method ?? "");
+  set("llm", q.llm ?? "");
+  set("k", q.k);
+  describeMethod(p);
+}
+
+export function domainTask(domainId) {
+  const d = catalog.domains.find((x) => x.id === domainId);
+  return (d && d.task) || null;
+}
+
+// A label as the domain names it (e.g. "4" -> "4 stars" where the domain says its labels are star ratings).
+export function labelName(domainId, label) {
+  const d = catalog.domains.find((x) => x.id === domainId);
+  const names = d && d.label_names;
+  return names && names[label] ? `${label} (${names[label]})` : String(label);
 }
 
 // The request fields the Explain and Effects forms share.
