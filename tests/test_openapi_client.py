@@ -255,6 +255,25 @@ def run_every_operation(pkg: ModuleType, base_url: str, spec_ops: set[str]) -> N
     kexp = ops("kserve_explain", name="tfidf-lr", client=user, body=kreq).parsed
     assert kexp.model_name == "tfidf-lr" and len(kexp.explanations) == 1
 
+    # Reports on the default domain (typed result), listed and downloaded; comparisons' contract.
+    report_req = models.ReportRequest.from_dict({"sample": {"size": 12, "seed": 1}, "top_k": 2, "seed": 1})
+    rep = ops("create_report", client=user, body=report_req)
+    assert rep.status_code == 202, rep.content
+    report = wait_job(ops, user, ops("get_report", report_id=rep.parsed.id, client=user).parsed)
+    assert report.status.value == "succeeded", report
+    assert isinstance(report.result, models.ReportJobResult) and report.result.kind == "report"
+    assert report.result.classifier == "tfidf-lr" and report.result.cells
+    assert any(r.id == report.id for r in ops("list_reports", client=user).parsed.jobs)
+    downloaded = ops("download_report", report_id=report.id, client=user)
+    assert downloaded.status_code == 200 and json.loads(downloaded.content)["kind"] == "report"
+    bad_comparison = models.ComparisonRequest.from_dict({"classifiers": ["tfidf-lr", "no-such-model"]})
+    problem(ops("create_comparison", client=user, body=bad_comparison), models, 422)
+    assert ops("list_comparisons", client=user).status_code == 200
+    problem(
+        ops("get_comparison", comparison_id=report.id, client=user), models, 404
+    )  # a report is no comparison
+    problem(ops("download_comparison", comparison_id="no-such-job", client=user), models, 404)
+
     # Domains: build one from an upload (a typed build result), calibrate (cancelled), delete.
     domain_id = f"client-{uuid.uuid4().hex[:8]}"
     corpus = [{k: v for k, v in r.items() if k != "rating"} for r in movie_corpus(8, seed=5)]

@@ -147,12 +147,46 @@ class CalibrationJobResult(BaseModel):
     table: dict[str, Any] = Field(default_factory=dict, description="Per estimator: held-out error (macro)")
 
 
+class ReportJobResult(BaseModel):
+    """The result of a model report: per (concept, source, target) cell its CaCE, CI and tests
+    (GET /v1/reports/{id} renders it); fields beyond these are kept as they are."""
+
+    model_config = ConfigDict(extra="allow")
+
+    kind: Literal["report"] = "report"
+    domain: str | None = None
+    classifier: str | None = None
+    method: str | None = None
+    top_k: int | None = None
+    n_texts: int | None = None
+    cells: list[dict[str, Any]] = Field(default_factory=list)
+    skipped: list[dict[str, Any]] = Field(default_factory=list)
+    cost: dict[str, Any] | None = None
+
+
+class ComparisonJobResult(BaseModel):
+    """The result of a comparison of two classifiers on the same counterfactuals; fields beyond
+    these are kept as they are."""
+
+    model_config = ConfigDict(extra="allow")
+
+    kind: Literal["comparison"] = "comparison"
+    domain: str | None = None
+    method: str | None = None
+    top_k: int | None = None
+    n_texts: int | None = None
+    cells: list[dict[str, Any]] = Field(default_factory=list)
+    skipped: list[dict[str, Any]] = Field(default_factory=list)
+    cost: dict[str, Any] | None = None
+
+
 # One result model per job kind, told apart by `kind` (the job's kind). A new job kind adds its
 # result model here (tests/test_startup.py checks every handler the app mounts has one).
 JobResult = Annotated[
-    EffectsJobResult | DomainBuildResult | CalibrationJobResult, Field(discriminator="kind")
+    EffectsJobResult | DomainBuildResult | CalibrationJobResult | ReportJobResult | ComparisonJobResult,
+    Field(discriminator="kind"),
 ]
-JOB_RESULT_KINDS = ("effects", "domain", "calibration")
+JOB_RESULT_KINDS = ("effects", "domain", "calibration", "report", "comparison")
 
 
 class JobOut(BaseModel):
