@@ -376,6 +376,7 @@ def uncertainty(exp: Explanation, labels: list[str]) -> dict[str, Any]:
         out["coverage"] = interval.get("coverage")
     if exp.details.get("expected_error"):
         out["expected_error"] = exp.details["expected_error"]
+        out["pairs_origin"] = (exp.details.get("calibration") or {}).get("pairs_origin")
     return out
 
 

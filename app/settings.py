@@ -123,6 +123,9 @@ class Settings(BaseSettings):
     llm_base_url: str | None = None
     llm_model: str | None = None
     llm_api_key: str | None = None
+    # Most LLM calls one domain build may make (labels and edits of a corpus without them); a
+    # request's llm_build.max_llm_calls can only lower it.
+    llm_build_max_calls: int = Field(20000, ge=1)
 
     # Security: comma-separated hosts/CIDRs that outbound calls may reach despite the policy.
     outbound_allow: Annotated[list[str], NoDecode] = Field(default_factory=list)

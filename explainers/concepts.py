@@ -22,9 +22,18 @@ class Concept:
     description: str = ""
     # How each value reads in a prompt, e.g. {"Negative": "the food was bad"}.
     value_descriptions: Mapping[str, str] = field(default_factory=dict)
+    # A few example sentences per value (a definition by example, for LLM labelling prompts).
+    value_examples: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def describe(self, value: str) -> str:
         return self.value_descriptions.get(value, f"{self.name} is {value}")
+
+    @property
+    def defined(self) -> bool:
+        """Whether the schema says what the concept means (a description, or one per value)."""
+        return bool(self.description.strip()) or any(
+            self.value_descriptions.get(v, "").strip() for v in self.values
+        )
 
 
 @dataclass(frozen=True)
@@ -79,6 +88,7 @@ class ConceptSchema:
                     "values": list(c.values),
                     "description": c.description,
                     "value_descriptions": dict(c.value_descriptions),
+                    "value_examples": {v: list(ex) for v, ex in c.value_examples.items()},
                 }
                 for c in self.concepts
             ],
@@ -93,6 +103,7 @@ class ConceptSchema:
                     values=tuple(c["values"]),
                     description=c.get("description", ""),
                     value_descriptions=dict(c.get("value_descriptions", {})),
+                    value_examples={v: tuple(ex) for v, ex in (c.get("value_examples") or {}).items()},
                 )
                 for c in data["concepts"]
             ),

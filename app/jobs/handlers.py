@@ -333,6 +333,7 @@ class CalibrationHandler:
         except BudgetExhausted as e:
             store.calibration_defer(domain.id, name, e.retry_at)
             raise
+        cal.meta["pairs_origin"] = domain.pairs_origin  # the expected error was measured on these pairs
         cal.save(domain.calibration_dir(name))
         self.rt.forget_domain(domain.id)  # `auto` explainers rebuild with the calibration
         return {"domain_id": domain.id, "classifier": name, **domain.calibrations()[name]}
@@ -363,12 +364,17 @@ class DomainHandler:
         from explainers.domains import build_domain, pool_from_rows
 
         schema = ConceptSchema.from_dict(request["schema"])
-        pool = pool_from_rows(payload["corpus"], schema)
-        augment = self._augmenter(job_id, pool, request["generate"]) if request.get("generate") else None
         domain_id = request["domain_id"]
         # Cancelling the job stops the build at its next checkpoint (a training batch, an embedding
         # batch, a stage): the store says so to every replica; the build's folder is then removed.
         with cancellable(lambda: self._cancelled(job_id)):
+            if request.get("llm_build"):  # no labels or edits in the corpus: an LLM makes them first
+                from app.llm_builds import run_llm_stages
+
+                pool, hooks = run_llm_stages(self.rt, job_id, schema, payload["corpus"], request["llm_build"])
+            else:
+                pool, hooks = pool_from_rows(payload["corpus"], schema), {}
+            augment = self._augmenter(job_id, pool, request["generate"]) if request.get("generate") else None
             domain = build_domain(
                 self.rt.domains.root,
                 domain_id,
@@ -376,6 +382,7 @@ class DomainHandler:
                 encoder=self.rt.encoder(),
                 augment=augment,
                 stages=job_stages(self.rt, job_id, f"domain build {domain_id}"),
+                **hooks,
             )
         self.rt.forget_domain(domain_id)
         d = domain.describe()
@@ -386,6 +393,8 @@ class DomainHandler:
             "space": d["space"],
             "methods": d["methods"],
             "generation": d["generation"],
+            "provenance": d["provenance"],
+            "llm_build": d["llm_build"],
         }
 
     def _cancelled(self, job_id: str) -> bool:

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFil
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
+from app import llm_builds
 from app.problems import ApiError, field_error, not_found, validation_error
 from app.resources import Runtime
 from app.routes.common import problems, runtime
@@ -48,7 +49,12 @@ def _building(rt: Runtime) -> list[DomainOut]:
             if req.get("domain_id") and not rt.domains.exists(req["domain_id"]):
                 out.append(
                     DomainOut.model_validate(
-                        {"id": req["domain_id"], "status": "building", "schema": req.get("schema")}
+                        {
+                            "id": req["domain_id"],
+                            "status": "building",
+                            "schema": req.get("schema"),
+                            "progress": llm_builds.read_progress(rt, job["id"]),
+                        }
                     )
                 )
     return out
@@ -109,6 +115,11 @@ def create_domain(
 ) -> JSONResponse:
     """Build a domain from a labelled corpus, as a job: schema, pairs, taggers, concept space.
 
+    A corpus without labels (or with labels on some rows) is labelled by an LLM from the schema's
+    definitions, and its counterfactual pairs are written by the LLM (`params.llm_build`); the 202
+    then carries the build's `plan` (LLM calls, tokens, estimated time), and `"dry_run": true`
+    answers 200 with the plan alone.
+
     The schema is given in `params.schema` or inferred from the labels. A corpus without
     counterfactual pairs for a concept still builds; the domain then lists the methods that
     cannot run for that concept (or ask for `generate` to add LLM-made edits first).
@@ -131,6 +142,12 @@ def create_domain(
                 "no default LLM is configured (CACE_LLM_BASE_URL, CACE_LLM_MODEL); name a registered LLM",
             )
     rows = _corpus(file, schema, rt.settings.max_body_bytes, rt.settings.max_text_chars, limits)
+    if schema is None and not any(r["labels"] for r in rows):
+        raise field_error(
+            "body.params.schema",
+            "no row carries labels: pass the schema, each concept with its values and a description "
+            "(an LLM labels the texts from it)",
+        )
     if schema is None:
         _check_limits(lambda: check_labels_seen(rows, limits))
         schema = infer_schema(rows, name=p.description or p.id)
@@ -141,15 +158,20 @@ def create_domain(
                 f"the labels give concept(s) {single} a single value; nothing "
                 "can change it: pass the schema with every value",
             )
-    unlabelled = [c for c in schema.names if not any(c in r["labels"] for r in rows)]
-    if unlabelled:
-        raise field_error("body.file", f"no text carries a label for concept(s) {unlabelled}")
     final_schema = schema
     _check_limits(lambda: check_corpus(rows, final_schema, limits))
+    # Labels and pairs by an LLM where the corpus lacks them: a plan (calls, tokens, time) first.
+    llm_build = llm_builds.prepare(rt, p, schema, rows)
+    plan = llm_build["plan"] if llm_build else None
+    if p.dry_run:
+        return JSONResponse(
+            {"dry_run": True, "domain_id": p.id, "llm_build": llm_build is not None, "plan": plan}
+        )
     request = {
         "domain_id": p.id,
         "schema": schema.to_dict(),
         "generate": p.generate.model_dump() if p.generate else None,
+        "llm_build": llm_build,
     }
     # One build per id, also between replicas: the lock is claimed before the job exists and
     # then names it; a concurrent upload of the same id gets 409 here.
@@ -170,6 +192,12 @@ def create_domain(
         rt.domains.release_build(p.id, token)
         raise
     rt.domains.bind_build(p.id, token, json.loads(bytes(response.body))["id"])
+    if plan is not None:  # an LLM build: the 202 says what it will spend
+        response = JSONResponse(
+            {**json.loads(bytes(response.body)), "plan": plan},
+            status_code=202,
+            headers={"Location": response.headers["location"]},
+        )
     return response
 
 
@@ -287,6 +315,7 @@ def _schema(raw: dict[str, Any]) -> ConceptSchema:
             raise field_error(f"{where}.values", "values must be unique")
         if not isinstance(c.get("description", ""), str):
             raise field_error(f"{where}.description", "a string")
+        llm_builds.check_definition(c, where)
     try:
         return ConceptSchema.from_dict({"concepts": concepts, "domain": str(raw.get("domain", "text"))})
     except ValueError as e:

@@ -66,6 +66,38 @@ class DomainGenerate(BaseModel):
     max_tokens: int = Field(160, ge=16, le=2048)
 
 
+class DomainLLMBuild(BaseModel):
+    """Label the texts and write the counterfactual pairs with an LLM (a corpus without labels or edits)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    llm: str | None = Field(
+        None, max_length=200, description="A registered LLM name; null = the server's default LLM"
+    )
+    max_llm_calls: int | None = Field(
+        None,
+        ge=1,
+        le=100_000_000,
+        description="This build's cap on LLM calls (at most CACE_LLM_BUILD_MAX_CALLS)",
+    )
+    edits_per_direction: int | None = Field(
+        None,
+        ge=1,
+        le=100_000,
+        description="Edits asked per concept direction; null = what the budget allows (<= 50)",
+    )
+    max_concurrency: int = Field(4, ge=1, le=64, description="LLM requests in flight at once")
+    shots_per_value: int = Field(
+        1, ge=0, le=5, description="Human-labelled rows shown per value as worked examples"
+    )
+    max_changed_sentences: int = Field(
+        1, ge=1, le=10, description="Edits changing more sentences are dropped"
+    )
+    temperature: float = Field(0.7, ge=0.0, le=2.0)
+    max_tokens: int = Field(200, ge=16, le=2048)
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+
+
 class DomainParams(BaseModel):
     """The JSON part of POST /v1/domains (the corpus is the file part)."""
 
@@ -93,6 +125,14 @@ class DomainParams(BaseModel):
     description: str | None = Field(None, max_length=500, description="What the domain's texts are")
     generate: DomainGenerate | None = Field(
         None, description="First add LLM-generated counterfactual groups (needs an LLM)"
+    )
+    llm_build: DomainLLMBuild | None = Field(
+        None,
+        description="Labels and pairs by an LLM from the schema's definitions (see README, From raw texts); "
+        "used by itself when some concept has no label in the corpus",
+    )
+    dry_run: bool = Field(
+        False, description="Answer 200 with the build's plan (LLM calls, tokens, time); build nothing"
     )
 
 
@@ -128,6 +168,14 @@ class DomainOut(BaseModel):
         default_factory=dict, description="Per concept, per method: null if available, else why not"
     )
     generation: dict[str, Any] | None = None
+    provenance: dict[str, Any] | None = Field(
+        None,
+        description="Which labels and pairs are human and which LLM-made (pairs_origin: human, llm, mixed)",
+    )
+    llm_build: dict[str, Any] | None = Field(
+        None, description="An LLM-built domain: its plan, labelling report per concept, pairs report, cost"
+    )
+    progress: dict[str, Any] | None = Field(None, description="While building: the stage and how far it is")
     task: str | None = Field(None, description="What the classifiers' labels mean in this domain")
     label_names: dict[str, str] | None = Field(
         None, description="A readable name per classifier label (e.g. '4' -> '4 stars')"

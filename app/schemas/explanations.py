@@ -110,6 +110,11 @@ class Uncertainty(BaseModel):
         None,
         description="method auto, calibrated: held-out error (L2, Cos, NormDiff) for this concept and direction",
     )
+    pairs_origin: str | None = Field(
+        None,
+        description="method auto, calibrated: who made the held-out pairs the expected error was measured on "
+        "(human, llm: an LLM wrote the edits, mixed; null for a calibration older than this field)",
+    )
 
 
 class Timings(BaseModel):

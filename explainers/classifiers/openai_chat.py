@@ -30,8 +30,6 @@ chat API takes one conversation per request. Calls and tokens go to the open usa
 from __future__ import annotations
 
 import contextvars
-import json
-import math
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
@@ -42,6 +40,7 @@ import numpy as np
 from explainers.classifiers.base import MalformedResponse, check_proba
 from explainers.classifiers.http import HttpClassifier, HttpOptions
 from explainers.classifiers.usage import current
+from explainers.llm_answers import answer_option, first_token_distribution, norm, top_pairs
 from explainers.outbound import token_count
 
 Endpoint = Literal["chat", "completions"]
@@ -52,20 +51,12 @@ DEFAULT_PROMPT = (
     "Answer with the label only.\n\nText: {text}\nLabel:"
 )
 _PLACEHOLDER = re.compile(r"\{(text|labels)\}")
-_EDGE = "\"'`*_.,;:!?()[]<> \t\n"
-# Logprobs above 0 by more than rounding are malformed; below the floor they are all probability 0.
-LOGPROB_SLACK = 1e-3
-LOGPROB_FLOOR = -1e4
 
 
 def render(template: str, text: str, labels: Sequence[str]) -> str:
     """Fill {text} and {labels} in one pass, so braces inside the (hostile) text stay literal."""
     values = {"text": text, "labels": ", ".join(labels)}
     return _PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
-
-
-def _norm(s: str) -> str:
-    return s.strip(_EDGE).casefold()
 
 
 def _choices(body: Any, source: str) -> list[Any]:
@@ -79,32 +70,6 @@ def _choices(body: Any, source: str) -> list[Any]:
     if not isinstance(choices, list) or not choices or not all(isinstance(c, Mapping) for c in choices):
         raise MalformedResponse(f"{source}: response has no list of choices: {str(body)[:200]!r}")
     return choices
-
-
-def _top_pairs(raw: Any, source: str) -> list[tuple[str, float]]:
-    """(token, logprob) pairs from a chat list of {token, logprob} or a completions dict token -> logprob."""
-    if isinstance(raw, Mapping):
-        items = list(raw.items())
-    elif isinstance(raw, list):
-        items = [(x.get("token"), x.get("logprob")) if isinstance(x, Mapping) else (x, None) for x in raw]
-    else:
-        raise MalformedResponse(f"{source}: top_logprobs is {type(raw).__name__}, not a list or mapping")
-    pairs = []
-    for tok, lp in items:
-        if not isinstance(tok, str) or isinstance(lp, bool) or not isinstance(lp, int | float):
-            raise MalformedResponse(
-                f"{source}: top_logprobs entry {tok!r}: {lp!r} is not a token and a logprob"
-            )
-        if not math.isfinite(lp):
-            raise MalformedResponse(f"{source}: logprob for token {tok!r} is {lp!r}, not a finite number")
-        if lp > LOGPROB_SLACK:
-            raise MalformedResponse(
-                f"{source}: logprob for token {tok!r} is {lp:.3g}; a log-probability is at most 0"
-            )
-        # Rounding may put a certain token a hair above 0; a vanishing one may be -1e308. Neither
-        # may reach exp() or a sum of logprobs as such: clamp to the range that means something.
-        pairs.append((tok, min(0.0, max(LOGPROB_FLOOR, float(lp)))))
-    return pairs
 
 
 class OpenAIChatClassifier(HttpClassifier):
@@ -163,11 +128,11 @@ class OpenAIChatClassifier(HttpClassifier):
         self.max_invalid_fraction = max_invalid_fraction
         self.extra_body = dict(extra_body or {})
         # Normalised label names and aliases (label_map: answer -> label) -> label index.
-        self._names = {_norm(lab): i for i, lab in enumerate(self._labels)}
+        self._names = {norm(lab): i for i, lab in enumerate(self._labels)}
         for alias, lab in (label_map or {}).items():
             if lab not in self._labels:
                 raise ValueError(f"label_map maps {alias!r} to {lab!r}, which is not a declared label")
-            self._names[_norm(alias)] = self._labels.index(lab)
+            self._names[norm(alias)] = self._labels.index(lab)
         # None: unknown; False: the server answered fewer choices than asked once (llama.cpp ignores n).
         self.supports_n: bool | None = None
 
@@ -254,7 +219,7 @@ class OpenAIChatClassifier(HttpClassifier):
             raise MalformedResponse(
                 f"{self.name}: no top_logprobs at the answer position in {str(lp)[:200]!r}"
             ) from e
-        pairs = _top_pairs(raw, self.name)
+        pairs = top_pairs(raw, self.name, MalformedResponse)
         if not pairs:
             raise MalformedResponse(f"{self.name}: empty top_logprobs at the answer position")
         return pairs
@@ -263,41 +228,9 @@ class OpenAIChatClassifier(HttpClassifier):
         return self._first_token_row(self._answer_top(prompt))
 
     def _first_token_row(self, pairs: list[tuple[str, float]]) -> np.ndarray:
-        mass = np.zeros(len(self._labels))
-        seen = np.zeros(len(self._labels), dtype=bool)
-        for tok, lp in pairs:
-            i = self._token_label(tok)
-            if i is not None:
-                mass[i] += math.exp(lp)
-                seen[i] = True
-        if not seen.any():
-            top = [t for t, _ in sorted(pairs, key=lambda p: -p[1])[:5]]
-            raise MalformedResponse(
-                f"{self.name}: no declared label {self._labels} among the top {len(pairs)} "
-                f"tokens at the answer position (top: {top}); the prompt does not make the "
-                "model answer with a label"
-            )
-        if not seen.all():
-            # A label outside the top-k has at most the least likely listed token's probability,
-            # and all missing labels together at most the mass the top-k leaves over.
-            listed = [math.exp(lp) for _, lp in pairs]
-            leftover = max(0.0, 1.0 - sum(listed))
-            mass[~seen] = min(min(listed), leftover / int((~seen).sum()))
-        if not mass.sum() > 0:
-            raise MalformedResponse(
-                f"{self.name}: the labels' tokens carry no probability at the answer position "
-                f"(logprobs {[round(lp, 1) for _, lp in pairs[:5]]})"
-            )
-        return mass / mass.sum()
-
-    def _token_label(self, token: str) -> int | None:
-        t = _norm(token)
-        if not t:
-            return None
-        if t in self._names:
-            return self._names[t]
-        starts = {i for name, i in self._names.items() if name.startswith(t)}
-        return starts.pop() if len(starts) == 1 else None  # a prefix of several labels says nothing
+        return first_token_distribution(
+            pairs, self._names, self._labels, self.name, MalformedResponse, what="label"
+        )
 
     def _by_sequence(self, prompt: str) -> np.ndarray:
         """Each label's log-probability as a continuation, token by token (constrained follow-up).
@@ -374,19 +307,7 @@ class OpenAIChatClassifier(HttpClassifier):
         return content
 
     def _answer_label(self, answer: str) -> int | None:
-        """The label an answer names: the whole answer, a JSON {"label": ...}, or its first word."""
-        a = answer.strip()
-        if a.startswith("{"):
-            try:
-                obj = json.loads(a)
-            except ValueError:
-                obj = None
-            if isinstance(obj, Mapping):
-                a = str(obj.get("label", obj.get("answer", "")))
-        if _norm(a) in self._names:
-            return self._names[_norm(a)]
-        first = re.split(r"[\s,.;:!?)\]]+", a.strip(_EDGE), maxsplit=1)[0]
-        return self._names.get(_norm(first))
+        return answer_option(answer, self._names)
 
     def sampling_n(self) -> int | None:
         """n when probabilities are sample frequencies (their standard error is sqrt(p(1-p)/n)), else None."""

@@ -621,6 +621,7 @@ def _build_domain(
     tagger_eval: tuple[list[str], list[dict[str, str]]] | None = None,
     taggers_builder: Callable[[Path], dict[str, dict[str, Any]]] | None = None,
     space_meta: Mapping[str, Any] | None = None,
+    finish: Callable[[Path], Mapping[str, Any]] | None = None,
     replace: bool = False,
     log: Log = None,
     stages: Stages | None = None,
@@ -636,7 +637,9 @@ def _build_domain(
     with the corpus, on every core. `task` and `label_names` say what the classifiers' labels
     mean in this domain (e.g. star ratings), for people reading its explanations; nothing
     computes with them.
-    """
+
+    `finish(folder)` may write more files into the folder and returns more meta.json fields
+    (the LLM build's provenance and report)."""
     from explainers.registry import available
 
     started = time.perf_counter()
@@ -700,6 +703,7 @@ def _build_domain(
         record.finish("space", space)
     checkpoint()
     with stages.stage("save"):
+        finished = dict(finish(tmp)) if finish is not None else {}  # e.g. an LLM build's provenance
         write_meta(
             tmp,
             KIND,
@@ -717,6 +721,7 @@ def _build_domain(
             label_names=dict(label_names) if label_names else None,
             build_seconds=round(time.perf_counter() - started, 2),
             resumed_stages=reused,
+            **finished,
         )
         checkpoint()
         # The staging records are not part of the domain.

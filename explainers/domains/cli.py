@@ -1,6 +1,8 @@
 """`cace domains`: build a domain from a JSONL corpus, list domains, show or delete one.
 
     cace domains build movies corpus.jsonl [--schema schema.json] [--root var/domains]
+    cace domains build reviews texts.jsonl --schema defs.json --llm-base-url http://127.0.0.1:8080/v1 \
+        --llm-model smollm2 [--max-llm-calls 5000] [--dry-run]     # no labels: an LLM labels and edits
     cace domains list [--root var/domains]
     cace domains show movies
     cace domains delete movies
@@ -36,6 +38,16 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("id")
     b.add_argument("corpus", type=Path)
     b.add_argument("--schema", type=Path, help="concept schema JSON (default: inferred from the labels)")
+    b.add_argument(
+        "--llm-base-url", help="OpenAI-compatible LLM (…/v1) that labels and edits unlabelled texts"
+    )
+    b.add_argument("--llm-model", help="the LLM's model name")
+    b.add_argument("--max-llm-calls", type=int, default=20000, help="the build's LLM call budget")
+    b.add_argument(
+        "--edits-per-direction", type=int, help="edits per concept direction (default: the budget's)"
+    )
+    b.add_argument("--concurrency", type=int, default=4, help="LLM requests in flight")
+    b.add_argument("--dry-run", action="store_true", help="print the LLM plan (calls, tokens, time) and stop")
     for p in (b, sub.add_parser("list"), sub.add_parser("show"), sub.add_parser("delete")):
         p.add_argument(
             "--root", type=Path, default=None, help="domains folder (default: $CACE_DATA_DIR/domains)"
@@ -67,6 +79,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.corpus}: {e}")
             return 2
         schema = schema or infer_schema(rows, name=args.id)
+        unlabelled = [c for c in schema.names if not any(c in r["labels"] for r in rows)]
+        if unlabelled or args.llm_base_url:
+            from explainers.domains.zero_label import cli_build
+
+            return cli_build(args, rows, schema)
         domain = build_domain(args.root, args.id, pool_from_rows(rows, schema), encoder=Encoder(), log=print)
         print(json.dumps({k: domain.meta[k] for k in ("stats", "taggers", "space", "methods")}, indent=1))
         return 0

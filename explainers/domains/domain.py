@@ -92,6 +92,18 @@ class Domain:
     def pairs_by_concept(self) -> dict[str, int]:
         return {c: int(self.meta.get("stats", {}).get("pairs", {}).get(c, 0)) for c in self.schema.names}
 
+    @property
+    def pairs_origin(self) -> str:
+        """Who made the counterfactual pairs: human, llm or mixed (an LLM build's provenance, or
+        `generate` edits added to a corpus's own groups)."""
+        provenance = self.meta.get("provenance") or {}
+        if provenance.get("pairs_origin"):
+            return str(provenance["pairs_origin"])
+        generated = int((self.meta.get("generation") or {}).get("kept_edits") or 0)
+        if generated:
+            return "llm" if generated >= len(self.pool.pairs) else "mixed"
+        return "human"
+
     def tagger_usable(self, concept: str) -> bool:
         return self.taggers is not None and concept in self.taggers.concepts
 
@@ -184,6 +196,7 @@ def calibration_summaries(directory: Path) -> dict[str, dict[str, Any]]:
             "heldout_pairs": meta.get("protocol", {}).get("heldout_pairs"),
             "coverage": meta.get("coverage"),
             "default_estimator": meta.get("default_estimator"),
+            "pairs_origin": meta.get("pairs_origin"),
             "auto": report.get("auto", {}).get("macro"),
             "zero": report.get("zero"),
             "table": {name: row.get("macro") for name, row in report.get("methods", {}).items()},
@@ -201,6 +214,8 @@ def describe(domain_id: str, directory: Path, meta: Mapping[str, Any]) -> dict[s
         "space": {},
         "methods": {},
         "generation": None,
+        "provenance": None,
+        "llm_build": None,
         "task": None,
         "label_names": None,
     }

@@ -170,6 +170,7 @@ class AutoExplainer:
                     "classifier": cal.meta.get("classifier", {}).get("name"),
                     "fingerprint": cal.meta.get("classifier", {}).get("fingerprint"),
                     "created_at": cal.meta.get("created_at"),
+                    "pairs_origin": cal.meta.get("pairs_origin"),
                 },
             )
         else:

@@ -229,6 +229,47 @@ class OpenAIBackend:
         out.wall_time_s = time.perf_counter() - started
         return out
 
+    def answer_logprobs(
+        self, messages: Sequence[Message], top_logprobs: int = 20, seed: int | None = 0
+    ) -> tuple[list[tuple[str, float]], Completion]:
+        """The top (token, logprob) pairs at the first answer position (one request, max_tokens 1).
+
+        LLMBadResponse when the server sends no logprobs (callers then fall back to sampling).
+        """
+        from explainers.llm_answers import top_pairs
+
+        started = time.perf_counter()
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": _as_messages(messages),
+            "max_tokens": 1,
+            "temperature": 0.0,
+            "logprobs": True,
+            "top_logprobs": top_logprobs,
+            **self.extra_body,
+        }
+        if seed is not None:
+            body["seed"] = seed
+        data = self._post(body)
+        _, reasons, pt, ct = self._parse(data)
+        choice = data["choices"][0] if data["choices"] else None
+        lp = choice.get("logprobs") if isinstance(choice, dict) else None
+        try:
+            raw = lp["content"][0]["top_logprobs"]  # type: ignore[index]
+        except (KeyError, IndexError, TypeError) as e:
+            raise LLMBadResponse(
+                f"LLM {self.model!r} sent no top_logprobs at the answer position (the endpoint may not "
+                "support logprobs)"
+            ) from e
+        pairs = top_pairs(raw, f"LLM {self.model!r}", LLMBadResponse)
+        if not pairs:
+            raise LLMBadResponse(f"LLM {self.model!r} sent empty top_logprobs at the answer position")
+        usage = Completion(
+            texts=[], prompt_tokens=pt, completion_tokens=ct, finish_reasons=reasons, calls=1,
+            wall_time_s=time.perf_counter() - started,
+        )  # fmt: skip
+        return pairs, usage
+
 
 class LlamaCppBackend:
     """In-process llama.cpp via llama-cpp-python (optional extra `llamacpp`), from a GGUF path.

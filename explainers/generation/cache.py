@@ -82,6 +82,19 @@ class GenerationCache:
                 "INSERT OR REPLACE INTO generations (key, model, value) VALUES (?, ?, ?)", (key, model, value)
             )
 
+    def get_value(self, key: str) -> Any | None:
+        """A JSON value stored with `put_value` (answer-position logprobs, parsed labels), or None."""
+        with self._connect() as db:
+            row = db.execute("SELECT value FROM generations WHERE key = ?", ("value:" + key,)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def put_value(self, key: str, model: str, value: Any) -> None:
+        with self._lock, self._connect() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO generations (key, model, value) VALUES (?, ?, ?)",
+                ("value:" + key, model, json.dumps(value, ensure_ascii=False)),
+            )
+
     def __len__(self) -> int:
         with self._connect() as db:
             return int(db.execute("SELECT COUNT(*) FROM generations").fetchone()[0])

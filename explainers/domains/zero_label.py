@@ -1,0 +1,434 @@
+"""A domain from raw texts and concept definitions: an LLM instead of hand labels and human edits.
+
+The stages (each LLM answer cached on disk by prompt hash, so a re-run resumes):
+
+1. `plan_build`: what the build will ask of the LLM (calls, tokens, estimated time at the LLM's
+   measured speed) before anything is spent; a plan over the budget, or one that leaves no
+   edit for any concept direction, is refused (`PlanError` naming the field);
+2. labels: every text, every concept, by `llm_labels.LLMLabeller` (rows that carry a human
+   label keep it; a few of them are the prompts' worked examples, the rest check the LLM);
+3. taggers trained on those labels (so requests never wait on the LLM), used to verify edits;
+4. pairs: `llm_pairs.generate_pairs`, every concept and direction the budget allows;
+5. `build.build_domain` trains the space and writes the domain, whose `meta.json` records the
+   provenance (which labels and pairs are human, which LLM-made), the labelling report per
+   concept (accuracy against human labels where there are some, mean confidence, tagger
+   agreement with the LLM on held-out texts), the pairs report and what the build cost.
+
+A concept whose LLM labels are no better than the majority rate of the human labels that check
+them, or whose tagger does not beat the majority rate of its (LLM) labels, is marked unusable,
+as a tagger is in any domain.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from explainers.concepts import ConceptSchema
+from explainers.data.pool import Pool
+from explainers.domains.llm_labels import LabelPrompts, LLMLabeller, examples_from_rows, label_report
+from explainers.domains.llm_pairs import directions, generate_pairs, plan_pair_edits
+from explainers.generation.backends import LLMBackend, LLMUnavailable
+from explainers.generation.cache import GenerationCache
+
+CHARS_PER_TOKEN = 4.0  # a rough rule for English text; the plan says it is an estimate
+SPEED_PROBE = "Say the word 'ready'."
+Log = Callable[[str], None] | None
+Progress = Callable[[dict[str, Any]], None] | None
+
+
+class PlanError(ValueError):
+    """A build the plan refuses; `where` names the request field."""
+
+    def __init__(self, where: str, message: str) -> None:
+        super().__init__(f"{where}: {message}")
+        self.where = where
+        self.message = message
+
+
+@dataclass(frozen=True)
+class LLMBuildOptions:
+    """How far the LLM may go in one build (the API's `llm_build` block; defaults for the CLI)."""
+
+    max_llm_calls: int = 20000
+    edits_per_direction: int | None = (
+        None  # None: as many as the budget allows, up to max_edits_per_direction
+    )
+    max_edits_per_direction: int = 50
+    max_concurrency: int = 4
+    shots_per_value: int = 1
+    label_samples: int = 5
+    max_changed_sentences: int = 1
+    temperature: float = 0.7
+    max_tokens: int = 200
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class LLMSpeed:
+    """Seconds per prompt token and per generated token, measured on the configured LLM."""
+
+    prompt_s_per_token: float
+    completion_s_per_token: float
+    call_overhead_s: float
+    measured: bool = True
+
+
+def measure_speed(backend: LLMBackend) -> LLMSpeed:
+    """The LLM's speed from three tiny requests: a short and a long prompt answered with one token
+    (overhead and prompt processing), then the short one again with 8 tokens (generation; its prompt
+    is in the server's cache by then). On a busy machine this is noisy; the plan says it estimates."""
+
+    def timed(text: str, max_tokens: int) -> tuple[float, int, int]:
+        t0 = time.perf_counter()
+        c = backend.chat(
+            [{"role": "user", "content": text}], n=1, temperature=0.0, max_tokens=max_tokens, seed=0
+        )
+        return time.perf_counter() - t0, c.prompt_tokens, c.completion_tokens
+
+    t_short, p_short, _ = timed(SPEED_PROBE, 1)
+    t_long, p_long, _ = timed(SPEED_PROBE + " " + "The service was slow but the soup was hot. " * 12, 1)
+    t_gen, _, generated = timed(SPEED_PROBE, 8)
+    per_prompt = max(t_long - t_short, 0.0) / max(p_long - p_short, 1)
+    overhead = max(t_short - p_short * per_prompt, 0.0)
+    per_token = max(t_gen - overhead, 0.0) / max(generated, 1)
+    return LLMSpeed(per_prompt, per_token, overhead)
+
+
+def _tokens(text: str) -> int:
+    return int(math.ceil(len(text) / CHARS_PER_TOKEN))
+
+
+def human_labels(rows: Sequence[Mapping[str, Any]], schema: ConceptSchema) -> list[dict[str, str]]:
+    return [
+        {c: v for c, v in (r.get("labels") or {}).items() if c in schema and v in schema[c].values}
+        for r in rows
+    ]
+
+
+def undefined_concepts(rows: Sequence[Mapping[str, Any]], schema: ConceptSchema) -> list[str]:
+    """Concepts the LLM cannot label: no description in the schema and no row carrying a label."""
+    labelled = {c for r in rows for c in (r.get("labels") or {})}
+    return [c.name for c in schema.concepts if not c.defined and c.name not in labelled]
+
+
+def plan_build(
+    rows: Sequence[Mapping[str, Any]],
+    schema: ConceptSchema,
+    options: LLMBuildOptions,
+    *,
+    budget: int,
+    speed: LLMSpeed | None = None,
+    field: str = "body.params.llm_build",
+) -> dict[str, Any]:
+    """LLM calls, tokens and time the build will take; PlanError when it cannot fit `budget`."""
+    texts = [str(r["text"]) for r in rows]
+    human = human_labels(rows, schema)
+    examples, _ = examples_from_rows(texts, human, schema, per_value=options.shots_per_value)
+    prompts = LabelPrompts(schema, examples)
+    n_concepts = len(schema.names)
+    label_calls = len(texts) * n_concepts
+    label_prompt_tokens = sum(
+        _tokens("".join(m["content"] for m in prompts.messages(c, t))) for c in schema.names for t in texts
+    )
+    cells = directions(schema)
+    per_edit = 1 + (n_concepts - 1)  # the edit, then the LLM reads each other concept of it
+    cap = min(budget, options.max_llm_calls)
+    if label_calls >= cap:
+        raise PlanError(
+            f"{field}.max_llm_calls",
+            f"labelling {len(texts)} texts for {n_concepts} concepts takes {label_calls} LLM calls, "
+            f"the budget allows {cap} (CACE_LLM_BUILD_MAX_CALLS={budget}, max_llm_calls="
+            f"{options.max_llm_calls}): raise it or send fewer texts",
+        )
+    if options.edits_per_direction is not None:
+        per_direction = options.edits_per_direction
+    else:
+        per_direction = min(
+            options.max_edits_per_direction, (cap - label_calls) // max(len(cells) * per_edit, 1)
+        )
+    edits = len(cells) * per_direction
+    edit_calls = edits * per_edit
+    if per_direction < 1 or label_calls + edit_calls > cap:
+        raise PlanError(
+            f"{field}.max_llm_calls",
+            f"the budget ({cap} LLM calls) is too small to give any concept pairs: labelling takes "
+            f"{label_calls} calls and one edit for each of the {len(cells)} concept directions "
+            f"{len(cells) * per_edit} more",
+        )
+    avg_text = sum(_tokens(t) for t in texts) / max(len(texts), 1)
+    system_tokens = 120 + 20 * n_concepts
+    edit_prompt = system_tokens + 3 * (2 * avg_text + 60)  # two retrieved examples and the text
+    edit_prompt_tokens = int(edits * edit_prompt)
+    edit_completion_tokens = int(edits * avg_text * 1.1)
+    check_prompt_tokens = int(edits * (n_concepts - 1) * (label_prompt_tokens / max(label_calls, 1)))
+    calls = label_calls + edit_calls
+    prompt_tokens = label_prompt_tokens + edit_prompt_tokens + check_prompt_tokens
+    completion_tokens = label_calls + edit_completion_tokens + edits * (n_concepts - 1)
+    plan: dict[str, Any] = {
+        "texts": len(texts),
+        "concepts": n_concepts,
+        "human_labelled_texts": sum(1 for h in human if h),
+        "labelling": {
+            "llm_calls": label_calls,
+            "prompt_tokens": label_prompt_tokens,
+            "completion_tokens": label_calls,
+        },  # fmt: skip
+        "pairs": {
+            "directions": len(cells),
+            "edits_per_direction": per_direction,
+            "planned_edits": edits,
+            "llm_calls": edit_calls,
+            "prompt_tokens": edit_prompt_tokens + check_prompt_tokens,
+            "completion_tokens": edit_completion_tokens + edits * (n_concepts - 1),
+        },
+        "llm_calls": calls,
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "budget": cap,
+        "tokens_are": f"estimates ({CHARS_PER_TOKEN:g} characters per token); calls are exact upper bounds",
+    }
+    if speed is not None:
+        serial = (
+            calls * speed.call_overhead_s
+            + prompt_tokens * speed.prompt_s_per_token
+            + completion_tokens * speed.completion_s_per_token
+        )
+        plan["estimated_seconds"] = round(serial, 1)
+        plan["speed"] = {
+            "prompt_tokens_per_s": round(1 / speed.prompt_s_per_token, 1)
+            if speed.prompt_s_per_token
+            else None,
+            "completion_tokens_per_s": (
+                round(1 / speed.completion_s_per_token, 1) if speed.completion_s_per_token else None
+            ),
+            "call_overhead_s": round(speed.call_overhead_s, 3),
+            "measured": speed.measured,
+            "note": "one request at a time; a server with parallel slots (vLLM, llama.cpp -np) runs "
+            f"up to {options.max_concurrency} at once, so this is an upper bound",
+        }
+    else:
+        plan["estimated_seconds"] = None
+    return plan
+
+
+@dataclass
+class ZeroLabelResult:
+    pool: Pool
+    taggers_builder: Callable[[Path], dict[str, dict[str, Any]]]
+    finish: Callable[[Path], dict[str, Any]]  # writes provenance.json, returns the meta fields
+
+
+def run(
+    rows: Sequence[Mapping[str, Any]],
+    schema: ConceptSchema,
+    backend: LLMBackend,
+    options: LLMBuildOptions,
+    plan: Mapping[str, Any],
+    *,
+    cache: GenerationCache | None,
+    llm_name: str | None = None,
+    progress: Progress = None,
+    log: Log = None,
+) -> ZeroLabelResult:
+    """Stages 2-4 (labels, taggers, pairs); build_domain does the rest with the returned hooks."""
+    from explainers.domains.build import fit_taggers, pool_from_rows
+    from explainers.domains.domain import TaggerView
+    from explainers.taggers import TaggerSet
+
+    started = time.perf_counter()
+    texts = [str(r["text"]) for r in rows]
+    human = human_labels(rows, schema)
+    examples, used = examples_from_rows(texts, human, schema, per_value=options.shots_per_value)
+    labeller = LLMLabeller(
+        backend, schema, prompts=LabelPrompts(schema, examples), cache=cache,
+        max_concurrency=options.max_concurrency, samples=options.label_samples, seed=options.seed,
+    )  # fmt: skip
+
+    def stage(name: str) -> Callable[[int, int], None]:
+        def report(done: int, total: int) -> None:
+            if progress is not None:
+                progress({"stage": name, "done": done, "total": total})
+
+        return report
+
+    run_labels = labeller.label(texts, progress=stage("labels"))
+    labels_report = label_report(run_labels, schema, human, exclude=used)
+    if log:
+        log(f"llm labels: {labels_report}")
+    # A label per (text, concept): the human one where the row has it, else the LLM's, else (the
+    # LLM named no option) the concept's most common LLM value.
+    fallback = {
+        c: max(labels_report[c]["values"].items(), key=lambda kv: (kv[0] != "(failed)", kv[1]))[0]
+        for c in schema.names
+    }
+    merged_rows, label_origin = [], []
+    for r, h, llm in zip(rows, human, run_labels.labels, strict=True):
+        lab, origin = {}, {}
+        for c in schema.names:
+            if c in h:
+                lab[c], origin[c] = h[c], "human"
+            else:
+                v = llm[c].value
+                lab[c] = v if v is not None else fallback[c]
+                if lab[c] == "(failed)":
+                    lab[c] = schema[c].values[0]
+                origin[c] = "llm" if v is not None else "llm_failed"
+        merged_rows.append({**r, "labels": lab})
+        label_origin.append(origin)
+    base = pool_from_rows(list(merged_rows), schema)
+    human_pairs = len(base.pairs)
+    origin_of_text = {str(r["text"]): o for r, o in zip(rows, label_origin, strict=True)}
+    confidence_of_text = {
+        t: {c: lab.confidence for c, lab in llm.items()}
+        for t, llm in zip(texts, run_labels.labels, strict=True)
+    }
+
+    # Taggers on the labels, to verify the edits (usable concepts only).
+    with tempfile.TemporaryDirectory(prefix="cace-llm-taggers-") as tmp:
+        probe_report = fit_taggers(base, Path(tmp) / "taggers")
+        usable = [
+            c for c in schema.names
+            if probe_report[c]["usable"] and labels_report[c]["usable_labels"] is not False
+        ]  # fmt: skip
+        taggers = TaggerView(TaggerSet.load(Path(tmp) / "taggers"), usable)
+    if progress is not None:
+        progress({"stage": "taggers", "done": 1, "total": 1})
+    edit_plan = plan_pair_edits(
+        base.labels, schema, int(plan["pairs"]["edits_per_direction"]), seed=options.seed
+    )
+    pool, pairs_report = generate_pairs(
+        base, edit_plan, backend, labeller=labeller, taggers=taggers, cache=cache,
+        max_concurrency=options.max_concurrency, max_changed_sentences=options.max_changed_sentences,
+        temperature=options.temperature, max_tokens=options.max_tokens, seed=options.seed,
+        progress=stage("pairs"),
+    )  # fmt: skip
+    if pairs_report.planned and pairs_report.errors == pairs_report.planned:
+        # Every request failed: an outage, not "no edit passed". Retryable; the labels are cached.
+        raise LLMUnavailable(f"the LLM answered none of the {pairs_report.planned} edit requests")
+    if log:
+        log(f"llm pairs: {pairs_report.to_dict()}")
+    llm_pairs = len(pool.pairs) - human_pairs
+
+    def taggers_builder(out: Path) -> dict[str, dict[str, Any]]:
+        report = fit_taggers(pool, out, log=log)
+        for c, row in report.items():
+            lr = labels_report[c]
+            # Held-out accuracy against the labels it was trained on: the LLM's (human ones where given).
+            row["agreement_with_llm"] = row["accuracy"]
+            row["llm_labels"] = lr
+            if lr["usable_labels"] is False:
+                row["usable"] = False
+                row["why_unusable"] = (
+                    f"the LLM's labels agree with the human ones {lr['accuracy_vs_human']} of the time, "
+                    f"no better than the majority rate {lr['human_majority_rate']}"
+                )
+            elif not row["usable"]:
+                row["why_unusable"] = (
+                    "the tagger does not beat the majority rate of its labels on held-out texts"
+                )
+        return report
+
+    def finish(out: Path) -> dict[str, Any]:
+        ids = pool.ids or [str(i) for i in range(len(pool))]
+        with open(out / "provenance.jsonl", "w", encoding="utf-8") as f:
+            for i, t in enumerate(pool.texts):
+                made_by_llm = t not in origin_of_text
+                f.write(
+                    json.dumps(
+                        {
+                            "id": ids[i],
+                            "text": "llm_edit" if made_by_llm else "corpus",
+                            "labels": {c: "llm_edit_intended" for c in schema.names}
+                            if made_by_llm
+                            else origin_of_text[t],
+                            "confidence": None if made_by_llm else confidence_of_text[t],
+                        }
+                    )
+                    + "\n"
+                )
+        n_human_cells = sum(1 for o in label_origin for v in o.values() if v == "human")
+        n_llm_cells = sum(len(o) for o in label_origin) - n_human_cells
+        return {
+            "provenance": {
+                "labels": {"human": n_human_cells, "llm": n_llm_cells},
+                "labels_origin": _origin(n_human_cells, n_llm_cells),
+                "pairs": {"human": human_pairs, "llm": llm_pairs},
+                "pairs_origin": _origin(human_pairs, llm_pairs),
+                "texts": {"corpus": len(base), "llm_edits": len(pool) - len(base)},
+                "per_text": "provenance.jsonl",
+            },
+            "llm_build": {
+                "llm": {"name": llm_name, "kind": backend.kind, "model": backend.model},
+                "options": options.to_dict(),
+                "plan": dict(plan),
+                "labelling": {
+                    **run_labels.report(),
+                    "per_concept": labels_report,
+                    "worked_examples": sum(len(v) for v in examples.values()),
+                },  # fmt: skip
+                "pairs": pairs_report.to_dict(),
+                "llm_calls": run_labels.cost.llm_calls + pairs_report.cost.llm_calls,
+                "prompt_tokens": run_labels.cost.prompt_tokens + pairs_report.cost.prompt_tokens,
+                "completion_tokens": run_labels.cost.completion_tokens + pairs_report.cost.completion_tokens,
+                "llm_wall_s": round(time.perf_counter() - started, 1),
+            },
+        }
+
+    return ZeroLabelResult(pool, taggers_builder, finish)
+
+
+def _origin(human: int, llm: int) -> str:
+    if human and llm:
+        return "mixed"
+    return "llm" if llm else "human" if human else "none"
+
+
+def cli_build(args: Any, rows: Sequence[Mapping[str, Any]], schema: ConceptSchema) -> int:
+    """`cace domains build` for a corpus without (full) labels: plan, then labels, pairs, domain."""
+    from explainers.domains.build import build_domain
+    from explainers.embeddings import Encoder
+    from explainers.generation.backends import BackendSpec, build_backend
+
+    undefined = undefined_concepts(rows, schema)
+    if undefined:
+        print(f"--schema: concept(s) {undefined} have no description and no text carries their label")
+        return 2
+    if not (args.llm_base_url and args.llm_model):
+        print("no LLM: pass --llm-base-url and --llm-model (an OpenAI-compatible server) to label the texts")
+        return 2
+    backend = build_backend(BackendSpec(kind="openai", base_url=args.llm_base_url, model=args.llm_model,
+                                        timeout_s=300.0))  # fmt: skip
+    options = LLMBuildOptions(
+        max_llm_calls=args.max_llm_calls, edits_per_direction=args.edits_per_direction,
+        max_concurrency=args.concurrency,
+    )  # fmt: skip
+    try:
+        plan = plan_build(rows, schema, options, budget=args.max_llm_calls, speed=measure_speed(backend))
+    except PlanError as e:
+        print(f"--max-llm-calls: {e.message}")
+        return 2
+    print(json.dumps({"plan": plan}, indent=1))
+    if args.dry_run:
+        return 0
+    cache_dir = Path(args.root).parent / "generations"
+    result = run(
+        rows, schema, backend, options, plan, cache=GenerationCache(cache_dir / "llm-build.sqlite"),
+        llm_name=args.llm_model, progress=lambda s: print(f"{s['stage']}: {s['done']}/{s['total']}", flush=True),
+    )  # fmt: skip
+    domain = build_domain(
+        args.root, args.id, result.pool, encoder=Encoder(), source="llm-build",
+        taggers_builder=result.taggers_builder, finish=result.finish, log=print,
+    )  # fmt: skip
+    keys = ("stats", "taggers", "provenance", "llm_build")
+    print(json.dumps({k: domain.meta.get(k) for k in keys}, indent=1, default=str))
+    return 0

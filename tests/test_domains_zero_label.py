@@ -1,0 +1,436 @@
+"""Domains from raw texts and concept definitions: an LLM labels the texts and writes the pairs.
+
+Three tiers:
+* fast units of the prompt, answer-parsing, planning and checking logic (no LLM);
+* the 4xx cases through the app in process (validation and status mapping only);
+* end to end over HTTP: a real llama.cpp OpenAI-compatible server serving SmolLM2-135M and the
+  service as a subprocess build a small unlabelled movie-review domain (labels -> taggers ->
+  pairs -> space) and explain with splice, match and auto. A 135M model labels badly: these
+  tests check the plumbing and that the reports are honest (counts add up, provenance says
+  LLM), not quality. Without the llama.cpp setup they skip locally and fail under CI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from app.main import create_app
+from app.settings import Settings
+from explainers.concepts import ConceptSchema, Intervention
+from explainers.data.movies import SCHEMA_DICT, movie_corpus
+from explainers.domains.llm_labels import (
+    Label,
+    LabelExample,
+    LabelPrompts,
+    LabelRun,
+    examples_from_rows,
+    label_report,
+)
+from explainers.domains.llm_pairs import (
+    RetrievalPrompts,
+    changed_sentences,
+    directions,
+    plan_pair_edits,
+)
+from explainers.domains.zero_label import (
+    LLMBuildOptions,
+    LLMSpeed,
+    PlanError,
+    plan_build,
+    undefined_concepts,
+)
+from explainers.errors import UpstreamMalformed
+from explainers.generation.prompts import FewShot
+from explainers.llm_answers import answer_option, first_token_distribution
+
+SCHEMA = ConceptSchema.from_dict(SCHEMA_DICT)  # acting, plot, music: good / bad / unknown
+CONCEPT_DICTS: list[dict] = list(SCHEMA_DICT["concepts"])  # type: ignore[arg-type]
+TEXTS = [
+    "The acting is superb. The plot drags.",
+    "I went with two friends. The music is lovely.",
+    "The story makes no sense at all.",
+    "Wooden performances everywhere.",
+]
+
+
+# -- prompts and answers -------------------------------------------------------------------------
+
+
+def test_label_prompts_share_their_prefix_and_put_the_text_last() -> None:
+    examples = {"plot": [LabelExample("A gripping story.", "good")]}
+    schema = ConceptSchema.from_dict(
+        {
+            **SCHEMA_DICT,
+            "concepts": [{**CONCEPT_DICTS[1], "value_examples": {"bad": ["Dull plot."]}}],
+        }
+    )
+    p = LabelPrompts(schema, examples)
+    a, b = p.messages("plot", TEXTS[0]), p.messages("plot", TEXTS[2])
+    assert a[0] == b[0]  # the system message (every concept's definition) is the same for every request
+    assert a[1]["content"].endswith(f"Text: {TEXTS[0]}\nAnswer:")
+    prefix = a[1]["content"][: -len(f"Text: {TEXTS[0]}\nAnswer:")]
+    assert b[1]["content"].startswith(prefix)  # only the text differs: servers can cache the rest
+    assert "1. bad: the review criticises the plot" in prefix and 'e.g. "Dull plot."' in prefix
+    assert "Text: A gripping story.\nAnswer: 2" in prefix  # worked example answered with its option number
+    assert LabelPrompts.names(schema["plot"]) == {"1": 0, "2": 1, "3": 2, "bad": 0, "good": 1, "unknown": 2}
+
+
+def test_answer_position_scores_map_onto_the_options() -> None:
+    names = LabelPrompts.names(SCHEMA["acting"])  # values: bad, good, unknown
+    pairs = [(" 2", np.log(0.6)), ("1", np.log(0.2)), ("Good", np.log(0.1)), ("x", np.log(0.05))]
+    dist = first_token_distribution(pairs, names, SCHEMA["acting"].values, "test")
+    # "2" and "Good" both count for good; unknown is outside the top-k: at most the leftover mass.
+    assert dist.argmax() == 1 and dist[1] == pytest.approx(0.7 / (0.2 + 0.7 + 0.05))
+    with pytest.raises(UpstreamMalformed, match="no declared option"):
+        first_token_distribution([("The", -0.1)], names, SCHEMA["acting"].values, "test")
+    assert answer_option("3. unknown", names) == 2 and answer_option('{"label": "bad"}', names) == 0
+    assert answer_option("I think so", names) is None
+
+
+def test_worked_examples_come_from_human_rows_and_are_left_out_of_the_check() -> None:
+    labels = [{"plot": "bad"}, {"plot": "good"}, {}, {"plot": "good"}]
+    examples, used = examples_from_rows(TEXTS, labels, SCHEMA, per_value=1)
+    assert {e.value for e in examples["plot"]} == {"bad", "good"} and "acting" not in examples
+    assert used <= {0, 1, 3} and len(used) == 2
+    run = LabelRun(
+        labels=[
+            {"plot": Label(v, c, {}, "logprobs")}
+            for v, c in (("bad", 0.9), ("good", 0.5), ("good", 0.4), ("bad", 0.7))
+        ]
+    )
+    rep = label_report(run, ConceptSchema.from_dict({**SCHEMA_DICT, "concepts": [CONCEPT_DICTS[1]]}),
+                       labels, exclude=used)  # fmt: skip
+    plot = rep["plot"]
+    checked = [i for i in (0, 1, 3) if i not in used]
+    assert plot["human_checked"] == len(checked) and plot["mean_confidence"] == pytest.approx(0.625)
+    # One checked row: the LLM got it wrong (accuracy 0) and the majority rate is 1: unusable.
+    assert plot["accuracy_vs_human"] == (1.0 if checked == [1] else 0.0)
+    assert plot["usable_labels"] is (checked == [1] and False)
+
+
+def test_concept_definitions_round_trip_and_undefined_concepts_are_named() -> None:
+    raw = {"domain": "t", "concepts": [{"name": "tone", "values": ["calm", "angry"], "description": "",
+                                        "value_examples": {"angry": ["I am furious."]}}]}  # fmt: skip
+    schema = ConceptSchema.from_dict(raw)
+    assert ConceptSchema.from_dict(schema.to_dict()) == schema
+    assert schema["tone"].value_examples["angry"] == ("I am furious.",) and not schema["tone"].defined
+    assert undefined_concepts([{"text": "x", "labels": {}}], schema) == ["tone"]
+    assert undefined_concepts([{"text": "x", "labels": {"tone": "calm"}}], schema) == []
+    assert undefined_concepts([{"text": "x", "labels": {}}], SCHEMA) == []
+
+
+# -- edits ----------------------------------------------------------------------------------------
+
+
+def test_changed_sentences_counts_replaced_added_and_removed_ones() -> None:
+    src = "I went with friends. The acting is superb. The plot drags."
+    assert changed_sentences(src, src) == 0
+    assert changed_sentences(src, "I went with friends. The acting is wooden. The plot drags.") == 1
+    assert changed_sentences(src, src + " The music is lovely.") == 1
+    assert changed_sentences(src, "We went alone. The acting is wooden. The plot drags.") == 2
+
+
+def test_edit_plan_covers_every_direction_from_texts_with_the_source_value() -> None:
+    labels = [
+        {"acting": a, "plot": p, "music": "unknown"}
+        for a in ("good", "bad")
+        for p in ("good", "bad", "unknown")
+    ]
+    plan = plan_pair_edits(labels, SCHEMA, per_direction=2, seed=1)
+    assert len(directions(SCHEMA)) == 18
+    for e in plan:
+        assert labels[e.source][e.intervention.concept] == e.intervention.source != e.intervention.target
+    per_concept = [(e.source, e.intervention.concept) for e in plan]
+    assert len(per_concept) == len(set(per_concept))  # a text is edited at most once per concept
+    cells = {(e.intervention.concept, e.intervention.source, e.intervention.target) for e in plan}
+    assert ("acting", "good", "bad") in cells and ("music", "good", "bad") not in cells  # no music=good text
+
+
+def test_retrieval_prompts_show_the_nearest_kept_edits_of_the_same_direction_only() -> None:
+    p = RetrievalPrompts(SCHEMA)
+    iv = Intervention("plot", "bad", "good")
+    p.add(FewShot("The story is gripping. Great cast.", "The story is dull. Great cast.", iv))
+    p.add(FewShot("Lovely music.", "Awful music.", Intervention("music", "bad", "good")))
+    assert p.nearest("The story is gripping.", iv) == []  # not frozen yet: a batch never sees its own edits
+    p.freeze()
+    p.add(FewShot("The story is gripping!", "The story is boring!", iv))
+    shown = p.nearest("The story is gripping and fun.", iv)
+    assert [e.edited for e in shown] == ["The story is dull. Great cast."]
+    msgs = p.messages("The story is gripping and fun.", iv, {"acting": "good"})
+    assert msgs[1]["content"].startswith("Edit this movie review so that the review criticises the plot")
+    assert "Rewrite only the one sentence about the plot" in msgs[-1]["content"]
+    assert msgs[2] == {"role": "assistant", "content": "The story is dull. Great cast."}
+
+
+# -- the plan -------------------------------------------------------------------------------------
+
+
+def _rows(n: int) -> list[dict]:
+    return [{"text": f"Review {i}. The acting is fine.", "labels": {}} for i in range(n)]
+
+
+def test_plan_counts_calls_exactly_and_estimates_time_from_the_measured_speed() -> None:
+    speed = LLMSpeed(prompt_s_per_token=0.001, completion_s_per_token=0.02, call_overhead_s=0.05)
+    plan = plan_build(_rows(10), SCHEMA, LLMBuildOptions(edits_per_direction=2), budget=1000, speed=speed)
+    assert plan["labelling"]["llm_calls"] == 30  # 10 texts x 3 concepts
+    assert plan["pairs"]["planned_edits"] == 36 and plan["pairs"]["llm_calls"] == 36 * 3  # edit + 2 checks
+    assert plan["llm_calls"] == 30 + 108 and plan["prompt_tokens"] > plan["completion_tokens"] > 0
+    expected = 138 * 0.05 + plan["prompt_tokens"] * 0.001 + plan["completion_tokens"] * 0.02
+    assert plan["estimated_seconds"] == pytest.approx(expected, abs=0.1)
+    # Without a fixed number of edits, the budget decides (capped per direction).
+    auto = plan_build(_rows(10), SCHEMA, LLMBuildOptions(), budget=30 + 18 * 3 * 4)
+    assert auto["pairs"]["edits_per_direction"] == 4 and auto["estimated_seconds"] is None
+
+
+def test_plan_refuses_a_budget_that_gives_no_pairs_or_cannot_label() -> None:
+    with pytest.raises(PlanError, match="too small to give any concept pairs") as e:
+        plan_build(_rows(10), SCHEMA, LLMBuildOptions(), budget=30 + 18 * 3 - 1)
+    assert e.value.where == "body.params.llm_build.max_llm_calls"
+    with pytest.raises(PlanError, match="labelling 10 texts for 3 concepts takes 30 LLM calls"):
+        plan_build(_rows(10), SCHEMA, LLMBuildOptions(max_llm_calls=20), budget=1000)
+
+
+# -- an endpoint without logprobs (a FAKE server: llama.cpp always sends them) ------------------
+
+
+def test_labels_fall_back_to_sampling_where_the_endpoint_has_no_logprobs(tmp_path: Path) -> None:
+    from explainers.domains.llm_labels import LLMLabeller
+    from explainers.generation.backends import OpenAIBackend
+    from explainers.generation.cache import GenerationCache
+    from tests.servers import python, running
+
+    schema = ConceptSchema.from_dict(
+        {
+            "domain": "review",
+            "concepts": [{"name": "tone", "values": ["neg", "pos"], "description": "the tone"}],
+        }
+    )
+    cmd = [python(), "-m", "uvicorn", "tests.model_servers.fake_openai_llm:app", "--port", "9514",
+           "--log-level", "warning"]  # fmt: skip
+    with running(cmd, port=9514, health_path="/healthz", timeout=60) as srv:
+        backend = OpenAIBackend(f"{srv.base_url}/no-logprobs", "fake", max_retries=0)
+        cache = GenerationCache(tmp_path / "c.sqlite")
+        labeller = LLMLabeller(backend, schema, cache=cache, samples=3, max_concurrency=2)
+        run = labeller.label(TEXTS)
+        assert labeller.logprobs is False and run.by_method == {"sampling": len(TEXTS)}
+        assert all(row["tone"].value == "pos" and row["tone"].confidence == 1.0 for row in run.labels)
+        assert run.cost.prompt_tokens > 0 and run.cost.llm_calls >= len(TEXTS)
+        # The same texts again: every answer comes from the on-disk cache, nothing is asked.
+        again = LLMLabeller(backend, schema, cache=cache, samples=3).label(TEXTS)
+        assert again.cost.llm_calls == 0 and again.cache_hits == len(TEXTS)
+        assert again.values() == run.values()
+
+
+# -- 4xx through the app (in process) -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    data = tmp_path_factory.mktemp("zero-label")
+    settings = Settings(data_dir=Path(data), database_url=f"sqlite:///{data / 'jobs.sqlite'}",
+                        default_domain="none", auto_calibrate=False, log_format="text")  # fmt: skip
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+def _post(c: TestClient | httpx.Client, rows: list[dict], **params: object) -> httpx.Response:
+    body = "\n".join(json.dumps(r) for r in rows).encode()
+    return c.post(
+        "/v1/domains", files={"file": ("c.jsonl", body)}, data={"params": json.dumps({"id": "z", **params})}
+    )
+
+
+def _field(r: httpx.Response) -> tuple[str, str]:
+    assert r.status_code == 422, r.text
+    assert r.headers["content-type"].startswith("application/problem+json")
+    err = r.json()["errors"][0]
+    return err["field"], err["message"]
+
+
+def test_unlabelled_corpus_4xx_name_the_field(client: TestClient) -> None:
+    rows = _rows(6)
+    f, m = _field(_post(client, rows))
+    assert f == "body.params.schema" and "no row carries labels" in m
+    one_value = {"concepts": [{"name": "plot", "values": ["good"], "description": "the story"}]}
+    assert _field(_post(client, rows, schema=one_value))[0] == "body.params.schema.concepts.0.values"
+    bare = {"concepts": [{"name": "plot", "values": ["good", "bad"]}]}
+    f, m = _field(_post(client, rows, schema=bare))
+    assert f == "body.params.schema.concepts" and "['plot'] have no description" in m
+    wrong_example = {
+        "concepts": [{"name": "plot", "values": ["good", "bad"], "value_examples": {"meh": ["x"]}}]
+    }
+    assert (
+        _field(_post(client, rows, schema=wrong_example))[0]
+        == "body.params.schema.concepts.0.value_examples.meh"
+    )
+    f, m = _field(_post(client, rows, schema=SCHEMA_DICT))
+    assert f == "body.params.llm_build.llm" and "CACE_LLM_BASE_URL" in m and "/v1/llms" in m
+    assert (
+        _field(_post(client, rows, schema=SCHEMA_DICT, llm_build={"llm": "nobody"}))[0]
+        == "body.params.llm_build.llm"
+    )
+    assert _field(_post(client, rows, schema=SCHEMA_DICT, llm_build={"max_concurrency": 0}))[0].startswith(
+        "body.params"
+    )
+
+
+def test_a_budget_too_small_is_refused_before_any_llm_call(tmp_path: Path) -> None:
+    # The LLM's URL points at a closed port: the plan is refused before the speed probe calls it.
+    settings = Settings(data_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'jobs.sqlite'}",
+                        default_domain="none", auto_calibrate=False, log_format="text",
+                        llm_base_url="http://127.0.0.1:9599/v1", llm_model="nobody", llm_build_max_calls=100,
+                        outbound_allow=["127.0.0.1/32"])  # fmt: skip
+    with TestClient(create_app(settings)) as c:
+        f, m = _field(_post(c, _rows(6), schema=SCHEMA_DICT, llm_build={"max_llm_calls": 40}))
+        assert f == "body.params.llm_build.max_llm_calls" and "too small to give any concept pairs" in m
+        f, m = _field(_post(c, _rows(40), schema=SCHEMA_DICT))
+        assert "takes 120 LLM calls" in m and "CACE_LLM_BUILD_MAX_CALLS=100" in m
+        # Within the budget, the plan needs the LLM's speed: an unreachable LLM is a 502, not a 500.
+        r = _post(c, _rows(6), schema=SCHEMA_DICT, dry_run=True)
+        assert r.status_code == 502 and "speed probe" in r.json()["detail"], r.text
+
+
+# -- end to end: a real llama.cpp server (SmolLM2-135M) and the service over HTTP -----------------
+
+CACHE = Path(os.environ.get("CACE_CACHE_DIR", Path.home() / ".cache" / "cace"))
+GGUF = CACHE / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+LLAMA_PORT, SERVICE_PORT, RATING_PORT = 9511, 9512, 9513
+
+
+@pytest.fixture(scope="module")
+def llama_url() -> Iterator[str]:
+    from explainers.generation.server import llama_python
+    from tests.servers import running
+
+    missing = [str(p) for p in (GGUF, llama_python()) if not p.exists()]
+    if missing:
+        msg = f"llama.cpp setup missing ({', '.join(missing)}); run scripts/setup.sh test"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    cmd = [str(llama_python()), "-m", "llama_cpp.server", "--model", str(GGUF), "--host", "127.0.0.1",
+           "--port", str(LLAMA_PORT), "--n_ctx", "4096", "--n_threads", "1"]  # fmt: skip
+    with running(cmd, port=LLAMA_PORT, health_path="/v1/models", timeout=120) as srv:
+        yield srv.base_url + "/v1"
+
+
+@pytest.fixture(scope="module")
+def rating_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The black box: a movie rating model trained on reviews without edits, served over HTTP."""
+    import joblib
+
+    from explainers.data.movies import train_rating_classifier
+    from tests.servers import python, running
+
+    path = tmp_path_factory.mktemp("clf") / "movie-rating.joblib"
+    joblib.dump(train_rating_classifier(movie_corpus(300, edits=False, seed=7)), path)
+    cmd = [python(), "-m", "explainers.serving", str(path), "--port", str(RATING_PORT)]
+    with running(cmd, port=RATING_PORT, health_path="/health", timeout=120) as srv:
+        yield srv.base_url + "/predict"
+
+
+def _wait(c: httpx.Client, job_id: str, timeout: float = 1500) -> dict:
+    deadline = time.monotonic() + timeout
+    seen_progress = None
+    while time.monotonic() < deadline:
+        job = c.get(f"/v1/jobs/{job_id}").json()
+        if job["status"] in ("succeeded", "failed", "cancelled"):
+            return {**job, "seen_progress": seen_progress}
+        building = [d for d in c.get("/v1/domains").json()["domains"] if d["status"] == "building"]
+        if building and building[0].get("progress"):
+            seen_progress = building[0]["progress"]
+        time.sleep(1)
+    raise TimeoutError(job_id)
+
+
+def test_an_unlabelled_domain_end_to_end_through_the_api(
+    tmp_path: Path, llama_url: str, rating_url: str
+) -> None:
+    from tests.service_server import service, store_env
+
+    # 12 movie reviews, no edits; three keep their human labels (worked examples and a check).
+    corpus = movie_corpus(12, edits=False, seed=3)
+    rows = [
+        {"text": r["text"], "labels": r["labels"] if i < 3 else {}, "id": f"t{i}"}
+        for i, r in enumerate(corpus)
+    ]
+    env = {**store_env("sqlite", tmp_path), "CACE_DATA_DIR": str(tmp_path / "data"), "CACE_DEFAULT_DOMAIN": "none",
+           "CACE_LLM_BASE_URL": llama_url, "CACE_LLM_MODEL": "smollm2", "CACE_CALIBRATION_MAX_PAIRS": "50"}  # fmt: skip
+    build = {"edits_per_direction": 2, "max_concurrency": 2, "max_tokens": 120, "max_llm_calls": 500}
+    with service(env, port=SERVICE_PORT) as svc, httpx.Client(base_url=svc.base_url, timeout=600) as c:
+        dry = _post(c, rows, schema=SCHEMA_DICT, llm_build=build, dry_run=True)
+        assert dry.status_code == 200, dry.text
+        plan = dry.json()["plan"]
+        assert plan["labelling"]["llm_calls"] == 12 * 3 and plan["pairs"]["planned_edits"] == 36
+        assert plan["llm_calls"] == 36 + 36 * 3 and plan["estimated_seconds"] > 0
+        assert plan["speed"]["measured"] is True
+        assert c.get("/v1/jobs").json()["jobs"] == []  # a dry run builds nothing
+
+        r = _post(c, rows, schema=SCHEMA_DICT, llm_build=build)
+        assert r.status_code == 202 and r.headers["location"].startswith("/v1/jobs/"), r.text
+        assert r.json()["plan"]["llm_calls"] == plan["llm_calls"]
+        job = _wait(c, r.json()["id"])
+        assert job["status"] == "succeeded", job
+        assert job["seen_progress"] is None or job["seen_progress"]["stage"] in (
+            "labels",
+            "taggers",
+            "pairs",
+            "space",
+        )
+        d = c.get("/v1/domains/z").json()
+        prov, report = d["provenance"], d["llm_build"]
+        # Provenance: 3 rows x 3 concepts of human labels, the rest the LLM's; every pair LLM-made.
+        assert prov["labels"] == {"human": 9, "llm": 9 * 3}
+        assert prov["pairs"]["human"] == 0 and prov["pairs_origin"] == (
+            "llm" if prov["pairs"]["llm"] else "none"
+        )
+        lab = report["labelling"]
+        assert lab["llm_calls"] + lab["cached_llm_calls"] >= 36 and sum(lab["scored_by"].values()) == 36
+        for t in d["taggers"].values():  # the honest report per concept
+            llm = t["llm_labels"]
+            assert 0 < (llm["mean_confidence"] or 0) <= 1 and sum(llm["values"].values()) == 12
+            assert llm["human_checked"] <= 3 and t["agreement_with_llm"] == t["accuracy"]
+            if llm["usable_labels"] is False:
+                assert t["usable"] is False and "majority rate" in t["why_unusable"]
+        pr = report["pairs"]
+        # Every planned edit is kept or rejected for a named reason; the plan bounds what was spent.
+        assert pr["kept_edits"] + sum(pr["rejections"].values()) == pr["planned_edits"] <= 36
+        assert prov["pairs"]["llm"] == pr["kept_edits"] == sum(d["stats"]["pairs"].values())
+        assert report["llm_calls"] <= plan["llm_calls"]
+        assert pr["kept_edits"] > 0, pr  # the downstream methods below need pairs
+
+        spec = {"protocol": "hf", "url": rating_url, "labels": ["neg", "pos"]}
+        assert c.post("/v1/classifiers", json={"name": "movie-rating", "spec": spec}).status_code == 201
+        q = {"domain": "z", "classifier": "movie-rating", "top_k": 3, "text": rows[5]["text"]}
+        concept, direction = next(iter(pr["kept_by_direction"])).split(":")
+        source, target = direction.split("->")
+        q["intervention"] = {"concept": concept, "target": target, "source": source}
+        for method in ("match", "splice"):
+            e = c.post("/v1/explanations", json={**q, "method": method})
+            assert e.status_code == 200, (method, e.text)
+            assert abs(sum(e.json()["icace"].values())) < 1e-6
+        cal = c.post("/v1/domains/z/calibrations", json={"classifier": "movie-rating"})
+        assert cal.status_code == 202, cal.text
+        assert _wait(c, cal.json()["id"])["status"] == "succeeded"
+        assert c.get("/v1/domains/z/calibrations").json()["movie-rating"]["pairs_origin"] == "llm"
+        auto = c.post("/v1/explanations", json={**q, "method": "auto"}).json()
+        assert auto["details"]["calibrated"] is True and auto["uncertainty"]["pairs_origin"] == "llm", auto
+
+        # A second build of the same texts asks the LLM nothing new: every answer is on disk.
+        again = _post(c, rows, schema=SCHEMA_DICT, llm_build=build)
+        assert again.status_code == 409  # the id exists
+        r2 = c.post("/v1/domains", files={"file": ("c.jsonl", "\n".join(json.dumps(x) for x in rows).encode())},
+                    data={"params": json.dumps({"id": "z2", "schema": SCHEMA_DICT, "llm_build": build})})  # fmt: skip
+        assert _wait(c, r2.json()["id"])["status"] == "succeeded"
+        d2 = c.get("/v1/domains/z2").json()
+        assert d2["llm_build"]["llm_calls"] == 0 and d2["llm_build"]["labelling"]["cache_hits"] == 36
+        assert d2["provenance"] == prov
