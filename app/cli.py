@@ -38,6 +38,19 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def export_settings() -> None:
+    """Hand the service settings the library reads from the environment (data and cache folders)
+    to the library's commands, so `cace domains list` looks where the service does (.env included)."""
+    import os
+
+    from app.settings import Settings
+
+    s = Settings()
+    os.environ["CACE_DATA_DIR"] = str(s.data_dir)
+    if s.cache_dir is not None:
+        os.environ["CACE_CACHE_DIR"] = str(s.cache_dir)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
@@ -47,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     if argv[0] != "serve":  # long CLI work shows progress (a bar on a terminal, periodic lines in a log)
         importlib.import_module("explainers.progress").enable()
+        export_settings()
     # "module" runs module.main; "module:function" runs that function (several commands, one module).
     module_name, _, function = COMMANDS[argv[0]][0].partition(":")
     module = importlib.import_module(module_name)

@@ -239,6 +239,7 @@ class ObservabilityMiddleware:
         scope.setdefault("state", {})["request_id"] = rid
         status = 500
         started = time.perf_counter()
+        scope["state"]["received_at"] = started  # answers' timings count from here
 
         async def tagged(msg: Message) -> None:
             nonlocal status

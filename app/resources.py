@@ -36,9 +36,12 @@ from explainers.classifiers.cache import CachingClassifier
 from explainers.domains import BUILTIN as BUILTIN_DOMAINS
 from explainers.domains import Domain
 from explainers.labels import tagged
+from explainers.progress import Stages, reporting_to
 from explainers.registry import MissingResource, available, build_explainer
 
 log = logging.getLogger("cace.resources")
+# What the first start is doing: one line per stage and per 10% (explainers.progress.Stages).
+startup_log = logging.getLogger("cace.startup")
 
 BUILTIN = "builtin"
 # The fewest classifier texts worth a calibration (calibrate() cuts a pool to whole origins).
@@ -48,7 +51,7 @@ CALIBRATION_CHECK_EVERY_S = 5.0
 
 
 class Component:
-    """Load state of one embedded default."""
+    """Load state of one embedded default, with its stages while it loads (`/readyz`, the log, the UI)."""
 
     def __init__(self, name: str, required: bool) -> None:
         self.name = name
@@ -56,13 +59,19 @@ class Component:
         self.status = "pending"
         self.detail = ""
         self.seconds: float | None = None
+        self.stages = Stages(f"default {name}", log=startup_log.info)
 
     def to_dict(self) -> dict[str, Any]:
+        progress = self.stages.snapshot()
+        detail = self.detail
+        if self.status == "loading" and progress["stage"]:
+            detail = f"{progress['stage']}: {self.stages.line()}"
         return {
             "status": self.status,
-            "detail": self.detail,
+            "detail": detail,
             "required": self.required,
             "seconds": self.seconds,
+            "progress": progress,
         }
 
 
@@ -113,6 +122,7 @@ class Runtime:
         self.components: dict[str, Component] = {}
         self.loaded = threading.Event()
         self.handlers: dict[str, Any] = handlers(self) if handlers else {}  # job kind -> handler
+        self._prewarm_on_load = True
 
     # ---- embedded defaults ----------------------------------------------------------------
     def default_classifier_name(self) -> str | None:
@@ -132,8 +142,13 @@ class Runtime:
             self.components[name] = Component(name, required)
         return steps
 
-    def load_defaults(self) -> None:
-        """Load every configured default; failures are recorded, not raised (the rest still loads)."""
+    def load_defaults(self, *, prewarm: bool = True) -> None:
+        """Load every configured default; failures are recorded, not raised (the rest still loads).
+
+        `prewarm=False` (`cace serve --prepare-only`) builds the artifacts but not the in-memory
+        explainers, which a process that exits would throw away.
+        """
+        self._prewarm_on_load = prewarm
         for name, _, fn in self.plan_defaults():
             comp = self.components[name]
             comp.status = "loading"
@@ -141,8 +156,9 @@ class Runtime:
             try:
                 comp.detail = fn()
                 comp.status = "ready"
-                with self._lock:
-                    self._explainers.clear()  # rebuild with the newly loaded resource
+                startup_log.info(
+                    "default %s ready in %.1fs: %s", name, time.perf_counter() - started, comp.detail
+                )
             except ModuleNotFoundError as e:
                 comp.status, comp.detail = "unavailable", f"library module missing: {e.name}"
             except Exception as e:  # keep serving what did load
@@ -150,6 +166,59 @@ class Runtime:
                 comp.status, comp.detail = "failed", f"{type(e).__name__}: {e}"
             comp.seconds = round(time.perf_counter() - started, 2)
         self.loaded.set()
+
+    def prewarm_methods(self) -> list[str]:
+        """The methods built for the default domain and classifier before the service is ready."""
+        return [m for m in self.settings.prewarm_methods if m in available()]
+
+    def _prewarm(self, domain: Domain, stages: Stages) -> list[str]:
+        """Build the default domain's explainers for the default classifier now, not in a first request.
+
+        Each build (a fit on the corpus: splice's sentence index, auto's calibration) took up to
+        tens of seconds inside the first request; they are cached like any other explainer.
+        """
+        name = self.default_classifier_name()
+        classifier = self.builtin_classifiers.get(name) if name else None
+        methods = self.prewarm_methods()
+        built = []
+        with stages.stage("explainers", ", ".join(methods)):
+            for concept in domain.schema.names:  # each concept's projected corpus (built on first use)
+                domain.space.pool_vectors(concept)
+            sample = self._warm_up_query(domain) if classifier is not None else None
+            for i, method in enumerate(methods):
+                try:
+                    explainer, lock, _ = self.explainer(method, domain, classifier_name=name)
+                    built.append(method)
+                except MissingResource as e:  # e.g. a method this domain cannot run: later requests say why
+                    log.info("explainer %s not prebuilt for domain %s: %s", method, domain.id, e)
+                    continue
+                if sample is not None:
+                    # One real explanation of a new text: the encoder's first run, the taggers,
+                    # the indices and the classifier each pay their first-call costs here.
+                    text, intervention, labels = sample
+                    try:
+                        with lock, reporting_to(None):  # its inner bars (one text) are not the stage's
+                            explainer.explain(text, intervention, classifier, 5, base_labels=labels)
+                    except Exception as e:  # a warm-up only: the request that hits it will say why
+                        log.warning("warm-up explanation with %s failed: %s: %s", method, type(e).__name__, e)
+                stages.update((i + 1) / len(methods), f"{i + 1}/{len(methods)} methods")
+        return built
+
+    def _warm_up_query(self, domain: Domain) -> tuple[str, Any, dict[str, str]] | None:
+        """A new text (a corpus text, reworded) and an intervention on it that the domain can answer."""
+        from explainers.concepts import Intervention
+
+        if not len(domain.pool):
+            return None
+        text = f"{domain.pool.texts[0]} (warm-up)"
+        labels = domain.taggers.predict([text])[0] if domain.taggers is not None else {}
+        labels = {**domain.pool.labels[0], **labels}
+        for concept in domain.schema.concepts:
+            source = labels.get(concept.name)
+            targets = [v for v in concept.values if v != source and domain.pool.indices_with(concept.name, v)]
+            if source is not None and targets:
+                return text, Intervention(concept.name, targets[0], source), labels
+        return None
 
     @property
     def ready(self) -> bool:
@@ -163,8 +232,10 @@ class Runtime:
 
         name = self.default_classifier_name()
         assert name is not None
-        path = ensure_reference(name, self.settings.data_dir, self.settings.datasets_dir)
-        clf = CachingClassifier(load_reference(path), key=f"{BUILTIN}:{name}")
+        stages = self.components["classifier"].stages
+        with stages.stage("load", name):
+            path = ensure_reference(name, self.settings.data_dir, self.settings.datasets_dir)
+            clf = CachingClassifier(load_reference(path), key=f"{BUILTIN}:{name}")
         meta = read_meta(path)
         self.builtin_classifiers[name] = clf
         self.builtin_meta[name] = {
@@ -186,19 +257,33 @@ class Runtime:
 
     def _load_default_domain(self) -> str:
         """A built-in domain by name (built on first start), or an operator's domain folder."""
-        from explainers.domains import ensure_builtin, load_domain
+        from explainers.domains import ensure_builtin, ensure_corpus_domain
 
         name = self.settings.default_domain
+        stages = self.components["domain"].stages
+        # Declared first so the stages the library adds (load, or a build's) come before it.
+        if self._prewarm_on_load:
+            stages.expect([("explainers", 1.5)])  # weight: see explainers.domains.build.BUILD_STAGES
         if name in BUILTIN_DOMAINS:
             domain = ensure_builtin(
-                name, self.domains.root, self.settings.datasets_dir, encoder=self.encoder()
+                name,
+                self.domains.root,
+                self.settings.datasets_dir,
+                encoder=self.encoder(),
+                log=log.info,
+                stages=stages,
             )
-        else:
-            domain = load_domain(Path(name), encoder=self.encoder())
-        domain.space.base_vectors()  # warm the embedding cache so the first request is fast
+        else:  # a domain folder, or a folder with a corpus.jsonl built in place on first start
+            domain = ensure_corpus_domain(Path(name), encoder=self.encoder(), log=log.info, stages=stages)
+        with self._lock:
+            self._explainers.clear()  # rebuilt over the newly loaded domain
+        built = self._prewarm(domain, stages) if self._prewarm_on_load else []
         self.domains.pin(domain)
         self.default_domain_id = domain.id
-        return f"domain {domain.id}: {len(domain.pool)} texts, {len(domain.pool.pairs)} pairs"
+        return (
+            f"domain {domain.id}: {len(domain.pool)} texts, {len(domain.pool.pairs)} pairs; "
+            f"explainers ready: {', '.join(built) or 'none'}"
+        )
 
     def domain(self, domain_id: str | None) -> Domain:
         """The named domain, or the default; LookupError/MissingResource say what is missing."""
@@ -292,7 +377,9 @@ class Runtime:
                 remember(self._explainers, key, hit, limit=16)
         return hit[0], hit[1], info
 
-    def maybe_calibrate(self, domain: Domain, classifier_name: str) -> str | None:
+    def maybe_calibrate(
+        self, domain: Domain, classifier_name: str, queued_by: str = "explanation"
+    ) -> str | None:
         """Queue the calibration of a classifier on a domain after its first successful explanation there.
 
         Only for built-in and registered classifiers (an inline spec is anyone's URL: no calibration
@@ -312,12 +399,12 @@ class Runtime:
                 self._calibration_checked.clear()
             self._calibration_checked[key] = now + CALIBRATION_CHECK_EVERY_S
         try:
-            return self._queue_calibration(domain, classifier_name)
+            return self._queue_calibration(domain, classifier_name, queued_by)
         except Exception:  # the explanation that asked worked: a store blip here must not fail it
             log.exception("queueing the calibration of %r on %r failed", classifier_name, domain.id)
             return None
 
-    def _queue_calibration(self, domain: Domain, classifier_name: str) -> str | None:
+    def _queue_calibration(self, domain: Domain, classifier_name: str, queued_by: str) -> str | None:
         s = self.settings
         if classifier_name not in self.builtin_classifiers and (
             self.store.registry_get("classifier", classifier_name) is None
@@ -337,8 +424,13 @@ class Runtime:
             "classifier": classifier_name,
             "max_pairs": s.calibration_max_pairs,
         }
-        job_id = self.store.create_job("calibration", request, [{}], limit=s.job_queue_limit)
+        why = f"service: first {queued_by} of classifier {classifier_name!r} on domain {domain.id!r}"
+        job_id = self.store.create_job(
+            "calibration", request, [{}], limit=s.job_queue_limit, queued_by=why[:200]
+        )
         self.store.set_calibration_job(domain.id, classifier_name, job_id)
+        if job_id is not None:
+            log.info("queued calibration job %s (%s)", job_id, why)
         return job_id
 
     def infer_labels(self, domain: Domain, texts: list[str]) -> list[dict[str, str]]:

@@ -113,7 +113,7 @@ def prepare(settings: Settings) -> int:
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     rt = Runtime(settings, Store(settings.job_store_url, settings.table_prefix))
-    rt.load_defaults()
+    rt.load_defaults(prewarm=False)
     for comp in rt.components.values():
         print(f"{comp.name:<10} {comp.status:<11} {comp.seconds:>8}s  {comp.detail}")
     return 0 if all(c.status == "ready" for c in rt.components.values()) else 1

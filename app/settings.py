@@ -43,6 +43,11 @@ class Settings(BaseSettings):
     # once, then up to K new texts per held-out pair for `splice` (its K shrinks to fit).
     calibration_max_pairs: int = Field(4000, ge=50, le=100000)
     calibration_max_texts: int = Field(100000, ge=100, le=1000000)
+    # Explainers built for the default domain and classifier before /readyz turns 200, so a first
+    # request costs what the tenth does (comma-separated method names; unknown names are skipped).
+    prewarm_methods: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["match", "splice", "auto"]
+    )
     # What calibrations may send one classifier, shared by every replica (kept in the job store):
     # texts per window, counting every attempt; a calibration that would pass it fails and waits.
     calibration_budget_texts: int = Field(200000, ge=0)
@@ -159,7 +164,14 @@ class Settings(BaseSettings):
     # Proxies (IPs/CIDRs) whose X-Forwarded-For / X-Forwarded-Proto are believed; empty: none.
     trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
-    @field_validator("outbound_allow", "kserve_labels", "llm_secret_envs", "trusted_proxies", mode="before")
+    @field_validator(
+        "outbound_allow",
+        "kserve_labels",
+        "llm_secret_envs",
+        "trusted_proxies",
+        "prewarm_methods",
+        mode="before",
+    )
     @classmethod
     def _comma_list(cls, v: object) -> object:
         if isinstance(v, str):

@@ -46,7 +46,7 @@ from explainers.domains import (  # noqa: E402
     zero_label,  # noqa: E402
 )
 from explainers.embeddings import Encoder  # noqa: E402
-from explainers.estimators.calibration import calibrate  # noqa: E402
+from explainers.estimators.calibration_fit import calibrate  # noqa: E402
 from explainers.generation.backends import OpenAIBackend  # noqa: E402
 from explainers.generation.cache import GenerationCache  # noqa: E402
 from explainers.generation.server import LlamaServer  # noqa: E402

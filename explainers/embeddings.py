@@ -9,12 +9,15 @@ local folder, and knows the all-MiniLM-L6-v2 copy that ships in the
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -103,6 +106,7 @@ class Encoder:
             raise ValueError(f"unknown encoder backend {self.backend!r}; choose one of {BACKENDS}")
         # fp32 ONNX gives torch's vectors (within ~1e-6), so they share a cache; int8 vectors differ.
         fingerprint = model_fingerprint(self.path) + ("-int8" if self.backend == "onnx-int8" else "")
+        self.fingerprint = fingerprint
         with Encoder._lock:
             self._cache = Encoder._caches.setdefault(fingerprint, _SharedCache(self.max_cached))
         self._cache_file = cache_dir() / "embeddings" / f"{fingerprint}.npz"
@@ -157,6 +161,11 @@ class Encoder:
         np.savez(tmp, keys=keys, vectors=vecs)
         os.replace(tmp, self._cache_file)
 
+    def remember(self, texts: Sequence[str], vectors: np.ndarray) -> None:
+        """Put known embeddings of `texts` (this model's, e.g. a build's saved stage output) in the cache."""
+        for t, v in zip(texts, np.asarray(vectors, dtype=np.float32), strict=True):
+            self._cache.put(self._key(t), v)
+
     def forget(self, texts: Sequence[str]) -> None:
         """Drop these texts' cached embeddings (in memory), e.g. to time a new text's request-time embedding."""
         for t in texts:
@@ -176,30 +185,103 @@ class Encoder:
             show_progress_bar=False,
         )
 
-    def encode(self, texts: Sequence[str]) -> np.ndarray:
-        """(n, d) float32 unit vectors; cached texts are not re-encoded."""
+    def _replica(self, i: int) -> Any:
+        """The i-th copy of the torch model (0 is `model`): each parallel worker runs its own."""
+        if i == 0:
+            return self.model
+        key = f"{self.backend}:{self.path}#{i}"
+        with Encoder._lock:
+            if key not in Encoder._models:
+                from sentence_transformers import SentenceTransformer
+
+                Encoder._models[key] = SentenceTransformer(self.path, device="cpu")
+            return Encoder._models[key]
+
+    def _embed_parallel(
+        self, chunks: list[list[str]], workers: int, done: Callable[[list[str], np.ndarray], None]
+    ) -> None:
+        """Embed chunks on `workers` threads, each running its own model copy on one core.
+
+        Why: a small encoder's batches keep two intra-op threads poorly busy (and on a shared,
+        busy machine their spin-waits burn the CPU they wait for); independent single-threaded
+        workers keep every core on useful work. Torch releases the GIL while it computes.
+        """
+        import torch
+
+        previous = torch.get_num_threads()
+        lock = threading.Lock()
+        queue = list(reversed(chunks))
+
+        def work(i: int) -> None:
+            torch.set_num_threads(1)
+            model = self._replica(i)
+            while True:
+                with lock:
+                    if not queue:
+                        return
+                    part = queue.pop()
+                vecs = model.encode(
+                    part,
+                    batch_size=self.batch_size,
+                    normalize_embeddings=True,
+                    convert_to_numpy=True,
+                    show_progress_bar=False,
+                )
+                with lock:
+                    try:
+                        done(part, np.asarray(vecs, dtype=np.float32))
+                    except BaseException:  # cancelled (or failed): the other workers stop too
+                        queue.clear()
+                        raise
+
+        try:
+            # Each worker runs in a copy of the caller's context: its progress reaches the caller's
+            # stage, and a cancelled job stops it at its next batch (explainers.progress).
+            with ThreadPoolExecutor(workers, thread_name_prefix="cace-embed") as pool:
+                futures = [pool.submit(contextvars.copy_context().run, work, i) for i in range(workers)]
+                for f in futures:
+                    f.result()
+        finally:
+            torch.set_num_threads(previous)
+
+    def encode(self, texts: Sequence[str], *, workers: int = 1) -> np.ndarray:
+        """(n, d) float32 unit vectors; cached texts are not re-encoded.
+
+        `workers` > 1 (torch backend): embed on that many single-threaded model copies at once
+        (a corpus at a domain build; see `_embed_parallel`).
+        """
         self._load_disk()
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         keys = [self._key(t) for t in texts]
         found = [self._cache.get(k) for k in keys]
         missing = list(dict.fromkeys(t for t, row in zip(texts, found, strict=True) if row is None))
+        # By length, so each batch pads to texts of about its own length (less work; the chunks
+        # keep no order the caller sees: rows are looked up by text).
+        missing.sort(key=len)
         fresh: dict[str, np.ndarray] = {}
         if missing:
-            # In chunks, so a long embedding run (a fresh pool) can report progress, and a cancelled
-            # job's run stops within one model batch (Progress.update is a cancellation checkpoint).
+            # In chunks (one model batch each), so a long embedding run (a fresh pool) reports progress,
+            # parallel workers share the work evenly, and a cancelled job's run stops within one
+            # batch (Progress.update is a cancellation checkpoint).
             chunk = self.batch_size
-            parts: list[np.ndarray] = []
             with Progress(len(missing), "embed", unit="text") as bar:
-                for start in range(0, len(missing), chunk):
-                    parts.append(np.asarray(self._embed(missing[start : start + chunk]), dtype=np.float32))
-                    bar.update(len(parts[-1]))
-            vecs = np.concatenate(parts)
-            for t, v in zip(missing, vecs, strict=True):
-                fresh[self._key(t)] = v
-                self._cache.put(self._key(t), v)
-            if len(missing) >= 32:
-                self._save_disk()
+
+                def done(part: list[str], vecs: np.ndarray) -> None:
+                    for t, v in zip(part, vecs, strict=True):
+                        fresh[self._key(t)] = v
+                        self._cache.put(self._key(t), v)
+                    bar.update(len(vecs))
+                    if len(missing) >= 32:
+                        # Written as it grows, so a run killed half way (a first start) resumes here.
+                        self._save_disk()
+
+                chunks = [missing[start : start + chunk] for start in range(0, len(missing), chunk)]
+                if workers > 1 and self.backend == "torch" and len(chunks) > 1:
+                    self._embed_parallel(chunks, min(workers, len(chunks)), done)
+                else:
+                    for part in chunks:
+                        done(part, np.asarray(self._embed(part), dtype=np.float32))
         # Fresh rows are read from `fresh`, not the cache: a big call may have evicted its own first rows.
         return np.stack(
             [row if row is not None else fresh[k] for row, k in zip(found, keys, strict=True)]

@@ -17,9 +17,12 @@ Any labelled corpus works; rows whose label for a concept is not one of its valu
 from __future__ import annotations
 
 import argparse
+import contextvars
 import json
+import threading
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,8 +33,8 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 
 from explainers.artifacts import META, data_hash, read_meta, write_meta
-from explainers.concepts import CEBAB_SCHEMA, ConceptSchema
-from explainers.progress import checkpoint
+from explainers.concepts import CEBAB_SCHEMA, Concept, ConceptSchema
+from explainers.progress import Progress, checkpoint
 
 FEATURES = ("minilm", "tfidf")
 DEFAULT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
@@ -101,9 +104,17 @@ class TaggerSet:
 
     # -- training and inference -------------------------------------------------------------
     def fit(
-        self, texts: Sequence[str], labels: Sequence[Mapping[str, str]], schema: ConceptSchema | None = None
+        self,
+        texts: Sequence[str],
+        labels: Sequence[Mapping[str, str]],
+        schema: ConceptSchema | None = None,
+        *,
+        workers: int = 1,
     ) -> TaggerSet:
-        """Fit every concept's tagger; `labels[i]` maps concept -> value for `texts[i]`."""
+        """Fit every concept's tagger; `labels[i]` maps concept -> value for `texts[i]`.
+
+        `workers` > 1 fits that many concepts at once (the same taggers, sooner on several cores).
+        """
         if schema is not None:
             self.schema = schema
         if len(texts) != len(labels):
@@ -114,8 +125,10 @@ class TaggerSet:
             )
             self.vectorizer.fit(list(texts))
         X = self._features(texts)
-        self.taggers = {}
-        for concept in self.schema.concepts:
+        bar = Progress(len(self.schema.concepts), "taggers", unit="concept")
+        lock = threading.Lock()
+
+        def fit_one(concept: Concept) -> ConceptTagger:
             checkpoint()  # a cancelled build stops between concepts
             values = list(concept.values)
             keep = [i for i, row in enumerate(labels) if row.get(concept.name) in values]
@@ -124,12 +137,30 @@ class TaggerSet:
             y = np.array([labels[i][concept.name] for i in keep])
             if len(set(y)) == 1:
                 only = str(y[0])
-                order = [only] + [v for v in values if v != only]
-                self.taggers[concept.name] = ConceptTagger(concept.name, order, None)
-                continue
-            model = LogisticRegression(C=self.C, max_iter=3000)
-            model.fit(X[keep], y)
-            self.taggers[concept.name] = ConceptTagger(concept.name, values, model)
+                tagger = ConceptTagger(concept.name, [only] + [v for v in values if v != only], None)
+            else:
+                model = LogisticRegression(C=self.C, max_iter=3000)
+                model.fit(X[keep], y)
+                tagger = ConceptTagger(concept.name, values, model)
+            with lock:
+                bar.update(note=concept.name)
+            return tagger
+
+        concepts = list(self.schema.concepts)
+        if workers > 1 and len(concepts) > 1:
+            # Each concept's fit is independent (and deterministic): side by side on single-threaded
+            # BLAS, as many as `workers` cores (the solver's sparse products release the GIL).
+            # Each worker runs in a copy of this context: progress reaches the caller's stage and
+            # a cancelled build stops its fits (explainers.progress.cancellable).
+            from threadpoolctl import threadpool_limits
+
+            with threadpool_limits(1), ThreadPoolExecutor(min(workers, len(concepts))) as pool:
+                futures = [pool.submit(contextvars.copy_context().run, fit_one, c) for c in concepts]
+                fitted = [f.result() for f in futures]
+        else:
+            fitted = [fit_one(c) for c in concepts]
+        self.taggers = {c.name: t for c, t in zip(concepts, fitted, strict=True)}
+        bar.close()
         return self
 
     def _check_fitted(self) -> None:
@@ -212,12 +243,12 @@ def cebab_corpus(split: str | Path, data_dir: Path | None = None) -> tuple[list[
 
 
 def train_cebab_taggers(
-    out: Path, data_dir: Path | None = None, *, split: str = "train_inclusive", **options
+    out: Path, data_dir: Path | None = None, *, split: str = "train_inclusive", workers: int = 1, **options
 ) -> dict:
     """Train CEBaB taggers on `split`, save them to `out` with per-concept dev accuracy in meta.json."""
     texts, labels = cebab_corpus(split, data_dir)
     started = time.perf_counter()
-    ts = TaggerSet(CEBAB_SCHEMA, **options).fit(texts, labels)
+    ts = TaggerSet(CEBAB_SCHEMA, **options).fit(texts, labels, workers=workers)
     train_s = time.perf_counter() - started
     dev_texts, dev_labels = cebab_corpus("dev", data_dir)
     dev = ts.accuracy(dev_texts, dev_labels)

@@ -27,10 +27,10 @@ from explainers.concepts import ConceptSchema, Intervention
 from explainers.data.pool import Pool
 from explainers.errors import BudgetExhausted, Cancelled, UpstreamUnavailable
 from explainers.estimate import cace
-from explainers.progress import cancellable, checkpoint
+from explainers.progress import Stages, cancellable, checkpoint
 from explainers.types import Explanation, explain_batch, zero_explanation
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("cace.jobs")
 
 
 class EffectsHandler:
@@ -147,7 +147,7 @@ class EffectsHandler:
                 domain = self.rt.domain(params.domain)
             except (LookupError, ValueError):  # deleted meanwhile: nothing to calibrate on
                 return result
-            self.rt.maybe_calibrate(domain, params.classifier)
+            self.rt.maybe_calibrate(domain, params.classifier, queued_by="effects job")
         return result
 
 
@@ -248,6 +248,11 @@ def row_out(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def job_stages(rt: Runtime, job_id: str, what: str) -> Stages:
+    """Progress of a one-item job's work, stored on its job row (at most once a second) for GET /v1/jobs."""
+    return Stages(what, log=log.info, on_update=lambda snap: rt.store.set_job_stages(job_id, snap))
+
+
 def job_cancelled(store: Any, job_id: str) -> bool:
     """Whether a running job's work should stop (cancelled, or otherwise final) as the store says."""
     try:
@@ -308,6 +313,7 @@ class CalibrationHandler:
                     max_classifier_texts=max_texts,
                     classifier_name=name,
                     log=lambda _: checkpoint(),  # called between stages: a cancel is seen there too
+                    stages=job_stages(self.rt, job_id, f"calibration of {name} on {domain.id}"),
                 )
         except (UpstreamUnavailable, httpx.TransportError) as e:
             raise RetryableError(f"{type(e).__name__}: {e}") from e
@@ -367,7 +373,13 @@ class DomainHandler:
                 pool, hooks = pool_from_rows(payload["corpus"], schema), {}
             augment = self._augmenter(job_id, pool, request["generate"]) if request.get("generate") else None
             domain = build_domain(
-                self.rt.domains.root, domain_id, pool, encoder=self.rt.encoder(), augment=augment, **hooks
+                self.rt.domains.root,
+                domain_id,
+                pool,
+                encoder=self.rt.encoder(),
+                augment=augment,
+                stages=job_stages(self.rt, job_id, f"domain build {domain_id}"),
+                **hooks,
             )
         self.rt.forget_domain(domain_id)
         d = domain.describe()

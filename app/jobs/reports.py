@@ -173,7 +173,7 @@ def plan(
             extra={"skipped": skipped},
         )
     for name in names:
-        rt.maybe_calibrate(domain, name)
+        rt.maybe_calibrate(domain, name, queued_by="report")
     request = params.model_dump(mode="json", exclude={"texts"})
     request.update(
         domain=domain.id,

@@ -92,7 +92,9 @@ def _submit(
             result = summarize(params, rows)
         except ValueError as e:
             raise ApiError(422, "Nothing to estimate", str(e), kind="no-effect") from e
-        rt.maybe_calibrate(r.domain, r.classifier_name)  # only after texts were explained
+        rt.maybe_calibrate(
+            r.domain, r.classifier_name, queued_by="effects request"
+        )  # only after texts were explained
         body = EffectsInlineResponse(result=result, rows=[row_out(x) for x in rows])
         return JSONResponse(body.model_dump(mode="json"))
     return submit(rt, "effects", request, itertools.chain(payloads, rest or ()), owner)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from app import explain
 from app.routes.common import RuntimeDep, problems
@@ -17,7 +17,7 @@ router = APIRouter(tags=["explanations"])
     response_model=ExplanationResponse,
     responses=problems(409, 422, 502, 504),
 )
-def create_explanation(req: ExplanationRequest, rt: RuntimeDep) -> dict:
+def create_explanation(req: ExplanationRequest, request: Request, rt: RuntimeDep) -> dict:
     """How would the classifier's output change if only `intervention.concept` were `intervention.target`?
 
     Finds counterfactuals in the request's domain (default: the server's) by the chosen
@@ -25,4 +25,4 @@ def create_explanation(req: ExplanationRequest, rt: RuntimeDep) -> dict:
     otherwise), scores them with the classifier, and returns the per-label ICaCE with the
     counterfactuals used and the domain, space and pool they came from.
     """
-    return explain.explain_one(rt, req)
+    return explain.explain_one(rt, req, received_at=request.scope.get("state", {}).get("received_at"))

@@ -17,25 +17,32 @@ from app.jobs.handlers import row_out
 from app.problems import ApiError, not_found
 from app.resources import Runtime
 from app.routes.common import RuntimeDep, problems, queue_full
-from app.schemas import JobList, JobOut, RowsPage
+from app.schemas import JOB_RESULT_KINDS, JobList, JobOut, RowsPage
 
 router = APIRouter(tags=["jobs"])
 
 
 def job_out(job: dict[str, Any] | None) -> JobOut:
+    """One job as the API shows it, listed or alone: counts, progress (items finished, or the
+    running item's stages for a one-item job such as a build or a calibration), typed result."""
     if job is None:  # deleted between its creation and this read
         raise not_found("job", "?")
     counts = job.get("counts") or {}
     total = job["total"] or 1
-    progress = (counts.get("done", 0) + counts.get("failed", 0)) / total
+    finished = counts.get("done", 0) + counts.get("failed", 0)
+    progress = finished / total
+    stages = job.get("stages")
+    if stages and job["status"] in ("queued", "running") and finished < total:
+        # The running item's own percent, as a share of one item (never 1.0 before it is stored).
+        progress = min((finished + stages.get("percent", 0.0) / 100) / total, (total - 0.001) / total)
     links = {"self": f"/v1/jobs/{job['id']}"}
     if job["kind"] == "effects":
         links.update(rows=f"/v1/jobs/{job['id']}/rows", download=f"/v1/jobs/{job['id']}/rows.jsonl")
-    return JobOut(
-        **{k: v for k, v in job.items() if k in JobOut.model_fields and k != "links"},
-        progress=round(progress, 4),
-        links=links,
-    )
+    result = job.get("result")
+    if isinstance(result, dict) and job["kind"] in JOB_RESULT_KINDS:
+        result = {**result, "kind": job["kind"]}  # the union's discriminator
+    fields = {k: v for k, v in job.items() if k in JobOut.model_fields and k not in ("links", "result")}
+    return JobOut(**fields, result=result, progress=round(progress, 4), links=links)
 
 
 # Offsets beyond any real table; larger ones overflow the database's integer (PostgreSQL: bigint).
@@ -127,15 +134,25 @@ def list_job_rows(
     )
 
 
+class NDJSONResponse(StreamingResponse):
+    """JSON Lines: the only media type the download declares (a client must not parse it as one JSON)."""
+
+    media_type = "application/x-ndjson"
+
+
 @router.get(
     "/v1/jobs/{job_id}/rows.jsonl",
     operation_id="download_job_rows",
+    response_class=NDJSONResponse,
     responses={
-        200: {"content": {"application/x-ndjson": {}}, "description": "One EffectRow per line"},
+        200: {
+            "content": {"application/x-ndjson": {"schema": {"type": "string", "format": "binary"}}},
+            "description": "One EffectRow (JSON) per line",
+        },
         **problems(404),
     },
 )
-def download_job_rows(job_id: str, request: Request, rt: RuntimeDep) -> StreamingResponse:
+def download_job_rows(job_id: str, request: Request, rt: RuntimeDep) -> NDJSONResponse:
     """All per-text rows as JSON Lines (streamed in pages)."""
     _job(rt, job_id, request)  # 404 (unknown, or another key's) before the stream starts
 
@@ -143,7 +160,7 @@ def download_job_rows(job_id: str, request: Request, rt: RuntimeDep) -> Streamin
         for r in rt.store.iter_item_rows(job_id):  # keyset pages: linear time, bounded memory
             yield (json.dumps(row_out(r)) + "\n").encode()
 
-    return StreamingResponse(
+    return NDJSONResponse(
         lines(),
         media_type="application/x-ndjson",
         headers={"Content-Disposition": f'attachment; filename="{job_id}.jsonl"'},

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -198,8 +198,41 @@ class MethodsOut(BaseModel):
     )
 
 
+class StageOut(BaseModel):
+    name: str
+    status: Literal["pending", "running", "done", "reused"] = Field(
+        description="reused: its output came from an earlier, interrupted run of the same build."
+    )
+    seconds: float | None = Field(None, description="How long it took (done stages).")
+    cpu_s: float | None = Field(None, description="Process CPU seconds (all threads) while it ran.")
+
+
+class StartProgress(BaseModel):
+    """Where a loading component is: its stages, the percent done and an ETA from the measured rate."""
+
+    stage: str | None = Field(None, description="The stage running now (None between stages or when done).")
+    stage_index: int | None = Field(None, description="1-based position of the running stage.")
+    stage_count: int = 0
+    stage_percent: float | None = None
+    note: str = Field("", description="What the running stage is counting, e.g. '4096/11728 text'.")
+    percent: float = Field(0.0, description="Share of the whole load done, 0-100 (stages weighted by cost).")
+    elapsed_s: float = 0.0
+    eta_s: float | None = Field(
+        None, description="Seconds left at the rate measured so far; None until measured."
+    )
+    stages: list[StageOut] = Field(default_factory=list)
+
+
+class ComponentOut(BaseModel):
+    status: str = Field(description="pending, loading, ready, failed, unavailable or degraded.")
+    detail: str = ""
+    required: bool = True
+    seconds: float | None = Field(None, description="Load time, once loaded.")
+    progress: StartProgress | None = Field(None, description="Stages of a default being loaded or built.")
+
+
 class Health(BaseModel):
     status: str
     ready: bool = False
-    components: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    components: dict[str, ComponentOut] = Field(default_factory=dict)
     instance: str | None = None

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.schemas.explanations import EXAMPLE_TEXT, MethodRequest
+from app.schemas.catalog import StartProgress
+from app.schemas.explanations import (
+    EXAMPLE_TEXT,
+    MethodRequest,
+)
 from app.schemas.types import MAX_SEED, Labels, NonBlankText, SafeText, StrictFloat, StrictInt
 
 
@@ -95,6 +99,87 @@ class EffectsInlineResponse(BaseModel):
     rows: list[EffectRow]
 
 
+class EffectsJobResult(CaceResult):
+    """The result of an effects job: what the same request answers inline."""
+
+    kind: Literal["effects"] = "effects"
+
+
+class DomainBuildResult(BaseModel):
+    """The result of a domain build: what GET /v1/domains/{id} then describes."""
+
+    kind: Literal["domain"] = "domain"
+    domain_id: str
+    stats: dict[str, Any] = Field(
+        default_factory=dict, description="texts, origins, groups, pairs per concept"
+    )
+    taggers: dict[str, Any] = Field(
+        default_factory=dict, description="Per concept: accuracy, majority, usable"
+    )
+    space: dict[str, Any] = Field(default_factory=dict, description="The trained concept space: hit rates")
+    methods: dict[str, dict[str, str | None]] = Field(default_factory=dict)
+    generation: dict[str, Any] | None = None
+
+
+class CalibrationJobResult(BaseModel):
+    """The result of a calibration: the classifier's held-out error table on the domain."""
+
+    kind: Literal["calibration"] = "calibration"
+    domain_id: str
+    classifier: str
+    created_at: str | float | None = None
+    fingerprint: str | None = None
+    cost: dict[str, Any] | None = None
+    heldout_pairs: int | None = None
+    coverage: dict[str, Any] | None = None
+    default_estimator: str | None = None
+    auto: dict[str, Any] | None = Field(None, description="auto's held-out error (macro)")
+    zero: dict[str, Any] | None = None
+    table: dict[str, Any] = Field(default_factory=dict, description="Per estimator: held-out error (macro)")
+
+
+class ReportJobResult(BaseModel):
+    """The result of a model report: per (concept, source, target) cell its CaCE, CI and tests
+    (GET /v1/reports/{id} renders it); fields beyond these are kept as they are."""
+
+    model_config = ConfigDict(extra="allow")
+
+    kind: Literal["report"] = "report"
+    domain: str | None = None
+    classifier: str | None = None
+    method: str | None = None
+    top_k: int | None = None
+    n_texts: int | None = None
+    cells: list[dict[str, Any]] = Field(default_factory=list)
+    skipped: list[dict[str, Any]] = Field(default_factory=list)
+    cost: dict[str, Any] | None = None
+
+
+class ComparisonJobResult(BaseModel):
+    """The result of a comparison of two classifiers on the same counterfactuals; fields beyond
+    these are kept as they are."""
+
+    model_config = ConfigDict(extra="allow")
+
+    kind: Literal["comparison"] = "comparison"
+    domain: str | None = None
+    method: str | None = None
+    top_k: int | None = None
+    n_texts: int | None = None
+    cells: list[dict[str, Any]] = Field(default_factory=list)
+    skipped: list[dict[str, Any]] = Field(default_factory=list)
+    cost: dict[str, Any] | None = None
+
+
+# One result model per job kind, told apart by `kind` (the job's kind). A new job kind adds its
+# result model here (tests/test_startup.py checks every handler the app mounts has one).
+JobResult = Annotated[
+    EffectsJobResult | DomainBuildResult | CalibrationJobResult | ReportJobResult | ComparisonJobResult,
+    Field(discriminator="kind"),
+]
+JOB_RESULT_KINDS = ("effects", "domain", "calibration", "report", "comparison")
+
+
 class JobOut(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={
@@ -122,7 +207,15 @@ class JobOut(BaseModel):
     created_at: float
     started_at: float | None = None
     finished_at: float | None = None
-    result: dict[str, Any] | None = None
+    queued_by: str | None = Field(
+        None,
+        description="Set when the service queued the job itself (e.g. the calibration a classifier's first "
+        "explanation on a domain starts): what queued it. None: a client did.",
+    )
+    stages: StartProgress | None = Field(
+        None, description="Stages of the running work (domain builds, calibrations), percent and ETA."
+    )
+    result: JobResult | None = Field(None, description="Once succeeded: the kind's result model.")
     links: dict[str, str] = Field(default_factory=dict)
 
 

@@ -135,7 +135,17 @@ class Uncertainty(BaseModel):
 
 
 class Timings(BaseModel):
-    total_ms: float
+    """Where the request's time went; `total_ms` counts everything it waited for, from its arrival."""
+
+    total_ms: float = Field(description="From the request's arrival to its answer (every part below).")
+    waited_ms: float = Field(
+        0.0, description="Before the explanation started: reading the body, auth, a free worker."
+    )
+    resolve_ms: float = Field(
+        0.0,
+        description="Domain, classifier and explainer lookup, including building an explainer not built yet.",
+    )
+    lock_wait_ms: float = Field(0.0, description="Waiting for the explainer while another request used it.")
     source_inference_ms: float
     explain_ms: float
     concepts_ms: float = Field(0.0, description="Reading every concept of the text and counterfactuals.")

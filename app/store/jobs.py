@@ -12,6 +12,7 @@ import sqlalchemy as sa
 
 from app.store.tables import (
     ACTIVE,
+    ITEM_STATES,
     Tables,
     _dump,
     _job_row,
@@ -30,6 +31,7 @@ class JobStore(Tables):
         limit: int | None = None,
         owner: str | None = None,
         chunk: int = 1000,
+        queued_by: str | None = None,
     ) -> str | None:
         """Create a job and its items in one transaction; None if `limit` active jobs already exist.
 
@@ -54,6 +56,7 @@ class JobStore(Tables):
                         total=0,
                         created_at=time.time(),
                         owner=owner,
+                        queued_by=queued_by,
                     )
                 )
                 if limit is not None:
@@ -149,14 +152,7 @@ class JobStore(Tables):
             row = c.execute(self.jobs.select().where(self.jobs.c.id == job_id)).mappings().first()
             if row is None:
                 return None
-            counts: dict[str, int] = {
-                str(k): int(v)
-                for k, v in c.execute(
-                    sa.select(self.items.c.status, sa.func.count())
-                    .where(self.items.c.job_id == job_id)
-                    .group_by(self.items.c.status)
-                ).all()
-            }
+            counts = self._counts(c, [job_id])[job_id]
             errors = c.execute(
                 sa.select(self.items.c.idx, self.items.c.error)
                 .where(self.items.c.job_id == job_id, self.items.c.error.is_not(None))
@@ -164,7 +160,7 @@ class JobStore(Tables):
                 .limit(20)
             ).all()
         job = _job_row(row, with_request)
-        job["counts"] = {k: int(counts.get(k, 0)) for k in ("pending", "running", "done", "failed")}
+        job["counts"] = counts
         job["item_errors"] = [{"index": i, "error": e} for i, e in errors]
         return job
 
@@ -194,7 +190,30 @@ class JobStore(Tables):
                 .all()
             )
             total = c.execute(cq).scalar_one()
-        return [_job_row(r, False) for r in rows], int(total)
+            counts = self._counts(c, [r["id"] for r in rows])
+        jobs = [_job_row(r, False) for r in rows]
+        for job in jobs:
+            job["counts"] = counts.get(job["id"], dict.fromkeys(ITEM_STATES, 0))
+        return jobs, int(total)
+
+    def _counts(self, c: sa.Connection, job_ids: list[str]) -> dict[str, dict[str, int]]:
+        """Item counts per status of each job, in one grouped query (a listing's progress, as GET gives it)."""
+        if not job_ids:
+            return {}
+        out = {j: dict.fromkeys(ITEM_STATES, 0) for j in job_ids}
+        for job_id, status, n in c.execute(
+            sa.select(self.items.c.job_id, self.items.c.status, sa.func.count())
+            .where(self.items.c.job_id.in_(job_ids))
+            .group_by(self.items.c.job_id, self.items.c.status)
+        ).all():
+            if status in out[job_id]:
+                out[job_id][status] = int(n)
+        return out
+
+    def set_job_stages(self, job_id: str, snapshot: dict[str, Any] | None) -> None:
+        """Record where a running job's item is (a Stages snapshot), for readers in any replica."""
+        with self.engine.begin() as c:
+            c.execute(self.jobs.update().where(self.jobs.c.id == job_id).values(stages=_dump(snapshot)))
 
     def cancel_job(self, job_id: str) -> bool:
         """Cancel a queued/running job; False if it already finished (or does not exist)."""

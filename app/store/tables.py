@@ -17,6 +17,7 @@ class _QueueFull(Exception):
 
 
 FINAL = ("succeeded", "failed", "cancelled")
+ITEM_STATES = ("pending", "running", "done", "failed")
 
 
 def _dump(value: Any) -> str | None:
@@ -84,6 +85,11 @@ class Tables:
             sa.Column("finished_at", sa.Float, nullable=True),
             # The API key that created the job (None: auth was off); only it, and admins, may see it.
             sa.Column("owner", sa.String(64), nullable=True, index=True),
+            # What queued a job the service started by itself (e.g. a first explanation's calibration).
+            sa.Column("queued_by", sa.String(200), nullable=True),
+            # The running item's stages (JSON, explainers.progress.Stages.snapshot): single-item jobs
+            # (domain builds, calibrations) report progress inside their one item.
+            sa.Column("stages", sa.Text, nullable=True),
         )
         self.items = sa.Table(
             f"{prefix}job_items",
@@ -128,9 +134,10 @@ class Tables:
     def _migrate(self) -> None:
         """Add columns newer code expects to tables an older version created."""
         cols = {c["name"] for c in sa.inspect(self.engine).get_columns(self.jobs.name)}
-        if "owner" not in cols:
-            with self.engine.begin() as c:
-                c.execute(sa.text(f'ALTER TABLE "{self.jobs.name}" ADD COLUMN owner VARCHAR(64)'))
+        for name, ddl in (("owner", "VARCHAR(64)"), ("queued_by", "VARCHAR(200)"), ("stages", "TEXT")):
+            if name not in cols:
+                with self.engine.begin() as c:
+                    c.execute(sa.text(f'ALTER TABLE "{self.jobs.name}" ADD COLUMN {name} {ddl}'))
 
     def close(self) -> None:
         self.engine.dispose()
@@ -176,8 +183,10 @@ def _job_row(row: Any, with_request: bool) -> dict[str, Any]:
             "started_at",
             "finished_at",
             "owner",
+            "queued_by",
         )
     }
+    job["stages"] = _load(row["stages"])
     job["result"] = _load(row["result"])
     if with_request:
         job["request"] = _load(row["request"])

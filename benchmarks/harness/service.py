@@ -81,6 +81,9 @@ def service(
         "CACE_PORT": str(port),
         "CACE_OUTBOUND_ALLOW": "127.0.0.1/32",
         "CACE_AUTO_CALIBRATE": "false",
+        # Prebuilding splice and auto costs each start ~20 CPU s that most tests never use
+        # (tests/test_startup.py checks the prebuilt first request).
+        "CACE_PREWARM_METHODS": "match",
         "OMP_NUM_THREADS": "2",
         "HF_HUB_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",

@@ -17,9 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from explainers.domains.build import (
+    BUILD_STAGES,
     DomainBuildError,
     build_domain,
+    ensure_corpus_domain,
     infer_schema,
+    load_stage,
     pool_from_rows,
     validate_rows,
 )
@@ -30,18 +33,23 @@ from explainers.domains.domain import DOMAIN_ID, Domain, MethodUnavailable, load
 BUILTIN = {"cebab": ("explainers.domains.cebab", "tfidf-lr")}
 
 
-def ensure_builtin(name: str, root: Path, data_dir: Any = None, *, encoder: Any, log: Any = None) -> Domain:
-    """Load (building on first use) the built-in domain `name` under root/name."""
+def ensure_builtin(
+    name: str, root: Path, data_dir: Any = None, *, encoder: Any, log: Any = None, stages: Any = None
+) -> Domain:
+    """Load (building on first use) the built-in domain `name` under root/name; `stages` gets the progress."""
     import importlib
 
     if name not in BUILTIN:
         raise LookupError(f"no built-in domain {name!r}; built-in: {sorted(BUILTIN)}")
     module = importlib.import_module(BUILTIN[name][0])
-    return getattr(module, f"ensure_{name}_domain")(root, data_dir, encoder=encoder, log=log)
+    return getattr(module, f"ensure_{name}_domain")(root, data_dir, encoder=encoder, log=log, stages=stages)
 
 
 __all__ = [
+    "BUILD_STAGES",
     "BUILTIN",
+    "ensure_corpus_domain",
+    "load_stage",
     "ensure_builtin",
     "DOMAIN_ID",
     "Domain",

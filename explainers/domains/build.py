@@ -13,15 +13,32 @@ The same steps build every domain, an uploaded corpus and CEBaB alike:
 5. a concept space (one contrastive head per concept over frozen MiniLM; a concept without
    pairs keeps the pretrained projection) with its nearest-counterfactual hit rate;
 6. `meta.json`, written last: an interrupted build leaves no domain behind.
+
+The build reports its stages (`BUILD_STAGES`: embed, taggers, space, save, load) to a
+`explainers.progress.Stages`, and is resumable per stage: it works in a staging folder named
+by a hash of everything its output depends on (`<id>.building-<key>`), records each finished
+stage there, and a build of the same inputs after a kill reuses them. A file lock on the
+folder keeps two processes (replicas on a shared volume) from writing into the same one: the
+second waits for the first and loads its domain. Staging folders nobody holds (another
+input's, or an older version's) are removed when a build of that domain starts.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import fcntl
+import hashlib
+import inspect
 import json
+import os
 import shutil
+import threading
 import time
+import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -40,11 +57,48 @@ from explainers.domains.domain import (
     majority_rate,
 )
 from explainers.jsonl import loads_line
-from explainers.progress import checkpoint
+from explainers.progress import Stages, checkpoint, reporting_to
 
 UNKNOWN = "unknown"
 MAX_LABEL_CHARS = 64
 Log = Callable[[str], None] | None
+# A build's stages and their share of the work: CPU seconds per stage of a CEBaB build / 20
+# (embedding the corpus with MiniLM dominates; benchmarks/results/startup.md). The weights shape
+# the percent only: the ETA comes from the rate measured while the build runs.
+BUILD_STAGES: tuple[tuple[str, float], ...] = (
+    ("embed", 6.0),
+    ("taggers", 1.2),
+    ("space", 2.0),
+    ("save", 0.1),
+    ("load", 0.1),
+)
+LOAD_STAGE = ("load", 1.0)
+READ_STAGE = ("read", 0.2)
+AUGMENT_STAGE = ("augment", 20.0)
+
+
+def build_workers() -> int:
+    """Cores a build keeps busy with independent single-threaded workers (embedding, heads): the
+    cores this process may use (OMP_NUM_THREADS when set), at most 4."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        cores = min(cores, int(env))
+    return max(1, min(4, cores))
+
+
+def _encode(encoder: Any, texts: list[str], workers: int) -> np.ndarray:
+    """Embed with parallel workers when the encoder can (explainers.embeddings.Encoder)."""
+    if workers > 1 and "workers" in inspect.signature(encoder.encode).parameters:
+        return np.asarray(encoder.encode(texts, workers=workers), dtype=np.float32)
+    return np.asarray(encoder.encode(texts), dtype=np.float32)
+
+
+# Bumped when a stage's output format changes, so a staging folder of older code is not reused.
+STAGING_VERSION = 1
 
 
 class DomainBuildError(ValueError):
@@ -235,14 +289,16 @@ def fit_taggers(
     schema = pool.schema
     if eval_set is None and len(pool) >= 10:
         train, test = _heldout_split(pool)
-        probe = TaggerSet(schema).fit([pool.texts[i] for i in train], [pool.labels[i] for i in train])
+        probe = TaggerSet(schema).fit(
+            [pool.texts[i] for i in train], [pool.labels[i] for i in train], workers=build_workers()
+        )
         eval_set = ([pool.texts[i] for i in test], [pool.labels[i] for i in test])
         accuracy = probe.accuracy(*eval_set)
         how = "held-out origins (20%)"
     else:
         accuracy = None
         how = "given evaluation set" if eval_set else "none (fewer than 10 texts)"
-    taggers = TaggerSet(schema).fit(pool.texts, pool.labels)
+    taggers = TaggerSet(schema).fit(pool.texts, pool.labels, workers=build_workers())
     if accuracy is None and eval_set is not None:
         accuracy = taggers.accuracy(*eval_set)
     report: dict[str, dict[str, Any]] = {}
@@ -266,27 +322,68 @@ def fit_taggers(
     return report
 
 
-def train_space(pool: Pool, encoder: Any, out: Path, log: Log = None) -> dict[str, Any]:
-    """One contrastive head per concept over frozen MiniLM (concepts without pairs stay pretrained)."""
+def train_space(
+    pool: Pool,
+    encoder: Any,
+    out: Path,
+    log: Log = None,
+    *,
+    base: np.ndarray | None = None,
+    stages: Stages | None = None,
+) -> dict[str, Any]:
+    """One contrastive head per concept over frozen MiniLM (concepts without pairs stay pretrained).
+
+    `base`: the corpus's embeddings when the caller has them; `stages`: the running build's
+    progress, whose current stage this fills (heads first, then the hit-rate diagnostics).
+    """
     from explainers.matching.space import ConceptSpace
     from explainers.matching.trainers import TrainConfig, train_head
 
     started = time.perf_counter()
-    base = encoder.encode(pool.texts)
+    base = encoder.encode(pool.texts) if base is None else base
     cfg = TrainConfig()
     names = pool.schema.names
     origins = pool.origins or [str(i) for i in range(len(pool))]
     heads, training = {}, {}
-    for c in names:
-        heads[c], training[c] = train_head(base, pool.labels, origins, c, names, cfg, log=log)
+    # One head per concept, trained side by side on single-threaded workers (each head's small
+    # batches keep two intra-op threads poorly busy; see Encoder._embed_parallel). Each head is
+    # the same function of its inputs as when trained alone.
+    fractions = [0.0] * len(names)
+    lock = threading.Lock()
+
+    def train(i: int, c: str) -> tuple[Any, dict[str, Any]]:
+        def sink(fraction: float, note: str) -> None:
+            with lock:
+                fractions[i] = fraction
+                share = 0.6 * sum(fractions) / len(names)
+            if stages is not None:
+                stages.update(share, f"heads: {c} {note}")
+
+        if workers > 1:
+            import torch
+
+            torch.set_num_threads(1)  # this worker's own ops (restored for the process below)
+        with reporting_to(sink):
+            return train_head(base, pool.labels, origins, c, names, cfg, log=log)
+
+    workers = max(1, min(build_workers(), len(names)))
+    with torch_threads(None if workers == 1 else torch_thread_count()):
+        with ThreadPoolExecutor(workers, thread_name_prefix="cace-head") as ex:
+            # Each worker runs in a copy of this context, so a cancelled build stops its heads too.
+            futures = {c: ex.submit(contextvars.copy_context().run, train, i, c) for i, c in enumerate(names)}
+            for c in names:
+                heads[c], training[c] = futures[c].result()
+    part = _spans(stages)
     space = ConceptSpace(pool, encoder, heads=heads, base_vectors=base)
     space.build_indices()
     pretrained = ConceptSpace(pool, encoder, base_vectors=base)
     pretrained.build_indices()
-    diagnostics = {
-        "hit_rate": {c: space.nearest_counterfactual_hit_rate(c) for c in names},
-        "hit_rate_pretrained": {c: pretrained.nearest_counterfactual_hit_rate(c) for c in names},
-    }
+    hit_rate, hit_rate_pretrained = {}, {}
+    for i, c in enumerate(names):
+        with part(0.6 + 0.4 * i / len(names), 0.6 + 0.4 * (i + 1) / len(names)):
+            hit_rate[c] = space.nearest_counterfactual_hit_rate(c)
+            hit_rate_pretrained[c] = pretrained.nearest_counterfactual_hit_rate(c)
+    diagnostics = {"hit_rate": hit_rate, "hit_rate_pretrained": hit_rate_pretrained}
     space.save(
         out,
         name=DEFAULT_SPACE,
@@ -306,6 +403,35 @@ def train_space(pool: Pool, encoder: Any, out: Path, log: Log = None) -> dict[st
     }
 
 
+def torch_thread_count() -> int:
+    import torch
+
+    return int(torch.get_num_threads())
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Set torch's intra-op threads for the block and restore them after (None: leave them be)."""
+    if n is None:
+        yield
+        return
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _spans(stages: Stages | None) -> Callable[[float, float], contextlib.AbstractContextManager[None]]:
+    """`stages.span`, or a no-op when nobody watches."""
+    if stages is None:
+        return lambda low, high: contextlib.nullcontext()
+    return stages.span
+
+
 def methods_by_concept(pool: Pool, methods: Iterable[str]) -> dict[str, dict[str, str | None]]:
     """For each concept, each method: None if it can run, else why not."""
     counts = Counter(c for _, _, c in pool.pairs)
@@ -322,16 +448,162 @@ def methods_by_concept(pool: Pool, methods: Iterable[str]) -> dict[str, dict[str
     return out
 
 
-def build_domain(root: Path, domain_id: str, pool: Pool, *, encoder: Any, **options: Any) -> Domain:
+def build_key(
+    pool: Pool,
+    *,
+    encoder: Any,
+    source: str,
+    tagger_eval: tuple[list[str], list[dict[str, str]]] | None,
+    taggers_builder: Callable[[Path], dict[str, dict[str, Any]]] | None,
+    space_meta: Mapping[str, Any] | None,
+) -> str:
+    """A hash of everything a build's stage outputs depend on: same key, same outputs."""
+    from explainers.matching.trainers import TrainConfig
+
+    h = hashlib.sha256()
+    parts = [
+        f"staging-v{STAGING_VERSION}",
+        f"format-v{FORMAT_VERSION}",
+        source,
+        json.dumps(pool.schema.to_dict(), sort_keys=True),
+        data_hash(pool.texts),
+        data_hash(json.dumps(lab, sort_keys=True) for lab in pool.labels),
+        data_hash(pool.origins or []),
+        data_hash(pool.ids or []),
+        getattr(encoder, "fingerprint", None) or str(getattr(encoder, "model_name", type(encoder).__name__)),
+        json.dumps(TrainConfig().to_dict(), sort_keys=True),
+        getattr(taggers_builder, "__qualname__", "fit_taggers"),
+        json.dumps(space_meta or {}, sort_keys=True, default=str),
+        data_hash(tagger_eval[0]) + data_hash(json.dumps(x, sort_keys=True) for x in tagger_eval[1])
+        if tagger_eval
+        else "",
+    ]
+    for part in parts:
+        h.update(part.encode("utf-8"))
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+def _lock(folder: Path, *, wait: bool) -> int | None:
+    """An exclusive lock on `folder` (a file inside it), held until its descriptor closes; None if taken."""
+    fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def remove_stale_staging(root: Path, domain_id: str, keep: Path | None = None) -> list[Path]:
+    """Remove `<id>.building-*` folders no live build holds (a killed build's, other inputs')."""
+    removed = []
+    for folder in sorted(Path(root).glob(f"{domain_id}.building-*")):
+        if folder == keep or not folder.is_dir():
+            continue
+        if not (folder / ".lock").exists() and _builder_alive(folder.name):
+            continue  # an older version's build (no lock file) whose process still runs
+        try:
+            fd = _lock(folder, wait=False)
+        except OSError:
+            continue
+        if fd is None:
+            continue  # another process is building there
+        try:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+        finally:
+            os.close(fd)
+    return removed
+
+
+def _builder_alive(name: str) -> bool:
+    """Whether the process named in an older build folder (`<id>.building-<pid>-<random>`) runs here."""
+    parts = name.rsplit(".building-", 1)[-1].split("-")
+    if len(parts) != 2 or not parts[0].isdigit():
+        return False
+    try:
+        os.kill(int(parts[0]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, as another user's process
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def _staging(out: Path, key: str | None, log: Log) -> Iterator[Path]:
+    """The locked staging folder of this build: `<id>.building-<key>` (resumable) or a private one."""
+    suffix = key if key is not None else f"{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    tmp = out.with_name(f"{out.name}.building-{suffix}")
+    tmp.mkdir(parents=True, exist_ok=True)
+    fd = _lock(tmp, wait=False)
+    if fd is None:
+        if log:
+            log(f"another process is building {out.name} from the same inputs; waiting for it")
+        fd = _lock(tmp, wait=True)
+    assert fd is not None  # a blocking lock returns once held
+    try:
+        for stale in remove_stale_staging(out.parent, out.name, keep=tmp):
+            if log:
+                log(f"removed an abandoned build folder {stale.name}")
+        yield tmp
+    finally:
+        os.close(fd)
+
+
+class _StageRecord:
+    """Which stages of a staging folder are finished, and what they reported (stages.json)."""
+
+    def __init__(self, folder: Path, key: str | None) -> None:
+        self.path = folder / "stages.json"
+        self.key = key
+        self.done: dict[str, Any] = {}
+        if key is not None and self.path.exists():
+            try:
+                saved = json.loads(self.path.read_text())
+            except (OSError, ValueError):
+                saved = {}
+            if saved.get("key") == key:
+                self.done = dict(saved.get("done", {}))
+
+    def finish(self, stage: str, report: Any = None) -> None:
+        self.done[stage] = report
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"key": self.key, "done": self.done}, default=str))
+        os.replace(tmp, self.path)
+
+
+def build_domain(
+    root: Path, domain_id: str, pool: Pool, *, encoder: Any, resumable: bool = False, **options: Any
+) -> Domain:
     """Build root/domain_id atomically and load it (see `_build_domain` for the options).
 
-    The build writes into a folder of its own under root/.staging, renamed into place when
-    complete; whatever ends it early (an error, a cancelled job) removes that folder, and a
+    An upload's build writes into a folder of its own under root/.staging, renamed into place
+    when complete; whatever ends it early (an error, a cancelled job) removes that folder, and a
     process killed mid-build leaves one that `clean_stale_staging` removes at the next start.
+
+    A `resumable` build (the service's default domain) works in `<id>.building-<key>` instead,
+    named by a hash of its inputs and locked while it runs: each finished stage is kept there,
+    so a build of the same inputs after a kill or a failure resumes, and `remove_stale_staging`
+    removes such folders once no build holds them.
     """
+    if resumable and options.get("augment") is None:
+        key = build_key(
+            pool,
+            encoder=encoder,
+            source=options.get("source", "upload"),
+            tagger_eval=options.get("tagger_eval"),
+            taggers_builder=options.get("taggers_builder"),
+            space_meta=options.get("space_meta"),
+        )
+        out = child_path(Path(root), domain_id)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with _staging(out, key, options.get("log")) as tmp:
+            return _build_domain(root, domain_id, pool, encoder=encoder, tmp=tmp, key=key, **options)
     tmp = staging_dir(Path(root), domain_id)
     try:
-        return _build_domain(root, domain_id, pool, encoder=encoder, tmp=tmp, **options)
+        return _build_domain(root, domain_id, pool, encoder=encoder, tmp=tmp, key=None, **options)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # after success it was renamed: nothing is left there
 
@@ -343,6 +615,7 @@ def _build_domain(
     *,
     encoder: Any,
     tmp: Path,
+    key: str | None = None,
     source: str = "upload",
     augment: Callable[[Pool], tuple[Pool, dict[str, Any]]] | None = None,
     tagger_eval: tuple[list[str], list[dict[str, str]]] | None = None,
@@ -351,62 +624,185 @@ def _build_domain(
     finish: Callable[[Path], Mapping[str, Any]] | None = None,
     replace: bool = False,
     log: Log = None,
+    stages: Stages | None = None,
+    embed_also: Sequence[str] = (),
     task: str | None = None,
     label_names: Mapping[str, str] | None = None,
 ) -> Domain:
-    """Build root/domain_id atomically (a temporary folder renamed at the end) and load it.
+    """Build root/domain_id in `tmp` (renamed into place at the end) and load it.
 
-    `task` and `label_names` say what the classifiers' labels mean in this domain (e.g. star
-    ratings), for people reading its explanations; nothing computes with them.
+    With a `key` (a resumable build, `tmp` locked and named by it) finished stages recorded in
+    `tmp` are reused. `stages` receives the progress (see the module doc). `embed_also`:
+    more texts the later stages embed (a tagger evaluation set), embedded in the embed stage
+    with the corpus, on every core. `task` and `label_names` say what the classifiers' labels
+    mean in this domain (e.g. star ratings), for people reading its explanations; nothing
+    computes with them.
 
     `finish(folder)` may write more files into the folder and returns more meta.json fields
     (the LLM build's provenance and report)."""
     from explainers.registry import available
 
     started = time.perf_counter()
-    # A folder of its own per build (`tmp`): two processes building one domain (replicas starting
-    # on a shared volume) never write into each other's files; the first to finish wins.
     out = child_path(Path(root), domain_id)
+    stages = stages or Stages(f"domain {domain_id}", log=log)
+    stages.expect(([AUGMENT_STAGE] if augment is not None else []) + list(BUILD_STAGES))
+    if key is not None and not replace and (out / META).exists():
+        # Another process finished this build while we waited for its lock.
+        for name, _ in BUILD_STAGES[:-1]:
+            stages.end(name, reused=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # ours (we hold its lock), made after theirs was renamed
+        return load_stage(out, encoder, stages)
+    record = _StageRecord(tmp, key)
+    reused = sorted(s for s in record.done if s in dict(BUILD_STAGES))
+    if reused and log:
+        log(f"resuming an interrupted build of {domain_id}: {', '.join(reused)} already done")
     generation = None
     if augment is not None:
-        pool, generation = augment(pool)
+        with stages.stage("augment"):
+            pool, generation = augment(pool)
         checkpoint()
         touch_staging(tmp)
-    taggers = (taggers_builder or (lambda d: fit_taggers(pool, d, tagger_eval, log)))(tmp / "taggers")
+    base_file = tmp / "embeddings.npy"
+    if "embed" in record.done and base_file.exists():
+        base = np.load(base_file)
+        remember = getattr(encoder, "remember", None)
+        if remember is not None:
+            remember(pool.texts, base)
+        stages.end("embed", reused=True)
+    else:
+        extra = [t for t in dict.fromkeys(embed_also) if t not in set(pool.texts)]
+        with stages.stage("embed", f"{len(pool) + len(extra)} texts"):
+            base = _encode(encoder, list(pool.texts) + extra, build_workers())[: len(pool)]
+        np.save(base_file.with_suffix(".tmp.npy"), base)
+        os.replace(base_file.with_suffix(".tmp.npy"), base_file)
+        record.finish("embed", {"texts": len(pool)})
     checkpoint()
     touch_staging(tmp)
-    space = train_space(pool, encoder, tmp / "spaces" / DEFAULT_SPACE, log)
+    if "taggers" in record.done and (tmp / "taggers" / META).exists():
+        taggers = record.done["taggers"]
+        stages.end("taggers", reused=True)
+    else:
+        with stages.stage("taggers", f"{len(pool.schema.names)} concepts"):
+            build_taggers = taggers_builder or (lambda d: fit_taggers(pool, d, tagger_eval, log))
+            taggers = build_taggers(tmp / "taggers")
+        record.finish("taggers", taggers)
     checkpoint()
-    if space_meta:
-        meta_path = tmp / "spaces" / DEFAULT_SPACE / META
-        meta_path.write_text(
-            json.dumps({**json.loads(meta_path.read_text()), **space_meta}, indent=2, default=str)
+    touch_staging(tmp)
+    space_dir = tmp / "spaces" / DEFAULT_SPACE
+    if "space" in record.done and (space_dir / META).exists():
+        space = record.done["space"]
+        stages.end("space", reused=True)
+    else:
+        with stages.stage("space", f"{len(pool.schema.names)} heads, {len(pool.pairs)} pairs"):
+            space = train_space(pool, encoder, space_dir, log, base=base, stages=stages)
+            if space_meta:
+                meta_path = space_dir / META
+                meta_path.write_text(
+                    json.dumps({**json.loads(meta_path.read_text()), **space_meta}, indent=2, default=str)
+                )
+        record.finish("space", space)
+    checkpoint()
+    with stages.stage("save"):
+        finished = dict(finish(tmp)) if finish is not None else {}  # e.g. an LLM build's provenance
+        write_meta(
+            tmp,
+            KIND,
+            format_version=FORMAT_VERSION,
+            id=domain_id,
+            source=source,
+            schema=pool.schema.to_dict(),
+            data_hash=data_hash(pool.texts),
+            stats=pair_stats(pool),
+            taggers=taggers,
+            space=space,
+            methods=methods_by_concept(pool, available()),
+            generation=generation,
+            task=task,
+            label_names=dict(label_names) if label_names else None,
+            build_seconds=round(time.perf_counter() - started, 2),
+            resumed_stages=reused,
+            **finished,
         )
-    extra = dict(finish(tmp)) if finish is not None else {}
-    write_meta(
-        tmp,
-        KIND,
-        format_version=FORMAT_VERSION,
-        id=domain_id,
-        source=source,
-        schema=pool.schema.to_dict(),
-        data_hash=data_hash(pool.texts),
-        stats=pair_stats(pool),
-        taggers=taggers,
-        space=space,
-        methods=methods_by_concept(pool, available()),
-        generation=generation,
-        task=task,
-        label_names=dict(label_names) if label_names else None,
-        build_seconds=round(time.perf_counter() - started, 2),
-        **extra,
+        checkpoint()
+        # The staging records are not part of the domain.
+        for leftover in ("stages.json", "embeddings.npy", OWNER):
+            (tmp / leftover).unlink(missing_ok=True)
+        if replace and out.exists():
+            shutil.rmtree(out)
+        if out.is_dir() and not (out / META).exists() and (out / CORPUS_FILE).exists():
+            _move_into(tmp, out)  # a corpus folder built in place (ensure_corpus_domain)
+        else:
+            try:
+                tmp.rename(out)
+            except OSError:  # another build of this domain finished first: keep it
+                shutil.rmtree(tmp, ignore_errors=True)
+        (out / ".lock").unlink(missing_ok=True)
+    return load_stage(out, encoder, stages)
+
+
+def load_stage(directory: Path, encoder: Any, stages: Stages | None = None) -> Domain:
+    """Load a domain folder as a build's `load` stage: its files, then the corpus's embeddings
+    (from the encoder's cache), so the first request embeds only its own text."""
+    stages = stages or Stages(f"domain {Path(directory).name}")
+    stages.expect([LOAD_STAGE])
+    with stages.stage("load"):
+        domain = load_domain(directory, encoder=encoder)
+        domain.space.base_vectors()
+    return domain
+
+
+CORPUS_FILE = "corpus.jsonl"
+SCHEMA_FILE = "schema.json"
+
+
+def _move_into(tmp: Path, out: Path) -> None:
+    """Move a finished build's files into an existing folder, meta.json last (it marks the domain done)."""
+    for child in sorted(tmp.iterdir(), key=lambda p: p.name == META):
+        if child.name == ".lock":
+            continue
+        target = out / child.name
+        if target.is_dir():
+            shutil.rmtree(target)
+        os.replace(child, target)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def ensure_corpus_domain(
+    folder: Path, *, encoder: Any, log: Log = None, stages: Stages | None = None
+) -> Domain:
+    """Load a domain folder, or build it in place from the `corpus.jsonl` (and optional `schema.json`) it holds.
+
+    How an operator makes their own corpus the service's default domain (CACE_DEFAULT_DOMAIN=folder):
+    the first start builds it (resumable, like every build), later starts load it.
+    """
+    folder = Path(folder)
+    if (folder / META).exists() or not (folder / CORPUS_FILE).exists():
+        return load_stage(folder, encoder, stages)  # a domain, or a FileNotFoundError naming meta.json
+    from explainers.domains.domain import DOMAIN_ID
+
+    if not DOMAIN_ID.match(folder.name):
+        raise DomainBuildError(
+            "default_domain", f"folder name {folder.name!r} must match {DOMAIN_ID.pattern}"
+        )
+    stages = stages or Stages(f"domain {folder.name}", log=log)
+    stages.expect([READ_STAGE, *BUILD_STAGES])  # the whole plan up front: the percent never goes back
+    with stages.stage("read", CORPUS_FILE):
+        import explainers.matching.trainers  # noqa: F401  (torch's import, counted in a stage)
+
+        schema_file = folder / SCHEMA_FILE
+        schema = (
+            ConceptSchema.from_dict(json.loads(schema_file.read_text())) if schema_file.exists() else None
+        )
+        rows = validate_rows((folder / CORPUS_FILE).read_text(encoding="utf-8").splitlines(), schema)
+        schema = schema or infer_schema(rows, name=folder.name)
+        pool = pool_from_rows(rows, schema)
+    return build_domain(
+        folder.parent,
+        folder.name,
+        pool,
+        encoder=encoder,
+        source=f"{CORPUS_FILE} in {folder.name}",
+        log=log,
+        stages=stages,
+        resumable=True,
     )
-    checkpoint()
-    (tmp / OWNER).unlink(missing_ok=True)  # the staging record is not part of the domain
-    if replace and out.exists():
-        shutil.rmtree(out)
-    try:
-        tmp.rename(out)
-    except OSError:  # another build of this domain finished first: keep it
-        shutil.rmtree(tmp, ignore_errors=True)
-    return load_domain(out, encoder=encoder)

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from explainers.artifacts import META
-from explainers.domains.build import build_domain
-from explainers.domains.domain import Domain, load_domain, majority_rate
+from explainers.domains.build import BUILD_STAGES, READ_STAGE, build_domain, build_workers, load_stage
+from explainers.domains.domain import Domain, majority_rate
 from explainers.matching.cebab import SHIPPED_STACKING
+from explainers.progress import Stages
 
 DOMAIN_ID = "cebab"
 POOL_SPLIT = "train_inclusive"
@@ -30,7 +31,9 @@ def _taggers_builder(data_dir: str | os.PathLike[str] | None):
         from explainers.concepts import CEBAB_SCHEMA
         from explainers.taggers import cebab_corpus, train_cebab_taggers
 
-        meta = train_cebab_taggers(out, Path(data_dir) if data_dir else None, split=POOL_SPLIT)
+        meta = train_cebab_taggers(
+            out, Path(data_dir) if data_dir else None, split=POOL_SPLIT, workers=build_workers()
+        )
         _, dev_labels = cebab_corpus("dev", Path(data_dir) if data_dir else None)
         report = {}
         for c in CEBAB_SCHEMA.concepts:
@@ -49,29 +52,54 @@ def _taggers_builder(data_dir: str | os.PathLike[str] | None):
 
 
 def ensure_cebab_domain(
-    root: Path, data_dir: str | os.PathLike[str] | None = None, *, encoder: Any, log: Any = None
+    root: Path,
+    data_dir: str | os.PathLike[str] | None = None,
+    *,
+    encoder: Any,
+    log: Any = None,
+    stages: Stages | None = None,
 ) -> Domain:
-    """Load root/cebab, building it from the CEBaB split files the first time (minutes on 2 cores)."""
+    """Load root/cebab, building it from the CEBaB split files the first time (minutes on 2 cores).
+
+    `stages` receives the progress: one `load` stage, or the build's stages (see `build_domain`).
+    """
     from explainers.data.pools import cebab_pool
 
     path = Path(root) / DOMAIN_ID
     if (path / META).exists():
-        domain = load_domain(path, encoder=encoder)
+        domain = load_stage(path, encoder, stages)
         # Builds from before the label description had none.
         domain.meta.setdefault("task", TASK)
         domain.meta.setdefault("label_names", LABEL_NAMES)
         return domain
+    stages = stages or Stages(f"domain {DOMAIN_ID}", log=log)
+    stages.expect([READ_STAGE, *BUILD_STAGES])  # the whole plan up front: the percent never goes back
+    with stages.stage("read", "CEBaB split files"):
+        pool = cebab_pool(POOL_SPLIT, data_dir)
+        extra = tagger_texts(data_dir)
+        import explainers.matching.trainers  # noqa: F401  (torch's import, counted in a stage)
     shipped = json.loads(SHIPPED_STACKING.read_text()) if SHIPPED_STACKING.exists() else {}
     stacking = {k: {**v, "shipped_with_library": True} for k, v in shipped.get("stacking", {}).items()}
     return build_domain(
         Path(root),
         DOMAIN_ID,
-        cebab_pool(POOL_SPLIT, data_dir),
+        pool,
         encoder=encoder,
         source=f"CEBaB {POOL_SPLIT} (CC BY 4.0)",
         taggers_builder=_taggers_builder(data_dir),
         space_meta={"train_split": POOL_SPLIT, "stacking": stacking},
         log=log,
+        stages=stages,
+        # The taggers embed their training split and score on dev: embedded up front, on every core.
+        embed_also=extra,
+        resumable=True,
         task=TASK,
         label_names=LABEL_NAMES,
     )
+
+
+def tagger_texts(data_dir: str | os.PathLike[str] | None) -> list[str]:
+    from explainers.taggers import cebab_corpus
+
+    folder = Path(data_dir) if data_dir else None
+    return cebab_corpus(POOL_SPLIT, folder)[0] + cebab_corpus("dev", folder)[0]

@@ -7,17 +7,26 @@
     cace domains show movies
     cace domains delete movies
 
-A service started with `CACE_DATA_DIR=var` serves what `--root var/domains` holds.
+`--root` defaults to the service's domains folder, `$CACE_DATA_DIR/domains` (`var/domains`
+when unset; `cace` passes the service settings on, `.env` included), so `cace domains list`
+shows what the service serves.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
+import sys
 from pathlib import Path
 
 from explainers.artifacts import META, read_meta
+
+
+def default_root() -> Path:
+    """The service's domains folder: <CACE_DATA_DIR>/domains."""
+    return Path(os.environ.get("CACE_DATA_DIR") or "var") / "domains"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,10 +49,13 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--concurrency", type=int, default=4, help="LLM requests in flight")
     b.add_argument("--dry-run", action="store_true", help="print the LLM plan (calls, tokens, time) and stop")
     for p in (b, sub.add_parser("list"), sub.add_parser("show"), sub.add_parser("delete")):
-        p.add_argument("--root", type=Path, default=Path("var/domains"))
+        p.add_argument(
+            "--root", type=Path, default=None, help="domains folder (default: $CACE_DATA_DIR/domains)"
+        )
     for name in ("show", "delete"):
         sub.choices[name].add_argument("id")
     args = ap.parse_args(argv)
+    args.root = args.root if args.root is not None else default_root()
 
     if args.cmd == "build":
         from explainers.concepts import ConceptSchema
@@ -76,10 +88,23 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({k: domain.meta[k] for k in ("stats", "taggers", "space", "methods")}, indent=1))
         return 0
     if args.cmd == "list":
-        for d in sorted(args.root.glob("*/meta.json")):
+        found = sorted(args.root.glob("*/meta.json"))
+        for d in found:
             meta = read_meta(d.parent, "domain")
             names = [c["name"] for c in meta["schema"]["concepts"]]
             print(f"{d.parent.name:<24} {meta['stats']['texts']:>7} texts  concepts {names}")
+        building = sorted(p.name for p in args.root.glob("*.building-*"))
+        if building:
+            print(f"being built (or left by a killed build): {', '.join(building)}", file=sys.stderr)
+        if not found:
+            where = "does not exist" if not args.root.is_dir() else "holds no domain"
+            print(
+                f"no domains: {args.root} {where} (the service's folder is $CACE_DATA_DIR/domains, "
+                "CACE_DATA_DIR="
+                f"{os.environ.get('CACE_DATA_DIR') or 'unset, so var'}; the default domain is built there "
+                "on the service's first start, or use --root)",
+                file=sys.stderr,
+            )
         return 0
     path = args.root / args.id
     if not (path / META).exists():

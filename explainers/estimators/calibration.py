@@ -32,6 +32,8 @@ from explainers.estimators.stack import CellStack, cell_key, project_icace
 KIND = "calibration"
 FORMAT_VERSION = FORMAT_VERSIONS[KIND]
 PROBE_SIZE = 32
+# A calibration's stages and their share of its time (the weights shape the percent; the ETA is measured).
+CALIBRATION_STAGES = (("classify", 1.0), ("score", 6.0), ("fit", 1.0))
 
 
 def component(method: str, k: int) -> str:

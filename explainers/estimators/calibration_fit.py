@@ -36,6 +36,7 @@ from explainers.classifiers.base import Classifier
 from explainers.classifiers.cache import CachingClassifier
 from explainers.data.pool import Pool
 from explainers.estimators.calibration import (
+    CALIBRATION_STAGES,
     FORMAT_VERSION,
     Calibration,
     CountingClassifier,
@@ -59,6 +60,7 @@ from explainers.estimators.intervals import fit_intervals
 from explainers.estimators.stack import CellStack, cell_key, fit_cell_stack, project_icace
 from explainers.metrics import summarize
 from explainers.pool_kernel import predict_in_chunks
+from explainers.progress import Stages
 from explainers.registry import Resources
 
 DEFAULT_METHODS = (
@@ -231,9 +233,16 @@ def calibrate(
     seed: int = 0,
     options: Mapping[str, Any] | None = None,
     log: Callable[[str], None] | None = None,
+    stages: Stages | None = None,
 ) -> Calibration:
-    """Fit a `Calibration` of `classifier` on `pool`'s own counterfactual pairs (see the module doc)."""
+    """Fit a `Calibration` of `classifier` on `pool`'s own counterfactual pairs (see the module doc).
+
+    `stages` receives the progress: `CALIBRATION_STAGES` (classify the pool, score the held-out
+    pairs method by method, fit the combiners and intervals).
+    """
     started = time.perf_counter()
+    stages = stages or Stages("calibration", log=log)
+    stages.expect(CALIBRATION_STAGES)
     if not pool.pairs:
         raise ValueError("calibration needs counterfactual pairs in the pool, and it has none")
     ks = sorted({int(k) for k in ks})
@@ -257,8 +266,15 @@ def calibrate(
             + (f" (cut to fit {max_classifier_texts} classifier texts)" if rows_kept is not None else "")
         )
     probe = probe_texts(pool)
-    predict_in_chunks(cached, list(pool.texts))  # every pool text once; the probe set is among them
-    probe_pred = cached.predict_proba(probe)
+    with stages.stage("classify", f"{len(pool)} pool texts"):
+        texts = list(pool.texts)
+        step = max(1, len(texts) // 20)
+        for start in range(0, len(texts), step):  # every pool text once; the probe set is among them
+            predict_in_chunks(cached, texts[start : start + step])
+            stages.update(
+                min(1.0, (start + step) / len(texts)), f"{min(len(texts), start + step)}/{len(texts)} texts"
+            )
+        probe_pred = cached.predict_proba(probe)
     fold_of = origin_folds(pool_origins(pool), folds, seed)
     pairs = stratified_sample(find_heldout_pairs(pool, fold_of), max_pairs, seed)
     methods, options, skipped = _fit_text_budget(
@@ -267,15 +283,26 @@ def calibrate(
     resources = Resources(
         schema=pool.schema, pool=pool, encoder=encoder, space=space, taggers=taggers, seed=seed
     )
-    scores = score_heldout(
-        cached, resources, pairs, fold_of, methods, ks, folds=folds, options=options, log=log
-    )
+    with stages.stage("score", f"{len(pairs)} held-out pairs, {len(methods)} methods"):
+        scores = score_heldout(
+            cached,
+            resources,
+            pairs,
+            fold_of,
+            methods,
+            ks,
+            folds=folds,
+            options=options,
+            log=log,
+            stages=stages,
+        )
     scores.unavailable.update(skipped)
     if not scores.estimates:
         raise ValueError(f"no method could be scored: {scores.unavailable}")
-    cal = fit_calibration(
-        scores, list(classifier.labels), ks=ks, combiners=combiners, coverage=coverage, seed=seed, log=log
-    )
+    with stages.stage("fit", f"{len(combiners)} combiners"):
+        cal = fit_calibration(
+            scores, list(classifier.labels), ks=ks, combiners=combiners, coverage=coverage, seed=seed, log=log
+        )
     cal.probe = {"texts": probe, "predictions": np.round(probe_pred, 6).tolist()}
     cal.meta = {
         "format_version": FORMAT_VERSION,

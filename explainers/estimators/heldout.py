@@ -21,6 +21,7 @@ import numpy as np
 from explainers.classifiers.base import Classifier
 from explainers.concepts import Intervention
 from explainers.data.pool import Pool
+from explainers.progress import Stages
 from explainers.registry import MissingResource, Resources, build_explainer, options_for
 from explainers.types import explain_batch
 
@@ -165,6 +166,7 @@ def score_heldout(
     space_for_pool: Callable[[Pool, Sequence[int]], Any] | None = None,
     options: Mapping[str, Any] | None = None,
     log: Callable[[str], None] | None = None,
+    stages: Stages | None = None,
 ) -> HeldOutScores:
     """Score `methods` at `ks` on `pairs`; fold f's pairs are estimated against the pool minus fold f.
 
@@ -184,6 +186,7 @@ def score_heldout(
     estimates = {(m, k): np.zeros_like(truths) for m in methods for k in ks}
     unavailable: dict[str, str] = {}
     wall: dict[str, float] = defaultdict(float)
+    steps, step = max(1, folds * len(methods)), 0
     for f in range(folds):
         idx = [i for i, p in enumerate(pairs) if p.fold == f]
         if not idx:
@@ -200,6 +203,9 @@ def score_heldout(
             extra={k: v for k, v in resources.extra.items() if not k.startswith("_") and k != "calibration"},
         )
         for m in methods:
+            step += 1
+            if stages is not None:  # the running stage (scoring) advances one method of one fold at a time
+                stages.update((step - 1) / steps, f"fold {f + 1}/{folds}: {m}")
             if m in unavailable:
                 continue
             try:

@@ -244,22 +244,27 @@ class ConceptSpace:
             return None
         vecs = self.pool_vectors(concept)
         conf = self.schema.confounders(concept)
-        hits = 0
+        texts = self.pool.texts
+        # Pairs sharing a target value and confounder values search one allow-list: one FAISS call
+        # for each such group instead of one per pair (the same hits; a first start's largest cost).
+        groups: dict[tuple[str, tuple[tuple[str, str], ...]], list[tuple[int, int]]] = {}
         for b, cf in pairs:
             checkpoint()  # one search per pair: a cancelled build stops here too
             lab = self.pool.labels[b]
-            target = self.pool.labels[cf][concept]
-            found = self.search(
-                vecs[b],
+            key = (self.pool.labels[cf][concept], tuple((c, lab[c]) for c in conf))
+            groups.setdefault(key, []).append((b, cf))
+        hits = 0
+        for (target, confounders), members in groups.items():
+            found = self.search_batch(
+                vecs[[b for b, _ in members]],
                 concept,
                 target,
                 1,
-                confounders={c: lab[c] for c in conf},
-                exclude_text=self.pool.texts[b],
+                confounders=dict(confounders),
+                exclude_texts=[texts[b] for b, _ in members],
             )
-            hits += bool(found) and (
-                found[0].row == cf or self.pool.texts[found[0].row] == self.pool.texts[cf]
-            )
+            for (_, cf), ms in zip(members, found, strict=True):
+                hits += bool(ms) and (ms[0].row == cf or texts[ms[0].row] == texts[cf])
         return round(hits / len(pairs), 4)
 
     # -- persistence ------------------------------------------------------------------------
@@ -292,6 +297,11 @@ class ConceptSpace:
             shutil.copytree(enc.path, child_path(tmp, "encoders", files[c]["slug"]))
         if not self.indices:
             self.build_indices()
+        base_fingerprint = getattr(self.encoder, "fingerprint", None)
+        if self._base is not None and base_fingerprint:
+            # The corpus's embeddings travel with the space: loading it never re-embeds the corpus
+            # (a fresh machine-wide cache, another host) before the first request can be served.
+            np.save(tmp / "base.npy", np.asarray(self._base, dtype=np.float32))
         index_info = {}
         for (c, v), idx in self.indices.items():
             slug, value_slug = files[c]["slug"], files[c]["values"][v]
@@ -307,6 +317,7 @@ class ConceptSpace:
             "index": index_info,
             "index_kind": self.index_kind,
             "approx_threshold": self.approx_threshold,
+            "base_fingerprint": base_fingerprint if self._base is not None else None,
             "format_version": FORMAT_VERSION,
             "files": files,
         }
@@ -361,6 +372,18 @@ class ConceptSpace:
             index_kind=meta.get("index_kind", "auto"),
             approx_threshold=meta.get("approx_threshold", DEFAULT_APPROX_THRESHOLD),
         )
+        base_file = directory / "base.npy"
+        if (
+            base_file.exists()
+            and meta.get("base_fingerprint")
+            and meta.get("base_fingerprint") == getattr(space.encoder, "fingerprint", None)
+        ):
+            base = np.load(base_file)
+            if base.shape[0] == len(pool):
+                space._base = base
+                remember = getattr(space.encoder, "remember", None)
+                if remember is not None:
+                    remember(pool.texts, base)
         for c in schema.names:
             slug = layout[c]["slug"]
             for v in schema[c].values:
