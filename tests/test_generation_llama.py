@@ -18,7 +18,7 @@ from explainers.generation.backends import LLMUnavailable, OpenAIBackend, build_
 from explainers.generation.cache import GenerationCache
 from explainers.generation.explainer import GenerationExplainer
 from explainers.generation.server import llama_python
-from explainers.registry import MissingResource, Resources, build_explainer
+from explainers.registry import MissingResource, Resources, UnknownOption, build_explainer
 from tests.test_generation_units import tfidf_taggers  # noqa: F401  (shared fixture)
 
 pytestmark = pytest.mark.llm
@@ -106,13 +106,15 @@ def test_registry_builds_generate_from_resources(llama_url: str, tfidf_lr, tmp_p
     with pytest.raises(MissingResource, match="llm"):
         build_explainer("generate", Resources(schema=CEBAB_SCHEMA))
     llm = build_backend({"kind": "openai", "base_url": llama_url, "model": "smollm2", "timeout_s": 120})
+    # Options are declared where a method is registered: one it does not take is an error, not ignored.
+    with pytest.raises(UnknownOption, match="unrelated_option"):
+        build_explainer("generate", Resources(schema=CEBAB_SCHEMA, llm=llm), unrelated_option=1)
     ex = build_explainer(
         "generate",
         Resources(schema=CEBAB_SCHEMA, llm=llm),
         max_tokens=30,
         sample_budget=2,
         cache_path=str(tmp_path / "c.sqlite"),
-        unrelated_option=1,
     )
     exp = ex.explain(SRC, Intervention("service", "Negative"), tfidf_lr, top_k=2, base_labels=LABELS)
     assert exp.method == "generate" and exp.details["intervention_source"] == "Positive"
