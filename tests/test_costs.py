@@ -210,8 +210,9 @@ def test_auto_calibration_only_after_success_with_backoff_and_budget_shared_by_r
         httpx.Client(base_url=b.base_url, timeout=120) as cb,
     ):
         register(ca, "broken", f"{upstream.base_url}/reject/broken")
-        # Explanations send at most 6 texts per request; calibrations send batches of 32, which fail.
-        register(ca, "smallonly", f"{upstream.base_url}/bigfail/smallonly?max=8", retries=0)
+        # Explanations send at most 6 texts per request (the text and K=5 counterfactuals); a calibration
+        # classifies the 160-text pool in 20 steps of 8 texts and scores in larger batches: those fail.
+        register(ca, "smallonly", f"{upstream.base_url}/bigfail/smallonly?max=6", retries=0)
         register(ca, "budgeted", f"{upstream.base_url}/ok/budgeted")
 
         # 1. A failed explanation queues nothing.
