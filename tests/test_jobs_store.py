@@ -294,3 +294,13 @@ def test_blockwise_bootstrap_equals_one_index_matrix() -> None:
     assert np.allclose(got.ci_low, low, rtol=0, atol=1e-12) and np.allclose(
         got.ci_high, high, rtol=0, atol=1e-12
     )
+
+
+def test_rows_of_a_report_job_stream_without_icace() -> None:
+    """A report's items carry labels but no per-text ICaCE: the rows endpoints must not break on them
+    (the schema fuzzer found rows.jsonl cut mid-stream by a KeyError)."""
+    from app.jobs.handlers import row_out
+
+    row = {"index": 0, "status": "done", "attempts": 1, "result": {"labels": ["neg", "pos"]}, "payload": {}}
+    out = row_out(row)
+    assert out["icace"] is None and out["base_prediction"] is None and out["status"] == "done"

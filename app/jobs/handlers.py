@@ -239,8 +239,11 @@ def row_out(row: dict[str, Any]) -> dict[str, Any]:
         "id": res.get("id", payload.get("id")),
         "status": status,
         "source": res.get("source"),
-        "icace": explain.as_map(labels, res["icace"]) if labels else None,
-        "base_prediction": explain.as_map(labels, res["base_prediction"]) if labels else None,
+        # Items of other job kinds (a report's searches, a build) carry labels but no per-text ICaCE.
+        "icace": explain.as_map(labels, res["icace"]) if labels and "icace" in res else None,
+        "base_prediction": (
+            explain.as_map(labels, res["base_prediction"]) if labels and "base_prediction" in res else None
+        ),
         "n_counterfactuals": res.get("n_counterfactuals"),
         "error": row.get("error"),
         "attempts": row.get("attempts"),
