@@ -138,37 +138,32 @@ class CalibrationJobResult(BaseModel):
     table: dict[str, Any] = Field(default_factory=dict, description="Per estimator: held-out error (macro)")
 
 
-class ReportJobResult(BaseModel):
-    """The result of a model report: per (concept, source, target) cell its CaCE, CI and tests
-    (GET /v1/reports/{id} renders it); fields beyond these are kept as they are."""
+class _CellsResult(BaseModel):
+    """What a report and a comparison share: per (concept, source, target) cell its numbers, the
+    cells skipped and why, and the cost; fields beyond these are kept as they are."""
 
     model_config = ConfigDict(extra="allow")
+
+    domain: str | None = None
+    method: str | None = None
+    top_k: int | None = None
+    n_texts: int | None = None
+    cells: list[dict[str, Any]] = Field(default_factory=list)
+    skipped: list[dict[str, Any]] = Field(default_factory=list)
+    cost: dict[str, Any] | None = None
+
+
+class ReportJobResult(_CellsResult):
+    """The result of a model report: per cell its CaCE, CI and tests (GET /v1/reports/{id} renders it)."""
 
     kind: Literal["report"] = "report"
-    domain: str | None = None
     classifier: str | None = None
-    method: str | None = None
-    top_k: int | None = None
-    n_texts: int | None = None
-    cells: list[dict[str, Any]] = Field(default_factory=list)
-    skipped: list[dict[str, Any]] = Field(default_factory=list)
-    cost: dict[str, Any] | None = None
 
 
-class ComparisonJobResult(BaseModel):
-    """The result of a comparison of two classifiers on the same counterfactuals; fields beyond
-    these are kept as they are."""
-
-    model_config = ConfigDict(extra="allow")
+class ComparisonJobResult(_CellsResult):
+    """The result of a comparison of two classifiers on the same counterfactuals."""
 
     kind: Literal["comparison"] = "comparison"
-    domain: str | None = None
-    method: str | None = None
-    top_k: int | None = None
-    n_texts: int | None = None
-    cells: list[dict[str, Any]] = Field(default_factory=list)
-    skipped: list[dict[str, Any]] = Field(default_factory=list)
-    cost: dict[str, Any] | None = None
 
 
 # One result model per job kind, told apart by `kind` (the job's kind). A new job kind adds its
