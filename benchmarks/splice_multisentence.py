@@ -12,7 +12,8 @@
    concept (L2 / Cos), on the CEBaB split and on the templated movie domain
    (explainers/data/movies.py: held-out origins, a rating classifier trained on reviews without edits).
 
-Writes benchmarks/results/splice_multisentence.md (+ .json).
+Writes benchmarks/results/splice_multisentence.md (+ .json); the findings section at the top of
+that file is written by hand from a run's numbers (a rerun rewrites the tables, not the reading).
 """
 
 from __future__ import annotations
@@ -178,6 +179,58 @@ def score_variants(
     return table
 
 
+class HumanReach(SentenceEdits):
+    """Diagnostic only (never run-time): a sentence index that rewrites exactly the sentences the
+    pair's human edit rewrote (`at` = the first, the rest as carriers), to measure what knowing the
+    edit's reach would be worth. Wraps a fitted index; `reach` is set per query by `ReachSplice`."""
+
+    def __init__(self, fitted: SentenceEdits, reach: dict[tuple[str, str, str], list[int]]) -> None:
+        self.__dict__.update(fitted.__dict__)
+        self.reach = reach
+        self.now: list[int] = []
+
+    def locate(self, parts: list[str], text: str, concept: str, source: str) -> tuple[int | None, Any]:
+        at, row = super().locate(parts, text, concept, source)
+        if at is None or not self.now:
+            return at, row
+        return self.now[0], self.vectorizer.transform([parts[self.now[0]]])
+
+    def carriers(self, parts: list[str], concept: str, at: int, scope: str) -> list[tuple[int, Any]]:
+        extra = self.now[1:] if scope != "one" else []
+        return [(i, self.vectorizer.transform([parts[i]])) for i in extra]
+
+
+class ReachSplice(SpliceExplainer):
+    """`splice` over a `HumanReach` index: looks up the pair's rewritten sentences before each query."""
+
+    edits: HumanReach
+
+    def counterfactuals(
+        self, text: str, intervention: Intervention, top_k: int, *, base_labels: Any = None
+    ) -> Any:
+        self.edits.now = self.edits.reach.get((text, intervention.concept, intervention.target), [])
+        return super().counterfactuals(text, intervention, top_k, base_labels=base_labels)
+
+
+def human_reach(
+    pairs: Sequence[Any], edits: SentenceEdits, clf: Any, truths: np.ndarray, k: int
+) -> dict[str, Any]:
+    """Sentence splice told which sentences each human edit rewrote: the first only, or all of them."""
+    reach: dict[tuple[str, str, str], list[int]] = {}
+    for p in pairs:
+        after = sentences(p.counterfactual.text)
+        reach[(p.base.text, p.concept, p.target)] = [
+            j for j, s in enumerate(sentences(p.base.text)) if s not in after
+        ]
+    out: dict[str, Any] = {}
+    for scope in ("one", "all"):
+        est = estimate_pairs(ReachSplice(HumanReach(edits, reach), scope=scope), pairs, clf, k, truths=truths)
+        s = est.summary()
+        out[f"splice:human-reach/{scope}@{k}"] = {"macro": s.macro, "per_concept": s.per_concept}
+        print(f"human reach {scope} L2 {s.macro['l2']:.4f} Cos {s.macro['cos']:.4f}", flush=True)
+    return out
+
+
 def cebab(model: str, split: str, ks: Sequence[int]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     pairs = load_bench_pairs(split)
     pool = cebab_pool("train_inclusive", exclude_texts=benchmark_texts(pairs))
@@ -201,6 +254,7 @@ def cebab(model: str, split: str, ks: Sequence[int]) -> tuple[dict[str, Any], di
     shipped = estimate_pairs(explainer_for("splice", "sentence", "one"), pairs, clf, max(ks), truths=truths)
     analysis = analyse(pairs, edits, shipped.estimates, truths)
     table = score_variants(explainer_for, pairs, clf, truths, ks, buckets(pairs, edits))
+    analysis["human_reach"] = human_reach(pairs, edits, clf, truths, max(ks))
     info = {
         "model": model,
         "split": split,
@@ -289,15 +343,17 @@ def render(
         "`shared` = the sentence splice rewrites also reads as carrying another concept (pairs whose source is a "
         "value splice rewrites, not `unknown`, which appends).",
         "",
-        "| concept | pairs | sentences | changed | changed >= 2 | carrying | shared (rewritten) | shared (human edit) | L2 | Cos | abs true / est |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| concept | pairs | sentences | changed | changed >= 2 | carrying | shared (rewritten) | shared (human edit) "
+        "| L2 | Cos | mean abs true / est | L2 / abs true |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in concepts:
         a = analysis[c]
         lines.append(
             f"| {c} | {a['pairs']} | {a['mean_sentences']:.2f} | {a['mean_changed']:.2f} | {a['share_changed_2plus']:.1%} | "
             f"{a['mean_carrying']:.2f} | {a['share_located_shared']:.1%} | {a['share_edited_shared']:.1%} | "
-            f"{_f(a['all']['l2'])} | {_f(a['all']['cos'])} | {a['all']['true_norm']:.3f} / {a['all']['est_norm']:.3f} |"
+            f"{_f(a['all']['l2'])} | {_f(a['all']['cos'])} | {a['all']['true_norm']:.3f} / {a['all']['est_norm']:.3f} | "
+            f"{a['all']['l2'] / a['all']['true_norm']:.2f} |"
         )
     lines += [
         "",
@@ -325,6 +381,27 @@ def render(
             )
             + " |"
         )
+    reach = analysis.get("human_reach", {})
+    if reach:
+        shipped = table.get(f"splice:sentence/one@{ks[-1]}")
+        lines += [
+            "",
+            "Is the reach the bottleneck? The shipped sentence splice told, per pair, which sentences the human edit "
+            "rewrote (diagnostic; it reads the answer): `one` rewrites the first of them, `all` every one of them "
+            "(pairs whose edit only added a sentence keep the scorer's choice).",
+            "",
+            "| variant | L2 macro | Cos macro | " + " | ".join(f"{c} L2 / Cos" for c in concepts) + " |",
+            "|---|---|---|" + "---|" * len(concepts),
+        ]
+        for key, row in ([(f"splice:sentence/one@{ks[-1]} (scorer)", shipped)] if shipped else []) + list(
+            reach.items()
+        ):
+            pc = row["per_concept"]
+            lines.append(
+                f"| {key} | {_f(row['macro']['l2'])} | {_f(row['macro']['cos'])} | "
+                + " | ".join(f"{_f(pc[c]['l2'])} / {_f(pc[c]['cos'])}" for c in concepts)
+                + " |"
+            )
     lines += [
         "",
         "## 2. Before / after: `splice_unit` x `splice_scope`",
