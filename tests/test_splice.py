@@ -158,7 +158,7 @@ def test_clause_unit_rewrites_the_concept_clause_and_keeps_the_other_concepts_cl
     text = "Lunch on a Monday. The soup was delicious, but our waiter was rude."
     iv = Intervention("food", "bad", "good")
     # The sentence unit rewrites the whole shared sentence: the service judgement changes with it.
-    by_sentence, _ = SpliceExplainer(SentenceEdits(pool)).counterfactuals(text, iv, top_k=12)
+    by_sentence, _ = SpliceExplainer(SentenceEdits(pool, unit="sentence")).counterfactuals(text, iv, top_k=12)
     assert any("friendly" in c.text for c in by_sentence)
     by_clause, details = SpliceExplainer(SentenceEdits(pool, unit="clause")).counterfactuals(
         text, iv, top_k=12
