@@ -207,6 +207,11 @@ def fit_calibration(
         base, pair_errors(auto_pred, truths)["l2"], truths - auto_pred, coverage, trained_pairs=trained_pairs
     )
     robust = _robust_choice(cand, macro, zero_macro["l2"], default)
+    robust_cells = _cell_errors(cand[robust], truths, cells)
+    robust_expected = {
+        c: {**{m: round(v, 5) for m, v in e.items() if m != "n"}, "n": e["n"], "estimator": robust}
+        for c, e in robust_cells.items()
+    }
     report = {
         "methods": _table({n: e for n, e in comps.items()}, truths, concepts, directions),
         "candidates": _table(cand, truths, concepts, directions),
@@ -228,6 +233,7 @@ def fit_calibration(
         report,
         situation=situation,
         robust=robust,
+        robust_expected=robust_expected,
     )
 
 
