@@ -112,6 +112,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             stopping.set()
             workers.stop()
+            rt.close()  # the explainers' threads and caches
             store.close()
 
     app = FastAPI(

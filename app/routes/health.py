@@ -48,6 +48,8 @@ async def _ping_store(rt: Runtime) -> dict[str, Any]:
 async def readyz(request: Request) -> JSONResponse:
     """Ready once the embedded defaults are loaded and the job store answers (503 until then).
 
+    Lists the default domain's explainers with their state (loading, ready, failed and why).
+
     Degraded (503) while requests that timed out still hold worker threads past their deadline.
     Answered on the event loop; only the store ping takes a thread, its own, for at most
     `STORE_PING_S`.
@@ -73,6 +75,8 @@ async def readyz(request: Request) -> JSONResponse:
         status="ready" if ready else "loading" if not rt.loaded.is_set() else "degraded",
         ready=ready,
         components=components,
+        # Not part of readiness: a method that failed to build says why to the request that names it.
+        explainers=rt.explainer_states(),
         instance=rt.instance_id,
     )
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
