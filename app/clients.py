@@ -93,13 +93,13 @@ class Clients:
         """A registered LLM by name, an inline spec, or (None) the server's default LLM, if any."""
         if ref is None:
             s = self.settings
-            if not (s.llm_base_url and s.llm_model):
+            if not (s.llm.base_url and s.llm.model):
                 return None, None
             spec: dict[str, Any] = {
                 "kind": "openai",
-                "base_url": s.llm_base_url,
-                "model": s.llm_model,
-                "api_key": s.llm_api_key,
+                "base_url": s.llm.base_url,
+                "model": s.llm.model,
+                "api_key": s.llm.api_key,
             }
             name = "default"
         elif isinstance(ref, dict):

@@ -96,8 +96,8 @@ def needs_labels(domain: Domain, concept: str) -> bool:
 def resolve(rt: Runtime, params: MethodRequest, prefix: str = "body") -> Resolved:
     """Domain, classifier and explainer for a request (ExplanationRequest or EffectsParams), with 4xx on bad refs."""
     s = rt.settings
-    if params.top_k > s.max_top_k:
-        raise field_error(f"{prefix}.top_k", f"at most {s.max_top_k}")
+    if params.top_k > s.limits.max_top_k:
+        raise field_error(f"{prefix}.top_k", f"at most {s.limits.max_top_k}")
     try:
         domain = rt.domain(params.domain)
     except LookupError as e:
@@ -300,8 +300,8 @@ def explain_one(
     """
     began = time.perf_counter()
     arrived = received_at if received_at is not None and received_at <= began else began
-    if len(req.text) > rt.settings.max_text_chars:
-        raise field_error(f"{prefix}.text", f"at most {rt.settings.max_text_chars} characters")
+    if len(req.text) > rt.settings.limits.max_text_chars:
+        raise field_error(f"{prefix}.text", f"at most {rt.settings.limits.max_text_chars} characters")
     r = resolve(rt, req, prefix)
     iv = req.intervention
     q = Query(req.text, iv.concept, iv.target, iv.source, req.base_labels)

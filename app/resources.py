@@ -508,7 +508,7 @@ class Runtime:
         (all kept in the store). Off with CACE_AUTO_CALIBRATE=false. Returns the job id when one was queued.
         """
         s = self.settings
-        if not s.auto_calibrate or classifier_name.startswith("inline:") or not domain.pool.pairs:
+        if not s.calibration.auto or classifier_name.startswith("inline:") or not domain.pool.pairs:
             return None
         # The store decides (below); this only spares it a few writes per explanation on a busy replica.
         key, now = (domain.id, classifier_name), time.monotonic()
@@ -533,7 +533,7 @@ class Runtime:
         if (domain.calibration_dir(classifier_name) / META).exists():
             return None
         left, _ = self.store.calibration_budget_left(
-            classifier_name, s.calibration_budget_texts, s.calibration_budget_window_s
+            classifier_name, s.calibration.budget_texts, s.calibration.budget_window_s
         )
         if left < MIN_CALIBRATION_TEXTS:
             return None
@@ -542,11 +542,11 @@ class Runtime:
         request = {
             "domain_id": domain.id,
             "classifier": classifier_name,
-            "max_pairs": s.calibration_max_pairs,
+            "max_pairs": s.calibration.max_pairs,
         }
         why = f"service: first {queued_by} of classifier {classifier_name!r} on domain {domain.id!r}"
         job_id = self.store.create_job(
-            "calibration", request, [{}], limit=s.job_queue_limit, queued_by=why[:200]
+            "calibration", request, [{}], limit=s.jobs.queue_limit, queued_by=why[:200]
         )
         self.store.set_calibration_job(domain.id, classifier_name, job_id)
         if job_id is not None:

@@ -88,7 +88,7 @@ def list_methods(rt: RuntimeDep) -> MethodsOut:
     methods = rt.methods()
     unavailable = {}
     s = rt.settings
-    if "generate" in methods and not (s.llm_base_url and s.llm_model) and not rt.store.registry_list("llm"):
+    if "generate" in methods and not (s.llm.base_url and s.llm.model) and not rt.store.registry_list("llm"):
         unavailable["generate"] = (
             "no LLM: set CACE_LLM_BASE_URL and CACE_LLM_MODEL, or register one (POST /v1/llms)"
         )
