@@ -176,7 +176,9 @@ class Runtime:
         self.builtin_classifiers: dict[str, Classifier] = {}
         self.builtin_meta: dict[str, dict[str, Any]] = {}
         self._encoder: Any = None
-        self.domains = DomainCatalog(Path(settings.data_dir) / "domains", self.encoder)
+        self.domains = DomainCatalog(
+            Path(settings.data_dir) / "domains", self.encoder, on_evict=self.forget_domain
+        )
         self.default_domain_id: str | None = None
         self.clients = Clients(settings, store, transport)
         self._explainers: OrderedDict[ExplainerKey, CachedExplainer] = OrderedDict()

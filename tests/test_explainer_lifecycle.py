@@ -9,6 +9,8 @@ local scikit-learn model handed to the runtime, whose release after a close is w
 from __future__ import annotations
 
 import gc
+import json
+import shutil
 import threading
 import time
 import weakref
@@ -22,6 +24,7 @@ from fastapi.testclient import TestClient
 from app.main import create_app
 from app.resources import MAX_EXPLAINERS, Runtime
 from app.settings import Settings
+from explainers.artifacts import META
 from explainers.classifiers.local import SklearnClassifier
 from explainers.concepts import Intervention
 from explainers.data.movies import movie_corpus, train_rating_classifier
@@ -156,3 +159,34 @@ def test_the_service_closes_its_explainers_when_it_stops(tmp_path: Path) -> None
         assert explainer.ready
     assert explainer.state == "closed"
     assert not [t for t in threading.enumerate() if t.name.startswith("cace-close-")]
+
+
+def test_a_domain_dropped_from_memory_has_its_explainers_closed(client: TestClient) -> None:
+    """The catalog keeps a few uploaded domains loaded; one it evicts takes its explainers with it."""
+    rt = runtime(client)
+    for name in ("evict-a", "evict-b"):  # two uploaded domains (copies of the tiny one, renamed)
+        folder = rt.domains.root / name
+        shutil.copytree(rt.domain(None).directory, folder)
+        meta = json.loads((folder / META).read_text())
+        (folder / META).write_text(json.dumps({**meta, "id": name}))
+    rt.domains.keep = 1
+    first = rt.domain("evict-a")
+    assert first.id == "evict-a"
+    explainer, _, _ = rt.explainer("zero", first)
+    assert explainer.ready
+    rt.domain("evict-b")  # loading a second evicts the first
+    assert explainer.state == "closed"
+
+
+def test_replacing_a_classifier_registration_closes_its_fitted_explainers(client: TestClient) -> None:
+    """`auto` is built per classifier (its calibration); a re-registered classifier gets a fresh one,
+    and closing the composite closes the components it built."""
+    rt = runtime(client)
+    domain = rt.domain(None)
+    auto, _, _ = rt.explainer("auto", domain, classifier_name="rating")
+    other, _, _ = rt.explainer("auto", domain, classifier_name="another")
+    components = list(auto._explainers.values())
+    assert auto.ready and components and all(c.ready for c in components)
+    rt.forget("classifier", "rating")  # what DELETE /v1/classifiers/rating does (replacing is DELETE + POST)
+    assert auto.state == "closed" and all(c.state == "closed" for c in components)
+    assert other.ready

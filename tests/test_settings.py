@@ -94,3 +94,15 @@ def test_every_variable_has_one_place_and_cace_settings_lists_it(capsys: pytest.
     assert main([]) == 0
     printed = capsys.readouterr().out
     assert all(f"CACE_{flat.upper()} " in printed for flat in names)
+
+
+def test_every_setting_is_read_by_the_service() -> None:
+    """No dead settings: each is read somewhere in app/ under its grouped name."""
+    app_dir = Path(__file__).resolve().parents[1] / "app"
+    code = "\n".join(p.read_text() for p in app_dir.rglob("*.py") if p.name != "settings.py")
+    unread = [
+        f"{group}.{name}" if group else name
+        for group, name in env_names().values()
+        if (f".{group}.{name}" if group else f".{name}") not in code
+    ]
+    assert not unread, f"settings nothing reads: {unread}"
