@@ -117,6 +117,13 @@ class Clients:
                 )
             return self._llms[key], name
 
+    def close(self) -> None:
+        """Close every cached client (the service is stopping)."""
+        with self._lock:
+            for cache in (self._classifiers, self._llms):
+                while cache:
+                    close_quietly(cache.popitem()[1])
+
     def forget(self, kind: str, name: str) -> None:
         """Drop and close the clients of a deleted or replaced registration."""
         with self._lock:

@@ -25,7 +25,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import httpx
 
@@ -147,6 +147,13 @@ def close_when_idle(entry: CachedExplainer) -> None:
             close()
 
     threading.Thread(target=later, name=f"cace-close-{entry.key.method}", daemon=True).start()
+
+
+@runtime_checkable
+class Closeable(Protocol):
+    """A job handler that holds something outside this process (RayEffectsHandler: its actors)."""
+
+    def close(self) -> None: ...
 
 
 # Builds the job handlers of a runtime (job kind -> handler); handlers need the runtime they serve.
@@ -392,8 +399,13 @@ class Runtime:
         self._drop_explainers(lambda k: k.domain_id == domain_id)
 
     def close(self) -> None:
-        """Close every cached explainer (the service is stopping)."""
+        """Release what this runtime holds (the service is stopping): every cached explainer, the
+        job handlers' own workers (the Ray effects handler's actors), the outbound clients."""
         self._drop_explainers(lambda k: True)
+        for handler in self.handlers.values():
+            if isinstance(handler, Closeable):
+                handler.close()
+        self.clients.close()
 
     def _drop_explainers(self, which: Callable[[ExplainerKey], bool]) -> None:
         with self._lock:
