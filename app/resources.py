@@ -112,7 +112,8 @@ class CachedExplainer:
             "method": self.key.method,
             "classifier": self.key.stack_key,
             "llm": self.key.llm,
-            "options": {k: v for k, v in self.key.options},
+            # Names only: /readyz is public, and option values come from other clients' requests.
+            "options": [k for k, _ in self.key.options],
             "status": self.status,
             "detail": self.detail,
             "seconds": self.seconds,
@@ -498,7 +499,7 @@ class Runtime:
             explainer.load()
         except Exception as e:
             self._explainers.pop(key, None)
-            entry.status, entry.detail = "failed", f"{type(e).__name__}: {e}"
+            entry.status, entry.detail = "failed", f"{type(e).__name__}: {e}"[:300]
             entry.seconds = round(time.perf_counter() - started, 2)
             self._failed_explainers[key] = entry
             while len(self._failed_explainers) > MAX_FAILED_EXPLAINERS:

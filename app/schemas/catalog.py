@@ -237,7 +237,9 @@ class ExplainerStateOut(BaseModel):
     method: str
     classifier: str | None = Field(None, description="The classifier it was fit for (auto, stacked).")
     llm: str | None = Field(None, description="The LLM it generates with (generate).")
-    options: dict[str, Any] = Field(default_factory=dict, description="The method options it was built with.")
+    options: list[str] = Field(
+        default_factory=list, description="The method options it was built with (names)."
+    )
     status: str = Field(description="loading, ready or failed.")
     detail: str = Field("", description="Why it failed.")
     seconds: float | None = Field(None, description="Build and load time, once done.")
