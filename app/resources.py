@@ -15,6 +15,7 @@ domain's explainers with their state (loading, ready, failed and why).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -22,7 +23,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -95,6 +96,61 @@ MAX_EXPLAINERS = 16
 MAX_FAILED_EXPLAINERS = 16
 
 
+class ExplainerLock:
+    """One explanation at a time over a cached explainer, and whether one is in flight.
+
+    An explanation lets the mutex go while its classifier answers (`paused`, used by
+    `app.explain.LockFreeCalls`), so one slow endpoint does not hold up every explanation of the
+    method; it is still in flight then, and a dropped explainer is closed only once none is
+    (`when_idle`), not merely when the mutex is free. Used like `threading.Lock`.
+    """
+
+    def __init__(self) -> None:
+        self._mutex = threading.Lock()
+        self._state = threading.Condition()
+        self._in_flight = 0
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        if not self._mutex.acquire(blocking, timeout):
+            return False
+        with self._state:
+            self._in_flight += 1
+        return True
+
+    def release(self) -> None:
+        with self._state:
+            self._in_flight -= 1
+            self._state.notify_all()
+        self._mutex.release()
+
+    def __enter__(self) -> ExplainerLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Let others take the mutex for a while (a classifier call); the explanation stays in flight."""
+        self._mutex.release()
+        try:
+            yield
+        finally:
+            self._mutex.acquire()
+
+    @property
+    def idle(self) -> bool:
+        return self._in_flight == 0
+
+    def when_idle(self, fn: Callable[[], None]) -> None:
+        """Run `fn` once no explanation is in flight (a new one waits until it is done)."""
+        with self._state:
+            while self._in_flight:
+                self._state.wait()
+            fn()
+
+
 @dataclass
 class CachedExplainer:
     """One explainer of the cache and its lifecycle: loading, then ready or failed (with why)."""
@@ -102,7 +158,7 @@ class CachedExplainer:
     key: ExplainerKey
     explainer: Any = None
     # Held while the explainer explains (it is not thread-safe); closing waits for it.
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    lock: ExplainerLock = field(default_factory=ExplainerLock)
     status: str = "loading"
     detail: str = ""
     seconds: float | None = None
@@ -123,8 +179,8 @@ class CachedExplainer:
 def close_when_idle(entry: CachedExplainer) -> None:
     """Close a dropped explainer once no explanation is using it (at once when none is).
 
-    An explanation in flight holds the entry's lock; the close then waits for it in a thread of
-    its own, so whoever dropped the explainer (a DELETE, an eviction) never waits.
+    With an explanation in flight the close waits for it in a thread of its own, so whoever
+    dropped the explainer (a DELETE, an eviction) never waits.
     """
     explainer = entry.explainer
     if explainer is None:
@@ -136,18 +192,12 @@ def close_when_idle(entry: CachedExplainer) -> None:
         except Exception:  # noqa: BLE001 - it is being dropped: a failed close must not fail the caller
             log.exception("closing explainer %s failed", entry.key.method)
 
-    if entry.lock.acquire(blocking=False):
-        try:
-            close()
-        finally:
-            entry.lock.release()
+    if entry.lock.idle:
+        entry.lock.when_idle(close)
         return
-
-    def later() -> None:
-        with entry.lock:
-            close()
-
-    threading.Thread(target=later, name=f"cace-close-{entry.key.method}", daemon=True).start()
+    threading.Thread(
+        target=entry.lock.when_idle, args=(close,), name=f"cace-close-{entry.key.method}", daemon=True
+    ).start()
 
 
 @runtime_checkable
@@ -447,7 +497,7 @@ class Runtime:
         llm: str | dict[str, Any] | None = None,
         options: Mapping[str, Any] | None = None,
         classifier_name: str | None = None,
-    ) -> tuple[Any, threading.Lock, dict[str, Any]]:
+    ) -> tuple[Any, ExplainerLock, dict[str, Any]]:
         """A built explainer over `domain`'s data (cached), its lock, and facts to report (LLM name).
 
         `options` are the method options a request set, already checked against the method's

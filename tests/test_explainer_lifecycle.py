@@ -117,6 +117,9 @@ def test_an_explainer_in_use_is_closed_once_its_explanation_ends(client: TestCli
         rt.forget_domain(domain.id)
         time.sleep(0.2)
         assert explainer.state == "ready", "not closed under a running explanation"
+        with lock.paused():  # its classifier call lets the mutex go: it is still in flight
+            time.sleep(0.2)
+            assert explainer.state == "ready", "not closed while the explanation waits on its classifier"
     deadline = time.monotonic() + 10
     while explainer.state != "closed":
         assert time.monotonic() < deadline, explainer.state

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from app import explain
 from app.jobs.worker import RetryableError
 from app.problems import ApiError, field_error, validation_error
-from app.resources import Runtime
+from app.resources import ExplainerLock, Runtime
 from app.schemas import ComparisonRequest, EffectText, ReportRequest
 from explainers.artifacts import META
 from explainers.domains import Domain
@@ -194,7 +194,7 @@ class _Job:
     domain: Domain
     classifiers: list[Any]
     scorer: ReportScorer
-    lock: threading.Lock
+    lock: ExplainerLock
     cells: list[Cell]
 
 
