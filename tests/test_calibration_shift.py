@@ -84,11 +84,22 @@ def memorising(domain) -> tuple[SklearnClassifier, list[str]]:
 def test_declared_training_texts_are_left_out_of_the_fit_and_reported(domain, memorising, tmp_path) -> None:
     pool, space, enc = domain
     clf, trained = memorising
-    cal = calibrate(clf, pool, space, enc, ks=KS, max_pairs=None, combiners=("ridge",), trained_on=trained)
+    cal = calibrate(
+        clf,
+        pool,
+        space,
+        enc,
+        ks=KS,
+        max_pairs=None,
+        combiners=("ridge",),
+        trained_on=trained,
+        min_unseen_pairs=100,
+    )
     shift = cal.meta["shift"]
     assert shift["trained_on_declared"] and shift["trained_texts"] == len(trained) == 45
     mem = shift["memorisation"]
     assert mem["measured"] and mem["confidence_trained"] > mem["confidence_other"], mem
+    assert mem["ks_confidence"] >= 0.2, mem  # it memorised them: the pairs touching them are left out
     assert "not trained" in shift["fit_on"] and cal.meta["protocol"]["heldout_pairs"] == shift["pairs_unseen"]
     # The fit and the per-answer situation are kept with the artifact.
     cal.save(tmp_path / "cal")
