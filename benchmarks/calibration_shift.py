@@ -33,6 +33,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
 
 from benchmarks.harness import RESULTS, ROOT, write_result
 from explainers.bench import runner
@@ -167,9 +170,17 @@ def movie_cases(args: argparse.Namespace) -> list[Case]:
         "pairs": pairs,
     }
     originals = [r for r in raw if r["id"].endswith("-0")]
-    own = SklearnClassifier(train_rating_classifier(originals))
-    elsewhere = SklearnClassifier(train_rating_classifier(movie_corpus(400, edits=False, seed=7)))
     pool_ids = set(domain.pool.ids or [])
+    own = SklearnClassifier(train_rating_classifier(originals))
+    # A high-capacity model (1-3-grams, almost no regularisation) fits the noisy ratings of its training
+    # texts exactly: confidence 0.999 on them against 0.966 on new reviews, as a fine-tuned model on its corpus.
+    memorising = SklearnClassifier(
+        Pipeline(
+            [("tfidf", TfidfVectorizer(ngram_range=(1, 3))), ("lr", LogisticRegression(C=1e4, max_iter=5000))]
+        ).fit([r["text"] for r in originals], [r["rating"] for r in originals])
+    )
+    trained = sorted(r["id"] for r in originals if r["id"] in pool_ids)
+    elsewhere = SklearnClassifier(train_rating_classifier(movie_corpus(400, edits=False, seed=7)))
     return [
         Case(
             "movies / rating classifier trained elsewhere (400 other reviews)",
@@ -181,7 +192,14 @@ def movie_cases(args: argparse.Namespace) -> list[Case]:
         Case(
             "movies / rating classifier trained on the domain's originals",
             own,
-            trained_on=sorted(r["id"] for r in originals if r["id"] in pool_ids),
+            trained_on=trained,
+            note=f"{len(originals)} originals; edits unseen",
+            **common,
+        ),
+        Case(
+            "movies / memorising classifier (1-3-gram TF-IDF, LR C=1e4) trained on the domain's originals",
+            memorising,
+            trained_on=trained,
             note=f"{len(originals)} originals; edits unseen",
             **common,
         ),

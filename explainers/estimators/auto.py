@@ -68,7 +68,12 @@ class AutoExplainer:
     def _explainer(self, method: str) -> Explainer:
         if method not in self._explainers:
             # Components run as they were calibrated (e.g. splice's K cap), unless told otherwise.
-            fitted = self.calibration.meta.get("protocol", {}).get("options", {}) if self.calibration else {}
+            fitted = (
+                dict(self.calibration.meta.get("protocol", {}).get("options", {})) if self.calibration else {}
+            )
+            if self.calibration and "splice_max_k" in fitted:
+                # Calibrated before splice_unit was recorded: splice then replaced whole sentences.
+                fitted.setdefault("splice_unit", "sentence")
             self._explainers[method] = build_explainer(
                 method, self.resources, **options_for(method, {**fitted, **self.options})
             )

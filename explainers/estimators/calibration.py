@@ -114,6 +114,7 @@ class Calibration:
     # estimator used where the calibration does not describe a text (None: older calibrations).
     situation: Situation | None = None
     robust: str | None = None
+    robust_expected: dict[str, dict[str, Any]] = field(default_factory=dict)  # its error per cell
 
     # -- which estimator, which components --
     def estimator_for(self, concept: str, direction: str) -> str:
@@ -204,7 +205,14 @@ class Calibration:
             needed = self.required_components(estimator)
             row = {n: np.atleast_2d(np.asarray(estimates[n], float))[i : i + 1] for n in needed}
             icace = self.estimate(estimator, row, base[i : i + 1], [c], [s], [t])[0]
-            expected, lower, upper = self.local_claims(check, icace, base[i], c, direction)
+            expected, lower, upper = self.local_claims(
+                check,
+                icace,
+                base[i],
+                c,
+                direction,
+                robust=estimator == self.robust and estimator != self.estimator_for(c, direction),
+            )
             out.append(SituatedAnswer(estimator, icace, lower, upper, expected, check))
         return out
 
@@ -218,7 +226,14 @@ class Calibration:
         return self.situation.check(np.atleast_2d(np.asarray(base_prediction, float)))
 
     def local_claims(
-        self, check: LocalCheck | None, icace: np.ndarray, base: np.ndarray, concept: str, direction: str
+        self,
+        check: LocalCheck | None,
+        icace: np.ndarray,
+        base: np.ndarray,
+        concept: str,
+        direction: str,
+        *,
+        robust: bool = False,
     ) -> tuple[dict[str, Any] | None, np.ndarray, np.ndarray]:
         """The expected error and the interval for this text's situation.
 
@@ -226,7 +241,11 @@ class Calibration:
         prediction compare with their averages over every calibration pair; the interval is clipped
         to what an ICaCE can be (base + ICaCE stays a probability vector), which never drops a truth.
         """
-        cell: dict[str, Any] | None = self.expected_error(concept, direction)
+        cell: dict[str, Any] | None = (
+            self.robust_expected.get(cell_key(concept, direction))
+            if robust
+            else self.expected_error(concept, direction)
+        )
         expected = dict(cell) if cell is not None else None
         h = self.intervals.halfwidth(concept, direction)
         if check is not None:
@@ -268,6 +287,7 @@ class Calibration:
             "intervals": self.intervals.to_dict(),
             "expected": self.expected,
             "robust": self.robust,
+            "robust_expected": self.robust_expected,
             "situation": self.situation.to_dict() if self.situation is not None else None,
         }
         (tmp / "calibration.json").write_text(json.dumps(body, indent=1))
@@ -317,6 +337,7 @@ class Calibration:
             json.loads((directory / "probe.json").read_text()),
             situation,
             body.get("robust"),
+            body.get("robust_expected") or {},
         )
 
 

@@ -207,6 +207,11 @@ def fit_calibration(
         base, pair_errors(auto_pred, truths)["l2"], truths - auto_pred, coverage, trained_pairs=trained_pairs
     )
     robust = _robust_choice(cand, macro, zero_macro["l2"], default)
+    robust_cells = _cell_errors(cand[robust], truths, cells)
+    robust_expected = {
+        c: {**{m: round(v, 5) for m, v in e.items() if m != "n"}, "n": e["n"], "estimator": robust}
+        for c, e in robust_cells.items()
+    }
     report = {
         "methods": _table({n: e for n, e in comps.items()}, truths, concepts, directions),
         "candidates": _table(cand, truths, concepts, directions),
@@ -228,6 +233,7 @@ def fit_calibration(
         report,
         situation=situation,
         robust=robust,
+        robust_expected=robust_expected,
     )
 
 
@@ -422,7 +428,7 @@ def _fit_text_budget(
     Each held-out pair costs K classifier texts; K shrinks to fit (its smaller values are
     cache hits of the larger), and a method that cannot reach the smallest K is left out.
     """
-    from explainers.splice import DEFAULT_MAX_K
+    from explainers.splice import DEFAULT_MAX_K, DEFAULT_UNIT
 
     kept, skipped = [], {}
     for m in methods:
@@ -437,6 +443,8 @@ def _fit_text_budget(
             )
             continue
         options["splice_max_k"] = cap
+        # Recorded, so `auto` splices as it was calibrated even after the library's default changes.
+        options.setdefault("splice_unit", DEFAULT_UNIT)
         kept.append(m)
     return kept, options, skipped
 
