@@ -12,6 +12,7 @@ build's job id; the lock is free again once that job is final in the store.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import threading
@@ -57,6 +58,7 @@ class DomainCatalog:
         self.pinned: dict[str, Domain] = {}  # the default domain: never evicted or deleted
         self._loaded: OrderedDict[str, Domain] = OrderedDict()
         self._lock = threading.Lock()
+        self._writing = threading.Lock()  # deleting a domain vs saving into it
         # Builds killed mid-way (a crash, a SIGKILL) left their folders: nothing of them is served.
         for folder in clean_stale_staging(self.root):
             log.warning("removed the folder of an unfinished domain build: %s", folder)
@@ -149,7 +151,25 @@ class DomainCatalog:
         with self._lock:
             self._loaded.pop(domain_id, None)
         p = self.path(domain_id)
-        if not (p / META).exists():
-            return False
-        shutil.rmtree(p)
+        with self._writing:  # a calibration finishing now saves before this or not at all
+            if not (p / META).exists():
+                return False
+            shutil.rmtree(p)
         return True
+
+    def save_calibration(self, domain: Domain, classifier_name: str, calibration: Any) -> bool:
+        """Save a finished calibration into its domain's folder; False (nothing written) when the
+        domain was deleted meanwhile: a delete wins over a calibration that was running, which
+        must not leave a `calibrations/` folder behind where the domain was."""
+        folder = Path(domain.directory)
+        with self._writing:
+            if not (folder / META).exists():
+                return False
+            calibration.save(domain.calibration_dir(classifier_name))
+        if (folder / META).exists():
+            return True
+        # Deleted by another replica (no lock is shared between processes) while this one saved.
+        shutil.rmtree(folder / "calibrations", ignore_errors=True)
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # only if nothing else is left there
+        return False

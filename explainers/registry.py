@@ -53,6 +53,9 @@ class Resources:
     taggers: Any | None = None  # concept taggers (explainers.taggers)
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    # What factories derive from the data above and may share (splice's sentence edits): a
+    # domain hands every Resources of it the same dict, so two methods build such a thing once.
+    memo: dict[str, Any] = field(default_factory=dict)
 
     def need(self, name: str, method: str) -> Any:
         value = getattr(self, name, None)

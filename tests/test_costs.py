@@ -7,6 +7,8 @@ replicas; the service tests run a real server (uvicorn) and a real misbehaving c
 
 from __future__ import annotations
 
+import json
+import shutil
 import threading
 import time
 import uuid
@@ -20,7 +22,8 @@ import pytest
 from app.jobs.handlers import summarize
 from app.schemas import EffectsParams
 from app.store import Store
-from tests.tiny_domain import TINY_ID, TINY_IV, tiny_env, tiny_texts
+from explainers.artifacts import META
+from tests.tiny_domain import TINY_ID, TINY_IV, tiny_domain, tiny_env, tiny_texts
 
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
@@ -311,3 +314,64 @@ def test_an_effects_job_whose_texts_mostly_failed_is_failed_not_succeeded(
         summary = job["result"]["summary"]
         assert summary["n_failed"] == 2 and summary["n_used"] == 38
         assert "2 of 40 texts failed" in job["result"]["warnings"][0]
+
+
+# ---- deleting a domain while it calibrates ---------------------------------------------------
+def doomed_domain(data_dir: Path, tmp: Path, domain_id: str = "doomed") -> Path:
+    """A copy of the tiny domain under data_dir/domains, as a deletable (not default) domain."""
+    folder = data_dir / "domains" / domain_id
+    shutil.copytree(tiny_domain(tmp), folder)
+    meta = json.loads((folder / META).read_text())
+    (folder / META).write_text(json.dumps({**meta, "id": domain_id}))
+    return folder
+
+
+class _WritesLikeACalibration:
+    """What `Calibration.save` does to the file system (creates the folder and its parents)."""
+
+    def save(self, directory: Path) -> Path:
+        directory.mkdir(parents=True)
+        (directory / "calibration.json").write_text("{}")
+        return directory
+
+
+def test_a_calibration_finishing_after_its_domain_was_deleted_saves_nothing(tmp_path: Path) -> None:
+    """The race past the calibration's last cancel checkpoint: the delete wins, no folder reappears."""
+    from app.domains import DomainCatalog
+    from explainers.embeddings import Encoder
+
+    folder = doomed_domain(tmp_path / "data", tmp_path)
+    catalog = DomainCatalog(tmp_path / "data" / "domains", Encoder)
+    domain = catalog.get("doomed")
+    assert catalog.save_calibration(domain, "clf", _WritesLikeACalibration())
+    assert (folder / "calibrations" / "clf" / "calibration.json").exists()
+    assert catalog.delete("doomed")
+    assert not catalog.save_calibration(domain, "clf", _WritesLikeACalibration())
+    assert not folder.exists()
+
+
+@pytest.mark.slow
+def test_deleting_a_domain_while_it_calibrates_cancels_it_and_leaves_no_folder(
+    upstream: Any, tmp_path: Path
+) -> None:
+    """Today the calibration ran on and saved into `<domain>/calibrations/`, recreating a stray folder."""
+    from benchmarks.harness.service import service
+
+    data = tmp_path / "data"
+    folder = doomed_domain(data, tmp_path)
+    env = {**tiny_env(tmp_path), "CACE_DATA_DIR": str(data), "OMP_NUM_THREADS": "1"}
+    with service(env) as srv, httpx.Client(base_url=srv.base_url, timeout=120) as c:
+        register(c, "slowdel", f"{upstream.base_url}/slow/slowdel?s=0.25", batch_size=8, max_concurrency=1)
+        r = c.post("/v1/domains/doomed/calibrations", json={"classifier": "slowdel"})
+        assert r.status_code == 202, r.text
+        job_id = r.json()["id"]
+        deadline = time.monotonic() + 300
+        while calls(upstream.base_url, "slowdel")["count"] < 3:
+            assert time.monotonic() < deadline, "the calibration never reached the classifier"
+            time.sleep(0.2)
+        assert c.delete("/v1/domains/doomed").status_code == 204
+        assert c.get(f"/v1/jobs/{job_id}").json()["status"] == "cancelled"
+        time.sleep(8)  # what was in flight finishes (a chunk of 128 texts: 16 requests here)
+        assert not folder.exists(), sorted(str(p.relative_to(data)) for p in folder.rglob("*"))
+        assert c.get("/v1/domains/doomed").status_code == 404
+        assert c.get(f"/v1/jobs/{job_id}").json()["status"] == "cancelled"

@@ -489,6 +489,10 @@ def test_generate_shows_verification_and_rejections(browser, tmp_path: Path) -> 
             and res["cost"]["llm_calls"] > 0
         )
         shot(pg, "explain-generate")
+        # The same answer on a phone: the README shows both widths.
+        pg.set_viewport_size({"width": 390, "height": 844})
+        pg.wait_for_function("document.documentElement.scrollWidth <= 390")
+        shot(pg, "explain-generate-390")
         pg.context.close()
 
 

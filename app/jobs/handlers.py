@@ -352,7 +352,12 @@ class CalibrationHandler:
             store.calibration_defer(domain.id, name, e.retry_at)
             raise
         cal.meta["pairs_origin"] = domain.pairs_origin  # the expected error was measured on these pairs
-        cal.save(domain.calibration_dir(name))
+        # Cancelled past its last checkpoint (e.g. by the domain's delete), or the domain is gone:
+        # nothing is saved, so no `calibrations/` folder reappears where a deleted domain was.
+        if job_cancelled(store, job_id):
+            raise Cancelled("cancelled")
+        if not self.rt.domains.save_calibration(domain, name, cal):
+            raise LookupError(f"domain {domain.id!r} was deleted while it was being calibrated")
         self.rt.forget_domain(domain.id)  # `auto` explainers rebuild with the calibration
         return {"domain_id": domain.id, "classifier": name, **domain.calibrations()[name]}
 

@@ -87,6 +87,10 @@ def delete_domain(domain_id: str, rt: RuntimeDep) -> Response:
         )
     if not rt.domains.exists(domain_id):
         raise not_found("domain", domain_id)
+    # Its running calibrations stop at their next checkpoint and save nothing (see
+    # DomainCatalog.save_calibration): a delete leaves no folder of the domain behind.
+    for job_id in rt.store.active_jobs_on("calibration", domain_id):
+        rt.store.cancel_job(job_id)
     rt.domains.delete(domain_id)
     rt.forget_domain(domain_id)
     return Response(status_code=204)

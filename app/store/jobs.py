@@ -225,6 +225,17 @@ class JobStore(Tables):
             )
         return res.rowcount > 0
 
+    def active_jobs_on(self, kind: str, domain_id: str) -> list[str]:
+        """Ids of queued/running jobs of `kind` whose request names `domain_id` (e.g. a domain's
+        calibrations, cancelled when the domain is deleted)."""
+        with self.engine.connect() as c:
+            rows = c.execute(
+                sa.select(self.jobs.c.id, self.jobs.c.request).where(
+                    self.jobs.c.kind == kind, self.jobs.c.status.in_(ACTIVE)
+                )
+            ).all()
+        return [job_id for job_id, request in rows if (_load(request) or {}).get("domain_id") == domain_id]
+
     def job_status(self, job_id: str) -> str | None:
         with self.engine.connect() as c:
             return c.execute(

@@ -79,6 +79,7 @@ class Domain:
     space: Any  # explainers.matching.ConceptSpace; it carries the pool
     taggers: TaggerView | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    memo: dict[str, Any] = field(default_factory=dict, repr=False)  # see Resources.memo
 
     @property
     def schema(self) -> ConceptSchema:
@@ -143,6 +144,7 @@ class Domain:
             taggers=self.taggers,
             seed=seed,
             extra=dict(self.extra),
+            memo=self.memo,
         )
 
     def describe(self) -> dict[str, Any]:

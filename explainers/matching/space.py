@@ -115,6 +115,7 @@ class ConceptSpace:
         self.indices: dict[tuple[str, str], PartitionIndex] = {}
         self.rows: dict[tuple[str, str], np.ndarray] = {}
         self._conf_cache: dict[tuple, np.ndarray] = {}
+        self._label_codes: dict[str, tuple[np.ndarray, dict[str | None, int]]] = {}
 
     # -- embedding --------------------------------------------------------------------------
     def base_vectors(self) -> np.ndarray:
@@ -150,16 +151,35 @@ class ConceptSpace:
                 )
         self._conf_cache.clear()
 
+    def _codes(self, concept: str) -> tuple[np.ndarray, dict[str | None, int]]:
+        """Each pool text's value of `concept` as an integer code (None, not labelled, has one too)."""
+        if concept not in self._label_codes:
+            vocab: dict[str | None, int] = {}
+            codes = np.fromiter(
+                (vocab.setdefault(lab.get(concept), len(vocab)) for lab in self.pool.labels),
+                dtype=np.int32,
+                count=len(self.pool.labels),
+            )
+            self._label_codes[concept] = (codes, vocab)
+        return self._label_codes[concept]
+
     def _allowed(self, concept: str, value: str, confounders: Mapping[str, str]) -> np.ndarray:
+        """Positions in the (concept, value) partition whose texts have every confounder's value.
+
+        Compared as integer codes over the whole partition at once: a loop over its rows in
+        Python cost a CEBaB build 7 CPU s in the hit-rate diagnostics (the same positions)."""
         key = (concept, value, tuple(sorted(confounders.items())))
         if key not in self._conf_cache:
             rows = self.rows[(concept, value)]
-            ok = [
-                k
-                for k, r in enumerate(rows)
-                if all(self.pool.labels[r].get(c) == v for c, v in confounders.items())
-            ]
-            self._conf_cache[key] = np.asarray(ok, dtype=np.int64)
+            ok = np.ones(len(rows), dtype=bool)
+            for c, v in confounders.items():
+                codes, vocab = self._codes(c)
+                want = vocab.get(v)
+                if want is None:  # no text has this value
+                    ok[:] = False
+                    break
+                ok &= codes[rows] == want
+            self._conf_cache[key] = np.flatnonzero(ok).astype(np.int64)
         return self._conf_cache[key]
 
     def search(
