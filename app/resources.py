@@ -274,7 +274,12 @@ class Runtime:
                 stages=stages,
             )
         else:  # a domain folder, or a folder with a corpus.jsonl built in place on first start
-            domain = ensure_corpus_domain(Path(name), encoder=self.encoder(), log=log.info, stages=stages)
+            from app.llm_builds import default_domain_build
+
+            domain = ensure_corpus_domain(
+                Path(name), encoder=self.encoder(), log=log.info, stages=stages,
+                llm_build=default_domain_build(self),
+            )  # fmt: skip
         with self._lock:
             self._explainers.clear()  # rebuilt over the newly loaded domain
         built = self._prewarm(domain, stages) if self._prewarm_on_load else []
