@@ -376,8 +376,11 @@ def run(
         max_concurrency=options.max_concurrency, samples=options.label_samples, seed=options.seed,
     )  # fmt: skip
 
-    stages = stages or Stages("llm build", log=log, on_update=progress, interval_s=5.0)
-    stages.expect(stage_plan(plan, len(texts)))
+    if stages is None:  # nobody reports the build stages after these: plan the LLM ones only
+        stages = Stages("llm build", log=log, on_update=progress, interval_s=5.0)
+        stages.expect([s for s in stage_plan(plan, len(texts)) if s[0] in LLM_STAGES])
+    else:
+        stages.expect(stage_plan(plan, len(texts)))
 
     def step(what: str) -> Callable[[int, int], None]:
         def report(done: int, total: int) -> None:
