@@ -137,8 +137,7 @@ def prepare(
         raise field_error(e.where, e.message) from e
     rates = stored_rates(build_cache(rt), backend)
     # Previous builds' rates are the better estimate; the probe only fills a stage they lack.
-    covered = rates is not None and rates.label_s_per_token is not None and rates.edit_s_per_token is not None
-    speed = None if covered else _speed(rt, name or "default", backend)
+    speed = None if rates is not None and rates.complete else _speed(rt, name or "default", backend)
     plan = plan_build(rows, schema, options, budget=budget, speed=speed, rates=rates)
     return {"llm": opts.llm, "llm_name": name, "options": options.to_dict(), "plan": plan}
 
@@ -210,8 +209,7 @@ def default_domain_build(rt: Runtime) -> Any:
         rates = stored_rates(cache, backend)
         try:
             zero_label.plan_build(rows, schema, options, budget=budget, field="default_domain")
-            covered = rates is not None and rates.label_s_per_token is not None and rates.edit_s_per_token
-            speed = None if covered else measure_speed(backend)
+            speed = None if rates is not None and rates.complete else measure_speed(backend)
             plan = plan_build(
                 rows, schema, options, budget=budget, speed=speed, rates=rates, field="default_domain"
             )

@@ -143,6 +143,11 @@ class BuildRates:
     # source value no text has (labels collapsed onto one value) makes none.
     edit_fill: float = 1.0
 
+    @property
+    def complete(self) -> bool:
+        """Whether they estimate both LLM stages (else the probe fills in)."""
+        return self.label_s_per_token is not None and self.edit_s_per_token is not None
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
