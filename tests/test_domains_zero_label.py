@@ -253,6 +253,18 @@ def test_plan_refuses_a_budget_that_gives_no_pairs_or_cannot_label() -> None:
         plan_build(_rows(10), SCHEMA, LLMBuildOptions(max_llm_calls=20), budget=1000)
 
 
+def test_a_default_domain_folder_without_labels_needs_an_llm(tmp_path: Path) -> None:
+    from explainers.domains import DomainBuildError, ensure_corpus_domain
+
+    folder = tmp_path / "reviews"
+    folder.mkdir()
+    (folder / "schema.json").write_text(json.dumps(SCHEMA_DICT))
+    (folder / "corpus.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS))
+    with pytest.raises(DomainBuildError, match="an LLM must label them") as e:
+        ensure_corpus_domain(folder, encoder=None)  # refused while reading: nothing is embedded
+    assert e.value.where == "default_domain" and "CACE_LLM_BASE_URL" in e.value.message
+
+
 # -- an endpoint without logprobs (a FAKE server: llama.cpp always sends them) ------------------
 
 
