@@ -310,6 +310,7 @@ def main() -> int:
     if corpus.full is not None:
         domains["human-full"] = corpus.full
     cal_cost = {}
+    unbuilt: dict[str, str] = {}
     for label, dom in domains.items():
         res = dom.resources(encoder=encoder)
         if dom.pool.pairs:
@@ -328,6 +329,7 @@ def main() -> int:
                 explainer = build_explainer(m, res)
             except Exception as e:  # noqa: BLE001 - a method this domain cannot build is reported, not fatal
                 log(f"{label}:{m} cannot be built: {e}")
+                unbuilt[f"{label}:{m}"] = str(e)
                 continue
             table[f"{label}:{m}"], secs = evaluate(explainer, classifier, dev)
             log(f"{label}:{m} {table[f'{label}:{m}']} {secs:.0f}s")
@@ -386,6 +388,8 @@ def main() -> int:
     ]
     for k, v in table.items():
         lines.append(f"| {k} | {v['l2']:.4f} | {v['cos']:.4f} |")
+    for k, why in unbuilt.items():
+        lines.append(f"| {k} | n/a | n/a ({why}) |")
     lines.append("")
     lines.append(
         f"Best baseline (human labels): L2 {best['l2'][1]} {best['l2'][0]:.4f}, Cos {best['cos'][1]} {best['cos'][0]:.4f}."
