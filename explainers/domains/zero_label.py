@@ -593,9 +593,7 @@ def cli_build(args: Any, rows: Sequence[Mapping[str, Any]], schema: ConceptSchem
     rates = stored_rates(cache, backend)
     try:
         plan_build(rows, schema, options, budget=args.max_llm_calls)  # the cheap checks, no LLM call
-        speed = (
-            None if rates and rates.label_s_per_token and rates.edit_s_per_token else measure_speed(backend)
-        )
+        speed = None if rates is not None and rates.complete else measure_speed(backend)
         plan = plan_build(rows, schema, options, budget=args.max_llm_calls, speed=speed, rates=rates)
     except PlanError as e:
         print(f"--max-llm-calls: {e.message}")
