@@ -396,6 +396,9 @@ def uncertainty(exp: Explanation, labels: list[str]) -> dict[str, Any]:
     if exp.details.get("expected_error"):
         out["expected_error"] = exp.details["expected_error"]
         out["pairs_origin"] = (exp.details.get("calibration") or {}).get("pairs_origin")
+    if exp.details.get("situation"):
+        out["valid"] = exp.details["situation"].get("valid")
+        out["situation"] = exp.details["situation"]
     return out
 
 

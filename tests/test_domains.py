@@ -128,6 +128,23 @@ def test_a_movie_domain_end_to_end_without_cebab(tmp_path: Path, rating_server: 
         lo, hi = auto["uncertainty"]["interval"]["pos"]
         assert lo <= auto["icace"]["pos"] <= hi and auto["uncertainty"]["coverage"] == 0.9
         assert "l2" in auto["uncertainty"]["expected_error"]
+        # A calibrated answer says whether its calibration describes this text, and on how many pairs.
+        assert isinstance(auto["uncertainty"]["valid"], bool)
+        assert auto["uncertainty"]["situation"]["effective_pairs"] > 0
+
+        # The texts the classifier was trained on: ids of the domain's texts, else a 422 naming them.
+        body = {"classifier": "movie-rating", "trained_on": ["m0-0-0", "no-such-id"]}
+        bad = c.post("/v1/domains/movies/calibrations", json=body)
+        assert field(bad, 422) == "body.trained_on" and "'no-such-id'" in bad.json()["detail"]
+        originals = [r["id"] for r in movie_corpus(70, seed=0) if r["id"].endswith("-0")]
+        r = c.post(
+            "/v1/domains/movies/calibrations", json={"classifier": "movie-rating", "trained_on": originals}
+        )
+        assert r.status_code == 202, r.text
+        assert wait_job(c, r.json()["id"])["status"] == "succeeded"
+        shift = c.get("/v1/domains/movies/calibrations").json()["movie-rating"]["shift"]
+        assert shift["trained_on_declared"] is True and shift["trained_texts"] == 70, shift
+        assert shift["memorisation"]["measured"] is True
 
         for method in METHODS_WITHOUT_LLM:
             r = c.post("/v1/explanations", json={**QUERY, "method": method, "top_k": 3})

@@ -131,6 +131,8 @@ class EffectsHandler:
             "icace": [float(x) for x in exp.icace],
             "base_prediction": [float(x) for x in exp.base_prediction],
             "n_counterfactuals": int(exp.details.get("used", len(exp.counterfactuals))),
+            # auto, calibrated: whether its calibration describes this text (explainers/estimators/shift.py)
+            "valid": (exp.details.get("situation") or {}).get("valid"),
         }
 
     # The worker may pass `finalize` an iterator over the stored rows instead of a list (one pass).
@@ -163,6 +165,7 @@ def summarize(
     for the bootstrap.
     """
     n_rows = n_results = failed = 0
+    checked = not_valid = 0
     sources: Counter[str] = Counter()
     labels: list[str] | None = None
     blocks: list[np.ndarray] = []
@@ -179,6 +182,9 @@ def summarize(
         if x["status"] == "done":
             labels = labels or x["labels"]
             pending.append(x["icace"])
+            if x.get("valid") is not None:
+                checked += 1
+                not_valid += not x["valid"]
             if len(pending) == 4096:
                 blocks.append(np.asarray(pending, dtype=float))
                 pending = []
@@ -204,6 +210,13 @@ def summarize(
             f"{failed} of {n_rows} texts failed and are not in the CaCE: it and its CI are over the "
             f"{len(icaces)} changed texts that succeeded, which may not represent all the texts"
         )
+    if not_valid:
+        warnings.append(
+            f"for {not_valid} of {checked} changed texts the calibration behind auto does not hold (few "
+            "calibration pairs had a base prediction like theirs, or the classifier was trained on the "
+            "calibration's texts): auto answered them with its robust fallback and their expected error "
+            "and interval are not claimed (each row's `valid`)"
+        )
     return {
         "labels": labels,
         "cace": explain.as_map(labels, est.cace),
@@ -217,6 +230,7 @@ def summarize(
             "n_used": len(icaces),
             "n_failed": failed,
             "sources": dict(sources),
+            **({"calibration_checked": checked, "calibration_not_valid": not_valid} if checked else {}),
             "mean_abs_icace": explain.as_map(labels, mean_abs),
             "most_increased": labels[int(np.argmax(est.cace))],
             "most_decreased": labels[int(np.argmin(est.cace))],
@@ -245,6 +259,7 @@ def row_out(row: dict[str, Any]) -> dict[str, Any]:
             explain.as_map(labels, res["base_prediction"]) if labels and "base_prediction" in res else None
         ),
         "n_counterfactuals": res.get("n_counterfactuals"),
+        "valid": res.get("valid"),
         "error": row.get("error"),
         "attempts": row.get("attempts"),
         "finished_at": row.get("finished_at"),
@@ -315,6 +330,7 @@ class CalibrationHandler:
                     max_pairs=request.get("max_pairs") or s.calibration_max_pairs,
                     max_classifier_texts=max_texts,
                     classifier_name=name,
+                    trained_on=request.get("trained_on"),
                     log=lambda _: checkpoint(),  # called between stages: a cancel is seen there too
                     stages=job_stages(self.rt, job_id, f"calibration of {name} on {domain.id}"),
                 )

@@ -265,13 +265,24 @@ def calibrate_domain(
         _, name = rt.classifier(body.classifier)
     except LookupError as e:
         raise field_error("body.classifier", str(e).strip("'\"")) from e
-    request = {
+    request: dict[str, Any] = {
         "domain_id": domain_id,
         "classifier": name,
         "max_pairs": min(
             body.max_pairs or rt.settings.calibration_max_pairs, rt.settings.calibration_max_pairs
         ),
     }
+    if body.trained_on is not None:
+        known = set(domain.pool.ids or ())
+        unknown = [i for i in dict.fromkeys(body.trained_on) if i not in known]
+        if unknown:
+            raise field_error(
+                "body.trained_on",
+                f"{len(unknown)} id(s) are not texts of domain {domain_id!r} (first: "
+                + ", ".join(repr(i) for i in unknown[:3])
+                + ")",
+            )
+        request["trained_on"] = list(dict.fromkeys(body.trained_on))
     return submit(rt, "calibration", request, [{}], requester(http_request)[0])
 
 

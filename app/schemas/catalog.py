@@ -145,6 +145,15 @@ class CalibrationRequest(BaseModel):
     max_pairs: StrictInt | None = Field(
         None, ge=50, le=100000, description="Held-out pairs to score (capped by CACE_CALIBRATION_MAX_PAIRS)"
     )
+    trained_on: list[SafeText] | None = Field(
+        None,
+        max_length=200_000,
+        description="Ids of the domain's texts the classifier was trained on. A classifier is overconfident "
+        "on its training texts, so pairs touching them are left out of the calibration when enough others "
+        "remain (else kept, and every answer says its expected error was measured on trained texts); the "
+        "calibration reports how differently the classifier behaves on them",
+        examples=[["000000_000000", "000001_000000"]],
+    )
 
 
 class DomainOut(BaseModel):

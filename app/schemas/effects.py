@@ -73,6 +73,11 @@ class EffectRow(BaseModel):
     icace: dict[str, float] | None = None
     base_prediction: dict[str, float] | None = None
     n_counterfactuals: int | None = None
+    valid: bool | None = Field(
+        None,
+        description="method auto, calibrated: whether its calibration describes this text (see the "
+        "explanation's uncertainty.valid); null when not checked",
+    )
     error: str | None = None
     attempts: int | None = None
     finished_at: float | None = None
@@ -86,7 +91,8 @@ class CaceResult(BaseModel):
     confidence: float
     summary: dict[str, Any] = Field(
         description="Counts (n_texts, n_used: the changed texts the CaCE is over, n_unchanged, n_failed), "
-        "sources, mean |ICaCE|, the method."
+        "sources, mean |ICaCE|, the method; for calibrated auto, calibration_checked and "
+        "calibration_not_valid (texts the calibration does not describe)."
     )
     warnings: list[str] = Field(
         default_factory=list, description="What the numbers do not show, e.g. texts that failed."

@@ -132,6 +132,18 @@ class Uncertainty(BaseModel):
         description="method auto, calibrated: who made the held-out pairs the expected error was measured on "
         "(human, llm: an LLM wrote the edits, mixed; null for a calibration older than this field)",
     )
+    valid: bool | None = Field(
+        None,
+        description="method auto, calibrated: whether the expected error and the interval hold for this text's "
+        "situation (false: few calibration pairs had a base prediction like this text's, or every calibration "
+        "pair touched the classifier's training texts; `situation.why` says which). Null when not checked.",
+    )
+    situation: dict[str, Any] | None = Field(
+        None,
+        description="method auto, calibrated: how this text's base prediction compares with the calibration "
+        "pairs' (effective_pairs behind the numbers, confidence and its percentile, error_ratio, why, fallback: "
+        "the robust estimator that answered where the calibration does not describe the text)",
+    )
 
 
 class Timings(BaseModel):

@@ -102,9 +102,18 @@ def _render(sentences: list[tuple[str, str | None]]) -> str:
 
 
 def movie_corpus(
-    n_origins: int = 200, *, edits: bool = True, seed: int = 0, prefix: str = "m"
+    n_origins: int = 200,
+    *,
+    edits: bool = True,
+    seed: int = 0,
+    prefix: str = "m",
+    edits_per_concept: int = 1,
 ) -> list[dict[str, Any]]:
-    """Rows {text, labels, origin, id, rating}: each origin's review, then (if `edits`) one edit per concept."""
+    """Rows {text, labels, origin, id, rating}: each origin's review, then (if `edits`) its edits.
+
+    One edit per concept by default (to a random other value); with `edits_per_concept=2`
+    every other value, so two edits of one concept also form a pair (edit->edit), as in CEBaB.
+    """
     rng = np.random.default_rng(seed)
     rows: list[dict[str, Any]] = []
     for o in range(n_origins):
@@ -130,27 +139,42 @@ def movie_corpus(
         )
         if not edits:
             continue
-        for k, c in enumerate(CONCEPTS, start=1):
-            target = str(rng.choice([v for v in VALUES if v != labels[c]]))
-            edited = [(s, cc) for s, cc in sentences if cc != c]
-            if target != "unknown":
-                options = PHRASES[(c, target)]
-                at = next(
-                    (i for i, (_, cc) in enumerate(sentences) if cc == c),
-                    int(rng.integers(0, len(edited) + 1)),
-                )
-                edited.insert(min(at, len(edited)), (options[rng.integers(len(options))], c))
-            new = {**labels, c: target}
-            rows.append(
-                {
-                    "text": _render(edited),
-                    "labels": new,
-                    "origin": origin,
-                    "id": f"{origin}-{k}",
-                    "rating": rating(new, rng),
-                }
-            )
+        k = 0
+        for c in CONCEPTS:
+            others = [v for v in VALUES if v != labels[c]]
+            # One edit draws its target here, as it always did, so the default corpus is unchanged.
+            targets = [str(rng.choice(others))] if edits_per_concept == 1 else others[:edits_per_concept]
+            for target in targets:
+                k += 1
+                rows.append(_edit(sentences, labels, c, target, rng, origin, k))
     return rows
+
+
+def _edit(
+    sentences: list[tuple[str, str | None]],
+    labels: dict[str, str],
+    c: str,
+    target: str,
+    rng: np.random.Generator,
+    origin: str,
+    k: int,
+) -> dict[str, Any]:
+    edited = [(s, cc) for s, cc in sentences if cc != c]
+    if target != "unknown":
+        options = PHRASES[(c, target)]
+        at = next(
+            (i for i, (_, cc) in enumerate(sentences) if cc == c),
+            int(rng.integers(0, len(edited) + 1)),
+        )
+        edited.insert(min(at, len(edited)), (options[rng.integers(len(options))], c))
+    new = {**labels, c: target}
+    return {
+        "text": _render(edited),
+        "labels": new,
+        "origin": origin,
+        "id": f"{origin}-{k}",
+        "rating": rating(new, rng),
+    }
 
 
 def train_rating_classifier(rows: list[dict[str, Any]]) -> Any:

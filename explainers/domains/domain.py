@@ -191,6 +191,8 @@ def calibration_summaries(directory: Path) -> dict[str, dict[str, Any]]:
             "coverage": meta.get("coverage"),
             "default_estimator": meta.get("default_estimator"),
             "pairs_origin": meta.get("pairs_origin"),
+            "shift": meta.get("shift"),
+            "robust_estimator": meta.get("robust_estimator"),
             "auto": report.get("auto", {}).get("macro"),
             "zero": report.get("zero"),
             "table": {name: row.get("macro") for name, row in report.get("methods", {}).items()},

@@ -134,6 +134,10 @@ class AutoExplainer:
         if cal is not None:
             estimator = cal.estimator_for(concept, direction)
             needed = cal.required_components(estimator)
+            if cal.situation is not None and cal.robust and cal.robust != estimator:
+                # The fallback's components come in the same classifier call: which one answers
+                # is known only once the text's own prediction is.
+                needed = list(dict.fromkeys([*needed, *cal.required_components(cal.robust)]))
         else:
             estimator, needed = "uncalibrated", list(UNCALIBRATED_DEFAULT)
         found = self._prefetch(text, intervention, cached, needed, base_labels)
@@ -155,23 +159,32 @@ class AutoExplainer:
             "components": {n: [round(float(x), 5) for x in e.icace] for n, e in parts.items()},
         }
         if cal is not None:
-            icace = cal.estimate(estimator, ests, base[None, :], [concept], [source], [target])[0]
-            lower, upper = cal.intervals.bounds(icace, concept, direction)
+            answer = cal.estimate_situated(ests, base[None, :], [concept], [source], [target])[0]
+            estimator, icace, check = answer.estimator, answer.icace, answer.check
+            expected, lower, upper = answer.expected, answer.lower, answer.upper
             details.update(
                 calibrated=True,
                 **cal.describe_estimator(estimator, concept, direction),
-                expected_error=cal.expected_error(concept, direction),
+                expected_error=expected,
                 interval={
                     "lower": [round(float(x), 5) for x in lower],
                     "upper": [round(float(x), 5) for x in upper],
                     "coverage": cal.intervals.coverage,
-                    "kind": "split-conformal per label, from held-out pool pairs",
+                    "kind": "split-conformal per label from held-out pool pairs, weighted towards the pairs "
+                    "whose base prediction looks like this text's, clipped to the possible range",
+                    "valid": check.valid if check is not None else None,
                 },
+                situation=(
+                    {**check.to_dict(), **({"fallback": estimator} if not check.valid else {})}
+                    if check is not None
+                    else None
+                ),
                 calibration={
                     "classifier": cal.meta.get("classifier", {}).get("name"),
                     "fingerprint": cal.meta.get("classifier", {}).get("fingerprint"),
                     "created_at": cal.meta.get("created_at"),
                     "pairs_origin": cal.meta.get("pairs_origin"),
+                    "shift": cal.meta.get("shift"),
                 },
             )
         else:

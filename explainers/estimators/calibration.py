@@ -7,7 +7,8 @@ probability simplex (stack.py), split-conformal intervals and the expected error
 A `Calibration` is a folder: meta.json (kind, format version, classifier name and
 fingerprint = hash of its predictions on a fixed probe set of pool texts, pool hash,
 library versions, cost), calibration.json (stacks, choices, intervals, expected errors),
-report.json (the tables), probe.json, combiner_<kind>.joblib.
+report.json (the tables), probe.json, combiner_<kind>.joblib, situation.npz (the calibration
+pairs' behaviour and auto's errors there: explainers/estimators/shift.py).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from explainers.classifiers.base import Classifier
 from explainers.data.pool import Pool
 from explainers.estimators.combiner import Combiner
 from explainers.estimators.intervals import Intervals
+from explainers.estimators.shift import LocalCheck, Situation
 from explainers.estimators.stack import CellStack, cell_key, project_icace
 
 KIND = "calibration"
@@ -78,6 +80,22 @@ class CountingClassifier:
 
 # -- the saved artifact -----------------------------------------------------------------------
 @dataclass
+class SituatedAnswer:
+    """`auto`'s answer for one text: estimator, ICaCE, the claims valid for its situation."""
+
+    estimator: str
+    icace: np.ndarray
+    lower: np.ndarray
+    upper: np.ndarray
+    expected: dict[str, Any] | None
+    check: LocalCheck | None
+
+    @property
+    def valid(self) -> bool | None:
+        return self.check.valid if self.check is not None else None
+
+
+@dataclass
 class Calibration:
     """What `auto` needs to explain with a calibrated estimator for one (classifier, domain)."""
 
@@ -92,6 +110,11 @@ class Calibration:
     expected: dict[str, dict[str, Any]]
     report: dict[str, Any] = field(default_factory=dict)
     probe: dict[str, Any] = field(default_factory=dict)
+    # The calibration pairs' behaviour and auto's errors there (per-answer validity), and the
+    # estimator used where the calibration does not describe a text (None: older calibrations).
+    situation: Situation | None = None
+    robust: str | None = None
+    robust_expected: dict[str, dict[str, Any]] = field(default_factory=dict)  # its error per cell
 
     # -- which estimator, which components --
     def estimator_for(self, concept: str, direction: str) -> str:
@@ -161,8 +184,79 @@ class Calibration:
             )
         return out
 
+    def estimate_situated(
+        self,
+        estimates: Mapping[str, np.ndarray],
+        base: np.ndarray,
+        concepts: Sequence[str],
+        sources: Sequence[str],
+        targets: Sequence[str],
+    ) -> list[SituatedAnswer]:
+        """What `auto` answers for each row: its estimator (the robust fallback where the calibration
+        does not describe the row's situation), the ICaCE, and the situation's expected error and interval."""
+        base = np.atleast_2d(np.asarray(base, float))
+        out = []
+        for i, (c, s, t) in enumerate(zip(concepts, sources, targets, strict=True)):
+            direction = f"{s}->{t}"
+            estimator = self.estimator_for(c, direction)
+            check = self.check(base[i])
+            if check is not None and not check.valid and self.robust:
+                estimator = self.robust
+            needed = self.required_components(estimator)
+            row = {n: np.atleast_2d(np.asarray(estimates[n], float))[i : i + 1] for n in needed}
+            icace = self.estimate(estimator, row, base[i : i + 1], [c], [s], [t])[0]
+            expected, lower, upper = self.local_claims(
+                check,
+                icace,
+                base[i],
+                c,
+                direction,
+                robust=estimator == self.robust and estimator != self.estimator_for(c, direction),
+            )
+            out.append(SituatedAnswer(estimator, icace, lower, upper, expected, check))
+        return out
+
     def expected_error(self, concept: str, direction: str) -> dict[str, float] | None:
         return self.expected.get(cell_key(concept, direction))
+
+    def check(self, base_prediction: np.ndarray) -> LocalCheck | None:
+        """What this calibration can claim for a text with this base prediction (None: not recorded)."""
+        if self.situation is None:
+            return None
+        return self.situation.check(np.atleast_2d(np.asarray(base_prediction, float)))
+
+    def local_claims(
+        self,
+        check: LocalCheck | None,
+        icace: np.ndarray,
+        base: np.ndarray,
+        concept: str,
+        direction: str,
+        *,
+        robust: bool = False,
+    ) -> tuple[dict[str, Any] | None, np.ndarray, np.ndarray]:
+        """The expected error and the interval for this text's situation.
+
+        The cell's numbers scaled by how auto's error and residual quantiles near this text's base
+        prediction compare with their averages over every calibration pair; the interval is clipped
+        to what an ICaCE can be (base + ICaCE stays a probability vector), which never drops a truth.
+        """
+        cell: dict[str, Any] | None = (
+            self.robust_expected.get(cell_key(concept, direction))
+            if robust
+            else self.expected_error(concept, direction)
+        )
+        expected = dict(cell) if cell is not None else None
+        h = self.intervals.halfwidth(concept, direction)
+        if check is not None:
+            h = h * np.where(np.isfinite(check.halfwidth_ratio), check.halfwidth_ratio, np.inf)
+            if expected is not None and "l2" in expected:
+                expected["cell_l2"] = expected["l2"]
+                expected["l2"] = round(float(expected["l2"]) * check.error_ratio, 5)
+        est, b = np.asarray(icace, float), np.asarray(base, float)
+        lower = np.maximum(est - h, -b)
+        upper = np.minimum(est + h, 1.0 - b)
+        return expected, lower, upper
 
     # -- the classifier check --
     def check_classifier(self, classifier: Classifier) -> tuple[bool, str]:
@@ -192,12 +286,24 @@ class Calibration:
             "choice": self.choice,
             "intervals": self.intervals.to_dict(),
             "expected": self.expected,
+            "robust": self.robust,
+            "robust_expected": self.robust_expected,
+            "situation": self.situation.to_dict() if self.situation is not None else None,
         }
         (tmp / "calibration.json").write_text(json.dumps(body, indent=1))
         (tmp / "report.json").write_text(json.dumps(self.report, indent=1, default=str))
         (tmp / "probe.json").write_text(json.dumps(self.probe, indent=1))
         for k, comb in self.combiners.items():
             joblib.dump(comb, tmp / f"combiner_{k}.joblib")
+        if self.situation is not None:
+            arrays = self.situation.to_arrays()
+            np.savez(
+                tmp / "situation.npz",
+                features=arrays["features"],
+                l2=arrays["l2"],
+                residuals=arrays["residuals"],
+                bandwidth=arrays["bandwidth"],
+            )
         fields = {k: v for k, v in self.meta.items() if k not in ("kind", "created_at", "library_versions")}
         self.meta = write_meta(tmp, KIND, **fields)
         if directory.exists():
@@ -213,6 +319,10 @@ class Calibration:
         meta = read_meta(directory, KIND)  # checks the format version
         body = json.loads((directory / "calibration.json").read_text())
         combiners = {k: joblib.load(directory / f) for k, f in body.get("combiners", {}).items()}
+        situation = None
+        if body.get("situation") and (directory / "situation.npz").exists():
+            with np.load(directory / "situation.npz") as arrays:
+                situation = Situation.from_parts(dict(arrays), body["situation"])
         return cls(
             meta,
             list(body["labels"]),
@@ -225,6 +335,9 @@ class Calibration:
             body["expected"],
             json.loads((directory / "report.json").read_text()),
             json.loads((directory / "probe.json").read_text()),
+            situation,
+            body.get("robust"),
+            body.get("robust_expected") or {},
         )
 
 
@@ -252,6 +365,7 @@ def _candidate_predict(
 __all__ = [
     "Calibration",
     "CountingClassifier",
+    "SituatedAnswer",
     "component",
     "fingerprint",
     "parse_component",

@@ -57,6 +57,7 @@ from explainers.estimators.heldout import (
 )
 from explainers.estimators.heldout import heldout_pairs as find_heldout_pairs
 from explainers.estimators.intervals import fit_intervals
+from explainers.estimators.shift import Situation, memorisation, seen_mask
 from explainers.estimators.stack import CellStack, cell_key, fit_cell_stack, project_icace
 from explainers.metrics import summarize
 from explainers.pool_kernel import predict_in_chunks
@@ -78,6 +79,9 @@ DEFAULT_METHODS = (
 TEXT_MAKING = ("splice", "splice_median")
 DEFAULT_KS = (5, 10, 20, 50)
 DEFAULT_COMBINERS = ("hgb", "ridge")
+# With fewer held-out pairs than this left once the pairs touching the classifier's training texts
+# are dropped, the calibration keeps them all and says its errors were measured on trained texts.
+MIN_UNSEEN_PAIRS = 100
 
 
 # -- fitting ------------------------------------------------------------------------------------
@@ -118,9 +122,13 @@ def fit_calibration(
     coverage: float = 0.9,
     min_cell_pairs: int = 40,
     seed: int = 0,
+    trained_pairs: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> Calibration:
-    """Stacks, combiners, per-cell choice, intervals and expected errors from held-out component estimates."""
+    """Stacks, combiners, per-cell choice, intervals and expected errors from held-out component estimates.
+
+    `trained_pairs`: every pair touched a text the classifier was trained on (the answers say so).
+    """
     truths, base = scores.truths, scores.base
     concepts, directions, groups = scores.concepts, scores.directions, scores.groups
     sources = [p.source for p in scores.pairs]
@@ -193,6 +201,17 @@ def fit_calibration(
             "note": "cross-fitted on the pool's held-out pairs; the choice of estimator was made on "
             "these pairs too, so slightly optimistic",
         }
+    from explainers.metrics import pair_errors
+
+    situation = Situation.fit(
+        base, pair_errors(auto_pred, truths)["l2"], truths - auto_pred, coverage, trained_pairs=trained_pairs
+    )
+    robust = _robust_choice(cand, macro, zero_macro["l2"], default)
+    robust_cells = _cell_errors(cand[robust], truths, cells)
+    robust_expected = {
+        c: {**{m: round(v, 5) for m, v in e.items() if m != "n"}, "n": e["n"], "estimator": robust}
+        for c, e in robust_cells.items()
+    }
     report = {
         "methods": _table({n: e for n, e in comps.items()}, truths, concepts, directions),
         "candidates": _table(cand, truths, concepts, directions),
@@ -212,7 +231,26 @@ def fit_calibration(
         intervals,
         expected,
         report,
+        situation=situation,
+        robust=robust,
+        robust_expected=robust_expected,
     )
+
+
+def _robust_choice(
+    cand: Mapping[str, np.ndarray], macro: Mapping[str, Mapping[str, float]], zero_l2: float, default: str
+) -> str:
+    """The estimator `auto` falls back to where its calibration does not describe the text.
+
+    The best single text-making component (splice's family): its counterfactuals are new texts
+    made from the query itself, so its error does not lean on how the classifier behaved on the
+    pool's texts (which it may have been trained on), nor on a combiner extrapolating from base
+    predictions it never saw. Without one, the default choice.
+    """
+    robust = [n for n in cand if n.startswith("single:") and n[7:].rpartition("@")[0] in TEXT_MAKING]
+    if not robust:
+        return default
+    return min(robust, key=lambda n: _score(macro[n]["l2"], macro[n]["cos"], zero_l2))
 
 
 def calibrate(
@@ -232,10 +270,16 @@ def calibrate(
     classifier_name: str | None = None,
     seed: int = 0,
     options: Mapping[str, Any] | None = None,
+    trained_on: Sequence[str] | None = None,
     log: Callable[[str], None] | None = None,
     stages: Stages | None = None,
 ) -> Calibration:
     """Fit a `Calibration` of `classifier` on `pool`'s own counterfactual pairs (see the module doc).
+
+    `trained_on`: ids of the pool texts the classifier was trained on. Pairs touching one are left
+    out of the fit when at least `MIN_UNSEEN_PAIRS` others remain (a classifier is overconfident on
+    its training texts, so effects measured there are not the effects it shows on new texts); else
+    they are kept and every answer says its expected error was measured on trained texts.
 
     `stages` receives the progress: `CALIBRATION_STAGES` (classify the pool, score the held-out
     pairs method by method, fit the combiners and intervals).
@@ -276,7 +320,27 @@ def calibrate(
             )
         probe_pred = cached.predict_proba(probe)
     fold_of = origin_folds(pool_origins(pool), folds, seed)
-    pairs = stratified_sample(find_heldout_pairs(pool, fold_of), max_pairs, seed)
+    candidates = find_heldout_pairs(pool, fold_of)
+    seen = seen_mask([p.base for p in candidates], [p.cf for p in candidates], pool.ids, trained_on)
+    shift_meta: dict[str, Any] = {"trained_on_declared": trained_on is not None}
+    trained_pairs = False
+    if seen is not None:
+        trained_rows = np.array([i in set(trained_on or ()) for i in (pool.ids or [])], bool)
+        probs = cached.predict_proba(list(pool.texts))  # cache hits: every pool text was scored above
+        shift_meta["memorisation"] = memorisation(probs[trained_rows], probs[~trained_rows])
+        shift_meta["trained_texts"] = int(trained_rows.sum())
+        shift_meta["pairs_touching_trained"] = int(seen.sum())
+        shift_meta["pairs_unseen"] = int((~seen).sum())
+        if (~seen).sum() >= MIN_UNSEEN_PAIRS:
+            candidates = [p for p, s in zip(candidates, seen, strict=True) if not s]
+            shift_meta["fit_on"] = "pairs whose two texts the classifier was not trained on"
+        else:
+            trained_pairs = True
+            shift_meta["fit_on"] = (
+                f"every pair (only {int((~seen).sum())} avoid the classifier's training texts, fewer than "
+                f"{MIN_UNSEEN_PAIRS}): the expected errors were measured on texts it was trained on"
+            )
+    pairs = stratified_sample(candidates, max_pairs, seed)
     methods, options, skipped = _fit_text_budget(
         methods, ks, dict(options or {}), max_classifier_texts - len(pool), len(pairs)
     )
@@ -301,7 +365,14 @@ def calibrate(
         raise ValueError(f"no method could be scored: {scores.unavailable}")
     with stages.stage("fit", f"{len(combiners)} combiners"):
         cal = fit_calibration(
-            scores, list(classifier.labels), ks=ks, combiners=combiners, coverage=coverage, seed=seed, log=log
+            scores,
+            list(classifier.labels),
+            ks=ks,
+            combiners=combiners,
+            coverage=coverage,
+            seed=seed,
+            trained_pairs=trained_pairs,
+            log=log,
         )
     cal.probe = {"texts": probe, "predictions": np.round(probe_pred, 6).tolist()}
     cal.meta = {
@@ -331,7 +402,13 @@ def calibrate(
             "combiners": list(combiners),
             "unavailable": scores.unavailable,
         },
-        "coverage": {"nominal": coverage, "kind": "split-conformal, per label, marginal over pairs"},
+        "coverage": {
+            "nominal": coverage,
+            "kind": "split-conformal per label; per answer weighted towards calibration pairs whose "
+            "base prediction looks like the text's (see explainers/estimators/shift.py)",
+        },
+        "shift": shift_meta,
+        "robust_estimator": cal.robust,
         "default_estimator": cal.default,
         "cost": {
             "classifier_calls": counting.calls,

@@ -45,6 +45,12 @@ def load_classifier(spec: str, root: Path):
     return load_reference(path), str(meta.get("name") or path.name)
 
 
+def _ids(path: Path) -> list[str]:
+    if not path.is_file():
+        raise SystemExit(f"--trained-on {path}: no such file")
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="cace calibrate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -63,6 +69,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-classifier-texts", type=int, default=100_000)
     ap.add_argument("--coverage", type=float, default=0.9)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--trained-on",
+        type=Path,
+        default=None,
+        help="file of pool text ids (one per line) the classifier was trained on: pairs touching them are "
+        "left out of the fit when enough others remain, and the calibration reports the memorisation",
+    )
     args = ap.parse_args(argv)
     from explainers.matching.space import ConceptSpace
 
@@ -84,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         combiners=args.combiners,
         classifier_name=name,
         seed=args.seed,
+        trained_on=_ids(args.trained_on) if args.trained_on else None,
         log=lambda m: print(m, file=sys.stderr, flush=True),
     )
     out = cal.save(args.out)

@@ -26,15 +26,20 @@ from explainers.data.cebab import load_split
 from explainers.reference.common import LABELS, REFERENCE_MODELS, rated
 
 
-def train_tfidf_lr(out: Path, data_dir: Path | None = None) -> dict:
-    started = time.perf_counter()
-    texts, y = rated(load_split("train_exclusive", data_dir))
-    pipe = Pipeline(
+def tfidf_lr_pipeline() -> Pipeline:
+    """The `tfidf-lr` model, unfitted (benchmarks train it on other texts of the same corpus too)."""
+    return Pipeline(
         [
             ("tfidf", TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True)),
             ("lr", LogisticRegression(C=4.0, max_iter=2000)),
         ]
     )
+
+
+def train_tfidf_lr(out: Path, data_dir: Path | None = None) -> dict:
+    started = time.perf_counter()
+    texts, y = rated(load_split("train_exclusive", data_dir))
+    pipe = tfidf_lr_pipeline()
     pipe.fit(texts, y)
     train_s = time.perf_counter() - started
     out.mkdir(parents=True, exist_ok=True)
@@ -117,5 +122,6 @@ __all__ = [
     "evaluate",
     "load_reference",
     "rated",
+    "tfidf_lr_pipeline",
     "train_tfidf_lr",
 ]

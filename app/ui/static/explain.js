@@ -168,6 +168,12 @@ export function renderExplanation(box, text, res) {
   const d = res.details || {};
   const extras = [];
   if (d.note) extras.push(h("p", { class: "note" }, d.note));
+  // The calibration's numbers hold only where its pairs looked like this text (explainers/estimators/shift.py).
+  if (u.valid === false && u.situation) {
+    extras.push(h("p", { class: "note warn", id: "explain-situation" },
+      `The interval and expected error are not claimed for this text: ${u.situation.why || "outside the calibration"}` +
+      (u.situation.fallback ? `. Answered by the robust fallback ${u.situation.fallback}.` : ".")));
+  }
   if (d.rejections) {
     const rej = Object.entries(d.rejections);
     extras.push(h("div", { class: "generation", id: "explain-generation" },

@@ -10,7 +10,8 @@ export const TIPS = {
   spread: "Spread: how much the counterfactuals' predictions disagree, per label (standard deviation; scaled median " +
     "absolute deviation for median aggregation). Measured only with two or more counterfactuals.",
   interval: "Interval: a split-conformal interval for the ICaCE from the classifier's calibration on held-out " +
-    "pairs; it holds the true effect at the nominal coverage.",
+    "pairs, weighted towards the pairs whose base prediction looks like this text's; it holds the true effect at " +
+    "the nominal coverage where the calibration describes the text (else the answer says it is not claimed).",
   similarity: "Similarity: cosine similarity between the text and the counterfactual in the domain's concept space " +
     "(1 = same direction).",
   k: "K: how many counterfactual texts the estimate averages over.",

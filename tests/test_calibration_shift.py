@@ -1,0 +1,135 @@
+"""Calibration under shift (issue 23): a classifier trained on the domain's own texts.
+
+The memorising classifier is real: TF-IDF + logistic regression trained on the synthetic pool's
+originals, each of which carries a token of its own ("visit 17"), so it is overconfident on
+exactly the texts it saw, as a team's model is on its own corpus.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from explainers.classifiers.local import SklearnClassifier
+from explainers.concepts import Intervention
+from explainers.embeddings import Encoder
+from explainers.estimators.calibration import Calibration
+from explainers.estimators.calibration_fit import calibrate
+from explainers.estimators.intervals import conformal_halfwidth
+from explainers.estimators.shift import Situation, behaviour, ks_statistic, weighted_quantile
+from explainers.matching.space import ConceptSpace
+from explainers.registry import Resources, build_explainer
+from tests.calibration_fixtures import LexiconClassifier, synthetic_pool
+
+KS = (1, 3)
+
+
+def test_weighted_quantile_with_equal_weights_is_the_split_conformal_one() -> None:
+    r = np.random.default_rng(0).exponential(size=(200, 1))
+    assert weighted_quantile(r[:, 0], np.ones(200), 0.9, 1.0) == pytest.approx(conformal_halfwidth(r, 0.9)[0])
+    # The test point's weight sits at +infinity: with too little calibration mass the quantile is unbounded.
+    assert weighted_quantile(r[:5, 0], np.full(5, 0.01), 0.9, 1.0) == float("inf")
+
+
+def test_ks_statistic_and_behaviour() -> None:
+    a = np.linspace(0, 1, 50)
+    assert ks_statistic(a, a) == 0.0 and ks_statistic(a, a + 2) == 1.0
+    b = behaviour(np.array([[1.0, 0.0, 0.0], [1 / 3, 1 / 3, 1 / 3]]))
+    assert b[0] == pytest.approx([1.0, 0.0], abs=1e-6) and b[1] == pytest.approx([1 / 3, 1.0], abs=1e-6)
+
+
+def test_a_text_unlike_the_calibration_pairs_is_told_its_numbers_do_not_hold() -> None:
+    rng = np.random.default_rng(1)
+    conf = rng.uniform(0.93, 0.99, 400)  # calibrated where the classifier is sure of itself
+    base = np.stack([conf, (1 - conf) / 2, (1 - conf) / 2], axis=1)
+    residuals = np.abs(rng.normal(0, 0.05, (400, 3)))
+    sit = Situation.fit(base, np.linalg.norm(residuals, axis=1), residuals, 0.9)
+    inside = sit.check(np.array([[0.96, 0.02, 0.02]]))
+    assert inside.valid and inside.effective_pairs > 100 and inside.why is None
+    unsure = sit.check(np.array([[0.40, 0.35, 0.25]]))
+    assert not unsure.valid and "effective calibration pairs" in (unsure.why or "")
+    batch = sit.compare(np.array([[0.4, 0.35, 0.25]] * 10 + [[0.96, 0.02, 0.02]] * 10))
+    assert batch["share_outside"] == 0.5 and batch["ks_confidence"] >= 0.5
+
+
+@pytest.fixture(scope="module")
+def domain():
+    pool = synthetic_pool(90)
+    enc = Encoder()
+    space = ConceptSpace(pool, enc, meta={"name": "synthetic-pretrained"})
+    space.build_indices()
+    return pool, space, enc
+
+
+def _originals(pool) -> list[int]:
+    first: dict[str, int] = {}
+    for i, o in enumerate(pool.origins):
+        first.setdefault(o, i)
+    return sorted(first.values())
+
+
+@pytest.fixture(scope="module")
+def memorising(domain) -> tuple[SklearnClassifier, list[str]]:
+    """Trained on the originals of the first 45 origins, labelled by the lexicon model's verdict."""
+    from explainers.reference import tfidf_lr_pipeline
+
+    pool, _, _ = domain
+    rows = [i for i in _originals(pool) if int(pool.origins[i][1:]) < 45]
+    texts = [pool.texts[i] for i in rows]
+    verdict = np.array(LexiconClassifier.labels)[LexiconClassifier().predict_proba(texts).argmax(1)]
+    pipe = tfidf_lr_pipeline().set_params(tfidf__min_df=1, lr__C=100.0).fit(texts, verdict)
+    return SklearnClassifier(pipe), [pool.ids[i] for i in rows]
+
+
+def test_declared_training_texts_are_left_out_of_the_fit_and_reported(domain, memorising, tmp_path) -> None:
+    pool, space, enc = domain
+    clf, trained = memorising
+    cal = calibrate(clf, pool, space, enc, ks=KS, max_pairs=None, combiners=("ridge",), trained_on=trained)
+    shift = cal.meta["shift"]
+    assert shift["trained_on_declared"] and shift["trained_texts"] == len(trained) == 45
+    mem = shift["memorisation"]
+    assert mem["measured"] and mem["confidence_trained"] > mem["confidence_other"], mem
+    assert "not trained" in shift["fit_on"] and cal.meta["protocol"]["heldout_pairs"] == shift["pairs_unseen"]
+    # The fit and the per-answer situation are kept with the artifact.
+    cal.save(tmp_path / "cal")
+    loaded = Calibration.load(tmp_path / "cal")
+    assert loaded.situation is not None and loaded.robust == cal.robust
+    assert np.allclose(loaded.situation.l2, cal.situation.l2, atol=1e-6)
+
+
+def test_a_calibration_on_trained_texts_only_says_so_in_every_answer(domain, memorising) -> None:
+    pool, space, enc = domain
+    clf, _ = memorising
+    everything = list(pool.ids)
+    cal = calibrate(clf, pool, space, enc, ks=KS, max_pairs=None, combiners=("ridge",), trained_on=everything)
+    assert "measured on texts it was trained on" in cal.meta["shift"]["fit_on"]
+    assert cal.meta["shift"]["memorisation"]["measured"] is False
+    res = Resources(schema=pool.schema, pool=pool, encoder=enc, space=space, extra={"calibration": cal})
+    auto = build_explainer("auto", res)
+    text, labels = pool.texts[3], pool.labels[3]
+    target = "Negative" if labels["food"] != "Negative" else "Positive"
+    e = auto.explain(text, Intervention("food", target), clf, 3, base_labels=labels)
+    sit = e.details["situation"]
+    assert sit["valid"] is False and "was trained on" in sit["why"] and sit["fallback"] == cal.robust
+    assert e.details["estimator"] == cal.robust and e.details["interval"]["valid"] is False
+    assert e.details["calibration"]["shift"]["trained_on_declared"] is True
+
+
+def test_an_answer_inside_the_calibration_keeps_its_choice_and_a_bounded_interval(domain) -> None:
+    pool, space, enc = domain
+    cal = calibrate(LexiconClassifier(), pool, space, enc, ks=KS, max_pairs=None, combiners=("ridge",))
+    assert cal.meta["shift"] == {"trained_on_declared": False} and cal.situation is not None
+    res = Resources(schema=pool.schema, pool=pool, encoder=enc, space=space, extra={"calibration": cal})
+    auto = build_explainer("auto", res)
+    text, labels = pool.texts[0], pool.labels[0]
+    target = "Negative" if labels["food"] != "Negative" else "Positive"
+    e = auto.explain(text, Intervention("food", target), LexiconClassifier(), 3, base_labels=labels)
+    sit = e.details["situation"]
+    assert sit["valid"] is True and "fallback" not in sit and sit["effective_pairs"] >= 30
+    direction = f"{labels['food']}->{target}"
+    assert e.details["estimator"] == cal.estimator_for("food", direction)
+    lo, hi = np.array(e.details["interval"]["lower"]), np.array(e.details["interval"]["upper"])
+    base = e.base_prediction
+    # Clipped to what an ICaCE can be: base + ICaCE stays within [0, 1] at both ends.
+    assert np.all(lo >= -base - 1e-9) and np.all(hi <= 1 - base + 1e-9)
+    assert np.all(lo <= e.icace + 1e-5) and np.all(e.icace <= hi + 1e-5)
