@@ -416,7 +416,9 @@ def _wait(c: httpx.Client, job_id: str, timeout: float = 1500) -> dict:
         snap = job.get("stages")
         if snap and snap.get("stage") and (not seen["stages"] or seen["stages"][-1] != snap["stage"]):
             seen["stages"].append(snap["stage"])
-        if snap and listed.get("stages") == snap and listed["status"] == job["status"]:
+        # Read at two moments: compare only when both saw the same stored state (stages and item counts).
+        same = listed["status"] == job["status"] and listed.get("counts") == job.get("counts")
+        if snap and listed.get("stages") == snap and same:
             assert listed["progress"] == job["progress"], (listed, job)
             seen["agreed"] += 1
         if job["status"] in ("succeeded", "failed", "cancelled"):
