@@ -12,6 +12,7 @@ import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("app.server", "run the explanation service (uvicorn)"),
+    "settings": ("app.settings", "each CACE_* setting: its variable, its place in Settings, its value"),
     "bench": ("explainers.bench.cli", "run benchmarks, e.g. `cace bench cebab --model tfidf-lr`"),
     "classifiers": ("explainers.reference.cli", "train or serve the reference classifiers"),
     "taggers": ("explainers.taggers", "train or evaluate concept taggers"),
@@ -60,7 +61,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     if argv[0] != "serve":  # long CLI work shows progress (a bar on a terminal, periodic lines in a log)
         importlib.import_module("explainers.progress").enable()
-        export_settings()
+        from app.settings import SettingsError
+
+        try:
+            export_settings()
+        except SettingsError as e:  # fail closed, naming each bad variable
+            print(f"cace {argv[0]}: {e}", file=sys.stderr)
+            return 2
     # "module" runs module.main; "module:function" runs that function (several commands, one module).
     module_name, _, function = COMMANDS[argv[0]][0].partition(":")
     module = importlib.import_module(module_name)

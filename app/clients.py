@@ -93,13 +93,13 @@ class Clients:
         """A registered LLM by name, an inline spec, or (None) the server's default LLM, if any."""
         if ref is None:
             s = self.settings
-            if not (s.llm_base_url and s.llm_model):
+            if not (s.llm.base_url and s.llm.model):
                 return None, None
             spec: dict[str, Any] = {
                 "kind": "openai",
-                "base_url": s.llm_base_url,
-                "model": s.llm_model,
-                "api_key": s.llm_api_key,
+                "base_url": s.llm.base_url,
+                "model": s.llm.model,
+                "api_key": s.llm.api_key,
             }
             name = "default"
         elif isinstance(ref, dict):
@@ -116,6 +116,13 @@ class Clients:
                     self._llms, key, self.build("llm", spec, inline=name.startswith("inline:"), label=name)
                 )
             return self._llms[key], name
+
+    def close(self) -> None:
+        """Close every cached client (the service is stopping)."""
+        with self._lock:
+            for cache in (self._classifiers, self._llms):
+                while cache:
+                    close_quietly(cache.popitem()[1])
 
     def forget(self, kind: str, name: str) -> None:
         """Drop and close the clients of a deleted or replaced registration."""

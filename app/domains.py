@@ -42,10 +42,18 @@ PENDING = "pending:"
 
 
 class DomainCatalog:
-    def __init__(self, root: Path, encoder: Any, keep: int = 4) -> None:
+    def __init__(
+        self,
+        root: Path,
+        encoder: Any,
+        keep: int = 4,
+        on_evict: Callable[[str], None] | None = None,
+    ) -> None:
         self.root = Path(root)
         self.encoder = encoder  # a callable returning the shared Encoder (loaded once, lazily)
         self.keep = keep
+        # Told the id of a domain dropped from memory (the runtime closes the explainers built over it).
+        self.on_evict = on_evict
         self.pinned: dict[str, Domain] = {}  # the default domain: never evicted or deleted
         self._loaded: OrderedDict[str, Domain] = OrderedDict()
         self._lock = threading.Lock()
@@ -113,10 +121,14 @@ class DomainCatalog:
         if not self.exists(domain_id):
             raise LookupError(f"domain {domain_id!r} does not exist")
         domain = load_domain(self.path(domain_id), encoder=self.encoder())
+        evicted = []
         with self._lock:
             self._loaded[domain_id] = domain
             while len(self._loaded) > self.keep:
-                self._loaded.popitem(last=False)
+                evicted.append(self._loaded.popitem(last=False)[0])
+        for old in evicted:  # outside the lock: the callback takes the runtime's
+            if self.on_evict is not None:
+                self.on_evict(old)
         return domain
 
     def ids(self) -> list[str]:

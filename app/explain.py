@@ -20,7 +20,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from app.problems import ApiError, field_error, validation_error
-from app.resources import Runtime
+from app.resources import ExplainerLock, Runtime
 from app.schemas.explanations import METHOD_OPTION_FIELDS, MethodRequest
 from explainers import outbound
 from explainers.artifacts import META
@@ -96,8 +96,8 @@ def needs_labels(domain: Domain, concept: str) -> bool:
 def resolve(rt: Runtime, params: MethodRequest, prefix: str = "body") -> Resolved:
     """Domain, classifier and explainer for a request (ExplanationRequest or EffectsParams), with 4xx on bad refs."""
     s = rt.settings
-    if params.top_k > s.max_top_k:
-        raise field_error(f"{prefix}.top_k", f"at most {s.max_top_k}")
+    if params.top_k > s.limits.max_top_k:
+        raise field_error(f"{prefix}.top_k", f"at most {s.limits.max_top_k}")
     try:
         domain = rt.domain(params.domain)
     except LookupError as e:
@@ -245,7 +245,7 @@ class LockFreeCalls:
     (find counterfactuals, score them, estimate) keeps its state in locals across the call.
     """
 
-    def __init__(self, inner: Any, lock: threading.Lock) -> None:
+    def __init__(self, inner: Any, lock: ExplainerLock) -> None:
         self.inner = inner
         self._lock = lock
         self._holder = threading.get_ident()  # built by the thread that holds the lock
@@ -257,11 +257,8 @@ class LockFreeCalls:
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         if threading.get_ident() != self._holder:  # a helper thread of the explainer: the lock is not its own
             return np.asarray(self.inner.predict_proba(texts))
-        self._lock.release()
-        try:
+        with self._lock.paused():  # still in flight: a dropped explainer is not closed meanwhile
             return np.asarray(self.inner.predict_proba(texts))
-        finally:
-            self._lock.acquire()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -300,8 +297,8 @@ def explain_one(
     """
     began = time.perf_counter()
     arrived = received_at if received_at is not None and received_at <= began else began
-    if len(req.text) > rt.settings.max_text_chars:
-        raise field_error(f"{prefix}.text", f"at most {rt.settings.max_text_chars} characters")
+    if len(req.text) > rt.settings.limits.max_text_chars:
+        raise field_error(f"{prefix}.text", f"at most {rt.settings.limits.max_text_chars} characters")
     r = resolve(rt, req, prefix)
     iv = req.intervention
     q = Query(req.text, iv.concept, iv.target, iv.source, req.base_labels)

@@ -120,7 +120,7 @@ def prepare(
         raise field_error("body.params.llm_build.llm", str(e).strip("'\"")) from e
     if backend is None:
         raise field_error("body.params.llm_build.llm", NO_LLM)
-    budget = rt.settings.llm_build_max_calls
+    budget = rt.settings.llm.build_max_calls
     options = LLMBuildOptions(
         max_llm_calls=min(opts.max_llm_calls or budget, budget),
         edits_per_direction=opts.edits_per_direction,

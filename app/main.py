@@ -62,7 +62,7 @@ def job_handlers(rt: Runtime) -> dict[str, Any]:
         "report": ReportHandler(rt, "report"),
         "comparison": ReportHandler(rt, "comparison"),
     }
-    if rt.settings.ray_address:  # effects batches run on Ray actors; the store and finalize stay here
+    if rt.settings.ray.address:  # effects batches run on Ray actors; the store and finalize stay here
         from app.jobs.ray_executor import RayEffectsHandler
 
         handlers["effects"] = RayEffectsHandler(handlers["effects"], rt.settings)
@@ -83,12 +83,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         store,
         rt.handlers,
         owner=rt.instance_id,
-        threads=settings.job_workers,
-        lease_s=settings.job_lease_s,
-        batch=settings.job_claim_batch,
-        poll_s=settings.job_poll_s,
-        max_attempts=settings.job_max_attempts,
-        item_timeout_s=settings.job_item_timeout_s,
+        threads=settings.jobs.workers,
+        lease_s=settings.jobs.lease_s,
+        batch=settings.jobs.claim_batch,
+        poll_s=settings.jobs.poll_s,
+        max_attempts=settings.jobs.max_attempts,
+        item_timeout_s=settings.jobs.item_timeout_s,
     )
 
     @asynccontextmanager
@@ -97,7 +97,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # admitted requests, requests stuck on slow upstreams would starve the rest while the
         # in-flight cap still admits them. Admission (CACE_MAX_INFLIGHT) is the one gate.
         threads = anyio.to_thread.current_default_thread_limiter()
-        threads.total_tokens = max(threads.total_tokens, settings.max_inflight + 8)
+        threads.total_tokens = max(threads.total_tokens, settings.limits.max_inflight + 8)
 
         def boot() -> None:
             rt.load_defaults()
@@ -112,6 +112,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             stopping.set()
             workers.stop()
+            rt.close()  # the explainers' threads and caches
             store.close()
 
     app = FastAPI(
@@ -134,7 +135,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ],
     )
     keys = key_store(store.engine, settings, store.metadata)
-    slots = Slots(settings.max_inflight)
+    slots = Slots(settings.limits.max_inflight)
     metrics = observability.build_metrics(app)
     transport.observers.append(metrics.observe_outbound)
     observability.configure_logging(settings.log_format)
@@ -164,19 +165,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Middleware, innermost first (each add_middleware wraps the previous): a request passes
     # observability (ids, logs, metrics) -> body limit (413) -> in-flight cap (503) ->
     # auth + rate limit (401/403/429) -> timeout (504, sets the outbound deadline) -> routes.
-    app.add_middleware(TimeoutMiddleware, timeout_s=settings.request_timeout_s)
+    app.add_middleware(TimeoutMiddleware, timeout_s=settings.limits.request_timeout_s)
     buckets = build_rate_limiter(
-        settings.rate_limit_per_s, settings.rate_limit_burst, settings.rate_limit_redis_url
+        settings.rate_limit.per_s, settings.rate_limit.burst, settings.rate_limit.redis_url
     )
     app.state.rate_limiter = buckets  # /readyz reports whether its shared store answers
     app.add_middleware(
         AuthMiddleware,
         keys=keys,
         buckets=buckets,
-        always_on=settings.auth_enabled,
-        anonymous_rate=settings.rate_limit_anonymous_per_s,
+        always_on=settings.auth.enabled,
+        anonymous_rate=settings.rate_limit.anonymous_per_s,
     )
     app.add_middleware(InflightLimitMiddleware, slots=slots)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.limits.max_body_bytes)
     app.add_middleware(observability.ObservabilityMiddleware, metrics=metrics)
     return app

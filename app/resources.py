@@ -7,11 +7,15 @@ policy, closed when evicted); this module holds the defaults, the domains and th
 The embedded defaults (the default domain: schema, pool, taggers, concept space; and its
 reference classifier) load in a background thread so `/healthz` answers at once; each
 component's state is kept in `components` and `/readyz` reports it. Every explainer is
-built from one domain's data (`Domain.resources`) and cached per domain.
+built from one domain's data (`Domain.resources`), loaded (`Lifecycle.load`), cached per domain,
+and closed when it is dropped: evicted from the cache, its domain deleted or rebuilt, its
+calibration replaced, its LLM or classifier registration replaced. `/readyz` lists the default
+domain's explainers with their state (loading, ready, failed and why).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -19,14 +23,14 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import httpx
 
-from app.clients import Clients, remember
+from app.clients import Clients
 from app.domains import DomainCatalog
 from app.settings import Settings
 from app.store import Store
@@ -86,6 +90,123 @@ class ExplainerKey:
     options: tuple[tuple[str, Any], ...]  # the request's method options, sorted by key
 
 
+# Explainers kept built at once (LRU); the oldest beyond it is closed.
+MAX_EXPLAINERS = 16
+# Failed builds remembered for /readyz (apart from the cache: a failure must not evict a built one).
+MAX_FAILED_EXPLAINERS = 16
+
+
+class ExplainerLock:
+    """One explanation at a time over a cached explainer, and whether one is in flight.
+
+    An explanation lets the mutex go while its classifier answers (`paused`, used by
+    `app.explain.LockFreeCalls`), so one slow endpoint does not hold up every explanation of the
+    method; it is still in flight then, and a dropped explainer is closed only once none is
+    (`when_idle`), not merely when the mutex is free. Used like `threading.Lock`.
+    """
+
+    def __init__(self) -> None:
+        self._mutex = threading.Lock()
+        self._state = threading.Condition()
+        self._in_flight = 0
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        if not self._mutex.acquire(blocking, timeout):
+            return False
+        with self._state:
+            self._in_flight += 1
+        return True
+
+    def release(self) -> None:
+        with self._state:
+            self._in_flight -= 1
+            self._state.notify_all()
+        self._mutex.release()
+
+    def __enter__(self) -> ExplainerLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Let others take the mutex for a while (a classifier call); the explanation stays in flight."""
+        self._mutex.release()
+        try:
+            yield
+        finally:
+            self._mutex.acquire()
+
+    @property
+    def idle(self) -> bool:
+        return self._in_flight == 0
+
+    def when_idle(self, fn: Callable[[], None]) -> None:
+        """Run `fn` once no explanation is in flight (a new one waits until it is done)."""
+        with self._state:
+            while self._in_flight:
+                self._state.wait()
+            fn()
+
+
+@dataclass
+class CachedExplainer:
+    """One explainer of the cache and its lifecycle: loading, then ready or failed (with why)."""
+
+    key: ExplainerKey
+    explainer: Any = None
+    # Held while the explainer explains (it is not thread-safe); closing waits for it.
+    lock: ExplainerLock = field(default_factory=ExplainerLock)
+    status: str = "loading"
+    detail: str = ""
+    seconds: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "method": self.key.method,
+            "classifier": self.key.stack_key,
+            "llm": self.key.llm,
+            # Names only: /readyz is public, and option values come from other clients' requests.
+            "options": [k for k, _ in self.key.options],
+            "status": self.status,
+            "detail": self.detail,
+            "seconds": self.seconds,
+        }
+
+
+def close_when_idle(entry: CachedExplainer) -> None:
+    """Close a dropped explainer once no explanation is using it (at once when none is).
+
+    With an explanation in flight the close waits for it in a thread of its own, so whoever
+    dropped the explainer (a DELETE, an eviction) never waits.
+    """
+    explainer = entry.explainer
+    if explainer is None:
+        return
+
+    def close() -> None:
+        try:
+            explainer.close()
+        except Exception:  # noqa: BLE001 - it is being dropped: a failed close must not fail the caller
+            log.exception("closing explainer %s failed", entry.key.method)
+
+    if entry.lock.idle:
+        entry.lock.when_idle(close)
+        return
+    threading.Thread(
+        target=entry.lock.when_idle, args=(close,), name=f"cace-close-{entry.key.method}", daemon=True
+    ).start()
+
+
+@runtime_checkable
+class Closeable(Protocol):
+    """A job handler that holds something outside this process (RayEffectsHandler: its actors)."""
+
+    def close(self) -> None: ...
+
+
 # Builds the job handlers of a runtime (job kind -> handler); handlers need the runtime they serve.
 HandlerFactory = Callable[["Runtime"], dict[str, Any]]
 
@@ -113,10 +234,15 @@ class Runtime:
         self.builtin_classifiers: dict[str, Classifier] = {}
         self.builtin_meta: dict[str, dict[str, Any]] = {}
         self._encoder: Any = None
-        self.domains = DomainCatalog(Path(settings.data_dir) / "domains", self.encoder)
+        self.domains = DomainCatalog(
+            Path(settings.data_dir) / "domains", self.encoder, on_evict=self.forget_domain
+        )
         self.default_domain_id: str | None = None
         self.clients = Clients(settings, store, transport)
-        self._explainers: OrderedDict[ExplainerKey, tuple[Any, threading.Lock]] = OrderedDict()
+        self._explainers: OrderedDict[ExplainerKey, CachedExplainer] = OrderedDict()
+        self._failed_explainers: OrderedDict[ExplainerKey, CachedExplainer] = OrderedDict()
+        # The default domain while its explainers are prebuilt (before `default_domain_id` is set).
+        self._warming_domain_id: str | None = None
         self._calibration_checked: dict[tuple[str, str], float] = {}
         self._lock = threading.RLock()
         self.components: dict[str, Component] = {}
@@ -280,8 +406,8 @@ class Runtime:
                 Path(name), encoder=self.encoder(), log=log.info, stages=stages,
                 llm_build=default_domain_build(self),
             )  # fmt: skip
-        with self._lock:
-            self._explainers.clear()  # rebuilt over the newly loaded domain
+        self.forget_domain(domain.id)  # rebuilt over the newly loaded domain
+        self._warming_domain_id = domain.id
         built = self._prewarm(domain, stages) if self._prewarm_on_load else []
         self.domains.pin(domain)
         self.default_domain_id = domain.id
@@ -320,16 +446,49 @@ class Runtime:
         return self.clients.llm(ref)
 
     def forget(self, kind: str, name: str) -> None:
-        """Drop cached clients (closing them) and explainers of a deleted or replaced registration."""
+        """Drop cached clients and explainers of a deleted or replaced registration, closing them."""
         self.clients.forget(kind, name)
-        with self._lock:
-            for built in [k for k in self._explainers if name in (k.llm, k.stack_key)]:
-                self._explainers.pop(built)
+        self._drop_explainers(lambda k: name in (k.llm, k.stack_key))
 
     def forget_domain(self, domain_id: str) -> None:
+        """Drop (and close) the explainers of a domain deleted or rebuilt, or whose calibration changed."""
+        self._drop_explainers(lambda k: k.domain_id == domain_id)
+
+    def close(self) -> None:
+        """Release what this runtime holds (the service is stopping): every cached explainer, the
+        job handlers' own workers (the Ray effects handler's actors), the outbound clients."""
+        self._drop_explainers(lambda k: True)
+        for handler in self.handlers.values():
+            if isinstance(handler, Closeable):
+                handler.close()
+        self.clients.close()
+
+    def _drop_explainers(self, which: Callable[[ExplainerKey], bool]) -> None:
         with self._lock:
-            for k in [k for k in self._explainers if k.domain_id == domain_id]:
-                self._explainers.pop(k)
+            dropped = [self._explainers.pop(k) for k in [k for k in self._explainers if which(k)]]
+            for k in [k for k in self._failed_explainers if which(k)]:
+                self._failed_explainers.pop(k)
+        for entry in dropped:
+            close_when_idle(entry)
+
+    def explainer_states(self) -> list[dict[str, Any]]:
+        """The default domain's explainers (built, being built, or failed) with their state, for /readyz.
+
+        Read without the runtime lock (a build holds it for seconds, and /readyz answers on the
+        event loop): the dicts are copied at once, retried if a build changed them meanwhile.
+        """
+        domain_id = self.default_domain_id or self._warming_domain_id
+        if domain_id is None:
+            return []
+        for _ in range(5):
+            try:
+                entries = [*self._explainers.values(), *self._failed_explainers.values()]
+                break
+            except RuntimeError:  # changed size during the copy
+                continue
+        else:
+            return []
+        return [e.to_dict() for e in entries if e.key.domain_id == domain_id]
 
     # ---- explainers -----------------------------------------------------------------------
     def methods(self) -> dict[str, str]:
@@ -343,7 +502,7 @@ class Runtime:
         llm: str | dict[str, Any] | None = None,
         options: Mapping[str, Any] | None = None,
         classifier_name: str | None = None,
-    ) -> tuple[Any, threading.Lock, dict[str, Any]]:
+    ) -> tuple[Any, ExplainerLock, dict[str, Any]]:
         """A built explainer over `domain`'s data (cached), its lock, and facts to report (LLM name).
 
         `options` are the method options a request set, already checked against the method's
@@ -369,18 +528,44 @@ class Runtime:
         key = ExplainerKey(domain.id, method, llm_name, stack_key, tuple(sorted((options or {}).items())))
         with self._lock:
             hit = self._explainers.get(key)
-            if hit is None:
-                built_options = dict(key.options)
-                res = domain.resources(encoder=self.encoder(), llm=backend)
-                if method == "auto":
-                    path = domain.calibration_dir(stack_key) if stack_key else None
-                    if path is not None and (path / META).exists():
-                        res.extra["calibration"] = path
-                elif stack_key:
-                    built_options["stack_key"] = stack_key
-                hit = (build_explainer(method, res, **built_options), threading.Lock())
-                remember(self._explainers, key, hit, limit=16)
-        return hit[0], hit[1], info
+            if hit is not None:
+                self._explainers.move_to_end(key)
+            else:
+                hit = self._build_explainer(key, domain, backend)
+        return hit.explainer, hit.lock, info
+
+    def _build_explainer(self, key: ExplainerKey, domain: Domain, backend: Any) -> CachedExplainer:
+        """Build and load one explainer (under the runtime lock); its state shows in /readyz meanwhile."""
+        entry = CachedExplainer(key)
+        self._failed_explainers.pop(key, None)
+        self._explainers[key] = entry  # listed as loading while it builds
+        started = time.perf_counter()
+        try:
+            built_options = dict(key.options)
+            res = domain.resources(encoder=self.encoder(), llm=backend)
+            if key.method == "auto":
+                path = domain.calibration_dir(key.stack_key) if key.stack_key else None
+                if path is not None and (path / META).exists():
+                    res.extra["calibration"] = path
+            elif key.stack_key:
+                built_options["stack_key"] = key.stack_key
+            explainer = build_explainer(key.method, res, **built_options)
+            entry.explainer = explainer
+            explainer.load()
+        except Exception as e:
+            self._explainers.pop(key, None)
+            entry.status, entry.detail = "failed", f"{type(e).__name__}: {e}"[:300]
+            entry.seconds = round(time.perf_counter() - started, 2)
+            self._failed_explainers[key] = entry
+            while len(self._failed_explainers) > MAX_FAILED_EXPLAINERS:
+                self._failed_explainers.popitem(last=False)
+            close_when_idle(entry)  # what a half-loaded explainer holds
+            raise
+        entry.status, entry.seconds = "ready", round(time.perf_counter() - started, 2)
+        while len(self._explainers) > MAX_EXPLAINERS:
+            _, old = self._explainers.popitem(last=False)
+            close_when_idle(old)
+        return entry
 
     def maybe_calibrate(
         self, domain: Domain, classifier_name: str, queued_by: str = "explanation"
@@ -393,7 +578,7 @@ class Runtime:
         (all kept in the store). Off with CACE_AUTO_CALIBRATE=false. Returns the job id when one was queued.
         """
         s = self.settings
-        if not s.auto_calibrate or classifier_name.startswith("inline:") or not domain.pool.pairs:
+        if not s.calibration.auto or classifier_name.startswith("inline:") or not domain.pool.pairs:
             return None
         # The store decides (below); this only spares it a few writes per explanation on a busy replica.
         key, now = (domain.id, classifier_name), time.monotonic()
@@ -418,7 +603,7 @@ class Runtime:
         if (domain.calibration_dir(classifier_name) / META).exists():
             return None
         left, _ = self.store.calibration_budget_left(
-            classifier_name, s.calibration_budget_texts, s.calibration_budget_window_s
+            classifier_name, s.calibration.budget_texts, s.calibration.budget_window_s
         )
         if left < MIN_CALIBRATION_TEXTS:
             return None
@@ -427,11 +612,11 @@ class Runtime:
         request = {
             "domain_id": domain.id,
             "classifier": classifier_name,
-            "max_pairs": s.calibration_max_pairs,
+            "max_pairs": s.calibration.max_pairs,
         }
         why = f"service: first {queued_by} of classifier {classifier_name!r} on domain {domain.id!r}"
         job_id = self.store.create_job(
-            "calibration", request, [{}], limit=s.job_queue_limit, queued_by=why[:200]
+            "calibration", request, [{}], limit=s.jobs.queue_limit, queued_by=why[:200]
         )
         self.store.set_calibration_job(domain.id, classifier_name, job_id)
         if job_id is not None:

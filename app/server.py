@@ -8,7 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-from app.settings import Settings
+from app.settings import Settings, SettingsError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,7 +34,11 @@ def main(argv: list[str] | None = None) -> int:
         }.items()
         if v is not None
     }
-    settings = Settings(**overrides)
+    try:
+        settings = Settings(**overrides)
+    except SettingsError as e:  # fail closed: name each bad variable, no traceback
+        print(f"cace serve: {e}", file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -50,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # X-Forwarded-For is believed only from the proxies the operator lists (uvicorn trusts
     # 127.0.0.1 by default, which would let any local client pick its rate-limit identity).
-    proxies = ",".join(settings.trusted_proxies)
+    proxies = ",".join(settings.auth.trusted_proxies)
     uvicorn.run(
         create_app(settings),
         host=settings.host,
@@ -78,9 +82,9 @@ def open_exposure(settings: Settings) -> str | None:
     With no key, every route is open, including registrations that load models and call
     out; on a network address that is anyone's server.
     """
-    if is_loopback(settings.host) or settings.allow_open:
+    if is_loopback(settings.host) or settings.auth.allow_open:
         return None
-    if settings.auth_enabled or settings.admin_key or settings.api_keys_file:
+    if settings.auth.enabled or settings.auth.admin_key or settings.auth.api_keys_file:
         return None
     import sqlalchemy as sa
 

@@ -30,6 +30,7 @@ from typing import Any
 
 import httpx
 
+from app.settings import Settings
 from explainers.errors import OutboundDenied
 from explainers.net import OutboundPolicy
 
@@ -121,7 +122,7 @@ def model_path(field: str, path: str, models_dir: Path | None) -> Path:
 
 # ---- classifiers ---------------------------------------------------------------------------
 def check_classifier(
-    spec: dict[str, Any], *, inline: bool, settings: Any, policy: OutboundPolicy | None
+    spec: dict[str, Any], *, inline: bool, settings: Settings, policy: OutboundPolicy | None
 ) -> dict[str, Any]:
     """The spec to build (in-process paths resolved), or SpecRefused / OutboundDenied / pydantic's ValidationError."""
     from explainers.classifiers.spec import parse_spec
@@ -136,7 +137,7 @@ def check_classifier(
                 f"{s.protocol!r} loads a model in-process and is operator-only: "
                 "register it (admin) or serve it over HTTP",
             )
-        path = model_path("path", s.path, getattr(settings, "models_dir", None))
+        path = model_path("path", s.path, settings.models_dir)
         return {**spec, "path": str(path)}
     check_url("url", s.url, policy)
     for name, value in s.headers.items():
@@ -150,7 +151,7 @@ def build_classifier(
     transport: httpx.BaseTransport | None,
     *,
     inline: bool,
-    settings: Any,
+    settings: Settings,
     policy: OutboundPolicy | None = None,
     label: str | None = None,
 ) -> Any:
@@ -172,7 +173,7 @@ def build_classifier(
         transport=labelled(transport, "classifier", None if inline else label),
         cache=False,
         allow_local=False,
-        slot_wait_s=getattr(settings, "upstream_slot_wait_s", None),
+        slot_wait_s=settings.upstream.slot_wait_s,
     )
 
 
@@ -191,7 +192,7 @@ def build_llm(
     transport: httpx.BaseTransport | None,
     *,
     inline: bool,
-    settings: Any,
+    settings: Settings,
     policy: OutboundPolicy | None = None,
     label: str | None = None,
 ) -> Any:
@@ -211,7 +212,7 @@ def build_llm(
         path = model_path(
             "model_path" if s.model_path else "model",
             s.model_path or s.model,
-            getattr(settings, "models_dir", None),
+            settings.models_dir,
         )
         try:
             return build_backend(s.model_copy(update={"model_path": str(path), "model": str(path)}))
@@ -233,7 +234,7 @@ def build_llm(
                 "inline specs cannot reference server secrets; pass api_key, or use "
                 "an LLM the operator registered",
             )
-        if not secret_allowed(s.api_key_env, host, list(getattr(settings, "llm_secret_envs", []))):
+        if not secret_allowed(s.api_key_env, host, list(settings.llm.secret_envs)):
             raise SpecRefused(
                 "api_key_env",
                 f"{s.api_key_env!r} is not on the server's allow-list of secrets for "
@@ -244,7 +245,7 @@ def build_llm(
             raise SpecRefused("api_key_env", f"{s.api_key_env!r} is not set on the server")
     if key is not None:
         check_header_value("api_key", key)
-    deadline = float(getattr(settings, "request_timeout_s", 0) or 0) or None
+    deadline = settings.limits.request_timeout_s or None
     timeout = min(s.timeout_s, deadline) if deadline else s.timeout_s
     return OpenAIBackend(
         s.base_url,
@@ -257,10 +258,10 @@ def build_llm(
     )
 
 
-def outbound_transport(settings: Any) -> Any:
+def outbound_transport(settings: Settings) -> Any:
     """The deny-by-default transport every classifier and LLM client gets (allow-list: CACE_OUTBOUND_ALLOW)."""
     from explainers.net import OutboundPolicy, PolicyTransport
 
     return PolicyTransport(
-        OutboundPolicy.from_allow(settings.outbound_allow), max_response_bytes=settings.upstream_max_bytes
+        OutboundPolicy.from_allow(settings.upstream.allow), max_response_bytes=settings.upstream.max_bytes
     )

@@ -37,7 +37,7 @@ from explainers.data.pool import Pool
 from explainers.labels import labels_of, source_value
 from explainers.pool_kernel import PoolMatcher, PoolScores, one_hot, query_rng
 from explainers.registry import MissingResource, Resources, register
-from explainers.types import Cost, Counterfactual, Explanation
+from explainers.types import Cost, Counterfactual, Explanation, Lifecycle
 
 
 def _base_prediction(classifier: Classifier, text: str, cost: Cost) -> np.ndarray:
@@ -69,7 +69,7 @@ def _explanation(
     )
 
 
-class ZeroExplainer:
+class ZeroExplainer(Lifecycle):
     """No effect: the estimate every method must beat."""
 
     name = "zero"
@@ -90,7 +90,7 @@ class ZeroExplainer:
         )
 
 
-class RandomProbaExplainer:
+class RandomProbaExplainer(Lifecycle):
     """CEBaB's Random: the difference of two random probability vectors (uniform, L1-normalised)."""
 
     name = "random_proba"
@@ -117,7 +117,7 @@ class RandomProbaExplainer:
         )
 
 
-class ConexpExplainer:
+class ConexpExplainer(Lifecycle):
     """CONEXP: the difference of the model's mean output over pool texts with each value."""
 
     name = "conexp"
@@ -127,6 +127,11 @@ class ConexpExplainer:
         self.taggers = taggers
         self.scores = PoolScores(pool)
         self._means: dict[int, dict[tuple[str, str], np.ndarray]] = {}
+
+    def _close(self) -> None:
+        # The pool scores hold the classifiers they scored (and so their HTTP clients).
+        self.scores.clear()
+        self._means.clear()
 
     def _conditional_means(self, classifier: Classifier, cost: Cost) -> dict[tuple[str, str], np.ndarray]:
         preds = self.scores.get(classifier, cost)
@@ -172,7 +177,7 @@ class ConexpExplainer:
         )
 
 
-class SLearnerExplainer:
+class SLearnerExplainer(Lifecycle):
     """S-Learner: a model of the classifier's output from concept labels alone, intervened on.
 
     `target="argmax"` (CEBaB's choice) fits a logistic regression to the predicted class;
@@ -193,6 +198,10 @@ class SLearnerExplainer:
         self.scores = PoolScores(pool)
         self.x_pool = one_hot(pool.labels, pool.schema)
         self._fitted: tuple[int, Any, np.ndarray | None] | None = None
+
+    def _close(self) -> None:
+        self.scores.clear()
+        self._fitted = None
 
     def _model(self, classifier: Classifier, cost: Cost | None = None) -> tuple[Any, np.ndarray | None]:
         if self._fitted is not None and self._fitted[0] == id(classifier):

@@ -67,6 +67,10 @@ class PoolScores:
         self._by_id[id(classifier)] = (classifier, preds)  # holding the classifier keeps its id unique
         return preds
 
+    def clear(self) -> None:
+        """Drop every classifier's scores, and the classifiers themselves (their clients too)."""
+        self._by_id.clear()
+
 
 def one_hot(labels: Sequence[Mapping[str, str]], schema: ConceptSchema) -> np.ndarray:
     """One column per (concept, value); a label outside the schema's values sets no column."""
@@ -115,6 +119,15 @@ class PoolMatcher(CounterfactualExplainer):
         # Similarity rows of the batch being explained (filled by counterfactuals_batch, emptied after).
         self._batch_sims: dict[str, np.ndarray] = {}
         self._candidates: dict[tuple[str, str], np.ndarray] = {}
+
+    def _close(self) -> None:
+        # Per-query caches only; the pool and the encoder are the domain's, shared.
+        self._recent.clear()
+        self._batch_sims = {}
+        self._candidates.clear()
+        scores = getattr(self, "scores", None)
+        if isinstance(scores, PoolScores):
+            scores.clear()
 
     @property
     def embeddings(self) -> np.ndarray:

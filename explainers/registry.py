@@ -13,6 +13,11 @@ allowed keys, and the service validates a request's fields against the same decl
 also takes their options, handing each component only the ones it declares (`options_for`).
 A run that shares one set of options across many methods (the benchmark, the calibration)
 gives each method `options_for(name, shared)`.
+
+What `build_explainer` returns has the `Lifecycle` of `explainers.types` (the contract test
+checks every registered method): `load()` does up front what its first explanation would
+otherwise do, `ready` says it did, `close()` releases what it holds. The service loads each
+explainer it caches and closes each it drops; a script may skip both (it explains all the same).
 """
 
 from __future__ import annotations

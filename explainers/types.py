@@ -97,11 +97,73 @@ class Explanation:
         }
 
 
+# The states of an explainer's lifecycle (`Lifecycle.state`), as `/readyz` reports them.
+LIFECYCLE_STATES = ("new", "loading", "ready", "failed", "closed")
+
+
+class Lifecycle:
+    """load -> ready -> close, as KServe's `Model` has it; every registered explainer honours it.
+
+    `load()` does, once and up front, the work an explainer would otherwise do inside its first
+    explanation (component explainers, projected pool vectors); `close()` releases what it holds
+    (thread pools, component explainers, cached classifier scores that keep classifier clients
+    alive). Both are idempotent. An explainer that was never loaded still explains (it does that
+    work on first use), so code that builds one directly keeps working; `build_explainer` loads.
+    Subclasses override `_load` / `_close`, never `load` / `close`, so the state stays right.
+    """
+
+    # Class-level defaults: a subclass need not call `Lifecycle.__init__`.
+    state: str = "new"
+    reason: str = ""
+
+    @property
+    def ready(self) -> bool:
+        return self.state == "ready"
+
+    def load(self) -> None:
+        if self.state == "ready":
+            return
+        if self.state == "closed":
+            raise RuntimeError(f"explainer {getattr(self, 'name', '?')!r} was closed; build a new one")
+        self.state, self.reason = "loading", ""
+        try:
+            self._load()
+        except Exception as e:
+            self.state, self.reason = "failed", f"{type(e).__name__}: {e}"
+            raise
+        self.state = "ready"
+
+    def close(self) -> None:
+        if self.state == "closed":
+            return
+        self.state = "closed"
+        self._close()
+
+    def _load(self) -> None:
+        """Nothing to prepare by default."""
+
+    def _close(self) -> None:
+        """Nothing held by default."""
+
+
 @runtime_checkable
 class Explainer(Protocol):
-    """Estimate the effect of `intervention` on `classifier`'s output for `text`."""
+    """Estimate the effect of `intervention` on `classifier`'s output for `text`.
+
+    Every registered explainer also has the `Lifecycle` (load / ready / close); the service
+    loads one when it builds it and closes it when it drops it.
+    """
 
     name: str
+    state: str
+    reason: str
+
+    @property
+    def ready(self) -> bool: ...
+
+    def load(self) -> None: ...
+
+    def close(self) -> None: ...
 
     def explain(
         self,
@@ -116,7 +178,7 @@ class Explainer(Protocol):
         ...
 
 
-class CounterfactualExplainer:
+class CounterfactualExplainer(Lifecycle):
     """Base for methods that find counterfactual texts: the ICaCE path lives here, once.
 
     Subclasses set `name` and implement `counterfactuals()`. `aggregation` picks how the

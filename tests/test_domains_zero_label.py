@@ -13,7 +13,6 @@ Three tiers:
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -56,6 +55,7 @@ from explainers.errors import UpstreamMalformed
 from explainers.generation.cache import GenerationCache
 from explainers.generation.prompts import FewShot
 from explainers.llm_answers import answer_option, first_token_distribution
+from tests.llama_setup import llama_server
 
 SCHEMA = ConceptSchema.from_dict(SCHEMA_DICT)  # acting, plot, music: good / bad / unknown
 CONCEPT_DICTS: list[dict] = list(SCHEMA_DICT["concepts"])  # type: ignore[arg-type]
@@ -368,26 +368,13 @@ def test_a_budget_too_small_is_refused_before_any_llm_call(tmp_path: Path) -> No
 
 # -- end to end: a real llama.cpp server (SmolLM2-135M) and the service over HTTP -----------------
 
-CACHE = Path(os.environ.get("CACE_CACHE_DIR", Path.home() / ".cache" / "cace"))
-GGUF = CACHE / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 LLAMA_PORT, SERVICE_PORT, RATING_PORT = 9511, 9512, 9513
 
 
 @pytest.fixture(scope="module")
 def llama_url() -> Iterator[str]:
-    from benchmarks.harness.servers import running
-    from explainers.generation.server import llama_python
-
-    missing = [str(p) for p in (GGUF, llama_python()) if not p.exists()]
-    if missing:
-        msg = f"llama.cpp setup missing ({', '.join(missing)}); run scripts/setup.sh test"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
-    cmd = [str(llama_python()), "-m", "llama_cpp.server", "--model", str(GGUF), "--host", "127.0.0.1",
-           "--port", str(LLAMA_PORT), "--n_ctx", "4096", "--n_threads", "1"]  # fmt: skip
-    with running(cmd, port=LLAMA_PORT, health_path="/v1/models", timeout=120) as srv:
-        yield srv.base_url + "/v1"
+    with llama_server(LLAMA_PORT, n_ctx=4096) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,6 @@ answer twice (seeded). `generate` runs on llama.cpp in-process with the test mod
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -22,13 +19,9 @@ from explainers.domains import Domain, build_domain, infer_schema, pool_from_row
 from explainers.embeddings import Encoder
 from explainers.errors import UnknownOption
 from explainers.registry import Resources, allowed_options, available, build_explainer, options_for
-from explainers.types import Explanation
+from explainers.types import Explanation, Lifecycle
+from tests.llama_setup import GGUF, require_llama_setup
 
-GGUF = (
-    Path(os.environ.get("CACE_CACHE_DIR", Path.home() / ".cache" / "cace"))
-    / "models"
-    / "SmolLM2-135M-Instruct.Q4_1.gguf"
-)
 TEXT = "I went with two friends. The acting is wooden and flat. The story is gripping from start to finish."
 INTERVENTION = Intervention("plot", "bad", "good")
 
@@ -50,10 +43,7 @@ def classifier() -> SklearnClassifier:
 
 
 def llm_backend() -> object:
-    if not GGUF.exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"{GGUF} is missing (scripts/setup.d/30-llama.sh)")
-        pytest.skip("the llama.cpp test model is not set up")
+    require_llama_setup(server=False)  # in process: the model file only
     from explainers.generation.backends import build_backend
 
     return build_backend(
@@ -84,6 +74,12 @@ def test_every_registered_explainer_honours_the_contract(
     options = {"max_tokens": 48} if name == "generate" else {}
     explainer = build_explainer(name, resources, **options)
     assert isinstance(getattr(explainer, "name", None), str)
+    # The lifecycle (KServe's Model): built -> load() -> ready; close() at the end, both idempotent.
+    assert isinstance(explainer, Lifecycle), f"{name} does not have the load/ready/close lifecycle"
+    assert (explainer.state, explainer.ready) == ("new", False), name
+    explainer.load()
+    explainer.load()
+    assert (explainer.state, explainer.ready) == ("ready", True), name
     for k in (1, 3):
         exp = explainer.explain(TEXT, INTERVENTION, classifier, top_k=k, base_labels=None)
         assert isinstance(exp, Explanation)
@@ -102,6 +98,10 @@ def test_every_registered_explainer_honours_the_contract(
         cut = explainer.explain_counterfactuals(TEXT, INTERVENTION, classifier, widest[:3], details)
         assert [c.text for c in cut.counterfactuals] == [c.text for c in exp.counterfactuals], name
         assert cut.icace == pytest.approx(exp.icace), name
+    explainer.close()
+    explainer.close()
+    assert (explainer.state, explainer.ready) == ("closed", False), name
+    # Never loaded: it still explains (doing the load's work on first use), the same as loaded.
     again = build_explainer(name, resources, **options).explain(TEXT, INTERVENTION, classifier, top_k=3)
     if name != "generate":  # a sampled LLM may word its rewrites differently on a second call
         assert again.icace == pytest.approx(exp.icace), name

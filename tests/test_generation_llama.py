@@ -8,46 +8,32 @@ can never pass without running them.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from benchmarks.harness.servers import free_port, running
+from benchmarks.harness.servers import free_port
 from explainers.concepts import CEBAB_SCHEMA, Intervention
 from explainers.generation.backends import LLMUnavailable, OpenAIBackend, build_backend
 from explainers.generation.cache import GenerationCache
 from explainers.generation.explainer import GenerationExplainer
-from explainers.generation.server import llama_python
 from explainers.registry import MissingResource, Resources, UnknownOption, build_explainer
+from tests.llama_setup import GGUF, llama_server, require_llama_setup
 from tests.test_generation_units import tfidf_taggers  # noqa: F401  (shared fixture)
 
 pytestmark = pytest.mark.llm
 
-CACHE = Path(os.environ.get("CACE_CACHE_DIR", Path.home() / ".cache" / "cace"))
-GGUF = CACHE / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 SRC = "The pasta was delicious and fresh. Our waiter was friendly and quick."
 LABELS = {"food": "Positive", "service": "Positive", "ambiance": "unknown", "noise": "unknown"}
 NEG_FOOD = Intervention("food", "Negative", "Positive")
 MSGS = [{"role": "user", "content": "Say hello in one short sentence."}]
 
 
-def _require_setup() -> None:
-    missing = [str(p) for p in (GGUF, llama_python()) if not p.exists()]
-    if missing:
-        msg = f"llama.cpp setup missing ({', '.join(missing)}); run scripts/setup.sh test"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
-
-
 @pytest.fixture(scope="module")
-def llama_url() -> str:
-    _require_setup()
-    port = free_port()
-    cmd = [str(llama_python()), "-m", "llama_cpp.server", "--model", str(GGUF), "--host", "127.0.0.1",
-           "--port", str(port), "--n_ctx", "2048", "--n_threads", "1"]  # fmt: skip
-    with running(cmd, port=port, health_path="/v1/models", timeout=120) as srv:
-        yield srv.base_url + "/v1"
+def llama_url() -> Iterator[str]:
+    with llama_server(free_port()) as url:
+        yield url
 
 
 def test_real_server_chat_with_n_and_usage(llama_url: str) -> None:
@@ -122,7 +108,7 @@ def test_registry_builds_generate_from_resources(llama_url: str, tfidf_lr, tmp_p
 
 
 def test_in_process_llamacpp_backend() -> None:
-    _require_setup()
+    require_llama_setup()
     if not os.environ.get("CI"):
         pytest.importorskip("llama_cpp")
     b = build_backend({"kind": "llamacpp", "model": "smollm2", "model_path": str(GGUF), "n_threads": 1})

@@ -21,9 +21,8 @@ from explainers.classifiers.openai_chat import OpenAIChatClassifier, render
 from explainers.classifiers.spec import build_classifier, parse_spec
 from explainers.classifiers.usage import metered
 from explainers.concepts import Intervention
-from explainers.generation.server import llama_python
 from explainers.types import Counterfactual, CounterfactualExplainer
-from tests.test_generation_llama import GGUF, _require_setup
+from tests.llama_setup import llama_server
 
 pytestmark = pytest.mark.llm
 
@@ -36,12 +35,8 @@ SENTIMENT = (
 
 @pytest.fixture(scope="module")
 def llama() -> Iterator[str]:
-    _require_setup()
-    port = free_port()
-    cmd = [str(llama_python()), "-m", "llama_cpp.server", "--model", str(GGUF), "--host", "127.0.0.1",
-           "--port", str(port), "--n_ctx", "2048", "--n_threads", "1"]  # fmt: skip
-    with running(cmd, port=port, health_path="/v1/models", timeout=120) as srv:
-        yield srv.base_url + "/v1"
+    with llama_server(free_port()) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

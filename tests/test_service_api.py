@@ -84,6 +84,9 @@ def test_health_and_readiness(client: httpx.Client) -> None:
     assert ready["ready"] is True
     for name in ("classifier", "domain", "store"):
         assert ready["components"][name]["status"] == "ready", ready
+    # The default domain's explainers with their state: `match` was prebuilt (CACE_PREWARM_METHODS=match).
+    built = {e["method"]: e for e in ready["explainers"]}
+    assert built["match"]["status"] == "ready" and built["match"]["seconds"] is not None, ready["explainers"]
 
 
 def test_openapi_operation_ids_are_stable_and_unique(client: httpx.Client) -> None:

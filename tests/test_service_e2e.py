@@ -7,7 +7,6 @@ the items finished before the kill. Runs against PostgreSQL and SQLite.
 from __future__ import annotations
 
 import json
-import os
 import time
 import uuid
 from pathlib import Path
@@ -15,14 +14,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from benchmarks.harness.servers import free_port, running
+from benchmarks.harness.servers import free_port
 from benchmarks.harness.service import drop_pg_prefix, service, store_env
 from explainers.concepts import CEBAB_SCHEMA
 from explainers.data.cebab import load_split
+from tests.llama_setup import llama_server
 
-CACHE = Path(os.environ.get("CACE_CACHE_DIR", Path.home() / ".cache" / "cace"))
-GGUF = CACHE / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
-LLAMA_PY = CACHE / "venvs" / "llama" / "bin" / "python"
 TEXT = "The food was cold and bland, but our waiter was friendly and quick."
 IV = {"concept": "food", "target": "Positive", "source": "Negative"}
 REQUEST = {
@@ -120,33 +117,12 @@ def test_job_survives_sigkill_and_equals_an_uninterrupted_run(backend: str, tmp_
 @pytest.mark.llm
 def test_generate_through_a_registered_llm(tmp_path: Path) -> None:
     """The generate method against llama.cpp's OpenAI-compatible server (SmolLM2-135M), when set up."""
-    if not (GGUF.exists() and LLAMA_PY.exists()):
-        msg = "llama.cpp server not set up (scripts/setup.d/30-llama.sh)"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
-    port = free_port()
-    cmd = [
-        str(LLAMA_PY),
-        "-m",
-        "llama_cpp.server",
-        "--model",
-        str(GGUF),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--n_ctx",
-        "2048",
-        "--n_threads",
-        "2",
-    ]
     with (
-        running(cmd, port=port, health_path="/v1/models", timeout=120) as llm,
+        llama_server(free_port(), n_threads=2) as llm_url,
         service({**store_env("sqlite", tmp_path), "CACE_REQUEST_TIMEOUT_S": "300"}) as svc,
         httpx.Client(base_url=svc.base_url, timeout=300) as c,
     ):
-        spec = {"kind": "openai", "base_url": llm.base_url + "/v1", "model": "smollm2", "timeout_s": 120}
+        spec = {"kind": "openai", "base_url": llm_url, "model": "smollm2", "timeout_s": 120}
         assert c.post("/v1/llms", json={"name": "smollm2", "spec": spec}).status_code == 201
         r = c.post(
             "/v1/explanations",

@@ -9,9 +9,9 @@ from explainers.classifiers.local import SklearnClassifier
 from explainers.concepts import ConceptSchema, Intervention
 from explainers.data.movies import movie_corpus, train_rating_classifier
 from explainers.data.pool import Pool
-from explainers.errors import MissingResource
+from explainers.errors import MissingResource, UnknownOption
 from explainers.estimators.calibration_fit import _fit_text_budget
-from explainers.splice import SentenceEdits, SpliceExplainer, sentences
+from explainers.splice import SentenceEdits, SpliceExplainer, clauses, fit_into, sentences
 
 SCHEMA = ConceptSchema.simple(["food", "service"], ["good", "bad", "none"], domain="reviews")
 
@@ -116,3 +116,78 @@ def test_calibration_caps_text_making_methods_to_the_budget() -> None:
     assert methods == ["match", "splice"] and options["splice_max_k"] == 10 and not skipped
     methods, options, skipped = _fit_text_budget(["match", "splice"], [5, 10], {}, 10_000, 4000)
     assert methods == ["match"] and "budget" in skipped["splice"]
+
+
+def shared_sentence_pool() -> Pool:
+    """Reviews judging food and service in one sentence; each food edit rewrites only the food clause."""
+    texts, labels, origins, pairs = [], [], [], []
+    foods = {"good": "The soup was delicious", "bad": "The soup was cold and bland"}
+    services = {"good": "our waiter was friendly.", "bad": "our waiter was rude."}
+    for o in range(12):
+        service = "good" if o % 2 else "bad"
+        opener = f"We went there on day {o}."
+        row = len(texts)
+        texts += [f"{opener} {foods[f]}, but {services[service]}" for f in ("good", "bad")]
+        labels += [{"food": f, "service": service} for f in ("good", "bad")]
+        origins += [f"o{o}"] * 2
+        pairs += [(row, row + 1, "food"), (row + 1, row, "food")]
+    return Pool(texts, labels, SCHEMA, origins=origins, pairs=pairs)
+
+
+def test_clauses_cut_a_sentence_where_a_new_judgement_starts() -> None:
+    assert clauses("Great food, but the waiter was rude. Loud.") == [
+        "Great food,",
+        "but the waiter was rude.",
+        "Loud.",
+    ]
+    assert clauses("The food was great; the room was far too loud.") == [
+        "The food was great;",
+        "the room was far too loud.",
+    ]
+    # A short piece after a comma lists more of one judgement: it is not a clause of its own.
+    assert clauses("The lead gives a moving, nuanced performance.") == [
+        "The lead gives a moving, nuanced performance."
+    ]
+    assert fit_into("The soup was cold.", "the soup was hot,") == "the soup was cold,"
+    assert fit_into("but the soup was cold", "The soup was hot.") == "But the soup was cold."
+    assert fit_into("I loved it.", "we liked it,") == "I loved it," and fit_into(" . ", "x.") == ""
+
+
+def test_clause_unit_rewrites_the_concept_clause_and_keeps_the_other_concepts_clause() -> None:
+    pool = shared_sentence_pool()
+    text = "Lunch on a Monday. The soup was delicious, but our waiter was rude."
+    iv = Intervention("food", "bad", "good")
+    # The sentence unit rewrites the whole shared sentence: the service judgement changes with it.
+    by_sentence, _ = SpliceExplainer(SentenceEdits(pool, unit="sentence")).counterfactuals(text, iv, top_k=12)
+    assert any("friendly" in c.text for c in by_sentence)
+    by_clause, details = SpliceExplainer(SentenceEdits(pool, unit="clause")).counterfactuals(
+        text, iv, top_k=12
+    )
+    assert details["replaced_sentence"] == "The soup was delicious,"
+    assert {c.text for c in by_clause} == {
+        "Lunch on a Monday. The soup was cold and bland, but our waiter was rude."
+    }
+
+
+def test_scope_all_rewrites_every_sentence_carrying_the_concept() -> None:
+    edits = SentenceEdits(review_pool())
+    text = "The soup was delicious. Our waiter was rude. The soup was delicious and warm."
+    iv = Intervention("food", "bad", "good")
+    one, _ = SpliceExplainer(edits).counterfactuals(text, iv, top_k=1)
+    assert one[0].text.count("delicious") == 1
+    every, details = SpliceExplainer(edits, scope="all").counterfactuals(text, iv, top_k=1)
+    assert "delicious" not in every[0].text and every[0].text.count("cold and bland") == 2
+    assert details["also_replaced"] and details["scope"] == "all"
+
+
+def test_unit_and_scope_are_declared_options_with_checked_values() -> None:
+    from explainers.registry import Resources, allowed_options, build_explainer
+
+    assert {"splice_unit", "splice_scope"} <= allowed_options("splice") & allowed_options("splice_median")
+    resources = Resources(schema=SCHEMA, pool=review_pool())
+    built = build_explainer("splice", resources, splice_unit="clause", splice_scope="two")
+    assert isinstance(built, SpliceExplainer) and built.edits.unit == "clause" and built.scope == "two"
+    with pytest.raises(UnknownOption, match="splice_unit"):
+        build_explainer("splice", resources, splice_unit="word")
+    with pytest.raises(UnknownOption, match="splice_scope"):
+        build_explainer("splice", resources, splice_scope="some")

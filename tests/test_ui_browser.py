@@ -446,37 +446,16 @@ def test_with_api_keys_on_the_page_asks_for_a_key(browser, tmp_path: Path) -> No
 @pytest.mark.llm
 def test_generate_shows_verification_and_rejections(browser, tmp_path: Path) -> None:
     """generate through llama.cpp (SmolLM2-135M, when set up): each kept rewrite's verdict and the rejection counts."""
-    from benchmarks.harness.servers import free_port, running
-    from tests.test_service_e2e import GGUF, LLAMA_PY
+    from benchmarks.harness.servers import free_port
+    from tests.llama_setup import llama_server
 
-    if not (GGUF.exists() and LLAMA_PY.exists()):
-        msg = "llama.cpp server not set up (scripts/setup.d/30-llama.sh)"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
-    port = free_port()
-    cmd = [
-        str(LLAMA_PY),
-        "-m",
-        "llama_cpp.server",
-        "--model",
-        str(GGUF),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--n_ctx",
-        "2048",
-        "--n_threads",
-        "2",
-    ]
     env = {
         "CACE_DATABASE_URL": f"sqlite:///{tmp_path / 'jobs.sqlite'}",
         "CACE_REQUEST_TIMEOUT_S": "300",
         "CACE_AUTO_CALIBRATE": "false",
     }
-    with running(cmd, port=port, health_path="/v1/models", timeout=120) as llm, service(env) as srv:
-        spec = {"kind": "openai", "base_url": llm.base_url + "/v1", "model": "smollm2", "timeout_s": 120}
+    with llama_server(free_port(), n_threads=2) as llm_url, service(env) as srv:
+        spec = {"kind": "openai", "base_url": llm_url, "model": "smollm2", "timeout_s": 120}
         assert (
             httpx.post(srv.base_url + "/v1/llms", json={"name": "smollm2", "spec": spec}).status_code == 201
         )

@@ -216,5 +216,9 @@ class KeyStore:
 def key_store(engine: sa.Engine, settings: Any, metadata: sa.MetaData | None = None) -> KeyStore:
     """The key store for these settings (stored keys, the keys file, the bootstrap admin key)."""
     return KeyStore(
-        engine, settings.table_prefix, settings.api_keys_file, metadata, admin_key=settings.admin_key
+        engine,
+        settings.table_prefix,
+        settings.auth.api_keys_file,
+        metadata,
+        admin_key=settings.auth.admin_key,
     )

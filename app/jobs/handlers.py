@@ -143,7 +143,9 @@ class EffectsHandler:
     ) -> dict[str, Any]:
         self._resolved.pop(job_id, None)
         params = EffectsParams.model_validate(request)
-        result = summarize(params, rows, max_failed_fraction=self.rt.settings.effects_max_failed_fraction)
+        result = summarize(
+            params, rows, max_failed_fraction=self.rt.settings.jobs.effects_max_failed_fraction
+        )
         if isinstance(params.classifier, str):  # a job that explained its texts may queue a calibration
             try:
                 domain = self.rt.domain(params.domain)
@@ -302,13 +304,13 @@ class CalibrationHandler:
             if job_cancelled(store, job_id):
                 raise Cancelled("cancelled")
             left, window_end = store.calibration_budget_left(
-                name, s.calibration_budget_texts, s.calibration_budget_window_s
+                name, s.calibration.budget_texts, s.calibration.budget_window_s
             )
-            max_texts = min(s.calibration_max_texts, left)
+            max_texts = min(s.calibration.max_texts, left)
             if max_texts < MIN_CALIBRATION_TEXTS:
                 raise BudgetExhausted(
-                    f"classifier {name!r} has {left} of its {s.calibration_budget_texts} calibration texts "
-                    f"per {s.calibration_budget_window_s:g} s left (CACE_CALIBRATION_BUDGET_TEXTS); a "
+                    f"classifier {name!r} has {left} of its {s.calibration.budget_texts} calibration texts "
+                    f"per {s.calibration.budget_window_s:g} s left (CACE_CALIBRATION_BUDGET_TEXTS); a "
                     f"calibration needs at least {MIN_CALIBRATION_TEXTS}",
                     retry_at=window_end,
                 )
@@ -316,8 +318,8 @@ class CalibrationHandler:
                 clf,
                 store=store,
                 budget_key=name,
-                budget_texts=s.calibration_budget_texts,
-                window_s=s.calibration_budget_window_s,
+                budget_texts=s.calibration.budget_texts,
+                window_s=s.calibration.budget_window_s,
             )
             # Every classifier chunk and every stage's progress is a checkpoint: a cancel stops it there.
             with cancellable(lambda: job_cancelled(store, job_id), interval_s=0.5):
@@ -327,7 +329,7 @@ class CalibrationHandler:
                     domain.space,
                     self.rt.encoder(),
                     taggers=domain.taggers,
-                    max_pairs=request.get("max_pairs") or s.calibration_max_pairs,
+                    max_pairs=request.get("max_pairs") or s.calibration.max_pairs,
                     max_classifier_texts=max_texts,
                     classifier_name=name,
                     trained_on=request.get("trained_on"),
@@ -342,8 +344,8 @@ class CalibrationHandler:
                 domain.id,
                 name,
                 error="cancelled",
-                backoff_s=s.calibration_backoff_s,
-                backoff_max_s=s.calibration_backoff_max_s,
+                backoff_s=s.calibration.backoff_s,
+                backoff_max_s=s.calibration.backoff_max_s,
             )
             raise
         except BudgetExhausted as e:
@@ -362,8 +364,8 @@ class CalibrationHandler:
             request["domain_id"],
             request["classifier"],
             error=error,
-            backoff_s=s.calibration_backoff_s,
-            backoff_max_s=s.calibration_backoff_max_s,
+            backoff_s=s.calibration.backoff_s,
+            backoff_max_s=s.calibration.backoff_max_s,
         )
         if error is not None:
             raise ValueError(error)

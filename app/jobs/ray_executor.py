@@ -145,11 +145,11 @@ class RayEffectsHandler:
     def __init__(self, local: Any, settings: Settings) -> None:
         self.local = local  # the in-process EffectsHandler: finalize, and the CaCE summary
         self.settings = settings
-        self.address = settings.ray_address
-        self.actors_per_pool = max(1, settings.ray_actors_per_classifier)
-        self.max_pools = max(1, settings.ray_max_pools)
-        self.idle_s = settings.ray_actor_idle_s
-        self.acquire_timeout_s = settings.ray_acquire_timeout_s
+        self.address = settings.ray.address
+        self.actors_per_pool = max(1, settings.ray.actors_per_classifier)
+        self.max_pools = max(1, settings.ray.max_pools)
+        self.idle_s = settings.ray.actor_idle_s
+        self.acquire_timeout_s = settings.ray.acquire_timeout_s
         self._pools: OrderedDict[str, ActorPool] = OrderedDict()  # least recently used first
         self._cond = threading.Condition()
         self._connect_lock = threading.Lock()
@@ -178,7 +178,7 @@ class RayEffectsHandler:
                     runtime_env={"env_vars": runtime_env_vars(os.environ, pythonpath)},
                     logging_level=logging.WARNING,
                 )
-                self._config = ActorConfig(actor_env(os.environ, list(self.settings.llm_secret_envs)))
+                self._config = ActorConfig(actor_env(os.environ, list(self.settings.llm.secret_envs)))
                 self._ray = ray
                 self._reaper = threading.Thread(target=self._reap_loop, name="cace-ray-reaper", daemon=True)
                 self._reaper.start()
@@ -198,8 +198,8 @@ class RayEffectsHandler:
             ray.remote(EffectsActor)
             .options(
                 name=name,
-                num_cpus=self.settings.ray_actor_cpus,
-                max_restarts=self.settings.ray_actor_max_restarts,
+                num_cpus=self.settings.ray.actor_cpus,
+                max_restarts=self.settings.ray.actor_max_restarts,
                 max_task_retries=0,
                 max_concurrency=1,
             )

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from app import explain
 from app.jobs.worker import RetryableError
 from app.problems import ApiError, field_error, validation_error
-from app.resources import Runtime
+from app.resources import ExplainerLock, Runtime
 from app.schemas import ComparisonRequest, EffectText, ReportRequest
 from explainers.artifacts import META
 from explainers.domains import Domain
@@ -77,24 +77,26 @@ def _texts(rt: Runtime, domain: Domain, params: ReportRequest | ComparisonReques
     """Payloads {text, id?, labels?}: the request's texts, or a seeded sample of the domain's corpus."""
     s = rt.settings
     if params.texts is not None:
-        if len(params.texts) > s.max_report_texts:
+        if len(params.texts) > s.limits.max_report_texts:
             raise field_error(
                 "body.texts",
-                f"at most {s.max_report_texts} texts per report, got {len(params.texts)}",
+                f"at most {s.limits.max_report_texts} texts per report, got {len(params.texts)}",
                 status=413,
             )
         out = []
         for i, t in enumerate(params.texts):
             item = EffectText(text=t) if isinstance(t, str) else t
-            if len(item.text) > s.max_text_chars:
-                raise field_error(f"body.texts.{i}", f"at most {s.max_text_chars} characters")
+            if len(item.text) > s.limits.max_text_chars:
+                raise field_error(f"body.texts.{i}", f"at most {s.limits.max_text_chars} characters")
             explain.check_labels(domain.schema, item.labels, f"body.texts.{i}.labels")
             out.append(item.model_dump(exclude_none=True))
         return out
     size = params.sample.size if params.sample is not None else 200
     seed = params.sample.seed if params.sample is not None else 0
-    if size > s.max_report_texts:
-        raise field_error("body.sample.size", f"at most {s.max_report_texts} texts per report", status=413)
+    if size > s.limits.max_report_texts:
+        raise field_error(
+            "body.sample.size", f"at most {s.limits.max_report_texts} texts per report", status=413
+        )
     pool = domain.pool
     rng = np.random.default_rng(seed)
     rows = sorted(rng.choice(len(pool), size=min(size, len(pool)), replace=False).tolist())
@@ -102,7 +104,7 @@ def _texts(rt: Runtime, domain: Domain, params: ReportRequest | ComparisonReques
     return [
         {"text": pool.texts[r], "id": ids[r] if ids else str(r), "labels": dict(pool.labels[r])}
         for r in rows
-        if len(pool.texts[r]) <= s.max_text_chars
+        if len(pool.texts[r]) <= s.limits.max_text_chars
     ]
 
 
@@ -111,8 +113,8 @@ def plan(
 ) -> tuple[dict[str, Any], list[Any]]:
     """The job's pinned request and its payloads, or a 4xx naming what is wrong."""
     s = rt.settings
-    if params.top_k > s.max_top_k:
-        raise field_error("body.top_k", f"at most {s.max_top_k}")
+    if params.top_k > s.limits.max_top_k:
+        raise field_error("body.top_k", f"at most {s.limits.max_top_k}")
     try:
         domain = rt.domain(params.domain)
     except LookupError as e:
@@ -192,7 +194,7 @@ class _Job:
     domain: Domain
     classifiers: list[Any]
     scorer: ReportScorer
-    lock: threading.Lock
+    lock: ExplainerLock
     cells: list[Cell]
 
 
@@ -277,7 +279,7 @@ class ReportHandler:
             self._jobs.pop(job_id, None)
         rows = list(rows)
         cells = [Cell(c["concept"], c["source"], c["target"]) for c in request["cells"]]
-        n_boot = self.rt.settings.effects_n_boot
+        n_boot = self.rt.settings.jobs.effects_n_boot
         common: dict[str, Any] = {
             "labels": request["labels"],
             "cells": cells,

@@ -141,7 +141,7 @@ def create_domain(
                 "body.params.generate.llm",
                 "no default LLM is configured (CACE_LLM_BASE_URL, CACE_LLM_MODEL); name a registered LLM",
             )
-    rows = _corpus(file, schema, rt.settings.max_body_bytes, rt.settings.max_text_chars, limits)
+    rows = _corpus(file, schema, rt.settings.limits.max_body_bytes, rt.settings.limits.max_text_chars, limits)
     if schema is None and not any(r["labels"] for r in rows):
         raise field_error(
             "body.params.schema",
@@ -220,10 +220,10 @@ def _job_active(rt: Runtime, job_id: str) -> bool:
 def _limits(rt: Runtime) -> CorpusLimits:
     s = rt.settings
     return CorpusLimits(
-        domain_max_group_texts=s.domain_max_group_texts,
-        domain_max_pairs=s.domain_max_pairs,
-        domain_max_concepts=s.domain_max_concepts,
-        domain_max_values=s.domain_max_values,
+        domain_max_group_texts=s.limits.domain_max_group_texts,
+        domain_max_pairs=s.limits.domain_max_pairs,
+        domain_max_concepts=s.limits.domain_max_concepts,
+        domain_max_values=s.limits.domain_max_values,
     )
 
 
@@ -269,7 +269,7 @@ def calibrate_domain(
         "domain_id": domain_id,
         "classifier": name,
         "max_pairs": min(
-            body.max_pairs or rt.settings.calibration_max_pairs, rt.settings.calibration_max_pairs
+            body.max_pairs or rt.settings.calibration.max_pairs, rt.settings.calibration.max_pairs
         ),
     }
     if body.trained_on is not None:

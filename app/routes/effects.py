@@ -28,9 +28,9 @@ router = APIRouter(tags=["effects"])
 
 def _payloads(rt: Runtime, texts: list[Any], where: str) -> list[dict[str, Any]]:
     s = rt.settings
-    if len(texts) > s.max_effect_texts:
+    if len(texts) > s.limits.max_effect_texts:
         raise field_error(
-            where, f"at most {s.max_effect_texts} texts per request, got {len(texts)}", status=413
+            where, f"at most {s.limits.max_effect_texts} texts per request, got {len(texts)}", status=413
         )
     out = []
     for i, t in enumerate(texts):
@@ -38,8 +38,8 @@ def _payloads(rt: Runtime, texts: list[Any], where: str) -> list[dict[str, Any]]
         # Checked before building EffectText: its min_length would raise outside the problem+json path.
         if not text.strip():
             raise field_error(f"{where}.{i}", "empty text")
-        if len(text) > s.max_text_chars:
-            raise field_error(f"{where}.{i}", f"at most {s.max_text_chars} characters")
+        if len(text) > s.limits.max_text_chars:
+            raise field_error(f"{where}.{i}", f"at most {s.limits.max_text_chars} characters")
         item = EffectText(text=t) if isinstance(t, str) else t
         out.append(item.model_dump(exclude_none=True))
     return out
@@ -59,8 +59,10 @@ def _submit(
     only as it is stored) is checked item by item when the job runs.
     """
     s = rt.settings
-    if params.mode == "inline" and (len(payloads) > s.max_inline_texts or rest is not None):
-        raise field_error("body.mode", f"inline runs take at most {s.max_inline_texts} texts; use mode=job")
+    if params.mode == "inline" and (len(payloads) > s.limits.max_inline_texts or rest is not None):
+        raise field_error(
+            "body.mode", f"inline runs take at most {s.limits.max_inline_texts} texts; use mode=job"
+        )
     r = explain.resolve(
         rt, params
     )  # 4xx for bad domain/classifier/method/intervention before anything is queued
@@ -79,7 +81,7 @@ def _submit(
         explain.check_query(r, q, f"{where}.{i}.labels", f"{where}.{i}.labels")
     explain.check_available(r, iv.concept, iv.target, "body")
     inline = rest is None and (
-        params.mode == "inline" or (params.mode == "auto" and len(payloads) <= s.max_inline_texts)
+        params.mode == "inline" or (params.mode == "auto" and len(payloads) <= s.limits.max_inline_texts)
     )
     request = params.model_dump(mode="json")
     if inline:
@@ -149,13 +151,16 @@ def upload_effects(
         raise validation_error(e.errors(), "params") from e
     s = rt.settings
     lines = iter_upload(
-        file, max_bytes=s.max_body_bytes, max_texts=s.max_upload_texts, max_chars=s.max_text_chars
+        file,
+        max_bytes=s.limits.max_body_bytes,
+        max_texts=s.limits.max_upload_texts,
+        max_chars=s.limits.max_text_chars,
     )
-    head = list(itertools.islice(lines, s.max_inline_texts + 1))
+    head = list(itertools.islice(lines, s.limits.max_inline_texts + 1))
     if not head:
         raise field_error("file", "no texts in the file")
     # A large upload streams into the store a chunk at a time: memory stays bounded whatever its size.
-    rest = lines if len(head) > s.max_inline_texts else None
+    rest = lines if len(head) > s.limits.max_inline_texts else None
     return _submit(rt, p, head, "file", owner=requester(request)[0], rest=rest)
 
 

@@ -48,6 +48,8 @@ async def _ping_store(rt: Runtime) -> dict[str, Any]:
 async def readyz(request: Request) -> JSONResponse:
     """Ready once the embedded defaults are loaded and the job store answers (503 until then).
 
+    Lists the default domain's explainers with their state (loading, ready, failed and why).
+
     Degraded (503) while requests that timed out still hold worker threads past their deadline.
     Answered on the event loop; only the store ping takes a thread, its own, for at most
     `STORE_PING_S`.
@@ -73,6 +75,8 @@ async def readyz(request: Request) -> JSONResponse:
         status="ready" if ready else "loading" if not rt.loaded.is_set() else "degraded",
         ready=ready,
         components=components,
+        # Not part of readiness: a method that failed to build says why to the request that names it.
+        explainers=rt.explainer_states(),
         instance=rt.instance_id,
     )
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
@@ -84,7 +88,7 @@ def list_methods(rt: RuntimeDep) -> MethodsOut:
     methods = rt.methods()
     unavailable = {}
     s = rt.settings
-    if "generate" in methods and not (s.llm_base_url and s.llm_model) and not rt.store.registry_list("llm"):
+    if "generate" in methods and not (s.llm.base_url and s.llm.model) and not rt.store.registry_list("llm"):
         unavailable["generate"] = (
             "no LLM: set CACE_LLM_BASE_URL and CACE_LLM_MODEL, or register one (POST /v1/llms)"
         )

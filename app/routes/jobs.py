@@ -59,9 +59,9 @@ def submit(
     rt: Runtime, kind: str, request: dict[str, Any], payloads: Iterable[Any], owner: str | None
 ) -> JSONResponse:
     """Queue a job (429 when the queue is full) and answer 202 with the job and its Location."""
-    job_id = rt.store.create_job(kind, request, payloads, limit=rt.settings.job_queue_limit, owner=owner)
+    job_id = rt.store.create_job(kind, request, payloads, limit=rt.settings.jobs.queue_limit, owner=owner)
     if job_id is None:
-        raise queue_full(rt.settings.job_queue_limit)
+        raise queue_full(rt.settings.jobs.queue_limit)
     return JSONResponse(
         job_out(rt.store.get_job(job_id, with_request=False)).model_dump(mode="json"),
         status_code=202,

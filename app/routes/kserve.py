@@ -77,14 +77,14 @@ def _classifier_ref(rt: Runtime, name: str) -> str | dict[str, Any]:
         rt.classifier(name)
         return name
     except LookupError:
-        if not s.kserve_predictor_host:
+        if not s.kserve.predictor_host:
             raise ApiError(
                 404,
                 "Not found",
                 f"model {name!r} is not a registered classifier and CACE_KSERVE_PREDICTOR_HOST is not set",
                 kind="not-found",
             ) from None
-        if not s.kserve_labels:
+        if not s.kserve.labels:
             raise ApiError(
                 409,
                 "Missing resource",
@@ -93,9 +93,9 @@ def _classifier_ref(rt: Runtime, name: str) -> str | dict[str, Any]:
             ) from None
         return {
             "protocol": "kserve-v1",
-            "url": f"http://{s.kserve_predictor_host}",
+            "url": f"http://{s.kserve.predictor_host}",
             "model": name,
-            "labels": list(s.kserve_labels),
+            "labels": list(s.kserve.labels),
         }
 
 
@@ -119,10 +119,10 @@ def _requests(body: KServeExplainRequest, ref: str | dict[str, Any]) -> list[Exp
 def kserve_explain(name: str, body: KServeExplainRequest, rt: RuntimeDep) -> dict[str, Any]:
     """KServe V1 explain: one ICaCE explanation per instance (see POST /v1/explanations)."""
     s = rt.settings
-    if len(body.instances) > s.max_inline_texts:
+    if len(body.instances) > s.limits.max_inline_texts:
         raise field_error(
             "body.instances",
-            f"at most {s.max_inline_texts} instances per request (use POST /v1/effects for more)",
+            f"at most {s.limits.max_inline_texts} instances per request (use POST /v1/effects for more)",
             status=413,
         )
     reqs = _requests(body, _classifier_ref(rt, name))
@@ -139,11 +139,13 @@ def kserve_explain(name: str, body: KServeExplainRequest, rt: RuntimeDep) -> dic
 def kserve_predict(name: str, body: KServePredictRequest, rt: RuntimeDep) -> dict[str, Any]:
     """KServe V1 predict: the classifier's probabilities per label, so the explainer can be probed alone."""
     s = rt.settings
-    if len(body.instances) > s.max_inline_texts:
-        raise field_error("body.instances", f"at most {s.max_inline_texts} instances per request", status=413)
+    if len(body.instances) > s.limits.max_inline_texts:
+        raise field_error(
+            "body.instances", f"at most {s.limits.max_inline_texts} instances per request", status=413
+        )
     for i, t in enumerate(body.instances):
-        if len(t) > s.max_text_chars:
-            raise field_error(f"body.instances.{i}", f"at most {s.max_text_chars} characters")
+        if len(t) > s.limits.max_text_chars:
+            raise field_error(f"body.instances.{i}", f"at most {s.limits.max_text_chars} characters")
     clf, _ = rt.classifier(_classifier_ref(rt, name))
     probs = clf.predict_proba(body.instances)
     return {"predictions": [explain.as_map(clf.labels, row) for row in probs]}

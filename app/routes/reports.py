@@ -39,10 +39,10 @@ def _submit(
 ) -> JSONResponse:
     body, payloads = plan(rt, params, kind)
     job_id = rt.store.create_job(
-        kind, body, payloads, limit=rt.settings.job_queue_limit, owner=requester(request)[0]
+        kind, body, payloads, limit=rt.settings.jobs.queue_limit, owner=requester(request)[0]
     )
     if job_id is None:
-        raise queue_full(rt.settings.job_queue_limit)
+        raise queue_full(rt.settings.jobs.queue_limit)
     job = rt.store.get_job(job_id, with_request=False)
     assert job is not None
     return JSONResponse(

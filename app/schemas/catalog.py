@@ -240,8 +240,26 @@ class ComponentOut(BaseModel):
     progress: StartProgress | None = Field(None, description="Stages of a default being loaded or built.")
 
 
+class ExplainerStateOut(BaseModel):
+    """One explainer of the default domain, built (or being built) by this replica."""
+
+    method: str
+    classifier: str | None = Field(None, description="The classifier it was fit for (auto, stacked).")
+    llm: str | None = Field(None, description="The LLM it generates with (generate).")
+    options: list[str] = Field(
+        default_factory=list, description="The method options it was built with (names)."
+    )
+    status: str = Field(description="loading, ready or failed.")
+    detail: str = Field("", description="Why it failed.")
+    seconds: float | None = Field(None, description="Build and load time, once done.")
+
+
 class Health(BaseModel):
     status: str
     ready: bool = False
     components: dict[str, ComponentOut] = Field(default_factory=dict)
+    explainers: list[ExplainerStateOut] = Field(
+        default_factory=list,
+        description="The default domain's explainers this replica holds, with their state (readyz only).",
+    )
     instance: str | None = None

@@ -36,7 +36,7 @@ from explainers.estimators.stack import project_icace
 from explainers.labels import source_value
 from explainers.pool_kernel import predict_in_chunks
 from explainers.registry import MissingResource, Resources, build_explainer, options_for, register
-from explainers.types import Cost, Counterfactual, CounterfactualExplainer, Explainer, Explanation
+from explainers.types import Cost, Counterfactual, CounterfactualExplainer, Explainer, Explanation, Lifecycle
 
 # The estimator fit to nothing that is best on all CEBaB dev pairs for both reference classifiers
 # (benchmarks/results/faithfulness_calibrated*.md, `uncal:*` rows): splice_median at K = 20,
@@ -46,7 +46,7 @@ from explainers.types import Cost, Counterfactual, CounterfactualExplainer, Expl
 UNCALIBRATED_DEFAULT: dict[str, float] = {"splice_median@20": 1.0}
 
 
-class AutoExplainer:
+class AutoExplainer(Lifecycle):
     name = "auto"
 
     def __init__(
@@ -65,10 +65,26 @@ class AutoExplainer:
             int, tuple[Classifier, CountingClassifier, CachingClassifier, str | None]
         ] = {}
 
+    def _load(self) -> None:
+        for component in list(self._explainers.values()):
+            component.load()
+
+    def _close(self) -> None:
+        # The components it built are its own; the wrapped classifiers hold their clients.
+        for component in list(self._explainers.values()):
+            component.close()
+        self._explainers.clear()
+        self._classifiers.clear()
+
     def _explainer(self, method: str) -> Explainer:
         if method not in self._explainers:
             # Components run as they were calibrated (e.g. splice's K cap), unless told otherwise.
-            fitted = self.calibration.meta.get("protocol", {}).get("options", {}) if self.calibration else {}
+            fitted = (
+                dict(self.calibration.meta.get("protocol", {}).get("options", {})) if self.calibration else {}
+            )
+            if self.calibration and "splice_max_k" in fitted:
+                # Calibrated before splice_unit was recorded: splice then replaced whole sentences.
+                fitted.setdefault("splice_unit", "sentence")
             self._explainers[method] = build_explainer(
                 method, self.resources, **options_for(method, {**fitted, **self.options})
             )

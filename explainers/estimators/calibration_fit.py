@@ -428,7 +428,7 @@ def _fit_text_budget(
     Each held-out pair costs K classifier texts; K shrinks to fit (its smaller values are
     cache hits of the larger), and a method that cannot reach the smallest K is left out.
     """
-    from explainers.splice import DEFAULT_MAX_K
+    from explainers.splice import DEFAULT_MAX_K, DEFAULT_UNIT
 
     kept, skipped = [], {}
     for m in methods:
@@ -443,6 +443,8 @@ def _fit_text_budget(
             )
             continue
         options["splice_max_k"] = cap
+        # Recorded, so `auto` splices as it was calibrated even after the library's default changes.
+        options.setdefault("splice_unit", DEFAULT_UNIT)
         kept.append(m)
     return kept, options, skipped
 

@@ -82,7 +82,8 @@ class GenerationExplainer(CounterfactualExplainer):
         self._pool = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="llm")
         self._lock = threading.Lock()
 
-    def close(self) -> None:
+    def _close(self) -> None:
+        # Its request threads; the LLM backend is the caller's (the service shares one per LLM).
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     # -- one LLM request, through the cache --------------------------------------------------

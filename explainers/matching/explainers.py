@@ -36,7 +36,7 @@ from explainers.estimators.crossfit import combine
 from explainers.labels import labels_of, source_value, tagged
 from explainers.matching.space import ConceptSpace
 from explainers.pool_kernel import PoolScores, one_hot
-from explainers.types import Cost, Counterfactual, CounterfactualExplainer, Explainer, Explanation
+from explainers.types import Cost, Counterfactual, CounterfactualExplainer, Explainer, Explanation, Lifecycle
 
 CONFOUNDER_MODES = ("fill", "require", "ignore")
 
@@ -64,6 +64,12 @@ class MatchingExplainer(CounterfactualExplainer):
         self.confounders = confounders
         self.exclude_above = exclude_above
         self.taggers = taggers
+
+    def _load(self) -> None:
+        # Each concept's projected pool (one encoder pass over the corpus, then a projection):
+        # otherwise the first explanation of each concept pays for it.
+        for concept in self.space.schema.names:
+            self.space.pool_vectors(concept)
 
     def _confounder_labels(
         self, text: str, concept: str, base_labels: Mapping[str, str] | None
@@ -185,6 +191,10 @@ class MatchDRExplainer(MatchingExplainer):
         self.x_pool = one_hot(space.pool.labels, space.schema)
         self._fitted: tuple[int, Ridge] | None = None
 
+    def _close(self) -> None:
+        self.scores.clear()
+        self._fitted = None
+
     def _outcome_model(self, classifier: Classifier) -> Ridge:
         if self._fitted is None or self._fitted[0] != id(classifier):
             self._fitted = (
@@ -252,7 +262,7 @@ def _softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum()
 
 
-class PairTransferExplainer:
+class PairTransferExplainer(Lifecycle):
     """Mean output change over the K pool pairs (same concept, same direction) nearest the query."""
 
     name = "pair_transfer"
@@ -279,6 +289,15 @@ class PairTransferExplainer:
         self.max_cached = max_cached_classifiers
         self._dirs: dict[tuple[str, str, str], tuple[np.ndarray, faiss.Index]] = {}
         self._preds: dict[int, tuple[Classifier, dict[int, np.ndarray]]] = {}
+
+    def _load(self) -> None:
+        for concept in self.space.schema.names:  # as MatchingExplainer: the projected pools, up front
+            self.space.pool_vectors(concept)
+
+    def _close(self) -> None:
+        # Cached predictions hold the classifiers that made them (and so their clients).
+        self._preds.clear()
+        self._dirs.clear()
 
     def _pool_id(self, row: int) -> str:
         ids = self.space.pool.ids
@@ -402,7 +421,7 @@ class PairTransferExplainer:
         )
 
 
-class StackedExplainer:
+class StackedExplainer(Lifecycle):
     """A weighted sum of component explainers' ICaCE estimates (weights from cross-fitting on dev)."""
 
     name = "stacked"
@@ -424,6 +443,14 @@ class StackedExplainer:
             int(k): {n: float(x) for n, x in w.items()} for k, w in (weights_by_k or {}).items()
         }
         self.weights_info = dict(weights_info or {})
+
+    def _load(self) -> None:
+        for component in self.components.values():
+            component.load()
+
+    def _close(self) -> None:
+        for component in self.components.values():
+            component.close()
 
     def describe(self) -> dict[str, Any]:
         """The weights this stack uses (per K where fit per K) and where they came from."""
