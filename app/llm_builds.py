@@ -203,7 +203,7 @@ def default_domain_build(rt: Runtime) -> Any:
         backend, name = rt.llm(None)
         if backend is None:
             raise DomainBuildError("default_domain", NO_LLM)
-        budget = rt.settings.llm_build_max_calls
+        budget = rt.settings.llm.build_max_calls
         options = LLMBuildOptions(max_llm_calls=budget)
         cache = build_cache(rt)
         rates = stored_rates(cache, backend)
