@@ -3,15 +3,17 @@
 `POST /v1/domains` calls `check_definition` on each concept of a given schema and `prepare`
 once it has the rows: `prepare` decides whether the build needs the LLM (asked for, or some
 concept has no label in the corpus), checks what the LLM needs (definitions, a configured LLM,
-the budget), measures the LLM's speed (two tiny requests, remembered for a while per LLM) and
-returns the plan the 202 carries. The job (`app.jobs.handlers.DomainHandler`) runs
-`explainers.domains.zero_label` with the stored options; its progress is a small JSON file per
-job that `GET /v1/domains` shows for a domain still building.
+the budget), estimates the time at the LLM's measured speed (the rates its previous builds
+measured, stored with the generation cache; else a three-request probe, remembered for a while
+per LLM) and returns the plan the 202 carries. The job (`app.jobs.handlers.DomainHandler`) runs
+`explainers.domains.zero_label` with the stored options and reports every stage (labels,
+llm_taggers, pairs, then the build's embed, taggers, space, save, load) to the job's one
+`Stages`: `GET /v1/jobs/{id}`, `GET /v1/jobs`, `GET /v1/domains` (a domain still building) and
+the UI all read that one snapshot from the job's row.
 """
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from pathlib import Path
@@ -28,9 +30,12 @@ from explainers.domains.zero_label import (
     PlanError,
     measure_speed,
     plan_build,
+    stored_rates,
     undefined_concepts,
 )
 from explainers.errors import UpstreamError
+from explainers.generation.cache import GenerationCache
+from explainers.progress import Stages
 
 MAX_DESCRIPTION = 2000
 MAX_VALUE_EXAMPLES = 5
@@ -130,30 +135,31 @@ def prepare(
         plan_build(rows, schema, options, budget=budget)
     except PlanError as e:
         raise field_error(e.where, e.message) from e
-    plan = plan_build(rows, schema, options, budget=budget, speed=_speed(rt, name or "default", backend))
+    rates = stored_rates(build_cache(rt), backend)
+    # Previous builds' rates are the better estimate; the probe only fills a stage they lack.
+    speed = None if rates is not None and rates.complete else _speed(rt, name or "default", backend)
+    plan = plan_build(rows, schema, options, budget=budget, speed=speed, rates=rates)
     return {"llm": opts.llm, "llm_name": name, "options": options.to_dict(), "plan": plan}
 
 
-def progress_path(rt: Runtime, job_id: str) -> Path:
-    return Path(rt.settings.data_dir) / "builds" / f"{job_id}.json"
-
-
-def write_progress(path: Path, state: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({**state, "at": time.time()}))
-    tmp.replace(path)
+def build_cache(rt: Runtime) -> GenerationCache:
+    """The one on-disk cache of every LLM build's answers (and the rates they measured)."""
+    return GenerationCache(Path(rt.settings.data_dir) / "generations" / "llm-build.sqlite")
 
 
 def read_progress(rt: Runtime, job_id: str) -> dict[str, Any] | None:
-    try:
-        return dict(json.loads(progress_path(rt, job_id).read_text()))
-    except (OSError, ValueError):
-        return None
+    """A build job's stages as its job row holds them (the numbers GET /v1/jobs/{id} shows)."""
+    job = rt.store.get_job(job_id) or {}
+    return job.get("stages")
 
 
 def run_llm_stages(
-    rt: Runtime, job_id: str, schema: ConceptSchema, rows: list[dict[str, Any]], stored: dict[str, Any]
+    rt: Runtime,
+    job_id: str,
+    schema: ConceptSchema,
+    rows: list[dict[str, Any]],
+    stored: dict[str, Any],
+    stages: Stages | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """Labels, taggers and pairs by the LLM (in the job); the pool and build_domain's hooks.
 
@@ -164,20 +170,55 @@ def run_llm_stages(
     from app.jobs.worker import RetryableError
     from explainers.domains import zero_label
     from explainers.errors import UpstreamUnavailable
-    from explainers.generation.cache import GenerationCache
 
     backend, name = rt.llm(stored.get("llm"))
     if backend is None:
         raise ValueError(NO_LLM)
     options = LLMBuildOptions(**stored["options"])
-    cache = GenerationCache(Path(rt.settings.data_dir) / "generations" / "llm-build.sqlite")
-    path = progress_path(rt, job_id)
     try:
         result = zero_label.run(
-            rows, schema, backend, options, stored["plan"], cache=cache, llm_name=name,
-            progress=lambda state: write_progress(path, state),
+            rows, schema, backend, options, stored["plan"], cache=build_cache(rt), llm_name=name, stages=stages,
         )  # fmt: skip
     except UpstreamUnavailable as e:
         raise RetryableError(f"LLM {name!r}: {e}") from e
-    write_progress(path, {"stage": "space", "done": 0, "total": 1})
     return result.pool, {"taggers_builder": result.taggers_builder, "finish": result.finish}
+
+
+def default_domain_build(rt: Runtime) -> Any:
+    """The LLM stages of a default domain built from raw texts (`CACE_DEFAULT_DOMAIN` = a folder
+    with corpus.jsonl and a schema.json of concept definitions, no labels), for
+    `ensure_corpus_domain`: the server's default LLM, the build budget, the same cache and
+    rates as uploaded builds. Its stages show in `/readyz` as a CEBaB build's do."""
+    from explainers.domains import DomainBuildError, zero_label
+
+    def build(
+        rows: list[dict[str, Any]], schema: ConceptSchema, stages: Stages
+    ) -> tuple[Any, dict[str, Any]]:
+        undefined = undefined_concepts(rows, schema)
+        if undefined:
+            raise DomainBuildError(
+                "default_domain",
+                f"concept(s) {undefined} have no description in schema.json and no row carries their label",
+            )
+        backend, name = rt.llm(None)
+        if backend is None:
+            raise DomainBuildError("default_domain", NO_LLM)
+        budget = rt.settings.llm.build_max_calls
+        options = LLMBuildOptions(max_llm_calls=budget)
+        cache = build_cache(rt)
+        rates = stored_rates(cache, backend)
+        try:
+            zero_label.plan_build(rows, schema, options, budget=budget, field="default_domain")
+            speed = None if rates is not None and rates.complete else measure_speed(backend)
+            plan = plan_build(
+                rows, schema, options, budget=budget, speed=speed, rates=rates, field="default_domain"
+            )
+        except PlanError as e:
+            raise DomainBuildError("default_domain", f"{e.message} (CACE_LLM_BUILD_MAX_CALLS)") from e
+        stages.expect(zero_label.stage_plan(plan, len(rows)))
+        result = zero_label.run(
+            rows, schema, backend, options, plan, cache=cache, llm_name=name, stages=stages
+        )
+        return result.pool, {"taggers_builder": result.taggers_builder, "finish": result.finish}
+
+    return build

@@ -400,7 +400,12 @@ class Runtime:
                 stages=stages,
             )
         else:  # a domain folder, or a folder with a corpus.jsonl built in place on first start
-            domain = ensure_corpus_domain(Path(name), encoder=self.encoder(), log=log.info, stages=stages)
+            from app.llm_builds import default_domain_build
+
+            domain = ensure_corpus_domain(
+                Path(name), encoder=self.encoder(), log=log.info, stages=stages,
+                llm_build=default_domain_build(self),
+            )  # fmt: skip
         self.forget_domain(domain.id)  # rebuilt over the newly loaded domain
         self._warming_domain_id = domain.id
         built = self._prewarm(domain, stages) if self._prewarm_on_load else []

@@ -41,13 +41,18 @@ from explainers.domains.llm_pairs import (
     plan_pair_edits,
 )
 from explainers.domains.zero_label import (
+    BuildRates,
     LLMBuildOptions,
     LLMSpeed,
     PlanError,
     plan_build,
+    record_rates,
+    stage_plan,
+    stored_rates,
     undefined_concepts,
 )
 from explainers.errors import UpstreamMalformed
+from explainers.generation.cache import GenerationCache
 from explainers.generation.prompts import FewShot
 from explainers.llm_answers import answer_option, first_token_distribution
 from tests.llama_setup import llama_server
@@ -191,12 +196,73 @@ def test_plan_counts_calls_exactly_and_estimates_time_from_the_measured_speed() 
     assert auto["pairs"]["edits_per_direction"] == 4 and auto["estimated_seconds"] is None
 
 
+class _Endpoint:
+    """What the stored rates are keyed by (an LLM backend's identity; nothing is called)."""
+
+    kind, model, base_url = "openai", "m", "http://127.0.0.1:1/v1"
+
+
+def test_plan_time_comes_from_previous_builds_rates_stored_per_endpoint(tmp_path: Path) -> None:
+    cache, llm = GenerationCache(tmp_path / "c.sqlite"), _Endpoint()
+    assert stored_rates(cache, llm) is None  # type: ignore[arg-type]
+    first = record_rates(cache, llm, BuildRates(0.01, 0.1, 2, 1, 0.5))  # type: ignore[arg-type]
+    assert stored_rates(cache, llm) == first  # type: ignore[arg-type]
+    # A second build folds in (an average weighted to the newest); a stage it did not measure keeps its rate.
+    rates = record_rates(cache, llm, BuildRates(0.03, None, 2, 1, 1.0))  # type: ignore[arg-type]
+    assert rates.label_s_per_token == pytest.approx(0.02) and rates.edit_s_per_token == 0.1
+    assert rates.builds == 2 and rates.edit_fill == pytest.approx(0.75)
+    plan = plan_build(_rows(10), SCHEMA, LLMBuildOptions(edits_per_direction=2), budget=1000, rates=rates)
+    avg_text = -(-len(_rows(1)[0]["text"]) // 4)  # the plan's 4 characters per token, rounded up per text
+    est = plan["estimated"]
+    assert est["from"] == {"labels": "previous builds", "pairs": "previous builds"}
+    assert est["labels_s"] == pytest.approx(plan["labelling"]["prompt_tokens"] * 0.02, abs=0.1)
+    assert est["pairs_s"] == pytest.approx(36 * 0.75 * avg_text * 0.1, rel=0.05)
+    assert plan["estimated_seconds"] == pytest.approx(est["labels_s"] + est["pairs_s"], abs=0.1)
+    # Rates for the labels only: the probe's speed fills the pairs stage.
+    speed = LLMSpeed(prompt_s_per_token=0.001, completion_s_per_token=0.02, call_overhead_s=0.05)
+    mixed = plan_build(_rows(10), SCHEMA, LLMBuildOptions(edits_per_direction=2), budget=1000, speed=speed,
+                       rates=BuildRates(0.02, None, 2))  # fmt: skip
+    assert mixed["estimated"]["from"] == {"labels": "previous builds", "pairs": "probe"}
+
+
+def test_stage_plan_puts_the_llm_stages_first_weighted_by_their_expected_time() -> None:
+    speed = LLMSpeed(prompt_s_per_token=0.001, completion_s_per_token=0.02, call_overhead_s=0.05)
+    plan = plan_build(_rows(10), SCHEMA, LLMBuildOptions(edits_per_direction=2), budget=1000, speed=speed)
+    stages = stage_plan(plan, 10)
+    assert [n for n, _ in stages] == [
+        "labels",
+        "llm_taggers",
+        "pairs",
+        "embed",
+        "taggers",
+        "space",
+        "save",
+        "load",
+    ]
+    w = dict(stages)  # in build.BUILD_STAGES' unit (20 CPU seconds), build stages scaled to the corpus
+    assert w["labels"] == pytest.approx(plan["estimated"]["labels_s"] / 20, abs=0.01)
+    assert w["pairs"] == pytest.approx(plan["estimated"]["pairs_s"] / 20, abs=0.01)
+    assert w["embed"] < 0.1 < w["pairs"]
+
+
 def test_plan_refuses_a_budget_that_gives_no_pairs_or_cannot_label() -> None:
     with pytest.raises(PlanError, match="too small to give any concept pairs") as e:
         plan_build(_rows(10), SCHEMA, LLMBuildOptions(), budget=30 + 18 * 3 - 1)
     assert e.value.where == "body.params.llm_build.max_llm_calls"
     with pytest.raises(PlanError, match="labelling 10 texts for 3 concepts takes 30 LLM calls"):
         plan_build(_rows(10), SCHEMA, LLMBuildOptions(max_llm_calls=20), budget=1000)
+
+
+def test_a_default_domain_folder_without_labels_needs_an_llm(tmp_path: Path) -> None:
+    from explainers.domains import DomainBuildError, ensure_corpus_domain
+
+    folder = tmp_path / "reviews"
+    folder.mkdir()
+    (folder / "schema.json").write_text(json.dumps(SCHEMA_DICT))
+    (folder / "corpus.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS))
+    with pytest.raises(DomainBuildError, match="an LLM must label them") as e:
+        ensure_corpus_domain(folder, encoder=None)  # refused while reading: nothing is embedded
+    assert e.value.where == "default_domain" and "CACE_LLM_BASE_URL" in e.value.message
 
 
 # -- an endpoint without logprobs (a FAKE server: llama.cpp always sends them) ------------------
@@ -327,17 +393,37 @@ def rating_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def _wait(c: httpx.Client, job_id: str, timeout: float = 1500) -> dict:
+    """Poll a job to its end, recording the stages it showed; GET /v1/jobs/{id} and GET /v1/jobs
+    must show the same numbers (a sample where both read the same stored snapshot must agree)."""
     deadline = time.monotonic() + timeout
-    seen_progress = None
+    seen: dict = {"stages": [], "agreed": 0, "domain_progress": None}
     while time.monotonic() < deadline:
         job = c.get(f"/v1/jobs/{job_id}").json()
+        listed = next(j for j in c.get("/v1/jobs").json()["jobs"] if j["id"] == job_id)
+        snap = job.get("stages")
+        if snap and snap.get("stage") and (not seen["stages"] or seen["stages"][-1] != snap["stage"]):
+            seen["stages"].append(snap["stage"])
+        # Read at two moments: compare only when both saw the same stored state (stages and item counts).
+        same = listed["status"] == job["status"] and listed.get("counts") == job.get("counts")
+        if snap and listed.get("stages") == snap and same:
+            assert listed["progress"] == job["progress"], (listed, job)
+            seen["agreed"] += 1
         if job["status"] in ("succeeded", "failed", "cancelled"):
-            return {**job, "seen_progress": seen_progress}
+            return {**job, "seen": seen, "listed": listed}
         building = [d for d in c.get("/v1/domains").json()["domains"] if d["status"] == "building"]
         if building and building[0].get("progress"):
-            seen_progress = building[0]["progress"]
-        time.sleep(1)
+            seen["domain_progress"] = building[0]["progress"]
+        time.sleep(0.5)
     raise TimeoutError(job_id)
+
+
+LLM_BUILD_STAGES = ["labels", "llm_taggers", "pairs", "embed", "taggers", "space", "save", "load"]
+
+
+def _check_build_stages(snap: dict) -> None:
+    """A finished LLM build's stages: every LLM stage then every build stage, each done, at 100%."""
+    assert [st["name"] for st in snap["stages"]] == LLM_BUILD_STAGES, snap
+    assert all(st["status"] == "done" for st in snap["stages"]) and snap["percent"] == 100.0, snap
 
 
 @pytest.mark.server  # starts servers (launchers imported inside the test)
@@ -369,14 +455,24 @@ def test_an_unlabelled_domain_end_to_end_through_the_api(
         assert r.json()["plan"]["llm_calls"] == plan["llm_calls"]
         job = _wait(c, r.json()["id"])
         assert job["status"] == "succeeded", job
-        assert job["seen_progress"] is None or job["seen_progress"]["stage"] in (
-            "labels",
-            "taggers",
-            "pairs",
-            "space",
+        # Progress: the job's stages (LLM stages, then the build's), the same in the job and the list.
+        seen = job["seen"]
+        assert seen["agreed"] > 0 and seen["stages"][0] == "labels" and "pairs" in seen["stages"], seen
+        assert seen["stages"] == [n for n in LLM_BUILD_STAGES if n in seen["stages"]]  # in order
+        _check_build_stages(job["stages"])
+        assert (
+            job["listed"]["stages"] == job["stages"] and job["listed"]["progress"] == job["progress"] == 1.0
         )
+        if seen["domain_progress"] is not None:  # GET /v1/domains shows a building domain's same stages
+            assert {st["name"] for st in seen["domain_progress"]["stages"]} == set(LLM_BUILD_STAGES)
         d = c.get("/v1/domains/z").json()
         prov, report = d["provenance"], d["llm_build"]
+        # The plan's time beside the real one, and the rates this build measured (stored for the next plan).
+        est = report["estimate"]
+        assert est["estimated_seconds"] == plan["estimated_seconds"] and est["actual_seconds"] > 0
+        assert (
+            est["from"] == {"labels": "probe", "pairs": "probe"} and est["rates_now"]["label_s_per_token"] > 0
+        )
         # Provenance: 3 rows x 3 concepts of human labels, the rest the LLM's; every pair LLM-made.
         assert prov["labels"] == {"human": 9, "llm": 9 * 3}
         assert prov["pairs"]["human"] == 0 and prov["pairs_origin"] == (
@@ -423,3 +519,54 @@ def test_an_unlabelled_domain_end_to_end_through_the_api(
         d2 = c.get("/v1/domains/z2").json()
         assert d2["llm_build"]["llm_calls"] == 0 and d2["llm_build"]["labelling"]["cache_hits"] == 36
         assert d2["provenance"] == prov
+        # Its plan's time came from the first build's measured rates, not from a new probe.
+        assert d2["llm_build"]["plan"]["estimated"]["from"] == {
+            "labels": "previous builds",
+            "pairs": "previous builds",
+        }
+
+
+@pytest.mark.server  # starts servers (launchers imported inside the test)
+def test_a_default_domain_from_raw_texts_shows_its_llm_stages_in_readyz(
+    tmp_path: Path, llama_url: str
+) -> None:
+    """CACE_DEFAULT_DOMAIN = a folder with corpus.jsonl (no labels) and schema.json (definitions):
+    the first start labels and pairs it with the LLM, and /readyz shows those stages as it does
+    a CEBaB build's."""
+    from benchmarks.harness.service import service, store_env
+
+    folder = tmp_path / "reviews"
+    folder.mkdir()
+    plot = {**CONCEPT_DICTS[1], "values": ["bad", "good"]}  # one concept, two directions: a short build
+    plot["value_descriptions"] = {v: plot["value_descriptions"][v] for v in ("bad", "good")}
+    (folder / "schema.json").write_text(json.dumps({"domain": "movie review", "concepts": [plot]}))
+    rows = [{"text": r["text"], "id": f"r{i}"} for i, r in enumerate(movie_corpus(8, edits=False, seed=5))]
+    (folder / "corpus.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    env = {**store_env("sqlite", tmp_path), "CACE_DATA_DIR": str(tmp_path / "data"),
+           "CACE_DEFAULT_DOMAIN": str(folder), "CACE_LLM_BASE_URL": llama_url, "CACE_LLM_MODEL": "smollm2",
+           "CACE_LLM_BUILD_MAX_CALLS": "10"}  # 8 labels + 1 edit per direction  # fmt: skip
+    seen: list[str] = []
+    with (
+        service(env, port=SERVICE_PORT, ready=False) as svc,
+        httpx.Client(base_url=svc.base_url, timeout=60) as c,
+    ):
+        deadline = time.monotonic() + 900
+        while time.monotonic() < deadline:
+            r = c.get("/readyz")
+            domain = r.json()["components"]["domain"]
+            stage = (domain.get("progress") or {}).get("stage")
+            if stage and (not seen or seen[-1] != stage):
+                seen.append(stage)
+            if domain["status"] in ("ready", "failed"):
+                break
+            time.sleep(0.5)
+        assert domain["status"] == "ready", domain
+        assert r.status_code == 200
+        assert "labels" in seen and seen == [
+            n for n in ["read", *LLM_BUILD_STAGES, "explainers"] if n in seen
+        ]
+        names = [st["name"] for st in domain["progress"]["stages"]]
+        assert names[:1] == ["read"] and names[1:9] == LLM_BUILD_STAGES, names
+        d = c.get("/v1/domains/reviews").json()
+        assert d["default"] is True and d["provenance"]["labels"] == {"human": 0, "llm": 8}
+        assert d["llm_build"]["plan"]["budget"] == 10 and d["llm_build"]["estimate"]["actual_seconds"] > 0

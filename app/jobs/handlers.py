@@ -390,11 +390,17 @@ class DomainHandler:
         domain_id = request["domain_id"]
         # Cancelling the job stops the build at its next checkpoint (a training batch, an embedding
         # batch, a stage): the store says so to every replica; the build's folder is then removed.
+        # One Stages for the whole job: an LLM build's stages, then build_domain's, in one percent.
+        stages = job_stages(self.rt, job_id, f"domain build {domain_id}")
         with cancellable(lambda: self._cancelled(job_id)):
             if request.get("llm_build"):  # no labels or edits in the corpus: an LLM makes them first
                 from app.llm_builds import run_llm_stages
+                from explainers.domains.zero_label import stage_plan
 
-                pool, hooks = run_llm_stages(self.rt, job_id, schema, payload["corpus"], request["llm_build"])
+                stages.expect(stage_plan(request["llm_build"]["plan"], len(payload["corpus"])))
+                pool, hooks = run_llm_stages(
+                    self.rt, job_id, schema, payload["corpus"], request["llm_build"], stages
+                )
             else:
                 pool, hooks = pool_from_rows(payload["corpus"], schema), {}
             augment = self._augmenter(job_id, pool, request["generate"]) if request.get("generate") else None
@@ -404,7 +410,7 @@ class DomainHandler:
                 pool,
                 encoder=self.rt.encoder(),
                 augment=augment,
-                stages=job_stages(self.rt, job_id, f"domain build {domain_id}"),
+                stages=stages,
                 **hooks,
             )
         self.rt.forget_domain(domain_id)

@@ -775,13 +775,25 @@ def _move_into(tmp: Path, out: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
 
 
+# Labels and pairs by an LLM for a corpus some concept of which no row labels (the caller binds the
+# LLM): (rows, schema, stages) -> the pool and build_domain's hooks (explainers.domains.zero_label).
+LLMBuild = Callable[[list[dict[str, Any]], ConceptSchema, Stages], tuple[Pool, dict[str, Any]]]
+
+
 def ensure_corpus_domain(
-    folder: Path, *, encoder: Any, log: Log = None, stages: Stages | None = None
+    folder: Path,
+    *,
+    encoder: Any,
+    log: Log = None,
+    stages: Stages | None = None,
+    llm_build: LLMBuild | None = None,
 ) -> Domain:
     """Load a domain folder, or build it in place from the `corpus.jsonl` (and optional `schema.json`) it holds.
 
     How an operator makes their own corpus the service's default domain (CACE_DEFAULT_DOMAIN=folder):
-    the first start builds it (resumable, like every build), later starts load it.
+    the first start builds it (resumable, like every build), later starts load it. A corpus
+    without labels for some concept of its `schema.json` (concept definitions instead) is
+    labelled, and given pairs, by `llm_build` first; its stages report to the same `stages`.
     """
     folder = Path(folder)
     if (folder / META).exists() or not (folder / CORPUS_FILE).exists():
@@ -803,7 +815,18 @@ def ensure_corpus_domain(
         )
         rows = validate_rows((folder / CORPUS_FILE).read_text(encoding="utf-8").splitlines(), schema)
         schema = schema or infer_schema(rows, name=folder.name)
-        pool = pool_from_rows(rows, schema)
+        unlabelled = [c for c in schema.names if not any(c in r["labels"] for r in rows)]
+        if unlabelled and llm_build is None:
+            raise DomainBuildError(
+                "default_domain",
+                f"no row of {CORPUS_FILE} labels {unlabelled}: an LLM must label them (configure one: "
+                "CACE_LLM_BASE_URL and CACE_LLM_MODEL), or add the labels",
+            )
+        pool = None if unlabelled else pool_from_rows(rows, schema)
+    hooks: dict[str, Any] = {}
+    if pool is None:
+        assert llm_build is not None  # checked above
+        pool, hooks = llm_build(rows, schema, stages)
     return build_domain(
         folder.parent,
         folder.name,
@@ -813,4 +836,5 @@ def ensure_corpus_domain(
         log=log,
         stages=stages,
         resumable=True,
+        **hooks,
     )

@@ -212,14 +212,19 @@ class LLMLabeller:
             return (c, i, *self._score(c, texts[i]))
 
         with ThreadPoolExecutor(max_workers=self.max_concurrency, thread_name_prefix="llm-label") as ex:
-            for c, i, lab, cost, hit in ex.map(one, tasks):
-                run.labels[i][c] = lab
-                run.by_method[lab.how] += 1
-                (run.cached if hit else run.cost).add(cost)
-                run.cache_hits += int(hit)
-                done += 1
-                if progress is not None:
-                    progress(done, len(tasks))
+            try:
+                for c, i, lab, cost, hit in ex.map(one, tasks):
+                    run.labels[i][c] = lab
+                    run.by_method[lab.how] += 1
+                    (run.cached if hit else run.cost).add(cost)
+                    run.cache_hits += int(hit)
+                    done += 1
+                    if progress is not None:
+                        progress(done, len(tasks))  # may raise Cancelled (a cancelled job)
+            except BaseException:
+                # Do not wait for the queued requests: what was answered is cached for a re-run.
+                ex.shutdown(wait=False, cancel_futures=True)
+                raise
         run.wall_s = time.perf_counter() - started
         return run
 

@@ -14,6 +14,19 @@ The stages (each LLM answer cached on disk by prompt hash, so a re-run resumes):
    concept (accuracy against human labels where there are some, mean confidence, tagger
    agreement with the LLM on held-out texts), the pairs report and what the build cost.
 
+Progress: `run` reports its stages (`LLM_STAGES`: labels, llm_taggers, pairs) to the same
+`explainers.progress.Stages` that `build_domain` then reports embed, taggers, space, save and
+load to; `stage_plan` declares them all up front, weighted by the plan's expected seconds, so
+the percent never goes back and the ETA (from the rate measured in this run) covers the whole
+job. A restarted job replays its cached answers in seconds and then continues.
+
+Time: the plan's `estimated_seconds` comes from the measured speed of the configured LLM:
+the wall-clock rates of its previous builds (`BuildRates`, an exponential average stored in the
+generation cache per endpoint, measured at the build's concurrency, so parallel slots count),
+else a three-request probe (`measure_speed`), which runs one request at a time on a possibly
+busy machine and is the rougher of the two. The build's report sets the estimate beside the
+measured wall time.
+
 A concept whose LLM labels are no better than the majority rate of the human labels that check
 them, or whose tagger does not beat the majority rate of its (LLM) labels, is marked unusable,
 as a tagger is in any domain.
@@ -36,6 +49,7 @@ from explainers.domains.llm_labels import LabelPrompts, LLMLabeller, examples_fr
 from explainers.domains.llm_pairs import directions, generate_pairs, plan_pair_edits
 from explainers.generation.backends import LLMBackend, LLMUnavailable
 from explainers.generation.cache import GenerationCache
+from explainers.progress import Stages, checkpoint
 
 CHARS_PER_TOKEN = 4.0  # a rough rule for English text; the plan says it is an estimate
 SPEED_PROBE = "Say the word 'ready'."
@@ -84,7 +98,7 @@ class LLMSpeed:
 
 
 def measure_speed(backend: LLMBackend) -> LLMSpeed:
-    """The LLM's speed from three tiny requests: a short and a long prompt answered with one token
+    """The LLM's speed from three tiny timed requests (after an untimed warm-up): a short and a long prompt answered with one token
     (overhead and prompt processing), then the short one again with 8 tokens (generation; its prompt
     is in the server's cache by then). On a busy machine this is noisy; the plan says it estimates."""
 
@@ -95,6 +109,10 @@ def measure_speed(backend: LLMBackend) -> LLMSpeed:
         )
         return time.perf_counter() - t0, c.prompt_tokens, c.completion_tokens
 
+    # Untimed first: a server's first request may pay one-time costs (buffers, graph) that the
+    # build's calls do not. The probe stays noisy on a busy machine (results/zero_label_movies.md:
+    # 5-11 s "overhead" per call where the build's calls took ~1 s); stored rates replace it.
+    timed(SPEED_PROBE, 1)
     t_short, p_short, _ = timed(SPEED_PROBE, 1)
     t_long, p_long, _ = timed(SPEED_PROBE + " " + "The service was slow but the soup was hot. " * 12, 1)
     t_gen, _, generated = timed(SPEED_PROBE, 8)
@@ -102,6 +120,92 @@ def measure_speed(backend: LLMBackend) -> LLMSpeed:
     overhead = max(t_short - p_short * per_prompt, 0.0)
     per_token = max(t_gen - overhead, 0.0) / max(generated, 1)
     return LLMSpeed(per_prompt, per_token, overhead)
+
+
+# Stage weights for `Stages`: the LLM stages get their expected seconds; the build stages
+# (weights calibrated on CEBaB's 11,728 texts, see build.BUILD_STAGES) shrink with the corpus.
+LLM_STAGES = ("labels", "llm_taggers", "pairs")
+CEBAB_TEXTS = 11728
+RATES_ALPHA = 0.5  # weight of the newest build in the stored average
+
+
+@dataclass(frozen=True)
+class BuildRates:
+    """Wall-clock seconds per estimated token, measured in previous builds against one LLM endpoint.
+
+    `label_s_per_token`: labelling wall time per estimated prompt token of the calls the LLM
+    answered (not the cached ones); `edit_s_per_token`: pair-stage wall time (the edit and its LLM
+    checks) per estimated source-text token of each answered edit. Both are measured at the
+    build's concurrency, so a server with parallel slots shows its real throughput.
+    """
+
+    label_s_per_token: float | None
+    edit_s_per_token: float | None
+    concurrency: int
+    builds: int = 1
+    # Edits made / edits planned: the plan books every direction in full, but a direction whose
+    # source value no text has (labels collapsed onto one value) makes none.
+    edit_fill: float = 1.0
+
+    @property
+    def complete(self) -> bool:
+        """Whether they estimate both LLM stages (else the probe fills in)."""
+        return self.label_s_per_token is not None and self.edit_s_per_token is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def rates_key(backend: LLMBackend) -> str:
+    return f"llm-build:rates:{backend.kind}:{backend.model}:{getattr(backend, 'base_url', '')}"
+
+
+def stored_rates(cache: GenerationCache | None, backend: LLMBackend) -> BuildRates | None:
+    """The rates previous builds measured against this endpoint, or None."""
+    got = cache.get_value(rates_key(backend)) if cache is not None else None
+    if not isinstance(got, dict):
+        return None
+    try:
+        return BuildRates(**got)
+    except TypeError:  # an older record's fields: measure again
+        return None
+
+
+def _blend(old: float | None, new: float | None) -> float | None:
+    if new is None:
+        return old
+    return new if old is None else RATES_ALPHA * new + (1 - RATES_ALPHA) * old
+
+
+def record_rates(cache: GenerationCache | None, backend: LLMBackend, measured: BuildRates) -> BuildRates:
+    """Fold one build's rates into the stored average (what the next plan estimates with)."""
+    old = stored_rates(cache, backend)
+    rates = measured
+    if old is not None:
+        rates = BuildRates(
+            _blend(old.label_s_per_token, measured.label_s_per_token),
+            _blend(old.edit_s_per_token, measured.edit_s_per_token),
+            measured.concurrency,
+            old.builds + 1,
+            float(_blend(old.edit_fill, measured.edit_fill) or 1.0),
+        )
+    if cache is not None:
+        cache.put_value(rates_key(backend), backend.model, rates.to_dict())
+    return rates
+
+
+def stage_plan(plan: Mapping[str, Any], n_texts: int) -> list[tuple[str, float]]:
+    """Every stage of an LLM build with its expected share (see LLM_STAGES' comment)."""
+    from explainers.domains.build import BUILD_STAGES
+
+    est = plan.get("estimated") or {}
+    # In BUILD_STAGES' unit (20 CPU seconds); without a time estimate, a second per call.
+    labels = float(est.get("labels_s") or plan["labelling"]["llm_calls"]) / 20
+    pairs = float(est.get("pairs_s") or plan["pairs"]["llm_calls"]) / 20
+    scale = max(n_texts, 50) / CEBAB_TEXTS
+    return [("labels", labels), ("llm_taggers", 0.05), ("pairs", pairs)] + [
+        (name, w * scale) for name, w in BUILD_STAGES
+    ]
 
 
 def _tokens(text: str) -> int:
@@ -128,9 +232,14 @@ def plan_build(
     *,
     budget: int,
     speed: LLMSpeed | None = None,
+    rates: BuildRates | None = None,
     field: str = "body.params.llm_build",
 ) -> dict[str, Any]:
-    """LLM calls, tokens and time the build will take; PlanError when it cannot fit `budget`."""
+    """LLM calls, tokens and time the build will take; PlanError when it cannot fit `budget`.
+
+    The time comes from `rates` (previous builds against this LLM) where they cover a stage,
+    else from `speed` (the probe); None when neither is given.
+    """
     texts = [str(r["text"]) for r in rows]
     human = human_labels(rows, schema)
     examples, _ = examples_from_rows(texts, human, schema, per_value=options.shots_per_value)
@@ -197,13 +306,20 @@ def plan_build(
         "budget": cap,
         "tokens_are": f"estimates ({CHARS_PER_TOKEN:g} characters per token); calls are exact upper bounds",
     }
+    labels_s = pairs_s = None
+    how: dict[str, str] = {}
     if speed is not None:
-        serial = (
-            calls * speed.call_overhead_s
-            + prompt_tokens * speed.prompt_s_per_token
-            + completion_tokens * speed.completion_s_per_token
+        labels_s = (
+            label_calls * speed.call_overhead_s
+            + label_prompt_tokens * speed.prompt_s_per_token
+            + label_calls * speed.completion_s_per_token
         )
-        plan["estimated_seconds"] = round(serial, 1)
+        pairs_s = (
+            edit_calls * speed.call_overhead_s
+            + (edit_prompt_tokens + check_prompt_tokens) * speed.prompt_s_per_token
+            + (edit_completion_tokens + edits * (n_concepts - 1)) * speed.completion_s_per_token
+        )
+        how = {"labels": "probe", "pairs": "probe"}
         plan["speed"] = {
             "prompt_tokens_per_s": round(1 / speed.prompt_s_per_token, 1)
             if speed.prompt_s_per_token
@@ -216,6 +332,16 @@ def plan_build(
             "note": "one request at a time; a server with parallel slots (vLLM, llama.cpp -np) runs "
             f"up to {options.max_concurrency} at once, so this is an upper bound",
         }
+    if rates is not None:
+        if rates.label_s_per_token is not None:
+            labels_s, how["labels"] = label_prompt_tokens * rates.label_s_per_token, "previous builds"
+        if rates.edit_s_per_token is not None:
+            pairs_s = edits * rates.edit_fill * avg_text * rates.edit_s_per_token
+            how["pairs"] = "previous builds"
+        plan["rates"] = rates.to_dict()
+    if labels_s is not None and pairs_s is not None:
+        plan["estimated_seconds"] = round(labels_s + pairs_s, 1)
+        plan["estimated"] = {"labels_s": round(labels_s, 1), "pairs_s": round(pairs_s, 1), "from": how}
     else:
         plan["estimated_seconds"] = None
     return plan
@@ -239,8 +365,13 @@ def run(
     llm_name: str | None = None,
     progress: Progress = None,
     log: Log = None,
+    stages: Stages | None = None,
 ) -> ZeroLabelResult:
-    """Stages 2-4 (labels, taggers, pairs); build_domain does the rest with the returned hooks."""
+    """Stages 2-4 (labels, taggers, pairs); build_domain does the rest with the returned hooks.
+
+    `stages`: the job's progress (see the module docstring), else a private one that `progress`
+    gets a snapshot of on every step (the CLI prints them).
+    """
     from explainers.domains.build import fit_taggers, pool_from_rows
     from explainers.domains.domain import TaggerView
     from explainers.taggers import TaggerSet
@@ -254,14 +385,21 @@ def run(
         max_concurrency=options.max_concurrency, samples=options.label_samples, seed=options.seed,
     )  # fmt: skip
 
-    def stage(name: str) -> Callable[[int, int], None]:
+    if stages is None:  # nobody reports the build stages after these: plan the LLM ones only
+        stages = Stages("llm build", log=log, on_update=progress, interval_s=5.0)
+        stages.expect([s for s in stage_plan(plan, len(texts)) if s[0] in LLM_STAGES])
+    else:
+        stages.expect(stage_plan(plan, len(texts)))
+
+    def step(what: str) -> Callable[[int, int], None]:
         def report(done: int, total: int) -> None:
-            if progress is not None:
-                progress({"stage": name, "done": done, "total": total})
+            stages.update(done / max(total, 1), f"{done}/{total} {what}")
+            checkpoint()  # a cancelled job stops between LLM answers
 
         return report
 
-    run_labels = labeller.label(texts, progress=stage("labels"))
+    with stages.stage("labels", f"{len(texts)} texts x {len(schema.names)} concepts"):
+        run_labels = labeller.label(texts, progress=step("labels"))
     labels_report = label_report(run_labels, schema, human, exclude=used)
     if log:
         log(f"llm labels: {labels_report}")
@@ -294,30 +432,33 @@ def run(
     }
 
     # Taggers on the labels, to verify the edits (usable concepts only).
-    with tempfile.TemporaryDirectory(prefix="cace-llm-taggers-") as tmp:
+    with stages.stage("llm_taggers"), tempfile.TemporaryDirectory(prefix="cace-llm-taggers-") as tmp:
         probe_report = fit_taggers(base, Path(tmp) / "taggers")
         usable = [
             c for c in schema.names
             if probe_report[c]["usable"] and labels_report[c]["usable_labels"] is not False
         ]  # fmt: skip
         taggers = TaggerView(TaggerSet.load(Path(tmp) / "taggers"), usable)
-    if progress is not None:
-        progress({"stage": "taggers", "done": 1, "total": 1})
     edit_plan = plan_pair_edits(
         base.labels, schema, int(plan["pairs"]["edits_per_direction"]), seed=options.seed
     )
-    pool, pairs_report = generate_pairs(
-        base, edit_plan, backend, labeller=labeller, taggers=taggers, cache=cache,
-        max_concurrency=options.max_concurrency, max_changed_sentences=options.max_changed_sentences,
-        temperature=options.temperature, max_tokens=options.max_tokens, seed=options.seed,
-        progress=stage("pairs"),
-    )  # fmt: skip
+    with stages.stage("pairs", f"{len(edit_plan)} edits"):
+        pool, pairs_report = generate_pairs(
+            base, edit_plan, backend, labeller=labeller, taggers=taggers, cache=cache,
+            max_concurrency=options.max_concurrency, max_changed_sentences=options.max_changed_sentences,
+            temperature=options.temperature, max_tokens=options.max_tokens, seed=options.seed,
+            progress=step("edits"),
+        )  # fmt: skip
     if pairs_report.planned and pairs_report.errors == pairs_report.planned:
         # Every request failed: an outage, not "no edit passed". Retryable; the labels are cached.
         raise LLMUnavailable(f"the LLM answered none of the {pairs_report.planned} edit requests")
     if log:
         log(f"llm pairs: {pairs_report.to_dict()}")
     llm_pairs = len(pool.pairs) - human_pairs
+    rates = record_rates(
+        cache, backend, measured_rates(plan, options, run_labels, pairs_report, edit_plan, texts)
+    )
+    llm_wall_s = time.perf_counter() - started
 
     def taggers_builder(out: Path) -> dict[str, dict[str, Any]]:
         report = fit_taggers(pool, out, log=log)
@@ -380,11 +521,47 @@ def run(
                 "llm_calls": run_labels.cost.llm_calls + pairs_report.cost.llm_calls,
                 "prompt_tokens": run_labels.cost.prompt_tokens + pairs_report.cost.prompt_tokens,
                 "completion_tokens": run_labels.cost.completion_tokens + pairs_report.cost.completion_tokens,
-                "llm_wall_s": round(time.perf_counter() - started, 1),
+                "llm_wall_s": round(llm_wall_s, 1),
+                # The plan's time beside the real one (the LLM stages; taggers and space come after).
+                "estimate": {
+                    "estimated_seconds": plan.get("estimated_seconds"),
+                    "actual_seconds": round(llm_wall_s, 1),
+                    "ratio": round(plan["estimated_seconds"] / llm_wall_s, 3)
+                    if plan.get("estimated_seconds") and llm_wall_s > 0
+                    else None,
+                    "from": (plan.get("estimated") or {}).get("from"),
+                    "rates_now": rates.to_dict(),
+                },
             },
         }
 
     return ZeroLabelResult(pool, taggers_builder, finish)
+
+
+def measured_rates(
+    plan: Mapping[str, Any],
+    options: LLMBuildOptions,
+    labels: Any,
+    pairs: Any,
+    edit_plan: Sequence[Any],
+    texts: Sequence[str],
+) -> BuildRates:
+    """This build's wall-clock rates over the answers the LLM gave (cached ones cost no time).
+
+    `labels` is an `llm_labels.LabelRun`, `pairs` a `llm_pairs.PairsReport`."""
+
+    def answered(run_cost: Any, cached: Any) -> float:
+        total = run_cost.llm_calls + cached.llm_calls
+        return run_cost.llm_calls / total if total else 0.0
+
+    label_share = answered(labels.cost, labels.cached)
+    label_tokens = float(plan["labelling"]["prompt_tokens"]) * label_share
+    label_rate = labels.wall_s / label_tokens if label_tokens > 0 and labels.wall_s > 0 else None
+    edit_tokens = sum(_tokens(texts[e.source]) for e in edit_plan) * answered(pairs.cost, pairs.cached)
+    edit_rate = pairs.wall_s / edit_tokens if edit_tokens > 0 and pairs.wall_s > 0 else None
+    planned = int(plan["pairs"]["planned_edits"])
+    fill = len(edit_plan) / planned if planned else 1.0
+    return BuildRates(label_rate, edit_rate, options.max_concurrency, 1, round(fill, 4))
 
 
 def _origin(human: int, llm: int) -> str:
@@ -412,22 +589,23 @@ def cli_build(args: Any, rows: Sequence[Mapping[str, Any]], schema: ConceptSchem
         max_llm_calls=args.max_llm_calls, edits_per_direction=args.edits_per_direction,
         max_concurrency=args.concurrency,
     )  # fmt: skip
+    cache = GenerationCache(Path(args.root).parent / "generations" / "llm-build.sqlite")
+    rates = stored_rates(cache, backend)
     try:
-        plan = plan_build(rows, schema, options, budget=args.max_llm_calls, speed=measure_speed(backend))
+        plan_build(rows, schema, options, budget=args.max_llm_calls)  # the cheap checks, no LLM call
+        speed = None if rates is not None and rates.complete else measure_speed(backend)
+        plan = plan_build(rows, schema, options, budget=args.max_llm_calls, speed=speed, rates=rates)
     except PlanError as e:
         print(f"--max-llm-calls: {e.message}")
         return 2
     print(json.dumps({"plan": plan}, indent=1))
     if args.dry_run:
         return 0
-    cache_dir = Path(args.root).parent / "generations"
-    result = run(
-        rows, schema, backend, options, plan, cache=GenerationCache(cache_dir / "llm-build.sqlite"),
-        llm_name=args.llm_model, progress=lambda s: print(f"{s['stage']}: {s['done']}/{s['total']}", flush=True),
-    )  # fmt: skip
+    stages = Stages(f"domain {args.id}", log=print)
+    result = run(rows, schema, backend, options, plan, cache=cache, llm_name=args.llm_model, stages=stages)
     domain = build_domain(
         args.root, args.id, result.pool, encoder=Encoder(), source="llm-build",
-        taggers_builder=result.taggers_builder, finish=result.finish, log=print,
+        taggers_builder=result.taggers_builder, finish=result.finish, log=print, stages=stages,
     )  # fmt: skip
     keys = ("stats", "taggers", "provenance", "llm_build")
     print(json.dumps({k: domain.meta.get(k) for k in keys}, indent=1, default=str))

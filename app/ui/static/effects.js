@@ -4,6 +4,7 @@ import { api, pollJob } from "./api.js";
 import { drawCharts, effectChart, fitted } from "./charts.js";
 import { $, download, h, keyValueTable, scrollBox, showProblem, signed, swapTable } from "./dom.js";
 import { TIPS } from "./glossary.js";
+import { stageText } from "./jobs.js";
 import { labelName, readParams } from "./params.js";
 
 // Fewer changed texts than this and a bootstrap interval is too unreliable to read without a warning.
@@ -89,7 +90,8 @@ export function progressUpdate(prefix, what) {
     $(`${prefix}-bar`).value = job.progress || 0;
     $(`${prefix}-bar-label`).textContent = `${what} ${job.id.slice(0, 8)}`;
     $(`${prefix}-bar-text`).textContent = `${job.status} · ${done}/${job.total} item${job.total === 1 ? "" : "s"}` +
-      (counts.failed ? ` · ${counts.failed} failed` : "") + ` · ${Math.round((job.progress || 0) * 100)}%`;
+      (counts.failed ? ` · ${counts.failed} failed` : "") + ` · ${Math.round((job.progress || 0) * 100)}%` +
+      (stageText(job) ? ` · ${stageText(job)}` : "");
     $(`${prefix}-progress`).dataset.status = job.status;
   };
 }

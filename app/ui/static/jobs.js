@@ -45,11 +45,26 @@ async function detailed(jobs) {
   return jobs.map((j) => byId[j.id] || finished.get(j.id) || j);
 }
 
+function duration(s) {
+  s = Math.round(s);
+  return s < 60 ? `${s} s` : `${Math.floor(s / 60)} min ${s % 60} s`;
+}
+
+// The running stage of a one-item job (a domain build, an LLM build, a calibration), as the job's
+// `stages` snapshot has it: "pairs 40% (stage 3/8) · ETA 2 min 5 s". Empty when it has none.
+export function stageText(job) {
+  const st = job.stages;
+  if (!st || !st.stage || FINAL.includes(job.status)) return "";
+  const pct = st.stage_percent == null ? "" : ` ${Math.round(st.stage_percent)}%`;
+  const eta = st.eta_s == null ? "" : ` · ETA ${duration(st.eta_s)}`;
+  return `${st.stage}${pct} (stage ${st.stage_index}/${st.stage_count})${st.note ? ` ${st.note}` : ""}${eta}`;
+}
+
 function row(job) {
   const c = job.counts || {};
   const done = (c.done || 0) + (c.failed || 0);
   const pct = Math.round((job.progress || 0) * 100);
-  const stage = job.stage || job.detail || (job.error ? job.error : "");
+  const stage = stageText(job) || job.detail || (job.error ? job.error : "");
   return h("tr", { "data-id": job.id, "data-status": job.status, "data-kind": job.kind },
     h("td", {}, job.kind), h("td", {}, h("code", { title: job.id }, job.id.slice(0, 8))),
     h("td", { class: "status" }, job.status),
