@@ -92,7 +92,7 @@ const COST_NAMES = {
   classifier_completion_tokens: ["classifier's completion tokens", ""],
   total_ms: ["total time of the request", "ms"], source_inference_ms: ["inferring the source value", "ms"],
   explain_ms: ["explaining", "ms"], concepts_ms: ["reading every concept", "ms"],
-  waited_ms: ["waiting to start (body, auth, a free worker)", "ms"], resolve_ms: ["resolving domain and classifier", "ms"],
+  waited_ms: ["waiting to start (body, auth, a free worker)", "ms"], resolve_ms: ["finding domain, classifier and explainer", "ms"],
   lock_wait_ms: ["waiting for the explainer", "ms"],
 };
 
