@@ -7,8 +7,10 @@ Cases (one table each):
 - **CEBaB, tfidf-lr as usual** (trained on train_exclusive: never saw the pool);
 - **CEBaB, tfidf-lr trained on the pool** (train_inclusive minus dev: every pool text, originals and edits);
 - **CEBaB, tfidf-lr trained on the pool's originals** (edits unseen, the usual case of a team's own corpus);
+- **CEBaB, a memorising classifier trained on the pool's originals** (1-3-gram TF-IDF, LR C=1e4: it fits its
+  training texts' labels exactly, as a fine-tuned model does);
 - **movies, a rating classifier trained on the domain corpus's originals** (explainers/data/movies.py, two
-  edits per concept so edit->edit pairs exist), and the same corpus with a classifier trained elsewhere.
+  edits per concept so edit->edit pairs exist), the memorising one, and a classifier trained elsewhere.
 
 For each, the calibration is fit on the pool's own pairs, twice where the classifier saw pool texts: without
 saying so (`plain`) and with the trained texts declared (`declared`: pairs touching them are left out of the fit
