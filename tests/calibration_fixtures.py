@@ -85,3 +85,15 @@ def synthetic_pool(n_origins: int = 60, seed: int = 0) -> Pool:
                 if len(diff) == 1:
                     pairs.append((i, j, diff[0]))
     return Pool(texts, labels, CEBAB_SCHEMA, ids=ids, origins=origins, pairs=pairs)
+
+
+def synthetic_domain(n_origins: int = 90):
+    """The synthetic pool with a pretrained-MiniLM concept space over it: (pool, space, encoder)."""
+    from explainers.embeddings import Encoder
+    from explainers.matching.space import ConceptSpace
+
+    pool = synthetic_pool(n_origins)
+    enc = Encoder()
+    space = ConceptSpace(pool, enc, meta={"name": "synthetic-pretrained"})
+    space.build_indices()
+    return pool, space, enc

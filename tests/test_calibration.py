@@ -6,26 +6,20 @@ import numpy as np
 import pytest
 
 from explainers.concepts import Intervention
-from explainers.embeddings import Encoder
 from explainers.estimators.calibration import Calibration, fingerprint
 from explainers.estimators.calibration_fit import calibrate
 from explainers.estimators.heldout import heldout_pairs, origin_folds, pool_origins, subset_pool
 from explainers.estimators.intervals import conformal_halfwidth, coverage_of, fit_intervals
 from explainers.estimators.stack import fit_cell_stack, project_icace, project_to_simplex
-from explainers.matching.space import ConceptSpace
 from explainers.registry import Resources, build_explainer
-from tests.calibration_fixtures import LexiconClassifier, synthetic_pool
+from tests.calibration_fixtures import LexiconClassifier, synthetic_domain
 
 KS = (1, 3)
 
 
 @pytest.fixture(scope="module")
 def domain():
-    pool = synthetic_pool(90)
-    enc = Encoder()
-    space = ConceptSpace(pool, enc, meta={"name": "synthetic-pretrained"})
-    space.build_indices()
-    return pool, space, enc
+    return synthetic_domain(90)
 
 
 @pytest.fixture(scope="module")

@@ -12,14 +12,12 @@ import pytest
 
 from explainers.classifiers.local import SklearnClassifier
 from explainers.concepts import Intervention
-from explainers.embeddings import Encoder
 from explainers.estimators.calibration import Calibration
 from explainers.estimators.calibration_fit import calibrate
 from explainers.estimators.intervals import conformal_halfwidth
 from explainers.estimators.shift import Situation, behaviour, ks_statistic, weighted_quantile
-from explainers.matching.space import ConceptSpace
 from explainers.registry import Resources, build_explainer
-from tests.calibration_fixtures import LexiconClassifier, synthetic_pool
+from tests.calibration_fixtures import LexiconClassifier, synthetic_domain
 
 KS = (1, 3)
 
@@ -54,11 +52,7 @@ def test_a_text_unlike_the_calibration_pairs_is_told_its_numbers_do_not_hold() -
 
 @pytest.fixture(scope="module")
 def domain():
-    pool = synthetic_pool(90)
-    enc = Encoder()
-    space = ConceptSpace(pool, enc, meta={"name": "synthetic-pretrained"})
-    space.build_indices()
-    return pool, space, enc
+    return synthetic_domain(90)
 
 
 def _originals(pool) -> list[int]:
