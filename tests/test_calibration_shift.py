@@ -95,6 +95,10 @@ def test_declared_training_texts_are_left_out_of_the_fit_and_reported(domain, me
     assert mem["measured"] and mem["confidence_trained"] > mem["confidence_other"], mem
     assert mem["ks_confidence"] >= 0.2, mem  # it memorised them: the pairs touching them are left out
     assert "not trained" in shift["fit_on"] and cal.meta["protocol"]["heldout_pairs"] == shift["pairs_unseen"]
+    # A strong memoriser: auto chooses among the text-making components only (their counterfactuals are new texts).
+    assert shift["robust_only"] == (mem["ks_confidence"] >= 0.4)
+    if shift["robust_only"]:
+        assert all(e.startswith("single:splice") for e in [cal.default, *cal.choice.values()]), cal.choice
     # The fit and the per-answer situation are kept with the artifact.
     cal.save(tmp_path / "cal")
     loaded = Calibration.load(tmp_path / "cal")

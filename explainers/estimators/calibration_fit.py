@@ -87,6 +87,10 @@ MIN_UNSEEN_PAIRS = 300
 # leaves a smaller and odder set (on CEBaB with a regularised tfidf-lr trained on the pool, the few
 # untrained pairs were texts without a majority rating: coverage fell from 0.887 to 0.826).
 MEMORISATION_KS = 0.2
+# A classifier this far from itself on its training texts (KS on confidence) makes every component that
+# reads its predictions on pool texts (matching, pair transfer, the combiners over them) suspect: auto
+# then chooses among the text-making components only, whose counterfactuals are new texts.
+STRONG_MEMORISATION_KS = 0.4
 
 
 # -- fitting ------------------------------------------------------------------------------------
@@ -128,6 +132,7 @@ def fit_calibration(
     min_cell_pairs: int = 40,
     seed: int = 0,
     trained_pairs: bool = False,
+    robust_only: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> Calibration:
     """Stacks, combiners, per-cell choice, intervals and expected errors from held-out component estimates.
@@ -187,12 +192,14 @@ def fit_calibration(
     errs = {name: _cell_errors(p, truths, cells) for name, p in cand.items()}
     macro = {name: summarize(p, truths, concepts, directions).macro for name, p in cand.items()}
     zero_macro = summarize(np.zeros_like(truths), truths, concepts, directions).macro
-    default = min(cand, key=lambda n: _score(macro[n]["l2"], macro[n]["cos"], zero_macro["l2"]))
+    eligible = [n for n in cand if _text_making_single(n)] if robust_only else list(cand)
+    eligible = eligible or list(cand)
+    default = min(eligible, key=lambda n: _score(macro[n]["l2"], macro[n]["cos"], zero_macro["l2"]))
     choice: dict[str, str] = {}
     for c in sorted(set(cells)):
         if zero[c]["n"] < min_cell_pairs:
             continue
-        choice[c] = min(cand, key=lambda n: _score(errs[n][c]["l2"], errs[n][c]["cos"], zero[c]["l2"]))
+        choice[c] = min(eligible, key=lambda n: _score(errs[n][c]["l2"], errs[n][c]["cos"], zero[c]["l2"]))
     chosen = [choice.get(c, default) for c in cells]
     auto_pred = np.stack([cand[e][i] for i, e in enumerate(chosen)]) if len(chosen) else np.zeros_like(truths)
     intervals = fit_intervals(auto_pred, truths, concepts, directions, coverage=coverage)
@@ -242,6 +249,10 @@ def fit_calibration(
     )
 
 
+def _text_making_single(name: str) -> bool:
+    return name.startswith("single:") and name[7:].rpartition("@")[0] in TEXT_MAKING
+
+
 def _robust_choice(
     cand: Mapping[str, np.ndarray], macro: Mapping[str, Mapping[str, float]], zero_l2: float, default: str
 ) -> str:
@@ -252,7 +263,7 @@ def _robust_choice(
     pool's texts (which it may have been trained on), nor on a combiner extrapolating from base
     predictions it never saw. Without one, the default choice.
     """
-    robust = [n for n in cand if n.startswith("single:") and n[7:].rpartition("@")[0] in TEXT_MAKING]
+    robust = [n for n in cand if _text_making_single(n)]
     if not robust:
         return default
     return min(robust, key=lambda n: _score(macro[n]["l2"], macro[n]["cos"], zero_l2))
@@ -331,7 +342,7 @@ def calibrate(
     candidates = find_heldout_pairs(pool, fold_of)
     seen = seen_mask([p.base for p in candidates], [p.cf for p in candidates], pool.ids, trained_on)
     shift_meta: dict[str, Any] = {"trained_on_declared": trained_on is not None}
-    trained_pairs = False
+    trained_pairs = robust_only = False
     if seen is not None:
         trained_set = set(trained_on or ())
         trained_rows = np.array([i in trained_set for i in (pool.ids or [])], bool)
@@ -341,6 +352,8 @@ def calibrate(
         shift_meta["pairs_touching_trained"] = int(seen.sum())
         shift_meta["pairs_unseen"] = int((~seen).sum())
         mem = shift_meta["memorisation"]
+        robust_only = bool(mem["measured"] and mem["ks_confidence"] >= STRONG_MEMORISATION_KS)
+        shift_meta["robust_only"] = robust_only
         if mem["measured"] and mem["ks_confidence"] < MEMORISATION_KS:
             shift_meta["fit_on"] = (
                 f"every pair: the classifier is about as confident on its training texts as on the others "
@@ -387,6 +400,7 @@ def calibrate(
             coverage=coverage,
             seed=seed,
             trained_pairs=trained_pairs,
+            robust_only=robust_only,
             log=log,
         )
     cal.probe = {"texts": probe, "predictions": np.round(probe_pred, 6).tolist()}
