@@ -308,7 +308,8 @@ def make_auto(resources: Resources, **options: Any) -> AutoExplainer:
     if cal is None:
         needed = set(UNCALIBRATED_DEFAULT)
     else:
-        needed = {c for est in {cal.default, *cal.choice.values()} for c in cal.required_components(est)}
+        chosen = {cal.default, *cal.choice.values(), *([cal.robust] if cal.robust else [])}
+        needed = {c for est in chosen for c in cal.required_components(est)}
     for method in sorted({parse_component(c)[0] for c in needed}):
         auto._explainer(method)
     return auto
