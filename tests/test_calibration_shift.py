@@ -142,3 +142,20 @@ def test_an_answer_inside_the_calibration_keeps_its_choice_and_a_bounded_interva
     # Clipped to what an ICaCE can be: base + ICaCE stays within [0, 1] at both ends.
     assert np.all(lo >= -base - 1e-9) and np.all(hi <= 1 - base + 1e-9)
     assert np.all(lo <= e.icace + 1e-5) and np.all(e.icace <= hi + 1e-5)
+
+
+def test_a_report_cell_says_how_its_texts_compare_with_the_calibration(domain) -> None:
+    from explainers.reports.report import Cell, calibration_lookup
+
+    pool, space, enc = domain
+    cal = calibrate(LexiconClassifier(), pool, space, enc, ks=KS, max_pairs=None, combiners=("ridge",))
+    lookup = calibration_lookup(cal, LexiconClassifier.labels)
+    inside = LexiconClassifier().predict_proba(pool.texts[:20])  # texts like the calibration's own
+    got = lookup(Cell("food", "Positive", "Negative"), inside)
+    assert got is not None and got["shift"]["n_queries"] == 20 and got["shift"]["share_outside"] < 0.5
+    assert set(got["shift"]) >= {
+        "ks_confidence",
+        "ks_entropy",
+        "confidence_queries",
+        "confidence_calibration",
+    }

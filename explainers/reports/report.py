@@ -356,7 +356,7 @@ def summarize_report(
     alpha: float = 0.05,
     n_flips: int = 2000,
     top_texts: int = 3,
-    calibration: Callable[[Cell], dict[str, Any] | None] | None = None,
+    calibration: Callable[[Cell, np.ndarray], dict[str, Any] | None] | None = None,
 ) -> dict[str, Any]:
     """The report from per-text results (see `ReportScorer.score`): cells ranked by effect size.
 
@@ -405,7 +405,8 @@ def summarize_report(
                 "cace": _vec(labels, fake.mean(axis=0)),
                 "p_value": sign_flip_p(real - fake, n_flips=n_flips, seed=_seed(seed, "flip:" + cell.key)),
             }
-        item["calibration"] = calibration(cell) if calibration is not None else None
+        bases = np.array([items[j][2]["base"][0] for j in keep], float)
+        item["calibration"] = calibration(cell, bases) if calibration is not None else None
         moved = np.abs(real).sum(axis=1)
         item["top_texts"] = []
         for j in np.argsort(-moved)[:top_texts]:
@@ -444,14 +445,18 @@ def summarize_report(
     }
 
 
-def calibration_lookup(calibration: Any, labels: Sequence[str]) -> Callable[[Cell], dict[str, Any] | None]:
-    """Per cell: the calibration's chosen estimator, expected ICaCE error and conformal half-width per label.
+def calibration_lookup(
+    calibration: Any, labels: Sequence[str]
+) -> Callable[[Cell, np.ndarray], dict[str, Any] | None]:
+    """Per cell: the calibration's chosen estimator, expected ICaCE error and conformal half-width per label,
+    and how the cell's texts compare with the calibration's pairs (their base predictions: explainers/estimators/shift.py).
 
     These describe one text's ICaCE from the calibrated `auto` estimator on this cell's held-out
-    pairs: how far a single counterfactual estimate typically is from the truth here.
+    pairs: how far a single counterfactual estimate typically is from the truth here; `shift` says
+    for how many of the cell's texts the calibration has few pairs like them (`share_outside`).
     """
 
-    def lookup(cell: Cell) -> dict[str, Any] | None:
+    def lookup(cell: Cell, bases: np.ndarray) -> dict[str, Any] | None:
         expected = calibration.expected_error(cell.concept, cell.direction)
         try:
             half = calibration.intervals.halfwidth(cell.concept, cell.direction)
@@ -464,6 +469,11 @@ def calibration_lookup(calibration: Any, labels: Sequence[str]) -> Callable[[Cel
             "expected_error": expected,
             "interval_halfwidth": _vec(labels, half) if half is not None else None,
             "coverage": calibration.intervals.coverage,
+            "shift": (
+                calibration.situation.compare(bases)
+                if getattr(calibration, "situation", None) is not None and len(bases)
+                else None
+            ),
         }
 
     return lookup
