@@ -198,7 +198,7 @@ class Calibration:
         out = []
         for i, (c, s, t) in enumerate(zip(concepts, sources, targets, strict=True)):
             direction = f"{s}->{t}"
-            estimator = self.estimator_for(c, direction)
+            chosen = estimator = self.estimator_for(c, direction)
             check = self.check(base[i])
             if check is not None and not check.valid and self.robust:
                 estimator = self.robust
@@ -211,7 +211,7 @@ class Calibration:
                 base[i],
                 c,
                 direction,
-                robust=estimator == self.robust and estimator != self.estimator_for(c, direction),
+                robust=estimator != chosen,
             )
             out.append(SituatedAnswer(estimator, icace, lower, upper, expected, check))
         return out

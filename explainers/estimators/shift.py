@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from explainers.estimators.intervals import conformal_halfwidth
+
 FEATURES = ("confidence", "entropy")
 # Fewer effective calibration pairs than this near a text and its expected error and interval are
 # not claimed for it (the error of a weighted 90% quantile from ~30 points is already about +-5 points).
@@ -132,6 +134,13 @@ class Situation:
     bandwidth: np.ndarray = field(default_factory=lambda: np.array([0.05, 0.05]))
     min_effective: float = MIN_EFFECTIVE_PAIRS
     trained_pairs: bool = False  # every calibration pair touched a text the classifier was trained on
+    # The per-label split-conformal half-width over every pair: what a text's local one is compared with.
+    pooled_halfwidth: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.pooled_halfwidth = (
+            conformal_halfwidth(self.residuals, self.coverage) if len(self.residuals) else np.ones(1)
+        )
 
     @classmethod
     def fit(
@@ -169,12 +178,7 @@ class Situation:
         mean_l2 = float(self.l2.mean())
         local_l2 = float((w * self.l2).sum() / w.sum()) if w.sum() > 0 else float("inf")
         ratio = local_l2 / mean_l2 if mean_l2 > 0 else 1.0
-        pooled = np.array(
-            [
-                weighted_quantile(self.residuals[:, j], np.ones(len(w)), self.coverage, 1.0)
-                for j in range(self.residuals.shape[1])
-            ]
-        )
+        pooled = self.pooled_halfwidth
         local = np.array(
             [
                 weighted_quantile(self.residuals[:, j], w, self.coverage, 1.0)
