@@ -40,10 +40,11 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 
 from benchmarks.harness import RESULTS, ROOT, write_result
+from benchmarks.harness.pairs import pool_pairs
 from explainers.bench import runner
 from explainers.classifiers.cache import CachingClassifier
 from explainers.classifiers.local import SklearnClassifier
-from explainers.data.cebab import Pair, load_split
+from explainers.data.cebab import load_split
 from explainers.estimators.calibration import Calibration, component
 from explainers.estimators.calibration_fit import DEFAULT_METHODS, calibrate
 from explainers.estimators.intervals import coverage_of
@@ -148,18 +149,6 @@ def cebab_cases(args: argparse.Namespace) -> list[Case]:
     return out
 
 
-@dataclass(frozen=True)
-class _RowReview:
-    """A corpus row in the shape the benchmark runner reads (text, labels as they are)."""
-
-    id: str
-    text: str
-    labels: dict[str, str] = field(hash=False)
-
-    def clean_labels(self) -> dict[str, str]:
-        return dict(self.labels)
-
-
 def movie_cases(args: argparse.Namespace) -> list[Case]:
     from explainers.data.movies import movie_corpus, train_rating_classifier
     from explainers.domains import build_domain, infer_schema, pool_from_rows, validate_rows
@@ -174,13 +163,7 @@ def movie_cases(args: argparse.Namespace) -> list[Case]:
     held = pool_from_rows(
         validate_rows([{k: v for k, v in r.items() if k != "rating"} for r in held_rows]), schema
     )
-    revs = [
-        _RowReview(held.ids[i] if held.ids else str(i), t, held.labels[i]) for i, t in enumerate(held.texts)
-    ]
-    pairs = [
-        Pair(revs[b], revs[c], con, held.labels[b][con], held.labels[c][con], "held-out")  # type: ignore[arg-type]
-        for b, c, con in held.pairs
-    ]
+    pairs = pool_pairs(held)
     resources = domain.resources(encoder=encoder)
     common: dict[str, Any] = {
         "pool": domain.pool,

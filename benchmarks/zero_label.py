@@ -46,6 +46,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.harness.pairs import pool_pairs  # noqa: E402
 from explainers.bench.runner import load_model, select_pairs  # noqa: E402
 from explainers.classifiers.local import SklearnClassifier  # noqa: E402
 from explainers.concepts import CEBAB_SCHEMA, ConceptSchema, Intervention  # noqa: E402
@@ -101,30 +102,6 @@ def evaluate(explainer, classifier, pairs, k: int = K) -> tuple[dict, float]:  #
 
 
 @dataclass
-class _Text:
-    text: str
-    labels: dict[str, str]
-
-    def clean_labels(self) -> dict[str, str]:
-        return dict(self.labels)
-
-
-@dataclass
-class _Pair:
-    """A dev pair in the shape `evaluate` and `select_pairs` read (CEBaB's `Pair` has the same fields)."""
-
-    base: _Text
-    counterfactual: _Text
-    concept: str
-    source: str
-    target: str
-
-    @property
-    def direction(self) -> str:
-        return f"{self.source}->{self.target}"
-
-
-@dataclass
 class Corpus:
     name: str
     schema: Any
@@ -171,11 +148,7 @@ def movie(args: argparse.Namespace, encoder: Any, work: Path) -> Corpus:
     dev_pool = pool_from_rows(
         validate_rows([{k: v for k, v in r.items() if k != "rating"} for r in dev_rows]), schema
     )
-    dev = [
-        _Pair(_Text(dev_pool.texts[i], dev_pool.labels[i]), _Text(dev_pool.texts[j], dev_pool.labels[j]), c,
-              dev_pool.labels[i][c], dev_pool.labels[j][c])
-        for i, j, c in dev_pool.pairs
-    ]  # fmt: skip
+    dev = pool_pairs(dev_pool)
     dev = select_pairs(dev, args.dev_pairs or None, seed=args.seed)  # type: ignore[arg-type]
     pipeline = movies.train_rating_classifier(movies.movie_corpus(300, edits=False, seed=args.seed + 7))
     classifier = SklearnClassifier(pipeline, labels=["neg", "pos"], name="movie-rating")
