@@ -188,26 +188,15 @@ def main(argv: list[str] | None = None) -> int:
     begun = time.time()
     try:
         data, cache = work / "var", work / "cache"
-        if "cold" in runs or "warm" in runs:
+        # A warm start loads what the cold one built in the same folders.
+        for name in [n for n in ("cold", "warm") if n in runs or (n == "cold" and "warm" in runs)]:
             proc = start(data, cache, args.port, log)
             try:
-                results["cold"] = until_ready(proc, base, timeout=args.timeout)
-                results["cold"]["requests"] = first_requests(base)
+                results[name] = until_ready(proc, base, timeout=args.timeout)
+                results[name]["requests"] = first_requests(base)
             finally:
                 stop(proc)
-            print(
-                "cold", json.dumps({k: v for k, v in results["cold"].items() if k != "samples"}), flush=True
-            )
-        if "warm" in runs:
-            proc = start(data, cache, args.port, log)
-            try:
-                results["warm"] = until_ready(proc, base, timeout=args.timeout)
-                results["warm"]["requests"] = first_requests(base)
-            finally:
-                stop(proc)
-            print(
-                "warm", json.dumps({k: v for k, v in results["warm"].items() if k != "samples"}), flush=True
-            )
+            print(name, json.dumps({k: v for k, v in results[name].items() if k != "samples"}), flush=True)
         if "resume" in runs:
             # A cold start killed when the taggers stage begins (the corpus is embedded), then restarted.
             data, cache = work / "var-resume", work / "cache-resume"
