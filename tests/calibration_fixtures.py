@@ -62,7 +62,7 @@ def _text(dish: str, staff: str, place: str, food: str, service: str, r: int) ->
 def synthetic_pool(n_origins: int = 60, seed: int = 0) -> Pool:
     """Each origin: one original review and one edit per concept (food and service) to another value."""
     rng = np.random.default_rng(seed)
-    texts, labels, origins, ids = [], [], [], []
+    texts, labels, origins, ids, originals = [], [], [], [], []
     values = ["Positive", "Negative", U]
     for o in range(n_origins):
         dish, staff, place = DISHES[o % 10], STAFF[(o // 10) % 5], PLACES[int(rng.integers(len(PLACES)))]
@@ -71,7 +71,8 @@ def synthetic_pool(n_origins: int = 60, seed: int = 0) -> Pool:
         variants = [(food, service)]
         variants.append((values[(values.index(food) + 1 + rng.integers(2)) % 3], service))
         variants.append((food, values[(values.index(service) + 1 + rng.integers(2)) % 3]))
-        for f, s in variants:
+        for k, (f, s) in enumerate(variants):
+            originals.append(k == 0)
             t = _text(dish, staff, place, f, s, r) + f" (visit {o})"
             texts.append(t)
             labels.append({"food": f, "service": s, "ambiance": U, "noise": U})
@@ -84,7 +85,7 @@ def synthetic_pool(n_origins: int = 60, seed: int = 0) -> Pool:
                 diff = [c for c in labels[i] if labels[i][c] != labels[j][c]]
                 if len(diff) == 1:
                     pairs.append((i, j, diff[0]))
-    return Pool(texts, labels, CEBAB_SCHEMA, ids=ids, origins=origins, pairs=pairs)
+    return Pool(texts, labels, CEBAB_SCHEMA, ids=ids, origins=origins, pairs=pairs, originals=originals)
 
 
 def synthetic_domain(n_origins: int = 90):

@@ -56,10 +56,7 @@ def domain():
 
 
 def _originals(pool) -> list[int]:
-    first: dict[str, int] = {}
-    for i, o in enumerate(pool.origins):
-        first.setdefault(o, i)
-    return sorted(first.values())
+    return [i for i, original in enumerate(pool.originals) if original]
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +103,74 @@ def test_declared_training_texts_are_left_out_of_the_fit_and_reported(domain, me
     assert np.allclose(loaded.situation.l2, cal.situation.l2, atol=1e-6)
 
 
+def test_undeclared_training_on_the_originals_is_suspected_and_treated_as_declared(domain) -> None:
+    """Nobody says the classifier was trained on the corpus's originals: its confidence gives it away."""
+    from explainers.reference import tfidf_lr_pipeline
+
+    pool, space, enc = domain
+    rows = _originals(pool)
+    texts = [pool.texts[i] for i in rows]
+    verdict = np.array(LexiconClassifier.labels)[LexiconClassifier().predict_proba(texts).argmax(1)]
+    clf = SklearnClassifier(tfidf_lr_pipeline().set_params(tfidf__min_df=1, lr__C=100.0).fit(texts, verdict))
+    cal = calibrate(clf, pool, space, enc, ks=KS, max_pairs=None, combiners=("ridge",))
+    shift = cal.meta["shift"]
+    assert shift["trained_on_declared"] is False and shift["trained_on_suspected"] is True, shift
+    assert shift["trained_on_found"].startswith(f"suspected: the {len(rows)} originals")
+    test = shift["originals_vs_edits"]
+    assert test["ks_confidence"] >= 0.2 and test["confidence_originals"] > test["confidence_edits"], test
+    # Then as if declared: every pair of this pool touches an original, so the fit keeps them and says so.
+    assert shift["trained_texts"] == len(rows) and shift["pairs_unseen"] == 0
+    assert "measured on texts it was trained on" in shift["fit_on"]
+    # An empty declaration says "none of them": nothing is suspected.
+    none = calibrate(clf, pool, space, enc, ks=KS, max_pairs=None, combiners=("ridge",), trained_on=[])
+    assert none.meta["shift"]["trained_on_declared"] is True
+    assert "trained_on_suspected" not in none.meta["shift"]
+
+
+def test_the_corpus_trained_column_declares_the_training_texts(domain) -> None:
+    from dataclasses import replace
+
+    from explainers.estimators.shift import training_texts
+
+    pool, _, _ = domain
+    marked = replace(pool, trained=[i % 2 == 0 for i in range(len(pool))])
+    chosen, found = training_texts(marked, np.full((len(pool), 3), 1 / 3), 0.2)
+    assert chosen == [pool.ids[i] for i in range(0, len(pool), 2)]
+    assert found["trained_on_found"] == f"the corpus's trained column ({len(chosen)} texts)"
+    # A pool that cannot tell originals from edits suspects nothing.
+    unknown = replace(pool, originals=None, origins=list(pool.ids))
+    assert training_texts(unknown, np.full((len(pool), 3), 1 / 3), 0.2)[0] is None
+
+
+def test_a_corpus_says_its_originals_and_training_texts_and_a_saved_space_keeps_them(
+    domain, tmp_path
+) -> None:
+    from explainers.domains import infer_schema, pool_from_rows, validate_rows
+    from explainers.matching.space import ConceptSpace
+
+    _, _, enc = domain
+    lines = [
+        {"text": "The plot is gripping.", "labels": {"plot": "good"}, "id": "a", "trained": True},
+        {"text": "The plot is dull.", "labels": {"plot": "bad"}, "id": "a1", "origin": "a"},
+        {"text": "The story drags.", "labels": {"plot": "bad"}, "id": "b", "origin": "b", "trained": False},
+        {"text": "The story flies.", "labels": {"plot": "good"}, "id": "b1", "origin": "b"},
+    ]
+    rows = validate_rows(lines)
+    pool = pool_from_rows(rows, infer_schema(rows))
+    assert pool.trained == [True, False, False, False] and pool.original_flags() == [True, False, True, False]
+    assert len(pool.pairs) == 4
+    space = ConceptSpace(pool, enc)
+    space.build_indices()
+    space.save(tmp_path / "space")
+    loaded = ConceptSpace.load(tmp_path / "space", enc).pool
+    assert loaded.trained == pool.trained and loaded.originals is None  # derived again from ids and origins
+    assert loaded.original_flags() == pool.original_flags()
+    assert loaded.subset([2, 3]).trained == [False, False] and loaded.subset([2, 3]).pairs == [
+        (0, 1, "plot"),
+        (1, 0, "plot"),
+    ]
+
+
 def test_a_calibration_on_trained_texts_only_says_so_in_every_answer(domain, memorising) -> None:
     pool, space, enc = domain
     clf, _ = memorising
@@ -127,7 +192,11 @@ def test_a_calibration_on_trained_texts_only_says_so_in_every_answer(domain, mem
 def test_an_answer_inside_the_calibration_keeps_its_choice_and_a_bounded_interval(domain) -> None:
     pool, space, enc = domain
     cal = calibrate(LexiconClassifier(), pool, space, enc, ks=KS, max_pairs=None, combiners=("ridge",))
-    assert cal.meta["shift"] == {"trained_on_declared": False} and cal.situation is not None
+    shift = cal.meta["shift"]
+    # The lexicon model was trained on no pool text: it treats originals and edits alike.
+    assert shift["trained_on_declared"] is False and "memorisation" not in shift, shift
+    assert shift["trained_on_found"].startswith("nothing: the classifier treats originals and edits alike")
+    assert shift["originals_vs_edits"]["ks_confidence"] < 0.2 and cal.situation is not None
     res = Resources(schema=pool.schema, pool=pool, encoder=enc, space=space, extra={"calibration": cal})
     auto = build_explainer("auto", res)
     text, labels = pool.texts[0], pool.labels[0]

@@ -336,6 +336,12 @@ def test_lines_the_json_parser_cannot_take_are_422_naming_the_line(svc: Server, 
     assert problem(r, 422)[0] == "file.line2"
 
 
+def test_a_trained_flag_that_is_not_a_boolean_is_422_naming_it(svc: Server) -> None:
+    body = '{"text": "fine", "labels": {"a": "x"}}\n{"text": "bad", "labels": {"a": "y"}, "trained": "yes"}\n'
+    f, message = problem(upload(svc.base_url, "flags", body.encode()), 422)
+    assert f == "body.file.line2.trained" and "true or false" in message
+
+
 def test_a_line_separator_inside_a_text_is_not_a_line_break(svc: Server) -> None:
     """Before: splitlines() cut line 1 at U+2028 and blamed it; now line 1 parses and line 3 is the bad one."""
     first = json.dumps({"text": "one\u2028two\u0085three", "labels": {"a": "x"}}, ensure_ascii=False)

@@ -127,13 +127,16 @@ def movie_corpus(
                 sentences.insert(
                     int(rng.integers(0, len(sentences) + 1)), (options[rng.integers(len(options))], c)
                 )
-        origin = f"{prefix}{seed}-{o}"
+        # Every row of an origin names its original's id as its origin: the original is the row
+        # whose id is its origin (what an uploaded corpus says with the same two fields).
+        name = f"{prefix}{seed}-{o}"
+        origin = f"{name}-0"
         rows.append(
             {
                 "text": _render(sentences),
                 "labels": dict(labels),
                 "origin": origin,
-                "id": f"{origin}-0",
+                "id": origin,
                 "rating": rating(labels, rng),
             }
         )
@@ -146,7 +149,7 @@ def movie_corpus(
             targets = [str(rng.choice(others))] if edits_per_concept == 1 else others[:edits_per_concept]
             for target in targets:
                 k += 1
-                rows.append(_edit(sentences, labels, c, target, rng, origin, k))
+                rows.append(_edit(sentences, labels, c, target, rng, name, k))
     return rows
 
 
@@ -156,7 +159,7 @@ def _edit(
     c: str,
     target: str,
     rng: np.random.Generator,
-    origin: str,
+    name: str,
     k: int,
 ) -> dict[str, Any]:
     edited = [(s, cc) for s, cc in sentences if cc != c]
@@ -171,8 +174,8 @@ def _edit(
     return {
         "text": _render(edited),
         "labels": new,
-        "origin": origin,
-        "id": f"{origin}-{k}",
+        "origin": f"{name}-0",
+        "id": f"{name}-{k}",
         "rating": rating(new, rng),
     }
 

@@ -36,6 +36,7 @@ def pool_from_reviews(
     labels: list[dict[str, str]] = []
     ids: list[str] = []
     origins: list[str] = []
+    originals: list[bool] = []
     for r in reviews:
         if r.text in index_of_text:
             index_of_review[r.id] = index_of_text[r.text]
@@ -47,6 +48,7 @@ def pool_from_reviews(
         labels.append({c: clean.get(c, "unknown") for c in schema.names})
         ids.append(r.id)
         origins.append(r.original_id)
+        originals.append(r.is_original)
     pairs: list[tuple[int, int, str]] = []
     seen: set[tuple[int, int, str]] = set()
     for p in build_pairs(reviews):
@@ -57,7 +59,9 @@ def pool_from_reviews(
             continue
         seen.add(key)
         pairs.append(key)
-    return Pool(texts=texts, labels=labels, schema=schema, ids=ids, origins=origins, pairs=pairs)
+    return Pool(
+        texts=texts, labels=labels, schema=schema, ids=ids, origins=origins, pairs=pairs, originals=originals
+    )
 
 
 def cebab_pool(

@@ -198,14 +198,20 @@ def validate_rows(
                     )
         origin, ident = obj.get("origin"), obj.get("id")
         for key, value in (("origin", origin), ("id", ident)):
-            if value is not None and not isinstance(value, str | int):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, str | int)):
                 raise DomainBuildError(f"{where}.{key}", "must be a string or an integer")
+        trained = obj.get("trained")
+        if trained is not None and not isinstance(trained, bool):
+            raise DomainBuildError(
+                f"{where}.trained", "must be true or false (was the classifier trained on this text?)"
+            )
         rows.append(
             {
                 "text": obj["text"],
                 "labels": labels,
                 "origin": None if origin is None else str(origin),
                 "id": None if ident is None else str(ident),
+                **({"trained": trained} if trained is not None else {}),
             }
         )
     if len(rows) < 2:
@@ -226,11 +232,16 @@ def _unstorable(strings: Iterable[str]) -> str | None:
 
 
 def pool_from_rows(rows: list[dict[str, Any]], schema: ConceptSchema) -> Pool:
-    """A Pool from rows (duplicate texts kept once); same-origin texts differing in one concept are pairs."""
+    """A Pool from rows (duplicate texts kept once); same-origin texts differing in one concept are pairs.
+
+    A row naming no origin, or itself as its origin, is an original; the others are edits of the
+    row their origin names. Rows' `trained` flags (the classifier to be explained saw this
+    text) become the pool's `trained` column when any row carries one."""
     texts: list[str] = []
     labels: list[dict[str, str]] = []
     origins: list[str] = []
     ids: list[str] = []
+    trained: list[bool] = []
     seen: set[str] = set()
     for i, r in enumerate(rows):
         if r["text"] in seen:
@@ -240,6 +251,7 @@ def pool_from_rows(rows: list[dict[str, Any]], schema: ConceptSchema) -> Pool:
         labels.append({c: r["labels"].get(c, UNKNOWN) for c in schema.names})
         origins.append(r.get("origin") or r.get("id") or f"row{i}")
         ids.append(r.get("id") or str(i))
+        trained.append(bool(r.get("trained", False)))
     groups: dict[str, list[int]] = {}
     for i, o in enumerate(origins):
         groups.setdefault(o, []).append(i)
@@ -250,7 +262,16 @@ def pool_from_rows(rows: list[dict[str, Any]], schema: ConceptSchema) -> Pool:
                 diff = [c for c in schema.names if labels[i][c] != labels[j][c]]
                 if i != j and len(diff) == 1:
                     pairs.append((i, j, diff[0]))
-    return Pool(texts=texts, labels=labels, schema=schema, ids=ids, origins=origins, pairs=pairs)
+    marked = any("trained" in r for r in rows)
+    return Pool(
+        texts=texts,
+        labels=labels,
+        schema=schema,
+        ids=ids,
+        origins=origins,
+        pairs=pairs,
+        trained=trained if marked else None,
+    )
 
 
 def pair_stats(pool: Pool) -> dict[str, Any]:

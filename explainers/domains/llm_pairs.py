@@ -254,7 +254,7 @@ def generate_pairs(
     finally:
         generator.close()
     report.wall_s = time.perf_counter() - started
-    out = Pool(texts=texts, labels=labels, schema=schema, ids=ids, origins=origins, pairs=pairs)
+    out = pool.with_edits(texts, labels, ids, origins, pairs)
     return out, report
 
 

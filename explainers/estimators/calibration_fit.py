@@ -57,7 +57,7 @@ from explainers.estimators.heldout import (
 )
 from explainers.estimators.heldout import heldout_pairs as find_heldout_pairs
 from explainers.estimators.intervals import fit_intervals
-from explainers.estimators.shift import Situation, memorisation, seen_mask
+from explainers.estimators.shift import Situation, memorisation, seen_mask, training_texts
 from explainers.estimators.stack import CellStack, cell_key, fit_cell_stack, project_icace
 from explainers.metrics import summarize
 from explainers.pool_kernel import predict_in_chunks
@@ -293,7 +293,9 @@ def calibrate(
 ) -> Calibration:
     """Fit a `Calibration` of `classifier` on `pool`'s own counterfactual pairs (see the module doc).
 
-    `trained_on`: ids of the pool texts the classifier was trained on. A classifier that memorised
+    `trained_on`: ids of the pool texts the classifier was trained on (None: not declared; then the
+    pool's `trained` column, or the originals when the classifier is much more confident on them
+    than on their edits: `shift.training_texts`; an empty list declares none). A classifier that memorised
     them (its confidence on them differs from the others': KS >= `MEMORISATION_KS`) shows effects
     there that are not the effects it shows on new texts, so pairs touching them are left out of
     the fit when at least `min_unseen_pairs` others remain; else they are kept and every answer
@@ -340,13 +342,16 @@ def calibrate(
         probe_pred = cached.predict_proba(probe)
     fold_of = origin_folds(pool_origins(pool), folds, seed)
     candidates = find_heldout_pairs(pool, fold_of)
-    seen = seen_mask([p.base for p in candidates], [p.cf for p in candidates], pool.ids, trained_on)
+    probs = cached.predict_proba(list(pool.texts))  # cache hits: every pool text was scored above
     shift_meta: dict[str, Any] = {"trained_on_declared": trained_on is not None}
+    if trained_on is None:
+        trained_on, found = training_texts(pool, probs, MEMORISATION_KS)
+        shift_meta.update(found)
+    seen = seen_mask([p.base for p in candidates], [p.cf for p in candidates], pool.ids, trained_on)
     trained_pairs = robust_only = False
     if seen is not None:
         trained_set = set(trained_on or ())
         trained_rows = np.array([i in trained_set for i in (pool.ids or [])], bool)
-        probs = cached.predict_proba(list(pool.texts))  # cache hits: every pool text was scored above
         shift_meta["memorisation"] = memorisation(probs[trained_rows], probs[~trained_rows])
         shift_meta["trained_texts"] = int(trained_rows.sum())
         shift_meta["pairs_touching_trained"] = int(seen.sum())

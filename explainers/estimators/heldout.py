@@ -91,16 +91,7 @@ def stratified_sample(pairs: Sequence[HeldOutPair], limit: int | None, seed: int
 
 def subset_pool(pool: Pool, rows: Sequence[int]) -> Pool:
     """The pool restricted to `rows` (in that order), pairs remapped, pairs touching other rows dropped."""
-    rows = list(rows)
-    new_of = {old: new for new, old in enumerate(rows)}
-    return replace(
-        pool,
-        texts=[pool.texts[i] for i in rows],
-        labels=[pool.labels[i] for i in rows],
-        ids=[pool.ids[i] for i in rows] if pool.ids else None,
-        origins=[pool.origins[i] for i in rows] if pool.origins else None,
-        pairs=[(new_of[b], new_of[c], con) for b, c, con in pool.pairs if b in new_of and c in new_of],
-    )
+    return pool.subset(rows)
 
 
 def restrict_space(space: Any, pool: Pool, rows: Sequence[int]) -> Any:

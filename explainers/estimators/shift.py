@@ -246,6 +246,52 @@ class Situation:
         )
 
 
+def training_texts(pool: Any, probs: np.ndarray, threshold: float) -> tuple[list[str] | None, dict[str, Any]]:
+    """The pool texts the classifier was trained on when nobody declared them, and how that was found.
+
+    The corpus's own `trained` column, where it has one. Else a test of the usual case: a team
+    trains its classifier on its corpus's originals, and the edits (human or LLM counterfactuals)
+    are new to it. A classifier that memorised the originals is far more confident on them than on
+    the edits (KS on confidence: 0.33 and 0.47 on CEBaB for a tfidf-lr and a memorising LR trained
+    on the pool's originals, against 0.09-0.10 for one trained elsewhere or on the whole pool, whose
+    originals and edits it treats alike); at `threshold` or above, the originals are taken as its
+    training texts, and the calibration says it suspects so. `probs`: the classifier's predictions
+    on every pool text, in pool order."""
+    ids = pool.ids
+    if ids is None:
+        return None, {"trained_on_found": "nothing: the pool has no ids"}
+    if pool.trained is not None and any(pool.trained):
+        chosen = [i for i, t in zip(ids, pool.trained, strict=True) if t]
+        return chosen, {"trained_on_found": f"the corpus's trained column ({len(chosen)} texts)"}
+    flags = pool.original_flags()
+    if flags is None or all(flags) or not any(flags):
+        return None, {"trained_on_found": "nothing: the pool does not say which texts are originals"}
+    mask = np.array(flags, bool)
+    probs = np.asarray(probs, float)
+    test = memorisation(probs[mask], probs[~mask])
+    test = {
+        "confidence_originals": test.get("confidence_trained"),
+        "confidence_edits": test.get("confidence_other"),
+        "ks_confidence": test.get("ks_confidence"),
+        "n_originals": test.get("n_trained"),
+        "n_edits": test.get("n_other"),
+    }
+    if test["ks_confidence"] is None or test["ks_confidence"] < threshold:
+        return None, {
+            "trained_on_found": f"nothing: the classifier treats originals and edits alike "
+            f"(confidence KS {test['ks_confidence']} < {threshold})",
+            "originals_vs_edits": test,
+        }
+    chosen = [i for i, f in zip(ids, flags, strict=True) if f]
+    return chosen, {
+        "trained_on_found": f"suspected: the {len(chosen)} originals (the classifier is more confident on "
+        f"them than on their edits, KS {test['ks_confidence']} >= {threshold}, as a classifier trained on "
+        "them is); declare trained_on (an empty list for none) to say otherwise",
+        "trained_on_suspected": True,
+        "originals_vs_edits": test,
+    }
+
+
 def seen_mask(
     bases: Sequence[int], cfs: Sequence[int], ids: Sequence[str] | None, trained_on: Sequence[str] | None
 ) -> np.ndarray | None:
@@ -268,5 +314,6 @@ __all__ = [
     "ks_statistic",
     "memorisation",
     "seen_mask",
+    "training_texts",
     "weighted_quantile",
 ]

@@ -172,7 +172,7 @@ def augment_pool(
         if log and n % log_every == 0:
             log(f"augment: {n}/{len(plan)} edits, {report.kept} kept, {time.perf_counter() - started:.0f} s")
     report.wall_s = time.perf_counter() - started
-    out = Pool(texts=texts, labels=labels, schema=pool.schema, ids=ids, origins=origins, pairs=pairs)
+    out = pool.with_edits(texts, labels, ids, origins, pairs)
     return out, report
 
 

@@ -17,7 +17,6 @@ import json
 import os
 import time
 from collections.abc import Callable, Collection
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -181,16 +180,7 @@ def without_texts(space: ConceptSpace, texts: Collection[str]) -> ConceptSpace:
     keep = [i for i, t in enumerate(space.pool.texts) if t not in drop]
     if len(keep) == len(space.pool.texts):
         return space
-    new_of = {old: new for new, old in enumerate(keep)}
-    p = space.pool
-    pool = replace(
-        p,
-        texts=[p.texts[i] for i in keep],
-        labels=[p.labels[i] for i in keep],
-        ids=[p.ids[i] for i in keep] if p.ids else None,
-        origins=[p.origins[i] for i in keep] if p.origins else None,
-        pairs=[(new_of[b], new_of[c], con) for b, c, con in p.pairs if b in new_of and c in new_of],
-    )
+    pool = space.pool.subset(keep)
     out = ConceptSpace(
         pool,
         space.encoder,

@@ -304,6 +304,12 @@ class ConceptSpace:
                             "labels": lab,
                             "id": self.pool.ids[i] if self.pool.ids else str(i),
                             "origin": self.pool.origins[i] if self.pool.origins else str(i),
+                            **(
+                                {"original": self.pool.originals[i]}
+                                if self.pool.originals is not None
+                                else {}
+                            ),
+                            **({"trained": self.pool.trained[i]} if self.pool.trained is not None else {}),
                         }
                     )
                     + "\n"
@@ -365,6 +371,8 @@ class ConceptSpace:
         meta = read_meta(directory, KIND)
         schema = ConceptSchema.from_dict(json.loads((directory / "schema.json").read_text()))
         texts, labels, ids, origins = [], [], [], []
+        originals: list[bool] = []
+        trained: list[bool] = []
         with open(directory / "pool.jsonl", encoding="utf-8") as f:
             for line in f:
                 row = json.loads(line)
@@ -372,8 +380,22 @@ class ConceptSpace:
                 labels.append(row["labels"])
                 ids.append(row["id"])
                 origins.append(row["origin"])
+                if "original" in row:
+                    originals.append(bool(row["original"]))
+                if "trained" in row:
+                    trained.append(bool(row["trained"]))
         pairs = [tuple(p) for p in json.loads((directory / "pairs.json").read_text())]
-        pool = Pool(texts, labels, schema, ids=ids, origins=origins, pairs=pairs)
+        pool = Pool(
+            texts,
+            labels,
+            schema,
+            ids=ids,
+            origins=origins,
+            pairs=pairs,
+            # Folders saved before these columns existed have neither: the pool then says nothing.
+            originals=originals if len(originals) == len(texts) else None,
+            trained=trained if len(trained) == len(texts) else None,
+        )
         layout = _layout(directory, meta, schema)
         heads, encoders = {}, {}
         for c, names in layout.items():
