@@ -354,6 +354,8 @@ def test_create_a_domain_from_a_file(page, server: str, tmp_path: Path) -> None:
             cal["table"]
         )
         assert section.locator("table.kv").inner_text().count(str(cal["default_estimator"])) == 1
+        # What the calibration knows of the classifier's training texts is on the card too.
+        assert cal["shift"]["trained_on_found"] in section.locator("p.calibration-shift").inner_text()
         shot(page, "domains")
         # Calibrated: the server's default method is `auto`, whose conformal interval the ICaCE whiskers show.
         page.click("#tab-explain")

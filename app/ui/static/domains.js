@@ -79,8 +79,21 @@ function calibration(clf, c) {
   return h("details", { class: "calibration", "data-classifier": clf },
     h("summary", { title: TIPS.calibration }, `Calibration of ${clf}: ${rows.length} estimators on ${c.heldout_pairs ?? "?"} held-out pairs, ` +
       `default ${c.default_estimator ?? "?"}`),
+    trainingNote(c.shift),
     scrollBox(methodTips(objectsTable(rows, "Held-out error per estimator (macro; lower is better)", tipFor))),
     Object.keys(facts).length ? statsTable(facts, "Calibration facts") : null);
+}
+
+// Which of the domain's texts the classifier was trained on (declared, the corpus's column, or suspected)
+// and what the fit did about it: a classifier's errors on its own training texts are not its errors elsewhere.
+function trainingNote(shift) {
+  if (!shift || typeof shift !== "object") return null;
+  const found = shift.trained_on_declared ? "Training texts: declared with the request." :
+    shift.trained_on_found ? `Training texts: ${shift.trained_on_found}.` : null;
+  const fit = shift.fit_on ? `Fit on ${shift.fit_on}.` : null;
+  if (!found && !fit) return null;
+  return h("p", { class: `note calibration-shift${shift.trained_on_suspected ? " warn-text" : ""}` },
+    [found, fit].filter(Boolean).join(" "));
 }
 
 function domainCard(d) {
