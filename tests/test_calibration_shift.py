@@ -171,6 +171,25 @@ def test_a_corpus_says_its_originals_and_training_texts_and_a_saved_space_keeps_
     ]
 
 
+@pytest.mark.parametrize(
+    ("ks", "unseen", "fit", "says"),
+    [
+        (0.1, 0, "all", "about as confident"),  # no memorisation: every pair, whatever is left
+        (0.3, 5000, "unseen", "not trained on"),  # the edit->edit pairs of a model trained on originals
+        (0.3, 540, "all", "memorisation is mild"),  # CEBaB's whole pool declared: 540 odd pairs left
+        (0.5, 540, "trained", "measured on texts it was trained on"),  # strong, and too few to fit on
+        (None, 0, "trained", "measured on texts it was trained on"),  # every text trained: not measurable
+    ],
+)
+def test_which_pairs_a_calibration_fits_on(ks, unseen, fit, says) -> None:
+    from explainers.estimators.calibration_fit import fit_on_pairs
+
+    mem = {"measured": False} if ks is None else {"measured": True, "ks_confidence": ks}
+    got, why = fit_on_pairs(mem, unseen, 13000)
+    assert got == fit and says in why, why
+    assert fit_on_pairs({"measured": True, "ks_confidence": 0.3}, 299, 1000)[0] == "all"  # under 300
+
+
 def test_a_calibration_on_trained_texts_only_says_so_in_every_answer(domain, memorising) -> None:
     pool, space, enc = domain
     clf, _ = memorising
