@@ -172,22 +172,33 @@ def test_a_corpus_says_its_originals_and_training_texts_and_a_saved_space_keeps_
 
 
 @pytest.mark.parametrize(
-    ("ks", "unseen", "fit", "says"),
+    ("ks", "ratio", "unseen", "fit", "says"),
     [
-        (0.1, 0, "all", "about as confident"),  # no memorisation: every pair, whatever is left
-        (0.3, 5000, "unseen", "not trained on"),  # the edit->edit pairs of a model trained on originals
-        (0.3, 540, "all", "memorisation is mild"),  # CEBaB's whole pool declared: 540 odd pairs left
-        (0.5, 540, "trained", "measured on texts it was trained on"),  # strong, and too few to fit on
-        (None, 0, "trained", "measured on texts it was trained on"),  # every text trained: not measurable
+        (0.1, 1.0, 0, "all", "about as confident"),  # no memorisation: every pair, whatever is left
+        (0.3, 1.3, 5000, "unseen", "not trained on"),  # the edit->edit pairs of a model trained on originals
+        (0.3, 1.3, 540, "all", "memorisation is mild"),  # CEBaB's whole pool declared: 540 odd pairs left
+        (0.5, 1.3, 540, "trained", "measured on texts it was trained on"),  # strong, and too few to fit on
+        (0.3, 2.9, 540, "trained", "measured on texts it was trained on"),  # strong by its uncertainty ratio
+        (None, None, 0, "trained", "measured on texts it was trained on"),  # every text trained: unmeasurable
     ],
 )
-def test_which_pairs_a_calibration_fits_on(ks, unseen, fit, says) -> None:
-    from explainers.estimators.calibration_fit import fit_on_pairs
+def test_which_pairs_a_calibration_fits_on(ks, ratio, unseen, fit, says) -> None:
+    from explainers.estimators.calibration_fit import fit_on_pairs, strong_memorisation
 
-    mem = {"measured": False} if ks is None else {"measured": True, "ks_confidence": ks}
+    mem = (
+        {"measured": False}
+        if ks is None
+        else {"measured": True, "ks_confidence": ks, "uncertainty_ratio": ratio}
+    )
     got, why = fit_on_pairs(mem, unseen, 13000)
     assert got == fit and says in why, why
+    assert strong_memorisation(mem) == (ks is not None and (ks >= 0.4 or ratio >= 2.0))
     assert fit_on_pairs({"measured": True, "ks_confidence": 0.3}, 299, 1000)[0] == "all"  # under 300
+    # A memoriser's uncertainty on its training texts, measured: 70x less unsure than on the others.
+    from explainers.estimators.shift import memorisation
+
+    sure, unsure = np.tile([0.999, 0.0005, 0.0005], (50, 1)), np.tile([0.93, 0.05, 0.02], (50, 1))
+    assert memorisation(sure, unsure)["uncertainty_ratio"] == pytest.approx(70.0, rel=1e-3)
 
 
 def test_a_calibration_on_trained_texts_only_says_so_in_every_answer(domain, memorising) -> None:

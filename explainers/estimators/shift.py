@@ -90,11 +90,14 @@ def memorisation(probs_trained: np.ndarray, probs_other: np.ndarray) -> dict[str
             else "no pool text was declared as training data",
         }
     bt, bo = behaviour(probs_trained), behaviour(probs_other)
+    unsure_trained, unsure_other = 1.0 - float(bt[:, 0].mean()), 1.0 - float(bo[:, 0].mean())
     return {
         "measured": True,
         "confidence_trained": round(float(bt[:, 0].mean()), 4),
         "confidence_other": round(float(bo[:, 0].mean()), 4),
         "ks_confidence": round(ks_statistic(bt[:, 0], bo[:, 0]), 4),
+        # How many times less unsure it is on its training texts (1 - mean confidence), capped.
+        "uncertainty_ratio": round(min(1000.0, unsure_other / max(unsure_trained, 1e-6)), 3),
         "n_trained": len(bt),
         "n_other": len(bo),
     }
