@@ -137,6 +137,9 @@ def test_the_corpus_trained_column_declares_the_training_texts(domain) -> None:
     chosen, found = training_texts(marked, np.full((len(pool), 3), 1 / 3), 0.2)
     assert chosen == [pool.ids[i] for i in range(0, len(pool), 2)]
     assert found["trained_on_found"] == f"the corpus's trained column ({len(chosen)} texts)"
+    # A column of false values says "none of them": nothing is suspected.
+    none = replace(pool, trained=[False] * len(pool))
+    assert training_texts(none, np.full((len(pool), 3), 1 / 3), 0.2)[0] == []
     # A pool that cannot tell originals from edits suspects nothing.
     unknown = replace(pool, originals=None, origins=list(pool.ids))
     assert training_texts(unknown, np.full((len(pool), 3), 1 / 3), 0.2)[0] is None

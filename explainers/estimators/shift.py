@@ -263,7 +263,7 @@ def training_texts(pool: Any, probs: np.ndarray, threshold: float) -> tuple[list
     ids = pool.ids
     if ids is None:
         return None, {"trained_on_found": "nothing: the pool has no ids"}
-    if pool.trained is not None and any(pool.trained):
+    if pool.trained is not None:  # all false: the corpus says the classifier saw none of them
         chosen = [i for i, t in zip(ids, pool.trained, strict=True) if t]
         return chosen, {"trained_on_found": f"the corpus's trained column ({len(chosen)} texts)"}
     flags = pool.original_flags()
