@@ -140,6 +140,13 @@ def test_the_corpus_trained_column_declares_the_training_texts(domain) -> None:
     # A column of false values says "none of them": nothing is suspected.
     none = replace(pool, trained=[False] * len(pool))
     assert training_texts(none, np.full((len(pool), 3), 1 / 3), 0.2)[0] == []
+    # Originals far *less* confident than their edits is no sign of training on them.
+    flags = np.array(pool.original_flags())
+    probs = np.where(flags[:, None], [0.4, 0.3, 0.3], [0.98, 0.01, 0.01])
+    assert training_texts(replace(pool, trained=None), probs, 0.2)[0] is None
+    assert training_texts(
+        replace(pool, trained=None), np.where(flags[:, None], [0.98, 0.01, 0.01], [0.4, 0.3, 0.3]), 0.2
+    )[0] == [pool.ids[i] for i in np.flatnonzero(flags)]
     # A pool that cannot tell originals from edits suspects nothing.
     unknown = replace(pool, originals=None, origins=list(pool.ids))
     assert training_texts(unknown, np.full((len(pool), 3), 1 / 3), 0.2)[0] is None
@@ -228,7 +235,9 @@ def test_an_answer_inside_the_calibration_keeps_its_choice_and_a_bounded_interva
     shift = cal.meta["shift"]
     # The lexicon model was trained on no pool text: it treats originals and edits alike.
     assert shift["trained_on_declared"] is False and "memorisation" not in shift, shift
-    assert shift["trained_on_found"].startswith("nothing: the classifier treats originals and edits alike")
+    assert shift["trained_on_found"].startswith(
+        "nothing: the classifier is not more confident on the originals"
+    )
     assert shift["originals_vs_edits"]["ks_confidence"] < 0.2 and cal.situation is not None
     res = Resources(schema=pool.schema, pool=pool, encoder=enc, space=space, extra={"calibration": cal})
     auto = build_explainer("auto", res)
