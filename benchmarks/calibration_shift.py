@@ -147,7 +147,46 @@ def cebab_cases(args: argparse.Namespace) -> list[Case]:
                 **common,
             )
         )
+    if args.minilm:
+        out += minilm_cases(args, reviews, id_of, common)
     return out
+
+
+def minilm_cases(
+    args: argparse.Namespace, reviews: list[Any], id_of: dict[str, str], common: dict[str, Any]
+) -> list[Case]:
+    """minilm-ft as usual (train_exclusive), and the same fine-tune on the pool's originals (a team's
+    transformer trained on its own corpus: fine-tuned models memorise their training texts)."""
+    from explainers.classifiers.transformers_local import TransformersClassifier
+    from explainers.reference.common import LABELS
+    from explainers.reference.minilm import fine_tune
+
+    usual, _, meta = runner.load_model("minilm-ft", args.root)
+    texts, y = rated([r for r in reviews if r.is_original])
+    folder = Path(args.root) / "classifiers" / "minilm-ft-pool-originals"
+    if not (folder / "config.json").exists():
+        log(f"fine-tuning minilm-ft on the pool's {len(texts)} rated originals")
+        fine_tune(texts, y, folder)
+    own = TransformersClassifier.load(folder, labels=LABELS)
+    trained = sorted({id_of[t] for t in texts if t in id_of})
+    return [
+        Case(
+            "cebab / minilm-ft (usual: train_exclusive)",
+            usual,
+            taggers=None,
+            trained_on=None,
+            note=f"dev accuracy {meta.get('dev_accuracy')}",
+            **common,
+        ),
+        Case(
+            "cebab / minilm-ft fine-tuned on the pool's originals",
+            own,
+            taggers=None,
+            trained_on=trained,
+            note=f"{len(texts)} training texts (the same fine-tune as minilm-ft's), {len(trained)} pool ids",
+            **common,
+        ),
+    ]
 
 
 def movie_cases(args: argparse.Namespace) -> list[Case]:
@@ -380,6 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--movie-origins", type=int, default=300)
     ap.add_argument("--movie-eval-origins", type=int, default=100)
     ap.add_argument("--only", default=None, help="run only the cases whose name contains this")
+    ap.add_argument("--minilm", action="store_true", help="add the minilm-ft cases (a fine-tune: minutes)")
     ap.add_argument(
         "--variants",
         default="plain,declared",
