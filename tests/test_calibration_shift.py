@@ -173,8 +173,11 @@ def test_a_corpus_says_its_originals_and_training_texts_and_a_saved_space_keeps_
     space.build_indices()
     space.save(tmp_path / "space")
     loaded = ConceptSpace.load(tmp_path / "space", enc).pool
-    assert loaded.trained == pool.trained and loaded.originals is None  # derived again from ids and origins
-    assert loaded.original_flags() == pool.original_flags()
+    assert loaded.trained == pool.trained and loaded.originals == pool.originals
+    # Rows naming neither id nor origin are originals too (their made-up id and origin differ).
+    plain_rows = validate_rows([{"text": "a", "labels": {"x": "1"}}, {"text": "b", "labels": {"x": "2"}}])
+    bare = pool_from_rows(plain_rows, infer_schema(plain_rows))
+    assert bare.original_flags() == [True, True] and bare.trained is None
     assert loaded.subset([2, 3]).trained == [False, False] and loaded.subset([2, 3]).pairs == [
         (0, 1, "plot"),
         (1, 0, "plot"),

@@ -242,6 +242,7 @@ def pool_from_rows(rows: list[dict[str, Any]], schema: ConceptSchema) -> Pool:
     origins: list[str] = []
     ids: list[str] = []
     trained: list[bool] = []
+    originals: list[bool] = []
     seen: set[str] = set()
     for i, r in enumerate(rows):
         if r["text"] in seen:
@@ -252,6 +253,7 @@ def pool_from_rows(rows: list[dict[str, Any]], schema: ConceptSchema) -> Pool:
         origins.append(r.get("origin") or r.get("id") or f"row{i}")
         ids.append(r.get("id") or str(i))
         trained.append(bool(r.get("trained", False)))
+        originals.append(r.get("origin") is None or r.get("origin") == r.get("id"))
     groups: dict[str, list[int]] = {}
     for i, o in enumerate(origins):
         groups.setdefault(o, []).append(i)
@@ -270,6 +272,7 @@ def pool_from_rows(rows: list[dict[str, Any]], schema: ConceptSchema) -> Pool:
         ids=ids,
         origins=origins,
         pairs=pairs,
+        originals=originals,
         trained=trained if marked else None,
     )
 
