@@ -287,9 +287,9 @@ def training_texts(pool: Any, probs: np.ndarray, threshold: float) -> tuple[list
         or test["confidence_originals"] <= test["confidence_edits"]
     ):
         return None, {
-            "trained_on_found": f"nothing: the classifier is not more confident on the originals than on "
-            f"their edits (confidence {test['confidence_originals']} vs {test['confidence_edits']}, KS "
-            f"{test['ks_confidence']}; suspected from KS {threshold} with the originals ahead)",
+            "trained_on_found": f"nothing: the classifier is about as confident on the originals as on their "
+            f"edits (confidence {test['confidence_originals']} vs {test['confidence_edits']}, KS "
+            f"{test['ks_confidence']}; suspected from KS {threshold} with the originals the more confident)",
             "originals_vs_edits": test,
         }
     chosen = [i for i, f in zip(ids, flags, strict=True) if f]
