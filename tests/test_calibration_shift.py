@@ -239,7 +239,7 @@ def test_an_answer_inside_the_calibration_keeps_its_choice_and_a_bounded_interva
     # The lexicon model was trained on no pool text: it treats originals and edits alike.
     assert shift["trained_on_declared"] is False and "memorisation" not in shift, shift
     assert shift["trained_on_found"].startswith(
-        "nothing: the classifier is not more confident on the originals"
+        "nothing: the classifier is about as confident on the originals"
     )
     assert shift["originals_vs_edits"]["ks_confidence"] < 0.2 and cal.situation is not None
     res = Resources(schema=pool.schema, pool=pool, encoder=enc, space=space, extra={"calibration": cal})
