@@ -108,8 +108,10 @@ def create_domain(
     rt: RuntimeDep,
     file: UploadFile = File(
         ...,
-        description='JSONL corpus: one {"text", "labels": {concept: value}, "origin"?, '
-        '"id"?} per line; texts sharing an origin that differ in one concept are pairs',
+        description='JSONL corpus: one {"text", "labels": {concept: value}, "origin"?, "id"?, "trained"?} '
+        "per line; texts sharing an origin that differ in one concept are pairs; a row whose origin is its "
+        'own id (or that names none) is an original; "trained": true marks a text the classifier to be '
+        "explained was trained on",
     ),
     params: str = Form(
         ...,

@@ -148,10 +148,12 @@ class CalibrationRequest(BaseModel):
     trained_on: list[SafeText] | None = Field(
         None,
         max_length=200_000,
-        description="Ids of the domain's texts the classifier was trained on. A classifier is overconfident "
-        "on its training texts, so pairs touching them are left out of the calibration when enough others "
-        "remain (else kept, and every answer says its expected error was measured on trained texts); the "
-        "calibration reports how differently the classifier behaves on them",
+        description="Ids of the domain's texts the classifier was trained on ([] for none). A classifier is "
+        "overconfident on its training texts, so pairs touching them are left out of the calibration when "
+        "enough others remain (else kept, and where it memorised them strongly every answer says its expected "
+        "error was measured on trained texts); the calibration reports how differently the classifier behaves "
+        "on them. Omitted: the corpus's trained column, else the originals when the classifier is much more "
+        "confident on them than on their edits (reported as suspected)",
         examples=[["000000_000000", "000001_000000"]],
     )
 
