@@ -169,6 +169,9 @@ def test_a_corpus_says_its_originals_and_training_texts_and_a_saved_space_keeps_
     pool = pool_from_rows(rows, infer_schema(rows))
     assert pool.trained == [True, False, False, False] and pool.original_flags() == [True, False, True, False]
     assert len(pool.pairs) == 4
+    from explainers.domains.build import pair_stats
+
+    assert pair_stats(pool)["originals"] == 2 and pair_stats(pool)["trained"] == 1
     space = ConceptSpace(pool, enc)
     space.build_indices()
     space.save(tmp_path / "space")

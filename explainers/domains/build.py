@@ -283,10 +283,15 @@ def pair_stats(pool: Pool) -> dict[str, Any]:
     for b, cf, c in pool.pairs:
         by_direction[f"{c}:{pool.labels[b][c]}->{pool.labels[cf][c]}"] += 1
     origins = pool.origins or []
+    flags = pool.original_flags()
     return {
         "texts": len(pool),
         "origins": len(set(origins)),
         "groups": sum(1 for n in Counter(origins).values() if n > 1),
+        # How many texts the corpus says are originals, and marks as the classifier's training texts
+        # (absent: it does not say); a calibration suspects or leaves out training texts by these.
+        **({"originals": sum(flags)} if flags is not None else {}),
+        **({"trained": sum(pool.trained)} if pool.trained is not None else {}),
         "pairs": {c: by_concept.get(c, 0) for c in pool.schema.names},
         "pairs_by_direction": dict(sorted(by_direction.items())),
         "values": {c: dict(Counter(lab[c] for lab in pool.labels)) for c in pool.schema.names},
