@@ -125,6 +125,8 @@ def test_undeclared_training_on_the_originals_is_suspected_and_treated_as_declar
     none = calibrate(clf, pool, space, enc, ks=KS, max_pairs=None, combiners=("ridge",), trained_on=[])
     assert none.meta["shift"]["trained_on_declared"] is True
     assert "trained_on_suspected" not in none.meta["shift"]
+    assert none.meta["shift"]["fit_on"].startswith("every pair: none touches") and none.situation is not None
+    assert not none.situation.trained_pairs
 
 
 def test_the_corpus_trained_column_declares_the_training_texts(domain) -> None:
@@ -210,6 +212,11 @@ def test_which_pairs_a_calibration_fits_on(ks, ratio, unseen, fit, says) -> None
     assert got == fit and says in why, why
     assert strong_memorisation(mem) == (ks is not None and (ks >= 0.4 or ratio >= 2.0))
     assert fit_on_pairs({"measured": True, "ks_confidence": 0.3}, 299, 1000)[0] == "all"  # under 300
+    # trained_on=[] on a small domain: nothing was trained on, whatever the pair count.
+    assert fit_on_pairs({"measured": False}, 40, 40) == (
+        "all",
+        "every pair: none touches a text the classifier was trained on",
+    )
     # A memoriser's uncertainty on its training texts, measured: 70x less unsure than on the others.
     from explainers.estimators.shift import memorisation
 

@@ -475,6 +475,8 @@ def fit_on_pairs(
     "unseen": only the pairs avoiding the training texts; "trained": every pair, and every
     answer says its numbers were measured on texts the classifier was trained on.
     """
+    if n_unseen == n_pairs:  # none declared (trained_on=[]), or none of them in a pair
+        return "all", "every pair: none touches a text the classifier was trained on"
     if mem["measured"] and mem["ks_confidence"] < MEMORISATION_KS:
         return "all", (
             f"every pair: the classifier is about as confident on its training texts as on the others "
