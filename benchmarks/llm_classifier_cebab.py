@@ -152,14 +152,7 @@ def subset_pool(resources: Any, size: int, seed: int) -> Any:
     """The resources with a random pool subset (for methods that score the whole pool)."""
     pool = resources.pool
     keep = sorted(np.random.default_rng(seed).permutation(len(pool))[:size].tolist())
-    sub = replace(
-        pool,
-        texts=[pool.texts[i] for i in keep],
-        labels=[pool.labels[i] for i in keep],
-        ids=[pool.ids[i] for i in keep] if pool.ids else None,
-        origins=[pool.origins[i] for i in keep] if pool.origins else None,
-        pairs=[],
-    )
+    sub = replace(pool.subset(keep), pairs=[])
     return replace(resources, pool=sub, space=None, extra=dict(resources.extra))
 
 

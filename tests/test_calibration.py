@@ -8,7 +8,7 @@ import pytest
 from explainers.concepts import Intervention
 from explainers.estimators.calibration import Calibration, fingerprint
 from explainers.estimators.calibration_fit import calibrate
-from explainers.estimators.heldout import heldout_pairs, origin_folds, pool_origins, subset_pool
+from explainers.estimators.heldout import heldout_pairs, origin_folds, pool_origins
 from explainers.estimators.intervals import conformal_halfwidth, coverage_of, fit_intervals
 from explainers.estimators.stack import fit_cell_stack, project_icace, project_to_simplex
 from explainers.registry import Resources, build_explainer
@@ -45,7 +45,7 @@ def test_fold_pools_never_hold_a_heldout_pairs_origin(domain) -> None:
     assert pairs and {p.fold for p in pairs} == {0, 1, 2}
     for f in range(3):
         rows = [i for i in range(len(pool)) if fold_of[origins[i]] != f]
-        sub = subset_pool(pool, rows)
+        sub = pool.subset(rows)
         sub_texts, sub_origins = set(sub.texts), set(sub.origins)
         for p in (p for p in pairs if p.fold == f):
             assert p.origin not in sub_origins

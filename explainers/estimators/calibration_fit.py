@@ -53,7 +53,6 @@ from explainers.estimators.heldout import (
     restrict_space,
     score_heldout,
     stratified_sample,
-    subset_pool,
 )
 from explainers.estimators.heldout import heldout_pairs as find_heldout_pairs
 from explainers.estimators.intervals import fit_intervals
@@ -343,7 +342,7 @@ def calibrate(
             restrict_space(space, pool, space_rows) if space_rows != list(range(len(space.pool))) else space
         )
     if rows_kept is not None:
-        sub = subset_pool(pool, rows_kept)
+        sub = pool.subset(rows_kept)
         space = restrict_space(space, sub, rows_kept) if space is not None else None
         pool = sub
     if log:

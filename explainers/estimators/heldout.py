@@ -89,11 +89,6 @@ def stratified_sample(pairs: Sequence[HeldOutPair], limit: int | None, seed: int
     return [pairs[i] for i in sorted(chosen)]
 
 
-def subset_pool(pool: Pool, rows: Sequence[int]) -> Pool:
-    """The pool restricted to `rows` (in that order), pairs remapped, pairs touching other rows dropped."""
-    return pool.subset(rows)
-
-
 def restrict_space(space: Any, pool: Pool, rows: Sequence[int]) -> Any:
     """A concept space over `pool` (= the space's pool restricted to `rows`), reusing its vectors and heads.
 
@@ -183,7 +178,7 @@ def score_heldout(
         if not idx:
             continue
         rows = [i for i in range(len(pool)) if fold_of[origins[i]] != f]
-        sub = subset_pool(pool, rows)
+        sub = pool.subset(rows)
         space = resources.space
         if space is not None:
             space = space_for_pool(sub, rows) if space_for_pool else restrict_space(space, sub, rows)

@@ -260,8 +260,7 @@ def training_texts(pool: Any, probs: np.ndarray, threshold: float) -> tuple[list
     movie corpus; 0.06-0.11 for classifiers trained elsewhere, or regularised ones on the movie
     corpus's originals, which treat originals and edits alike); at `threshold` or above, with the
     originals the more confident side, they are taken as its training texts, and the calibration
-    says it suspects so. `probs`: the classifier's predictions
-    on every pool text, in pool order."""
+    says it suspects so. `probs`: the classifier's predictions on every pool text, in pool order."""
     ids = pool.ids
     if ids is None:
         return None, {"trained_on_found": "nothing: the pool has no ids"}
