@@ -379,6 +379,9 @@ class Runtime:
                 from explainers.embeddings import Encoder
 
                 self._encoder = Encoder()
+                startup_log.info(
+                    "sentence encoder %s, backend %s", self._encoder.model_name, self._encoder.backend
+                )
             return self._encoder
 
     def _load_default_domain(self) -> str:

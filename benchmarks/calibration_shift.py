@@ -296,6 +296,7 @@ def evaluate(case: Case, args: argparse.Namespace) -> dict[str, Any]:
             methods=COMPONENTS,
             ks=args.ks,
             max_pairs=args.max_pairs,
+            folds=args.folds,
             classifier_name=case.name,
             trained_on=trained_on,
             log=None,
@@ -415,6 +416,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--root", type=Path, default=ROOT / "var")
     ap.add_argument("--ks", default="5,10,20,50")
     ap.add_argument("--max-pairs", type=int, default=4000)
+    ap.add_argument("--folds", type=int, default=2, help="the calibration's origin folds (calibrate(folds=))")
     ap.add_argument("--limit", type=int, default=None, help="CEBaB evaluation subset (development only)")
     ap.add_argument("--movie-origins", type=int, default=300)
     ap.add_argument("--movie-eval-origins", type=int, default=100)
@@ -443,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         (__doc__ or "").split("\n\n", 2)[2].strip(),
         "",
-        f"K = {args.ks}; up to {args.max_pairs} held-out calibration pairs; total {time.perf_counter() - started:.0f} s "
+        f"K = {args.ks}; up to {args.max_pairs} held-out calibration pairs, origins in {args.folds} folds; total {time.perf_counter() - started:.0f} s "
         "on 2 shared CPU cores. `vs best` = how much lower than the best baseline (positive is better; target +25%); "
         "`expected L2 (answers)` = the mean of the expected errors the answers carried, against the actual mean L2 of "
         "the same answers (target: within 20%); coverage = share of (pair, label) truths inside the answers' intervals.",

@@ -1,6 +1,7 @@
 """The ONNX Runtime encoder backends against sentence-transformers' torch `encode`, in one run.
 
-For torch, onnx (fp32) and onnx-int8, on the same texts and threads:
+For torch (fp32), torch-bf16 (matrix products in bfloat16), onnx (fp32) and onnx-int8, on the same
+texts and threads:
 - speed: texts/s over distinct CEBaB texts (batch 64) and single-query latency (p50/p99);
 - fidelity: max |difference| and min cosine of each backend's vectors to torch's;
 - quality downstream, with the query embedded by the backend at request time against the
@@ -26,7 +27,7 @@ import numpy as np
 from benchmarks.harness import RESULTS, ROOT
 
 DATA_DIR = Path(os.environ.get("CACE_TEST_DATA_DIR", ROOT / "var" / "test"))
-BACKENDS = ("torch", "onnx", "onnx-int8")
+BACKENDS = ("torch", "torch-bf16", "onnx", "onnx-int8")
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -176,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"{args.threads} threads for every backend (torch.set_num_threads / ORT intra-op), FAISS 1 thread; "
         f"CPU: {platform.machine()}, {os.cpu_count()} cores shared with other work (timings are upper bounds). "
-        "onnx-int8 = dynamic int8 quantisation of the MatMul weights, per output channel.",
+        "torch-bf16 = torch autocast to bfloat16 (matrix products; the default where the CPU computes bf16 "
+        "natively); onnx-int8 = dynamic int8 quantisation of the MatMul weights, per output channel.",
         "",
         "## Speed and fidelity",
         "",

@@ -315,6 +315,8 @@ def main(argv=None) -> int:
         "baselines and components search the whole pool; space `cebab-train_inclusive-head` (its heads were "
         "trained on train_inclusive, so on the calibration pairs match sees a space fit to them: a known "
         "optimism of the held-out scores for match, not of the dev scores)",
+        f"- sentence encoder (pool, space and queries): MiniLM, backend `{resources.encoder.backend}` "
+        "(CACE_ENCODER_BACKEND; explainers/embeddings.py)",
         "- components: " + ", ".join(COMPONENTS) + f" at K = {args.ks}; candidates: every component alone, "
         "a per-K stack (`stack:K`; `stack:0` stacks every component at every K; NNLS per (concept, direction), shrunk to the pooled weights, tau 50, >= 30 pairs), "
         "combiner:hgb (gradient boosting per label over every component, the base prediction and the "

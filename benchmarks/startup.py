@@ -193,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
             proc = start(data, cache, args.port, log)
             try:
                 results[name] = until_ready(proc, base, timeout=args.timeout)
+                results[name]["encoder"] = built_encoder(data)
                 results[name]["requests"] = first_requests(base)
             finally:
                 stop(proc)
@@ -212,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
                     **until_ready(proc, base, timeout=args.timeout),
                     **killed,
                     "staging": leftover,
+                    "encoder": built_encoder(data),
                 }
             finally:
                 stop(proc)
@@ -233,6 +235,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     write(args.out, results, took, notes=notes)
     return 0
+
+
+def built_encoder(data_dir: Path) -> dict[str, Any] | None:
+    """The encoder (model, backend) the default domain's meta.json says embedded its corpus."""
+    meta = data_dir / "domains" / "cebab" / "meta.json"
+    return json.loads(meta.read_text()).get("encoder") if meta.exists() else None
 
 
 def idle_note(before: float, results: dict[str, Any]) -> str:
@@ -261,8 +269,8 @@ def write(
         "process's user + system time, which contention barely moves; on an idle 2-core machine the "
         "wall time is close to CPU s / 1.5-2 (the encoder keeps about two cores busy).",
         "",
-        "| start | ready (wall s) | CPU s | load avg | stages (s) |",
-        "|---|---:|---:|---:|---|",
+        "| start | encoder backend | ready (wall s) | CPU s | load avg | stages (s) |",
+        "|---|---|---:|---:|---:|---|",
     ]
     for name in ("cold", "warm", "resume"):
         r = results.get(name)
@@ -283,7 +291,10 @@ def write(
             if name != "resume"
             else f"resume (cold start killed at {r['killed_in_stage']}, {r['killed_at_s']}s)"
         )
-        lines.append(f"| {label} | {r['ready_s']} | {r['cpu_s']} | {r['load_avg']} | {', '.join(stages)} |")
+        backend = (r.get("encoder") or {}).get("backend") or "?"
+        lines.append(
+            f"| {label} | {backend} | {r['ready_s']} | {r['cpu_s']} | {r['load_avg']} | {', '.join(stages)} |"
+        )
     lines += ["", "ETA shown against the real remaining time:", ""]
     for name in ("cold", "resume"):
         r = results.get(name)

@@ -32,7 +32,8 @@ def cebab_dir() -> Path | None:
 
 
 def encoder_backend() -> str | None:
-    """CACE_ENCODER_BACKEND: torch, onnx or onnx-int8 for every Encoder not told otherwise."""
+    """CACE_ENCODER_BACKEND: auto, torch, torch-bf16, onnx or onnx-int8 for every Encoder not told
+    otherwise (unset: auto, see explainers.embeddings.auto_backend)."""
     return os.environ.get("CACE_ENCODER_BACKEND") or None
 
 

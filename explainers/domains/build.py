@@ -439,6 +439,16 @@ def train_space(
     }
 
 
+def encoder_description(encoder: Any) -> dict[str, str | None]:
+    """What embedded the corpus (model, backend and precision), for the domain's meta.json: the
+    vectors of torch-bf16 and onnx-int8 differ a little from fp32's (explainers.embeddings)."""
+    return {
+        "model": getattr(encoder, "model_name", type(encoder).__name__),
+        "backend": getattr(encoder, "backend", None),
+        "fingerprint": getattr(encoder, "fingerprint", None),
+    }
+
+
 def torch_thread_count() -> int:
     import torch
 
@@ -756,6 +766,7 @@ def _build_domain(
             generation=generation,
             task=task,
             label_names=dict(label_names) if label_names else None,
+            encoder=encoder_description(encoder),
             build_seconds=round(time.perf_counter() - started, 2),
             resumed_stages=reused,
             **finished,
