@@ -121,6 +121,31 @@ def test_conformal_interval_coverage_on_synthetic_data_is_near_nominal() -> None
     assert np.isinf(conformal_halfwidth(np.ones((5, 2)), 0.9)).all()  # too few residuals for 90%
 
 
+def test_a_cell_of_exact_estimates_gets_a_zero_width_interval_counted_apart() -> None:
+    """Where 95% of a cell's held-out estimates are exact, its half-width is 0 and covers them all
+    (coverage 1 there by construction); the coverage of the positive-width intervals stays nominal."""
+    rng = np.random.default_rng(3)
+    n = 4000
+    truth = rng.normal(size=(2 * n, 2))
+    noisy = truth + rng.normal(size=(2 * n, 2)) * 0.2
+    exact = np.where(rng.random((2 * n, 1)) < 0.95, truth, noisy)  # the "-> unknown" cell
+    est = np.concatenate([noisy, exact])
+    truths = np.concatenate([truth, truth])
+    concepts = ["plot"] * (4 * n)
+    dirs = ["good->bad"] * (2 * n) + ["good->unknown"] * (2 * n)
+    train = np.r_[0:n, 2 * n : 3 * n]
+    test = np.r_[n : 2 * n, 3 * n : 4 * n]
+    iv = fit_intervals(est[train], truths[train], [concepts[i] for i in train], [dirs[i] for i in train])
+    assert iv.halfwidth("plot", "good->unknown").tolist() == [0.0, 0.0]
+    lo, hi = zip(*(iv.bounds(est[i], concepts[i], dirs[i]) for i in test), strict=True)
+    cov = coverage_of(est[test], truths[test], np.array(lo), np.array(hi))
+    assert cov["per_label"] == pytest.approx(
+        0.5 * 0.9 + 0.5 * 0.95, abs=0.02
+    )  # exact ones all in, noisy ones out
+    assert cov["zero_width"] == pytest.approx(0.5)
+    assert cov["per_label_open"] == pytest.approx(0.9, abs=0.02)
+
+
 def test_fingerprint_detects_a_changed_model(domain, calibration: Calibration, tmp_path) -> None:
     pool, space, enc = domain
     ok, _ = calibration.check_classifier(LexiconClassifier())
