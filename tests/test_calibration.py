@@ -9,7 +9,7 @@ from explainers.concepts import Intervention
 from explainers.estimators.calibration import Calibration, fingerprint
 from explainers.estimators.calibration_fit import calibrate
 from explainers.estimators.heldout import heldout_pairs, origin_folds, pool_origins
-from explainers.estimators.intervals import conformal_halfwidth, coverage_of, fit_intervals
+from explainers.estimators.intervals import Intervals, conformal_halfwidth, coverage_of, fit_intervals
 from explainers.estimators.stack import fit_cell_stack, project_icace, project_to_simplex
 from explainers.registry import Resources, build_explainer
 from tests.calibration_fixtures import LexiconClassifier, synthetic_domain
@@ -173,6 +173,23 @@ def test_fingerprint_detects_a_changed_model(domain, calibration: Calibration, t
         and good.details["interval"]["coverage"] == 0.9
     )
     assert good.details["expected_error"]["l2"] >= 0 and good.details["estimator"]
+    # Residuals all 0 (this lexicon domain's estimates are exact): a zero-width interval that says
+    # why; residuals of 0.1: an interval of positive width and no such note.
+    for residual, folder in ((0.0, "exact"), (0.1, "wide")):
+        cal = Calibration.load(tmp_path / "cal")
+        cal.intervals = Intervals(0.9, [residual] * 3, {}, cal.intervals.min_pairs)
+        assert cal.situation is not None
+        cal.situation.residuals = np.full_like(cal.situation.residuals, residual)
+        cal.save(tmp_path / folder)
+        extra = {"calibration": str(tmp_path / folder)}
+        got = build_explainer(
+            "auto", Resources(schema=pool.schema, pool=pool, encoder=enc, space=space, extra=extra)
+        ).explain(text, Intervention("food", target), LexiconClassifier(), 3, base_labels=labels)
+        interval = got.details["interval"]
+        if residual == 0.0:
+            assert interval["lower"] == interval["upper"] and "exact (residual 0)" in interval["note"]
+        else:
+            assert interval["lower"] != interval["upper"] and "note" not in interval
     assert good.base_prediction.shape == good.icace.shape == (3,)
     stale = auto.explain(
         text, Intervention("food", target), LexiconClassifier(shift=0.3), 3, base_labels=labels

@@ -189,6 +189,15 @@ class AutoExplainer(Lifecycle):
                     "kind": "split-conformal per label from held-out pool pairs, weighted towards the pairs "
                     "whose base prediction looks like this text's, clipped to the possible range",
                     "valid": check.valid if check is not None else None,
+                    **(
+                        {
+                            "note": "zero width: in this concept and direction the held-out pairs' "
+                            f"estimates were exact (residual 0) in at least {cal.intervals.coverage:.0%} "
+                            "of them"
+                        }
+                        if np.allclose(lower, upper, atol=1e-12)
+                        else {}
+                    ),
                 },
                 situation=(
                     {**check.to_dict(), **({"fallback": estimator} if not check.valid else {})}

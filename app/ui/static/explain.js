@@ -170,6 +170,8 @@ export function renderExplanation(box, text, res) {
   const d = res.details || {};
   const extras = [];
   if (d.note) extras.push(h("p", { class: "note" }, d.note));
+  // A zero-width interval is measured, not missing: the calibration's estimates were exact there.
+  if (d.interval && d.interval.note) extras.push(h("p", { class: "note", id: "explain-interval-note" }, d.interval.note));
   // The calibration's numbers hold only where its pairs looked like this text (explainers/estimators/shift.py).
   if (u.valid === false && u.situation) {
     extras.push(h("p", { class: "note warn", id: "explain-situation" },
