@@ -379,12 +379,12 @@ def answer_stats(
     }
 
 
-def open_coverage(result: dict[str, Any]) -> str:
+def positive_width_coverage(result: dict[str, Any]) -> str:
     """Coverage of the intervals of positive width, and the share of zero-width ones (intervals.coverage_of)."""
     detail = result.get("coverage_detail")
     if not detail:
         return "-"  # a result file of an older run
-    return f"{detail['per_label_open']:.3f} ({detail['zero_width']:.1%})"
+    return f"{detail['per_label_positive_width']:.3f} ({detail['zero_width']:.1%})"
 
 
 def render(r: dict[str, Any]) -> list[str]:
@@ -402,12 +402,12 @@ def render(r: dict[str, Any]) -> list[str]:
         o, n = v["old"], v["new"]
         lines.append(
             f"| {vname} | calibration only (before) | {o['macro']['l2']:.4f} | {o['gain_l2']:+.1f}% | {o['macro']['cos']:.4f} | "
-            f"{o['gain_cos']:+.1f}% | {v['claimed_macro_l2']:.4f} | - | - | {o['coverage']:.3f} | {open_coverage(o)} | - |"
+            f"{o['gain_cos']:+.1f}% | {v['claimed_macro_l2']:.4f} | - | - | {o['coverage']:.3f} | {positive_width_coverage(o)} | - |"
         )
         lines.append(
             f"| {vname} | situated (now) | {n['macro']['l2']:.4f} | {n['gain_l2']:+.1f}% | {n['macro']['cos']:.4f} | "
             f"{n['gain_cos']:+.1f}% | {v['claimed_macro_l2']:.4f} | {n['all']['expected_l2']:.4f} | {n['all']['actual_l2']:.4f} | "
-            f"{n['coverage']:.3f} | {open_coverage(n)} | {n['share_not_valid']:.1%} |"
+            f"{n['coverage']:.3f} | {positive_width_coverage(n)} | {n['share_not_valid']:.1%} |"
         )
     lines.append("")
     for vname, v in r["variants"].items():

@@ -143,7 +143,7 @@ def test_a_cell_of_exact_estimates_gets_a_zero_width_interval_counted_apart() ->
         0.5 * 0.9 + 0.5 * 0.95, abs=0.02
     )  # exact ones all in, noisy ones out
     assert cov["zero_width"] == pytest.approx(0.5)
-    assert cov["per_label_open"] == pytest.approx(0.9, abs=0.02)
+    assert cov["per_label_positive_width"] == pytest.approx(0.9, abs=0.02)
 
 
 def test_fingerprint_detects_a_changed_model(domain, calibration: Calibration, tmp_path) -> None:

@@ -94,8 +94,8 @@ def coverage_of(
 ) -> dict[str, float]:
     """Share of (pair, label) truths inside their interval, and of pairs with every label inside.
 
-    Also over the intervals of positive width only (`per_label_open`), with the share of zero-width
-    ones (`zero_width`). Why: where the held-out estimates of a cell were exact (residual 0 in at
+    Also over the intervals of positive width only (`per_label_positive_width`), with the share
+    of zero-width ones (`zero_width`). Why: where the held-out estimates of a cell were exact (residual 0 in at
     least the nominal share of its pairs, e.g. a templated corpus whose edits splice reproduces
     word for word) the conformal half-width is 0 and covers every exact estimate, so the marginal
     coverage there is 1 by construction; no fixed interval can cover only 90% of them. The
@@ -108,6 +108,6 @@ def coverage_of(
     return {
         "per_label": float(inside.mean()),
         "all_labels": float(inside.all(axis=1).mean()),
-        "per_label_open": float(inside[positive].mean()) if positive.any() else float("nan"),
+        "per_label_positive_width": float(inside[positive].mean()) if positive.any() else float("nan"),
         "zero_width": float(1.0 - positive.mean()),
     }
