@@ -65,6 +65,15 @@ def resolve_backend(name: str | None) -> str:
     return backend
 
 
+def weights_fingerprint(fingerprint: str) -> str:
+    """The model part of an Encoder fingerprint, whatever backend ran it: vectors of one model's
+    backends are interchangeable within their fidelity (encoder_onnx.md), another model's are not."""
+    for suffix in _FINGERPRINT_SUFFIX.values():
+        if fingerprint.endswith(suffix):
+            return fingerprint[: -len(suffix)]
+    return fingerprint
+
+
 def resolve_model(name_or_path: str = DEFAULT_ENCODER) -> str:
     """A local folder if one exists for this name, else the name itself (a hub id)."""
     if Path(name_or_path).is_dir():
@@ -93,6 +102,9 @@ class _SharedCache:
         self.lock = threading.Lock()
         self.loaded_disk = False
         self.saved_size = 0
+        # Rows another backend of the same model computed (a domain built elsewhere): served from
+        # memory, never written to this backend's disk cache.
+        self.borrowed: set[str] = set()
 
     def get(self, key: str) -> np.ndarray | None:
         with self.lock:
@@ -105,12 +117,17 @@ class _SharedCache:
         with self.lock:
             self.rows.pop(key, None)
 
-    def put(self, key: str, row: np.ndarray) -> None:
+    def put(self, key: str, row: np.ndarray, *, borrowed: bool = False) -> None:
         with self.lock:
             self.rows[key] = row
             self.rows.move_to_end(key)
+            if borrowed:
+                self.borrowed.add(key)
+            else:
+                self.borrowed.discard(key)
             while len(self.rows) > self.max_items:
-                self.rows.popitem(last=False)
+                evicted, _ = self.rows.popitem(last=False)
+                self.borrowed.discard(evicted)
 
 
 class Encoder:
@@ -198,18 +215,25 @@ class Encoder:
         with cache.lock:
             if len(cache.rows) - cache.saved_size < max(32, cache.saved_size // 2):
                 return
-            keys = np.array(list(cache.rows.keys()))
-            vecs = np.stack(list(cache.rows.values())).astype(np.float32)
-            cache.saved_size = len(keys)
+            own = [(k, v) for k, v in cache.rows.items() if k not in cache.borrowed]
+            cache.saved_size = len(cache.rows)
+            if not own:
+                return
+            keys = np.array([k for k, _ in own])
+            vecs = np.stack([v for _, v in own]).astype(np.float32)
         self._cache_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = self._cache_file.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp.npz")
         np.savez(tmp, keys=keys, vectors=vecs)
         os.replace(tmp, self._cache_file)
 
-    def remember(self, texts: Sequence[str], vectors: np.ndarray) -> None:
-        """Put known embeddings of `texts` (this model's, e.g. a build's saved stage output) in the cache."""
+    def remember(self, texts: Sequence[str], vectors: np.ndarray, *, borrowed: bool = False) -> None:
+        """Put known embeddings of `texts` (this model's, e.g. a build's saved stage output) in the cache.
+
+        `borrowed`: computed by another backend of the same model (a domain built on another machine
+        or before the default changed): served from memory, not written to this backend's disk cache.
+        """
         for t, v in zip(texts, np.asarray(vectors, dtype=np.float32), strict=True):
-            self._cache.put(self._key(t), v)
+            self._cache.put(self._key(t), v, borrowed=borrowed)
 
     def forget(self, texts: Sequence[str]) -> None:
         """Drop these texts' cached embeddings (in memory), e.g. to time a new text's request-time embedding."""

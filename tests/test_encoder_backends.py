@@ -17,7 +17,8 @@ from explainers import embeddings
 from explainers.concepts import ConceptSchema
 from explainers.data.movies import CONCEPTS, VALUES, movie_corpus
 from explainers.domains import build_domain, pool_from_rows
-from explainers.embeddings import Encoder, auto_backend, native_bf16, resolve_backend
+from explainers.domains.build import load_stage
+from explainers.embeddings import Encoder, auto_backend, native_bf16, resolve_backend, weights_fingerprint
 
 TEXTS = [
     "The food was cold and bland, but our waiter was friendly and quick.",
@@ -78,3 +79,42 @@ def test_a_built_domain_says_which_encoder_embedded_it(tmp_path: Path) -> None:
         "backend": "torch-bf16",
         "fingerprint": encoder.fingerprint,
     }
+
+
+def test_a_domain_built_by_another_backend_loads_without_re_embedding_its_corpus(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A domain built with fp32 (before bf16 became the default, or on a CPU without it) and loaded by
+    a torch-bf16 process: its saved corpus vectors serve (they built its indices); they stay out of
+    the bf16 disk cache; a space of another model's vectors is re-embedded."""
+    monkeypatch.setenv("CACE_CACHE_DIR", str(tmp_path / "cache"))
+    schema = ConceptSchema.from_dict({"concepts": [{"name": c, "values": list(VALUES)} for c in CONCEPTS]})
+    pool = pool_from_rows(movie_corpus(6, seed=4), schema)
+    fp32 = Encoder(backend="torch", use_disk_cache=False)
+    build_domain(tmp_path / "domains", "built", pool, encoder=fp32)
+    folder = tmp_path / "domains" / "built"
+    Encoder._caches.clear()
+    bf16 = Encoder(backend="torch-bf16")
+    assert weights_fingerprint(bf16.fingerprint) == weights_fingerprint(fp32.fingerprint) == fp32.fingerprint
+    embedded: list[int] = []
+    real_embed = bf16._embed
+    monkeypatch.setattr(bf16, "_embed", lambda texts: embedded.append(len(texts)) or real_embed(texts))
+    domain = load_stage(folder, bf16)
+    assert embedded == []  # the corpus came from the folder
+    saved = np.load(folder / "spaces" / "default" / "base.npy")
+    assert np.array_equal(domain.space.base_vectors(), saved)
+    new = [f"A new review number {i}, with a plot that drags." for i in range(40)]
+    bf16.encode(new)  # 40 new texts: the disk cache is written
+    assert embedded == [40]
+    on_disk = set(np.load(bf16._cache_file)["keys"].tolist())
+    assert {bf16._key(t) for t in new} <= on_disk
+    assert not on_disk & {bf16._key(t) for t in domain.pool.texts}  # borrowed fp32 rows stay in memory
+    # Another model's vectors (a changed fingerprint) are not taken: the corpus is embedded again.
+    meta_file = folder / "spaces" / "default" / "meta.json"
+    meta = json.loads(meta_file.read_text())
+    meta_file.write_text(json.dumps({**meta, "base_fingerprint": "another-model"}))
+    Encoder._caches.clear()
+    other = Encoder(backend="torch-bf16", use_disk_cache=False)
+    load_stage(folder, other)
+    assert len(other._cache.rows) >= len(set(domain.pool.texts))
+    Encoder._caches.clear()

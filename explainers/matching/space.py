@@ -35,7 +35,7 @@ import numpy as np
 from explainers.artifacts import FORMAT_VERSIONS, META, child_path, data_hash, read_meta, slugs, write_meta
 from explainers.concepts import ConceptSchema
 from explainers.data.pool import Pool
-from explainers.embeddings import Encoder
+from explainers.embeddings import Encoder, weights_fingerprint
 from explainers.matching.index import DEFAULT_APPROX_THRESHOLD, PartitionIndex
 from explainers.matching.trainers import HeadProjection, project
 from explainers.progress import checkpoint
@@ -415,17 +415,22 @@ class ConceptSpace:
             approx_threshold=meta.get("approx_threshold", DEFAULT_APPROX_THRESHOLD),
         )
         base_file = directory / "base.npy"
+        saved_by, running = meta.get("base_fingerprint"), getattr(space.encoder, "fingerprint", None)
+        # The saved corpus vectors serve whenever the same model made them, whatever its backend (a
+        # domain built with fp32 and loaded where the default is bf16): they are the vectors the
+        # space's indices were built from, and re-embedding the corpus would cost a first start.
         if (
             base_file.exists()
-            and meta.get("base_fingerprint")
-            and meta.get("base_fingerprint") == getattr(space.encoder, "fingerprint", None)
+            and saved_by
+            and running
+            and weights_fingerprint(saved_by) == weights_fingerprint(running)
         ):
             base = np.load(base_file)
             if base.shape[0] == len(pool):
                 space._base = base
                 remember = getattr(space.encoder, "remember", None)
                 if remember is not None:
-                    remember(pool.texts, base)
+                    remember(pool.texts, base, borrowed=saved_by != running)
         for c in schema.names:
             slug = layout[c]["slug"]
             for v in schema[c].values:
