@@ -327,6 +327,7 @@ def evaluate(case: Case, args: argparse.Namespace) -> dict[str, Any]:
         def sub(mask: np.ndarray) -> dict[str, Any]:
             return answer_stats(mask, err_new, expected, new, truths, lo, up)  # noqa: B023 (used at once)
 
+        cov_old, cov_new = coverage_of(old, truths, lo_old, up_old), coverage_of(new, truths, lo, up)
         out["variants"][vname] = {
             "calibration_s": round(cal_s, 1),
             "shift": cal.meta.get("shift"),
@@ -337,15 +338,15 @@ def evaluate(case: Case, args: argparse.Namespace) -> dict[str, Any]:
                 "macro": s_old.macro,
                 "gain_l2": gain(s_old, "l2"),
                 "gain_cos": gain(s_old, "cos"),
-                "coverage": coverage_of(old, truths, lo_old, up_old)["per_label"],
-                "coverage_detail": coverage_of(old, truths, lo_old, up_old),
+                "coverage": cov_old["per_label"],
+                "coverage_detail": cov_old,
             },
             "new": {
                 "macro": s_new.macro,
                 "gain_l2": gain(s_new, "l2"),
                 "gain_cos": gain(s_new, "cos"),
-                "coverage": coverage_of(new, truths, lo, up)["per_label"],
-                "coverage_detail": coverage_of(new, truths, lo, up),
+                "coverage": cov_new["per_label"],
+                "coverage_detail": cov_new,
                 "valid": sub(valid),
                 "not_valid": sub(~valid),
                 "all": sub(np.ones(len(valid), bool)),

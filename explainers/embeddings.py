@@ -246,8 +246,13 @@ class Encoder:
 
     def _embed(self, texts: list[str]) -> np.ndarray:
         """Run the model (no cache)."""
+        return self._run(self.model, texts)
+
+    def _run(self, model: Any, texts: list[str]) -> np.ndarray:
+        """Unit vectors of `texts` from `model` (this Encoder's, or a parallel worker's replica) at this
+        backend's precision, entered in the calling thread (torch's autocast is per thread)."""
         with self._precision():
-            vectors = self.model.encode(
+            vectors = model.encode(
                 texts,
                 batch_size=self.batch_size,
                 normalize_embeddings=True,
@@ -291,17 +296,10 @@ class Encoder:
                     if not queue:
                         return
                     part = queue.pop()
-                with self._precision():  # autocast is per thread: entered in each worker
-                    vecs = model.encode(
-                        part,
-                        batch_size=self.batch_size,
-                        normalize_embeddings=True,
-                        convert_to_numpy=True,
-                        show_progress_bar=False,
-                    )
+                vecs = self._run(model, part)
                 with lock:
                     try:
-                        done(part, np.asarray(vecs, dtype=np.float32))
+                        done(part, vecs)
                     except BaseException:  # cancelled (or failed): the other workers stop too
                         queue.clear()
                         raise

@@ -95,11 +95,11 @@ def coverage_of(
     """Share of (pair, label) truths inside their interval, and of pairs with every label inside.
 
     Also over the intervals of positive width only (`per_label_positive_width`), with the share
-    of zero-width ones (`zero_width`). Why: where the held-out estimates of a cell were exact (residual 0 in at
-    least the nominal share of its pairs, e.g. a templated corpus whose edits splice reproduces
-    word for word) the conformal half-width is 0 and covers every exact estimate, so the marginal
-    coverage there is 1 by construction; no fixed interval can cover only 90% of them. The
-    coverage of the other intervals is the one the nominal level speaks to.
+    of zero-width ones (`zero_width`). Why: where the held-out estimates of a cell were exact
+    (residual 0 in at least the nominal share of its pairs, e.g. a templated corpus whose edits
+    splice reproduces word for word) the conformal half-width is 0 and covers every exact
+    estimate, so the marginal coverage there is 1 by construction; no fixed interval can cover
+    only 90% of them. The coverage of the other intervals is the one the nominal level speaks to.
     """
     t = np.asarray(truths, float)
     lo, up = np.asarray(lower, float), np.asarray(upper, float)
