@@ -23,6 +23,7 @@ Writes benchmarks/results/faithfulness_calibrated.md (+ .json) and the calibrati
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -43,7 +44,7 @@ from explainers.estimators.intervals import coverage_of
 from explainers.estimators.stack import project_icace
 from explainers.matching.cebab import ensure_cebab_space, without_texts
 from explainers.metrics import summarize
-from explainers.registry import build_explainer
+from explainers.registry import build_explainer, options_for
 
 BASELINES = ("zero", "conexp", "approx", "approx_match", "s_learner", "pt_match")
 COMPONENTS = DEFAULT_METHODS  # what the service calibrates
@@ -113,6 +114,7 @@ def run_model(model: str, args, pairs, resources, space) -> dict:
             ks=args.ks,
             max_pairs=args.max_pairs,
             classifier_name=name,
+            options=args.options,
             log=log,
         )
         cal.save(cal_dir)
@@ -132,7 +134,9 @@ def run_model(model: str, args, pairs, resources, space) -> dict:
         )
 
     names = list(dict.fromkeys(BASELINES + COMPONENTS))
-    result = runner.run_benchmark(cached, pairs, res, names, args.ks, on_estimates=keep, on_row=show)
+    result = runner.run_benchmark(
+        cached, pairs, res, names, args.ks, explainer_options=args.options, on_estimates=keep, on_row=show
+    )
     if result.errors:
         raise SystemExit(f"methods not run: {result.errors}")
     any_est = next(iter(got.values()))
@@ -187,8 +191,8 @@ def run_model(model: str, args, pairs, resources, space) -> dict:
     # Latency and the registry path, on a stratified subset of queries explained one by one.
     sub_idx = [pairs.index(p) for p in runner.select_pairs(pairs, args.latency_pairs, seed=1)]
     res_auto = replace(res, extra=dict(res.extra, calibration=cal))
-    auto_exp = build_explainer("auto", res_auto)
-    match_exp = build_explainer("match", res)
+    auto_exp = build_explainer("auto", res_auto, **options_for("auto", args.options))
+    match_exp = build_explainer("match", res, **options_for("match", args.options))
     auto_exp.warm(cached)  # what a deployment does once per classifier: score the pool in batches
     lat: dict[str, list[float]] = {"auto": [], "match": [], "auto_fresh": [], "match_fresh": []}
     max_diff = 0.0
@@ -290,6 +294,12 @@ def main(argv=None) -> int:
     ap.add_argument("--limit", type=int, default=None, help="dev subset (development only)")
     ap.add_argument("--latency-pairs", type=int, default=200)
     ap.add_argument("--reuse", action="store_true", help="reuse a saved calibration")
+    ap.add_argument(
+        "--options",
+        type=json.loads,
+        default={},
+        help='method options for every component and the calibration, as JSON: {"splice_edit_pieces": 2}',
+    )
     ap.add_argument("--out", type=Path, default=RESULTS / "faithfulness_calibrated.md")
     args = ap.parse_args(argv)
     args.ks = [int(k) for k in args.ks.split(",")]
@@ -322,10 +332,11 @@ def main(argv=None) -> int:
         "combiner:hgb (gradient boosting per label over every component, the base prediction and the "
         "intervention, cross-fit by origin), combiner:ridge; every candidate is projected so that base + "
         "estimate is a probability vector. `auto` = the calibration's choice per (concept, direction).",
+        f"- method options (`--options`): {json.dumps(args.options) if args.options else 'the defaults'}",
         "- `uncal:*` rows: mixes fit to nothing (candidates for auto's default before a calibration exists).",
         "- generation as a component: `splice` (explainers/splice.py) makes counterfactuals of the query "
-        "itself by transplanting the pool's own one-sentence human edits of the same concept and direction "
-        "(nearest first) into the sentence that carries the concept; K is capped at 20 (its @50 row equals @20). "
+        "itself by transplanting the pool's own small human edits of the same concept and direction "
+        "(nearest first) into the clause that carries the concept; K is capped at 20 (its @50 row equals @20). "
         "LLM generation as a component: not tried (the configured LLM is a 1.5B model on 2 CPU cores; "
         "generating for thousands of held-out pairs does not fit a calibration budget).",
         "- errors as CEBaB defines them; macro = mean over (concept, direction) cells, then directions, then concepts.",

@@ -30,10 +30,16 @@ the movie domain in benchmarks/results/splice_multisentence.md):
 - `splice_scope`: `one` (the default) rewrites the piece that most carries the concept; `two` and
   `all` rewrite further pieces the scorer reads as carrying it, each with its own nearest edits.
   Measured worse for every concept (the extra pieces carry other concepts too, and a guess at how
-  far a human edit would reach misses more often than it hits); kept for other corpora.
+  far a human edit would reach misses more often than it hits); kept for other corpora;
+- `splice_edit_pieces`: the most pieces a corpus edit may have rewritten to be transplanted. At 1
+  only one-piece edits serve; at 2 an edit that rewrote two pieces (CEBaB's food edits are the
+  longest: 37% of them rewrite two or more sentences) is transplanted whole, its new pieces joined
+  in place of the query's one piece: more of what the human wrote, where the one-piece edits
+  supply too little of it.
 
 What it still cannot do: reach as far as a human edit that rewrites several sentences (CEBaB's
-food edits, the longest: its remaining gap to the other concepts).
+food edits, the longest: its remaining gap to the other concepts); `splice_edit_pieces` brings
+such edits' text in, not their reach.
 """
 
 from __future__ import annotations
@@ -112,11 +118,16 @@ def fit_into(piece: str, replaced: str) -> str:
 
 UNITS = {"sentence": sentences, "clause": clauses}
 DEFAULT_UNIT = "clause"
+# The most pieces (units) a corpus edit may have rewritten to serve as one transplant; more than
+# this and the edit reaches further than one piece of the query can hold.
+DEFAULT_EDIT_PIECES = 1
+MAX_EDIT_PIECES = 3
 
 
 @dataclass(frozen=True)
 class SentenceEdit:
-    """One pool edit that rewrote (at most) one sentence: `removed` -> `inserted` ("" = none)."""
+    """One pool edit that rewrote (at most) `edit_pieces` pieces: `removed` -> `inserted` ("" =
+    none; several pieces joined by a space)."""
 
     removed: str
     inserted: str
@@ -124,19 +135,30 @@ class SentenceEdit:
 
 
 class SentenceEdits:
-    """The pool's one-sentence edits per (concept, source, target), and a concept-sentence scorer.
+    """The pool's small edits per (concept, source, target), and a concept-sentence scorer.
 
-    Built from `pool.pairs`; a pair whose edit rewrote more than one sentence teaches the
-    scorer which sentences carry the concept but is not used as an edit to transplant.
+    Built from `pool.pairs`; a pair whose edit rewrote more than `edit_pieces` pieces teaches
+    the scorer which pieces carry the concept but is not used as an edit to transplant.
     """
 
-    def __init__(self, pool: Pool, *, seed: int = 0, unit: str = DEFAULT_UNIT) -> None:
+    def __init__(
+        self, pool: Pool, *, seed: int = 0, unit: str = DEFAULT_UNIT, edit_pieces: int = DEFAULT_EDIT_PIECES
+    ) -> None:
         if not pool.pairs:
             raise MissingResource("method 'splice' needs counterfactual pairs in the pool, and it has none")
         if unit not in UNITS:
             raise UnknownOption(f"splice_unit must be one of {', '.join(UNITS)}, not {unit!r}")
+        if (
+            isinstance(edit_pieces, bool)
+            or not isinstance(edit_pieces, int)
+            or not 1 <= edit_pieces <= MAX_EDIT_PIECES
+        ):
+            raise UnknownOption(
+                f"splice_edit_pieces must be an integer from 1 to {MAX_EDIT_PIECES}, not {edit_pieces!r}"
+            )
         self.pool = pool
         self.unit = unit
+        self.edit_pieces = edit_pieces
         self.split = UNITS[unit]
         self.edits: dict[tuple[str, str, str], list[SentenceEdit]] = defaultdict(list)
         carried: dict[str, list[tuple[str, int]]] = defaultdict(list)
@@ -150,10 +172,15 @@ class SentenceEdits:
             if len(removed) <= 1 and len(inserted) <= 1 and (removed or inserted):
                 edit = SentenceEdit(removed[0] if removed else "", inserted[0] if inserted else "", b)
                 self.edits[(concept, source, target)].append(edit)
+            elif inserted and max(len(removed), len(inserted)) <= edit_pieces:
+                # A longer edit serves whole: its new pieces, in their order, stand where one piece stood.
+                self.edits[(concept, source, target)].append(
+                    SentenceEdit(" ".join(removed), " ".join(inserted), b)
+                )
             carried[concept] += [(s, 1) for s in removed + inserted]
             carried[concept] += [(s, 0) for s in before if s in after]
         if not self.edits:
-            raise MissingResource("method 'splice' found no one-sentence edits among the pool's pairs")
+            raise MissingResource("method 'splice' found no small edits among the pool's pairs")
         # (concept, value) pairs whose edits mostly add a sentence: the value means "not mentioned".
         inserts: dict[tuple[str, str], list[bool]] = defaultdict(list)
         for (concept, source, _), cell in self.edits.items():
@@ -322,7 +349,14 @@ class SpliceExplainer(CounterfactualExplainer):
     "splice",
     "The query with its concept clause (or sentence: splice_unit) replaced by the corpus's own "
     "one-clause edits (same concept and direction, nearest first); scored by the classifier",
-    options=("aggregation", "similarity_threshold", "splice_max_k", "splice_scope", "splice_unit"),
+    options=(
+        "aggregation",
+        "similarity_threshold",
+        "splice_edit_pieces",
+        "splice_max_k",
+        "splice_scope",
+        "splice_unit",
+    ),
 )
 def make_splice(resources: Resources, **options: Any) -> SpliceExplainer:
     return _splice(resources, options, "splice")
@@ -333,7 +367,7 @@ def make_splice(resources: Resources, **options: Any) -> SpliceExplainer:
     "splice with the per-label median of the counterfactuals' predictions (robust to edits that "
     "flip a saturated classifier)",
     # The aggregation is the median.
-    options=("similarity_threshold", "splice_max_k", "splice_scope", "splice_unit"),
+    options=("similarity_threshold", "splice_edit_pieces", "splice_max_k", "splice_scope", "splice_unit"),
 )
 def make_splice_median(resources: Resources, **options: Any) -> SpliceExplainer:
     explainer = _splice(resources, {**options, "aggregation": "median"}, "splice_median")
@@ -341,16 +375,27 @@ def make_splice_median(resources: Resources, **options: Any) -> SpliceExplainer:
     return explainer
 
 
+def _edit_pieces(value: Any) -> int:
+    """`splice_edit_pieces` as a number (a config file may give "2"); SentenceEdits checks its range."""
+    if not isinstance(value, bool):
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            pass
+    raise UnknownOption(f"splice_edit_pieces must be an integer from 1 to {MAX_EDIT_PIECES}, not {value!r}")
+
+
 def _splice(resources: Resources, options: dict[str, Any], method: str) -> SpliceExplainer:
     pool = resources.need("pool", method)
     unit = str(options.get("splice_unit", DEFAULT_UNIT))
-    # One index per unit (the edits and the scorer differ), shared by every method of the domain
-    # that reads it: splice and splice_median (auto's uncalibrated default) built it once each
-    # before (3.5 CPU s apiece on CEBaB at a first start).
-    cache_key = f"splice_edits:{unit}:{resources.seed}"
+    pieces = _edit_pieces(options.get("splice_edit_pieces", DEFAULT_EDIT_PIECES))
+    # One index per (unit, edit size) (the edits and the scorer differ), shared by every method of
+    # the domain that reads it: splice and splice_median (auto's uncalibrated default) built it once
+    # each before (3.5 CPU s apiece on CEBaB at a first start).
+    cache_key = f"splice_edits:{unit}:{pieces}:{resources.seed}"
     edits = resources.memo.get(cache_key)
     if edits is None or edits.pool is not pool:
-        edits = SentenceEdits(pool, seed=resources.seed, unit=unit)
+        edits = SentenceEdits(pool, seed=resources.seed, unit=unit, edit_pieces=pieces)
         resources.memo[cache_key] = edits
     kw: dict[str, Any] = {}
     if "aggregation" in options:

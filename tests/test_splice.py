@@ -1,4 +1,4 @@
-"""`splice`: the corpus's one-sentence edits transplanted into the query text (explainers/splice.py)."""
+"""`splice`: the corpus's small edits transplanted into the query text (explainers/splice.py)."""
 
 from __future__ import annotations
 
@@ -191,3 +191,58 @@ def test_unit_and_scope_are_declared_options_with_checked_values() -> None:
         build_explainer("splice", resources, splice_unit="word")
     with pytest.raises(UnknownOption, match="splice_scope"):
         build_explainer("splice", resources, splice_scope="some")
+
+
+def two_sentence_edit_pool() -> Pool:
+    """Food edits that rewrite two sentences (the dish, then the dessert), and one-sentence service edits."""
+    texts, labels, origins, pairs = [], [], [], []
+    for o in range(6):
+        opener = f"We went there on day {o}."
+        good = f"{opener} The soup was delicious. The cake was wonderful. Our waiter was friendly."
+        bad = f"{opener} The soup was cold. The cake was stale. Our waiter was friendly."
+        rude = f"{opener} The soup was delicious. The cake was wonderful. Our waiter was rude."
+        row = len(texts)
+        texts += [good, bad, rude]
+        labels += [
+            {"food": "good", "service": "good"},
+            {"food": "bad", "service": "good"},
+            {"food": "good", "service": "bad"},
+        ]
+        origins += [f"o{o}"] * 3
+        pairs += [(row, row + 1, "food"), (row, row + 2, "service")]
+    return Pool(texts, labels, SCHEMA, origins=origins, pairs=pairs)
+
+
+def test_edits_of_several_pieces_serve_whole_when_edit_pieces_allows() -> None:
+    from explainers.registry import Resources, allowed_options, build_explainer
+
+    pool = two_sentence_edit_pool()
+    iv = Intervention("food", "bad", "good")
+    text = "Lunch on a Monday. The soup was delicious. Our waiter was rude."
+    # One-piece edits only (the default): food has none here, so splice has nothing to transplant.
+    one = SentenceEdits(pool, unit="sentence")
+    assert not one.cell("food", "good", "bad") and one.cell("service", "good", "bad")
+    cfs, details = SpliceExplainer(one).counterfactuals(text, iv, top_k=2)
+    assert cfs == [] and "no corpus edits" in details["note"]
+    # Up to two pieces: the two rewritten sentences, joined, stand where the query's food sentence stood.
+    two = SentenceEdits(pool, unit="sentence", edit_pieces=2)
+    assert [e.inserted for e in two.cell("food", "good", "bad")][:1] == [
+        "The soup was cold. The cake was stale."
+    ]
+    cfs, details = SpliceExplainer(two).counterfactuals(text, iv, top_k=2)
+    assert details["replaced_sentence"] == "The soup was delicious."
+    assert cfs and all(
+        c.text == "Lunch on a Monday. The soup was cold. The cake was stale. Our waiter was rude."
+        for c in cfs
+    )
+    # Clause unit: the joined pieces take the replaced piece's punctuation.
+    cfs, _ = SpliceExplainer(SentenceEdits(pool, edit_pieces=2)).counterfactuals(text, iv, top_k=1)
+    assert cfs[0].text == "Lunch on a Monday. The soup was cold. The cake was stale. Our waiter was rude."
+    # A declared option of both methods, its value checked (a string from a config is read as a number).
+    assert "splice_edit_pieces" in allowed_options("splice") & allowed_options("splice_median")
+    resources = Resources(schema=SCHEMA, pool=pool)
+    built = build_explainer("splice_median", resources, splice_edit_pieces="2")
+    assert isinstance(built, SpliceExplainer) and built.edits.edit_pieces == 2
+    for bad in (0, 4, "two", None, True):
+        with pytest.raises(UnknownOption, match="splice_edit_pieces"):
+            build_explainer("splice", resources, splice_edit_pieces=bad)

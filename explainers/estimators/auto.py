@@ -83,8 +83,10 @@ class AutoExplainer(Lifecycle):
                 dict(self.calibration.meta.get("protocol", {}).get("options", {})) if self.calibration else {}
             )
             if self.calibration and "splice_max_k" in fitted:
-                # Calibrated before splice_unit was recorded: splice then replaced whole sentences.
+                # Calibrated before splice_unit was recorded: splice then replaced whole sentences;
+                # before splice_edit_pieces was, it transplanted one-piece edits only.
                 fitted.setdefault("splice_unit", "sentence")
+                fitted.setdefault("splice_edit_pieces", 1)
             self._explainers[method] = build_explainer(
                 method, self.resources, **options_for(method, {**fitted, **self.options})
             )

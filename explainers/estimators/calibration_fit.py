@@ -504,7 +504,7 @@ def _fit_text_budget(
     Each held-out pair costs K classifier texts; K shrinks to fit (its smaller values are
     cache hits of the larger), and a method that cannot reach the smallest K is left out.
     """
-    from explainers.splice import DEFAULT_MAX_K, DEFAULT_UNIT
+    from explainers.splice import DEFAULT_EDIT_PIECES, DEFAULT_MAX_K, DEFAULT_UNIT
 
     kept, skipped = [], {}
     for m in methods:
@@ -521,6 +521,7 @@ def _fit_text_budget(
         options["splice_max_k"] = cap
         # Recorded, so `auto` splices as it was calibrated even after the library's default changes.
         options.setdefault("splice_unit", DEFAULT_UNIT)
+        options.setdefault("splice_edit_pieces", DEFAULT_EDIT_PIECES)
         kept.append(m)
     return kept, options, skipped
 
