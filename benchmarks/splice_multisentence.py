@@ -14,6 +14,17 @@
 
 Writes benchmarks/results/splice_multisentence.md (+ .json); the findings section at the top of
 that file is written by hand from a run's numbers (a rerun rewrites the tables, not the reading).
+
+    .venv/bin/python -m benchmarks.splice_multisentence --reach [--model minilm-ft|tfidf-lr|memorising]
+        [--variants clause/one/1,clause/one/2,clause/two/1] [--k 20]
+
+3. Reach study (`--reach`, CEBaB only): splice at one K under each (unit, scope, edit pieces)
+   variant, per concept, per (concept, direction) cell and per edit reach (sentences the human edit
+   changed: 1, 2, 3+) with the norms of the true and estimated ICaCE: whether rewriting more of the
+   query (`splice_scope`) or transplanting longer edits (`splice_edit_pieces`) closes the gap on
+   long edits, for a classifier given by name (`memorising`: the 1-3-gram LR of
+   benchmarks/calibration_shift.py, trained on the pool's originals). Writes
+   benchmarks/results/splice_reach_<model>.md (+ .json).
 """
 
 from __future__ import annotations
@@ -315,6 +326,117 @@ def movies(
     return info, table
 
 
+def reach_classifier(model: str, pool: Any) -> tuple[Any, str]:
+    """The classifier of a reach study: a reference model by name, or the memorising LR."""
+    if model != "memorising":
+        clf, _, meta = load_model(model)
+        return clf, f"{model} (dev accuracy {meta.get('dev_accuracy')})"
+    from benchmarks.calibration_shift import memorising_pipeline
+    from explainers.data.cebab import load_split
+    from explainers.reference.common import rated
+
+    texts = set(pool.texts)
+    originals = [r for r in load_split("train_inclusive") if r.text in texts and r.is_original]
+    x, y = rated(originals)
+    return SklearnClassifier(
+        memorising_pipeline().fit(x, y)
+    ), f"memorising 1-3-gram LR on {len(x)} pool originals"
+
+
+def reach_study(model: str, split: str, k: int, variants: Sequence[tuple[str, str, int]]) -> dict[str, Any]:
+    """Splice at K under each (unit, scope, edit pieces): macro, per concept, per cell, per edit reach."""
+    pairs = load_bench_pairs(split)
+    pool = cebab_pool("train_inclusive", exclude_texts=benchmark_texts(pairs))
+    inner, described = reach_classifier(model, pool)
+    clf = CachingClassifier(inner, key=f"reach-{model}")
+    truths = true_icaces(pairs, clf)
+    rows: dict[str, Any] = {}
+    for unit, scope, pieces in variants:
+        edits = SentenceEdits(pool, unit=unit, edit_pieces=pieces)
+        for method in METHODS:
+            e = SpliceExplainer(
+                edits, scope=scope, aggregation="median" if method == "splice_median" else "mean"
+            )
+            e.name = method
+            est = estimate_pairs(e, pairs, clf, k, truths=truths)
+            s = est.summary()
+            reach = analyse(pairs, edits, est.estimates, truths)
+            key = f"{method}:{unit}/{scope}/{pieces}"
+            rows[key] = {
+                "macro": s.macro,
+                "per_concept": s.per_concept,
+                "cells": s.cells,
+                "reach": {c: reach[c]["changed"] for c in CONCEPT_ORDER if c in reach},
+                "edits": sum(len(v) for v in edits.edits.values()),
+                "wall_s": round(est.wall_s, 1),
+            }
+            print(
+                f"{key:<32} L2 {s.macro['l2']:.4f} Cos {s.macro['cos']:.4f} ({est.wall_s:.0f} s)", flush=True
+            )
+    return {
+        "model": model,
+        "classifier": described,
+        "split": split,
+        "k": k,
+        "pairs": len(pairs),
+        "rows": rows,
+    }
+
+
+def render_reach(r: dict[str, Any]) -> str:
+    rows = r["rows"]
+    concepts = [c for c in CONCEPT_ORDER if c in next(iter(rows.values()))["per_concept"]]
+    out = [
+        f"# splice and the reach of human edits: {r['classifier']}",
+        "",
+        f"CEBaB {r['split']} ({r['pairs']} pairs), pool = train_inclusive minus every {r['split']} text, K = {r['k']}. "
+        "Variant = `splice_unit/splice_scope/splice_edit_pieces` (explainers/splice.py); the first is the shipped "
+        "default. Reach = sentences the pair's human edit changed. Written by "
+        "`python -m benchmarks.splice_multisentence --reach`.",
+        "",
+        "## Per variant",
+        "",
+        "| method:variant | edits | macro L2 | macro Cos | "
+        + " | ".join(f"{c} L2 / Cos" for c in concepts)
+        + " |",
+        "|---|---:|---:|---:|" + "---|" * len(concepts),
+    ]
+    for key, row in rows.items():
+        pc = row["per_concept"]
+        out.append(
+            f"| {key} | {row['edits']} | {_f(row['macro']['l2'])} | {_f(row['macro']['cos'])} | "
+            + " | ".join(f"{_f(pc[c]['l2'])} / {_f(pc[c]['cos'])}" for c in concepts)
+            + " |"
+        )
+    out += [
+        "",
+        "## Error by the reach of the human edit (L2; mean |true| / |estimate|)",
+        "",
+        "| method:variant | concept | reach 1 | reach 2 | reach 3+ |",
+        "|---|---|---|---|---|",
+    ]
+    for key, row in rows.items():
+        for c in concepts:
+            cells = []
+            for n in ("1", "2", "3"):
+                b = row["reach"][c][n]
+                cells.append(
+                    f"{b['n']}: {_f(b['l2'])} ({b['true_norm']:.2f} / {b['est_norm']:.2f})" if b["n"] else "-"
+                )
+            out.append(f"| {key} | {c} | " + " | ".join(cells) + " |")
+    cells = sorted(next(iter(rows.values()))["cells"])
+    out += [
+        "",
+        "## Per (concept, direction) cell (L2)",
+        "",
+        "| cell | " + " | ".join(rows) + " |",
+        "|---|" + "---:|" * len(rows),
+    ]
+    for cell in cells:
+        out.append(f"| {cell} | " + " | ".join(_f(row["cells"][cell]["l2"]) for row in rows.values()) + " |")
+    return "\n".join(out) + "\n"
+
+
 def _f(x: float) -> str:
     return f"{x:.4f}"
 
@@ -474,8 +596,18 @@ def main() -> int:
     ap.add_argument("--model", default="tfidf-lr")
     ap.add_argument("--split", default="dev")
     ap.add_argument("--ks", default="5,10,20")
-    ap.add_argument("--out", type=Path, default=RESULTS / "splice_multisentence.md")
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--reach", action="store_true", help="the reach study (3. above) instead of 1. and 2.")
+    ap.add_argument("--variants", default="clause/one/1,clause/one/2,clause/two/1")
+    ap.add_argument("--k", type=int, default=20, help="the reach study's K")
     args = ap.parse_args()
+    if args.reach:
+        variants = [(u, sc, int(n)) for u, sc, n in (v.split("/") for v in args.variants.split(","))]
+        result = reach_study(args.model, args.split, args.k, variants)
+        md = render_reach(result)
+        write_result(args.out or RESULTS / f"splice_reach_{args.model}.md", md, result)
+        print(md)
+        return 0
     ks = [int(k) for k in args.ks.split(",")]
     started = time.perf_counter()
     info, analysis, table = cebab(args.model, args.split, ks)
@@ -483,7 +615,7 @@ def main() -> int:
     info["wall_s"] = round(time.perf_counter() - started, 1)
     md = render(info, analysis, table, minfo, mtable, ks)
     data = {"config": info, "analysis": analysis, "cebab": table, "movies": {"config": minfo, "rows": mtable}}
-    write_result(args.out, md, data)
+    write_result(args.out or RESULTS / "splice_multisentence.md", md, data)
     print(md)
     return 0
 

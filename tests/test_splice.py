@@ -114,6 +114,10 @@ def test_splice_moves_a_real_classifier_the_way_the_human_edits_do() -> None:
 def test_calibration_caps_text_making_methods_to_the_budget() -> None:
     methods, options, skipped = _fit_text_budget(["match", "splice"], [5, 10, 20], {}, 40_000, 4000)
     assert methods == ["match", "splice"] and options["splice_max_k"] == 10 and not skipped
+    # What splice was calibrated with is recorded, so auto splices the same way after a default changes.
+    assert options["splice_unit"] == "clause" and options["splice_edit_pieces"] == 1
+    _, options, _ = _fit_text_budget(["splice"], [5], {"splice_edit_pieces": 2}, 40_000, 4000)
+    assert options["splice_edit_pieces"] == 2
     methods, options, skipped = _fit_text_budget(["match", "splice"], [5, 10], {}, 10_000, 4000)
     assert methods == ["match"] and "budget" in skipped["splice"]
 
