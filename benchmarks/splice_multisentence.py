@@ -405,7 +405,7 @@ def render_reach(r: dict[str, Any]) -> str:
         pc = row["per_concept"]
         out.append(
             f"| {key} | {row['edits']} | {_f(row['macro']['l2'])} | {_f(row['macro']['cos'])} | "
-            + " | ".join(f"{_f(pc[c]['l2'])} / {_f(pc[c]['cos'])}" for c in concepts)
+            + _per_concept(pc, concepts)
             + " |"
         )
     out += [
@@ -439,6 +439,11 @@ def render_reach(r: dict[str, Any]) -> str:
 
 def _f(x: float) -> str:
     return f"{x:.4f}"
+
+
+def _per_concept(pc: dict[str, Any], concepts: Sequence[str]) -> str:
+    """A table row's "L2 / Cos" cells, one per concept."""
+    return " | ".join(f"{_f(pc[c]['l2'])} / {_f(pc[c]['cos'])}" for c in concepts)
 
 
 def render(
@@ -521,7 +526,7 @@ def render(
             pc = row["per_concept"]
             lines.append(
                 f"| {key} | {_f(row['macro']['l2'])} | {_f(row['macro']['cos'])} | "
-                + " | ".join(f"{_f(pc[c]['l2'])} / {_f(pc[c]['cos'])}" for c in concepts)
+                + _per_concept(pc, concepts)
                 + " |"
             )
     lines += [
@@ -543,7 +548,7 @@ def render(
         pc = row["per_concept"]
         lines.append(
             f"| {key} | {_f(row['macro']['l2'])} | {_f(row['macro']['cos'])} | "
-            + " | ".join(f"{_f(pc[c]['l2'])} / {_f(pc[c]['cos'])}" for c in concepts)
+            + _per_concept(pc, concepts)
             + f" | {row['wall_s']} |"
         )
     with_buckets = [(k, r) for k, r in table.items() if "buckets" in r]
@@ -585,7 +590,7 @@ def render(
         pc = row["per_concept"]
         lines.append(
             f"| {key} | {_f(row['macro']['l2'])} | {_f(row['macro']['cos'])} | "
-            + " | ".join(f"{_f(pc[c]['l2'])} / {_f(pc[c]['cos'])}" for c in mconcepts)
+            + _per_concept(pc, mconcepts)
             + " |"
         )
     return "\n".join(lines) + "\n"
