@@ -351,8 +351,12 @@ def reach_study(model: str, split: str, k: int, variants: Sequence[tuple[str, st
     clf = CachingClassifier(inner, key=f"reach-{model}")
     truths = true_icaces(pairs, clf)
     rows: dict[str, Any] = {}
+    # Variants that differ only in scope share one index (a fit is ~30 s on CEBaB).
+    indexes: dict[tuple[str, int], SentenceEdits] = {}
     for unit, scope, pieces in variants:
-        edits = SentenceEdits(pool, unit=unit, edit_pieces=pieces)
+        if (unit, pieces) not in indexes:
+            indexes[(unit, pieces)] = SentenceEdits(pool, unit=unit, edit_pieces=pieces)
+        edits = indexes[(unit, pieces)]
         for method in METHODS:
             e = SpliceExplainer(
                 edits, scope=scope, aggregation="median" if method == "splice_median" else "mean"
@@ -402,12 +406,7 @@ def render_reach(r: dict[str, Any]) -> str:
         "|---|---:|---:|---:|" + "---|" * len(concepts),
     ]
     for key, row in rows.items():
-        pc = row["per_concept"]
-        out.append(
-            f"| {key} | {row['edits']} | {_f(row['macro']['l2'])} | {_f(row['macro']['cos'])} | "
-            + _per_concept(pc, concepts)
-            + " |"
-        )
+        out.append(f"| {key} | {row['edits']} | {_summary_cells(row, concepts)} |")
     out += [
         "",
         "## Error by the reach of the human edit (L2; mean |true| / |estimate|)",
@@ -441,9 +440,12 @@ def _f(x: float) -> str:
     return f"{x:.4f}"
 
 
-def _per_concept(pc: dict[str, Any], concepts: Sequence[str]) -> str:
-    """A table row's "L2 / Cos" cells, one per concept."""
-    return " | ".join(f"{_f(pc[c]['l2'])} / {_f(pc[c]['cos'])}" for c in concepts)
+def _summary_cells(row: dict[str, Any], concepts: Sequence[str]) -> str:
+    """A table row's macro L2 and Cos cells, then one "L2 / Cos" cell per concept."""
+    pc = row["per_concept"]
+    return f"{_f(row['macro']['l2'])} | {_f(row['macro']['cos'])} | " + " | ".join(
+        f"{_f(pc[c]['l2'])} / {_f(pc[c]['cos'])}" for c in concepts
+    )
 
 
 def render(
@@ -523,12 +525,7 @@ def render(
         for key, row in ([(f"splice:sentence/one@{ks[-1]} (scorer)", shipped)] if shipped else []) + list(
             reach.items()
         ):
-            pc = row["per_concept"]
-            lines.append(
-                f"| {key} | {_f(row['macro']['l2'])} | {_f(row['macro']['cos'])} | "
-                + _per_concept(pc, concepts)
-                + " |"
-            )
+            lines.append(f"| {key} | {_summary_cells(row, concepts)} |")
     lines += [
         "",
         "## 2. Before / after: `splice_unit` x `splice_scope`",
@@ -545,12 +542,7 @@ def render(
         "|---|---|---|" + "---|" * len(concepts) + "---|",
     ]
     for key, row in table.items():
-        pc = row["per_concept"]
-        lines.append(
-            f"| {key} | {_f(row['macro']['l2'])} | {_f(row['macro']['cos'])} | "
-            + _per_concept(pc, concepts)
-            + f" | {row['wall_s']} |"
-        )
+        lines.append(f"| {key} | {_summary_cells(row, concepts)} | {row['wall_s']} |")
     with_buckets = [(k, r) for k, r in table.items() if "buckets" in r]
     bucket_names = [
         "changed=1",
@@ -587,12 +579,7 @@ def render(
         "|---|---|---|" + "---|" * len(mconcepts),
     ]
     for key, row in mtable.items():
-        pc = row["per_concept"]
-        lines.append(
-            f"| {key} | {_f(row['macro']['l2'])} | {_f(row['macro']['cos'])} | "
-            + _per_concept(pc, mconcepts)
-            + " |"
-        )
+        lines.append(f"| {key} | {_summary_cells(row, mconcepts)} |")
     return "\n".join(lines) + "\n"
 
 

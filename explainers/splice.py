@@ -124,6 +124,19 @@ DEFAULT_EDIT_PIECES = 1
 MAX_EDIT_PIECES = 3
 
 
+def checked_edit_pieces(value: Any) -> int:
+    """`splice_edit_pieces` as a number from 1 to MAX_EDIT_PIECES (a config file may give "2")."""
+    if not isinstance(value, bool):
+        try:
+            pieces = int(value)
+        except (TypeError, ValueError):
+            pass
+        else:
+            if 1 <= pieces <= MAX_EDIT_PIECES:
+                return pieces
+    raise UnknownOption(f"splice_edit_pieces must be an integer from 1 to {MAX_EDIT_PIECES}, not {value!r}")
+
+
 @dataclass(frozen=True)
 class SentenceEdit:
     """One pool edit that rewrote (at most) `edit_pieces` pieces: `removed` -> `inserted` ("" =
@@ -148,14 +161,7 @@ class SentenceEdits:
             raise MissingResource("method 'splice' needs counterfactual pairs in the pool, and it has none")
         if unit not in UNITS:
             raise UnknownOption(f"splice_unit must be one of {', '.join(UNITS)}, not {unit!r}")
-        if (
-            isinstance(edit_pieces, bool)
-            or not isinstance(edit_pieces, int)
-            or not 1 <= edit_pieces <= MAX_EDIT_PIECES
-        ):
-            raise UnknownOption(
-                f"splice_edit_pieces must be an integer from 1 to {MAX_EDIT_PIECES}, not {edit_pieces!r}"
-            )
+        edit_pieces = checked_edit_pieces(edit_pieces)
         self.pool = pool
         self.unit = unit
         self.edit_pieces = edit_pieces
@@ -375,20 +381,11 @@ def make_splice_median(resources: Resources, **options: Any) -> SpliceExplainer:
     return explainer
 
 
-def _edit_pieces(value: Any) -> int:
-    """`splice_edit_pieces` as a number (a config file may give "2"); SentenceEdits checks its range."""
-    if not isinstance(value, bool):
-        try:
-            return int(value)
-        except (TypeError, ValueError):
-            pass
-    raise UnknownOption(f"splice_edit_pieces must be an integer from 1 to {MAX_EDIT_PIECES}, not {value!r}")
-
-
 def _splice(resources: Resources, options: dict[str, Any], method: str) -> SpliceExplainer:
     pool = resources.need("pool", method)
     unit = str(options.get("splice_unit", DEFAULT_UNIT))
-    pieces = _edit_pieces(options.get("splice_edit_pieces", DEFAULT_EDIT_PIECES))
+    # Read before the cache key, so "2" from a config file and 2 share one index.
+    pieces = checked_edit_pieces(options.get("splice_edit_pieces", DEFAULT_EDIT_PIECES))
     # One index per (unit, edit size) (the edits and the scorer differ), shared by every method of
     # the domain that reads it: splice and splice_median (auto's uncalibrated default) built it once
     # each before (3.5 CPU s apiece on CEBaB at a first start).
